@@ -1,0 +1,1 @@
+"""Command-line front ends: ``prismfs`` (admin, dev cluster, files) and ``mount.prismfs``."""

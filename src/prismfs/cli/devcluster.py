@@ -1,0 +1,265 @@
+"""A local development cluster: N node processes on loopback, one command.
+
+State lives in the cluster directory ``D``::
+
+    D/dev.json        nodes (name, data dir, address, pid), mount point, start time
+    D/client.toml     what client commands need (addresses, secret file)
+    D/nodeN/          each node's data directory, with node.log
+
+``down`` stops exactly the processes recorded in ``dev.json``, and only while
+their command line still names their data directory (a reused pid is left
+alone). Addresses are kept, so ``up`` after ``down`` restarts the same nodes
+on the same ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from prismfs.client.config import DEV_STATE_FILE, DevRegistry, state_dir, write_client_toml
+from prismfs.durable import write_atomic
+from prismfs.errors import ConfigError, InvalidArgument, PrismError, Unavailable
+from prismfs.node import datadir
+from prismfs.procs import process_alive
+from prismfs.wire.auth import SECRET_FILE_NAME, read_secret_file
+from prismfs.wire.client import open_rpc_pool
+from prismfs.wire.messages import Ping, Pong
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+Say = Callable[[str], None]
+
+
+def default_dir() -> Path:
+    return state_dir() / "dev"
+
+
+@dataclass
+class DevNode:
+    name: str
+    data_dir: str
+    rpc_address: str
+    pid: int = 0
+    node_id: str = ""
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.data_dir) / "node.log"
+
+    def alive(self) -> bool:
+        return process_alive(self.pid, self.data_dir)
+
+
+@dataclass
+class DevCluster:
+    directory: Path
+    nodes: list[DevNode] = field(default_factory=list)
+    mount: str | None = None
+    started: float = 0.0
+
+    @classmethod
+    def load(cls, directory: Path) -> DevCluster | None:
+        try:
+            data = json.loads((directory / DEV_STATE_FILE).read_text())
+            nodes = [DevNode(**n) for n in data["nodes"]]
+            return cls(directory, nodes, data.get("mount"), float(data.get("started", 0)))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{directory / DEV_STATE_FILE} is unreadable: {exc}") from None
+
+    def save(self) -> None:
+        data = {"nodes": [asdict(n) for n in self.nodes], "mount": self.mount, "started": self.started}
+        write_atomic(self.directory / DEV_STATE_FILE, json.dumps(data, indent=2).encode())
+
+    @property
+    def secret_file(self) -> Path:
+        return Path(self.nodes[0].data_dir) / SECRET_FILE_NAME
+
+    def running(self) -> list[DevNode]:
+        return [n for n in self.nodes if n.alive()]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(node: DevNode) -> subprocess.Popen[bytes]:
+    log = open(node.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "prismfs", "node", "start",
+                "--data-dir", node.data_dir,
+                "--listen", node.rpc_address,
+                "--log-file", str(node.log_file),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # a Ctrl-C in the shell that ran `dev up` must not stop it
+            close_fds=True,
+        )
+    finally:
+        log.close()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster:
+    """Start (or restart) the cluster in ``directory``; idempotent while it runs."""
+    if not 1 <= n_nodes <= 32:
+        raise InvalidArgument("--nodes must be between 1 and 32")
+    if mount:
+        raise ConfigError("--mount needs the FUSE client (mount.prismfs), which is not available yet")
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    cluster = DevCluster.load(directory)
+    if cluster is not None and cluster.running():
+        if len(cluster.running()) == len(cluster.nodes):
+            say(f"dev cluster in {directory} is already running ({len(cluster.nodes)} nodes)")
+            return cluster
+    if cluster is None or not cluster.nodes:
+        cluster = DevCluster(directory)
+        for i in range(1, n_nodes + 1):
+            node_dir = directory / f"node{i}"
+            cluster.nodes.append(DevNode(f"node{i}", str(node_dir), f"127.0.0.1:{_free_port()}"))
+        datadir.init_cluster(Path(cluster.nodes[0].data_dir))
+        for node in cluster.nodes[1:]:
+            datadir.import_secret(Path(node.data_dir), cluster.secret_file)
+    elif len(cluster.nodes) != n_nodes:
+        say(f"note: {directory} holds a {len(cluster.nodes)}-node cluster; restarting it as it was")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for node in cluster.nodes:
+        if node.alive():
+            continue
+        proc = _spawn(node)
+        node.pid = proc.pid
+        procs[node.name] = proc
+    cluster.started = time.time()
+    cluster.save()
+    try:
+        trio.run(_wait_ready, cluster, procs)
+    except BaseException:
+        down(directory, lambda _msg: None)
+        raise
+    for proc in procs.values():
+        proc.returncode = 0  # detached on purpose: keep Popen.__del__ from warning
+    cluster.save()
+    write_client_toml(directory / "client.toml", [n.rpc_address for n in cluster.nodes], cluster.secret_file)
+    DevRegistry().add(directory)
+    return cluster
+
+
+async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    creds = read_secret_file(cluster.secret_file)
+    deadline = trio.current_time() + READY_TIMEOUT
+    async with open_rpc_pool(creds, connect_timeout=2, call_timeout=2, client_name="dev-up") as pool:
+        for node in cluster.nodes:
+            while True:
+                proc = procs.get(node.name)
+                if proc is not None and proc.poll() is not None:
+                    raise Unavailable(
+                        f"{node.name} exited with status {proc.returncode} during start-up; "
+                        f"its log ({node.log_file}) ends with:\n{_tail(node.log_file)}"
+                    )
+                try:
+                    reply = (await pool.call(node.rpc_address, Ping())).message
+                    assert isinstance(reply, Pong)
+                    node.node_id = reply.node_id
+                    break
+                except Unavailable:
+                    if trio.current_time() > deadline:
+                        raise Unavailable(
+                            f"{node.name} did not answer on {node.rpc_address} within "
+                            f"{READY_TIMEOUT:g}s; see {node.log_file}"
+                        ) from None
+                    await trio.sleep(0.1)
+
+
+def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple[DevNode, str]]:
+    """Stop the recorded node processes: SIGTERM, then SIGKILL after ``timeout``."""
+    directory = directory.resolve()
+    cluster = DevCluster.load(directory)
+    if cluster is None:
+        raise ConfigError(f"no dev cluster in {directory}")
+    outcomes: dict[str, str] = {}
+    for node in cluster.nodes:
+        if node.alive():
+            os.kill(node.pid, signal.SIGTERM)
+            outcomes[node.name] = "stopped"
+        else:
+            outcomes[node.name] = "was not running"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(n.alive() for n in cluster.nodes):
+        time.sleep(0.05)
+    for node in cluster.nodes:
+        if node.alive():
+            os.kill(node.pid, signal.SIGKILL)
+            outcomes[node.name] = f"killed (no exit within {timeout:g}s of SIGTERM)"
+    kill_deadline = time.monotonic() + 5
+    while time.monotonic() < kill_deadline and any(n.alive() for n in cluster.nodes):
+        time.sleep(0.05)
+    DevRegistry().remove(directory)
+    result = []
+    for node in cluster.nodes:
+        say(f"{node.name} (pid {node.pid}): {outcomes[node.name]}")
+        result.append((node, outcomes[node.name]))
+    return result
+
+
+def status(directory: Path) -> list[dict[str, Any]]:
+    """Every node with its id, pid, liveness, address and role (asked over RPC)."""
+    directory = directory.resolve()
+    cluster = DevCluster.load(directory)
+    if cluster is None:
+        raise ConfigError(f"no dev cluster in {directory}")
+    return trio.run(_status, cluster)
+
+
+async def _status(cluster: DevCluster) -> list[dict[str, Any]]:
+    rows = []
+    creds = read_secret_file(cluster.secret_file)
+    async with open_rpc_pool(creds, connect_timeout=2, call_timeout=2, client_name="dev-status") as pool:
+        for node in cluster.nodes:
+            row: dict[str, Any] = {
+                "name": node.name,
+                "id": node.node_id,
+                "pid": node.pid,
+                "alive": node.alive(),
+                "rpc_address": node.rpc_address,
+                "http_address": None,
+                "role": "down",
+                "data_dir": node.data_dir,
+                "log": str(node.log_file),
+            }
+            if row["alive"]:
+                try:
+                    pong = (await pool.call(node.rpc_address, Ping())).message
+                    assert isinstance(pong, Pong)
+                    row.update(id=pong.node_id, role=pong.role, http_address=pong.http_address)
+                except PrismError as exc:
+                    row["role"] = "unreachable"
+                    row["error"] = exc.message
+            rows.append(row)
+    return rows

@@ -1,0 +1,242 @@
+"""The ``prismfs`` command.
+
+Every failure a user can cause ends in one line on stderr, ``prismfs: ...``,
+and a non-zero exit status (1 for errors, 2 for usage); tracebacks are for
+bugs only. ``--json`` output is for scripts and keeps its keys stable.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import trio
+
+from prismfs import __version__
+from prismfs.cli import devcluster
+from prismfs.client.config import ClientConfig, resolve_client_config
+from prismfs.errors import PrismError
+from prismfs.node import datadir
+from prismfs.node.config import load_node_config
+from prismfs.node.daemon import run_node
+from prismfs.wire.client import open_rpc_pool
+from prismfs.wire.messages import Ping, Pong
+from prismfs.wire.tls import client_context
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def client_options(func: F) -> F:
+    """The options by which a client command finds its cluster (see client.config)."""
+
+    @click.option("--cluster", metavar="ADDR[,ADDR...]", help="Node addresses to contact.")
+    @click.option("--secret-file", type=click.Path(path_type=Path), help="The cluster secret file.")
+    @click.option(
+        "--config", "config_file", type=click.Path(path_type=Path),
+        help="A client.toml (default: $PRISMFS_CONFIG, else the newest running dev cluster).",
+    )
+    @click.option("--tls-ca", type=click.Path(path_type=Path), help="Cluster CA, to talk TLS to nodes.")
+    @functools.wraps(func)
+    def wrapper(
+        cluster: str | None, secret_file: Path | None, config_file: Path | None, tls_ca: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        kwargs["client"] = resolve_client_config(cluster, secret_file, config_file, tls_ca)
+        return func(**kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="prismfs")
+def cli() -> None:
+    """PrismFS: a distributed file system you mount like a local disk."""
+
+
+# --- cluster ----------------------------------------------------------------
+
+
+@cli.group()
+def cluster() -> None:
+    """Create a cluster and look at it."""
+
+
+@cluster.command("init")
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="First node's data directory.")
+def cluster_init(data_dir: Path) -> None:
+    """Create a new cluster: its id and secret, in the first node's data directory."""
+    creds = datadir.init_cluster(data_dir)
+    click.echo(f"created cluster {creds.cluster_id}")
+    click.echo(f"secret: {data_dir / datadir.SECRET_FILE_NAME} (mode 0600; copy it to every node and client)")
+    click.echo(f"next: prismfs node start --data-dir {data_dir} --listen HOST:PORT")
+
+
+@cluster.command("status")
+@client_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cluster_status(client: ClientConfig, as_json: bool) -> None:
+    """Ping every node the client knows and show what answers."""
+    rows = trio.run(_probe_nodes, client)
+    if as_json:
+        click.echo(json.dumps({"source": client.source, "nodes": rows}, indent=2))
+    else:
+        click.echo(f"cluster from {client.source}")
+        _print_table(rows, ["address", "id", "role", "version", "latency_ms", "error"])
+    if not any(r["reachable"] for r in rows):
+        raise click.exceptions.Exit(1)
+
+
+async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:
+    creds = client.credentials()
+    ssl_ctx = client_context(client.tls_ca) if client.tls_ca else None
+    rows: list[dict[str, Any]] = []
+    async with open_rpc_pool(creds, ssl_context=ssl_ctx, connect_timeout=3, call_timeout=3,
+                             client_name="prismfs-cli") as pool:
+        for address in client.addresses:
+            start = trio.current_time()
+            try:
+                pong = (await pool.call(address, Ping())).message
+            except PrismError as exc:
+                rows.append({"address": address, "reachable": False, "error": exc.message})
+                continue
+            assert isinstance(pong, Pong)
+            rows.append({
+                "address": address,
+                "reachable": True,
+                "id": pong.node_id,
+                "role": pong.role,
+                "version": pong.version,
+                "latency_ms": round((trio.current_time() - start) * 1000, 2),
+                "pid": pong.pid,
+            })
+    return rows
+
+
+# --- node -------------------------------------------------------------------
+
+
+@cli.group()
+def node() -> None:
+    """Run and manage storage nodes."""
+
+
+@node.command("start")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Node data directory (node.data_dir).")
+@click.option("--listen", metavar="HOST:PORT", help="RPC address to listen on (node.listen).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="node.toml; flags override it.")
+@click.option("--secret-file", type=click.Path(path_type=Path),
+              help="Cluster secret to import on this node's first start.")
+@click.option("--advertise", metavar="HOST:PORT", help="Address other nodes and clients use (node.advertise).")
+@click.option("--zone", help="Failure domain of this node (node.zone).")
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="Serve TLS with this certificate (tls.cert).")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="Private key of --tls-cert (tls.key).")
+@click.option("--tls-ca", type=click.Path(path_type=Path), help="Cluster CA (tls.ca).")
+@click.option("--log-file", help="Log to this file instead of stderr (log.file).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="log.level")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="log.format")
+def node_start(
+    data_dir: Path | None, listen: str | None, config_file: Path | None, secret_file: Path | None,
+    advertise: str | None, zone: str | None, tls_cert: Path | None, tls_key: Path | None,
+    tls_ca: Path | None, log_file: str | None, log_level: str | None, log_format: str | None,
+) -> None:
+    """Run a storage node in the foreground until SIGTERM or SIGINT."""
+    overrides: dict[str, dict[str, Any]] = {
+        "node": {"data_dir": str(data_dir) if data_dir else None, "listen": listen,
+                 "advertise": advertise, "zone": zone},
+        "tls": {"cert": _str(tls_cert), "key": _str(tls_key), "ca": _str(tls_ca)},
+        "log": {"file": log_file, "level": log_level, "format": log_format},
+    }
+    config = load_node_config(config_file, overrides)
+    run_node(config, secret_file)
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+# --- dev cluster --------------------------------------------------------------
+
+
+@cli.group()
+def dev() -> None:
+    """A local cluster of node processes on loopback, for trying PrismFS out."""
+
+
+_dir_option = click.option(
+    "--dir", "directory", type=click.Path(path_type=Path), default=None,
+    help="Cluster directory (default: $PRISMFS_STATE_DIR/dev or ~/.local/state/prismfs/dev).",
+)
+
+
+@dev.command("up")
+@click.option("--nodes", "n_nodes", default=3, show_default=True, help="How many nodes.")
+@_dir_option
+@click.option("--mount", metavar="DIR", help="Also mount the file system at DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the node list as JSON.")
+def dev_up(n_nodes: int, directory: Path | None, mount: str | None, as_json: bool) -> None:
+    """Start N nodes (or restart a stopped dev cluster) and write client.toml."""
+    directory = directory or devcluster.default_dir()
+    say = (lambda _m: None) if as_json else click.echo
+    devcluster.up(directory, n_nodes, mount, say)
+    rows = devcluster.status(directory)
+    if as_json:
+        click.echo(json.dumps({"dir": str(directory.resolve()), "nodes": rows}, indent=2))
+        return
+    _print_table(rows, ["name", "id", "pid", "rpc_address", "role"])
+    click.echo(f"\nclient config: {directory.resolve() / 'client.toml'}")
+    click.echo("try: prismfs cluster status")
+    click.echo(f"stop: prismfs dev down --dir {directory}")
+
+
+@dev.command("down")
+@_dir_option
+def dev_down(directory: Path | None) -> None:
+    """Stop exactly the node processes this dev cluster started."""
+    devcluster.down(directory or devcluster.default_dir(), click.echo)
+
+
+@dev.command("status")
+@_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def dev_status(directory: Path | None, as_json: bool) -> None:
+    """Every node: name, id, pid, RPC address, role, HTTP address."""
+    directory = directory or devcluster.default_dir()
+    rows = devcluster.status(directory)
+    if as_json:
+        click.echo(json.dumps({"dir": str(directory.resolve()), "nodes": rows}, indent=2))
+    else:
+        _print_table(rows, ["name", "id", "pid", "alive", "rpc_address", "role", "http_address"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry: one clear line and a non-zero status on failure."""
+    try:
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="prismfs",
+                      standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("prismfs: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except PrismError as exc:
+        click.echo(f"prismfs: {exc.message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,175 @@
+"""How every client command finds its cluster.
+
+In order of precedence:
+
+1. ``--cluster ADDR[,ADDR...]`` with ``--secret-file F`` (and ``--tls-ca``);
+2. ``--config F`` or ``PRISMFS_CONFIG=F``: a ``client.toml``::
+
+       cluster = ["127.0.0.1:7070", "127.0.0.1:7071"]
+       secret_file = "/var/lib/prismfs/cluster.secret"   # relative to the file
+       tls_ca = ""                                        # optional
+
+3. the most recently started ``prismfs dev`` cluster that still has a live
+   node, found through the dev registry (see `DevRegistry`).
+
+The first source that gives anything wins; a half-given first source (an
+address without a secret) is an error, not a reason to look further.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from prismfs.errors import ClusterNotFound, ConfigError
+from prismfs.procs import process_alive
+from prismfs.wire.address import parse_address
+from prismfs.wire.auth import ClusterCredentials, read_secret_file
+
+CONFIG_ENV = "PRISMFS_CONFIG"
+DEV_STATE_FILE = "dev.json"
+STATE_ENV = "PRISMFS_STATE_DIR"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    addresses: tuple[str, ...]
+    secret_file: Path
+    tls_ca: Path | None = None
+    source: str = ""
+
+    def credentials(self) -> ClusterCredentials:
+        return read_secret_file(self.secret_file)
+
+
+def state_dir() -> Path:
+    """Where per-user PrismFS state lives (the dev registry, default dev cluster)."""
+    env = os.environ.get(STATE_ENV)
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "prismfs"
+
+
+def _addresses(items: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:
+    out = []
+    for item in items:
+        for part in str(item).split(","):
+            if part.strip():
+                parse_address(part.strip())
+                out.append(part.strip())
+    if not out:
+        raise ConfigError(f"{where} names no cluster address")
+    return tuple(out)
+
+
+def load_client_toml(path: Path) -> ClientConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"client config {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read client config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"client config {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"cluster", "secret_file", "tls_ca"}
+    if unknown:
+        raise ConfigError(f"client config {path}: unknown keys {', '.join(sorted(unknown))}")
+    cluster = data.get("cluster")
+    if isinstance(cluster, str):
+        cluster = [cluster]
+    if not isinstance(cluster, list) or not isinstance(data.get("secret_file"), str):
+        raise ConfigError(f"client config {path} needs 'cluster' (addresses) and 'secret_file'")
+    base = path.parent
+    tls_ca = data.get("tls_ca") or None
+    return ClientConfig(
+        addresses=_addresses(cluster, str(path)),
+        secret_file=base / data["secret_file"],
+        tls_ca=base / tls_ca if isinstance(tls_ca, str) else None,
+        source=str(path),
+    )
+
+
+def write_client_toml(path: Path, addresses: list[str], secret_file: Path) -> None:
+    lines = [
+        "# Written by prismfs; used by client commands with --config or PRISMFS_CONFIG.",
+        "cluster = [" + ", ".join(json.dumps(a) for a in addresses) + "]",
+        f"secret_file = {json.dumps(str(secret_file))}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def resolve_client_config(
+    cluster: str | None = None,
+    secret_file: Path | None = None,
+    config: Path | None = None,
+    tls_ca: Path | None = None,
+) -> ClientConfig:
+    if cluster or secret_file:
+        if not (cluster and secret_file):
+            raise ConfigError("--cluster and --secret-file go together")
+        return ClientConfig(_addresses([cluster], "--cluster"), secret_file, tls_ca, "command line")
+    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None:
+        loaded = load_client_toml(path)
+        return loaded if tls_ca is None else ClientConfig(loaded.addresses, loaded.secret_file, tls_ca, loaded.source)
+    found = DevRegistry().most_recent_running()
+    if found is None:
+        raise ClusterNotFound(
+            "no cluster given and no running dev cluster found: pass --cluster ADDR "
+            "--secret-file F, or --config F (or set PRISMFS_CONFIG), or start one with 'prismfs dev up'"
+        )
+    return load_client_toml(found / "client.toml")
+
+
+class DevRegistry:
+    """Which local dev clusters exist: one small JSON file per cluster directory.
+
+    One file per cluster (named by a hash of its path) means two ``dev up``
+    runs never write the same file.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or state_dir()) / "dev-clusters"
+
+    def _entry(self, cluster_dir: Path) -> Path:
+        digest = hashlib.sha256(str(cluster_dir.resolve()).encode()).hexdigest()[:16]
+        return self.root / f"{digest}.json"
+
+    def add(self, cluster_dir: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = {"dir": str(cluster_dir.resolve()), "started": time.time()}
+        self._entry(cluster_dir).write_text(json.dumps(entry))
+
+    def remove(self, cluster_dir: Path) -> None:
+        try:
+            self._entry(cluster_dir).unlink()
+        except FileNotFoundError:
+            pass
+
+    def entries(self) -> list[tuple[float, Path]]:
+        out = []
+        for file in self.root.glob("*.json"):
+            try:
+                data = json.loads(file.read_text())
+                out.append((float(data["started"]), Path(data["dir"])))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return sorted(out, reverse=True)
+
+    def most_recent_running(self) -> Path | None:
+        """The newest registered cluster with a live node (per its ``dev.json``)."""
+        for _started, directory in self.entries():
+            try:
+                state = json.loads((directory / DEV_STATE_FILE).read_text())
+                nodes = state["nodes"]
+                if any(process_alive(int(n["pid"]), str(n["data_dir"])) for n in nodes):
+                    return directory
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return None

@@ -1,0 +1,227 @@
+"""One exception hierarchy for all of PrismFS.
+
+Every error a layer raises on purpose is a `PrismError` subclass. Each class
+carries three facts, declared once here and nowhere else:
+
+* ``code``: a stable wire name. A server that fails a call sends
+  ``(code, message, details)``; the client looks the code up in the registry
+  below and raises the *same* class, so ``except NotFound`` works the same for
+  a local call and a remote one.
+* ``errno``: what the FUSE layer returns to the kernel and what the CLI and
+  REST API derive their exit codes and statuses from. Keeping the table in the
+  class definitions means there is exactly one place that decides an errno.
+* ``transient``: whether retrying the same idempotent call may succeed
+  (a lost connection, no leader yet). Retry loops consult only this flag.
+
+Errors with no code of their own on the receiving side (a newer server, say)
+arrive as `RemoteError`, which keeps the original code in ``remote_code``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import ClassVar
+
+WireDetail = str | int | float | bool | None
+"""Values an error may carry in ``details``; all of them survive msgpack."""
+
+_REGISTRY: dict[str, type[PrismError]] = {}
+
+
+class PrismError(Exception):
+    """Base of every error PrismFS raises on purpose."""
+
+    code: ClassVar[str] = "error"
+    errno: ClassVar[int] = _errno.EIO
+    transient: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", **details: WireDetail) -> None:
+        self.message = message or self.__class__.__doc__ or self.code
+        self.details: dict[str, WireDetail] = dict(details)
+        super().__init__(self.message)
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must declare its own wire code")
+        if cls.code in _REGISTRY:
+            raise TypeError(f"wire code {cls.code!r} is used by {_REGISTRY[cls.code].__name__}")
+        _REGISTRY[cls.code] = cls
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, details={self.details!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep errors picklable (trio.to_thread, multiprocessing) despite **details.
+        return (error_from_wire, (self.code, self.message, self.details))
+
+
+_REGISTRY[PrismError.code] = PrismError
+
+
+def error_from_wire(code: str, message: str, details: dict[str, WireDetail]) -> PrismError:
+    """Rebuild the error a peer sent; unknown codes become `RemoteError`."""
+    cls = _REGISTRY.get(code)
+    if cls is None:
+        return RemoteError(message, remote_code=code, **details)
+    err = cls.__new__(cls)
+    PrismError.__init__(err, message, **details)
+    return err
+
+
+def registered_errors() -> dict[str, type[PrismError]]:
+    """Every error class by wire code (a copy; tests iterate it)."""
+    return dict(_REGISTRY)
+
+
+# --- wire, connection and protocol -------------------------------------------
+
+
+class ProtocolError(PrismError):
+    """Malformed or unexpected data from a peer."""
+
+    code = "protocol_error"
+    errno = _errno.EPROTO
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame exceeds the configured size limit."""
+
+    code = "frame_too_large"
+    errno = _errno.EMSGSIZE
+
+
+class AuthenticationFailed(PrismError):
+    """The peer could not prove it knows the cluster secret."""
+
+    code = "authentication_failed"
+    errno = _errno.EACCES
+
+
+class Unavailable(PrismError):
+    """A node could not be reached or the connection to it broke."""
+
+    code = "unavailable"
+    errno = _errno.EHOSTUNREACH
+    transient = True
+
+
+class DeadlineExceeded(PrismError):
+    """A call did not finish before its deadline."""
+
+    code = "deadline_exceeded"
+    errno = _errno.ETIMEDOUT
+    transient = True
+
+
+class Overloaded(PrismError):
+    """The server refuses more work on this connection for now."""
+
+    code = "overloaded"
+    errno = _errno.EAGAIN
+    transient = True
+
+
+class ShuttingDown(PrismError):
+    """The node is stopping and no longer accepts new calls."""
+
+    code = "shutting_down"
+    errno = _errno.ESHUTDOWN
+    transient = True
+
+
+class UnknownMethod(PrismError):
+    """The server has no handler for this request type."""
+
+    code = "unknown_method"
+    errno = _errno.EOPNOTSUPP
+
+
+class RemoteError(PrismError):
+    """A peer failed with an error this version does not know, or a bug."""
+
+    code = "remote_error"
+    errno = _errno.EIO
+
+
+class InternalError(PrismError):
+    """A handler failed unexpectedly; the server log has the traceback."""
+
+    code = "internal_error"
+    errno = _errno.EIO
+
+
+# --- configuration and local state -------------------------------------------
+
+
+class ConfigError(PrismError):
+    """Configuration is missing, malformed or contradictory."""
+
+    code = "config_error"
+    errno = _errno.EINVAL
+
+
+class DataDirLocked(PrismError):
+    """Another process already runs a node on this data directory."""
+
+    code = "data_dir_locked"
+    errno = _errno.EBUSY
+
+
+class NotInitialized(PrismError):
+    """The data directory holds no cluster identity yet."""
+
+    code = "not_initialized"
+    errno = _errno.ENOENT
+
+
+class AlreadyInitialized(PrismError):
+    """The data directory already belongs to a cluster."""
+
+    code = "already_initialized"
+    errno = _errno.EEXIST
+
+
+class ClusterNotFound(PrismError):
+    """No cluster address was given and none could be discovered."""
+
+    code = "cluster_not_found"
+    errno = _errno.ENOENT
+
+
+# --- namespace (used by meta/ and every front end) ---------------------------
+
+
+class NotFound(PrismError):
+    """No such file, directory or object."""
+
+    code = "not_found"
+    errno = _errno.ENOENT
+
+
+class AlreadyExists(PrismError):
+    """The name already exists."""
+
+    code = "already_exists"
+    errno = _errno.EEXIST
+
+
+class InvalidArgument(PrismError):
+    """An argument is out of range or malformed."""
+
+    code = "invalid_argument"
+    errno = _errno.EINVAL
+
+
+class PermissionDenied(PrismError):
+    """The caller may not do this."""
+
+    code = "permission_denied"
+    errno = _errno.EACCES
+
+
+class NoSpace(PrismError):
+    """A store or the cluster is out of space."""
+
+    code = "no_space"
+    errno = _errno.ENOSPC

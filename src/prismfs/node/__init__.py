@@ -1,0 +1,1 @@
+"""The storage-node daemon: configuration, data directory, logs and the run loop."""

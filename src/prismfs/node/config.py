@@ -1,0 +1,125 @@
+"""Node configuration: a TOML file, overridden by command-line flags.
+
+Every key is documented in ``docs/configuration.md``; keep the two in step.
+Unknown keys and wrong types are refused with the key's path, so a typo in a
+config file is an error at start, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from prismfs.errors import ConfigError
+from prismfs.wire.address import parse_address
+from prismfs.wire.frames import FrameLimits, MiB
+from prismfs.wire.server import ServerLimits
+from prismfs.wire.tls import TlsConfig
+
+DEFAULT_PORT = 7070
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class NodeSection(_Section):
+    data_dir: str = ""
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    advertise: str = ""
+    zone: str = ""
+    shutdown_grace: float = 5.0
+
+
+class LogSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    file: str = ""
+    format: Literal["text", "json"] = "text"
+
+
+class TlsSection(_Section):
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+
+
+class RpcSection(_Section):
+    max_payload_mib: int = 64
+    max_inflight: int = 4096
+    max_connections: int = 1024
+    handshake_timeout: float = 5.0
+
+
+class NodeConfig(_Section):
+    node: NodeSection = msgspec.field(default_factory=NodeSection)
+    log: LogSection = msgspec.field(default_factory=LogSection)
+    tls: TlsSection = msgspec.field(default_factory=TlsSection)
+    rpc: RpcSection = msgspec.field(default_factory=RpcSection)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.node.data_dir)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_address(self.node.listen, default_port=DEFAULT_PORT)
+
+    def tls_config(self) -> TlsConfig:
+        return TlsConfig(
+            cert=Path(self.tls.cert) if self.tls.cert else None,
+            key=Path(self.tls.key) if self.tls.key else None,
+            ca=Path(self.tls.ca) if self.tls.ca else None,
+        )
+
+    def server_limits(self) -> ServerLimits:
+        return ServerLimits(
+            frame=FrameLimits(max_payload=self.rpc.max_payload_mib * MiB),
+            max_inflight=self.rpc.max_inflight,
+            max_connections=self.rpc.max_connections,
+            handshake_timeout=self.rpc.handshake_timeout,
+        )
+
+
+def load_node_config(path: Path | None, overrides: dict[str, dict[str, Any]]) -> NodeConfig:
+    """Read ``path`` (if given), apply flag ``overrides`` per section, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, values in overrides.items():
+        current = raw.setdefault(section, {})
+        if not isinstance(current, dict):
+            raise ConfigError(f"config key {section!r} must be a table")
+        current.update({k: v for k, v in values.items() if v is not None})
+    try:
+        config = msgspec.convert(raw, NodeConfig)
+    except msgspec.ValidationError as exc:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid configuration{where}: {exc}") from None
+    _check(config)
+    return config
+
+
+def _check(config: NodeConfig) -> None:
+    if not config.node.data_dir:
+        raise ConfigError("no data directory: pass --data-dir or set node.data_dir")
+    config.listen_address  # noqa: B018 - parses, raising InvalidArgument on a bad address
+    if config.node.advertise:
+        parse_address(config.node.advertise)
+    if not 1 <= config.rpc.max_payload_mib <= 1024:
+        raise ConfigError("rpc.max_payload_mib must be between 1 and 1024")
+    if config.rpc.max_inflight < 1 or config.rpc.max_connections < 1:
+        raise ConfigError("rpc.max_inflight and rpc.max_connections must be at least 1")
+    if bool(config.tls.cert) != bool(config.tls.key):
+        raise ConfigError("TLS needs both tls.cert and tls.key")
+    if config.node.shutdown_grace < 0:
+        raise ConfigError("node.shutdown_grace must not be negative")

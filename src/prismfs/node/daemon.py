@@ -1,0 +1,127 @@
+"""The storage-node daemon: wires configuration, credentials and the RPC server.
+
+Start-up order: take the data-dir lock (a second node on the same directory
+is refused before it touches anything), load the cluster credentials, set up
+logging with the node id, listen, then publish ``node.json`` with the bound
+address. The daemon runs until SIGTERM or SIGINT, then shuts the RPC server
+down gracefully (running calls get ``node.shutdown_grace`` seconds, new ones
+are refused with `ShuttingDown`), removes ``node.json`` and releases the lock.
+
+Later layers (Raft, metadata, shard store) register their handlers on the
+same server in `NodeService.__init__`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from prismfs import __version__
+from prismfs.errors import InvalidArgument
+from prismfs.node import datadir
+from prismfs.node.config import NodeConfig
+from prismfs.node.logs import setup_logging
+from prismfs.wire.address import parse_address
+from prismfs.wire.auth import ClusterCredentials
+from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
+from prismfs.wire.server import Call, Reply, RpcServer
+from prismfs.wire.tls import server_context
+
+log = logging.getLogger("prismfs.node")
+
+
+class NodeService:
+    """The handlers a node serves, around one `RpcServer`."""
+
+    def __init__(self, config: NodeConfig, creds: ClusterCredentials, node_id: str) -> None:
+        self.config = config
+        self.creds = creds
+        self.node_id = node_id
+        tls = config.tls_config()
+        self.server = RpcServer(
+            creds,
+            node_id,
+            ssl_context=server_context(tls) if tls.serves else None,
+            limits=config.server_limits(),
+        )
+        self.rpc_address = ""
+        self.started = trio.current_time()
+        self.server.register(Ping, self.ping)
+        self.server.register(Echo, self.echo)
+
+    async def ping(self, request: Ping, call: Call) -> Pong:
+        return Pong(
+            node_id=self.node_id,
+            cluster_id=self.creds.cluster_id,
+            version=__version__,
+            role="standalone",
+            rpc_address=self.rpc_address,
+            uptime_s=trio.current_time() - self.started,
+            pid=os.getpid(),
+        )
+
+    async def echo(self, request: Echo, call: Call) -> EchoReply | Reply:
+        if request.mode == "sink":
+            return EchoReply(len(call.payload))
+        if request.mode == "source":
+            if not 0 <= request.size <= self.server.limits.frame.max_payload:
+                raise InvalidArgument(f"size {request.size} is outside 0..{self.server.limits.frame.max_payload}")
+            return Reply(EchoReply(len(call.payload)), bytes(request.size))
+        return Reply(EchoReply(len(call.payload)), call.payload)
+
+
+async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: str) -> None:
+    """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
+    service = NodeService(config, creds, node_id)
+    host, port = config.listen_address
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            try:
+                addresses = await nursery.start(service.server.serve, host, port)
+            except OSError as exc:
+                raise InvalidArgument(f"cannot listen on {config.node.listen}: {exc.strerror}") from None
+            service.rpc_address = config.node.advertise or addresses[0]
+            datadir.write_state(
+                config.data_dir,
+                {
+                    "node_id": node_id,
+                    "cluster_id": creds.cluster_id,
+                    "pid": os.getpid(),
+                    "rpc_address": service.rpc_address,
+                    "listen": addresses,
+                    "version": __version__,
+                },
+            )
+            log.info("node %s of cluster %s serving RPC on %s", node_id, creds.cluster_id, ", ".join(addresses))
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                await service.server.shutdown(config.node.shutdown_grace)
+                break
+    log.info("node %s stopped", node_id)
+
+
+def run_node(config: NodeConfig, secret_file: Path | None = None) -> None:
+    """Blocking entry point of ``prismfs node start``."""
+    data_dir = config.data_dir
+    parse_address(config.node.listen)
+    if secret_file is None:
+        datadir.load_credentials(data_dir)  # fail before creating anything
+    lock = datadir.DataDirLock.acquire(data_dir)
+    try:
+        creds = (
+            datadir.import_secret(data_dir, secret_file)
+            if secret_file is not None
+            else datadir.load_credentials(data_dir)
+        )
+        node_id = datadir.node_id(data_dir)
+        setup_logging(node_id, config.log.level, config.log.file, config.log.format)
+        try:
+            trio.run(serve_node, config, creds, node_id)
+        finally:
+            datadir.clear_state(data_dir)
+    finally:
+        lock.release()

@@ -1,0 +1,66 @@
+"""Structured logs: one line per event, every line naming the node.
+
+Text lines read ``TIME LEVEL node=ID logger: message``; with ``log.format =
+"json"`` each line is a JSON object with the same fields (plus ``exc`` for a
+traceback), for log shippers. Times are UTC with milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+_TEXT = "%(asctime)s %(levelname)-7s node=%(node_id)s %(name)s: %(message)s"
+
+
+class _NodeIdFilter(logging.Filter):
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node_id = self.node_id
+        return True
+
+
+class _UtcFormatter(logging.Formatter):
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+class _JsonFormatter(_UtcFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "node": getattr(record, "node_id", "-"),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(node_id: str, level: str, file: str = "", fmt: str = "text") -> None:
+    """Route the ``prismfs`` loggers to stderr or ``file`` for this process."""
+    handler: logging.Handler
+    if file:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_NodeIdFilter(node_id))
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _UtcFormatter(_TEXT))
+    root = logging.getLogger("prismfs")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,303 @@
+"""RPC client: multiplexed connections, a pool, deadlines and cancellation.
+
+Theory of operation. An `RpcConnection` owns one authenticated `FramedStream`
+and two tasks (writer, reader) that run in the pool's nursery. A call takes
+the next request id, parks a `_Pending` slot in ``pending``, queues its frame
+and waits for the reader to fill the slot. Many calls share the connection;
+their replies may arrive in any order.
+
+When a call's deadline passes or its caller is cancelled, the slot is
+dropped and a CANCEL frame is queued without waiting (`send_nowait`), so
+that the server stops working on it; a reply that still arrives is ignored.
+When the connection breaks, every waiting call fails with `Unavailable` (or
+the `ProtocolError` that broke it) and the pool forgets the connection, so
+the next call dials again.
+
+Calls are never retried here: whether a retry is safe depends on the
+request (idempotency keys live in the layers above).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from prismfs.errors import DeadlineExceeded, PrismError, ProtocolError, Unavailable
+from prismfs.wire.address import parse_address
+from prismfs.wire.auth import ClusterCredentials, client_handshake
+from prismfs.wire.codec import Message, decode_message
+from prismfs.wire.frames import FrameKind, FrameLimits, Payload
+from prismfs.wire.messages import Cancel, ErrorReply, Hello
+from prismfs.wire.stream import FramedStream
+
+log = logging.getLogger("prismfs.wire.client")
+
+DEFAULT_CALL_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+class _Default:
+    pass
+
+
+DEFAULT = _Default()
+"""Sentinel: use the pool's call timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    message: Message
+    payload: Payload = b""
+
+
+@dataclass(slots=True)
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    response: Response | None = None
+    error: PrismError | None = None
+
+
+async def dial(
+    address: str,
+    creds: ClusterCredentials,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    limits: FrameLimits | None = None,
+    client_name: str = "",
+) -> tuple[FramedStream, Hello]:
+    """Open TCP (+TLS) to ``address`` and authenticate; raise a typed error on failure."""
+    host, port = parse_address(address)
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(timeout):
+            tcp = await trio.open_tcp_stream(host, port)
+            stream = tcp
+            if ssl_context is not None:
+                stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
+                await stream.do_handshake()
+            conn = FramedStream(stream, limits=limits)
+            hello = await client_handshake(conn, creds, timeout, client_name)
+    except trio.TooSlowError:
+        await _close_quietly(stream)
+        raise Unavailable(f"cannot connect to {address}: no answer within {timeout:g}s") from None
+    except OSError as exc:
+        await _close_quietly(stream)
+        raise Unavailable(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        await _close_quietly(stream)
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            raise Unavailable(f"TLS with {address} failed: {cause.reason or cause}") from None
+        raise Unavailable(f"connection to {address} closed during the handshake") from None
+    except BaseException:
+        await _close_quietly(stream)
+        raise
+    return conn, hello
+
+
+async def _close_quietly(stream: trio.abc.Stream | None) -> None:
+    if stream is not None:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+class RpcConnection:
+    """One authenticated, multiplexed connection; see the module docstring."""
+
+    def __init__(self, conn: FramedStream, address: str, hello: Hello) -> None:
+        self.address = address
+        self.hello = hello
+        self._conn = conn
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._broken: PrismError | None = None
+        self.closed = trio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self._broken is None and not self.closed.is_set()
+
+    async def run(self) -> None:
+        """Reader and writer; returns when the connection ends (cancel it to close)."""
+        reason: PrismError = Unavailable(f"connection to {self.address} closed")
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._conn.run_writer, name=f"rpc-writer {self.address}")
+                try:
+                    await self._read_loop()
+                finally:
+                    nursery.cancel_scope.cancel()
+        except ProtocolError as exc:
+            log.warning("connection to %s broke: %s", self.address, exc.message)
+            reason = exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reason = Unavailable(f"connection to {self.address} broke: {exc}")
+        finally:
+            self._fail_all(reason)
+            await self._conn.aclose()
+            self.closed.set()
+
+    async def _read_loop(self) -> None:
+        while True:
+            frame = await self._conn.receive_frame()
+            if frame is None:
+                return
+            if frame.kind not in (FrameKind.RESPONSE, FrameKind.ERROR):
+                raise ProtocolError(f"unexpected {frame.kind.name} frame from the server")
+            message = decode_message(frame.header)
+            slot = self._pending.pop(frame.request_id, None)
+            if slot is None:
+                continue  # the caller gave up (deadline or cancel) before the reply came
+            if frame.kind == FrameKind.ERROR:
+                if not isinstance(message, ErrorReply):
+                    raise ProtocolError("ERROR frame without an ErrorReply")
+                slot.error = message.to_error()
+            else:
+                slot.response = Response(message, frame.payload)
+            slot.done.set()
+
+    def _fail_all(self, reason: PrismError) -> None:
+        self._broken = reason
+        pending, self._pending = self._pending, {}
+        for slot in pending.values():
+            slot.error = reason
+            slot.done.set()
+
+    async def call(
+        self, request: Message, payload: Payload = b"", *, timeout: float | None = None
+    ) -> Response:
+        """Send one request and wait for its reply; a server error is re-raised as itself."""
+        if self._broken is not None:
+            raise Unavailable(f"connection to {self.address} is closed: {self._broken.message}")
+        rid = next(self._ids)
+        slot = _Pending()
+        self._pending[rid] = slot
+        finished = False
+        try:
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                await self._conn.send(FrameKind.REQUEST, rid, request, payload)
+                await slot.done.wait()
+                finished = True
+        finally:
+            if not finished and self._pending.pop(rid, None) is not None:
+                self._conn.send_nowait(FrameKind.CANCEL, rid, Cancel())
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(
+                f"{type(request).__name__} to {self.address} did not finish within {timeout:g}s"
+            )
+        if slot.error is not None:
+            raise slot.error
+        assert slot.response is not None
+        return slot.response
+
+    def close(self) -> None:
+        self._conn.close_writer()
+
+
+class RpcPool:
+    """Connections by address, dialled on first use and re-dialled after a break.
+
+    Created by `open_rpc_pool`, whose nursery runs every connection's tasks.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        creds: ClusterCredentials,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        limits: FrameLimits | None = None,
+        client_name: str = "",
+    ) -> None:
+        self._nursery = nursery
+        self.creds = creds
+        self.ssl_context = ssl_context
+        self.connect_timeout = connect_timeout
+        self.call_timeout = call_timeout
+        self.limits = limits
+        self.client_name = client_name
+        self._conns: dict[str, RpcConnection] = {}
+        self._dial_locks: dict[str, trio.Lock] = {}
+
+    async def connection(self, address: str) -> RpcConnection:
+        conn = self._conns.get(address)
+        if conn is not None and conn.is_open:
+            return conn
+        lock = self._dial_locks.setdefault(address, trio.Lock())
+        async with lock:
+            conn = self._conns.get(address)
+            if conn is not None and conn.is_open:
+                return conn
+            stream, hello = await dial(
+                address,
+                self.creds,
+                ssl_context=self.ssl_context,
+                timeout=self.connect_timeout,
+                limits=self.limits,
+                client_name=self.client_name,
+            )
+            conn = RpcConnection(stream, address, hello)
+            self._conns[address] = conn
+            self._nursery.start_soon(self._run, conn, name=f"rpc-conn {address}")
+            return conn
+
+    async def _run(self, conn: RpcConnection) -> None:
+        try:
+            await conn.run()
+        finally:
+            if self._conns.get(conn.address) is conn:
+                del self._conns[conn.address]
+
+    async def call(
+        self,
+        address: str,
+        request: Message,
+        payload: Payload = b"",
+        *,
+        timeout: float | None | _Default = DEFAULT,
+    ) -> Response:
+        seconds = self.call_timeout if isinstance(timeout, _Default) else timeout
+        conn = await self.connection(address)
+        return await conn.call(request, payload, timeout=seconds)
+
+    async def aclose(self) -> None:
+        for conn in list(self._conns.values()):
+            conn.close()
+        self._conns.clear()
+
+
+@asynccontextmanager
+async def open_rpc_pool(
+    creds: ClusterCredentials,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
+    limits: FrameLimits | None = None,
+    client_name: str = "",
+) -> AsyncIterator[RpcPool]:
+    async with trio.open_nursery() as nursery:
+        pool = RpcPool(
+            nursery,
+            creds,
+            ssl_context=ssl_context,
+            connect_timeout=connect_timeout,
+            call_timeout=call_timeout,
+            limits=limits,
+            client_name=client_name,
+        )
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,312 @@
+"""The RPC server: authenticated connections, typed dispatch, cancellation, limits.
+
+Theory of operation. Each accepted connection runs in its own nursery:
+
+1. TLS handshake (if configured), then the HMAC handshake (`auth`), both
+   within ``handshake_timeout``. Nothing else is read before it succeeds.
+2. A writer task (`FramedStream.run_writer`) and a reader loop. The reader
+   decodes each REQUEST header into a typed message and starts one handler
+   task per request, each inside its own cancel scope kept in ``active`` by
+   request id. A CANCEL frame cancels that scope; no reply follows.
+3. Any malformed frame, unknown frame kind or broken stream ends *this*
+   connection only: it is logged with the peer address and closed, and every
+   handler still running for it is cancelled. Other connections never notice.
+
+Limits: ``max_inflight`` requests per connection (more get `Overloaded`
+without running), ``max_connections`` accepted at once (more are closed at
+accept), and the frame limits of `FrameLimits`.
+
+Shutdown (`shutdown`): stop accepting, answer new requests with
+`ShuttingDown`, give running handlers ``grace`` seconds to finish, then
+cancel whatever is left and close every connection.
+
+Invariant: ``active`` and ``_inflight`` change only in synchronous code
+(no await between the check of the limit and the insertion).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import trio
+
+from prismfs.errors import (
+    InternalError,
+    Overloaded,
+    PrismError,
+    ProtocolError,
+    ShuttingDown,
+    Unavailable,
+    UnknownMethod,
+)
+from prismfs.wire.address import format_address
+from prismfs.wire.auth import ClusterCredentials, server_handshake
+from prismfs.wire.codec import Message, decode_message
+from prismfs.wire.frames import Frame, FrameKind, FrameLimits, Payload
+from prismfs.wire.messages import ErrorReply
+from prismfs.wire.stream import FramedStream
+
+log = logging.getLogger("prismfs.wire.server")
+
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer with a bulk payload; plain messages may be returned bare."""
+
+    message: Message
+    payload: Payload = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler knows about the call besides the request message."""
+
+    request_id: int
+    payload: Payload
+    peer: str
+    client_name: str
+
+
+Handler = Callable[[Any, Call], Awaitable[Message | Reply]]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    frame: FrameLimits = field(default_factory=FrameLimits)
+    max_inflight: int = 4096
+    max_connections: int = 1024
+    handshake_timeout: float = 5.0
+
+
+class RpcServer:
+    def __init__(
+        self,
+        creds: ClusterCredentials,
+        node_id: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: ServerLimits | None = None,
+    ) -> None:
+        self.creds = creds
+        self.node_id = node_id
+        self.ssl_context = ssl_context
+        self.limits = limits or ServerLimits()
+        self.addresses: list[str] = []
+        self.connections = 0
+        self.rejected_connections = 0
+        self._handlers: dict[type[Message], Handler] = {}
+        self._inflight = 0
+        self._closing = False
+        self._accept_scope = trio.CancelScope()
+        self._conn_scope = trio.CancelScope()
+
+    def register(self, message_type: type[M], handler: Callable[[M, Call], Awaitable[Message | Reply]]) -> None:
+        if message_type in self._handlers:
+            raise ValueError(f"a handler for {message_type.__name__} is already registered")
+        self._handlers[message_type] = handler
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    # --- accepting -------------------------------------------------------
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on HOST:PORT (port 0 picks one) until `shutdown`; reports bound addresses."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.addresses = []
+        for listener in listeners:
+            sockname = listener.socket.getsockname()
+            self.addresses.append(format_address(sockname[0], sockname[1]))
+        with self._conn_scope:
+            async with trio.open_nursery() as conns:
+                with self._accept_scope:
+                    async with trio.open_nursery() as accepters:
+                        for listener in listeners:
+                            accepters.start_soon(self._accept_loop, listener, conns)
+                        task_status.started(list(self.addresses))
+                # Accepting stopped (shutdown); connections drain in `conns`.
+        for listener in listeners:
+            await listener.aclose()
+
+    async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno_mod.EMFILE, errno_mod.ENFILE, errno_mod.ENOBUFS, errno_mod.ENOMEM):
+                    log.error("accept failed: %s; pausing 100 ms", exc.strerror)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            if self.connections >= self.limits.max_connections:
+                self.rejected_connections += 1
+                log.warning("refusing connection from %s: %d connections open", _peer(stream), self.connections)
+                await trio.aclose_forcefully(stream)
+                continue
+            conns.start_soon(self._serve_connection, stream, name=f"rpc-conn {_peer(stream)}")
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, let running calls finish for up to ``grace`` s, then close all."""
+        self._closing = True
+        self._accept_scope.cancel()
+        with trio.move_on_after(grace if grace > 0 else 0):
+            while self._inflight:
+                await trio.sleep(0.01)
+        if self._inflight:
+            log.warning("cancelling %d calls still running after %.1fs of grace", self._inflight, grace)
+        self._conn_scope.cancel()
+
+    # --- one connection --------------------------------------------------
+
+    async def _serve_connection(self, tcp: trio.SocketStream) -> None:
+        peer = _peer(tcp)
+        self.connections += 1
+        stream: trio.abc.Stream = tcp
+        try:
+            if self.ssl_context is not None:
+                stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+            conn = FramedStream(stream, limits=self.limits.frame)
+            try:
+                with trio.fail_after(self.limits.handshake_timeout):
+                    if isinstance(stream, trio.SSLStream):
+                        await stream.do_handshake()
+                    auth = await server_handshake(
+                        conn, self.creds, self.node_id, self.limits.handshake_timeout
+                    )
+            except trio.TooSlowError:
+                log.warning("closing connection from %s: no handshake within %.1fs", peer, self.limits.handshake_timeout)
+                return
+            except PrismError as exc:
+                log.warning("closing connection from %s: handshake failed: %s", peer, exc.message)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+                log.warning("closing connection from %s: handshake failed: %s", peer, _describe(exc))
+                return
+            log.debug("authenticated connection from %s (%s)", peer, auth.client_name or "anonymous")
+            try:
+                await self._run_connection(conn, peer, auth.client_name)
+            except ProtocolError as exc:
+                log.warning("closing connection from %s: %s", peer, exc.message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+                log.info("connection from %s broke: %s", peer, _describe(exc))
+        finally:
+            self.connections -= 1
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _run_connection(self, conn: FramedStream, peer: str, client_name: str) -> None:
+        active: dict[int, trio.CancelScope] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.run_writer, name=f"rpc-writer {peer}")
+            try:
+                while True:
+                    frame = await conn.receive_frame()
+                    if frame is None:
+                        break
+                    self._on_frame(frame, conn, nursery, active, peer, client_name)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def _on_frame(
+        self,
+        frame: Frame,
+        conn: FramedStream,
+        nursery: trio.Nursery,
+        active: dict[int, trio.CancelScope],
+        peer: str,
+        client_name: str,
+    ) -> None:
+        rid = frame.request_id
+        if frame.kind == FrameKind.CANCEL:
+            scope = active.get(rid)
+            if scope is not None:
+                scope.cancel()
+            return
+        if frame.kind != FrameKind.REQUEST:
+            raise ProtocolError(f"unexpected {frame.kind.name} frame from a client")
+        request = decode_message(frame.header)
+        if rid in active:
+            raise ProtocolError(f"request id {rid} is already in flight")
+        error: PrismError | None = None
+        if self._closing:
+            error = ShuttingDown("node is shutting down")
+        elif len(active) >= self.limits.max_inflight:
+            error = Overloaded(f"more than {self.limits.max_inflight} calls in flight on one connection")
+        elif type(request) not in self._handlers:
+            error = UnknownMethod(f"this node does not serve {type(request).__name__}")
+        if error is not None:
+            if not conn.send_nowait(FrameKind.ERROR, rid, ErrorReply.from_error(error)):
+                raise Overloaded("client does not read its replies")
+            return
+        scope = trio.CancelScope()
+        active[rid] = scope
+        self._inflight += 1
+        call = Call(rid, frame.payload, peer, client_name)
+        nursery.start_soon(self._run_handler, request, call, conn, scope, active)
+
+    async def _run_handler(
+        self,
+        request: Message,
+        call: Call,
+        conn: FramedStream,
+        scope: trio.CancelScope,
+        active: dict[int, trio.CancelScope],
+    ) -> None:
+        try:
+            with scope:
+                handler = self._handlers[type(request)]
+                try:
+                    result = await handler(request, call)
+                except PrismError as exc:
+                    await conn.send(FrameKind.ERROR, call.request_id, ErrorReply.from_error(exc))
+                    return
+                except Exception as exc:
+                    # A bug in a handler must not end the connection or the node.
+                    log.exception("handler for %s from %s failed", type(request).__name__, call.peer)
+                    err = InternalError(f"{type(request).__name__} failed on the server: {type(exc).__name__}")
+                    await conn.send(FrameKind.ERROR, call.request_id, ErrorReply.from_error(err))
+                    return
+                reply = result if isinstance(result, Reply) else Reply(result)
+                try:
+                    await conn.send(FrameKind.RESPONSE, call.request_id, reply.message, reply.payload)
+                except ProtocolError as exc:  # e.g. a reply payload over the frame limit
+                    log.error("reply to %s not sent: %s", type(request).__name__, exc.message)
+                    err = InternalError(f"reply could not be sent: {exc.message}")
+                    await conn.send(FrameKind.ERROR, call.request_id, ErrorReply.from_error(err))
+        except Unavailable:
+            pass  # the connection closed under us; nobody is left to answer
+        finally:
+            active.pop(call.request_id, None)
+            self._inflight -= 1
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return format_address(name[0], name[1]) if isinstance(name, tuple) else str(name)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

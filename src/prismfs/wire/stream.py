@@ -1,0 +1,161 @@
+"""A framed, full-duplex connection over a trio stream.
+
+Theory of operation. Reading is done by exactly one task (the server's or
+client's reader loop) through `receive_frame`. Writing goes through one writer
+task fed by a bounded memory channel: a caller that is cancelled while its
+frame waits in the channel simply loses its place, and a frame that the writer
+has started is always finished. Writing directly from the calling task would
+let a cancelled ``send_all`` leave half a frame on the socket and desynchronise
+the peer. The bounded channel is the back-pressure: when the socket is slow,
+callers wait in ``send``.
+
+The writer coalesces queued small frames into one ``send_all`` (fewer
+syscalls at high call rates) but sends a large payload as its own buffer,
+never copying it.
+
+On plain TCP the reader receives large payloads with ``recv_into`` straight
+into the payload buffer; on TLS it falls back to ``receive_some``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import trio
+
+from prismfs.errors import ProtocolError, Unavailable
+from prismfs.wire.codec import Message, encode_message
+from prismfs.wire.frames import Frame, FrameDecoder, FrameKind, FrameLimits, Payload, encode_head
+
+_COALESCE_LIMIT = 64 * 1024
+_RECEIVE_MIN = 64 * 1024
+_RECEIVE_MAX = 4 * 1024 * 1024
+
+OutFrame = tuple[FrameKind, int, bytes, Payload]
+
+
+class FramedStream:
+    """One connection's framing. Call `run_writer` in a task before `send`."""
+
+    def __init__(
+        self,
+        stream: trio.abc.HalfCloseableStream | trio.abc.Stream,
+        *,
+        limits: FrameLimits | None = None,
+        queue_size: int = 256,
+    ) -> None:
+        self.stream = stream
+        self.limits = limits or FrameLimits()
+        self._decoder = FrameDecoder(self.limits)
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._send_q, self._recv_q = trio.open_memory_channel[OutFrame](queue_size)
+        self.closed = False
+
+    # --- writing ---------------------------------------------------------
+
+    async def send(
+        self, kind: FrameKind, request_id: int, message: Message, payload: Payload = b""
+    ) -> None:
+        """Queue one frame; waits only for room in the queue."""
+        header = encode_message(message)
+        if len(payload) > self.limits.max_payload:
+            raise ProtocolError(
+                f"payload of {len(payload)} bytes exceeds the limit of {self.limits.max_payload}"
+            )
+        try:
+            await self._send_q.send((kind, request_id, header, payload))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise Unavailable("connection is closed") from None
+
+    def send_nowait(self, kind: FrameKind, request_id: int, message: Message) -> bool:
+        """Queue a small control frame without waiting; False if there was no room."""
+        try:
+            self._send_q.send_nowait((kind, request_id, encode_message(message), b""))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def send_direct(self, kind: FrameKind, request_id: int, message: Message) -> None:
+        """Write one frame from the calling task (handshake, before the writer runs)."""
+        header = encode_message(message)
+        await self.stream.send_all(encode_head(kind, request_id, header, 0))
+
+    async def run_writer(self) -> None:
+        """Drain the queue to the socket until it is closed or the stream breaks."""
+        try:
+            async with self._recv_q:
+                async for first in self._recv_q:
+                    batch = [first]
+                    while True:
+                        try:
+                            batch.append(self._recv_q.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await self._write_batch(batch)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True
+
+    async def _write_batch(self, batch: Sequence[OutFrame]) -> None:
+        pending = bytearray()
+        for kind, request_id, header, payload in batch:
+            pending += encode_head(kind, request_id, header, len(payload))
+            if len(payload) <= _COALESCE_LIMIT:
+                pending += payload
+                if len(pending) < _COALESCE_LIMIT:
+                    continue
+                await self.stream.send_all(pending)
+                pending = bytearray()
+            else:
+                await self.stream.send_all(pending)
+                pending = bytearray()
+                await self.stream.send_all(payload)
+        if pending:
+            await self.stream.send_all(pending)
+
+    def close_writer(self) -> None:
+        """No more frames; the writer finishes what is queued and returns."""
+        self._send_q.close()
+
+    # --- reading ---------------------------------------------------------
+
+    async def receive_frame(self) -> Frame | None:
+        """The next frame, or None on a clean EOF between frames.
+
+        Raises `ProtocolError` for malformed input or EOF inside a frame.
+        """
+        decoder = self._decoder
+        while True:
+            frame = decoder.next_frame()
+            if frame is not None:
+                return frame
+            view = decoder.payload_view() if self._sock is not None else None
+            if view is not None:
+                assert self._sock is not None
+                n = await self._sock.recv_into(view, min(len(view), _RECEIVE_MAX))
+                if n == 0:
+                    raise ProtocolError("connection closed in the middle of a frame")
+                decoder.payload_received(n)
+                continue
+            size = min(max(decoder.wanted, _RECEIVE_MIN), _RECEIVE_MAX)
+            data = await self.stream.receive_some(size)
+            if not data:
+                if decoder.at_boundary:
+                    return None
+                raise ProtocolError("connection closed in the middle of a frame")
+            decoder.feed(data)
+
+    async def receive_within(self, seconds: float) -> Frame | None:
+        """`receive_frame` bounded in time (handshake); raises trio.TooSlowError."""
+        with trio.fail_after(seconds if seconds > 0 else math.inf):
+            return await self.receive_frame()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._send_q.close()
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.move_on_after(1):
+                    await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
