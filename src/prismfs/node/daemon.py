@@ -22,6 +22,7 @@ import trio
 
 from prismfs import __version__
 from prismfs.errors import InvalidArgument
+from prismfs.exception_groups import single_exception
 from prismfs.node import datadir
 from prismfs.node.config import NodeConfig
 from prismfs.node.logs import setup_logging
@@ -78,7 +79,7 @@ async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: str
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
     host, port = config.listen_address
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, single_exception():
         async with trio.open_nursery() as nursery:
             try:
                 addresses = await nursery.start(service.server.serve, host, port)

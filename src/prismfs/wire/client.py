@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from prismfs.exception_groups import single_exception
 from prismfs.errors import DeadlineExceeded, PrismError, ProtocolError, Unavailable
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials, client_handshake
@@ -133,13 +134,13 @@ class RpcConnection:
                 nursery.start_soon(self._conn.run_writer, name=f"rpc-writer {self.address}")
                 try:
                     await self._read_loop()
+                except ProtocolError as exc:
+                    log.warning("connection to %s broke: %s", self.address, exc.message)
+                    reason = exc
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    reason = Unavailable(f"connection to {self.address} broke: {exc}")
                 finally:
                     nursery.cancel_scope.cancel()
-        except ProtocolError as exc:
-            log.warning("connection to %s broke: %s", self.address, exc.message)
-            reason = exc
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            reason = Unavailable(f"connection to {self.address} broke: {exc}")
         finally:
             self._fail_all(reason)
             await self._conn.aclose()
@@ -286,18 +287,19 @@ async def open_rpc_pool(
     limits: FrameLimits | None = None,
     client_name: str = "",
 ) -> AsyncIterator[RpcPool]:
-    async with trio.open_nursery() as nursery:
-        pool = RpcPool(
-            nursery,
-            creds,
-            ssl_context=ssl_context,
-            connect_timeout=connect_timeout,
-            call_timeout=call_timeout,
-            limits=limits,
-            client_name=client_name,
-        )
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
-            nursery.cancel_scope.cancel()
+    with single_exception():
+        async with trio.open_nursery() as nursery:
+            pool = RpcPool(
+                nursery,
+                creds,
+                ssl_context=ssl_context,
+                connect_timeout=connect_timeout,
+                call_timeout=call_timeout,
+                limits=limits,
+                client_name=client_name,
+            )
+            try:
+                yield pool
+            finally:
+                await pool.aclose()
+                nursery.cancel_scope.cancel()

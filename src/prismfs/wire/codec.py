@@ -16,11 +16,18 @@ Bulk data never passes through here; see `frames` for the raw payload path.
 from __future__ import annotations
 
 import typing
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from prismfs.errors import ProtocolError
+
+U8 = Annotated[int, msgspec.Meta(ge=0, le=2**8 - 1)]
+U16 = Annotated[int, msgspec.Meta(ge=0, le=2**16 - 1)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # msgspec bounds must fit an int64
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""Integer types for message fields: decoding enforces the range."""
 
 _classes: list[type[Message]] = []
 _decoder: msgspec.msgpack.Decoder[Any] | None = None
@@ -64,7 +71,10 @@ def registered_messages() -> dict[str, type[Message]]:
 
 
 def encode_message(message: Message) -> bytes:
-    return _encoder.encode(message)
+    try:
+        return _encoder.encode(message)
+    except (OverflowError, TypeError, msgspec.EncodeError) as exc:
+        raise ProtocolError(f"cannot encode {type(message).__name__}: {exc}") from None
 
 
 def decode_message(data: bytes | bytearray | memoryview) -> Message:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from prismfs.errors import PrismError, WireDetail, error_from_wire
-from prismfs.wire.codec import Message
+from prismfs.wire.codec import U16, U32, U64, Message
 
 PROTOCOL_VERSION = 1
 """The frame version byte; bumped on incompatible changes to frames or handshake."""
@@ -26,7 +26,7 @@ class HandshakeMessage(Message, frozen=True):
 class Hello(HandshakeMessage, frozen=True):
     """Server -> client, first frame of every connection: who it is and a challenge."""
 
-    protocol: int
+    protocol: U16
     cluster_id: str
     node_id: str
     nonce: bytes
@@ -87,7 +87,7 @@ class Pong(NodeMessage, frozen=True):
     rpc_address: str
     http_address: str | None = None
     uptime_s: float = 0.0
-    pid: int = 0
+    pid: U32 = 0
 
 
 class Echo(NodeMessage, frozen=True):
@@ -98,8 +98,8 @@ class Echo(NodeMessage, frozen=True):
     """
 
     mode: Literal["echo", "sink", "source"] = "echo"
-    size: int = 0
+    size: U64 = 0
 
 
 class EchoReply(NodeMessage, frozen=True):
-    received: int
+    received: U64

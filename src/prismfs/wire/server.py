@@ -203,10 +203,13 @@ class RpcServer:
             log.debug("authenticated connection from %s (%s)", peer, auth.client_name or "anonymous")
             try:
                 await self._run_connection(conn, peer, auth.client_name)
-            except ProtocolError as exc:
+            except PrismError as exc:
                 log.warning("closing connection from %s: %s", peer, exc.message)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
                 log.info("connection from %s broke: %s", peer, _describe(exc))
+            except Exception:
+                # A bug must cost this connection only, never the node.
+                log.exception("closing connection from %s after an internal error", peer)
         finally:
             self.connections -= 1
             with trio.CancelScope(shield=True):
@@ -214,6 +217,7 @@ class RpcServer:
 
     async def _run_connection(self, conn: FramedStream, peer: str, client_name: str) -> None:
         active: dict[int, trio.CancelScope] = {}
+        failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.run_writer, name=f"rpc-writer {peer}")
             try:
@@ -222,8 +226,12 @@ class RpcServer:
                     if frame is None:
                         break
                     self._on_frame(frame, conn, nursery, active, peer, client_name)
+            except (PrismError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                failure = exc  # raised below, outside the nursery, ungrouped
             finally:
                 nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
 
     def _on_frame(
         self,

@@ -1,0 +1,243 @@
+"""RPC behaviour over real loopback TCP: multiplexing, bulk payloads,
+deadlines and cancellation, typed remote errors, limits, shutdown, TLS."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+import trio
+import trustme
+
+from conftest import Fail, ServerUnderTest, Sleep, Slept, Square, Squared, start_test_server
+from prismfs.errors import (
+    AuthenticationFailed,
+    DeadlineExceeded,
+    InternalError,
+    NotFound,
+    PrismError,
+    ShuttingDown,
+    Unavailable,
+    UnknownMethod,
+)
+from prismfs.wire.auth import ClusterCredentials
+from prismfs.wire.client import dial, open_rpc_pool
+from prismfs.wire.codec import Message
+from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
+from prismfs.wire.server import ServerLimits
+
+
+class NotServed(Message, frozen=True):
+    pass
+
+
+async def test_ping_returns_typed_reply(rpc_server: ServerUnderTest) -> None:
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        reply = await pool.call(rpc_server.address, Ping())
+    assert isinstance(reply.message, Pong)
+    assert reply.message.cluster_id == rpc_server.creds.cluster_id
+    assert reply.payload == b""
+
+
+async def test_thousand_concurrent_calls_on_one_connection(rpc_server: ServerUnderTest) -> None:
+    results: dict[int, int] = {}
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        conn = await pool.connection(rpc_server.address)
+
+        async def one(i: int) -> None:
+            reply = await pool.call(rpc_server.address, Square(i))
+            assert isinstance(reply.message, Squared)
+            results[i] = reply.message.value
+
+        async with trio.open_nursery() as nursery:
+            for i in range(1000):
+                nursery.start_soon(one, i)
+        # Every call used the one connection the pool dialled first.
+        assert await pool.connection(rpc_server.address) is conn
+    assert results == {i: i * i for i in range(1000)}
+    assert rpc_server.server.connections == 1
+
+
+async def test_64_mib_payload_round_trips(rpc_server: ServerUnderTest) -> None:
+    payload = bytes(range(256)) * (64 * 1024 * 1024 // 256)
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        reply = await pool.call(rpc_server.address, Echo(), payload, timeout=60)
+    assert isinstance(reply.message, EchoReply)
+    assert reply.message.received == len(payload)
+    assert len(reply.payload) == len(payload)
+    assert reply.payload == payload
+
+
+async def test_payloads_of_many_sizes_interleave_correctly(rpc_server: ServerUnderTest) -> None:
+    sizes = [0, 1, 17, 65535, 65536, 65537, 1 << 20, (4 << 20) + 3]
+    async with open_rpc_pool(rpc_server.creds) as pool:
+
+        async def one(size: int) -> None:
+            data = bytes([size % 251]) * size
+            reply = await pool.call(rpc_server.address, Echo(), data)
+            assert reply.payload == data
+
+        async with trio.open_nursery() as nursery:
+            for size in sizes * 3:
+                nursery.start_soon(one, size)
+
+
+async def test_deadline_cancels_a_slow_call_on_both_sides(rpc_server: ServerUnderTest) -> None:
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        start = trio.current_time()
+        with pytest.raises(DeadlineExceeded):
+            await pool.call(rpc_server.address, Sleep(30), timeout=0.2)
+        assert trio.current_time() - start < 5
+        # The server stopped the handler (CANCEL frame), it did not run to the end.
+        with trio.fail_after(5):
+            while not rpc_server.cancelled:
+                await trio.sleep(0.01)
+        assert rpc_server.cancelled == [30]
+        assert rpc_server.finished == []
+        # The connection is still good for the next call.
+        reply = await pool.call(rpc_server.address, Sleep(0.01), timeout=5)
+        assert isinstance(reply.message, Slept)
+
+
+async def test_caller_cancellation_cancels_server_handler(rpc_server: ServerUnderTest) -> None:
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        with trio.move_on_after(0.2):
+            await pool.call(rpc_server.address, Sleep(20))
+        with trio.fail_after(5):
+            while not rpc_server.cancelled:
+                await trio.sleep(0.01)
+        assert rpc_server.server.inflight == 0
+
+
+async def test_handler_error_arrives_as_same_type(rpc_server: ServerUnderTest) -> None:
+    # Raised through the pool's context manager: it arrives as itself, not in an ExceptionGroup.
+    with pytest.raises(NotFound) as info:
+        async with open_rpc_pool(rpc_server.creds) as pool:
+            await pool.call(rpc_server.address, Fail("not_found", "no such file"))
+    assert info.value.message == "no such file"
+    assert info.value.details == {"path": "/a/b", "ino": 42}
+    assert info.value.errno == NotFound.errno
+
+
+async def test_handler_bug_becomes_internal_error_and_is_logged(rpc_server: ServerUnderTest, logs) -> None:
+    logs.allow("handler for Fail")
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        with pytest.raises(InternalError):
+            await pool.call(rpc_server.address, Fail("bug"))
+        # The server and the connection survive the bug.
+        assert isinstance((await pool.call(rpc_server.address, Ping())).message, Pong)
+    assert logs.matching("handler for Fail")
+
+
+async def test_unserved_message_type_is_unknown_method(rpc_server: ServerUnderTest) -> None:
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        with pytest.raises(UnknownMethod):
+            await pool.call(rpc_server.address, NotServed())
+
+
+async def test_overloaded_connection_refuses_extra_calls(nursery: trio.Nursery, creds: ClusterCredentials) -> None:
+    ts = await start_test_server(nursery, creds, limits=ServerLimits(max_inflight=4))
+    errors: list[PrismError] = []
+    async with open_rpc_pool(creds) as pool:
+
+        async def one() -> None:
+            try:
+                await pool.call(ts.address, Sleep(0.5))
+            except PrismError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as inner:
+            for _ in range(10):
+                inner.start_soon(one)
+    assert len(errors) == 6
+    assert all(type(e).__name__ == "Overloaded" for e in errors)
+    ts.server._conn_scope.cancel()
+
+
+async def test_shutdown_finishes_running_calls_and_refuses_new_ones(
+    nursery: trio.Nursery, creds: ClusterCredentials
+) -> None:
+    ts = await start_test_server(nursery, creds)
+    async with open_rpc_pool(creds) as pool:
+        await pool.connection(ts.address)
+        results: list[object] = []
+
+        async def slow() -> None:
+            results.append((await pool.call(ts.address, Sleep(0.3))).message)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(slow)
+            await trio.sleep(0.05)
+            inner.start_soon(ts.server.shutdown, 5.0)
+            await trio.sleep(0.05)
+            with pytest.raises(ShuttingDown):
+                await pool.call(ts.address, Ping())
+        assert results == [Slept()]
+    assert ts.finished == [0.3]
+
+
+async def test_pool_redials_after_server_restart(nursery: trio.Nursery, creds: ClusterCredentials) -> None:
+    ts = await start_test_server(nursery, creds)
+    host, port = ts.address.rsplit(":", 1)
+    async with open_rpc_pool(creds, connect_timeout=2) as pool:
+        await pool.call(ts.address, Ping())
+        await ts.server.shutdown(0)
+        await trio.sleep(0.1)
+        with pytest.raises(Unavailable):
+            await pool.call(ts.address, Ping())
+        # A new server on the same port: the pool dials again by itself.
+        from prismfs.wire.server import RpcServer
+
+        again = RpcServer(creds, "again")
+
+        async def ping(req: Ping, call: object) -> Pong:
+            return Pong("again", creds.cluster_id, "t", "standalone", ts.address)
+
+        again.register(Ping, ping)
+        await nursery.start(again.serve, host, int(port))
+        reply = await pool.call(ts.address, Ping())
+        assert isinstance(reply.message, Pong) and reply.message.node_id == "again"
+        again._conn_scope.cancel()
+
+
+async def test_wrong_secret_is_refused_with_clear_error(rpc_server: ServerUnderTest, logs) -> None:
+    logs.allow("handshake failed")
+    wrong = ClusterCredentials(rpc_server.creds.cluster_id, b"x" * 32)
+    with pytest.raises(AuthenticationFailed, match="wrong cluster secret"):
+        await dial(rpc_server.address, wrong)
+
+
+async def test_other_cluster_is_refused_by_client(rpc_server: ServerUnderTest, logs) -> None:
+    logs.allow("handshake failed")
+    other = ClusterCredentials.generate()
+    with pytest.raises(AuthenticationFailed, match="belongs to cluster"):
+        await dial(rpc_server.address, other)
+
+
+async def test_unreachable_address_is_unavailable() -> None:
+    with pytest.raises(Unavailable, match="cannot connect"):
+        await dial("127.0.0.1:1", ClusterCredentials.generate(), timeout=2)
+
+
+async def test_tls_round_trip_and_wrong_ca(nursery: trio.Nursery, creds: ClusterCredentials, logs) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ts = await start_test_server(nursery, creds, ssl_context=server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    async with open_rpc_pool(creds, ssl_context=client_ctx) as pool:
+        data = b"tls" * 500_000
+        reply = await pool.call(ts.address, Echo(), data)
+        assert reply.payload == data
+    # A client that trusts another CA refuses the node's certificate.
+    logs.allow("handshake failed")
+    other_ctx = ssl.create_default_context()
+    trustme.CA().configure_trust(other_ctx)
+    with pytest.raises(Unavailable, match="TLS"):
+        await dial(ts.address, creds, ssl_context=other_ctx)
+    # A plain-TCP client cannot talk to a TLS node either.
+    with pytest.raises((Unavailable, PrismError)):
+        await dial(ts.address, creds, timeout=2)
+    ts.server._conn_scope.cancel()
