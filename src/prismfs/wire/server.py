@@ -103,7 +103,8 @@ class RpcServer:
         self.rejected_connections = 0
         self._handlers: dict[type[Message], Handler] = {}
         self._inflight = 0
-        self._closing = False
+        self._closing_since: float | None = None
+        self._streams: set[FramedStream] = set()
         self._accept_scope = trio.CancelScope()
         self._conn_scope = trio.CancelScope()
 
@@ -165,10 +166,13 @@ class RpcServer:
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let running calls finish for up to ``grace`` s, then close all."""
-        self._closing = True
+        self._closing_since = trio.current_time()
         self._accept_scope.cancel()
         with trio.move_on_after(grace if grace > 0 else 0):
-            while self._inflight:
+            # A request still arriving counts as running: it began before the
+            # shutdown and is served when complete (see `_on_frame`); a reply
+            # still queued or being written counts too.
+            while self._inflight or any(s.mid_frame or s.unsent for s in self._streams):
                 await trio.sleep(0.01)
         if self._inflight:
             log.warning("cancelling %d calls still running after %.1fs of grace", self._inflight, grace)
@@ -180,10 +184,10 @@ class RpcServer:
         peer = _peer(tcp)
         self.connections += 1
         stream: trio.abc.Stream = tcp
+        if self.ssl_context is not None:
+            stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+        conn = FramedStream(stream, limits=self.limits.frame)
         try:
-            if self.ssl_context is not None:
-                stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
-            conn = FramedStream(stream, limits=self.limits.frame)
             try:
                 with trio.fail_after(self.limits.handshake_timeout):
                     if isinstance(stream, trio.SSLStream):
@@ -201,6 +205,7 @@ class RpcServer:
                 log.warning("closing connection from %s: handshake failed: %s", peer, _describe(exc))
                 return
             log.debug("authenticated connection from %s (%s)", peer, auth.client_name or "anonymous")
+            self._streams.add(conn)
             try:
                 await self._run_connection(conn, peer, auth.client_name)
             except PrismError as exc:
@@ -212,6 +217,7 @@ class RpcServer:
                 log.exception("closing connection from %s after an internal error", peer)
         finally:
             self.connections -= 1
+            self._streams.discard(conn)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
@@ -254,7 +260,7 @@ class RpcServer:
         if rid in active:
             raise ProtocolError(f"request id {rid} is already in flight")
         error: PrismError | None = None
-        if self._closing:
+        if self._closing_since is not None and conn.frame_started >= self._closing_since:
             error = ShuttingDown("node is shutting down")
         elif len(active) >= self.limits.max_inflight:
             error = Overloaded(f"more than {self.limits.max_inflight} calls in flight on one connection")

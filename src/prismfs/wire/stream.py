@@ -51,6 +51,10 @@ class FramedStream:
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._send_q, self._recv_q = trio.open_memory_channel[OutFrame](queue_size)
         self.closed = False
+        self.unsent = 0
+        """Frames queued or being written; a graceful close waits for zero."""
+        self.frame_started = 0.0
+        """trio time when the first bytes of the frame being received arrived."""
 
     # --- writing ---------------------------------------------------------
 
@@ -63,10 +67,14 @@ class FramedStream:
             raise ProtocolError(
                 f"payload of {len(payload)} bytes exceeds the limit of {self.limits.max_payload}"
             )
+        self.unsent += 1  # before the await: the writer may take the frame at once
         try:
             await self._send_q.send((kind, request_id, header, payload))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise Unavailable("connection is closed") from None
+        except BaseException as exc:
+            self.unsent -= 1
+            if isinstance(exc, (trio.ClosedResourceError, trio.BrokenResourceError)):
+                raise Unavailable("connection is closed") from None
+            raise
 
     def send_nowait(self, kind: FrameKind, request_id: int, message: Message) -> bool:
         """Queue a small control frame without waiting; False if there was no room."""
@@ -74,6 +82,7 @@ class FramedStream:
             self._send_q.send_nowait((kind, request_id, encode_message(message), b""))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self.unsent += 1
         return True
 
     async def send_direct(self, kind: FrameKind, request_id: int, message: Message) -> None:
@@ -93,6 +102,7 @@ class FramedStream:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     await self._write_batch(batch)
+                    self.unsent -= len(batch)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True
 
@@ -143,7 +153,14 @@ class FramedStream:
                 if decoder.at_boundary:
                     return None
                 raise ProtocolError("connection closed in the middle of a frame")
+            if decoder.at_boundary:
+                self.frame_started = trio.current_time()
             decoder.feed(data)
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return not self._decoder.at_boundary
 
     async def receive_within(self, seconds: float) -> Frame | None:
         """`receive_frame` bounded in time (handshake); raises trio.TooSlowError."""

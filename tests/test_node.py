@@ -1,0 +1,178 @@
+"""The node daemon as a real process: start, authenticated ping, SIGTERM,
+data-dir lock, configuration file and flags, structured logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from conftest import NodeProcess, run_cli, start_node
+from prismfs.errors import AuthenticationFailed
+from prismfs.wire.auth import ClusterCredentials, read_secret_file
+from prismfs.wire.client import dial, open_rpc_pool
+from prismfs.wire.messages import Echo, Ping, Pong
+
+
+def _init(data_dir: Path) -> ClusterCredentials:
+    result = run_cli("cluster", "init", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    return read_secret_file(data_dir / "cluster.secret")
+
+
+def test_cluster_init_creates_private_secret_and_refuses_twice(tmp_path: Path) -> None:
+    creds = _init(tmp_path / "n1")
+    secret = tmp_path / "n1" / "cluster.secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(creds.secret) == 32
+    again = run_cli("cluster", "init", "--data-dir", str(tmp_path / "n1"))
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"prismfs: {tmp_path / 'n1'} already belongs to cluster {creds.cluster_id}"
+    assert read_secret_file(secret) == creds  # unchanged
+
+
+async def test_node_answers_ping_and_stops_on_sigterm(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+    data_dir = tmp_path / "n1"
+    creds = _init(data_dir)
+    node = start_node(node_procs, data_dir, "--log-format", "json")
+    address = node.wait_listening()
+    async with open_rpc_pool(creds) as pool:
+        pong = (await pool.call(address, Ping())).message
+        assert isinstance(pong, Pong)
+        assert pong.cluster_id == creds.cluster_id
+        assert pong.pid == node.proc.pid
+        assert pong.node_id == (data_dir / "node.id").read_text().strip()
+        reply = await pool.call(address, Echo(mode="source", size=1 << 20))
+        assert reply.payload == bytes(1 << 20)
+    # A client with the wrong secret is refused.
+    with pytest.raises(AuthenticationFailed):
+        await dial(address, ClusterCredentials(creds.cluster_id, os.urandom(32)))
+    start = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=5) == 0
+    assert time.monotonic() - start < 5
+    assert not (data_dir / "node.json").exists()
+    assert node.proc.stderr is not None
+    lines = [json.loads(line) for line in node.proc.stderr.read().splitlines()]
+    assert all(entry["node"] == pong.node_id for entry in lines)
+    messages = [entry["msg"] for entry in lines]
+    assert any("serving RPC" in m for m in messages)
+    assert any("handshake failed: wrong cluster secret" in m for m in messages)
+    assert messages[-2:] == ["received SIGTERM, shutting down", f"node {pong.node_id} stopped"]
+
+
+async def test_sigterm_lets_running_calls_finish(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+    data_dir = tmp_path / "n1"
+    creds = _init(data_dir)
+    node = start_node(node_procs, data_dir)
+    address = node.wait_listening()
+    payload = os.urandom(48 << 20)
+    async with open_rpc_pool(creds) as pool:
+        await pool.call(address, Ping())
+        got: list[bytes] = []
+
+        async def big_call() -> None:
+            got.append(bytes((await pool.call(address, Echo(), payload, timeout=30)).payload))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(big_call)
+            await trio.sleep(0.02)
+            node.proc.send_signal(signal.SIGTERM)
+    assert got == [payload]
+    assert node.proc.wait(timeout=5) == 0
+
+
+def test_second_node_on_same_data_dir_is_refused(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+    data_dir = tmp_path / "n1"
+    _init(data_dir)
+    first = start_node(node_procs, data_dir)
+    first.wait_listening()
+    second = run_cli("node", "start", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", timeout=20)
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"prismfs: data directory {data_dir} is in use by another node (pid {first.proc.pid})"
+    )
+    assert first.proc.poll() is None  # the first node is untouched
+
+
+def test_node_without_secret_explains_what_to_do(tmp_path: Path) -> None:
+    result = run_cli("node", "start", "--data-dir", str(tmp_path / "fresh"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "holds no cluster secret: run 'prismfs cluster init" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "fresh").exists()  # nothing was created
+
+
+async def test_config_file_with_flag_overrides_and_secret_import(
+    tmp_path: Path, node_procs: list[NodeProcess]
+) -> None:
+    creds = _init(tmp_path / "first")
+    log_file = tmp_path / "logs" / "n2.log"
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\ndata_dir = "{tmp_path / "n2"}"\nlisten = "127.0.0.1:1"\nshutdown_grace = 1.0\n'
+        f'[log]\nlevel = "debug"\nfile = "{log_file}"\n'
+    )
+    # --listen overrides the file's (unusable) port 1; --secret-file joins the cluster.
+    node = start_node(
+        node_procs, tmp_path / "n2", "--config", str(config),
+        "--secret-file", str(tmp_path / "first" / "cluster.secret"),
+    )
+    address = node.wait_listening()
+    assert read_secret_file(tmp_path / "n2" / "cluster.secret") == creds
+    async with open_rpc_pool(creds) as pool:
+        assert isinstance((await pool.call(address, Ping())).message, Pong)
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=5) == 0
+    text = log_file.read_text()
+    assert "serving RPC" in text and "DEBUG" in text
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('[node]\nlisten = "127.0.0.1:7070"\nlsiten = "x"\n', "invalid configuration in .*unknown field `lsiten`"),
+        ("[rpc]\nmax_inflight = \"many\"\n", "Expected `int`, got `str` - at `\\$.rpc.max_inflight`"),
+        ("[node\n", "is not valid TOML"),
+        ('[tls]\ncert = "/x.pem"\n', "TLS needs both tls.cert and tls.key"),
+        ('[node]\nlisten = "no-port"\n', "needs a port"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, toml: str, expected: str) -> None:
+    import re
+
+    _init(tmp_path / "n1")
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    result = run_cli("node", "start", "--data-dir", str(tmp_path / "n1"), "--config", str(config))
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(expected, result.stderr), result.stderr
+
+
+def test_secret_readable_by_others_is_refused(tmp_path: Path) -> None:
+    _init(tmp_path / "n1")
+    secret = tmp_path / "n1" / "cluster.secret"
+    secret.chmod(0o644)
+    result = run_cli("node", "start", "--data-dir", str(tmp_path / "n1"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert f"run: chmod 600 {secret}" in result.stderr
+
+
+def test_listen_on_busy_port_is_clear(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+    _init(tmp_path / "a")
+    first = start_node(node_procs, tmp_path / "a")
+    address = first.wait_listening()
+    (tmp_path / "b").mkdir()
+    result = run_cli(
+        "node", "start", "--data-dir", str(tmp_path / "b"), "--listen", address,
+        "--secret-file", str(tmp_path / "a" / "cluster.secret"), timeout=20,
+    )
+    assert result.returncode == 1
+    assert f"cannot listen on {address}: Address already in use" in result.stderr
