@@ -1,0 +1,89 @@
+"""Command-line edges: help, usage errors, the mount helper's argument handling,
+and client.toml parsing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from prismfs.client.config import load_client_toml, resolve_client_config
+from prismfs.errors import ConfigError, InvalidArgument
+from prismfs.wire.address import parse_address
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("cluster",), ("node", "start"), ("dev", "up"), ("dev", "down"), ("dev", "status"), ("cluster", "status")]
+)
+def test_every_command_has_help(args: tuple[str, ...]) -> None:
+    result = run_cli(*args, "--help")
+    assert result.returncode == 0
+    assert "Usage: prismfs" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
+    assert "No such command 'frobnicate'" in result.stderr
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and "prismfs, version" in result.stdout
+
+
+def _mount_helper(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from prismfs.cli.mount_helper import main; main()", *args],
+        capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_mount_helper_validates_source_then_says_fuse_is_missing(tmp_path: Path) -> None:
+    bad = _mount_helper("host:notaport", str(tmp_path))
+    assert bad.returncode == 1 and "bad port" in bad.stderr
+    ok = _mount_helper("127.0.0.1:7070,127.0.0.1:7071", str(tmp_path), "-o", "rw,attr_timeout=1")
+    assert ok.returncode == 32
+    assert "FUSE client is not available" in ok.stderr
+    usage = _mount_helper()
+    assert usage.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("10.0.0.1:7070", ("10.0.0.1", 7070)), ("[::1]:9", ("::1", 9)), ("node-a:1", ("node-a", 1))],
+)
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["nohost", "h:70000", "h:x", ":80", "[::1]"])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_address(text)
+
+
+def test_client_toml_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "client.toml").write_text('cluster = ["127.0.0.1:1", "127.0.0.1:2"]\nsecret_file = "s/cluster.secret"\n')
+    config = load_client_toml(tmp_path / "client.toml")
+    assert config.addresses == ("127.0.0.1:1", "127.0.0.1:2")
+    assert config.secret_file == tmp_path / "s" / "cluster.secret"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('cluster = ["127.0.0.1:1"]\n', "needs 'cluster'"),
+        ('cluster = []\nsecret_file = "x"\n', "names no cluster address"),
+        ('cluster = ["x"]\nsecret_file = "x"\n', "needs a port"),
+        ('cluster = ["a:1"]\nsecret_file = "x"\nextra = 1\n', "unknown keys extra"),
+        ("cluster = [", "not valid TOML"),
+    ],
+)
+def test_bad_client_toml(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "client.toml").write_text(text)
+    with pytest.raises((ConfigError, InvalidArgument), match=message):
+        resolve_client_config(config=tmp_path / "client.toml")
