@@ -153,7 +153,9 @@ async def start_test_server(
 
 
 @pytest.fixture
-async def rpc_server(nursery: trio.Nursery, creds: ClusterCredentials) -> AsyncIterator[ServerUnderTest]:
+async def rpc_server(
+    nursery: trio.Nursery, creds: ClusterCredentials
+) -> AsyncIterator[ServerUnderTest]:
     ts = await start_test_server(nursery, creds)
     yield ts
     ts.server._conn_scope.cancel()
@@ -164,10 +166,16 @@ async def rpc_server(nursery: trio.Nursery, creds: ClusterCredentials) -> AsyncI
 PRISMFS = [sys.executable, "-m", "prismfs"]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*PRISMFS, *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+        [*PRISMFS, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -181,7 +189,9 @@ class NodeProcess:
         state = self.data_dir / "node.json"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"node exited early: {self.proc.stderr.read() if self.proc.stderr else ''}")
+                raise AssertionError(
+                    f"node exited early: {self.proc.stderr.read() if self.proc.stderr else ''}"
+                )
             if state.exists():
                 import json
 
@@ -210,7 +220,10 @@ def node_procs() -> Iterator[list[NodeProcess]]:
 def start_node(procs: list[NodeProcess], data_dir: Path, *extra: str) -> NodeProcess:
     proc = subprocess.Popen(
         [*PRISMFS, "node", "start", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     np = NodeProcess(proc, data_dir)
     procs.append(np)

@@ -29,15 +29,21 @@ def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
     if isinstance(t, mi.NoneType):
         return st.none()
     if isinstance(t, mi.StrType):
-        return st.text(min_size=t.min_length or 0, max_size=t.max_length if t.max_length is not None else 40)
+        return st.text(
+            min_size=t.min_length or 0, max_size=t.max_length if t.max_length is not None else 40
+        )
     if isinstance(t, mi.BytesType):
-        return st.binary(min_size=t.min_length or 0, max_size=t.max_length if t.max_length is not None else 64)
+        return st.binary(
+            min_size=t.min_length or 0, max_size=t.max_length if t.max_length is not None else 64
+        )
     if isinstance(t, mi.LiteralType):
         return st.sampled_from(t.values)
     if isinstance(t, mi.UnionType):
         return st.one_of([for_type(x) for x in t.types])
     if isinstance(t, mi.ListType):
-        return st.lists(for_type(t.item_type), max_size=t.max_length if t.max_length is not None else 5)
+        return st.lists(
+            for_type(t.item_type), max_size=t.max_length if t.max_length is not None else 5
+        )
     if isinstance(t, mi.TupleType):
         return st.tuples(*(for_type(x) for x in t.item_types))
     if isinstance(t, mi.VarTupleType):

@@ -100,17 +100,28 @@ async def _auth_with_bad_nonce(ts: ServerUnderTest) -> trio.SocketStream:
 CASES: dict[str, tuple[Callable[[ServerUnderTest], Awaitable[trio.SocketStream]], str]] = {
     "wrong secret": (_wrong_secret, "handshake failed: wrong cluster secret"),
     "no handshake": (_no_handshake, "handshake failed: expected the AUTH frame"),
-    "garbage frame": (_garbage_frame, "closing connection from .*: (unsupported protocol|unknown frame|bad header)"),
+    "garbage frame": (
+        _garbage_frame,
+        "closing connection from .*: (unsupported protocol|unknown frame|bad header)",
+    ),
     "garbage header": (_garbage_header, "closing connection from .*: malformed message"),
-    "oversize length": (_oversize_length, "closing connection from .*: frame of 4294967295 bytes exceeds"),
-    "half frame": (_half_frame_then_disconnect, "closing connection from .*: connection closed in the middle"),
+    "oversize length": (
+        _oversize_length,
+        "closing connection from .*: frame of 4294967295 bytes exceeds",
+    ),
+    "half frame": (
+        _half_frame_then_disconnect,
+        "closing connection from .*: connection closed in the middle",
+    ),
     "http request": (_garbage_instead_of_auth, "handshake failed"),
     "bad auth nonce": (_auth_with_bad_nonce, "handshake failed: malformed AUTH"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_bad_client_costs_only_its_connection(rpc_server: ServerUnderTest, logs, case: str) -> None:
+async def test_bad_client_costs_only_its_connection(
+    rpc_server: ServerUnderTest, logs, case: str
+) -> None:
     attack, log_pattern = CASES[case]
     logs.allow(log_pattern)
     async with open_rpc_pool(rpc_server.creds) as pool:

@@ -16,7 +16,16 @@ from prismfs.wire.address import parse_address
 
 
 @pytest.mark.parametrize(
-    "args", [(), ("cluster",), ("node", "start"), ("dev", "up"), ("dev", "down"), ("dev", "status"), ("cluster", "status")]
+    "args",
+    [
+        (),
+        ("cluster",),
+        ("node", "start"),
+        ("dev", "up"),
+        ("dev", "down"),
+        ("dev", "status"),
+        ("cluster", "status"),
+    ],
 )
 def test_every_command_has_help(args: tuple[str, ...]) -> None:
     result = run_cli(*args, "--help")
@@ -38,7 +47,9 @@ def test_version() -> None:
 def _mount_helper(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from prismfs.cli.mount_helper import main; main()", *args],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -67,7 +78,9 @@ def test_parse_address_rejects(text: str) -> None:
 
 
 def test_client_toml_paths_are_relative_to_the_file(tmp_path: Path) -> None:
-    (tmp_path / "client.toml").write_text('cluster = ["127.0.0.1:1", "127.0.0.1:2"]\nsecret_file = "s/cluster.secret"\n')
+    (tmp_path / "client.toml").write_text(
+        'cluster = ["127.0.0.1:1", "127.0.0.1:2"]\nsecret_file = "s/cluster.secret"\n'
+    )
     config = load_client_toml(tmp_path / "client.toml")
     assert config.addresses == ("127.0.0.1:1", "127.0.0.1:2")
     assert config.secret_file == tmp_path / "s" / "cluster.secret"

@@ -61,9 +61,13 @@ def test_dev_up_status_down_leaves_no_process(tmp_path: Path, dev_env: dict[str,
     assert not any(process_alive(p) for p in pids)
 
     # Status after down reports them down; up restarts on the same addresses.
-    rows = json.loads(run_cli("dev", "status", "--dir", str(cluster_dir), "--json", env=dev_env).stdout)["nodes"]
+    rows = json.loads(
+        run_cli("dev", "status", "--dir", str(cluster_dir), "--json", env=dev_env).stdout
+    )["nodes"]
     assert all(not r["alive"] and r["role"] == "down" for r in rows)
-    restarted = json.loads(run_cli("dev", "up", "--dir", str(cluster_dir), "--json", env=dev_env).stdout)["nodes"]
+    restarted = json.loads(
+        run_cli("dev", "up", "--dir", str(cluster_dir), "--json", env=dev_env).stdout
+    )["nodes"]
     assert [n["rpc_address"] for n in restarted] == [n["rpc_address"] for n in nodes]
     assert [n["id"] for n in restarted] == [n["id"] for n in nodes]
     run_cli("dev", "down", "--dir", str(cluster_dir), env=dev_env)
@@ -108,15 +112,23 @@ def test_client_commands_find_the_cluster(tmp_path: Path, dev_env: dict[str, str
 
     # PRISMFS_CONFIG beats discovery; --config beats PRISMFS_CONFIG.
     env = {**dev_env, "PRISMFS_CONFIG": str(older / "client.toml")}
-    assert json.loads(run_cli("cluster", "status", "--json", env=env).stdout)["source"] == str(older / "client.toml")
+    assert json.loads(run_cli("cluster", "status", "--json", env=env).stdout)["source"] == str(
+        older / "client.toml"
+    )
     flag = run_cli("cluster", "status", "--json", "--config", str(newer / "client.toml"), env=env)
     assert json.loads(flag.stdout)["source"] == str(newer / "client.toml")
 
     # --cluster + --secret-file beat everything.
     address = json.loads((older / "dev.json").read_text())["nodes"][0]["rpc_address"]
     direct = run_cli(
-        "cluster", "status", "--json", "--cluster", address,
-        "--secret-file", str(older / "node1" / "cluster.secret"), env=env,
+        "cluster",
+        "status",
+        "--json",
+        "--cluster",
+        address,
+        "--secret-file",
+        str(older / "node1" / "cluster.secret"),
+        env=env,
     )
     assert json.loads(direct.stdout)["source"] == "command line"
     half = run_cli("cluster", "status", "--cluster", address, env=env)
@@ -131,8 +143,14 @@ def test_client_commands_find_the_cluster(tmp_path: Path, dev_env: dict[str, str
     other = tmp_path / "other"
     assert run_cli("cluster", "init", "--data-dir", str(other)).returncode == 0
     wrong = run_cli(
-        "cluster", "status", "--json", "--cluster", address,
-        "--secret-file", str(other / "cluster.secret"), env=dev_env,
+        "cluster",
+        "status",
+        "--json",
+        "--cluster",
+        address,
+        "--secret-file",
+        str(other / "cluster.secret"),
+        env=dev_env,
     )
     assert wrong.returncode == 1
     assert "belongs to cluster" in json.loads(wrong.stdout)["nodes"][0]["error"]

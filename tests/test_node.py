@@ -33,11 +33,16 @@ def test_cluster_init_creates_private_secret_and_refuses_twice(tmp_path: Path) -
     assert len(creds.secret) == 32
     again = run_cli("cluster", "init", "--data-dir", str(tmp_path / "n1"))
     assert again.returncode == 1
-    assert again.stderr.strip() == f"prismfs: {tmp_path / 'n1'} already belongs to cluster {creds.cluster_id}"
+    assert (
+        again.stderr.strip()
+        == f"prismfs: {tmp_path / 'n1'} already belongs to cluster {creds.cluster_id}"
+    )
     assert read_secret_file(secret) == creds  # unchanged
 
 
-async def test_node_answers_ping_and_stops_on_sigterm(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+async def test_node_answers_ping_and_stops_on_sigterm(
+    tmp_path: Path, node_procs: list[NodeProcess]
+) -> None:
     data_dir = tmp_path / "n1"
     creds = _init(data_dir)
     node = start_node(node_procs, data_dir, "--log-format", "json")
@@ -67,7 +72,9 @@ async def test_node_answers_ping_and_stops_on_sigterm(tmp_path: Path, node_procs
     assert messages[-2:] == ["received SIGTERM, shutting down", f"node {pong.node_id} stopped"]
 
 
-async def test_sigterm_lets_running_calls_finish(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+async def test_sigterm_lets_running_calls_finish(
+    tmp_path: Path, node_procs: list[NodeProcess]
+) -> None:
     data_dir = tmp_path / "n1"
     creds = _init(data_dir)
     node = start_node(node_procs, data_dir)
@@ -88,12 +95,16 @@ async def test_sigterm_lets_running_calls_finish(tmp_path: Path, node_procs: lis
     assert node.proc.wait(timeout=5) == 0
 
 
-def test_second_node_on_same_data_dir_is_refused(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+def test_second_node_on_same_data_dir_is_refused(
+    tmp_path: Path, node_procs: list[NodeProcess]
+) -> None:
     data_dir = tmp_path / "n1"
     _init(data_dir)
     first = start_node(node_procs, data_dir)
     first.wait_listening()
-    second = run_cli("node", "start", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", timeout=20)
+    second = run_cli(
+        "node", "start", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", timeout=20
+    )
     assert second.returncode == 1
     assert second.stderr.strip() == (
         f"prismfs: data directory {data_dir} is in use by another node (pid {first.proc.pid})"
@@ -102,7 +113,9 @@ def test_second_node_on_same_data_dir_is_refused(tmp_path: Path, node_procs: lis
 
 
 def test_node_without_secret_explains_what_to_do(tmp_path: Path) -> None:
-    result = run_cli("node", "start", "--data-dir", str(tmp_path / "fresh"), "--listen", "127.0.0.1:0")
+    result = run_cli(
+        "node", "start", "--data-dir", str(tmp_path / "fresh"), "--listen", "127.0.0.1:0"
+    )
     assert result.returncode == 1
     assert "holds no cluster secret: run 'prismfs cluster init" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -121,8 +134,12 @@ async def test_config_file_with_flag_overrides_and_secret_import(
     )
     # --listen overrides the file's (unusable) port 1; --secret-file joins the cluster.
     node = start_node(
-        node_procs, tmp_path / "n2", "--config", str(config),
-        "--secret-file", str(tmp_path / "first" / "cluster.secret"),
+        node_procs,
+        tmp_path / "n2",
+        "--config",
+        str(config),
+        "--secret-file",
+        str(tmp_path / "first" / "cluster.secret"),
     )
     address = node.wait_listening()
     assert read_secret_file(tmp_path / "n2" / "cluster.secret") == creds
@@ -137,8 +154,11 @@ async def test_config_file_with_flag_overrides_and_secret_import(
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [
-        ('[node]\nlisten = "127.0.0.1:7070"\nlsiten = "x"\n', "invalid configuration in .*unknown field `lsiten`"),
-        ("[rpc]\nmax_inflight = \"many\"\n", "Expected `int`, got `str` - at `\\$.rpc.max_inflight`"),
+        (
+            '[node]\nlisten = "127.0.0.1:7070"\nlsiten = "x"\n',
+            "invalid configuration in .*unknown field `lsiten`",
+        ),
+        ('[rpc]\nmax_inflight = "many"\n', "Expected `int`, got `str` - at `\\$.rpc.max_inflight`"),
         ("[node\n", "is not valid TOML"),
         ('[tls]\ncert = "/x.pem"\n', "TLS needs both tls.cert and tls.key"),
         ('[node]\nlisten = "no-port"\n', "needs a port"),
@@ -171,8 +191,15 @@ def test_listen_on_busy_port_is_clear(tmp_path: Path, node_procs: list[NodeProce
     address = first.wait_listening()
     (tmp_path / "b").mkdir()
     result = run_cli(
-        "node", "start", "--data-dir", str(tmp_path / "b"), "--listen", address,
-        "--secret-file", str(tmp_path / "a" / "cluster.secret"), timeout=20,
+        "node",
+        "start",
+        "--data-dir",
+        str(tmp_path / "b"),
+        "--listen",
+        address,
+        "--secret-file",
+        str(tmp_path / "a" / "cluster.secret"),
+        timeout=20,
     )
     assert result.returncode == 1
     assert f"cannot listen on {address}: Address already in use" in result.stderr

@@ -119,7 +119,9 @@ async def test_handler_error_arrives_as_same_type(rpc_server: ServerUnderTest) -
     assert info.value.errno == NotFound.errno
 
 
-async def test_handler_bug_becomes_internal_error_and_is_logged(rpc_server: ServerUnderTest, logs) -> None:
+async def test_handler_bug_becomes_internal_error_and_is_logged(
+    rpc_server: ServerUnderTest, logs
+) -> None:
     logs.allow("handler for Fail")
     async with open_rpc_pool(rpc_server.creds) as pool:
         with pytest.raises(InternalError):
@@ -135,7 +137,9 @@ async def test_unserved_message_type_is_unknown_method(rpc_server: ServerUnderTe
             await pool.call(rpc_server.address, NotServed())
 
 
-async def test_overloaded_connection_refuses_extra_calls(nursery: trio.Nursery, creds: ClusterCredentials) -> None:
+async def test_overloaded_connection_refuses_extra_calls(
+    nursery: trio.Nursery, creds: ClusterCredentials
+) -> None:
     ts = await start_test_server(nursery, creds, limits=ServerLimits(max_inflight=4))
     errors: list[PrismError] = []
     async with open_rpc_pool(creds) as pool:
@@ -176,7 +180,9 @@ async def test_shutdown_finishes_running_calls_and_refuses_new_ones(
     assert ts.finished == [0.3]
 
 
-async def test_pool_redials_after_server_restart(nursery: trio.Nursery, creds: ClusterCredentials) -> None:
+async def test_pool_redials_after_server_restart(
+    nursery: trio.Nursery, creds: ClusterCredentials
+) -> None:
     ts = await start_test_server(nursery, creds)
     host, port = ts.address.rsplit(":", 1)
     async with open_rpc_pool(creds, connect_timeout=2) as pool:
@@ -219,7 +225,9 @@ async def test_unreachable_address_is_unavailable() -> None:
         await dial("127.0.0.1:1", ClusterCredentials.generate(), timeout=2)
 
 
-async def test_tls_round_trip_and_wrong_ca(nursery: trio.Nursery, creds: ClusterCredentials, logs) -> None:
+async def test_tls_round_trip_and_wrong_ca(
+    nursery: trio.Nursery, creds: ClusterCredentials, logs
+) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -82,7 +82,11 @@ class DevCluster:
             raise ConfigError(f"{directory / DEV_STATE_FILE} is unreadable: {exc}") from None
 
     def save(self) -> None:
-        data = {"nodes": [asdict(n) for n in self.nodes], "mount": self.mount, "started": self.started}
+        data = {
+            "nodes": [asdict(n) for n in self.nodes],
+            "mount": self.mount,
+            "started": self.started,
+        }
         write_atomic(self.directory / DEV_STATE_FILE, json.dumps(data, indent=2).encode())
 
     @property
@@ -104,10 +108,17 @@ def _spawn(node: DevNode) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             [
-                sys.executable, "-m", "prismfs", "node", "start",
-                "--data-dir", node.data_dir,
-                "--listen", node.rpc_address,
-                "--log-file", str(node.log_file),
+                sys.executable,
+                "-m",
+                "prismfs",
+                "node",
+                "start",
+                "--data-dir",
+                node.data_dir,
+                "--listen",
+                node.rpc_address,
+                "--log-file",
+                str(node.log_file),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -131,14 +142,15 @@ def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster
     if not 1 <= n_nodes <= 32:
         raise InvalidArgument("--nodes must be between 1 and 32")
     if mount:
-        raise ConfigError("--mount needs the FUSE client (mount.prismfs), which is not available yet")
+        raise ConfigError(
+            "--mount needs the FUSE client (mount.prismfs), which is not available yet"
+        )
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     cluster = DevCluster.load(directory)
-    if cluster is not None and cluster.running():
-        if len(cluster.running()) == len(cluster.nodes):
-            say(f"dev cluster in {directory} is already running ({len(cluster.nodes)} nodes)")
-            return cluster
+    if cluster is not None and cluster.nodes and len(cluster.running()) == len(cluster.nodes):
+        say(f"dev cluster in {directory} is already running ({len(cluster.nodes)} nodes)")
+        return cluster
     if cluster is None or not cluster.nodes:
         cluster = DevCluster(directory)
         for i in range(1, n_nodes + 1):
@@ -166,7 +178,9 @@ def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster
     for proc in procs.values():
         proc.returncode = 0  # detached on purpose: keep Popen.__del__ from warning
     cluster.save()
-    write_client_toml(directory / "client.toml", [n.rpc_address for n in cluster.nodes], cluster.secret_file)
+    write_client_toml(
+        directory / "client.toml", [n.rpc_address for n in cluster.nodes], cluster.secret_file
+    )
     DevRegistry().add(directory)
     return cluster
 
@@ -174,7 +188,9 @@ def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster
 async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[bytes]]) -> None:
     creds = read_secret_file(cluster.secret_file)
     deadline = trio.current_time() + READY_TIMEOUT
-    async with open_rpc_pool(creds, connect_timeout=2, call_timeout=2, client_name="dev-up") as pool:
+    async with open_rpc_pool(
+        creds, connect_timeout=2, call_timeout=2, client_name="dev-up"
+    ) as pool:
         for node in cluster.nodes:
             while True:
                 proc = procs.get(node.name)
@@ -240,7 +256,9 @@ def status(directory: Path) -> list[dict[str, Any]]:
 async def _status(cluster: DevCluster) -> list[dict[str, Any]]:
     rows = []
     creds = read_secret_file(cluster.secret_file)
-    async with open_rpc_pool(creds, connect_timeout=2, call_timeout=2, client_name="dev-status") as pool:
+    async with open_rpc_pool(
+        creds, connect_timeout=2, call_timeout=2, client_name="dev-status"
+    ) as pool:
         for node in cluster.nodes:
             row: dict[str, Any] = {
                 "name": node.name,

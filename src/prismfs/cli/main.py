@@ -24,6 +24,7 @@ from prismfs.errors import PrismError
 from prismfs.node import datadir
 from prismfs.node.config import load_node_config
 from prismfs.node.daemon import run_node
+from prismfs.wire.auth import SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.messages import Ping, Pong
 from prismfs.wire.tls import client_context
@@ -45,13 +46,20 @@ def client_options(func: F) -> F:
     @click.option("--cluster", metavar="ADDR[,ADDR...]", help="Node addresses to contact.")
     @click.option("--secret-file", type=click.Path(path_type=Path), help="The cluster secret file.")
     @click.option(
-        "--config", "config_file", type=click.Path(path_type=Path),
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path),
         help="A client.toml (default: $PRISMFS_CONFIG, else the newest running dev cluster).",
     )
-    @click.option("--tls-ca", type=click.Path(path_type=Path), help="Cluster CA, to talk TLS to nodes.")
+    @click.option(
+        "--tls-ca", type=click.Path(path_type=Path), help="Cluster CA, to talk TLS to nodes."
+    )
     @functools.wraps(func)
     def wrapper(
-        cluster: str | None, secret_file: Path | None, config_file: Path | None, tls_ca: Path | None,
+        cluster: str | None,
+        secret_file: Path | None,
+        config_file: Path | None,
+        tls_ca: Path | None,
         **kwargs: Any,
     ) -> Any:
         kwargs["client"] = resolve_client_config(cluster, secret_file, config_file, tls_ca)
@@ -75,12 +83,18 @@ def cluster() -> None:
 
 
 @cluster.command("init")
-@click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="First node's data directory.")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="First node's data directory.",
+)
 def cluster_init(data_dir: Path) -> None:
     """Create a new cluster: its id and secret, in the first node's data directory."""
     creds = datadir.init_cluster(data_dir)
     click.echo(f"created cluster {creds.cluster_id}")
-    click.echo(f"secret: {data_dir / datadir.SECRET_FILE_NAME} (mode 0600; copy it to every node and client)")
+    secret = data_dir / SECRET_FILE_NAME
+    click.echo(f"secret: {secret} (mode 0600; copy it to every node and client)")
     click.echo(f"next: prismfs node start --data-dir {data_dir} --listen HOST:PORT")
 
 
@@ -103,8 +117,9 @@ async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:
     creds = client.credentials()
     ssl_ctx = client_context(client.tls_ca) if client.tls_ca else None
     rows: list[dict[str, Any]] = []
-    async with open_rpc_pool(creds, ssl_context=ssl_ctx, connect_timeout=3, call_timeout=3,
-                             client_name="prismfs-cli") as pool:
+    async with open_rpc_pool(
+        creds, ssl_context=ssl_ctx, connect_timeout=3, call_timeout=3, client_name="prismfs-cli"
+    ) as pool:
         for address in client.addresses:
             start = trio.current_time()
             try:
@@ -113,15 +128,17 @@ async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:
                 rows.append({"address": address, "reachable": False, "error": exc.message})
                 continue
             assert isinstance(pong, Pong)
-            rows.append({
-                "address": address,
-                "reachable": True,
-                "id": pong.node_id,
-                "role": pong.role,
-                "version": pong.version,
-                "latency_ms": round((trio.current_time() - start) * 1000, 2),
-                "pid": pong.pid,
-            })
+            rows.append(
+                {
+                    "address": address,
+                    "reachable": True,
+                    "id": pong.node_id,
+                    "role": pong.role,
+                    "version": pong.version,
+                    "latency_ms": round((trio.current_time() - start) * 1000, 2),
+                    "pid": pong.pid,
+                }
+            )
     return rows
 
 
@@ -134,28 +151,58 @@ def node() -> None:
 
 
 @node.command("start")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Node data directory (node.data_dir).")
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), help="Node data directory (node.data_dir)."
+)
 @click.option("--listen", metavar="HOST:PORT", help="RPC address to listen on (node.listen).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="node.toml; flags override it.")
-@click.option("--secret-file", type=click.Path(path_type=Path),
-              help="Cluster secret to import on this node's first start.")
-@click.option("--advertise", metavar="HOST:PORT", help="Address other nodes and clients use (node.advertise).")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="node.toml; flags override it."
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(path_type=Path),
+    help="Cluster secret to import on this node's first start.",
+)
+@click.option(
+    "--advertise", metavar="HOST:PORT", help="Address other nodes and clients use (node.advertise)."
+)
 @click.option("--zone", help="Failure domain of this node (node.zone).")
-@click.option("--tls-cert", type=click.Path(path_type=Path), help="Serve TLS with this certificate (tls.cert).")
-@click.option("--tls-key", type=click.Path(path_type=Path), help="Private key of --tls-cert (tls.key).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    help="Serve TLS with this certificate (tls.cert).",
+)
+@click.option(
+    "--tls-key", type=click.Path(path_type=Path), help="Private key of --tls-cert (tls.key)."
+)
 @click.option("--tls-ca", type=click.Path(path_type=Path), help="Cluster CA (tls.ca).")
 @click.option("--log-file", help="Log to this file instead of stderr (log.file).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="log.level")
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="log.level"
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="log.format")
 def node_start(
-    data_dir: Path | None, listen: str | None, config_file: Path | None, secret_file: Path | None,
-    advertise: str | None, zone: str | None, tls_cert: Path | None, tls_key: Path | None,
-    tls_ca: Path | None, log_file: str | None, log_level: str | None, log_format: str | None,
+    data_dir: Path | None,
+    listen: str | None,
+    config_file: Path | None,
+    secret_file: Path | None,
+    advertise: str | None,
+    zone: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    log_file: str | None,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run a storage node in the foreground until SIGTERM or SIGINT."""
     overrides: dict[str, dict[str, Any]] = {
-        "node": {"data_dir": str(data_dir) if data_dir else None, "listen": listen,
-                 "advertise": advertise, "zone": zone},
+        "node": {
+            "data_dir": str(data_dir) if data_dir else None,
+            "listen": listen,
+            "advertise": advertise,
+            "zone": zone,
+        },
         "tls": {"cert": _str(tls_cert), "key": _str(tls_key), "ca": _str(tls_ca)},
         "log": {"file": log_file, "level": log_level, "format": log_format},
     }
@@ -176,7 +223,10 @@ def dev() -> None:
 
 
 _dir_option = click.option(
-    "--dir", "directory", type=click.Path(path_type=Path), default=None,
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
     help="Cluster directory (default: $PRISMFS_STATE_DIR/dev or ~/.local/state/prismfs/dev).",
 )
 
@@ -224,8 +274,11 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry: one clear line and a non-zero status on failure."""
     try:
-        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="prismfs",
-                      standalone_mode=False)
+        rv = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="prismfs",
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

@@ -18,6 +18,7 @@ address without a secret) is an error, not a reason to look further.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -117,12 +118,17 @@ def resolve_client_config(
     path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is not None:
         loaded = load_client_toml(path)
-        return loaded if tls_ca is None else ClientConfig(loaded.addresses, loaded.secret_file, tls_ca, loaded.source)
+        return (
+            loaded
+            if tls_ca is None
+            else ClientConfig(loaded.addresses, loaded.secret_file, tls_ca, loaded.source)
+        )
     found = DevRegistry().most_recent_running()
     if found is None:
         raise ClusterNotFound(
             "no cluster given and no running dev cluster found: pass --cluster ADDR "
-            "--secret-file F, or --config F (or set PRISMFS_CONFIG), or start one with 'prismfs dev up'"
+            "--secret-file F, or --config F (or set PRISMFS_CONFIG), "
+            "or start one with 'prismfs dev up'"
         )
     return load_client_toml(found / "client.toml")
 
@@ -147,10 +153,8 @@ class DevRegistry:
         self._entry(cluster_dir).write_text(json.dumps(entry))
 
     def remove(self, cluster_dir: Path) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._entry(cluster_dir).unlink()
-        except FileNotFoundError:
-            pass
 
     def entries(self) -> list[tuple[float, Path]]:
         out = []

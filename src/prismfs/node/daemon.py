@@ -70,7 +70,9 @@ class NodeService:
             return EchoReply(len(call.payload))
         if request.mode == "source":
             if not 0 <= request.size <= self.server.limits.frame.max_payload:
-                raise InvalidArgument(f"size {request.size} is outside 0..{self.server.limits.frame.max_payload}")
+                raise InvalidArgument(
+                    f"size {request.size} is outside 0..{self.server.limits.frame.max_payload}"
+                )
             return Reply(EchoReply(len(call.payload)), bytes(request.size))
         return Reply(EchoReply(len(call.payload)), call.payload)
 
@@ -84,7 +86,9 @@ async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: str
             try:
                 addresses = await nursery.start(service.server.serve, host, port)
             except OSError as exc:
-                raise InvalidArgument(f"cannot listen on {config.node.listen}: {exc.strerror}") from None
+                raise InvalidArgument(
+                    f"cannot listen on {config.node.listen}: {exc.strerror}"
+                ) from None
             service.rpc_address = config.node.advertise or addresses[0]
             datadir.write_state(
                 config.data_dir,
@@ -97,7 +101,12 @@ async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: str
                     "version": __version__,
                 },
             )
-            log.info("node %s of cluster %s serving RPC on %s", node_id, creds.cluster_id, ", ".join(addresses))
+            log.info(
+                "node %s of cluster %s serving RPC on %s",
+                node_id,
+                creds.cluster_id,
+                ", ".join(addresses),
+            )
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 await service.server.shutdown(config.node.shutdown_grace)

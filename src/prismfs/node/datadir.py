@@ -15,6 +15,7 @@ crash leaves either the old or the new version, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -25,7 +26,12 @@ from typing import Any
 
 from prismfs.durable import write_atomic
 from prismfs.errors import AlreadyInitialized, ConfigError, DataDirLocked, NotInitialized
-from prismfs.wire.auth import SECRET_FILE_NAME, ClusterCredentials, read_secret_file, write_secret_file
+from prismfs.wire.auth import (
+    SECRET_FILE_NAME,
+    ClusterCredentials,
+    read_secret_file,
+    write_secret_file,
+)
 
 NODE_ID_FILE = "node.id"
 LOCK_FILE = "node.lock"
@@ -48,7 +54,8 @@ def init_cluster(data_dir: Path) -> ClusterCredentials:
     if secret_path.exists():
         existing = read_secret_file(secret_path)
         raise AlreadyInitialized(
-            f"{data_dir} already belongs to cluster {existing.cluster_id}", cluster_id=existing.cluster_id
+            f"{data_dir} already belongs to cluster {existing.cluster_id}",
+            cluster_id=existing.cluster_id,
         )
     creds = ClusterCredentials.generate()
     write_secret_file(secret_path, creds)
@@ -138,7 +145,5 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
 
 
 def clear_state(data_dir: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         (data_dir / STATE_FILE).unlink()
-    except FileNotFoundError:
-        pass

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from prismfs.durable import write_atomic
 from prismfs.errors import AlreadyExists, AuthenticationFailed, ConfigError, ProtocolError
-from prismfs.wire.messages import PROTOCOL_VERSION, AuthOk, AuthProof, ErrorReply, Hello
 from prismfs.wire.codec import decode_message
 from prismfs.wire.frames import Frame, FrameKind
+from prismfs.wire.messages import PROTOCOL_VERSION, AuthOk, AuthProof, ErrorReply, Hello
 from prismfs.wire.stream import FramedStream
 
 SECRET_BYTES = 32

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from prismfs.exception_groups import single_exception
 from prismfs.errors import DeadlineExceeded, PrismError, ProtocolError, Unavailable
+from prismfs.exception_groups import single_exception
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials, client_handshake
 from prismfs.wire.codec import Message, decode_message
@@ -265,7 +265,7 @@ class RpcPool:
         request: Message,
         payload: Payload = b"",
         *,
-        timeout: float | None | _Default = DEFAULT,
+        timeout: float | _Default | None = DEFAULT,
     ) -> Response:
         seconds = self.call_timeout if isinstance(timeout, _Default) else timeout
         conn = await self.connection(address)

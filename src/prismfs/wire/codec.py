@@ -81,7 +81,7 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     """Decode and validate one message; raise `ProtocolError` on anything else."""
     global _decoder
     if _decoder is None:
-        union = typing.Union[tuple(registered_messages().values())]  # noqa: UP007 - built at run time
+        union: Any = typing.Union[tuple(registered_messages().values())]  # noqa: UP007
         _decoder = msgspec.msgpack.Decoder(union)
     try:
         message = _decoder.decode(data)

@@ -125,7 +125,7 @@ class FrameDecoder:
             return len(self._payload) - self._filled
         avail = len(self._buf) - self._pos
         if avail >= PREFIX_SIZE:
-            (length,) = _PREFIX.unpack_from(self._buf, self._pos)
+            length: int = _PREFIX.unpack_from(self._buf, self._pos)[0]
             return max(PREFIX_SIZE + min(length, self._limits.max_frame) - avail, 1)
         return HEAD_SIZE - avail
 

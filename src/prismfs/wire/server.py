@@ -108,7 +108,9 @@ class RpcServer:
         self._accept_scope = trio.CancelScope()
         self._conn_scope = trio.CancelScope()
 
-    def register(self, message_type: type[M], handler: Callable[[M, Call], Awaitable[Message | Reply]]) -> None:
+    def register(
+        self, message_type: type[M], handler: Callable[[M, Call], Awaitable[Message | Reply]]
+    ) -> None:
         if message_type in self._handlers:
             raise ValueError(f"a handler for {message_type.__name__} is already registered")
         self._handlers[message_type] = handler
@@ -120,7 +122,11 @@ class RpcServer:
     # --- accepting -------------------------------------------------------
 
     async def serve(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on HOST:PORT (port 0 picks one) until `shutdown`; reports bound addresses."""
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -152,14 +158,23 @@ class RpcServer:
             try:
                 stream = await listener.accept()
             except OSError as exc:
-                if exc.errno in (errno_mod.EMFILE, errno_mod.ENFILE, errno_mod.ENOBUFS, errno_mod.ENOMEM):
+                if exc.errno in (
+                    errno_mod.EMFILE,
+                    errno_mod.ENFILE,
+                    errno_mod.ENOBUFS,
+                    errno_mod.ENOMEM,
+                ):
                     log.error("accept failed: %s; pausing 100 ms", exc.strerror)
                     await trio.sleep(0.1)
                     continue
                 raise
             if self.connections >= self.limits.max_connections:
                 self.rejected_connections += 1
-                log.warning("refusing connection from %s: %d connections open", _peer(stream), self.connections)
+                log.warning(
+                    "refusing connection from %s: %d connections open",
+                    _peer(stream),
+                    self.connections,
+                )
                 await trio.aclose_forcefully(stream)
                 continue
             conns.start_soon(self._serve_connection, stream, name=f"rpc-conn {_peer(stream)}")
@@ -175,7 +190,9 @@ class RpcServer:
             while self._inflight or any(s.mid_frame or s.unsent for s in self._streams):
                 await trio.sleep(0.01)
         if self._inflight:
-            log.warning("cancelling %d calls still running after %.1fs of grace", self._inflight, grace)
+            log.warning(
+                "cancelling %d calls still running after %.1fs of grace", self._inflight, grace
+            )
         self._conn_scope.cancel()
 
     # --- one connection --------------------------------------------------
@@ -196,21 +213,39 @@ class RpcServer:
                         conn, self.creds, self.node_id, self.limits.handshake_timeout
                     )
             except trio.TooSlowError:
-                log.warning("closing connection from %s: no handshake within %.1fs", peer, self.limits.handshake_timeout)
+                log.warning(
+                    "closing connection from %s: no handshake within %.1fs",
+                    peer,
+                    self.limits.handshake_timeout,
+                )
                 return
             except PrismError as exc:
                 log.warning("closing connection from %s: handshake failed: %s", peer, exc.message)
                 return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
-                log.warning("closing connection from %s: handshake failed: %s", peer, _describe(exc))
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                ssl.SSLError,
+                OSError,
+            ) as exc:
+                log.warning(
+                    "closing connection from %s: handshake failed: %s", peer, _describe(exc)
+                )
                 return
-            log.debug("authenticated connection from %s (%s)", peer, auth.client_name or "anonymous")
+            log.debug(
+                "authenticated connection from %s (%s)", peer, auth.client_name or "anonymous"
+            )
             self._streams.add(conn)
             try:
                 await self._run_connection(conn, peer, auth.client_name)
             except PrismError as exc:
                 log.warning("closing connection from %s: %s", peer, exc.message)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                ssl.SSLError,
+                OSError,
+            ) as exc:
                 log.info("connection from %s broke: %s", peer, _describe(exc))
             except Exception:
                 # A bug must cost this connection only, never the node.
@@ -263,7 +298,9 @@ class RpcServer:
         if self._closing_since is not None and conn.frame_started >= self._closing_since:
             error = ShuttingDown("node is shutting down")
         elif len(active) >= self.limits.max_inflight:
-            error = Overloaded(f"more than {self.limits.max_inflight} calls in flight on one connection")
+            error = Overloaded(
+                f"more than {self.limits.max_inflight} calls in flight on one connection"
+            )
         elif type(request) not in self._handlers:
             error = UnknownMethod(f"this node does not serve {type(request).__name__}")
         if error is not None:
@@ -294,13 +331,19 @@ class RpcServer:
                     return
                 except Exception as exc:
                     # A bug in a handler must not end the connection or the node.
-                    log.exception("handler for %s from %s failed", type(request).__name__, call.peer)
-                    err = InternalError(f"{type(request).__name__} failed on the server: {type(exc).__name__}")
+                    log.exception(
+                        "handler for %s from %s failed", type(request).__name__, call.peer
+                    )
+                    err = InternalError(
+                        f"{type(request).__name__} failed on the server: {type(exc).__name__}"
+                    )
                     await conn.send(FrameKind.ERROR, call.request_id, ErrorReply.from_error(err))
                     return
                 reply = result if isinstance(result, Reply) else Reply(result)
                 try:
-                    await conn.send(FrameKind.RESPONSE, call.request_id, reply.message, reply.payload)
+                    await conn.send(
+                        FrameKind.RESPONSE, call.request_id, reply.message, reply.payload
+                    )
                 except ProtocolError as exc:  # e.g. a reply payload over the frame limit
                     log.error("reply to %s not sent: %s", type(request).__name__, exc.message)
                     err = InternalError(f"reply could not be sent: {exc.message}")

@@ -35,7 +35,9 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(str(tls.cert), str(tls.key))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load TLS certificate {tls.cert} / key {tls.key}: {exc}") from None
+        raise ConfigError(
+            f"cannot load TLS certificate {tls.cert} / key {tls.key}: {exc}"
+        ) from None
     return ctx
 
 
