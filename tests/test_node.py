@@ -203,3 +203,38 @@ def test_listen_on_busy_port_is_clear(tmp_path: Path, node_procs: list[NodeProce
     )
     assert result.returncode == 1
     assert f"cannot listen on {address}: Address already in use" in result.stderr
+
+
+def test_node_serves_tls_with_cluster_ca(tmp_path: Path, node_procs: list[NodeProcess]) -> None:
+    import trustme
+
+    _init(tmp_path / "n1")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "node.pem", tmp_path / "node.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    node = start_node(
+        node_procs, tmp_path / "n1", "--tls-cert", str(cert_file), "--tls-key", str(key_file)
+    )
+    address = node.wait_listening()
+    secret = str(tmp_path / "n1" / "cluster.secret")
+    common = ("--cluster", address, "--secret-file", secret)
+    ok = run_cli("cluster", "status", "--json", *common, "--tls-ca", str(ca_file))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["nodes"][0]["reachable"] is True
+    # Without the CA, or with another CA, the client does not get through.
+    plain = run_cli("cluster", "status", "--json", *common)
+    assert plain.returncode == 1
+    other_ca = tmp_path / "other.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    wrong = run_cli("cluster", "status", "--json", *common, "--tls-ca", str(other_ca))
+    assert wrong.returncode == 1
+    assert "TLS with" in json.loads(wrong.stdout)["nodes"][0]["error"]
+
+
+def test_tls_key_without_cert_is_refused(tmp_path: Path) -> None:
+    _init(tmp_path / "n1")
+    result = run_cli("node", "start", "--data-dir", str(tmp_path / "n1"), "--tls-key", "/nonexistent")
+    assert result.returncode == 1 and "TLS needs both tls.cert and tls.key" in result.stderr

@@ -7,7 +7,6 @@ command line contains a marker we passed it (its data directory).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -26,12 +25,3 @@ def process_alive(pid: int, marker: str | None = None) -> bool:
         return False
     return marker is None or marker in cmdline
 
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
