@@ -236,5 +236,7 @@ def test_node_serves_tls_with_cluster_ca(tmp_path: Path, node_procs: list[NodePr
 
 def test_tls_key_without_cert_is_refused(tmp_path: Path) -> None:
     _init(tmp_path / "n1")
-    result = run_cli("node", "start", "--data-dir", str(tmp_path / "n1"), "--tls-key", "/nonexistent")
+    result = run_cli(
+        "node", "start", "--data-dir", str(tmp_path / "n1"), "--tls-key", "/nonexistent"
+    )
     assert result.returncode == 1 and "TLS needs both tls.cert and tls.key" in result.stderr

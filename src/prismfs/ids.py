@@ -8,4 +8,3 @@ from typing import NewType
 
 NodeId = NewType("NodeId", str)
 ClusterId = NewType("ClusterId", str)
-RequestId = NewType("RequestId", int)

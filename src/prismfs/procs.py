@@ -24,4 +24,3 @@ def process_alive(pid: int, marker: str | None = None) -> bool:
     if state in ("Z", "X"):
         return False
     return marker is None or marker in cmdline
-

@@ -23,10 +23,10 @@ import hashlib
 import json
 import os
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from prismfs.config_files import read_toml
 from prismfs.errors import ClusterNotFound, ConfigError
 from prismfs.procs import process_alive
 from prismfs.wire.address import parse_address
@@ -70,14 +70,7 @@ def _addresses(items: list[str] | tuple[str, ...], where: str) -> tuple[str, ...
 
 
 def load_client_toml(path: Path) -> ClientConfig:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"client config {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read client config {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"client config {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "client config")
     unknown = set(data) - {"cluster", "secret_file", "tls_ca"}
     if unknown:
         raise ConfigError(f"client config {path}: unknown keys {', '.join(sorted(unknown))}")

@@ -7,12 +7,12 @@ config file is an error at start, not a silently ignored setting.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+from prismfs.config_files import read_toml
 from prismfs.errors import ConfigError
 from prismfs.wire.address import parse_address
 from prismfs.wire.frames import FrameLimits, MiB
@@ -87,14 +87,7 @@ def load_node_config(path: Path | None, overrides: dict[str, dict[str, Any]]) ->
     """Read ``path`` (if given), apply flag ``overrides`` per section, validate."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        raw = read_toml(path, "config file")
     for section, values in overrides.items():
         current = raw.setdefault(section, {})
         if not isinstance(current, dict):

@@ -23,6 +23,7 @@ import trio
 from prismfs import __version__
 from prismfs.errors import InvalidArgument
 from prismfs.exception_groups import single_exception
+from prismfs.ids import NodeId
 from prismfs.node import datadir
 from prismfs.node.config import NodeConfig
 from prismfs.node.logs import setup_logging
@@ -38,7 +39,7 @@ log = logging.getLogger("prismfs.node")
 class NodeService:
     """The handlers a node serves, around one `RpcServer`."""
 
-    def __init__(self, config: NodeConfig, creds: ClusterCredentials, node_id: str) -> None:
+    def __init__(self, config: NodeConfig, creds: ClusterCredentials, node_id: NodeId) -> None:
         self.config = config
         self.creds = creds
         self.node_id = node_id
@@ -77,7 +78,7 @@ class NodeService:
         return Reply(EchoReply(len(call.payload)), call.payload)
 
 
-async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: str) -> None:
+async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: NodeId) -> None:
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
     host, port = config.listen_address

@@ -26,6 +26,7 @@ from typing import Any
 
 from prismfs.durable import write_atomic
 from prismfs.errors import AlreadyInitialized, ConfigError, DataDirLocked, NotInitialized
+from prismfs.ids import NodeId
 from prismfs.wire.auth import (
     SECRET_FILE_NAME,
     ClusterCredentials,
@@ -89,7 +90,7 @@ def load_credentials(data_dir: Path) -> ClusterCredentials:
     return read_secret_file(path)
 
 
-def node_id(data_dir: Path) -> str:
+def node_id(data_dir: Path) -> NodeId:
     """This node's id, created on first use."""
     path = data_dir / NODE_ID_FILE
     try:
@@ -99,7 +100,7 @@ def node_id(data_dir: Path) -> str:
         write_atomic(path, (text + "\n").encode())
     if not text or not all(c in "0123456789abcdef" for c in text):
         raise ConfigError(f"{path} is malformed; it should hold a hex node id")
-    return text
+    return NodeId(text)
 
 
 @dataclass

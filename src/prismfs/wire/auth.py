@@ -32,6 +32,7 @@ from pathlib import Path
 
 from prismfs.durable import write_atomic
 from prismfs.errors import AlreadyExists, AuthenticationFailed, ConfigError, ProtocolError
+from prismfs.ids import ClusterId, NodeId
 from prismfs.wire.codec import decode_message
 from prismfs.wire.frames import Frame, FrameKind
 from prismfs.wire.messages import PROTOCOL_VERSION, AuthOk, AuthProof, ErrorReply, Hello
@@ -44,7 +45,7 @@ SECRET_FILE_NAME = "cluster.secret"
 
 @dataclass(frozen=True)
 class ClusterCredentials:
-    cluster_id: str
+    cluster_id: ClusterId
     secret: bytes
 
     def __repr__(self) -> str:  # never print the secret by accident
@@ -52,7 +53,7 @@ class ClusterCredentials:
 
     @classmethod
     def generate(cls) -> ClusterCredentials:
-        return cls(cluster_id=secrets.token_hex(8), secret=secrets.token_bytes(SECRET_BYTES))
+        return cls(ClusterId(secrets.token_hex(8)), secrets.token_bytes(SECRET_BYTES))
 
 
 def write_secret_file(path: Path, creds: ClusterCredentials, *, overwrite: bool = False) -> None:
@@ -87,7 +88,7 @@ def read_secret_file(path: Path) -> ClusterCredentials:
         raise ConfigError(f"secret file {path} is malformed") from None
     if not isinstance(cluster_id, str) or len(secret) < 16:
         raise ConfigError(f"secret file {path} is malformed")
-    return ClusterCredentials(cluster_id=cluster_id, secret=secret)
+    return ClusterCredentials(ClusterId(cluster_id), secret)
 
 
 def _proof(creds: ClusterCredentials, label: bytes, nonce_s: bytes, nonce_c: bytes) -> bytes:
@@ -110,7 +111,7 @@ def _expect(frame: Frame | None, kind: FrameKind, what: str) -> Frame:
 
 
 async def server_handshake(
-    conn: FramedStream, creds: ClusterCredentials, node_id: str, timeout: float
+    conn: FramedStream, creds: ClusterCredentials, node_id: NodeId, timeout: float
 ) -> AuthProof:
     """Authenticate the client on a fresh connection; raise on any failure.
 

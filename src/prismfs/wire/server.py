@@ -44,6 +44,7 @@ from prismfs.errors import (
     Unavailable,
     UnknownMethod,
 )
+from prismfs.ids import NodeId
 from prismfs.wire.address import format_address
 from prismfs.wire.auth import ClusterCredentials, server_handshake
 from prismfs.wire.codec import Message, decode_message
@@ -74,6 +75,9 @@ class Call:
     client_name: str
 
 
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+"""What a broken or reset connection raises, as opposed to a peer's bad data."""
+
 Handler = Callable[[Any, Call], Awaitable[Message | Reply]]
 
 
@@ -89,7 +93,7 @@ class RpcServer:
     def __init__(
         self,
         creds: ClusterCredentials,
-        node_id: str,
+        node_id: NodeId,
         *,
         ssl_context: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
@@ -222,12 +226,7 @@ class RpcServer:
             except PrismError as exc:
                 log.warning("closing connection from %s: handshake failed: %s", peer, exc.message)
                 return
-            except (
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                ssl.SSLError,
-                OSError,
-            ) as exc:
+            except _STREAM_ERRORS as exc:
                 log.warning(
                     "closing connection from %s: handshake failed: %s", peer, _describe(exc)
                 )
@@ -240,12 +239,7 @@ class RpcServer:
                 await self._run_connection(conn, peer, auth.client_name)
             except PrismError as exc:
                 log.warning("closing connection from %s: %s", peer, exc.message)
-            except (
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                ssl.SSLError,
-                OSError,
-            ) as exc:
+            except _STREAM_ERRORS as exc:
                 log.info("connection from %s broke: %s", peer, _describe(exc))
             except Exception:
                 # A bug must cost this connection only, never the node.
