@@ -249,3 +249,32 @@ async def test_tls_round_trip_and_wrong_ca(
     with pytest.raises((Unavailable, PrismError)):
         await dial(ts.address, creds, timeout=2)
     ts.server._conn_scope.cancel()
+
+
+class Hold(Message, frozen=True):
+    seconds: float
+
+
+async def test_payload_budget_pauses_reading_instead_of_buffering(
+    nursery: trio.Nursery, creds: ClusterCredentials
+) -> None:
+    ts = await start_test_server(
+        nursery, creds, limits=ServerLimits(max_inflight_bytes=2 * 1024 * 1024)
+    )
+    running = [0, 0]  # now, peak
+
+    async def hold(req: Hold, call: object) -> Slept:
+        running[0] += 1
+        running[1] = max(running)
+        await trio.sleep(req.seconds)
+        running[0] -= 1
+        return Slept()
+
+    ts.server.register(Hold, hold)
+    async with open_rpc_pool(creds) as pool, trio.open_nursery() as inner:
+        for _ in range(8):
+            inner.start_soon(pool.call, ts.address, Hold(0.1), bytes(1024 * 1024))
+    # 2 MiB budget: at most the call that crossed it runs beside the two below it.
+    assert running[1] <= 3
+    assert running[0] == 0
+    ts.server._conn_scope.cancel()

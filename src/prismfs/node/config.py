@@ -49,6 +49,7 @@ class TlsSection(_Section):
 class RpcSection(_Section):
     max_payload_mib: int = 64
     max_inflight: int = 4096
+    max_inflight_mib: int = 256
     max_connections: int = 1024
     handshake_timeout: float = 5.0
 
@@ -78,6 +79,7 @@ class NodeConfig(_Section):
         return ServerLimits(
             frame=FrameLimits(max_payload=self.rpc.max_payload_mib * MiB),
             max_inflight=self.rpc.max_inflight,
+            max_inflight_bytes=self.rpc.max_inflight_mib * MiB,
             max_connections=self.rpc.max_connections,
             handshake_timeout=self.rpc.handshake_timeout,
         )
@@ -110,8 +112,10 @@ def _check(config: NodeConfig) -> None:
         parse_address(config.node.advertise)
     if not 1 <= config.rpc.max_payload_mib <= 1024:
         raise ConfigError("rpc.max_payload_mib must be between 1 and 1024")
-    if config.rpc.max_inflight < 1 or config.rpc.max_connections < 1:
-        raise ConfigError("rpc.max_inflight and rpc.max_connections must be at least 1")
+    if min(config.rpc.max_inflight, config.rpc.max_connections, config.rpc.max_inflight_mib) < 1:
+        raise ConfigError(
+            "rpc.max_inflight, rpc.max_inflight_mib and rpc.max_connections must be at least 1"
+        )
     if bool(config.tls.cert) != bool(config.tls.key):
         raise ConfigError("TLS needs both tls.cert and tls.key")
     if config.node.shutdown_grace < 0:

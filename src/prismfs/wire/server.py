@@ -13,8 +13,10 @@ Theory of operation. Each accepted connection runs in its own nursery:
    handler still running for it is cancelled. Other connections never notice.
 
 Limits: ``max_inflight`` requests per connection (more get `Overloaded`
-without running), ``max_connections`` accepted at once (more are closed at
-accept), and the frame limits of `FrameLimits`.
+without running), ``max_inflight_bytes`` of request payloads held by running
+handlers per connection (beyond it the reader pauses, which back-pressures
+the client through TCP), ``max_connections`` accepted at once (more are
+closed at accept), and the frame limits of `FrameLimits`.
 
 Shutdown (`shutdown`): stop accepting, answer new requests with
 `ShuttingDown`, give running handlers ``grace`` seconds to finish, then
@@ -85,6 +87,7 @@ Handler = Callable[[Any, Call], Awaitable[Message | Reply]]
 class ServerLimits:
     frame: FrameLimits = field(default_factory=FrameLimits)
     max_inflight: int = 4096
+    max_inflight_bytes: int = 256 * 1024 * 1024
     max_connections: int = 1024
     handshake_timeout: float = 5.0
 
@@ -251,16 +254,22 @@ class RpcServer:
                 await trio.aclose_forcefully(stream)
 
     async def _run_connection(self, conn: FramedStream, peer: str, client_name: str) -> None:
-        active: dict[int, trio.CancelScope] = {}
+        state = _ConnectionState(conn, peer, client_name)
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.run_writer, name=f"rpc-writer {peer}")
             try:
                 while True:
+                    # Back-pressure: stop reading while the payloads of running
+                    # requests hold more than the budget; the kernel's socket
+                    # buffers then slow the client down.
+                    while state.payload_bytes > self.limits.max_inflight_bytes:
+                        state.freed = trio.Event()
+                        await state.freed.wait()
                     frame = await conn.receive_frame()
                     if frame is None:
                         break
-                    self._on_frame(frame, conn, nursery, active, peer, client_name)
+                    self._on_frame(frame, state, nursery)
             except (PrismError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 failure = exc  # raised below, outside the nursery, ungrouped
             finally:
@@ -268,16 +277,9 @@ class RpcServer:
         if failure is not None:
             raise failure
 
-    def _on_frame(
-        self,
-        frame: Frame,
-        conn: FramedStream,
-        nursery: trio.Nursery,
-        active: dict[int, trio.CancelScope],
-        peer: str,
-        client_name: str,
-    ) -> None:
+    def _on_frame(self, frame: Frame, state: _ConnectionState, nursery: trio.Nursery) -> None:
         rid = frame.request_id
+        active = state.active
         if frame.kind == FrameKind.CANCEL:
             scope = active.get(rid)
             if scope is not None:
@@ -289,7 +291,7 @@ class RpcServer:
         if rid in active:
             raise ProtocolError(f"request id {rid} is already in flight")
         error: PrismError | None = None
-        if self._closing_since is not None and conn.frame_started >= self._closing_since:
+        if self._closing_since is not None and state.conn.frame_started >= self._closing_since:
             error = ShuttingDown("node is shutting down")
         elif len(active) >= self.limits.max_inflight:
             error = Overloaded(
@@ -298,23 +300,20 @@ class RpcServer:
         elif type(request) not in self._handlers:
             error = UnknownMethod(f"this node does not serve {type(request).__name__}")
         if error is not None:
-            if not conn.send_nowait(FrameKind.ERROR, rid, ErrorReply.from_error(error)):
+            if not state.conn.send_nowait(FrameKind.ERROR, rid, ErrorReply.from_error(error)):
                 raise Overloaded("client does not read its replies")
             return
         scope = trio.CancelScope()
         active[rid] = scope
         self._inflight += 1
-        call = Call(rid, frame.payload, peer, client_name)
-        nursery.start_soon(self._run_handler, request, call, conn, scope, active)
+        state.payload_bytes += len(frame.payload)
+        call = Call(rid, frame.payload, state.peer, state.client_name)
+        nursery.start_soon(self._run_handler, request, call, state, scope)
 
     async def _run_handler(
-        self,
-        request: Message,
-        call: Call,
-        conn: FramedStream,
-        scope: trio.CancelScope,
-        active: dict[int, trio.CancelScope],
+        self, request: Message, call: Call, state: _ConnectionState, scope: trio.CancelScope
     ) -> None:
+        conn = state.conn
         try:
             with scope:
                 handler = self._handlers[type(request)]
@@ -345,8 +344,22 @@ class RpcServer:
         except Unavailable:
             pass  # the connection closed under us; nobody is left to answer
         finally:
-            active.pop(call.request_id, None)
+            state.active.pop(call.request_id, None)
+            state.payload_bytes -= len(call.payload)
+            state.freed.set()
             self._inflight -= 1
+
+
+@dataclass
+class _ConnectionState:
+    """Per-connection bookkeeping of the server (see the module invariant)."""
+
+    conn: FramedStream
+    peer: str
+    client_name: str
+    active: dict[int, trio.CancelScope] = field(default_factory=dict)
+    payload_bytes: int = 0
+    freed: trio.Event = field(default_factory=trio.Event)
 
 
 def _peer(stream: trio.SocketStream) -> str:
