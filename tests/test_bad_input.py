@@ -154,3 +154,32 @@ async def test_silent_client_is_dropped_after_handshake_timeout(
     assert await _closed_by_server(stream)
     assert logs.matching("no handshake within 0.3s")
     ts.server._conn_scope.cancel()
+
+
+async def test_client_that_never_reads_replies_cannot_grow_node_memory(
+    nursery: trio.Nursery, creds: ClusterCredentials
+) -> None:
+    from conftest import start_test_server
+    from prismfs.wire.messages import Echo
+    from prismfs.wire.server import ServerLimits
+
+    mib = 1024 * 1024
+    ts = await start_test_server(nursery, creds, limits=ServerLimits(max_inflight_bytes=8 * mib))
+    stream = await _authenticated_raw(ts)
+    requests = b"".join(
+        encode_frame(FrameKind.REQUEST, rid, encode_message(Echo(mode="source", size=4 * mib)))
+        for rid in range(1, 51)
+    )
+    await stream.send_all(requests)  # 50 x 4 MiB asked for; nothing is read back
+    peak = 0
+    for _ in range(50):
+        await trio.sleep(0.01)
+        peak = max(peak, sum(s.unsent_bytes for s in ts.server._streams))
+    # Replies waiting for the client stay within the budget plus one reply,
+    # instead of 200 MiB.
+    assert 0 < peak <= 12 * mib
+    await stream.aclose()
+    with trio.fail_after(5):
+        while ts.server.connections:
+            await trio.sleep(0.01)
+    ts.server._conn_scope.cancel()

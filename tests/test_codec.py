@@ -240,3 +240,18 @@ def test_eof_boundary_tracking() -> None:
     assert decoder.next_frame() is None and not decoder.at_boundary
     decoder.feed(blob[-1:])
     assert decoder.next_frame() is not None and decoder.at_boundary
+
+
+def test_wanted_stops_at_the_end_of_the_header() -> None:
+    header = encode_message(messages.Echo(mode="sink"))
+    blob = encode_frame(FrameKind.REQUEST, 1, header, bytes(1 << 20))
+    decoder = FrameDecoder()
+    decoder.feed(blob[:10])
+    assert decoder.wanted == HEAD_SIZE - 10
+    decoder.feed(blob[10:HEAD_SIZE])
+    # The head says how long the header is; the 1 MiB payload is not asked for yet.
+    assert decoder.wanted == len(header)
+    decoder.feed(blob[HEAD_SIZE : HEAD_SIZE + len(header)])
+    assert decoder.next_frame() is None
+    assert decoder.wanted == 1 << 20
+    assert decoder.payload_view() is not None

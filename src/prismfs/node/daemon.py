@@ -51,6 +51,7 @@ class NodeService:
             limits=config.server_limits(),
         )
         self.rpc_address = ""
+        self._zeros = b""  # shared source of Echo "source" replies, grown on demand
         self.started = trio.current_time()
         self.server.register(Ping, self.ping)
         self.server.register(Echo, self.echo)
@@ -74,7 +75,9 @@ class NodeService:
                 raise InvalidArgument(
                     f"size {request.size} is outside 0..{self.server.limits.frame.max_payload}"
                 )
-            return Reply(EchoReply(len(call.payload)), bytes(request.size))
+            if len(self._zeros) < request.size:
+                self._zeros = bytes(request.size)
+            return Reply(EchoReply(len(call.payload)), memoryview(self._zeros)[: request.size])
         return Reply(EchoReply(len(call.payload)), call.payload)
 
 

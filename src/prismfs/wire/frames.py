@@ -120,14 +120,19 @@ class FrameDecoder:
 
     @property
     def wanted(self) -> int:
-        """A hint: bytes known to be needed to finish the current frame."""
+        """A hint: bytes needed before the next step (end of head, header or payload).
+
+        While the head or header is incomplete this stops at the header's end,
+        so that a caller does not read a large payload through the feed buffer
+        but into `payload_view` once the head is parsed.
+        """
         if self._payload is not None:
             return len(self._payload) - self._filled
         avail = len(self._buf) - self._pos
-        if avail >= PREFIX_SIZE:
-            length: int = _PREFIX.unpack_from(self._buf, self._pos)[0]
-            return max(PREFIX_SIZE + min(length, self._limits.max_frame) - avail, 1)
-        return HEAD_SIZE - avail
+        if avail < HEAD_SIZE:
+            return HEAD_SIZE - avail
+        header_len: int = _FIXED.unpack_from(self._buf, self._pos + PREFIX_SIZE)[3]
+        return max(HEAD_SIZE + min(header_len, self._limits.max_header) - avail, 1)
 
     def feed(self, data: Payload) -> None:
         view = memoryview(data)

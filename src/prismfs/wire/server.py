@@ -255,21 +255,29 @@ class RpcServer:
 
     async def _run_connection(self, conn: FramedStream, peer: str, client_name: str) -> None:
         state = _ConnectionState(conn, peer, client_name)
+        conn.on_sent = state.notify
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.run_writer, name=f"rpc-writer {peer}")
             try:
                 while True:
-                    # Back-pressure: stop reading while the payloads of running
-                    # requests hold more than the budget; the kernel's socket
-                    # buffers then slow the client down.
-                    while state.payload_bytes > self.limits.max_inflight_bytes:
+                    # Back-pressure: stop reading while request payloads held by
+                    # running calls plus reply payloads not yet written exceed
+                    # the budget; the kernel's socket buffers then slow the
+                    # client down, and a client that does not read its replies
+                    # stops being served instead of growing the node's memory.
+                    while state.payload_bytes + conn.unsent_bytes > self.limits.max_inflight_bytes:
+                        if conn.closed:  # the writer broke: nobody takes the replies
+                            raise trio.BrokenResourceError("peer stopped reading and went away")
                         state.freed = trio.Event()
                         await state.freed.wait()
                     frame = await conn.receive_frame()
                     if frame is None:
                         break
                     self._on_frame(frame, state, nursery)
+                    # Let the handler just started run up to its first await
+                    # (often to its reply) before the budget is checked again.
+                    await trio.lowlevel.checkpoint()
             except (PrismError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 failure = exc  # raised below, outside the nursery, ungrouped
             finally:
@@ -346,7 +354,7 @@ class RpcServer:
         finally:
             state.active.pop(call.request_id, None)
             state.payload_bytes -= len(call.payload)
-            state.freed.set()
+            state.notify()
             self._inflight -= 1
 
 
@@ -360,6 +368,10 @@ class _ConnectionState:
     active: dict[int, trio.CancelScope] = field(default_factory=dict)
     payload_bytes: int = 0
     freed: trio.Event = field(default_factory=trio.Event)
+
+    def notify(self) -> None:
+        """Memory was released (a call ended or replies were written)."""
+        self.freed.set()
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -20,7 +20,7 @@ into the payload buffer; on TLS it falls back to ``receive_some``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -30,6 +30,7 @@ from prismfs.wire.frames import Frame, FrameDecoder, FrameKind, FrameLimits, Pay
 
 _COALESCE_LIMIT = 64 * 1024
 _RECEIVE_MIN = 64 * 1024
+"""Small reads are rounded up to this: fewer syscalls, a little copying."""
 _RECEIVE_MAX = 4 * 1024 * 1024
 
 OutFrame = tuple[FrameKind, int, bytes, Payload]
@@ -53,6 +54,10 @@ class FramedStream:
         self.closed = False
         self.unsent = 0
         """Frames queued or being written; a graceful close waits for zero."""
+        self.unsent_bytes = 0
+        """Payload bytes of those frames: memory the peer has not taken yet."""
+        self.on_sent: Callable[[], None] | None = None
+        """Called after each batch is written (the server's budget waits on it)."""
         self.frame_started = 0.0
         """trio time when the first bytes of the frame being received arrived."""
 
@@ -68,10 +73,12 @@ class FramedStream:
                 f"payload of {len(payload)} bytes exceeds the limit of {self.limits.max_payload}"
             )
         self.unsent += 1  # before the await: the writer may take the frame at once
+        self.unsent_bytes += len(payload)
         try:
             await self._send_q.send((kind, request_id, header, payload))
         except BaseException as exc:
             self.unsent -= 1
+            self.unsent_bytes -= len(payload)
             if isinstance(exc, (trio.ClosedResourceError, trio.BrokenResourceError)):
                 raise Unavailable("connection is closed") from None
             raise
@@ -103,8 +110,14 @@ class FramedStream:
                             break
                     await self._write_batch(batch)
                     self.unsent -= len(batch)
+                    self.unsent_bytes -= sum(len(frame[3]) for frame in batch)
+                    if self.on_sent is not None:
+                        self.on_sent()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True
+        finally:
+            if self.on_sent is not None:
+                self.on_sent()  # wake a reader waiting for the writer to make room
 
     async def _write_batch(self, batch: Sequence[OutFrame]) -> None:
         pending = bytearray()
