@@ -175,9 +175,10 @@ async def test_client_that_never_reads_replies_cannot_grow_node_memory(
     for _ in range(50):
         await trio.sleep(0.01)
         peak = max(peak, sum(s.unsent_bytes for s in ts.server._streams))
-    # Replies waiting for the client stay within the budget plus one reply,
-    # instead of 200 MiB.
-    assert 0 < peak <= 12 * mib
+    # Replies waiting for the client stay within the budget plus the replies of
+    # the few handlers that were already running when it was crossed (trio may
+    # run the reader before a handler it just started): far below 200 MiB.
+    assert 0 < peak <= 8 * mib + 4 * (4 * mib)
     await stream.aclose()
     with trio.fail_after(5):
         while ts.server.connections:
