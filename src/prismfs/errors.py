@@ -225,3 +225,30 @@ class NoSpace(PrismError):
 
     code = "no_space"
     errno = _errno.ENOSPC
+
+
+# --- consensus -----------------------------------------------------------------
+
+
+class NotLeader(PrismError):
+    """This node is not the Raft leader; ``details['leader']`` names the one it knows."""
+
+    code = "not_leader"
+    errno = _errno.EAGAIN
+    transient = True
+
+
+class LeadershipTransfer(PrismError):
+    """The leader is handing over leadership and accepts no proposals meanwhile."""
+
+    code = "leadership_transfer"
+    errno = _errno.EAGAIN
+    transient = True
+
+
+class ConfChangeInProgress(PrismError):
+    """Another membership change is not committed yet (one at a time)."""
+
+    code = "conf_change_in_progress"
+    errno = _errno.EBUSY
+    transient = True
