@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from prismfs.raft.core import RaftConfig, RaftNode, Ready, ReadState, Role, Snapshot
+from prismfs.raft.core import RaftConfig, RaftNode, ReadState, Ready, Role, Snapshot
 from prismfs.raft.messages import ConfState, Entry, HardState, RaftMessage
 
 
@@ -74,14 +74,22 @@ class Network:
         disk = self.disks[node_id]
         cfg = RaftConfig(node_id=node_id, **self.config)  # type: ignore[arg-type]
         node = RaftNode(
-            cfg, random.Random(f"{self.seed}-{node_id}-restart"), conf=self.conf,
-            hard_state=disk.hard_state, snapshot=disk.snapshot, entries=list(disk.entries),
+            cfg,
+            random.Random(f"{self.seed}-{node_id}-restart"),
+            conf=self.conf,
+            hard_state=disk.hard_state,
+            snapshot=disk.snapshot,
+            entries=list(disk.entries),
         )
         self.nodes[node_id] = node
         # Re-applying from the snapshot point is the driver's job; model it.
         base = disk.snapshot.meta.index if disk.snapshot else 0
-        self.applied_entries[node_id] = [e for e in self.applied_entries[node_id] if e.index <= base]
-        self.applied[node_id] = [e.data for e in self.applied_entries[node_id] if e.kind == "normal"]
+        self.applied_entries[node_id] = [
+            e for e in self.applied_entries[node_id] if e.index <= base
+        ]
+        self.applied[node_id] = [
+            e.data for e in self.applied_entries[node_id] if e.kind == "normal"
+        ]
         return node
 
     # --- moving things along ---------------------------------------------------
@@ -134,8 +142,16 @@ class Network:
             self.stabilize()
 
     def elect(self, node_id: str) -> RaftNode:
-        """Make ``node_id`` time out first and win, then settle."""
+        """Make ``node_id`` time out first and win, then settle.
+
+        The others are treated as having heard nothing from a leader for an
+        election timeout (their CheckQuorum lease is over), as they would be
+        by the time a real node's election timer fires after a leader died.
+        """
         node = self.nodes[node_id]
+        for other in self.nodes.values():
+            if other is not node and other.role != Role.LEADER:
+                other._election_elapsed = max(other._election_elapsed, other.cfg.election_ticks)
         for _ in range(10 * node.cfg.election_ticks):
             node.tick()
             self.stabilize()

@@ -19,7 +19,6 @@ from prismfs.raft.messages import (
     Entry,
     HardState,
     Heartbeat,
-    HeartbeatResponse,
     RaftMessage,
     Vote,
     VoteResponse,
@@ -318,7 +317,9 @@ def test_conflicting_entries_are_deleted_with_all_that_follow() -> None:
 
 def test_new_entries_are_appended() -> None:
     node = make(term=1, log=[(1, 1)])
-    node.step(Append("b", "a", 1, prev_index=1, prev_term=1, entries=(Entry(1, 2), Entry(1, 3)), commit=0))
+    node.step(
+        Append("b", "a", 1, prev_index=1, prev_term=1, entries=(Entry(1, 2), Entry(1, 3)), commit=0)
+    )
     (resp,) = sent(drain(node), AppendResponse)
     assert node.log.last_index == 3 and not resp.reject and resp.index == 3
 
