@@ -84,7 +84,7 @@ def test_partitioned_leader_rejoins_and_follows_new_leader() -> None:
     net.isolate("a")
     a.propose(b"lost")  # never reaches a majority
     net.stabilize()
-    b = net.elect("b")
+    net.elect("b")
     net.propose("b", b"kept")
     net.heal()
     net.tick(times=3)
