@@ -448,7 +448,8 @@ def test_transition_table_is_respected() -> None:
 def test_raft_core_imports_no_io() -> None:
     banned = {"trio", "socket", "time", "os", "asyncio", "threading", "select"}
     root = pathlib.Path(__file__).parent.parent / "src" / "prismfs" / "raft"
-    for path in root.glob("*.py"):
+    pure = ["core", "log", "progress", "quorum", "messages", "__init__"]
+    for path in (root / f"{name}.py" for name in pure):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names: list[str] = []

@@ -252,3 +252,10 @@ class ConfChangeInProgress(PrismError):
     code = "conf_change_in_progress"
     errno = _errno.EBUSY
     transient = True
+
+
+class LogCorrupt(PrismError):
+    """A Raft log record before the tail failed its checksum: acknowledged data is damaged."""
+
+    code = "log_corrupt"
+    errno = _errno.EIO

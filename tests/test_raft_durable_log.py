@@ -1,0 +1,142 @@
+"""The durable Raft log on a real file system: round trips, conflict
+truncation, torn tails, corruption, segments, compaction, group commit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from prismfs.errors import LogCorrupt
+from prismfs.raft import durable_log
+from prismfs.raft.core import Ready, Snapshot
+from prismfs.raft.durable_log import DurableLog
+from prismfs.raft.messages import ConfState, Entry, HardState, SnapshotMeta
+
+
+def entries(first: int, last: int, term: int = 1, size: int = 10) -> list[Entry]:
+    return [Entry(term, i, "normal", bytes([i % 256]) * size) for i in range(first, last + 1)]
+
+
+def reopen(path: Path, **kw: int) -> tuple[DurableLog, durable_log.Recovered]:
+    dl = DurableLog(path, **kw)
+    return dl, dl.open()
+
+
+def test_round_trip_entries_and_hard_state(tmp_path: Path) -> None:
+    dl, rec = reopen(tmp_path)
+    assert rec.entries == [] and rec.hard_state == HardState() and rec.snapshot is None
+    dl.save(Ready(hard_state=HardState(3, "b", 5), entries=entries(1, 5, term=3)))
+    dl.close()
+    _, rec = reopen(tmp_path)
+    assert rec.entries == entries(1, 5, term=3)
+    assert rec.hard_state == HardState(3, "b", 5)
+
+
+def test_conflicting_suffix_is_truncated(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 10, term=1)))
+    dl.save(Ready(entries=entries(6, 7, term=2)))  # the core says: truncate from 6
+    dl.close()
+    _, rec = reopen(tmp_path)
+    assert [(e.index, e.term) for e in rec.entries] == [(i, 1) for i in range(1, 6)] + [
+        (6, 2),
+        (7, 2),
+    ]
+
+
+@pytest.mark.parametrize("cut", [1, 5, 13])
+def test_torn_tail_is_truncated_and_logged(tmp_path: Path, logs, cut: int) -> None:
+    logs.allow("truncating torn tail")
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 4)))
+    dl.close()
+    (segment,) = tmp_path.glob("seg-*.log")
+    size = segment.stat().st_size
+    with open(segment, "r+b") as f:
+        f.truncate(size - cut)  # the last record was half written when the power went
+    dl, rec = reopen(tmp_path)
+    assert rec.entries == entries(1, 3)
+    assert rec.truncated_bytes > 0
+    assert logs.matching("truncating torn tail")
+    dl.save(Ready(entries=entries(4, 6)))  # appending continues cleanly after the cut
+    dl.close()
+    assert reopen(tmp_path)[1].entries == entries(1, 6)
+
+
+def test_corrupt_tail_record_is_truncated(tmp_path: Path, logs) -> None:
+    logs.allow("truncating torn tail")
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 3)))
+    dl.close()
+    (segment,) = tmp_path.glob("seg-*.log")
+    data = bytearray(segment.read_bytes())
+    data[-12] ^= 0xFF  # flip a byte inside the last record
+    segment.write_bytes(bytes(data))
+    assert reopen(tmp_path)[1].entries == entries(1, 2)
+
+
+def test_corruption_before_the_last_segment_refuses_to_start(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path, segment_bytes=200)
+    dl.save(Ready(entries=entries(1, 20, size=50)))
+    dl.close()
+    segments = sorted(tmp_path.glob("seg-*.log"))
+    assert len(segments) > 2
+    data = bytearray(segments[0].read_bytes())
+    data[10] ^= 0x55
+    segments[0].write_bytes(bytes(data))
+    with pytest.raises(LogCorrupt, match="corrupt record"):
+        reopen(tmp_path, segment_bytes=200)
+
+
+def test_segments_rotate_and_compaction_deletes_old_ones(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path, segment_bytes=500)
+    for i in range(1, 101, 10):
+        dl.save(Ready(entries=entries(i, i + 9, size=40)))
+    before = sorted(tmp_path.glob("seg-*.log"))
+    assert len(before) > 5
+    # The snapshot is saved first, then the log is compacted up to it.
+    dl.save_snapshot(Snapshot(SnapshotMeta(60, 1, ConfState(("a",))), b"image"))
+    dl.compact(60)
+    after = sorted(tmp_path.glob("seg-*.log"))
+    assert len(after) < len(before)
+    assert int(after[0].stem.split("-")[1]) <= 61
+    dl.close()
+    _, rec = reopen(tmp_path, segment_bytes=500)
+    assert rec.snapshot is not None and rec.snapshot.data == b"image"
+    assert [e.index for e in rec.entries] == list(range(61, 101))
+
+
+def test_installed_snapshot_replaces_the_log(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 5)))
+    snap = Snapshot(SnapshotMeta(50, 4, ConfState(("a", "b"))), b"state")
+    dl.save(Ready(snapshot=snap, hard_state=HardState(4, "", 50)))
+    dl.save(Ready(entries=entries(51, 52, term=4)))
+    dl.close()
+    _, rec = reopen(tmp_path)
+    assert rec.snapshot == snap
+    assert [e.index for e in rec.entries] == [51, 52]
+
+
+def test_group_commit_one_fsync_for_many_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dl, _ = reopen(tmp_path)
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(durable_log.os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    dl.save(Ready(entries=entries(1, 500)))
+    assert len(calls) <= 2  # one for the data (plus one for a new segment's directory)
+    dl.close()
+
+
+def test_gap_in_log_is_refused(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path, segment_bytes=100)
+    dl.save(Ready(entries=entries(1, 10, size=40)))
+    dl.close()
+    segments = sorted(tmp_path.glob("seg-*.log"))
+    segments[1].unlink()  # an operator deleted a middle segment
+    with pytest.raises(LogCorrupt):
+        reopen(tmp_path, segment_bytes=100)
