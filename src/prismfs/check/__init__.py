@@ -1,0 +1,2 @@
+"""History checkers: linearizability (Wing & Gong search with memoisation, as
+in Porcupine) over models of the services PrismFS replicates."""
