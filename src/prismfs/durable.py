@@ -6,21 +6,34 @@ never a partial file under the real name.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from pathlib import Path
 
+from prismfs.errors import NoSpace, StorageError
+
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` by ``data`` durably; raises `NoSpace`/`StorageError` naming it."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is filtered by umask, and ignored for an existing tmp
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by umask, ignored if tmp existed
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]  # a short write (ENOSPC soon) is continued
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        cls = NoSpace if exc.errno == errno.ENOSPC else StorageError
+        raise cls(f"cannot write {path}: {exc.strerror or exc}") from None
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

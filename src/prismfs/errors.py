@@ -35,7 +35,7 @@ class PrismError(Exception):
     errno: ClassVar[int] = _errno.EIO
     transient: ClassVar[bool] = False
 
-    def __init__(self, message: str = "", **details: WireDetail) -> None:
+    def __init__(self, message: str = "", /, **details: WireDetail) -> None:
         self.message = message or self.__class__.__doc__ or self.code
         self.details: dict[str, WireDetail] = dict(details)
         super().__init__(self.message)
@@ -63,9 +63,11 @@ def error_from_wire(code: str, message: str, details: dict[str, WireDetail]) -> 
     """Rebuild the error a peer sent; unknown codes become `RemoteError`."""
     cls = _REGISTRY.get(code)
     if cls is None:
-        return RemoteError(message, remote_code=code, **details)
+        details = {**details, "remote_code": code}
+        cls = RemoteError
     err = cls.__new__(cls)
-    PrismError.__init__(err, message, **details)
+    PrismError.__init__(err, message)
+    err.details = dict(details)  # not as keywords: a peer chooses these keys
     return err
 
 
@@ -258,4 +260,11 @@ class LogCorrupt(PrismError):
     """A Raft log record before the tail failed its checksum: acknowledged data is damaged."""
 
     code = "log_corrupt"
+    errno = _errno.EIO
+
+
+class StorageError(PrismError):
+    """A local file could not be written or read (disk full, I/O error, permissions)."""
+
+    code = "storage_error"
     errno = _errno.EIO

@@ -14,6 +14,8 @@ on the same ports.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -21,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import trio
 
 from prismfs.client.config import DEV_STATE_FILE, DevRegistry, state_dir, write_client_toml
 from prismfs.durable import write_atomic
-from prismfs.errors import ConfigError, InvalidArgument, PrismError, Unavailable
+from prismfs.errors import ConfigError, DataDirLocked, InvalidArgument, PrismError, Unavailable
 from prismfs.node import datadir
 from prismfs.procs import process_alive
 from prismfs.wire.auth import SECRET_FILE_NAME, read_secret_file
@@ -137,6 +139,21 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "(no log)"
 
 
+@contextlib.contextmanager
+def _cluster_lock(directory: Path) -> Iterator[None]:
+    """One `up` or `down` at a time per cluster directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "dev.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataDirLocked(f"another prismfs dev command is working on {directory}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster:
     """Start (or restart) the cluster in ``directory``; idempotent while it runs."""
     if not 1 <= n_nodes <= 32:
@@ -146,7 +163,11 @@ def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster
             "--mount needs the FUSE client (mount.prismfs), which is not available yet"
         )
     directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    with _cluster_lock(directory):
+        return _up(directory, n_nodes, say)
+
+
+def _up(directory: Path, n_nodes: int, say: Say) -> DevCluster:
     cluster = DevCluster.load(directory)
     if cluster is not None and cluster.nodes and len(cluster.running()) == len(cluster.nodes):
         say(f"dev cluster in {directory} is already running ({len(cluster.nodes)} nodes)")
@@ -173,7 +194,7 @@ def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster
     try:
         trio.run(_wait_ready, cluster, procs)
     except BaseException:
-        down(directory, lambda _msg: None)
+        _down(directory, lambda _msg: None, STOP_TIMEOUT)
         raise
     for proc in procs.values():
         proc.returncode = 0  # detached on purpose: keep Popen.__del__ from warning
@@ -204,7 +225,9 @@ async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[byt
                     assert isinstance(reply, Pong)
                     node.node_id = reply.node_id
                     break
-                except Unavailable:
+                except PrismError as exc:
+                    if not exc.transient:
+                        raise
                     if trio.current_time() > deadline:
                         raise Unavailable(
                             f"{node.name} did not answer on {node.rpc_address} within "
@@ -216,13 +239,21 @@ async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[byt
 def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple[DevNode, str]]:
     """Stop the recorded node processes: SIGTERM, then SIGKILL after ``timeout``."""
     directory = directory.resolve()
+    if not (directory / DEV_STATE_FILE).exists():
+        raise ConfigError(f"no dev cluster in {directory}")
+    with _cluster_lock(directory):
+        return _down(directory, say, timeout)
+
+
+def _down(directory: Path, say: Say, timeout: float) -> list[tuple[DevNode, str]]:
     cluster = DevCluster.load(directory)
     if cluster is None:
         raise ConfigError(f"no dev cluster in {directory}")
     outcomes: dict[str, str] = {}
     for node in cluster.nodes:
         if node.alive():
-            os.kill(node.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it may exit on its own meanwhile
+                os.kill(node.pid, signal.SIGTERM)
             outcomes[node.name] = "stopped"
         else:
             outcomes[node.name] = "was not running"
@@ -231,7 +262,8 @@ def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple
         time.sleep(0.05)
     for node in cluster.nodes:
         if node.alive():
-            os.kill(node.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, signal.SIGKILL)
             outcomes[node.name] = f"killed (no exit within {timeout:g}s of SIGTERM)"
     kill_deadline = time.monotonic() + 5
     while time.monotonic() < kill_deadline and any(n.alive() for n in cluster.nodes):

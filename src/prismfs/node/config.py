@@ -120,3 +120,5 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("TLS needs both tls.cert and tls.key")
     if config.node.shutdown_grace < 0:
         raise ConfigError("node.shutdown_grace must not be negative")
+    if not 0 < config.rpc.handshake_timeout <= 300:
+        raise ConfigError("rpc.handshake_timeout must be more than 0 and at most 300 seconds")

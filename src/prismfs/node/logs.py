@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from prismfs.errors import ConfigError
+
 _TEXT = "%(asctime)s %(levelname)-7s node=%(node_id)s %(name)s: %(message)s"
 
 
@@ -50,8 +52,11 @@ def setup_logging(node_id: str, level: str, file: str = "", fmt: str = "text") -
     """Route the ``prismfs`` loggers to stderr or ``file`` for this process."""
     handler: logging.Handler
     if file:
-        Path(file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(file)
+        try:
+            Path(file).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(file)
+        except OSError as exc:
+            raise ConfigError(f"cannot open log file {file}: {exc.strerror or exc}") from None
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_NodeIdFilter(node_id))

@@ -159,9 +159,14 @@ class RaftNode:
         self._snapshot = snapshot
         self.commit = max(hs.commit, base.index)
         self.applied = base.index
+        if self.log.last_term > self.term:
+            # A crash between writing entries and the hard state: the log shows
+            # a leader of a later term existed, so that term is safe to adopt
+            # (any vote cast in it was never sent, having not been persisted).
+            self.term, self.vote = self.log.last_term, ""
         self.stable = self.log.last_index
         self._persist_from = self.stable + 1
-        self._persisted_hs = HardState(self.term, self.vote, self.commit)
+        self._persisted_hs = hs
         self._conf_history: list[tuple[int, ConfState]] = [(base.index, base.conf)]
         self._scan_conf(base.index + 1)
         self.leader = ""
@@ -186,6 +191,11 @@ class RaftNode:
     @property
     def role(self) -> Role:
         return self._role
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The latest snapshot this node holds (made by `compact` or installed)."""
+        return self._snapshot
 
     @property
     def conf(self) -> ConfState:

@@ -96,10 +96,10 @@ def _proof(creds: ClusterCredentials, label: bytes, nonce_s: bytes, nonce_c: byt
     return hmac.new(creds.secret, msg, hashlib.sha256).digest()
 
 
-def _expect(frame: Frame | None, kind: FrameKind, what: str) -> Frame:
+def _expect(frame: Frame | None, kind: FrameKind, what: str, *, from_server: bool) -> Frame:
     if frame is None:
         raise ProtocolError(f"connection closed before {what}")
-    if frame.kind == FrameKind.ERROR and kind != FrameKind.ERROR:
+    if frame.kind == FrameKind.ERROR and from_server:
         err = decode_message(frame.header)
         if isinstance(err, ErrorReply):
             raise err.to_error()
@@ -121,7 +121,9 @@ async def server_handshake(
     nonce_s = secrets.token_bytes(NONCE_BYTES)
     hello = Hello(PROTOCOL_VERSION, creds.cluster_id, node_id, nonce_s)
     await conn.send_direct(FrameKind.HELLO, 0, hello)
-    frame = _expect(await conn.receive_within(timeout), FrameKind.AUTH, "the AUTH frame")
+    frame = _expect(
+        await conn.receive_within(timeout), FrameKind.AUTH, "the AUTH frame", from_server=False
+    )
     auth = decode_message(frame.header)
     if not isinstance(auth, AuthProof) or len(auth.nonce) != NONCE_BYTES:
         raise ProtocolError("malformed AUTH frame")
@@ -140,7 +142,9 @@ async def client_handshake(
     conn: FramedStream, creds: ClusterCredentials, timeout: float, client_name: str = ""
 ) -> Hello:
     """Authenticate to a server and check that it proves the same secret."""
-    frame = _expect(await conn.receive_within(timeout), FrameKind.HELLO, "the server's HELLO")
+    frame = _expect(
+        await conn.receive_within(timeout), FrameKind.HELLO, "the server's HELLO", from_server=True
+    )
     hello = decode_message(frame.header)
     if not isinstance(hello, Hello) or len(hello.nonce) != NONCE_BYTES:
         raise ProtocolError("malformed HELLO frame")
@@ -155,7 +159,9 @@ async def client_handshake(
     nonce_c = secrets.token_bytes(NONCE_BYTES)
     proof = _proof(creds, b"client", hello.nonce, nonce_c)
     await conn.send_direct(FrameKind.AUTH, 0, AuthProof(nonce_c, proof, client_name))
-    frame = _expect(await conn.receive_within(timeout), FrameKind.AUTH_OK, "AUTH_OK")
+    frame = _expect(
+        await conn.receive_within(timeout), FrameKind.AUTH_OK, "AUTH_OK", from_server=True
+    )
     ok = decode_message(frame.header)
     if not isinstance(ok, AuthOk):
         raise ProtocolError("malformed AUTH_OK frame")

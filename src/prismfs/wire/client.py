@@ -34,7 +34,7 @@ from prismfs.exception_groups import single_exception
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials, client_handshake
 from prismfs.wire.codec import Message, decode_message
-from prismfs.wire.frames import FrameKind, FrameLimits, Payload
+from prismfs.wire.frames import HANDSHAKE_LIMITS, FrameKind, FrameLimits, Payload
 from prismfs.wire.messages import Cancel, ErrorReply, Hello
 from prismfs.wire.stream import FramedStream
 
@@ -56,6 +56,13 @@ DEFAULT = _Default()
 class Response:
     message: Message
     payload: Payload = b""
+
+
+@dataclass(slots=True)
+class _DialAttempt:
+    done: trio.Event = field(default_factory=trio.Event)
+    conn: RpcConnection | None = None
+    error: PrismError | None = None
 
 
 @dataclass(slots=True)
@@ -84,8 +91,9 @@ async def dial(
             if ssl_context is not None:
                 stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
                 await stream.do_handshake()
-            conn = FramedStream(stream, limits=limits)
+            conn = FramedStream(stream, limits=HANDSHAKE_LIMITS)
             hello = await client_handshake(conn, creds, timeout, client_name)
+            conn.set_limits(limits or FrameLimits())
     except trio.TooSlowError:
         await _close_quietly(stream)
         raise Unavailable(f"cannot connect to {address}: no answer within {timeout:g}s") from None
@@ -153,8 +161,16 @@ class RpcConnection:
                 return
             if frame.kind not in (FrameKind.RESPONSE, FrameKind.ERROR):
                 raise ProtocolError(f"unexpected {frame.kind.name} frame from the server")
-            message = decode_message(frame.header)
             slot = self._pending.pop(frame.request_id, None)
+            try:
+                message = decode_message(frame.header)
+            except ProtocolError as exc:
+                # The frame itself was sound, so the stream is in sync: only
+                # this call fails.
+                if slot is not None:
+                    slot.error = ProtocolError(f"undecodable reply: {exc.message}")
+                    slot.done.set()
+                continue
             if slot is None:
                 continue  # the caller gave up (deadline or cancel) before the reply came
             if frame.kind == FrameKind.ERROR:
@@ -183,13 +199,13 @@ class RpcConnection:
         self._pending[rid] = slot
         finished = False
         try:
-            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            with trio.move_on_after(math.inf if timeout is None else max(0.0, timeout)) as scope:
                 await self._conn.send(FrameKind.REQUEST, rid, request, payload)
                 await slot.done.wait()
                 finished = True
         finally:
             if not finished and self._pending.pop(rid, None) is not None:
-                self._conn.send_nowait(FrameKind.CANCEL, rid, Cancel())
+                self._conn.send_control(FrameKind.CANCEL, rid, Cancel())
         if scope.cancelled_caught:
             raise DeadlineExceeded(
                 f"{type(request).__name__} to {self.address} did not finish within {timeout:g}s"
@@ -228,17 +244,28 @@ class RpcPool:
         self.limits = limits
         self.client_name = client_name
         self._conns: dict[str, RpcConnection] = {}
-        self._dial_locks: dict[str, trio.Lock] = {}
+        self._dials: dict[str, _DialAttempt] = {}
 
     async def connection(self, address: str) -> RpcConnection:
+        """The open connection to ``address``; concurrent callers share one dial."""
         conn = self._conns.get(address)
         if conn is not None and conn.is_open:
             return conn
-        lock = self._dial_locks.setdefault(address, trio.Lock())
-        async with lock:
-            conn = self._conns.get(address)
-            if conn is not None and conn.is_open:
-                return conn
+        attempt = self._dials.get(address)
+        if attempt is None:
+            attempt = _DialAttempt()
+            self._dials[address] = attempt
+            self._nursery.start_soon(self._dial, address, attempt, name=f"rpc-dial {address}")
+        await attempt.done.wait()
+        if attempt.error is not None:
+            raise attempt.error
+        assert attempt.conn is not None
+        return attempt.conn
+
+    async def _dial(self, address: str, attempt: _DialAttempt) -> None:
+        # Runs in the pool's nursery, bounded by connect_timeout, so one caller
+        # giving up does not fail the others waiting on the same attempt.
+        try:
             stream, hello = await dial(
                 address,
                 self.creds,
@@ -250,7 +277,15 @@ class RpcPool:
             conn = RpcConnection(stream, address, hello)
             self._conns[address] = conn
             self._nursery.start_soon(self._run, conn, name=f"rpc-conn {address}")
-            return conn
+            attempt.conn = conn
+        except PrismError as exc:
+            attempt.error = exc
+        except Exception as exc:
+            log.exception("dialling %s failed unexpectedly", address)
+            attempt.error = Unavailable(f"cannot connect to {address}: {exc!r}")
+        finally:
+            del self._dials[address]
+            attempt.done.set()
 
     async def _run(self, conn: RpcConnection) -> None:
         try:
@@ -267,9 +302,16 @@ class RpcPool:
         *,
         timeout: float | _Default | None = DEFAULT,
     ) -> Response:
+        """One call; the deadline covers connecting as well as the call itself."""
         seconds = self.call_timeout if isinstance(timeout, _Default) else timeout
-        conn = await self.connection(address)
-        return await conn.call(request, payload, timeout=seconds)
+        deadline = math.inf if seconds is None else trio.current_time() + seconds
+        with trio.move_on_at(deadline):
+            conn = await self.connection(address)
+            remaining = None if seconds is None else max(0.0, deadline - trio.current_time())
+            return await conn.call(request, payload, timeout=remaining)
+        raise DeadlineExceeded(
+            f"{type(request).__name__} to {address}: no connection within {seconds:g}s"
+        )
 
     async def aclose(self) -> None:
         for conn in list(self._conns.values()):

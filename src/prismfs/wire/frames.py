@@ -66,6 +66,11 @@ class FrameLimits:
         return FIXED_SIZE + self.max_header + self.max_payload
 
 
+HANDSHAKE_LIMITS = FrameLimits(max_header=4096, max_payload=0)
+"""Frame limits before authentication: handshake messages are small and bare,
+so nothing a peer announces before proving the secret is allocated beyond 4 KiB."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     kind: FrameKind
@@ -112,6 +117,9 @@ class FrameDecoder:
         self._kind = FrameKind.REQUEST
         self._request_id = 0
         self._header = b""
+
+    def set_limits(self, limits: FrameLimits) -> None:
+        self._limits = limits
 
     @property
     def at_boundary(self) -> bool:

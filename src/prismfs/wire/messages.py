@@ -60,10 +60,18 @@ class ErrorReply(ControlMessage, frozen=True):
 
     @classmethod
     def from_error(cls, error: PrismError) -> ErrorReply:
-        return cls(code=error.code, message=error.message, details=error.details)
+        # Details are free-form on the raising side; only plain values cross.
+        details = {str(k): v if _plain(v) else str(v) for k, v in error.details.items()}
+        return cls(code=error.code, message=str(error.message), details=details)
 
     def to_error(self) -> PrismError:
         return error_from_wire(self.code, self.message, dict(self.details))
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**64
+    return value is None or isinstance(value, (str, float, bool))
 
 
 class Cancel(ControlMessage, frozen=True):

@@ -46,15 +46,17 @@ from prismfs.errors import (
     Unavailable,
     UnknownMethod,
 )
+from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
 from prismfs.wire.address import format_address
 from prismfs.wire.auth import ClusterCredentials, server_handshake
 from prismfs.wire.codec import Message, decode_message
-from prismfs.wire.frames import Frame, FrameKind, FrameLimits, Payload
+from prismfs.wire.frames import HANDSHAKE_LIMITS, Frame, FrameKind, FrameLimits, Payload
 from prismfs.wire.messages import ErrorReply
 from prismfs.wire.stream import FramedStream
 
 log = logging.getLogger("prismfs.wire.server")
+
 
 M = TypeVar("M", bound=Message)
 
@@ -89,6 +91,7 @@ class ServerLimits:
     max_inflight: int = 4096
     max_inflight_bytes: int = 256 * 1024 * 1024
     max_connections: int = 1024
+    max_handshakes: int = 64
     handshake_timeout: float = 5.0
 
 
@@ -110,6 +113,7 @@ class RpcServer:
         self.rejected_connections = 0
         self._handlers: dict[type[Message], Handler] = {}
         self._inflight = 0
+        self._handshaking = 0
         self._closing_since: float | None = None
         self._streams: set[FramedStream] = set()
         self._accept_scope = trio.CancelScope()
@@ -151,14 +155,18 @@ class RpcServer:
             self.addresses.append(format_address(sockname[0], sockname[1]))
         with self._conn_scope:
             async with trio.open_nursery() as conns:
-                with self._accept_scope:
-                    async with trio.open_nursery() as accepters:
-                        for listener in listeners:
-                            accepters.start_soon(self._accept_loop, listener, conns)
-                        task_status.started(list(self.addresses))
-                # Accepting stopped (shutdown); connections drain in `conns`.
-        for listener in listeners:
-            await listener.aclose()
+                try:
+                    with self._accept_scope:
+                        async with trio.open_nursery() as accepters:
+                            for listener in listeners:
+                                accepters.start_soon(self._accept_loop, listener, conns)
+                            task_status.started(list(self.addresses))
+                finally:
+                    # Refuse new clients at once (they fail over to another
+                    # node) while the open connections drain in `conns`.
+                    for listener in listeners:
+                        with trio.CancelScope(shield=True):
+                            await listener.aclose()
 
     async def _accept_loop(self, listener: trio.SocketListener, conns: trio.Nursery) -> None:
         while True:
@@ -175,6 +183,15 @@ class RpcServer:
                     await trio.sleep(0.1)
                     continue
                 raise
+            if self._handshaking >= self.limits.max_handshakes:
+                self.rejected_connections += 1
+                log.warning(
+                    "refusing connection from %s: %d connections not authenticated yet",
+                    _peer(stream),
+                    self._handshaking,
+                )
+                await trio.aclose_forcefully(stream)
+                continue
             if self.connections >= self.limits.max_connections:
                 self.rejected_connections += 1
                 log.warning(
@@ -210,7 +227,10 @@ class RpcServer:
         stream: trio.abc.Stream = tcp
         if self.ssl_context is not None:
             stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
-        conn = FramedStream(stream, limits=self.limits.frame)
+        # Until the peer has proved it holds the secret it may send only small
+        # handshake frames: nothing it announces is allocated beyond 4 KiB.
+        conn = FramedStream(stream, limits=HANDSHAKE_LIMITS)
+        self._handshaking += 1
         try:
             try:
                 with trio.fail_after(self.limits.handshake_timeout):
@@ -234,6 +254,12 @@ class RpcServer:
                     "closing connection from %s: handshake failed: %s", peer, _describe(exc)
                 )
                 return
+            except Exception:
+                log.exception("closing connection from %s: internal error in the handshake", peer)
+                return
+            finally:
+                self._handshaking -= 1
+            conn.set_limits(self.limits.frame)
             log.debug(
                 "authenticated connection from %s (%s)", peer, auth.client_name or "anonymous"
             )
@@ -275,8 +301,10 @@ class RpcServer:
                     if frame is None:
                         break
                     self._on_frame(frame, state, nursery)
-                    # Let the handler just started run up to its first await
-                    # (often to its reply) before the budget is checked again.
+                    # Give the handler just started a chance to run (often up to
+                    # its reply) before the budget is checked again; trio does
+                    # not promise that order, so the budget can be overshot by
+                    # the replies of handlers started meanwhile.
                     await trio.lowlevel.checkpoint()
             except (PrismError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 failure = exc  # raised below, outside the nursery, ungrouped
@@ -326,9 +354,12 @@ class RpcServer:
             with scope:
                 handler = self._handlers[type(request)]
                 try:
-                    result = await handler(request, call)
+                    # A handler that fans out in a nursery raises its one
+                    # typed error inside a group; unwrap it.
+                    with single_exception():
+                        result = await handler(request, call)
                 except PrismError as exc:
-                    await conn.send(FrameKind.ERROR, call.request_id, ErrorReply.from_error(exc))
+                    await self._send_error(conn, call, exc)
                     return
                 except Exception as exc:
                     # A bug in a handler must not end the connection or the node.
@@ -338,7 +369,7 @@ class RpcServer:
                     err = InternalError(
                         f"{type(request).__name__} failed on the server: {type(exc).__name__}"
                     )
-                    await conn.send(FrameKind.ERROR, call.request_id, ErrorReply.from_error(err))
+                    await self._send_error(conn, call, err)
                     return
                 reply = result if isinstance(result, Reply) else Reply(result)
                 try:
@@ -348,7 +379,7 @@ class RpcServer:
                 except ProtocolError as exc:  # e.g. a reply payload over the frame limit
                     log.error("reply to %s not sent: %s", type(request).__name__, exc.message)
                     err = InternalError(f"reply could not be sent: {exc.message}")
-                    await conn.send(FrameKind.ERROR, call.request_id, ErrorReply.from_error(err))
+                    await self._send_error(conn, call, err)
         except Unavailable:
             pass  # the connection closed under us; nobody is left to answer
         finally:
@@ -356,6 +387,15 @@ class RpcServer:
             state.payload_bytes -= len(call.payload)
             state.notify()
             self._inflight -= 1
+
+    async def _send_error(self, conn: FramedStream, call: Call, error: PrismError) -> None:
+        try:
+            reply = ErrorReply.from_error(error)
+            await conn.send(FrameKind.ERROR, call.request_id, reply)
+        except ProtocolError as exc:  # cannot happen with sanitised details; never fatal
+            log.error("error reply for request %d not sent: %s", call.request_id, exc.message)
+            fallback = ErrorReply(InternalError.code, "error reply could not be encoded")
+            await conn.send(FrameKind.ERROR, call.request_id, fallback)
 
 
 @dataclass

@@ -56,10 +56,16 @@ class FramedStream:
         """Frames queued or being written; a graceful close waits for zero."""
         self.unsent_bytes = 0
         """Payload bytes of those frames: memory the peer has not taken yet."""
+        self._control: list[OutFrame] = []  # CANCELs that found the queue full
         self.on_sent: Callable[[], None] | None = None
         """Called after each batch is written (the server's budget waits on it)."""
         self.frame_started = 0.0
         """trio time when the first bytes of the frame being received arrived."""
+
+    def set_limits(self, limits: FrameLimits) -> None:
+        """New frame limits (after the handshake); applies from the next frame."""
+        self.limits = limits
+        self._decoder.set_limits(limits)
 
     # --- writing ---------------------------------------------------------
 
@@ -84,13 +90,22 @@ class FramedStream:
             raise
 
     def send_nowait(self, kind: FrameKind, request_id: int, message: Message) -> bool:
-        """Queue a small control frame without waiting; False if there was no room."""
+        """Queue a small frame without waiting; False if there was no room."""
         try:
             self._send_q.send_nowait((kind, request_id, encode_message(message), b""))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
         self.unsent += 1
         return True
+
+    def send_control(self, kind: FrameKind, request_id: int, message: Message) -> None:
+        """Queue a control frame (CANCEL) that must not be lost to a full queue.
+
+        A full queue means the writer is busy; it sends these after its
+        current batch.
+        """
+        if not self.send_nowait(kind, request_id, message) and not self.closed:
+            self._control.append((kind, request_id, encode_message(message), b""))
 
     async def send_direct(self, kind: FrameKind, request_id: int, message: Message) -> None:
         """Write one frame from the calling task (handshake, before the writer runs)."""
@@ -109,6 +124,9 @@ class FramedStream:
                         except (trio.WouldBlock, trio.EndOfChannel):
                             break
                     await self._write_batch(batch)
+                    if self._control:
+                        control, self._control = self._control, []
+                        await self._write_batch(control)
                     self.unsent -= len(batch)
                     self.unsent_bytes -= sum(len(frame[3]) for frame in batch)
                     if self.on_sent is not None:

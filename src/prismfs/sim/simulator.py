@@ -1,0 +1,526 @@
+"""Deterministic simulation of a Raft cluster with a key-value workload.
+
+Theory of operation. One seeded ``random.Random`` decides everything: fault
+rates, message delays, drops, duplicates, partitions, crashes, client
+operations. A plain event loop (a heap of ``(time, sequence, event)``) drives
+the pure `RaftNode` cores; no trio, no threads, no clock, so a seed replays
+bit for bit, and the trace hash (xxh3 over every event) proves it.
+
+Each node carries out its `Ready` exactly as the real driver does: persist
+(to a simulated disk), send, apply, advance. A crash may strike in the
+middle of that: a random prefix of the entries reaches the disk (a torn
+tail), the hard state may not, and no message of that Ready is sent, which
+is precisely what a power cut before fsync allows.
+
+Clients issue put/append/get on a few keys. Writes go through the log as
+`ClientCommand`s (exactly-once by client id and sequence); reads use
+ReadIndex. A client that times out retries the same operation, possibly at
+another node. Every operation is recorded (call and return times, output)
+for the linearizability checker.
+
+Checked while running: one leader per term (election safety), every applied
+entry identical on every node at its index (log matching and state machine
+safety), a new leader holds every committed entry (leader completeness),
+commit and apply never go backwards within a node's life. After the fault
+phase the network heals, dead nodes restart, and the run must finish every
+client operation and converge all replicas to the same state digest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import xxhash
+
+from prismfs.check.linearizability import check
+from prismfs.check.models import UNKNOWN, KVModel, Operation
+from prismfs.errors import PrismError
+from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role, Snapshot
+from prismfs.raft.messages import ConfState, Entry, HardState, RaftMessage
+from prismfs.raft.state_machine import ClientCommand, ExactlyOnce, client_command
+from prismfs.sim.kv import KVStore, encode_op
+from prismfs.wire.codec import decode_message
+
+TICK_MS = 10
+
+
+class Violation(AssertionError):
+    """A safety or liveness property failed in a simulation."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    drop: float = 0.0
+    duplicate: float = 0.0
+    max_delay: int = 5
+    partition_every: int = 0  # mean ms between partition changes; 0 = never
+    crash_every: int = 0  # mean ms between crashes; 0 = never
+    torn_crash: float = 0.0  # chance a crash strikes in the middle of a Ready
+
+    @classmethod
+    def random(cls, rng: random.Random) -> Faults:
+        return cls(
+            drop=rng.choice([0.0, 0.01, 0.05, 0.15]),
+            duplicate=rng.choice([0.0, 0.02, 0.1]),
+            max_delay=rng.choice([2, 10, 40]),
+            partition_every=rng.choice([0, 300, 1000]),
+            crash_every=rng.choice([0, 500, 2000]),
+            torn_crash=rng.choice([0.0, 0.3, 0.7]),
+        )
+
+
+@dataclass
+class Disk:
+    hard_state: HardState = field(default_factory=HardState)
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+
+
+@dataclass
+class ClientRequest:
+    client: str
+    seq: int
+    op: tuple[str, ...]
+    to: str
+
+
+@dataclass
+class ClientResponse:
+    client: str
+    seq: int
+    ok: bool
+    output: Any = None
+    leader: str = ""
+
+
+@dataclass
+class SimNode:
+    id: str
+    raft: RaftNode
+    sm: ExactlyOnce
+    kv: KVStore
+    disk: Disk
+    alive: bool = True
+    proposals: dict[int, tuple[str, int]] = field(default_factory=dict)
+    reads: dict[int, tuple[str, int, str]] = field(default_factory=dict)
+    waiting_reads: list[tuple[int, str, int, str]] = field(default_factory=list)
+    last_commit: int = 0
+    checked_term: int = -1
+
+
+@dataclass
+class SimClient:
+    id: str
+    ops_left: int
+    seq: int = 0
+    op: tuple[str, ...] | None = None
+    call_time: float = 0.0
+    target: str = ""
+    deadline: int = 0
+
+
+@dataclass
+class Result:
+    seed: int
+    nodes: int
+    trace_hash: str
+    operations: int
+    completed: int
+    end_time: int
+    linearizable: bool
+    digest: str
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        n_nodes: int = 3,
+        *,
+        faults: Faults | None = None,
+        clients: int = 3,
+        ops_per_client: int = 20,
+        fault_ms: int = 5000,
+        snapshot_every: int = 40,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = faults if faults is not None else Faults.random(self.rng)
+        self.ids = [f"n{i}" for i in range(1, n_nodes + 1)]
+        self.conf = ConfState(tuple(self.ids))
+        self.fault_ms = fault_ms
+        self.snapshot_every = snapshot_every
+        self.now = 0
+        self._seq = 0
+        self._queue: list[tuple[int, int, str, Any]] = []
+        self._trace = xxhash.xxh3_64()
+        self.cut: set[tuple[str, str]] = set()
+        self.nodes: dict[str, SimNode] = {i: self._boot(i, Disk()) for i in self.ids}
+        self.clients = {f"c{i}": SimClient(f"c{i}", ops_per_client) for i in range(1, clients + 1)}
+        self.history: dict[tuple[str, int], Operation] = {}
+        self.leaders: dict[int, str] = {}
+        self.committed: dict[int, tuple[int, bytes]] = {}
+        self._ctx = 0
+        for node_id in self.ids:
+            self._at(self.rng.randint(1, TICK_MS), "tick", node_id)
+        for client in self.clients.values():
+            self._at(self.rng.randint(1, 50), "client", client.id)
+        if self.faults.partition_every:
+            self._at(self.rng.randint(1, self.faults.partition_every), "partition", None)
+        if self.faults.crash_every:
+            self._at(self.rng.randint(1, self.faults.crash_every), "crash", None)
+
+    # --- scheduling ---------------------------------------------------------------
+
+    def _at(self, when: int, kind: str, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (when, self._seq, kind, payload))
+
+    def _record(self, *parts: object) -> None:
+        self._trace.update(repr((self.now, *parts)).encode())
+
+    def _boot(self, node_id: str, disk: Disk) -> SimNode:
+        cfg = RaftConfig(node_id=node_id, election_ticks=10, heartbeat_ticks=2)
+        raft = RaftNode(
+            cfg,
+            random.Random(self.rng.getrandbits(64)),
+            conf=self.conf,
+            hard_state=disk.hard_state,
+            snapshot=disk.snapshot,
+            entries=list(disk.entries),
+        )
+        kv = KVStore()
+        sm = ExactlyOnce(kv)
+        if disk.snapshot is not None:
+            sm.restore(disk.snapshot.data)
+        return SimNode(node_id, raft, sm, kv, disk, last_commit=raft.commit)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self, *, heal_ms: int = 20000) -> Result:
+        end_faults = self.fault_ms
+        healed = False
+        limit = end_faults + heal_ms
+        while self._queue:
+            when, _, kind, payload = heapq.heappop(self._queue)
+            self.now = when
+            if not healed and self.now >= end_faults:
+                healed = True
+                self._heal()
+            if self.now > limit:
+                break
+            self._dispatch(kind, payload, faults_on=not healed)
+            if healed and self._done():
+                break
+        return self._finish()
+
+    def _dispatch(self, kind: str, payload: Any, *, faults_on: bool) -> None:
+        if kind == "tick":
+            node = self.nodes[payload]
+            if node.alive:
+                node.raft.tick()
+                self._process(node)
+                self._maybe_snapshot(node)
+            self._at(self.now + TICK_MS, "tick", payload)
+        elif kind == "msg":
+            self._deliver(payload)
+        elif kind == "client":
+            self._client_step(self.clients[payload])
+        elif kind == "partition" and faults_on:
+            self._change_partition()
+            self._at(
+                self.now + self.rng.randint(1, 2 * self.faults.partition_every), "partition", None
+            )
+        elif kind == "crash" and faults_on:
+            victim = self.nodes[self.rng.choice(self.ids)]
+            if victim.alive:
+                self._crash(victim)
+                self._at(self.now + self.rng.randint(50, 800), "restart", victim.id)
+            self._at(self.now + self.rng.randint(1, 2 * self.faults.crash_every), "crash", None)
+        elif kind == "restart":
+            node = self.nodes[payload]
+            if not node.alive:
+                self._restart(node)
+
+    # --- nodes ---------------------------------------------------------------------------
+
+    def _process(self, node: SimNode) -> None:
+        while node.alive and node.raft.has_ready():
+            rd = node.raft.ready()
+            if self.faults.torn_crash and self.rng.random() < self.faults.torn_crash * 0.002:
+                self._persist(node, rd, torn=True)
+                self._crash(node)
+                self._at(self.now + self.rng.randint(50, 800), "restart", node.id)
+                return
+            self._persist(node, rd, torn=False)
+            for m in rd.messages:
+                self._send(m)
+            self._apply(node, rd)
+            node.raft.advance(rd)
+            self._check_node(node)
+
+    def _persist(self, node: SimNode, rd: Ready, *, torn: bool) -> None:
+        disk = node.disk
+        if rd.snapshot is not None:
+            disk.snapshot = rd.snapshot
+            disk.entries = []
+        entries = list(rd.entries)
+        if torn:
+            entries = entries[: self.rng.randint(0, len(entries))]
+        if entries:
+            first = entries[0].index
+            disk.entries = [e for e in disk.entries if e.index < first] + entries
+        if rd.hard_state is not None and not (torn and self.rng.random() < 0.5):
+            disk.hard_state = rd.hard_state
+        self._record("persist", node.id, len(entries), torn)
+
+    def _apply(self, node: SimNode, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            node.sm.restore(rd.snapshot.data)
+            node.kv.applied = rd.snapshot.meta.index
+        for entry in rd.committed:
+            known = self.committed.get(entry.index)
+            if known is None:
+                self.committed[entry.index] = (entry.term, entry.data)
+            elif known != (entry.term, entry.data):
+                raise Violation(
+                    f"state machine safety: {node.id} applied {entry.index} term {entry.term}, "
+                    f"another node applied term {known[0]} there"
+                )
+            result = b""
+            if entry.kind == "normal":
+                result = node.sm.apply(entry.index, entry.data)
+            node.kv.applied = entry.index
+            waiting = node.proposals.pop(entry.index, None)
+            if waiting is not None and entry.kind == "normal":
+                cmd = decode_message(entry.data)
+                if isinstance(cmd, ClientCommand) and (cmd.client, cmd.seq) == waiting:
+                    out = msgspec.msgpack.decode(result) if result else None
+                    self._reply(node.id, ClientResponse(cmd.client, cmd.seq, True, out))
+        for rs in rd.read_states:
+            read = node.reads.pop(rs.context, None)
+            if read is not None:
+                node.waiting_reads.append((rs.index, *read))
+        still = []
+        for index, client, seq, key in node.waiting_reads:
+            if node.kv.applied >= index:
+                self._reply(node.id, ClientResponse(client, seq, True, node.kv.get(key)))
+            else:
+                still.append((index, client, seq, key))
+        node.waiting_reads = still
+
+    def _maybe_snapshot(self, node: SimNode) -> None:
+        raft = node.raft
+        if self.snapshot_every and raft.applied - raft.log.offset >= self.snapshot_every:
+            raft.compact(raft.applied, node.sm.snapshot())
+            node.disk.snapshot = raft.snapshot
+            node.disk.entries = [e for e in node.disk.entries if e.index > raft.log.offset]
+            self._record("snapshot", node.id, raft.applied)
+
+    def _check_node(self, node: SimNode) -> None:
+        raft = node.raft
+        if raft.commit < node.last_commit:
+            raise Violation(f"{node.id}: commit went back from {node.last_commit} to {raft.commit}")
+        node.last_commit = raft.commit
+        if raft.role == Role.LEADER and node.checked_term != raft.term:
+            node.checked_term = raft.term
+            holder = self.leaders.setdefault(raft.term, node.id)
+            if holder != node.id:
+                raise Violation(
+                    f"election safety: {holder} and {node.id} both lead term {raft.term}"
+                )
+            for index, (term, data) in self.committed.items():
+                if index <= raft.log.offset or index > raft.log.last_index:
+                    if index > raft.log.last_index:
+                        raise Violation(f"leader completeness: {node.id} lacks committed {index}")
+                    continue
+                entry = raft.log.entry(index)
+                if (entry.term, entry.data) != (term, data):
+                    raise Violation(f"leader completeness: {node.id} differs at {index}")
+
+    def _crash(self, node: SimNode) -> None:
+        node.alive = False
+        self._record("crash", node.id)
+
+    def _restart(self, node: SimNode) -> None:
+        fresh = self._boot(node.id, node.disk)
+        self.nodes[node.id] = fresh
+        self._record("restart", node.id)
+
+    # --- network ---------------------------------------------------------------------------
+
+    def _send(self, m: RaftMessage) -> None:
+        self._transmit(m.frm, m.to, m)
+
+    def _transmit(self, frm: str, to: str, m: Any) -> None:
+        if (frm, to) in self.cut:
+            return
+        if self.faults.drop and self.rng.random() < self.faults.drop:
+            return
+        copies = 2 if self.faults.duplicate and self.rng.random() < self.faults.duplicate else 1
+        for _ in range(copies):
+            self._at(self.now + self.rng.randint(1, self.faults.max_delay), "msg", m)
+
+    def _deliver(self, m: Any) -> None:
+        self._record("deliver", type(m).__name__)
+        if isinstance(m, RaftMessage):
+            node = self.nodes[m.to]
+            if node.alive:
+                node.raft.step(m)
+                self._process(node)
+        elif isinstance(m, ClientRequest):
+            self._serve(m)
+        elif isinstance(m, ClientResponse):
+            self._client_response(m)
+
+    def _change_partition(self) -> None:
+        self.cut.clear()
+        choice = self.rng.random()
+        if choice < 0.3 or len(self.ids) == 1:
+            pass  # healed
+        elif choice < 0.6:
+            leader = next((n for n in self.nodes.values() if n.raft.role == Role.LEADER), None)
+            victim = leader.id if leader else self.rng.choice(self.ids)
+            for other in self.ids:
+                if other != victim:
+                    self.cut |= {(victim, other), (other, victim)}
+        elif choice < 0.85:
+            side = set(self.rng.sample(self.ids, self.rng.randint(1, len(self.ids) - 1)))
+            for a in side:
+                for b in self.ids:
+                    if b not in side:
+                        self.cut |= {(a, b), (b, a)}
+        else:
+            a, b = self.rng.sample(self.ids, 2)
+            self.cut.add((a, b))  # asymmetric: a cannot reach b, b still reaches a
+        self._record("partition", sorted(self.cut))
+
+    def _heal(self) -> None:
+        self.cut.clear()
+        for node in self.nodes.values():
+            if not node.alive:
+                self._restart(node)
+        self.faults = Faults(max_delay=self.faults.max_delay)
+        self._record("heal")
+
+    # --- clients ---------------------------------------------------------------------------
+
+    def _client_step(self, client: SimClient) -> None:
+        if client.op is None:
+            if client.ops_left == 0:
+                return
+            client.ops_left -= 1
+            client.seq += 1
+            key = self.rng.choice(["x", "y", "z"])
+            kind = self.rng.choice(["put", "append", "get", "get"])
+            value = f"{client.id}.{client.seq}"
+            client.op = (kind, key, value) if kind != "get" else (kind, key)
+            client.call_time = self.now
+            client.target = self.rng.choice(self.ids)
+        elif self.now < client.deadline:
+            return  # a response for the current attempt may still come
+        else:
+            client.target = self.rng.choice(self.ids)  # timed out: try elsewhere
+        client.deadline = self.now + 300
+        req = ClientRequest(client.id, client.seq, client.op, client.target)
+        self._transmit(client.id, client.target, req)
+        self._at(client.deadline, "client", client.id)
+
+    def _serve(self, req: ClientRequest) -> None:
+        node = self.nodes[req.to]
+        if not node.alive:
+            return
+        raft = node.raft
+        try:
+            if req.op[0] == "get":
+                self._ctx += 1
+                node.reads[self._ctx] = (req.client, req.seq, req.op[1])
+                raft.read_index(self._ctx)
+            else:
+                index = raft.propose(client_command(req.client, req.seq, encode_op(req.op)))
+                node.proposals[index] = (req.client, req.seq)
+        except PrismError:
+            self._reply(node.id, ClientResponse(req.client, req.seq, False, leader=raft.leader))
+            return
+        self._process(node)
+
+    def _reply(self, node_id: str, resp: ClientResponse) -> None:
+        self._transmit(node_id, resp.client, resp)
+
+    def _client_response(self, resp: ClientResponse) -> None:
+        client = self.clients[resp.client]
+        if client.op is None or resp.seq != client.seq:
+            return  # an answer to an operation already finished
+        if not resp.ok:
+            if resp.leader and resp.leader != client.target:
+                client.target = resp.leader
+                client.deadline = self.now + 300
+                req = ClientRequest(client.id, client.seq, client.op, client.target)
+                self._transmit(client.id, client.target, req)
+            return
+        op = client.op
+        output = resp.output if op[0] == "get" else None
+        self.history[(client.id, client.seq)] = Operation(
+            client.id, _model_input(op), output, client.call_time, self.now
+        )
+        client.op = None
+        self._at(self.now + self.rng.randint(0, 30), "client", client.id)
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def _done(self) -> bool:
+        if any(c.op is not None or c.ops_left for c in self.clients.values()):
+            return False
+        commits = {n.raft.commit for n in self.nodes.values()}
+        applied = {n.raft.applied for n in self.nodes.values()}
+        return len(commits) == 1 and applied == commits
+
+    def _finish(self) -> Result:
+        pending = [c for c in self.clients.values() if c.op is not None or c.ops_left]
+        if pending:
+            raise Violation(
+                f"liveness: {len(pending)} clients still have operations after healing "
+                f"(time {self.now} ms)"
+            )
+        digests = {n.kv.digest() for n in self.nodes.values()}
+        applied = {n.raft.applied for n in self.nodes.values()}
+        if len(digests) != 1 or len(applied) != 1:
+            raise Violation(f"replicas did not converge: applied {applied}, {len(digests)} digests")
+        history = list(self.history.values())
+        for client in self.clients.values():
+            if client.op is not None:
+                history.append(
+                    Operation(
+                        client.id, _model_input(client.op), UNKNOWN, client.call_time, math.inf
+                    )
+                )
+        linearizable = check(KVModel(), history)
+        if not linearizable:
+            raise Violation("the client history is not linearizable")
+        return Result(
+            seed=self.seed,
+            nodes=len(self.ids),
+            trace_hash=self._trace.hexdigest(),
+            operations=len(history),
+            completed=len(self.history),
+            end_time=self.now,
+            linearizable=linearizable,
+            digest=digests.pop(),
+        )
+
+
+def _model_input(op: tuple[str, ...]) -> tuple[str, ...]:
+    return op
+
+
+def run_seed(seed: int, n_nodes: int, **kwargs: Any) -> Result:
+    return Simulation(seed, n_nodes, **kwargs).run()
+
+
+Runner = Callable[[int, int], Result]
