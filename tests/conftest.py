@@ -136,6 +136,15 @@ async def start_test_server(
             raise NotFound(req.message, path="/a/b", ino=42)
         if req.kind == "bug":
             raise RuntimeError("a bug in a handler")
+        if req.kind == "odd_details":
+            raise NotFound("odd", path=Path("/x"), items=[1, 2], message="m")  # type: ignore[arg-type]
+        if req.kind == "group":
+
+            async def lookup() -> None:
+                raise NotFound("deep inside a fan-out")
+
+            async with trio.open_nursery() as fan_out:
+                fan_out.start_soon(lookup)
         raise PrismError(req.message)
 
     async def square(req: Square, call: Call) -> Squared:

@@ -97,6 +97,24 @@ async def _auth_with_bad_nonce(ts: ServerUnderTest) -> trio.SocketStream:
     return stream
 
 
+async def _hostile_error_instead_of_auth(ts: ServerUnderTest) -> trio.SocketStream:
+    # An ERROR frame whose details would collide with constructor arguments.
+    from prismfs.wire.messages import ErrorReply
+
+    stream = await _raw(ts.address)
+    reply = ErrorReply("not_found", "x\nforged log line", {"message": "boom", "remote_code": 1})
+    await stream.send_all(encode_frame(FrameKind.ERROR, 0, encode_message(reply)))
+    return stream
+
+
+async def _big_frame_before_auth(ts: ServerUnderTest) -> trio.SocketStream:
+    # Announce 60 MiB before authenticating: nothing may be allocated for it.
+    stream = await _raw(ts.address)
+    head = encode_head(FrameKind.AUTH, 0, encode_message(Ping()), 60 * 1024 * 1024)
+    await stream.send_all(head)
+    return stream
+
+
 CASES: dict[str, tuple[Callable[[ServerUnderTest], Awaitable[trio.SocketStream]], str]] = {
     "wrong secret": (_wrong_secret, "handshake failed: wrong cluster secret"),
     "no handshake": (_no_handshake, "handshake failed: expected the AUTH frame"),
@@ -115,6 +133,8 @@ CASES: dict[str, tuple[Callable[[ServerUnderTest], Awaitable[trio.SocketStream]]
     ),
     "http request": (_garbage_instead_of_auth, "handshake failed"),
     "bad auth nonce": (_auth_with_bad_nonce, "handshake failed: malformed AUTH"),
+    "hostile error frame": (_hostile_error_instead_of_auth, "got a ERROR frame"),
+    "big frame before auth": (_big_frame_before_auth, "bytes exceeds the limit of 4110"),
 }
 
 

@@ -68,3 +68,11 @@ def test_errors_pickle_with_details() -> None:
     err = NotFound("gone", ino=7)
     again = pickle.loads(pickle.dumps(err))
     assert type(again) is NotFound and again.details == {"ino": 7} and again.message == "gone"
+
+
+@pytest.mark.parametrize("code", ["not_found", "no_such_code_here"])
+def test_peer_chosen_detail_keys_cannot_break_rebuilding(code: str) -> None:
+    details = {"message": "x", "remote_code": 5, "self": None, "cls": True}
+    err = error_from_wire(code, "boom", details)  # type: ignore[arg-type]
+    assert isinstance(err, PrismError) and err.message == "boom"
+    assert err.details["message"] == "x"

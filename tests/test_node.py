@@ -162,6 +162,7 @@ async def test_config_file_with_flag_overrides_and_secret_import(
         ("[node\n", "is not valid TOML"),
         ('[tls]\ncert = "/x.pem"\n', "TLS needs both tls.cert and tls.key"),
         ('[node]\nlisten = "no-port"\n', "needs a port"),
+        ("[rpc]\nhandshake_timeout = -1\n", "handshake_timeout must be more than 0"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path: Path, toml: str, expected: str) -> None:
@@ -240,3 +241,23 @@ def test_tls_key_without_cert_is_refused(tmp_path: Path) -> None:
         "node", "start", "--data-dir", str(tmp_path / "n1"), "--tls-key", "/nonexistent"
     )
     assert result.returncode == 1 and "TLS needs both tls.cert and tls.key" in result.stderr
+
+
+@pytest.mark.parametrize("where", ["dir", "under_file"])
+def test_unusable_log_file_is_one_clear_line(tmp_path: Path, where: str) -> None:
+    _init(tmp_path / "n1")
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path if where == "dir" else tmp_path / "afile" / "node.log"
+    result = run_cli(
+        "node",
+        "start",
+        "--data-dir",
+        str(tmp_path / "n1"),
+        "--listen",
+        "127.0.0.1:0",
+        "--log-file",
+        str(target),
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"prismfs: cannot open log file {target}")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -7,6 +7,7 @@ import ssl
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from conftest import Fail, ServerUnderTest, Sleep, Slept, Square, Squared, start_test_server
@@ -16,6 +17,7 @@ from prismfs.errors import (
     InternalError,
     NotFound,
     PrismError,
+    ProtocolError,
     ShuttingDown,
     Unavailable,
     UnknownMethod,
@@ -23,6 +25,7 @@ from prismfs.errors import (
 from prismfs.wire.auth import ClusterCredentials
 from prismfs.wire.client import dial, open_rpc_pool
 from prismfs.wire.codec import Message
+from prismfs.wire.frames import FrameKind
 from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
 from prismfs.wire.server import ServerLimits
 
@@ -245,8 +248,9 @@ async def test_tls_round_trip_and_wrong_ca(
     trustme.CA().configure_trust(other_ctx)
     with pytest.raises(Unavailable, match="TLS"):
         await dial(ts.address, creds, ssl_context=other_ctx)
-    # A plain-TCP client cannot talk to a TLS node either.
-    with pytest.raises((Unavailable, PrismError)):
+    # A plain-TCP client cannot talk to a TLS node either: the TLS server
+    # answers with bytes that are no frame, or hangs up.
+    with pytest.raises((Unavailable, ProtocolError)):
         await dial(ts.address, creds, timeout=2)
     ts.server._conn_scope.cancel()
 
@@ -278,3 +282,106 @@ async def test_payload_budget_pauses_reading_instead_of_buffering(
     assert running[1] <= 3
     assert running[0] == 0
     ts.server._conn_scope.cancel()
+
+
+async def test_non_plain_error_details_reach_the_caller_as_text(
+    rpc_server: ServerUnderTest,
+) -> None:
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        slow = None
+
+        async def bystander() -> None:
+            nonlocal slow
+            slow = (await pool.call(rpc_server.address, Sleep(0.2))).message
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bystander)
+            await trio.sleep(0.05)
+            with pytest.raises(NotFound) as info:
+                await pool.call(rpc_server.address, Fail("odd_details"))
+        assert slow == Slept()  # the concurrent call on the same connection was not hurt
+    assert info.value.details == {"path": "/x", "items": "[1, 2]", "message": "m"}
+
+
+async def test_typed_error_from_a_fanned_out_handler_keeps_its_type(
+    rpc_server: ServerUnderTest,
+) -> None:
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        with pytest.raises(NotFound, match="deep inside a fan-out"):
+            await pool.call(rpc_server.address, Fail("group"))
+
+
+async def test_deadline_covers_connecting_and_dials_are_shared(nursery: trio.Nursery) -> None:
+    # A listener that accepts TCP and then never says HELLO.
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    silent: list[trio.SocketStream] = []
+
+    async def accept_forever() -> None:
+        while True:
+            silent.append(await listeners[0].accept())
+
+    accepting = trio.CancelScope()
+
+    async def accept_until_done() -> None:
+        with accepting:
+            await accept_forever()
+
+    nursery.start_soon(accept_until_done)
+    address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    creds = ClusterCredentials.generate()
+    outcomes: list[str] = []
+    start = trio.current_time()
+    async with open_rpc_pool(creds, connect_timeout=1.0) as pool:
+
+        async def one() -> None:
+            try:
+                await pool.call(address, Ping(), timeout=0.3)
+            except DeadlineExceeded:
+                outcomes.append("deadline")
+
+        async with trio.open_nursery() as inner:
+            for _ in range(8):
+                inner.start_soon(one)
+    assert outcomes == ["deadline"] * 8
+    assert trio.current_time() - start < 1.5  # all at ~0.3 s, not one after another
+    assert len(silent) == 1  # one shared dial, not eight
+    accepting.cancel()
+    for stream in silent:
+        await stream.aclose()
+
+
+async def test_listener_refuses_new_clients_during_shutdown_grace(
+    nursery: trio.Nursery, creds: ClusterCredentials
+) -> None:
+    ts = await start_test_server(nursery, creds)
+    async with open_rpc_pool(creds) as pool, trio.open_nursery() as inner:
+        inner.start_soon(pool.call, ts.address, Sleep(0.5))
+        await trio.sleep(0.05)
+        inner.start_soon(ts.server.shutdown, 5.0)
+        await trio.sleep(0.05)
+        start = trio.current_time()
+        with pytest.raises(Unavailable, match="refused"):
+            await dial(ts.address, creds, timeout=3)
+        assert trio.current_time() - start < 1  # refused at once, not left hanging
+
+
+async def test_cancel_is_not_lost_when_the_send_queue_is_full() -> None:
+    from prismfs.wire.frames import FrameDecoder
+    from prismfs.wire.messages import Cancel
+    from prismfs.wire.stream import FramedStream
+
+    left, right = trio.testing.memory_stream_pair()
+    conn = FramedStream(left, queue_size=1)
+    await conn.send(FrameKind.REQUEST, 1, Ping())  # fills the queue; no writer yet
+    assert not conn.send_nowait(FrameKind.CANCEL, 1, Cancel())
+    conn.send_control(FrameKind.CANCEL, 1, Cancel())
+    decoder = FrameDecoder()
+    kinds = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run_writer)
+        while len(kinds) < 2:
+            decoder.feed(await right.receive_some())
+            while (frame := decoder.next_frame()) is not None:
+                kinds.append(frame.kind)
+        conn.close_writer()
+    assert kinds == [FrameKind.REQUEST, FrameKind.CANCEL]

@@ -99,7 +99,14 @@ async def dial(
         raise Unavailable(f"cannot connect to {address}: no answer within {timeout:g}s") from None
     except OSError as exc:
         await _close_quietly(stream)
-        raise Unavailable(f"cannot connect to {address}: {exc.strerror or exc}") from None
+        # trio reports "all attempts to connect failed" and keeps the real
+        # reason (refused, unreachable) as the cause.
+        reason = exc.strerror
+        group = exc.__cause__
+        if isinstance(group, BaseExceptionGroup):
+            reasons = {e.strerror for e in group.exceptions if isinstance(e, OSError)}
+            reason = ", ".join(sorted(r for r in reasons if r)) or reason
+        raise Unavailable(f"cannot connect to {address}: {reason or exc}") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await _close_quietly(stream)
         cause = exc.__cause__
