@@ -144,18 +144,23 @@ class Simulation:
         n_nodes: int = 3,
         *,
         faults: Faults | None = None,
-        clients: int = 3,
-        ops_per_client: int = 20,
-        fault_ms: int = 5000,
+        clients: int = 4,
+        ops_per_client: int = 40,
+        fault_ms: int = 6000,
         snapshot_every: int = 40,
+        think_ms: int = 200,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.faults = faults if faults is not None else Faults.random(self.rng)
+        # Safety must not depend on the optional protections: explore without them too.
+        self.pre_vote = self.rng.random() < 0.75
+        self.check_quorum = self.rng.random() < 0.75
         self.ids = [f"n{i}" for i in range(1, n_nodes + 1)]
         self.conf = ConfState(tuple(self.ids))
         self.fault_ms = fault_ms
         self.snapshot_every = snapshot_every
+        self.think_ms = think_ms
         self.now = 0
         self._seq = 0
         self._queue: list[tuple[int, int, str, Any]] = []
@@ -186,7 +191,13 @@ class Simulation:
         self._trace.update(repr((self.now, *parts)).encode())
 
     def _boot(self, node_id: str, disk: Disk) -> SimNode:
-        cfg = RaftConfig(node_id=node_id, election_ticks=10, heartbeat_ticks=2)
+        cfg = RaftConfig(
+            node_id=node_id,
+            election_ticks=10,
+            heartbeat_ticks=2,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+        )
         raft = RaftNode(
             cfg,
             random.Random(self.rng.getrandbits(64)),
@@ -463,6 +474,7 @@ class Simulation:
                 client.deadline = self.now + 300
                 req = ClientRequest(client.id, client.seq, client.op, client.target)
                 self._transmit(client.id, client.target, req)
+                self._at(client.deadline, "client", client.id)
             return
         op = client.op
         output = resp.output if op[0] == "get" else None
@@ -470,7 +482,7 @@ class Simulation:
             client.id, _model_input(op), output, client.call_time, self.now
         )
         client.op = None
-        self._at(self.now + self.rng.randint(0, 30), "client", client.id)
+        self._at(self.now + self.rng.randint(0, self.think_ms), "client", client.id)
 
     # --- the end -----------------------------------------------------------------------------
 
