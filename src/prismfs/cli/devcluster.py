@@ -34,6 +34,7 @@ from prismfs.client.config import DEV_STATE_FILE, DevRegistry, state_dir, write_
 from prismfs.durable import write_atomic
 from prismfs.errors import ConfigError, DataDirLocked, InvalidArgument, PrismError, Unavailable
 from prismfs.node import datadir
+from prismfs.node.consensus_messages import ChangeMembership, RaftStatus, RaftStatusReply
 from prismfs.procs import process_alive
 from prismfs.wire.auth import SECRET_FILE_NAME, read_secret_file
 from prismfs.wire.client import open_rpc_pool
@@ -105,7 +106,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(node: DevNode) -> subprocess.Popen[bytes]:
+def _spawn(node: DevNode, join: str | None) -> subprocess.Popen[bytes]:
     log = open(node.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         return subprocess.Popen(
@@ -121,6 +122,7 @@ def _spawn(node: DevNode) -> subprocess.Popen[bytes]:
                 node.rpc_address,
                 "--log-file",
                 str(node.log_file),
+                *(["--join", join] if join else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -186,13 +188,15 @@ def _up(directory: Path, n_nodes: int, say: Say) -> DevCluster:
     for node in cluster.nodes:
         if node.alive():
             continue
-        proc = _spawn(node)
+        first = cluster.nodes[0]
+        proc = _spawn(node, None if node is first else first.rpc_address)
         node.pid = proc.pid
         procs[node.name] = proc
     cluster.started = time.time()
     cluster.save()
     try:
         trio.run(_wait_ready, cluster, procs)
+        trio.run(_form_voters, cluster)
     except BaseException:
         _down(directory, lambda _msg: None, STOP_TIMEOUT)
         raise
@@ -234,6 +238,39 @@ async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[byt
                             f"{READY_TIMEOUT:g}s; see {node.log_file}"
                         ) from None
                     await trio.sleep(0.1)
+
+
+MAX_VOTERS = 5
+
+
+async def _form_voters(cluster: DevCluster) -> None:
+    """Promote the joined learners to voters (up to five), one change at a time."""
+    creds = read_secret_file(cluster.secret_file)
+    seed = cluster.nodes[0].rpc_address
+    deadline = trio.current_time() + READY_TIMEOUT
+    async with open_rpc_pool(
+        creds, connect_timeout=2, call_timeout=10, client_name="dev-up"
+    ) as pool:
+        for node in cluster.nodes[1:MAX_VOTERS]:
+            while True:
+                try:
+                    status = (await pool.call(seed, RaftStatus())).message
+                    assert isinstance(status, RaftStatusReply)
+                    if node.node_id in status.voters:
+                        break
+                    if node.node_id in status.learners:
+                        change = ChangeMembership("add_voter", node.node_id, node.rpc_address)
+                        await pool.call(seed, change)
+                        continue
+                except PrismError as exc:
+                    if not exc.transient:
+                        raise
+                if trio.current_time() > deadline:
+                    raise Unavailable(
+                        f"{node.name} did not become a voter within {READY_TIMEOUT:g}s; "
+                        f"see {node.log_file}"
+                    )
+                await trio.sleep(0.1)
 
 
 def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple[DevNode, str]]:

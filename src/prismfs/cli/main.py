@@ -24,6 +24,7 @@ from prismfs.errors import PrismError
 from prismfs.node import datadir
 from prismfs.node.config import load_node_config
 from prismfs.node.daemon import run_node
+from prismfs.wire.address import parse_address
 from prismfs.wire.auth import SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.messages import Ping, Pong
@@ -168,6 +169,9 @@ def node() -> None:
 )
 @click.option("--zone", help="Failure domain of this node (node.zone).")
 @click.option(
+    "--join", metavar="HOST:PORT", help="Ask the cluster at this member to add this node."
+)
+@click.option(
     "--tls-cert",
     type=click.Path(path_type=Path),
     help="Serve TLS with this certificate (tls.cert).",
@@ -188,6 +192,7 @@ def node_start(
     secret_file: Path | None,
     advertise: str | None,
     zone: str | None,
+    join: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -207,7 +212,9 @@ def node_start(
         "log": {"file": log_file, "level": log_level, "format": log_format},
     }
     config = load_node_config(config_file, overrides)
-    run_node(config, secret_file)
+    if join:
+        parse_address(join)
+    run_node(config, secret_file, join)
 
 
 def _str(path: Path | None) -> str | None:

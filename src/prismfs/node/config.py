@@ -14,6 +14,7 @@ import msgspec
 
 from prismfs.config_files import read_toml
 from prismfs.errors import ConfigError
+from prismfs.node.consensus import ConsensusConfig
 from prismfs.wire.address import parse_address
 from prismfs.wire.frames import FrameLimits, MiB
 from prismfs.wire.server import ServerLimits
@@ -54,11 +55,27 @@ class RpcSection(_Section):
     handshake_timeout: float = 5.0
 
 
+class RaftSection(_Section):
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    snapshot_every: int = 10_000
+
+
 class NodeConfig(_Section):
     node: NodeSection = msgspec.field(default_factory=NodeSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
     rpc: RpcSection = msgspec.field(default_factory=RpcSection)
+    raft: RaftSection = msgspec.field(default_factory=RaftSection)
+
+    def consensus_config(self) -> ConsensusConfig:
+        return ConsensusConfig(
+            tick_s=self.raft.tick_ms / 1000,
+            election_ticks=self.raft.election_ticks,
+            heartbeat_ticks=self.raft.heartbeat_ticks,
+            snapshot_every=self.raft.snapshot_every,
+        )
 
     @property
     def data_dir(self) -> Path:
@@ -120,5 +137,10 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("TLS needs both tls.cert and tls.key")
     if config.node.shutdown_grace < 0:
         raise ConfigError("node.shutdown_grace must not be negative")
+    raft = config.raft
+    if not (1 <= raft.tick_ms <= 10_000 and 1 <= raft.heartbeat_ticks < raft.election_ticks):
+        raise ConfigError("raft: need tick_ms >= 1 and 1 <= heartbeat_ticks < election_ticks")
+    if raft.snapshot_every < 1:
+        raise ConfigError("raft.snapshot_every must be at least 1")
     if not 0 < config.rpc.handshake_timeout <= 300:
         raise ConfigError("rpc.handshake_timeout must be more than 0 and at most 300 seconds")

@@ -21,17 +21,21 @@ from pathlib import Path
 import trio
 
 from prismfs import __version__
-from prismfs.errors import InvalidArgument
+from prismfs.errors import ConfChangeInProgress, InvalidArgument, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
 from prismfs.node import datadir
 from prismfs.node.config import NodeConfig
+from prismfs.node.consensus import Consensus
+from prismfs.node.consensus_messages import ChangeMembership
+from prismfs.node.kv_state import KVStore
 from prismfs.node.logs import setup_logging
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials
+from prismfs.wire.client import RpcPool, open_rpc_pool
 from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
 from prismfs.wire.server import Call, Reply, RpcServer
-from prismfs.wire.tls import server_context
+from prismfs.wire.tls import client_context, server_context
 
 log = logging.getLogger("prismfs.node")
 
@@ -51,6 +55,7 @@ class NodeService:
             limits=config.server_limits(),
         )
         self.rpc_address = ""
+        self.consensus: Consensus | None = None
         self._zeros = b""  # shared source of Echo "source" replies, grown on demand
         self.started = trio.current_time()
         self.server.register(Ping, self.ping)
@@ -61,7 +66,7 @@ class NodeService:
             node_id=self.node_id,
             cluster_id=self.creds.cluster_id,
             version=__version__,
-            role="standalone",
+            role=self.consensus.role if self.consensus else "starting",
             rpc_address=self.rpc_address,
             uptime_s=trio.current_time() - self.started,
             pid=os.getpid(),
@@ -81,12 +86,19 @@ class NodeService:
         return Reply(EchoReply(len(call.payload)), call.payload)
 
 
-async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: NodeId) -> None:
+async def serve_node(
+    config: NodeConfig, creds: ClusterCredentials, node_id: NodeId, join: str | None = None
+) -> None:
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
     host, port = config.listen_address
+    tls = config.tls_config()
+    peer_tls = client_context(tls.ca) if tls.ca else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, single_exception():
-        async with trio.open_nursery() as nursery:
+        async with (
+            open_rpc_pool(creds, ssl_context=peer_tls, client_name=f"node {node_id}") as pool,
+            trio.open_nursery() as nursery,
+        ):
             try:
                 addresses = await nursery.start(service.server.serve, host, port)
             except OSError as exc:
@@ -94,6 +106,17 @@ async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: Nod
                     f"cannot listen on {config.node.listen}: {exc.strerror}"
                 ) from None
             service.rpc_address = config.node.advertise or addresses[0]
+            consensus = Consensus(
+                node_id,
+                service.rpc_address,
+                config.data_dir / "raft",
+                pool,
+                KVStore(),
+                config.consensus_config(),
+            )
+            consensus.register(service.server)
+            service.consensus = consensus
+            await nursery.start(consensus.run)
             datadir.write_state(
                 config.data_dir,
                 {
@@ -111,14 +134,38 @@ async def serve_node(config: NodeConfig, creds: ClusterCredentials, node_id: Nod
                 creds.cluster_id,
                 ", ".join(addresses),
             )
+            if join and node_id not in consensus.status().voters + consensus.status().learners:
+                nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 await service.server.shutdown(config.node.shutdown_grace)
+                nursery.cancel_scope.cancel()
                 break
     log.info("node %s stopped", node_id)
 
 
-def run_node(config: NodeConfig, secret_file: Path | None = None) -> None:
+async def _join(pool: RpcPool, seed: str, node_id: str, address: str) -> None:
+    """Ask the cluster (through any member at ``seed``) to add this node as a learner."""
+    delay = 0.2
+    while True:
+        try:
+            await pool.call(seed, ChangeMembership("add_learner", node_id, address), timeout=10)
+            log.info("joined the cluster through %s as a learner", seed)
+            return
+        except PrismError as exc:
+            if not exc.transient and not isinstance(exc, ConfChangeInProgress):
+                log.error("joining through %s failed: %s", seed, exc.message)
+                return
+            log.info("joining through %s: %s; retrying", seed, exc.message)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def run_node(
+    config: NodeConfig,
+    secret_file: Path | None = None,
+    join: str | None = None,
+) -> None:
     """Blocking entry point of ``prismfs node start``."""
     data_dir = config.data_dir
     parse_address(config.node.listen)
@@ -134,7 +181,7 @@ def run_node(config: NodeConfig, secret_file: Path | None = None) -> None:
         node_id = datadir.node_id(data_dir)
         setup_logging(node_id, config.log.level, config.log.file, config.log.format)
         try:
-            trio.run(serve_node, config, creds, node_id)
+            trio.run(serve_node, config, creds, node_id, join)
         finally:
             datadir.clear_state(data_dir)
     finally:

@@ -60,6 +60,9 @@ def init_cluster(data_dir: Path) -> ClusterCredentials:
         )
     creds = ClusterCredentials.generate()
     write_secret_file(secret_path, creds)
+    # This node founds the Raft group on its first start (see node.consensus).
+    (data_dir / "raft").mkdir(exist_ok=True)
+    (data_dir / "raft" / "bootstrap").touch()
     return creds
 
 

@@ -129,11 +129,16 @@ class _PendingRead:
 def apply_conf_change(conf: ConfState, change: ConfChange) -> ConfState:
     voters = [v for v in conf.voters if v != change.node]
     learners = [n for n in conf.learners if n != change.node]
+    book = dict(conf.addresses)
     if change.op == "add_voter":
         voters.append(change.node)
     elif change.op == "add_learner":
         learners.append(change.node)
-    return ConfState(tuple(voters), tuple(learners))
+    if change.op == "remove":
+        book.pop(change.node, None)
+    elif change.address:
+        book[change.node] = change.address
+    return ConfState(tuple(voters), tuple(learners), tuple(sorted(book.items())))
 
 
 class RaftNode:

@@ -42,9 +42,15 @@ class ConfState(Message, frozen=True):
 
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
+    addresses: tuple[tuple[str, str], ...] = ()
+    """(node, RPC address) pairs, sorted: the cluster's address book travels
+    with the membership, through the log and in snapshots."""
 
     def members(self) -> tuple[str, ...]:
         return self.voters + self.learners
+
+    def address_of(self, node: str) -> str:
+        return dict(self.addresses).get(node, "")
 
 
 class ConfChange(Message, frozen=True):
@@ -58,6 +64,7 @@ class ConfChange(Message, frozen=True):
 
     op: Literal["add_learner", "add_voter", "remove"]
     node: str
+    address: str = ""
 
 
 class HardState(Message, frozen=True):

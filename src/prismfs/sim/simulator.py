@@ -41,10 +41,10 @@ import xxhash
 from prismfs.check.linearizability import check
 from prismfs.check.models import UNKNOWN, KVModel, Operation
 from prismfs.errors import PrismError
+from prismfs.node.kv_state import KVStore, encode_op
 from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role, Snapshot
 from prismfs.raft.messages import ConfState, Entry, HardState, RaftMessage
 from prismfs.raft.state_machine import ClientCommand, ExactlyOnce, client_command
-from prismfs.sim.kv import KVStore, encode_op
 from prismfs.wire.codec import decode_message
 
 TICK_MS = 10

@@ -1,4 +1,5 @@
-"""A tiny key-value state machine for the simulator (and its digest)."""
+"""A key-value state machine: what nodes replicate until the metadata state
+machine exists, and the simulator's workload. Deterministic, snapshottable."""
 
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ class KVStore:
 
     def get(self, key: str) -> str | None:
         return self.data.get(key)
+
+    def query(self, op: bytes) -> bytes:
+        """A read-only operation, served after a ReadIndex round (never logged)."""
+        request = msgspec.msgpack.decode(op, type=list[str])
+        if len(request) != 2 or request[0] != "get":
+            raise ValueError(f"unsupported query {request!r}")
+        return msgspec.msgpack.encode(self.data.get(request[1]))
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(sorted(self.data.items()))

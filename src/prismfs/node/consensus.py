@@ -1,0 +1,478 @@
+"""The trio driver of the Raft core inside a node.
+
+Theory of operation. One task, the *loop*, owns the `RaftNode`: every input
+(a tick, messages from peers, a proposal, a read, a membership change) is a
+small function queued in ``_inbox`` and run by the loop between two Readys,
+so nothing touches the core between `ready()` and `advance()`. Per Ready the
+loop does, in Raft's order:
+
+1. **persist**: `DurableLog.save` in a worker thread (fsync). Inputs that
+   arrive meanwhile pile up in the inbox and go into the *next* Ready: many
+   proposals, one append, one fsync (group commit);
+2. **send**: messages are handed to per-peer sender tasks (bounded queues;
+   Raft tolerates loss, so a full queue drops);
+3. **apply**: snapshot restore and committed entries into the state machine,
+   through `ExactlyOnce`; results go to the proposers waiting on that index;
+   reads waiting for a ReadIndex are answered once applied;
+4. **advance**.
+
+Proposals made on a follower are forwarded to the leader over RPC, so any
+node accepts client requests. A proposer whose entry is overwritten (leader
+change) gets `NotLeader` and may retry: the (client, seq) pair makes the
+retry harmless.
+
+Invariant: ``_waiters``, ``_reads`` and the core change only in the loop task
+or in synchronous code queued to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from prismfs.errors import DeadlineExceeded, InvalidArgument, NotLeader, PrismError, Unavailable
+from prismfs.node.consensus_messages import (
+    ChangeMembership,
+    MembershipChanged,
+    Propose,
+    Proposed,
+    Query,
+    QueryResult,
+    RaftBatch,
+    RaftBatchAck,
+    RaftStatus,
+    RaftStatusReply,
+    TransferLeadership,
+)
+from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role
+from prismfs.raft.durable_log import DurableLog
+from prismfs.raft.messages import ConfChange, ConfState, Entry, HardState, RaftMessage
+from prismfs.raft.state_machine import ExactlyOnce, StateMachine, client_command
+from prismfs.wire.client import RpcPool
+from prismfs.wire.codec import encode_message
+from prismfs.wire.server import Call, RpcServer
+
+log = logging.getLogger("prismfs.raft")
+
+BOOTSTRAP_MARKER = "bootstrap"
+"""File in the raft directory: this node founds the cluster on its first start."""
+
+
+@dataclass(frozen=True)
+class ConsensusConfig:
+    tick_s: float = 0.05
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    snapshot_every: int = 10_000
+    max_batch_bytes: int = 512 * 1024
+    call_timeout: float = 10.0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    done: trio.Event = field(default_factory=trio.Event)
+    index: int = 0
+    term: int = 0
+    result: bytes = b""
+    error: PrismError | None = None
+
+    def finish(self, result: bytes = b"", error: PrismError | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+def prepare_bootstrap(raft_dir: Path) -> None:
+    """Mark a fresh data directory as the founder of a new cluster."""
+    raft_dir.mkdir(parents=True, exist_ok=True)
+    (raft_dir / BOOTSTRAP_MARKER).touch()
+
+
+class Consensus:
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        raft_dir: Path,
+        pool: RpcPool,
+        state_machine: StateMachine,
+        config: ConsensusConfig | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.dir = raft_dir
+        self.pool = pool
+        self.cfg = config or ConsensusConfig()
+        self.sm = ExactlyOnce(state_machine)
+        self.log = DurableLog(raft_dir)
+        self.core: RaftNode | None = None
+        self._inbox: list[Callable[[RaftNode], None]] = []
+        self._kick = trio.Event()
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[int, _Waiter] = {}
+        self._read_waiting: list[_Waiter] = []
+        self._peers: dict[str, trio.MemorySendChannel[RaftMessage]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._applied_event = trio.Event()
+        self._was_leader = False
+
+    # --- start ---------------------------------------------------------------
+
+    def register(self, server: RpcServer) -> None:
+        server.register(RaftBatch, self._on_batch)
+        server.register(Propose, self._on_propose)
+        server.register(Query, self._on_query)
+        server.register(ChangeMembership, self._on_membership)
+        server.register(RaftStatus, self._on_status)
+        server.register(TransferLeadership, self._on_transfer)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        recovered = await trio.to_thread.run_sync(self.log.open)
+        marker = self.dir / BOOTSTRAP_MARKER
+        if marker.exists() and not recovered.entries and recovered.snapshot is None:
+            first = Entry(
+                1, 1, "config", encode_message(ConfChange("add_voter", self.node_id, self.address))
+            )
+            await trio.to_thread.run_sync(
+                self.log.save, Ready(entries=[first], hard_state=HardState(1, "", 1))
+            )
+            recovered.entries, recovered.hard_state = [first], HardState(1, "", 1)
+            log.info("founded a new Raft group with %s as its only voter", self.node_id)
+        marker.unlink(missing_ok=True)
+        if recovered.snapshot is not None:
+            self.sm.restore(recovered.snapshot.data)
+        self.core = RaftNode(
+            RaftConfig(
+                node_id=self.node_id,
+                election_ticks=self.cfg.election_ticks,
+                heartbeat_ticks=self.cfg.heartbeat_ticks,
+                max_append_bytes=self.cfg.max_batch_bytes // 2,
+                snapshot_chunk_bytes=self.cfg.max_batch_bytes // 2,
+            ),
+            random.Random(secrets.randbits(64)),
+            conf=ConfState(),
+            hard_state=recovered.hard_state,
+            snapshot=recovered.snapshot,
+            entries=recovered.entries,
+        )
+        log.info(
+            "raft log open: term %d, %d entries, commit %d, members %s",
+            self.core.term,
+            len(recovered.entries),
+            self.core.commit,
+            list(self.core.conf.members()),
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._ticker, name="raft-ticker")
+                nursery.start_soon(self._loop, name="raft-loop")
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.log.close)
+
+    # --- the loop ------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[[RaftNode], None]) -> None:
+        self._inbox.append(fn)
+        self._kick.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.tick_s)
+            self._submit(lambda core: core.tick())
+
+    async def _loop(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            await self._kick.wait()
+            self._kick = trio.Event()
+            while True:
+                inbox, self._inbox = self._inbox, []
+                for fn in inbox:
+                    fn(core)
+                if not core.has_ready():
+                    break
+                rd = core.ready()
+                if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+                    await trio.to_thread.run_sync(self.log.save, rd)
+                for m in rd.messages:
+                    self._send(m)
+                self._apply(rd)
+                core.advance(rd)
+                if rd.role != Role.LEADER and self._was_leader:
+                    self._lost_leadership()
+                self._was_leader = rd.role == Role.LEADER
+                await self._maybe_snapshot(core)
+
+    def _apply(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.sm.restore(rd.snapshot.data)
+        for entry in rd.committed:
+            result = b""
+            if entry.kind == "normal":
+                try:
+                    result = self.sm.apply(entry.index, entry.data)
+                except Exception:
+                    # A command the state machine cannot take is a bug in the
+                    # proposer; every replica fails the same way, so skip it.
+                    log.exception("applying entry %d failed; it is skipped", entry.index)
+            waiter = self._waiters.pop(entry.index, None)
+            if waiter is not None:
+                if waiter.term == entry.term:
+                    waiter.finish(result)
+                else:
+                    waiter.finish(
+                        error=NotLeader("the proposal was replaced after a leader change")
+                    )
+        for rs in rd.read_states:
+            waiter = self._reads.pop(rs.context, None)
+            if waiter is not None:
+                waiter.index = rs.index
+                self._read_waiting.append(waiter)
+        assert self.core is not None
+        applied = max([self.core.applied] + [e.index for e in rd.committed])
+        if rd.snapshot is not None:
+            applied = max(applied, rd.snapshot.meta.index)
+        still = []
+        for waiter in self._read_waiting:
+            if waiter.index <= applied:
+                waiter.finish()
+            else:
+                still.append(waiter)
+        self._read_waiting = still
+
+    def _lost_leadership(self) -> None:
+        error = NotLeader("leadership changed", leader=self.core.leader if self.core else None)
+        for waiter in self._waiters.values():
+            waiter.finish(error=error)
+        self._waiters.clear()
+        for waiter in self._reads.values():
+            waiter.finish(error=error)
+        self._reads.clear()
+
+    async def _maybe_snapshot(self, core: RaftNode) -> None:
+        if core.applied - core.log.offset < self.cfg.snapshot_every:
+            return
+        index = core.applied
+        core.compact(index, self.sm.snapshot())
+        snapshot = core.snapshot
+        assert snapshot is not None
+        await trio.to_thread.run_sync(self.log.save_snapshot, snapshot)
+        await trio.to_thread.run_sync(self.log.compact, index)
+        log.info("snapshot at index %d (%d bytes)", index, len(snapshot.data))
+
+    # --- transport -------------------------------------------------------------------
+
+    def _send(self, m: RaftMessage) -> None:
+        channel = self._peers.get(m.to)
+        if channel is None:
+            assert self._nursery is not None
+            channel, receive = trio.open_memory_channel[RaftMessage](4096)
+            self._peers[m.to] = channel
+            self._nursery.start_soon(self._sender, m.to, receive, name=f"raft-send {m.to}")
+        with contextlib.suppress(trio.WouldBlock):  # peer slow or gone: Raft retransmits
+            channel.send_nowait(m)
+
+    async def _sender(self, peer: str, receive: trio.MemoryReceiveChannel[RaftMessage]) -> None:
+        backoff = 0.05
+        async for first in receive:
+            batch = [first]
+            size = _weight(first)
+            while size < self.cfg.max_batch_bytes:
+                try:
+                    m = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch.append(m)
+                size += _weight(m)
+            address = self.core.conf.address_of(peer) if self.core else ""
+            if not address:
+                continue
+            request = RaftBatch(tuple(batch))  # type: ignore[arg-type]
+            try:
+                await self.pool.call(address, request, timeout=self.cfg.call_timeout)
+                backoff = 0.05
+            except PrismError as exc:
+                log.debug("raft messages to %s (%s) lost: %s", peer, address, exc.message)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def _on_batch(self, request: RaftBatch, call: Call) -> RaftBatchAck:
+        messages = request.messages
+
+        def step(core: RaftNode) -> None:
+            for m in messages:
+                core.step(m)
+
+        self._submit(step)
+        return RaftBatchAck()
+
+    # --- services ------------------------------------------------------------------------
+
+    async def propose(
+        self, client: str, seq: int, op: bytes, timeout: float | None = None
+    ) -> Proposed:
+        """Apply ``op`` through the log, on whichever node leads."""
+        core = self._require_core()
+        if core.role != Role.LEADER:
+            return await self._forward(Propose(client, seq, op), timeout)
+        waiter = _Waiter()
+        command = client_command(client, seq, op)
+
+        def do(core: RaftNode) -> None:
+            try:
+                waiter.index = core.propose(command)
+                waiter.term = core.term
+                self._waiters[waiter.index] = waiter
+            except PrismError as exc:
+                waiter.finish(error=exc)
+
+        self._submit(do)
+        await self._wait(waiter, timeout, "proposal")
+        return Proposed(waiter.index, waiter.result)
+
+    async def query(self, op: bytes, timeout: float | None = None) -> QueryResult:
+        """A linearizable read: ReadIndex, wait until applied, then ask the state machine."""
+        waiter = _Waiter()
+        context = secrets.randbits(62) + 1
+
+        def do(core: RaftNode) -> None:
+            self._reads[context] = waiter
+            try:
+                core.read_index(context)
+            except PrismError as exc:
+                self._reads.pop(context, None)
+                waiter.finish(error=exc)
+
+        self._submit(do)
+        try:
+            await self._wait(waiter, timeout, "read")
+        finally:
+            self._reads.pop(context, None)
+        query = getattr(self.sm.inner, "query", None)
+        if query is None:
+            raise InvalidArgument("this state machine serves no queries")
+        return QueryResult(waiter.index, query(op))
+
+    async def change_membership(
+        self, change: ChangeMembership, timeout: float | None = None
+    ) -> MembershipChanged:
+        core = self._require_core()
+        if core.role != Role.LEADER:
+            reply = await self._forward(change, timeout)
+            assert isinstance(reply, MembershipChanged)
+            return reply
+        waiter = _Waiter()
+        conf_change = ConfChange(change.op, change.node, change.address)
+
+        def do(core: RaftNode) -> None:
+            try:
+                waiter.index = core.propose_conf_change(conf_change)
+                waiter.term = core.term
+                self._waiters[waiter.index] = waiter
+            except PrismError as exc:
+                waiter.finish(error=exc)
+
+        self._submit(do)
+        await self._wait(waiter, timeout, "membership change")
+        conf = self._require_core().conf
+        log.info("membership change %s %s committed at %d", change.op, change.node, waiter.index)
+        return MembershipChanged(waiter.index, conf.voters, conf.learners)
+
+    def status(self) -> RaftStatusReply:
+        core = self._require_core()
+        conf = core.conf
+        return RaftStatusReply(
+            node_id=self.node_id,
+            role=self.role,
+            term=core.term,
+            leader=core.leader,
+            leader_address=conf.address_of(core.leader) if core.leader else "",
+            commit=core.commit,
+            applied=core.applied,
+            last_index=core.log.last_index,
+            voters=conf.voters,
+            learners=conf.learners,
+            addresses=conf.addresses,
+        )
+
+    @property
+    def role(self) -> str:
+        core = self.core
+        if core is None:
+            return "starting"
+        if core.role == Role.FOLLOWER and self.node_id in core.conf.learners:
+            return "learner"
+        if core.role == Role.FOLLOWER and self.node_id not in core.conf.members():
+            return "joining"
+        return core.role.value
+
+    async def _wait(self, waiter: _Waiter, timeout: float | None, what: str) -> None:
+        seconds = self.cfg.call_timeout if timeout is None else timeout
+        with trio.move_on_after(seconds if seconds > 0 else math.inf) as scope:
+            await waiter.done.wait()
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(f"{what} not finished within {seconds:g}s")
+        if waiter.error is not None:
+            raise waiter.error
+
+    async def _forward(
+        self, request: Propose | ChangeMembership, timeout: float | None
+    ) -> Proposed:
+        core = self._require_core()
+        leader = core.leader
+        address = core.conf.address_of(leader) if leader else ""
+        if not address or leader == self.node_id:
+            raise NotLeader("no leader is known yet; retry shortly", leader=None)
+        reply = await self.pool.call(address, request, timeout=timeout or self.cfg.call_timeout)
+        return reply.message  # type: ignore[return-value]
+
+    def _require_core(self) -> RaftNode:
+        if self.core is None:
+            raise Unavailable("the consensus service is still starting")
+        return self.core
+
+    # --- RPC handlers --------------------------------------------------------------------
+
+    async def _on_propose(self, request: Propose, call: Call) -> Proposed:
+        return await self.propose(request.client, request.seq, request.op)
+
+    async def _on_query(self, request: Query, call: Call) -> QueryResult:
+        return await self.query(request.op)
+
+    async def _on_membership(self, request: ChangeMembership, call: Call) -> MembershipChanged:
+        return await self.change_membership(request)
+
+    async def _on_status(self, request: RaftStatus, call: Call) -> RaftStatusReply:
+        return self.status()
+
+    async def _on_transfer(self, request: TransferLeadership, call: Call) -> RaftStatusReply:
+        waiter = _Waiter()
+
+        def do(core: RaftNode) -> None:
+            try:
+                core.transfer_leadership(request.target)
+                waiter.finish()
+            except PrismError as exc:
+                waiter.finish(error=exc)
+
+        self._submit(do)
+        await self._wait(waiter, None, "leadership transfer")
+        return self.status()
+
+
+def _weight(m: RaftMessage) -> int:
+    data = getattr(m, "data", b"")
+    entries = getattr(m, "entries", ())
+    return 64 + len(data) + sum(len(e.data) + 32 for e in entries)
