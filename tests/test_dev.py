@@ -37,7 +37,9 @@ def test_dev_up_status_down_leaves_no_process(tmp_path: Path, dev_env: dict[str,
     assert len(set(pids)) == 3 and all(process_alive(p) for p in pids)
     assert len({n["id"] for n in nodes}) == 3
     assert len({n["rpc_address"] for n in nodes}) == 3
-    assert all(n["role"] == "standalone" and n["alive"] for n in nodes)
+    assert all(n["alive"] for n in nodes)
+    # One Raft group: one leader, the others voting followers.
+    assert sorted(n["role"] for n in nodes) == ["follower", "follower", "leader"]
 
     # Running `up` again is harmless: same processes.
     again = run_cli("dev", "up", "--dir", str(cluster_dir), "--json", env=dev_env)

@@ -123,6 +123,7 @@ class Consensus:
         self._nursery: trio.Nursery | None = None
         self._applied_event = trio.Event()
         self._was_leader = False
+        self._learned_addresses: dict[str, str] = {}
 
     # --- start ---------------------------------------------------------------
 
@@ -296,10 +297,10 @@ class Consensus:
                     break
                 batch.append(m)
                 size += _weight(m)
-            address = self.core.conf.address_of(peer) if self.core else ""
+            address = self._address_of(peer)
             if not address:
                 continue
-            request = RaftBatch(tuple(batch))  # type: ignore[arg-type]
+            request = RaftBatch(tuple(batch), self.address)  # type: ignore[arg-type]
             try:
                 await self.pool.call(address, request, timeout=self.cfg.call_timeout)
                 backoff = 0.05
@@ -308,8 +309,14 @@ class Consensus:
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
+    def _address_of(self, node: str) -> str:
+        conf_address = self.core.conf.address_of(node) if self.core else ""
+        return conf_address or self._learned_addresses.get(node, "")
+
     async def _on_batch(self, request: RaftBatch, call: Call) -> RaftBatchAck:
         messages = request.messages
+        if messages and request.sender_address:
+            self._learned_addresses[messages[0].frm] = request.sender_address
 
         def step(core: RaftNode) -> None:
             for m in messages:
@@ -432,7 +439,7 @@ class Consensus:
     ) -> Proposed:
         core = self._require_core()
         leader = core.leader
-        address = core.conf.address_of(leader) if leader else ""
+        address = self._address_of(leader) if leader else ""
         if not address or leader == self.node_id:
             raise NotLeader("no leader is known yet; retry shortly", leader=None)
         reply = await self.pool.call(address, request, timeout=timeout or self.cfg.call_timeout)

@@ -40,9 +40,14 @@ class ConsensusMessage(Message, frozen=True):
 
 
 class RaftBatch(ConsensusMessage, frozen=True):
-    """Raft messages from one node to another, sent together."""
+    """Raft messages from one node to another, sent together.
+
+    ``sender_address`` lets a node that has no log yet (just joining) answer
+    a leader it has no address for in its membership.
+    """
 
     messages: tuple[AnyRaftMessage, ...]
+    sender_address: str = ""
 
 
 class RaftBatchAck(ConsensusMessage, frozen=True):
