@@ -1,0 +1,263 @@
+"""Raft in real node processes on loopback: leader killed with SIGKILL, whole
+cluster restarted, a fourth node added as learner and promoted, a voter
+removed, all while a client keeps writing; no acknowledged write is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+from conftest import run_cli
+from prismfs.errors import PrismError
+from prismfs.node.consensus_messages import (
+    ChangeMembership,
+    Propose,
+    Proposed,
+    Query,
+    QueryResult,
+    RaftStatus,
+    RaftStatusReply,
+)
+from prismfs.procs import process_alive
+from prismfs.wire.auth import read_secret_file
+from prismfs.wire.client import RpcPool, open_rpc_pool
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def spawn_node(*args: str) -> subprocess.Popen[bytes]:
+    """Start a node process (Popen returns at once; it does not block the event loop)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "prismfs", "node", "start", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path) -> None:
+        self.env = {"PRISMFS_STATE_DIR": str(tmp_path / "state"), "PRISMFS_CONFIG": ""}
+        self.dir = tmp_path / "state" / "c"
+        self.extra: list[subprocess.Popen[bytes]] = []
+
+    def up(self) -> list[dict[str, object]]:
+        result = run_cli("dev", "up", "--dir", str(self.dir), "--json", env=self.env, timeout=90)
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout)["nodes"])
+
+    def down(self) -> None:
+        run_cli("dev", "down", "--dir", str(self.dir), env=self.env, timeout=60)
+
+    def nodes(self) -> list[dict[str, object]]:
+        return list(json.loads((self.dir / "dev.json").read_text())["nodes"])
+
+    @property
+    def creds(self):  # type: ignore[no-untyped-def]
+        return read_secret_file(self.dir / "node1" / "cluster.secret")
+
+    def cleanup(self) -> None:
+        self.down()
+        for proc in self.extra:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        for node in self.nodes():
+            assert not process_alive(int(node["pid"]), str(node["data_dir"]))  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+    c = Cluster(tmp_path)
+    yield c
+    c.cleanup()
+
+
+async def status(pool: RpcPool, address: str) -> RaftStatusReply:
+    reply = (await pool.call(address, RaftStatus(), timeout=3)).message
+    assert isinstance(reply, RaftStatusReply)
+    return reply
+
+
+async def find_leader(pool: RpcPool, addresses: list[str], deadline: float = 20) -> RaftStatusReply:
+    with trio.fail_after(deadline):
+        while True:
+            for address in addresses:
+                try:
+                    st = await status(pool, address)
+                except PrismError:
+                    continue
+                if st.role == "leader":
+                    return st
+            await trio.sleep(0.1)
+
+
+class Writer:
+    """Writes k<i> = v<i> through any node, retrying with the same seq until acknowledged."""
+
+    def __init__(self, pool: RpcPool, addresses: list[str]) -> None:
+        self.pool = pool
+        self.addresses = addresses
+        self.acked: list[int] = []
+        self.seq = 0
+        self.stop = False
+
+    async def run(self) -> None:
+        while not self.stop:
+            self.seq += 1
+            op = msgspec.msgpack.encode(["put", f"k{self.seq}", f"v{self.seq}"])
+            attempt = 0
+            while not self.stop:
+                address = self.addresses[attempt % len(self.addresses)]
+                attempt += 1
+                try:
+                    reply = await self.pool.call(
+                        address, Propose("writer", self.seq, op), timeout=3
+                    )
+                except PrismError:
+                    await trio.sleep(0.05)
+                    continue
+                assert isinstance(reply.message, Proposed)
+                self.acked.append(self.seq)
+                break
+            await trio.sleep(0.01)
+
+    async def wait_progress(self, writes: int, deadline: float = 20) -> None:
+        target = len(self.acked) + writes
+        with trio.fail_after(deadline):
+            while len(self.acked) < target:
+                await trio.sleep(0.05)
+
+
+async def read(pool: RpcPool, address: str, key: str) -> str | None:
+    reply = (
+        await pool.call(address, Query(msgspec.msgpack.encode(["get", key])), timeout=5)
+    ).message
+    assert isinstance(reply, QueryResult)
+    return msgspec.msgpack.decode(reply.result)
+
+
+async def test_failover_restart_and_membership_without_losing_writes(cluster: Cluster) -> None:
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with open_rpc_pool(cluster.creds, connect_timeout=1) as pool:
+        writer = Writer(pool, addresses)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await writer.wait_progress(20)
+
+            # 1. kill -9 the leader: a new one is elected and commits writes.
+            leader = await find_leader(pool, addresses)
+            victim = next(n for n in nodes if n["id"] == leader.node_id)
+            os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+            survivors = [a for a in addresses if a != victim["rpc_address"]]
+            new_leader = await find_leader(pool, survivors)
+            assert new_leader.node_id != leader.node_id and new_leader.term > leader.term
+            await writer.wait_progress(20)
+
+            # 2. the killed node comes back and catches up.
+            await trio.to_thread.run_sync(cluster.up)
+            await writer.wait_progress(10)
+
+            # 3. a fourth node joins as a learner, is promoted, and a voter is removed.
+            fourth_dir = cluster.dir / "node4"
+            proc = spawn_node(
+                "--data-dir",
+                str(fourth_dir),
+                "--listen",
+                "127.0.0.1:0",
+                "--secret-file",
+                str(cluster.dir / "node1" / "cluster.secret"),
+                "--join",
+                addresses[0],
+                "--log-file",
+                str(fourth_dir / "node.log"),
+            )
+            cluster.extra.append(proc)
+            with trio.fail_after(30):
+                while not (fourth_dir / "node.json").exists():
+                    await trio.sleep(0.05)
+            fourth = json.loads((fourth_dir / "node.json").read_text())
+            with trio.fail_after(30):
+                while True:
+                    st = await status(pool, addresses[0])
+                    if fourth["node_id"] in st.learners:
+                        break
+                    await trio.sleep(0.1)
+            writer.addresses = [*addresses, fourth["rpc_address"]]
+            change = ChangeMembership("add_voter", fourth["node_id"], fourth["rpc_address"])
+            await _retry(pool, addresses, change)
+            await writer.wait_progress(10)
+            leader = await find_leader(pool, writer.addresses)
+            removed = next(n for n in nodes if n["id"] != leader.node_id)
+            await _retry(pool, addresses, ChangeMembership("remove", str(removed["id"])))
+            final = await status(pool, fourth["rpc_address"])
+            assert fourth["node_id"] in final.voters and removed["id"] not in final.voters
+            assert len(final.voters) == 3
+            await writer.wait_progress(10)
+            writer.stop = True
+
+        # 4. every acknowledged write is there, read linearizably through a voter.
+        voter_address = fourth["rpc_address"]
+        for seq in writer.acked:
+            assert await read(pool, voter_address, f"k{seq}") == f"v{seq}"
+
+    # 5. restart the whole cluster: the state survives.
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    await trio.to_thread.run_sync(cluster.down)
+    await trio.to_thread.run_sync(cluster.up)
+    proc2 = spawn_node(
+        "--data-dir",
+        str(fourth_dir),
+        "--listen",
+        fourth["rpc_address"],
+        "--log-file",
+        str(fourth_dir / "node.log"),
+    )
+    cluster.extra.append(proc2)
+    async with open_rpc_pool(cluster.creds, connect_timeout=1) as pool:
+        await find_leader(pool, [*addresses, fourth["rpc_address"]], deadline=30)
+        last = writer.acked[-1]
+        for seq in (writer.acked[0], writer.acked[len(writer.acked) // 2], last):
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        value = await read(pool, fourth["rpc_address"], f"k{seq}")
+                        break
+                    except PrismError:
+                        await trio.sleep(0.1)
+            assert value == f"v{seq}"
+    proc2.send_signal(signal.SIGTERM)
+    assert proc2.wait(timeout=10) == 0
+
+
+async def _retry(pool: RpcPool, addresses: list[str], change: ChangeMembership) -> None:
+    """Apply a membership change; an attempt that timed out may still have committed."""
+
+    def reached(st: RaftStatusReply) -> bool:
+        if change.op == "remove":
+            return change.node not in st.voters + st.learners
+        return change.node in (st.voters if change.op == "add_voter" else st.learners)
+
+    with trio.fail_after(30):
+        while True:
+            for address in addresses:
+                try:
+                    await pool.call(address, change, timeout=5)
+                    return
+                except PrismError:
+                    try:
+                        if reached(await status(pool, address)):
+                            return
+                    except PrismError:
+                        pass
+            await trio.sleep(0.1)
