@@ -140,3 +140,20 @@ def test_gap_in_log_is_refused(tmp_path: Path) -> None:
     segments[1].unlink()  # an operator deleted a middle segment
     with pytest.raises(LogCorrupt):
         reopen(tmp_path, segment_bytes=100)
+
+
+def test_commit_only_changes_do_not_rewrite_the_hard_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dl, _ = reopen(tmp_path)
+    writes: list[Path] = []
+    real = durable_log.write_atomic
+    monkeypatch.setattr(durable_log, "write_atomic", lambda p, d: (writes.append(p), real(p, d)))
+    dl.save(Ready(hard_state=HardState(2, "a", 0), entries=entries(1, 3, term=2)))
+    dl.save(Ready(hard_state=HardState(2, "a", 3)))  # commit moved: no rewrite, no fsync
+    assert len(writes) == 1
+    dl.save(Ready(hard_state=HardState(3, "", 3)))  # a new term must be durable
+    assert len(writes) == 2
+    dl.close()
+    _, rec = reopen(tmp_path)
+    assert (rec.hard_state.term, rec.hard_state.vote) == (3, "")

@@ -8,7 +8,9 @@ Layout of the directory::
     seg-<first index, 20 digits>.log   records, appended; a new segment when
                                         one passes ``segment_bytes``
     hardstate                          term, vote, commit (msgpack), replaced
-                                        atomically: temp + fsync + rename
+                                        atomically: temp + fsync + rename, when
+                                        the term or vote changes (the commit in
+                                        it is a lower bound, not the latest)
     snapshot                           latest snapshot: meta + data, replaced
                                         atomically
 
@@ -83,12 +85,14 @@ class DurableLog:
         self.segment_bytes = segment_bytes
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # open fd of the last segment
+        self._term_vote: tuple[int, str] | None = None  # last written to "hardstate"
 
     # --- recovery ------------------------------------------------------------
 
     def open(self) -> Recovered:
         self.dir.mkdir(parents=True, exist_ok=True)
         hard_state = self._read_hard_state()
+        self._term_vote = (hard_state.term, hard_state.vote)
         snapshot = self._read_snapshot()
         entries: list[Entry] = []
         truncated = 0
@@ -172,8 +176,14 @@ class DurableLog:
             self._drop_from(0)  # the snapshot replaces the whole log
         if rd.entries:
             self._append(rd.entries)
-        if rd.hard_state is not None:
-            write_atomic(self.dir / "hardstate", encode_message(rd.hard_state))
+        hs = rd.hard_state
+        if hs is not None and (hs.term, hs.vote) != self._term_vote:
+            # Only a new term or vote must be durable before messages go out.
+            # A commit index alone is not written: it is recovered from the
+            # leader after a restart (as etcd's MustSync decides), which saves
+            # a create + fsync + rename + fsync(dir) in nearly every Ready.
+            write_atomic(self.dir / "hardstate", encode_message(hs))
+            self._term_vote = (hs.term, hs.vote)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         meta = encode_message(snapshot.meta)
