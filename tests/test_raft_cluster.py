@@ -261,3 +261,73 @@ async def _retry(pool: RpcPool, addresses: list[str], change: ChangeMembership) 
                     except PrismError:
                         pass
             await trio.sleep(0.1)
+
+
+async def test_lagging_follower_catches_up_through_a_snapshot(tmp_path: Path) -> None:
+    """Real processes, small snapshot interval: a follower that was down while
+    the leader compacted its log is brought back by InstallSnapshot."""
+    config = tmp_path / "node.toml"
+    config.write_text("[raft]\nsnapshot_every = 20\n")
+    first = tmp_path / "n1"
+    assert run_cli("cluster", "init", "--data-dir", str(first)).returncode == 0
+    secret = str(first / "cluster.secret")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    addresses: dict[str, str] = {}
+
+    async def start(name: str, join: str | None) -> None:
+        data = tmp_path / name
+        args = ["--data-dir", str(data), "--listen", addresses.get(name, "127.0.0.1:0")]
+        args += ["--config", str(config), "--log-file", str(data / "node.log")]
+        if name != "n1":
+            args += ["--secret-file", secret]
+        if join:
+            args += ["--join", join]
+        (data / "node.json").unlink(missing_ok=True)
+        procs[name] = spawn_node(*args)
+        with trio.fail_after(30):
+            while not (data / "node.json").exists():
+                await trio.sleep(0.05)
+        addresses[name] = json.loads((data / "node.json").read_text())["rpc_address"]
+
+    try:
+        await start("n1", None)
+        await start("n2", addresses["n1"])
+        await start("n3", addresses["n1"])
+        creds = read_secret_file(first / "cluster.secret")
+        async with open_rpc_pool(creds, connect_timeout=1) as pool:
+            for name in ("n2", "n3"):
+                node_id = (await status(pool, addresses[name])).node_id
+                change = ChangeMembership("add_voter", node_id, addresses[name])
+                await _retry(pool, [addresses["n1"]], change)
+            # n3 goes away; 120 writes make the leader snapshot and compact several times.
+            procs["n3"].send_signal(signal.SIGTERM)
+            assert procs["n3"].wait(timeout=10) == 0
+            writer = Writer(pool, [addresses["n1"], addresses["n2"]])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.run)
+                await writer.wait_progress(120, deadline=60)
+                writer.stop = True
+            leader = await find_leader(pool, [addresses["n1"], addresses["n2"]])
+            await start("n3", None)
+            with trio.fail_after(30):
+                while True:
+                    st3 = await status(pool, addresses["n3"])
+                    if st3.applied >= leader.commit:
+                        break
+                    await trio.sleep(0.1)
+            assert (tmp_path / "n3" / "raft" / "snapshot").exists()
+            assert "installed a snapshot" in (tmp_path / "n3" / "node.log").read_text()
+            log_text = (tmp_path / "n1" / "node.log").read_text()
+            assert "snapshot at index" in log_text
+            for seq in (writer.acked[0], writer.acked[-1]):
+                assert await read(pool, addresses["n3"], f"k{seq}") == f"v{seq}"
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)

@@ -466,3 +466,18 @@ def test_entries_keep_their_identity_through_the_codec() -> None:
 
     entry = Entry(3, 9, "config", b"\x00\x01")
     assert decode_message(encode_message(entry)) == entry
+
+
+def test_pipeline_full_of_lost_appends_recovers_on_heartbeat() -> None:
+    """A follower down while the leader filled its whole pipeline: once it is
+    back, its heartbeat answer makes the leader probe and resend."""
+    net = Network(ABC, max_inflight=4)
+    a = net.elect("a")
+    net.propose("a", b"0")
+    net.drop = lambda m: m.to == "c" and isinstance(m, Append)
+    for i in range(10):
+        net.propose("a", b"%d" % (i + 1))
+    assert a.progress["c"].paused(4)  # four Appends in flight, all lost
+    net.drop = lambda m: False
+    net.tick(["a"], times=3)
+    assert net.applied["c"] == net.applied["a"]

@@ -219,6 +219,10 @@ class Consensus:
     def _apply(self, rd: Ready) -> None:
         if rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data)
+            meta = rd.snapshot.meta
+            log.info(
+                "installed a snapshot at index %d (term %d) from the leader", meta.index, meta.term
+            )
         for entry in rd.committed:
             result = b""
             if entry.kind == "normal":

@@ -520,6 +520,11 @@ class RaftNode:
         elif isinstance(m, HeartbeatResponse):
             if pr.state == "probe":
                 pr.probe_sent = False
+            elif pr.state == "replicate" and pr.paused(self.cfg.max_inflight):
+                # The follower is alive but none of the pipelined Appends were
+                # acknowledged: they were lost (it was down, or the network
+                # dropped them). Start again from what it is known to hold.
+                pr.become_probe()
             if pr.match < self.log.last_index:
                 self._send_append(m.frm)
             if m.context:

@@ -156,6 +156,7 @@ class Simulation:
         # Safety must not depend on the optional protections: explore without them too.
         self.pre_vote = self.rng.random() < 0.75
         self.check_quorum = self.rng.random() < 0.75
+        self.max_inflight = self.rng.choice([1, 2, 8, 64])
         self.ids = [f"n{i}" for i in range(1, n_nodes + 1)]
         self.conf = ConfState(tuple(self.ids))
         self.fault_ms = fault_ms
@@ -197,6 +198,7 @@ class Simulation:
             heartbeat_ticks=2,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
+            max_inflight=self.max_inflight,
         )
         raft = RaftNode(
             cfg,
