@@ -338,20 +338,29 @@ class Consensus:
         core = self._require_core()
         if core.role != Role.LEADER:
             return await self._forward(Propose(client, seq, op), timeout)
-        waiter = _Waiter()
         command = client_command(client, seq, op)
+        waiter = await self._append_and_wait(
+            lambda core: core.propose(command), timeout, "proposal"
+        )
+        return Proposed(waiter.index, waiter.result)
+
+    async def _append_and_wait(
+        self, append: Callable[[RaftNode], int], timeout: float | None, what: str
+    ) -> _Waiter:
+        """Run ``append`` in the loop (it returns a log index); wait until that entry applies."""
+        waiter = _Waiter()
 
         def do(core: RaftNode) -> None:
             try:
-                waiter.index = core.propose(command)
+                waiter.index = append(core)
                 waiter.term = core.term
                 self._waiters[waiter.index] = waiter
             except PrismError as exc:
                 waiter.finish(error=exc)
 
         self._submit(do)
-        await self._wait(waiter, timeout, "proposal")
-        return Proposed(waiter.index, waiter.result)
+        await self._wait(waiter, timeout, what)
+        return waiter
 
     async def query(self, op: bytes, timeout: float | None = None) -> QueryResult:
         """A linearizable read: ReadIndex, wait until applied, then ask the state machine."""
@@ -384,19 +393,10 @@ class Consensus:
             reply = await self._forward(change, timeout)
             assert isinstance(reply, MembershipChanged)
             return reply
-        waiter = _Waiter()
         conf_change = ConfChange(change.op, change.node, change.address)
-
-        def do(core: RaftNode) -> None:
-            try:
-                waiter.index = core.propose_conf_change(conf_change)
-                waiter.term = core.term
-                self._waiters[waiter.index] = waiter
-            except PrismError as exc:
-                waiter.finish(error=exc)
-
-        self._submit(do)
-        await self._wait(waiter, timeout, "membership change")
+        waiter = await self._append_and_wait(
+            lambda core: core.propose_conf_change(conf_change), timeout, "membership change"
+        )
         conf = self._require_core().conf
         log.info("membership change %s %s committed at %d", change.op, change.node, waiter.index)
         return MembershipChanged(waiter.index, conf.voters, conf.learners)
