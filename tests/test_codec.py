@@ -32,11 +32,12 @@ from prismfs.wire.frames import (
 FUZZ = settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
 SPLITS = settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 
+from prismfs.meta import commands as meta_commands  # noqa: E402,F401 - registers the meta family
 from prismfs.node import consensus_messages  # noqa: E402,F401 - registers the consensus family
 from prismfs.raft import messages as raft_messages  # noqa: E402,F401 - registers the raft family
 from prismfs.raft import state_machine  # noqa: E402,F401 - registers ClientCommand
 
-CORE_FAMILIES = ("handshake", "control", "node", "raft", "consensus")
+CORE_FAMILIES = ("handshake", "control", "node", "raft", "consensus", "meta")
 
 
 def _family(name: str) -> list[type[Message]]:

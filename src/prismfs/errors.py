@@ -229,6 +229,69 @@ class NoSpace(PrismError):
     errno = _errno.ENOSPC
 
 
+class NotEmpty(PrismError):
+    """The directory is not empty."""
+
+    code = "not_empty"
+    errno = _errno.ENOTEMPTY
+
+
+class IsADirectory(PrismError):
+    """The operation needs a non-directory, and this is a directory."""
+
+    code = "is_a_directory"
+    errno = _errno.EISDIR
+
+
+class NotADirectory(PrismError):
+    """A path component or the target is not a directory."""
+
+    code = "not_a_directory"
+    errno = _errno.ENOTDIR
+
+
+class NameTooLong(PrismError):
+    """A name is longer than 255 bytes."""
+
+    code = "name_too_long"
+    errno = _errno.ENAMETOOLONG
+
+
+class NotPermitted(PrismError):
+    """The operation is not permitted on this kind of object (EPERM)."""
+
+    code = "not_permitted"
+    errno = _errno.EPERM
+
+
+class TooManyLinks(PrismError):
+    """The inode already has the maximum number of links."""
+
+    code = "too_many_links"
+    errno = _errno.EMLINK
+
+
+class NoAttribute(PrismError):
+    """No such extended attribute."""
+
+    code = "no_attribute"
+    errno = _errno.ENODATA
+
+
+class OutOfRange(PrismError):
+    """An extended attribute name is too long, or a buffer too small (ERANGE)."""
+
+    code = "out_of_range"
+    errno = _errno.ERANGE
+
+
+class ValueTooLarge(PrismError):
+    """An extended attribute value is larger than allowed (E2BIG)."""
+
+    code = "value_too_large"
+    errno = _errno.E2BIG
+
+
 # --- consensus -----------------------------------------------------------------
 
 

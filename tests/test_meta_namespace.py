@@ -1,0 +1,206 @@
+"""The namespace state machine alone: errno rules beyond what the differential
+test reaches, attributes and times, xattrs, determinism, snapshots."""
+
+from __future__ import annotations
+
+import random
+import stat
+
+import pytest
+
+from prismfs.errors import registered_errors
+from prismfs.meta.commands import (
+    RENAME_EXCHANGE,
+    ROOT_INO,
+    XATTR_CREATE,
+    XATTR_REPLACE,
+    Attr,
+    MetaCommand,
+    MetaFailed,
+    MetaOk,
+    Mkdir,
+    Mknod,
+    RemoveXattr,
+    Rename,
+    SetAttr,
+    SetXattr,
+    Symlink,
+    Unlink,
+)
+from prismfs.meta.namespace import Namespace
+from prismfs.wire.codec import decode_message, encode_message
+
+
+class Driver:
+    def __init__(self, ns: Namespace | None = None) -> None:
+        self.ns = ns or Namespace()
+        self.index = 0
+
+    def run(self, command: MetaCommand) -> Attr | None:
+        self.index += 1
+        result = decode_message(self.ns.apply(self.index, encode_message(command)))
+        if isinstance(result, MetaFailed):
+            raise registered_errors()[result.code](result.message)
+        assert isinstance(result, MetaOk)
+        return result.attr
+
+    def errno_of(self, command: MetaCommand) -> int:
+        try:
+            self.run(command)
+        except Exception as exc:  # a PrismError rebuilt from the result
+            return int(exc.errno)  # type: ignore[attr-defined]
+        return 0
+
+
+@pytest.fixture
+def d() -> Driver:
+    return Driver()
+
+
+def test_root_exists_and_counts_subdirectories(d: Driver) -> None:
+    root = d.ns.getattr(ROOT_INO)
+    assert stat.S_ISDIR(root.mode) and root.nlink == 2
+    d.run(Mkdir(1, ROOT_INO, b"x", 0o755, 0, 0))
+    assert d.ns.getattr(ROOT_INO).nlink == 3
+
+
+@pytest.mark.parametrize(
+    ("name", "errno_name"),
+    [(b"x" * 256, "ENAMETOOLONG"), (b"a/b", "EINVAL"), (b".", "EINVAL"), (b"", "EINVAL")],
+)
+def test_bad_names(d: Driver, name: bytes, errno_name: str) -> None:
+    import errno
+
+    assert d.errno_of(Mknod(1, ROOT_INO, name, stat.S_IFREG | 0o644, 0, 0)) == getattr(
+        errno, errno_name
+    )
+    assert d.ns.readdir(ROOT_INO) == []  # nothing changed
+
+
+def test_times_come_from_the_command_and_move_on_changes(d: Driver) -> None:
+    attr = d.run(Mknod(100, ROOT_INO, b"f", stat.S_IFREG | 0o600, 5, 6))
+    assert attr is not None and (attr.mtime_ns, attr.ctime_ns, attr.uid, attr.gid) == (
+        100,
+        100,
+        5,
+        6,
+    )
+    assert d.ns.getattr(ROOT_INO).mtime_ns == 100
+    changed = d.run(SetAttr(200, attr.ino, mode=0o640, uid=7))
+    assert changed is not None and changed.ctime_ns == 200 and changed.mtime_ns == 100
+    assert stat.S_IMODE(changed.mode) == 0o640 and stat.S_ISREG(changed.mode) and changed.uid == 7
+    sized = d.run(SetAttr(300, attr.ino, size=4096))
+    assert sized is not None and sized.size == 4096 and sized.mtime_ns == 300
+
+
+def test_truncate_rules(d: Driver) -> None:
+    import errno
+
+    directory = d.run(Mkdir(1, ROOT_INO, b"d", 0o755, 0, 0))
+    link = d.run(Symlink(1, ROOT_INO, b"l", b"/x", 0, 0))
+    assert directory is not None and link is not None
+    assert d.errno_of(SetAttr(2, directory.ino, size=0)) == errno.EISDIR
+    assert d.errno_of(SetAttr(2, link.ino, size=0)) == errno.EINVAL
+    assert d.errno_of(SetAttr(2, 999, size=0)) == errno.ENOENT
+
+
+def test_exchange_needs_both_and_swaps(d: Driver) -> None:
+    import errno
+
+    a = d.run(Mknod(1, ROOT_INO, b"a", stat.S_IFREG | 0o644, 0, 0))
+    assert d.errno_of(Rename(2, ROOT_INO, b"a", ROOT_INO, b"b", RENAME_EXCHANGE)) == errno.ENOENT
+    b = d.run(Mkdir(3, ROOT_INO, b"b", 0o755, 0, 0))
+    d.run(Rename(4, ROOT_INO, b"a", ROOT_INO, b"b", RENAME_EXCHANGE))
+    assert a is not None and b is not None
+    assert d.ns.lookup(ROOT_INO, b"a").ino == b.ino and d.ns.lookup(ROOT_INO, b"b").ino == a.ino
+
+
+def test_xattr_flags_and_limits(d: Driver) -> None:
+    import errno
+
+    f = d.run(Mknod(1, ROOT_INO, b"f", stat.S_IFREG | 0o644, 0, 0))
+    assert f is not None
+    assert d.errno_of(SetXattr(2, f.ino, b"user.a", b"1", XATTR_REPLACE)) == errno.ENODATA
+    d.run(SetXattr(3, f.ino, b"user.a", b"1", XATTR_CREATE))
+    assert d.errno_of(SetXattr(4, f.ino, b"user.a", b"2", XATTR_CREATE)) == errno.EEXIST
+    d.run(SetXattr(5, f.ino, b"user.a", b"2", XATTR_REPLACE))
+    assert d.ns.getxattr(f.ino, b"user.a") == b"2"
+    assert d.errno_of(SetXattr(6, f.ino, b"user.big", b"x" * 70_000)) == errno.E2BIG
+    assert d.errno_of(SetXattr(6, f.ino, b"n" * 256, b"")) == errno.ERANGE
+    assert d.ns.listxattr(f.ino) == [b"user.a"]
+    d.run(RemoveXattr(7, f.ino, b"user.a"))
+    assert d.errno_of(RemoveXattr(8, f.ino, b"user.a")) == errno.ENODATA
+    assert d.ns.getattr(f.ino).ctime_ns == 7
+
+
+def test_failed_command_changes_nothing_but_the_applied_index(d: Driver) -> None:
+    d.run(Mkdir(1, ROOT_INO, b"d", 0o755, 0, 0))
+    before = d.ns.digest()
+    assert d.errno_of(Unlink(2, ROOT_INO, b"d")) != 0
+    assert d.ns.applied == 2
+    d.ns._set_applied(1)  # compare the trees only
+    assert d.ns.digest() == before
+
+
+def _random_workload(seed: int, steps: int) -> list[MetaCommand]:
+    rng = random.Random(seed)
+    commands: list[MetaCommand] = []
+    for t in range(steps):
+        name = rng.choice([b"a", b"b", b"c", b"d"])
+        parent = rng.choice([ROOT_INO, 2, 3, 4])
+        kind = rng.random()
+        if kind < 0.3:
+            commands.append(Mkdir(t, parent, name, 0o755, 0, 0))
+        elif kind < 0.6:
+            commands.append(Mknod(t, parent, name, stat.S_IFREG | 0o644, 0, 0))
+        elif kind < 0.8:
+            commands.append(
+                Rename(t, parent, name, rng.choice([ROOT_INO, 2, 3]), rng.choice([b"a", b"e"]))
+            )
+        else:
+            commands.append(Unlink(t, parent, name))
+    return commands
+
+
+def test_replicas_applying_the_same_log_have_the_same_digest() -> None:
+    workload = _random_workload(7, 400)
+    one, two = Driver(), Driver()
+    for command in workload:
+        one.errno_of(command)
+        two.errno_of(command)
+    assert one.ns.digest() == two.ns.digest()
+    three = Driver()
+    for command in workload[:-1]:
+        three.errno_of(command)
+    assert three.ns.digest() != one.ns.digest() or one.ns.applied != three.ns.applied
+
+
+def test_snapshot_restore_gives_the_same_digest(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    source = Driver()
+    for command in _random_workload(11, 300):
+        source.errno_of(command)
+    image = source.ns.snapshot()
+    target = Driver(Namespace(str(tmp_path / "meta.db")))
+    target.errno_of(Mkdir(1, ROOT_INO, b"junk", 0o755, 0, 0))  # replaced entirely by the restore
+    target.ns.restore(image)
+    assert target.ns.digest() == source.ns.digest()
+    assert target.ns.applied == source.ns.applied
+    # And it keeps applying the following log entries like the source.
+    target.index = source.index
+    more = _random_workload(12, 50)
+    for command in more:
+        source.errno_of(command)
+        target.errno_of(command)
+    assert target.ns.digest() == source.ns.digest()
+
+
+def test_reopened_database_resumes_at_its_applied_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "meta.db")
+    first = Driver(Namespace(path))
+    workload = _random_workload(5, 100)
+    for command in workload:
+        first.errno_of(command)
+    digest, applied = first.ns.digest(), first.ns.applied
+    first.ns.db.close()
+    again = Namespace(path)
+    assert again.applied == applied and again.digest() == digest
