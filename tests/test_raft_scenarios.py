@@ -481,3 +481,20 @@ def test_pipeline_full_of_lost_appends_recovers_on_heartbeat() -> None:
     net.drop = lambda m: False
     net.tick(["a"], times=3)
     assert net.applied["c"] == net.applied["a"]
+
+
+def test_leader_that_removed_itself_and_stepped_down_does_not_deadlock_the_group() -> None:
+    """Found by review: two voters, the leader appends its own removal, loses
+    leadership before it commits; the old voter may still campaign, so the
+    group elects a leader again."""
+    net = Network(("a", "b"))
+    a = net.elect("a")
+    net.propose("a", b"x")
+    net.isolate("b")
+    a.propose_conf_change(ConfChange("remove", "a"))
+    net.stabilize()
+    net.tick(["a"], times=2 * a.cfg.election_ticks + 1)  # CheckQuorum: a steps down
+    assert a.role == Role.FOLLOWER
+    net.heal()
+    net.tick(times=300)
+    assert net.leader() is not None

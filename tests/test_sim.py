@@ -17,6 +17,7 @@ from prismfs.sim.simulator import Simulation, Violation, run_seed
 SEEDS_PER_SIZE = 150
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("nodes", [1, 3, 5])
 def test_many_seeds_keep_every_invariant(nodes: int) -> None:
     seen: collections.Counter[str] = collections.Counter()

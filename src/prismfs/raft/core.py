@@ -162,7 +162,9 @@ class RaftNode:
         base = snapshot.meta if snapshot else SnapshotMeta(0, 0, conf)
         self.log = RaftLog(base.index, base.term, entries)
         self._snapshot = snapshot
-        self.commit = max(hs.commit, base.index)
+        # A commit index beyond the log would claim entries this node does not
+        # hold; never trust it past what is on disk.
+        self.commit = min(max(hs.commit, base.index), max(base.index, self.log.last_index))
         self.applied = base.index
         if self.log.last_term > self.term:
             # A crash between writing entries and the hard state: the log shows
@@ -208,7 +210,12 @@ class RaftNode:
 
     @property
     def promotable(self) -> bool:
-        return self.id in self.conf.voters
+        # A voter of the last *committed* membership may still campaign even if
+        # an uncommitted entry removes it: otherwise a leader that removed
+        # itself and then lost leadership before that entry committed could
+        # leave the rest unable to elect anyone (the old membership still
+        # needs its vote). Its own vote counts only where it is a voter.
+        return self.id in self.conf.voters or self.id in self.conf_at(self.commit).voters
 
     def _committed_in_term(self) -> bool:
         return self.log.term(self.commit) == self.term
@@ -542,7 +549,8 @@ class RaftNode:
 
     def _handle_append(self, m: Append) -> None:
         if m.prev_index < self.commit:
-            self._send(AppendResponse(self.id, m.frm, self.term, index=self.commit))
+            answer = min(self.commit, self.log.last_index)
+            self._send(AppendResponse(self.id, m.frm, self.term, index=answer))
             return
         changed = self.log.maybe_append(m.prev_index, m.prev_term, m.entries)
         if changed is None:
@@ -810,7 +818,7 @@ class RaftNode:
                     self._conf_history.append((entry.index, conf))
 
     def _sync_progress(self) -> None:
-        members = set(self.conf.members()) - {self.id}
+        members = sorted(set(self.conf.members()) - {self.id})  # sorted: deterministic order
         for peer in list(self.progress):
             if peer not in members:
                 del self.progress[peer]

@@ -289,7 +289,10 @@ class Simulation:
         if entries:
             first = entries[0].index
             disk.entries = [e for e in disk.entries if e.index < first] + entries
-        if rd.hard_state is not None and not (torn and self.rng.random() < 0.5):
+        # The driver writes (and fsyncs) the entries before the hard state, so
+        # a crash leaves the new hard state only if every entry made it.
+        complete = len(entries) == len(rd.entries)
+        if rd.hard_state is not None and complete and not (torn and self.rng.random() < 0.5):
             disk.hard_state = rd.hard_state
         self._record("persist", node.id, len(entries), torn)
 
