@@ -157,3 +157,107 @@ def test_commit_only_changes_do_not_rewrite_the_hard_state(
     dl.close()
     _, rec = reopen(tmp_path)
     assert (rec.hard_state.term, rec.hard_state.vote) == (3, "")
+
+
+def test_crash_between_installed_snapshot_and_dropping_the_old_log(
+    tmp_path: Path, logs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot file is saved, then the process dies before the old
+    segments are deleted: the next open must not continue the old log."""
+    logs.allow("discarding log")
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 8, term=1)))  # a diverged log from an old term
+
+    def crash(index: int) -> None:
+        raise SystemExit("power cut")
+
+    monkeypatch.setattr(dl, "_drop_from", crash)
+    snap = Snapshot(SnapshotMeta(5, 3, ConfState(("a", "b"))), b"leader state")
+    with pytest.raises(SystemExit):
+        dl.save(Ready(snapshot=snap, hard_state=HardState(3, "", 5)))
+    dl.close()
+    dl, rec = reopen(tmp_path)
+    assert rec.snapshot == snap
+    assert rec.entries == []  # entries 1..8 of term 1 contradict the snapshot at 5 (term 3)
+    assert list(tmp_path.glob("seg-*.log")) == []
+    assert logs.matching("discarding log")
+    dl.save(Ready(entries=entries(6, 7, term=3)))
+    dl.close()
+    _, rec = reopen(tmp_path)
+    assert [(e.index, e.term) for e in rec.entries] == [(6, 3), (7, 3)]
+
+
+def test_own_snapshot_keeps_the_entries_after_it(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 8, term=2)))
+    dl.save_snapshot(Snapshot(SnapshotMeta(5, 2, ConfState(("a",))), b"mine"))
+    dl.close()  # crash before compaction: harmless
+    _, rec = reopen(tmp_path)
+    assert [e.index for e in rec.entries] == [6, 7, 8]
+
+
+def _record_offsets(segment: Path) -> list[int]:
+    data = segment.read_bytes()
+    offsets, pos = [], 0
+    while pos < len(data):
+        offsets.append(pos)
+        pos += 4 + int.from_bytes(data[pos : pos + 4], "big") + 8
+    return offsets
+
+
+def test_corrupt_record_followed_by_intact_ones_refuses_to_start(tmp_path: Path) -> None:
+    """A flipped bit in an acknowledged record mid-segment is not a torn tail:
+    truncating there would silently drop the acknowledged entries after it."""
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 3)))
+    dl.save(Ready(entries=entries(4, 6)))
+    dl.close()
+    (segment,) = tmp_path.glob("seg-*.log")
+    data = bytearray(segment.read_bytes())
+    data[_record_offsets(segment)[2] + 9] ^= 0x04
+    segment.write_bytes(bytes(data))
+    with pytest.raises(LogCorrupt, match="intact records after it"):
+        reopen(tmp_path)
+    assert segment.read_bytes() == bytes(data)  # nothing was cut
+
+
+def test_torn_batch_with_unwritten_sector_is_truncated(tmp_path: Path, logs) -> None:
+    """A crash mid-batch can leave a zero-filled sector inside a record while
+    later pages of the same (never acknowledged) batch did reach the disk."""
+    logs.allow("truncating torn tail")
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 2, size=100)))
+    dl.save(Ready(entries=entries(3, 6, size=1500)))
+    dl.close()
+    (segment,) = tmp_path.glob("seg-*.log")
+    data = bytearray(segment.read_bytes())
+    third = _record_offsets(segment)[2]
+    sector = -(-third // 512) * 512 + 512
+    data[sector : sector + 512] = bytes(512)
+    segment.write_bytes(bytes(data))
+    _, rec = reopen(tmp_path)
+    assert rec.entries == entries(1, 2, size=100)
+
+
+def test_intact_record_with_wrong_index_refuses_to_start(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 3)))
+    dl.close()
+    (segment,) = tmp_path.glob("seg-*.log")
+    segment.rename(tmp_path / f"seg-{2:020d}.log")  # its records start at 1, not 2
+    with pytest.raises(LogCorrupt, match="expected 2"):
+        reopen(tmp_path)
+
+
+def test_short_writes_are_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prismfs import durable
+
+    real = os.write
+    monkeypatch.setattr(durable.os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(hard_state=HardState(2, "a", 0), entries=entries(1, 20, size=33)))
+    dl.close()
+    monkeypatch.undo()
+    _, rec = reopen(tmp_path)
+    assert rec.entries == entries(1, 20, size=33)
+    assert rec.hard_state.term == 2

@@ -22,9 +22,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
             os.fchmod(fd, mode)  # O_CREAT's mode is filtered by umask, ignored if tmp existed
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]  # a short write (ENOSPC soon) is continued
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -34,7 +32,19 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.unlink(tmp)
         cls = NoSpace if exc.errno == errno.ENOSPC else StorageError
         raise cls(f"cannot write {path}: {exc.strerror or exc}") from None
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """``write`` until everything is written: a short write (ENOSPC soon) is continued."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a create, rename or unlink inside ``directory`` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -23,10 +23,13 @@ Group commit: `save` writes every entry of one `Ready` with one ``write`` per
 segment and one ``fsync``, then the hard state, so a batch of proposals costs
 one disk flush.
 
-Recovery (`open`): every record is length- and checksum-verified. A bad or
-incomplete record at the tail of the *last* segment is a torn write from a
-crash: the file is truncated there and the event logged. A bad record
-anywhere else is corruption of acknowledged data and refuses to start.
+Recovery (`open`): every record is length- and checksum-verified and must
+hold the next index. A bad or incomplete record in the *last* segment with
+no intact later record after it (or with a zero-filled sector before the
+next one) is a torn write from a crash: the file is truncated there and the
+event logged. A bad record anywhere else, or a checksummed record with the
+wrong index, is corruption of acknowledged data and refuses to start.
+Segments left behind by a crash during a snapshot install are deleted.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 
 import xxhash
 
-from prismfs.durable import write_atomic
+from prismfs.durable import fsync_dir, write_all, write_atomic
 from prismfs.errors import LogCorrupt, ProtocolError
 from prismfs.raft.core import Ready, Snapshot
 from prismfs.raft.messages import Entry, HardState, SnapshotMeta
@@ -51,6 +54,9 @@ log = logging.getLogger("prismfs.raft.log")
 _LEN = struct.Struct(">I")
 _SUM = struct.Struct(">Q")
 MAX_RECORD = 256 * 1024 * 1024
+# Every record body starts with these bytes (the msgpack map header and tag of
+# an Entry); recovery looks for them to find intact records after a bad one.
+_ENTRY_PREFIX = encode_message(Entry(0, 0, "normal", b""))[:14]
 
 
 def _record(entry: Entry) -> bytes:
@@ -98,38 +104,106 @@ class DurableLog:
         truncated = 0
         paths = sorted(self.dir.glob("seg-*.log"))
         for n, path in enumerate(paths):
-            first = int(path.stem.split("-")[1])
-            segment = _Segment(path, first)
-            data = path.read_bytes()
-            pos = 0
-            while pos < len(data):
-                entry = self._parse(data, pos)
-                if entry is None or entry.index != first + len(segment.offsets):
-                    if n != len(paths) - 1:
-                        raise LogCorrupt(f"corrupt record at byte {pos} of {path}")
-                    truncated = len(data) - pos
-                    log.warning(
-                        "truncating torn tail of %s: %d bytes after byte %d", path, truncated, pos
-                    )
-                    with open(path, "r+b") as f:
-                        f.truncate(pos)
-                        os.fsync(f.fileno())
-                    break
-                segment.offsets.append(pos)
-                entries.append(entry)
-                pos += _LEN.size + _LEN.unpack_from(data, pos)[0] + _SUM.size
-            segment.size = pos
+            segment, loaded, cut = self._load_segment(path, is_last=n == len(paths) - 1)
             self._segments.append(segment)
-        base = snapshot.meta.index if snapshot else 0
-        entries = [e for e in entries if e.index > base]
+            entries += loaded
+            truncated += cut
         for a, b in itertools.pairwise(entries):
             if b.index != a.index + 1:
                 raise LogCorrupt(f"log has a gap between {a.index} and {b.index}")
+        if snapshot is not None:
+            entries = self._reconcile_with_snapshot(snapshot.meta, entries)
+        base = snapshot.meta.index if snapshot else 0
         if entries and entries[0].index != base + 1:
             raise LogCorrupt(f"log starts at {entries[0].index}, snapshot ends at {base}")
         if self._segments:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
         return Recovered(hard_state, snapshot, entries, truncated)
+
+    def _load_segment(self, path: Path, *, is_last: bool) -> tuple[_Segment, list[Entry], int]:
+        """Parse one segment; a torn tail of the last one is cut off (bytes cut returned)."""
+        segment = _Segment(path, int(path.stem.split("-")[1]))
+        entries: list[Entry] = []
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            expect = segment.first + len(segment.offsets)
+            entry = self._parse(data, pos)
+            if entry is None:
+                if not (is_last and self._is_torn(data, pos, expect)):
+                    raise LogCorrupt(
+                        f"corrupt record at byte {pos} of {path} (index {expect}) "
+                        "with intact records after it"
+                        if is_last
+                        else f"corrupt record at byte {pos} of {path} (index {expect})"
+                    )
+                cut = len(data) - pos
+                log.warning("truncating torn tail of %s: %d bytes after byte %d", path, cut, pos)
+                with open(path, "r+b") as f:
+                    f.truncate(pos)
+                    os.fsync(f.fileno())
+                segment.size = pos
+                return segment, entries, cut
+            if entry.index != expect:
+                # A checksummed record in the wrong place is not a torn write.
+                raise LogCorrupt(
+                    f"record at byte {pos} of {path} holds index {entry.index}, expected {expect}"
+                )
+            segment.offsets.append(pos)
+            entries.append(entry)
+            pos += _LEN.size + _LEN.unpack_from(data, pos)[0] + _SUM.size
+        segment.size = pos
+        return segment, entries, 0
+
+    def _is_torn(self, data: bytes, pos: int, expect: int) -> bool:
+        """Is the bad record at ``pos`` a write cut short by a crash?
+
+        One batch is one ``write`` and one ``fsync``: a crash tears at most
+        the batch being written, which nobody was told about. So the bad
+        record is torn if no intact record of a later index follows it, or
+        if a whole 512-byte sector before the next intact record reads as
+        zeros (a block the file system allocated but the crash left
+        unwritten). An intact later record after a damaged one with no such
+        hole is corruption of acknowledged data: refuse to start.
+        """
+        q = data.find(_ENTRY_PREFIX, pos + 1)
+        while q != -1:
+            start = q - _LEN.size
+            entry = self._parse(data, start) if start > pos else None
+            if entry is not None and entry.index >= expect:
+                first_sector = -(-pos // 512) * 512
+                return any(
+                    not any(data[s : s + 512]) for s in range(first_sector, start - 511, 512)
+                )
+            q = data.find(_ENTRY_PREFIX, q + 1)
+        return True
+
+    def _reconcile_with_snapshot(self, meta: SnapshotMeta, entries: list[Entry]) -> list[Entry]:
+        """Drop log entries a snapshot covers, and the whole log if it contradicts it.
+
+        A snapshot the node took itself ends at an entry its log holds, with
+        the same term: the entries after it stay. A snapshot installed from
+        the leader replaces a log that does not hold that entry; a crash
+        after saving it but before the old segments were deleted leaves them
+        behind, and they are deleted now (none of them can be committed: log
+        matching fails at the snapshot's index).
+        """
+        at = meta.index - entries[0].index if entries else -1
+        if 0 <= at < len(entries) and entries[at].term == meta.term:
+            kept = entries[at + 1 :]
+            return kept
+        if entries and entries[0].index > meta.index:
+            return entries  # the log already starts after the snapshot
+        if entries:
+            log.warning(
+                "discarding log %d..%d left over from before installed snapshot at %d (term %d)",
+                entries[0].index,
+                entries[-1].index,
+                meta.index,
+                meta.term,
+            )
+        self._drop_from(0)
+        return []
 
     def _parse(self, data: bytes, pos: int) -> Entry | None:
         if pos + _LEN.size > len(data):
@@ -208,7 +282,7 @@ class DurableLog:
         if not pending:
             return
         assert self._fd is not None
-        os.write(self._fd, pending)
+        write_all(self._fd, pending)
         os.fsync(self._fd)
         self._segments[-1].size += len(pending)
 
@@ -217,21 +291,21 @@ class DurableLog:
             os.close(self._fd)
         path = self.dir / f"seg-{first:020d}.log"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.dir)
         self._segments.append(_Segment(path, first))
 
     def _drop_from(self, index: int) -> None:
         """Remove every record with index >= ``index`` (conflict truncation)."""
+        unlinked = False
         while self._segments and self._segments[-1].first >= index:
             segment = self._segments.pop()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
             segment.path.unlink()
+            unlinked = True
+        if unlinked:
+            fsync_dir(self.dir)
         if not self._segments:
             return
         segment = self._segments[-1]
@@ -247,8 +321,12 @@ class DurableLog:
 
     def compact(self, index: int) -> None:
         """Delete whole segments that hold only entries <= ``index``."""
+        unlinked = False
         while len(self._segments) > 1 and self._segments[1].first <= index + 1:
             self._segments.pop(0).path.unlink()
+            unlinked = True
+        if unlinked:
+            fsync_dir(self.dir)
 
     def close(self) -> None:
         if self._fd is not None:
