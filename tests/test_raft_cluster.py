@@ -331,3 +331,36 @@ async def test_lagging_follower_catches_up_through_a_snapshot(tmp_path: Path) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+async def test_forwarded_proposal_gives_up_on_a_replaced_leader(cluster: Cluster) -> None:
+    """A follower forwards a proposal to a leader that then freezes (SIGSTOP:
+    the connection stays open, no answer ever comes). Once the others elect a
+    new leader, the follower abandons the forward with NotLeader naming the
+    new leader (or none yet), instead of holding the caller for the whole
+    call timeout."""
+    from prismfs.errors import NotLeader
+
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with open_rpc_pool(cluster.creds, connect_timeout=1) as pool:
+        leader = await find_leader(pool, addresses)
+        follower = next(a for a in addresses if a != leader.leader_address)
+        frozen = next(n for n in nodes if n["id"] == leader.node_id)
+        put = msgspec.msgpack.encode(["put", "a", "1"])
+        await pool.call(follower, Propose("c1", 1, put), timeout=10)  # forwarding works
+        os.kill(int(frozen["pid"]), signal.SIGSTOP)  # type: ignore[call-overload]
+        try:
+            # The call timeout is 10 s (node default); the election takes about 1 s.
+            with pytest.raises(NotLeader, match="was replaced") as caught:
+                await pool.call(follower, Propose("c1", 2, put), timeout=30)
+            # The hint is the new leader, or none while the election still runs.
+            assert caught.value.details.get("leader") != leader.node_id
+            new_leader = await find_leader(
+                pool, [a for a in addresses if a != frozen["rpc_address"]]
+            )
+            assert new_leader.node_id != leader.node_id
+            reply = (await pool.call(follower, Propose("c1", 2, put), timeout=10)).message
+            assert isinstance(reply, Proposed)  # the retry goes to the new leader
+        finally:
+            os.kill(int(frozen["pid"]), signal.SIGCONT)  # type: ignore[call-overload]

@@ -5,16 +5,19 @@ that the harness catches planted bugs."""
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from prismfs.raft import state_machine
+from prismfs.raft import core, state_machine
 from prismfs.raft.core import RaftNode
 from prismfs.sim.__main__ import main as sim_main
 from prismfs.sim.simulator import Simulation, Violation, run_seed
 
-SEEDS_PER_SIZE = 150
+SEEDS_PER_SIZE = 300
 
 
 @pytest.mark.timeout(600)
@@ -34,9 +37,16 @@ def test_many_seeds_keep_every_invariant(nodes: int) -> None:
         seen["no_check_quorum"] += not sim.check_quorum
         seen["no_pre_vote"] += not sim.pre_vote
         seen["deduplicated"] += sum(n.sm.duplicates for n in sim.nodes.values()) > 0
+        seen["membership"] += sim.conf_changes > 0
+        seen["transfer"] += sim.delivered["TimeoutNow"] > 0
+        seen["snapshot"] += sim.delivered["InstallSnapshot"] > 0
+        seen["snapshot_chunks"] += sim.delivered["InstallSnapshot chunk > 0"] > 0
     # Every kind of fault was exercised by a good share of the seeds.
-    for kind in ("crash", "torn", "drop", "duplicate", "partition", "no_check_quorum"):
-        assert seen[kind] >= SEEDS_PER_SIZE // 10, (kind, seen)
+    kinds = ["crash", "torn", "drop", "duplicate", "partition", "membership"]
+    if nodes > 1:
+        kinds += ["no_check_quorum", "transfer", "snapshot", "snapshot_chunks"]
+    for kind in kinds:
+        assert seen[kind] >= SEEDS_PER_SIZE // 20, (kind, seen)
 
 
 @pytest.mark.parametrize(("seed", "nodes"), [(3, 3), (11, 5), (42, 1)])
@@ -46,6 +56,23 @@ def test_same_seed_same_trace(seed: int, nodes: int) -> None:
     assert first.trace_hash == second.trace_hash
     assert first.digest == second.digest
     assert run_seed(seed + 1, nodes).trace_hash != first.trace_hash
+
+
+def test_trace_does_not_depend_on_hash_seed() -> None:
+    """Set and dict iteration must not leak into the schedule: the same seed
+    under different PYTHONHASHSEEDs gives the same trace."""
+    traces = set()
+    for hash_seed in ("1", "2", "3"):
+        out = subprocess.run(
+            [sys.executable, "-m", "prismfs.sim", "--seed", "23", "--nodes", "5"],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        traces.add(out.split("trace ")[1].split()[0])
+    assert len(traces) == 1, traces
 
 
 def _regressions() -> list[tuple[int, int]]:
@@ -79,6 +106,16 @@ def test_harness_catches_lost_exactly_once(monkeypatch: pytest.MonkeyPatch) -> N
         except Violation:
             caught += 1
     assert caught > 0
+
+
+def test_harness_catches_learners_counted_for_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a membership bug (a learner's copy counts towards commitment):
+    the simulator must find a committed entry that a later leader lacks."""
+    real = core.committed_index
+    monkeypatch.setattr(core, "committed_index", lambda voters, match: real(tuple(match), match))
+    with pytest.raises(Violation, match="leader completeness"):
+        for seed in range(120):
+            Simulation(seed, (1, 3, 5)[seed % 3], membership=True).run()
 
 
 def test_harness_catches_reads_without_quorum(monkeypatch: pytest.MonkeyPatch) -> None:

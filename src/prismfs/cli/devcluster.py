@@ -36,6 +36,7 @@ from prismfs.errors import ConfigError, DataDirLocked, InvalidArgument, PrismErr
 from prismfs.node import datadir
 from prismfs.node.consensus_messages import ChangeMembership, RaftStatus, RaftStatusReply
 from prismfs.procs import process_alive
+from prismfs.retry import retry_until
 from prismfs.wire.auth import SECRET_FILE_NAME, read_secret_file
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.messages import Ping, Pong
@@ -212,32 +213,32 @@ def _up(directory: Path, n_nodes: int, say: Say) -> DevCluster:
 
 async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[bytes]]) -> None:
     creds = read_secret_file(cluster.secret_file)
-    deadline = trio.current_time() + READY_TIMEOUT
     async with open_rpc_pool(
         creds, connect_timeout=2, call_timeout=2, client_name="dev-up"
     ) as pool:
         for node in cluster.nodes:
-            while True:
+
+            def still_running(node: DevNode = node) -> None:
                 proc = procs.get(node.name)
                 if proc is not None and proc.poll() is not None:
                     raise Unavailable(
                         f"{node.name} exited with status {proc.returncode} during start-up; "
                         f"its log ({node.log_file}) ends with:\n{_tail(node.log_file)}"
                     )
-                try:
-                    reply = (await pool.call(node.rpc_address, Ping())).message
-                    assert isinstance(reply, Pong)
-                    node.node_id = reply.node_id
-                    break
-                except PrismError as exc:
-                    if not exc.transient:
-                        raise
-                    if trio.current_time() > deadline:
-                        raise Unavailable(
-                            f"{node.name} did not answer on {node.rpc_address} within "
-                            f"{READY_TIMEOUT:g}s; see {node.log_file}"
-                        ) from None
-                    await trio.sleep(0.1)
+
+            async def answers(node: DevNode = node) -> bool:
+                reply = (await pool.call(node.rpc_address, Ping())).message
+                assert isinstance(reply, Pong)
+                node.node_id = reply.node_id
+                return True
+
+            await retry_until(
+                answers,
+                timeout=READY_TIMEOUT,
+                before=still_running,
+                giving_up=f"{node.name} did not answer on {node.rpc_address} within "
+                f"{READY_TIMEOUT:g}s; see {node.log_file}",
+            )
 
 
 MAX_VOTERS = 5
@@ -247,30 +248,26 @@ async def _form_voters(cluster: DevCluster) -> None:
     """Promote the joined learners to voters (up to five), one change at a time."""
     creds = read_secret_file(cluster.secret_file)
     seed = cluster.nodes[0].rpc_address
-    deadline = trio.current_time() + READY_TIMEOUT
     async with open_rpc_pool(
         creds, connect_timeout=2, call_timeout=10, client_name="dev-up"
     ) as pool:
         for node in cluster.nodes[1:MAX_VOTERS]:
-            while True:
-                try:
-                    status = (await pool.call(seed, RaftStatus())).message
-                    assert isinstance(status, RaftStatusReply)
-                    if node.node_id in status.voters:
-                        break
-                    if node.node_id in status.learners:
-                        change = ChangeMembership("add_voter", node.node_id, node.rpc_address)
-                        await pool.call(seed, change)
-                        continue
-                except PrismError as exc:
-                    if not exc.transient:
-                        raise
-                if trio.current_time() > deadline:
-                    raise Unavailable(
-                        f"{node.name} did not become a voter within {READY_TIMEOUT:g}s; "
-                        f"see {node.log_file}"
-                    )
-                await trio.sleep(0.1)
+
+            async def is_voter(node: DevNode = node) -> bool:
+                status = (await pool.call(seed, RaftStatus())).message
+                assert isinstance(status, RaftStatusReply)
+                if node.node_id in status.learners:
+                    change = ChangeMembership("add_voter", node.node_id, node.rpc_address)
+                    await pool.call(seed, change)
+                    return False  # confirm through the status on the next round
+                return node.node_id in status.voters
+
+            await retry_until(
+                is_voter,
+                timeout=READY_TIMEOUT,
+                giving_up=f"{node.name} did not become a voter within {READY_TIMEOUT:g}s; "
+                f"see {node.log_file}",
+            )
 
 
 def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple[DevNode, str]]:

@@ -123,6 +123,8 @@ class Consensus:
         self._nursery: trio.Nursery | None = None
         self._applied_event = trio.Event()
         self._was_leader = False
+        self._known_leader = ""
+        self._forwarding: set[trio.CancelScope] = set()  # cancelled when the leader changes
         self._learned_addresses: dict[str, str] = {}
 
     # --- start ---------------------------------------------------------------
@@ -214,6 +216,10 @@ class Consensus:
                 if rd.role != Role.LEADER and self._was_leader:
                     self._lost_leadership()
                 self._was_leader = rd.role == Role.LEADER
+                if core.leader != self._known_leader:
+                    self._known_leader = core.leader
+                    for scope in self._forwarding:
+                        scope.cancel()
                 await self._maybe_snapshot(core)
 
     def _apply(self, rd: Ready) -> None:
@@ -446,7 +452,22 @@ class Consensus:
         address = self._address_of(leader) if leader else ""
         if not address or leader == self.node_id:
             raise NotLeader("no leader is known yet; retry shortly", leader=None)
-        reply = await self.pool.call(address, request, timeout=timeout or self.cfg.call_timeout)
+        # If this node learns of another leader meanwhile (the old one crashed
+        # or was cut off), stop waiting for it: the caller retries at once and
+        # exactly-once makes a retry of a proposal that did apply harmless.
+        with trio.CancelScope() as scope:
+            self._forwarding.add(scope)
+            try:
+                reply = await self.pool.call(
+                    address, request, timeout=timeout or self.cfg.call_timeout
+                )
+            finally:
+                self._forwarding.discard(scope)
+        if scope.cancelled_caught:
+            raise NotLeader(
+                f"leader {leader} was replaced while the request was forwarded; retry",
+                leader=self._known_leader or None,
+            )
         return reply.message  # type: ignore[return-value]
 
     def _require_core(self) -> RaftNode:

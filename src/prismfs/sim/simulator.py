@@ -12,6 +12,13 @@ middle of that: a random prefix of the entries reaches the disk (a torn
 tail), the hard state may not, and no message of that Ready is sent, which
 is precisely what a power cut before fsync allows.
 
+In about half the runs the membership changes while the faults run: a
+spare node is added as a learner, promoted, voters (the leader too) and
+learners are removed and re-added, one change at a time. Every run also asks
+the leader to hand over leadership now and then, and snapshots go out in
+chunks as small as 48 bytes, so InstallSnapshot takes many rounds that the
+faults can interrupt.
+
 Clients issue put/append/get on a few keys. Writes go through the log as
 `ClientCommand`s (exactly-once by client id and sequence); reads use
 ReadIndex. A client that times out retries the same operation, possibly at
@@ -23,11 +30,17 @@ entry identical on every node at its index (log matching and state machine
 safety), a new leader holds every committed entry (leader completeness),
 commit and apply never go backwards within a node's life. After the fault
 phase the network heals, dead nodes restart, and the run must finish every
-client operation and converge all replicas to the same state digest.
+client operation and converge all members of the last committed membership
+to the same state digest (removed nodes are left behind).
+
+The disk is a model (entries, hard state, snapshot), not `DurableLog`: the
+file format and its recovery are tested on a real file system in
+``tests/test_raft_durable_log.py``; here only what a crash can leave matters.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import math
 import random
@@ -43,7 +56,14 @@ from prismfs.check.models import UNKNOWN, KVModel, Operation
 from prismfs.errors import PrismError
 from prismfs.node.kv_state import KVStore, encode_op
 from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role, Snapshot
-from prismfs.raft.messages import ConfState, Entry, HardState, RaftMessage
+from prismfs.raft.messages import (
+    ConfChange,
+    ConfState,
+    Entry,
+    HardState,
+    InstallSnapshot,
+    RaftMessage,
+)
 from prismfs.raft.state_machine import ClientCommand, ExactlyOnce, client_command
 from prismfs.wire.codec import decode_message
 
@@ -123,6 +143,7 @@ class SimClient:
     call_time: float = 0.0
     target: str = ""
     deadline: int = 0
+    good: str = ""  # the node that completed this client's last operation
 
 
 @dataclass
@@ -149,6 +170,7 @@ class Simulation:
         fault_ms: int = 6000,
         snapshot_every: int = 40,
         think_ms: int = 200,
+        membership: bool | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -157,8 +179,19 @@ class Simulation:
         self.pre_vote = self.rng.random() < 0.75
         self.check_quorum = self.rng.random() < 0.75
         self.max_inflight = self.rng.choice([1, 2, 8, 64])
-        self.ids = [f"n{i}" for i in range(1, n_nodes + 1)]
-        self.conf = ConfState(tuple(self.ids))
+        # Small chunks make every snapshot transfer take many InstallSnapshot rounds.
+        self.snapshot_chunk = self.rng.choice([48, 512, 1 << 20])
+        # Membership changes and leadership transfers while the faults run. A
+        # spare node starts outside the membership and may be added, promoted,
+        # removed and re-added. Removed nodes keep running, so CheckQuorum is
+        # on in those runs (thesis 4.2.3: without it they disrupt forever).
+        self.membership = membership if membership is not None else self.rng.random() < 0.5
+        if self.membership:
+            self.check_quorum = True
+        voters = [f"n{i}" for i in range(1, n_nodes + 1)]
+        self.ids = voters + ([f"n{n_nodes + 1}"] if self.membership else [])
+        self.conf = ConfState(tuple(voters))
+        self.min_voters = max(1, n_nodes - 1)
         self.fault_ms = fault_ms
         self.snapshot_every = snapshot_every
         self.think_ms = think_ms
@@ -181,6 +214,12 @@ class Simulation:
             self._at(self.rng.randint(1, self.faults.partition_every), "partition", None)
         if self.faults.crash_every:
             self._at(self.rng.randint(1, self.faults.crash_every), "crash", None)
+        if self.membership:
+            self._at(self.rng.randint(100, 800), "member", None)
+        self._at(self.rng.randint(200, 2000), "transfer", None)
+        self.conf_changes = 0
+        self.delivered: collections.Counter[str] = collections.Counter()
+        self.transfers = 0
 
     # --- scheduling ---------------------------------------------------------------
 
@@ -199,6 +238,7 @@ class Simulation:
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
             max_inflight=self.max_inflight,
+            snapshot_chunk_bytes=self.snapshot_chunk,
         )
         raft = RaftNode(
             cfg,
@@ -256,6 +296,12 @@ class Simulation:
                 self._crash(victim)
                 self._at(self.now + self.rng.randint(50, 800), "restart", victim.id)
             self._at(self.now + self.rng.randint(1, 2 * self.faults.crash_every), "crash", None)
+        elif kind == "member" and faults_on:
+            self._change_membership()
+            self._at(self.now + self.rng.randint(100, 1200), "member", None)
+        elif kind == "transfer" and faults_on:
+            self._transfer()
+            self._at(self.now + self.rng.randint(300, 3000), "transfer", None)
         elif kind == "restart":
             node = self.nodes[payload]
             if not node.alive:
@@ -369,6 +415,53 @@ class Simulation:
         self.nodes[node.id] = fresh
         self._record("restart", node.id)
 
+    def _leader(self) -> SimNode | None:
+        leaders = [n for n in self.nodes.values() if n.alive and n.raft.role == Role.LEADER]
+        return max(leaders, key=lambda n: n.raft.term, default=None)
+
+    def _change_membership(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        conf = leader.raft.conf
+        choices = [ConfChange("add_learner", n) for n in self.ids if n not in conf.members()]
+        choices += [ConfChange("add_voter", n) for n in conf.learners]
+        choices += [ConfChange("remove", n) for n in conf.learners]
+        if len(conf.voters) > self.min_voters:
+            choices += [ConfChange("remove", n) for n in conf.voters]
+        if not choices:
+            return
+        change = self.rng.choice(choices)
+        try:
+            leader.raft.propose_conf_change(change)
+        except PrismError as exc:
+            self._record("member refused", leader.id, change.op, change.node, exc.code)
+            return
+        self.conf_changes += 1
+        self._record("member", leader.id, change.op, change.node)
+        self._process(leader)
+
+    def _transfer(self) -> None:
+        leader = self._leader()
+        if leader is None:
+            return
+        targets = [v for v in leader.raft.conf.voters if v != leader.id]
+        if not targets:
+            return
+        target = self.rng.choice(targets)
+        try:
+            leader.raft.transfer_leadership(target)
+        except PrismError:
+            return
+        self.transfers += 1
+        self._record("transfer", leader.id, target)
+        self._process(leader)
+
+    def _members(self) -> tuple[str, ...]:
+        """The membership every replica must converge to: the latest committed one."""
+        best = max(self.nodes.values(), key=lambda n: (n.raft.commit, n.raft.term))
+        return best.raft.conf_at(best.raft.commit).members()
+
     # --- network ---------------------------------------------------------------------------
 
     def _send(self, m: RaftMessage) -> None:
@@ -385,6 +478,9 @@ class Simulation:
 
     def _deliver(self, m: Any) -> None:
         self._record("deliver", type(m).__name__)
+        self.delivered[type(m).__name__] += 1
+        if isinstance(m, InstallSnapshot) and m.offset > 0:
+            self.delivered["InstallSnapshot chunk > 0"] += 1
         if isinstance(m, RaftMessage):
             node = self.nodes[m.to]
             if node.alive:
@@ -441,6 +537,8 @@ class Simulation:
             client.target = self.rng.choice(self.ids)
         elif self.now < client.deadline:
             return  # a response for the current attempt may still come
+        elif client.good and self.rng.random() < 0.5:
+            client.target = client.good  # timed out: the node that answered last
         else:
             client.target = self.rng.choice(self.ids)  # timed out: try elsewhere
         client.deadline = self.now + 300
@@ -482,6 +580,7 @@ class Simulation:
                 self._at(client.deadline, "client", client.id)
             return
         op = client.op
+        client.good = client.target
         output = resp.output if op[0] == "get" else None
         self.history[(client.id, client.seq)] = Operation(
             client.id, _model_input(op), output, client.call_time, self.now
@@ -494,8 +593,9 @@ class Simulation:
     def _done(self) -> bool:
         if any(c.op is not None or c.ops_left for c in self.clients.values()):
             return False
-        commits = {n.raft.commit for n in self.nodes.values()}
-        applied = {n.raft.applied for n in self.nodes.values()}
+        members = [self.nodes[m] for m in self._members()]
+        commits = {n.raft.commit for n in members}
+        applied = {n.raft.applied for n in members}
         return len(commits) == 1 and applied == commits
 
     def _finish(self) -> Result:
@@ -505,8 +605,9 @@ class Simulation:
                 f"liveness: {len(pending)} clients still have operations after healing "
                 f"(time {self.now} ms)"
             )
-        digests = {n.kv.digest() for n in self.nodes.values()}
-        applied = {n.raft.applied for n in self.nodes.values()}
+        members = [self.nodes[m] for m in self._members()]
+        digests = {n.kv.digest() for n in members}
+        applied = {n.raft.applied for n in members}
         if len(digests) != 1 or len(applied) != 1:
             raise Violation(f"replicas did not converge: applied {applied}, {len(digests)} digests")
         history = list(self.history.values())
