@@ -184,7 +184,8 @@ class NamespaceVersusLocal(RuleBasedStateMachine):
         local_ids: dict[tuple[str, ...], int] = {}
 
         def walk_meta(ino: int, prefix: tuple[str, ...]) -> None:
-            for name, attr in self.ns.readdir(ino):
+            for entry in self.ns.readdir(ino, limit=100_000):
+                name, attr = entry.name, entry.attr
                 path = (*prefix, name.decode())
                 kind = _kind(attr.mode)
                 target = self.ns.readlink(attr.ino) if kind == "link" else b""

@@ -292,6 +292,20 @@ class ValueTooLarge(PrismError):
     errno = _errno.E2BIG
 
 
+class FileTooLarge(PrismError):
+    """A file size beyond what the namespace allows (EFBIG)."""
+
+    code = "file_too_large"
+    errno = _errno.EFBIG
+
+
+class SessionExpired(PrismError):
+    """The client session is unknown or its lease ran out; open files were released."""
+
+    code = "session_expired"
+    errno = _errno.ESTALE
+
+
 # --- consensus -----------------------------------------------------------------
 
 

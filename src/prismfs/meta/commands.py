@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from prismfs.wire.codec import I64, U32, U64, Message
+from prismfs.wire.codec import I64, U8, U32, U64, Message
 
 ROOT_INO = 1
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 
 
 class MetaCommand(Message, frozen=True):
@@ -31,6 +32,11 @@ class Mknod(MetaCommand, frozen=True):
     uid: U32
     gid: U32
     rdev: U64 = 0
+    session: str = ""
+    """If set, the new file is opened by this client session in the same
+    entry (create + open), so it cannot vanish between the two."""
+    chunk_size: U32 = 0
+    """Bytes per chunk of a regular file; 0 = the default (4 MiB)."""
 
 
 class Mkdir(MetaCommand, frozen=True):
@@ -105,6 +111,69 @@ class RemoveXattr(MetaCommand, frozen=True):
     name: bytes
 
 
+class OpenSession(MetaCommand, frozen=True):
+    """Start or renew a client session: its open files live until
+    ``now_ns + lease_ns`` unless renewed again."""
+
+    session: str
+    lease_ns: I64
+
+
+class CloseSession(MetaCommand, frozen=True):
+    """A clean unmount: release every file the session holds open."""
+
+    session: str
+
+
+class ExpireSessions(MetaCommand, frozen=True):
+    """Proposed by the leader now and then: sessions whose lease ended before
+    ``now_ns`` lose their open files (a crashed client's are reclaimed)."""
+
+
+class Open(MetaCommand, frozen=True):
+    session: str
+    ino: U64
+
+
+class Release(MetaCommand, frozen=True):
+    session: str
+    ino: U64
+
+
+class ChunkRecord(Message, frozen=True):
+    """Where one chunk of a file lives: m shards, shard i on ``nodes[i]``.
+
+    ``length`` is the number of valid bytes of the chunk (a truncate shortens
+    it without rewriting shards; bytes past it read as zeros). The data plane
+    fills the checksums; the namespace only keeps, moves and frees records.
+    """
+
+    family: ClassVar[str] = "meta"
+
+    id: bytes
+    length: U32
+    shard_size: U32
+    k: U8
+    m: U8
+    nodes: tuple[str, ...]
+    checksums: tuple[bytes, ...] = ()
+
+
+class CommitChunks(MetaCommand, frozen=True):
+    """Replace chunk records of a file in one step and set its size and mtime
+    (``now_ns``); the records replaced go to the GC queue."""
+
+    ino: U64
+    chunks: tuple[tuple[U64, ChunkRecord], ...]
+    size: U64
+
+
+class GcDone(MetaCommand, frozen=True):
+    """The shards of these GC queue entries are deleted: forget them."""
+
+    seqs: tuple[U64, ...]
+
+
 class Attr(Message, frozen=True):
     """What getattr returns."""
 
@@ -137,3 +206,108 @@ class MetaFailed(Message, frozen=True):
 
     code: str
     message: str
+
+
+# --- reads (served by `Namespace.query` after a ReadIndex round, never logged) ---
+
+
+class MetaQuery(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+    abstract: ClassVar[bool] = True
+
+
+class Lookup(MetaQuery, frozen=True):
+    parent: U64
+    name: bytes
+
+
+class GetAttr(MetaQuery, frozen=True):
+    ino: U64
+
+
+class ReadDir(MetaQuery, frozen=True):
+    """Entries of a directory after ``cookie`` (0 = from the start), in cookie order."""
+
+    ino: U64
+    cookie: U64 = 0
+    limit: U32 = 1000
+
+
+class ReadLink(MetaQuery, frozen=True):
+    ino: U64
+
+
+class GetXattr(MetaQuery, frozen=True):
+    ino: U64
+    name: bytes
+
+
+class ListXattr(MetaQuery, frozen=True):
+    ino: U64
+
+
+class GetChunks(MetaQuery, frozen=True):
+    """Chunk records of a file with index in [first, first + count)."""
+
+    ino: U64
+    first: U64 = 0
+    count: U32 = 1024
+
+
+class StatFs(MetaQuery, frozen=True):
+    pass
+
+
+class GcPending(MetaQuery, frozen=True):
+    limit: U32 = 1000
+
+
+class GetDigest(MetaQuery, frozen=True):
+    """A hash of the whole namespace at this replica (tests compare replicas)."""
+
+
+class DirEntry(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    name: bytes
+    cookie: U64
+    attr: Attr
+
+
+class DirPage(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    entries: tuple[DirEntry, ...]
+    more: bool
+
+
+class MetaValue(Message, frozen=True):
+    """A read's result that is bytes (readlink, getxattr, digest) or names (listxattr)."""
+
+    family: ClassVar[str] = "meta"
+
+    value: bytes = b""
+    names: tuple[bytes, ...] = ()
+
+
+class ChunkMap(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    chunk_size: U32
+    size: U64
+    chunks: tuple[tuple[U64, ChunkRecord], ...]
+
+
+class FsStats(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    files: U64
+    bytes: U64
+    node_usage: tuple[tuple[str, U64], ...]
+    gc_pending: U64
+
+
+class GcEntries(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    entries: tuple[tuple[U64, ChunkRecord], ...]

@@ -10,12 +10,24 @@ numbers: times come in the command (stamped by the proposer) and inode
 numbers from a counter in the database, so every replica ends in the same
 state (compare `digest`).
 
+Exactly-once: a command that arrives wrapped in a `ClientCommand` is
+deduplicated by (client, sequence) against the ``clients`` table *in the same
+transaction* as its effect, so a retry after a timeout or a restart never
+applies twice and gets the first result back. A replayed entry at or below
+the stored applied index is skipped (the database already holds it).
+
+Open-but-unlinked files: client sessions hold leases; an inode whose last
+name goes while a session holds it open stays (nlink 0) until released or
+the session's lease runs out (`ExpireSessions`, proposed by the leader with
+its clock). Freed inodes send their chunk records to the GC queue.
+
+Directory entries carry a cookie from a counter: readdir continues after a
+cookie, so a listing interrupted by creates, unlinks and renames returns
+every entry that was there throughout exactly once (a renamed entry gets a
+new cookie, like a new entry).
+
 Snapshots are consistent copies of the database (`serialize`); `restore`
 copies one back with SQLite's backup API.
-
-Not here yet (later steps of the metadata issue): open-but-unlinked files
-and client sessions, chunk maps, readdir offsets stable across concurrent
-changes, statfs counters.
 """
 
 from __future__ import annotations
@@ -25,10 +37,12 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import xxhash
 
 from prismfs.errors import (
     AlreadyExists,
+    FileTooLarge,
     InvalidArgument,
     IsADirectory,
     NameTooLong,
@@ -39,35 +53,65 @@ from prismfs.errors import (
     NotPermitted,
     OutOfRange,
     PrismError,
+    SessionExpired,
     TooManyLinks,
     ValueTooLarge,
 )
 from prismfs.meta.commands import (
+    DEFAULT_CHUNK_SIZE,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
     XATTR_CREATE,
     XATTR_REPLACE,
     Attr,
+    ChunkMap,
+    ChunkRecord,
+    CloseSession,
+    CommitChunks,
+    DirEntry,
+    DirPage,
+    ExpireSessions,
+    FsStats,
+    GcDone,
+    GcEntries,
+    GcPending,
+    GetAttr,
+    GetChunks,
+    GetDigest,
+    GetXattr,
     Link,
+    ListXattr,
+    Lookup,
     MetaCommand,
     MetaFailed,
     MetaOk,
+    MetaQuery,
+    MetaValue,
     Mkdir,
     Mknod,
+    Open,
+    OpenSession,
+    ReadDir,
+    ReadLink,
+    Release,
     RemoveXattr,
     Rename,
     Rmdir,
     SetAttr,
     SetXattr,
+    StatFs,
     Symlink,
     Unlink,
 )
-from prismfs.wire.codec import decode_message, encode_message
+from prismfs.raft.state_machine import ClientCommand
+from prismfs.wire.codec import Message, decode_message, encode_message
 
 NAME_MAX = 255
+MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
+MAX_FILE_SIZE = 2**62
 XATTR_VALUE_MAX = 64 * 1024
 
 SCHEMA = """
@@ -82,15 +126,48 @@ CREATE TABLE IF NOT EXISTS inodes (
     ctime_ns INTEGER NOT NULL,
     nlink INTEGER NOT NULL,
     rdev INTEGER NOT NULL DEFAULT 0,
-    target BLOB
+    target BLOB,
+    chunk_size INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dentries (
     parent INTEGER NOT NULL,
     name BLOB NOT NULL,
     ino INTEGER NOT NULL,
+    cookie INTEGER NOT NULL,
     PRIMARY KEY (parent, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries (ino);
+CREATE UNIQUE INDEX IF NOT EXISTS dentries_by_cookie ON dentries (parent, cookie);
+CREATE TABLE IF NOT EXISTS chunks (
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (ino, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gc (
+    seq INTEGER PRIMARY KEY,
+    record BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_usage (
+    node TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    session TEXT PRIMARY KEY,
+    expires_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS opens (
+    session TEXT NOT NULL,
+    ino INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (session, ino)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS opens_by_ino ON opens (ino);
+CREATE TABLE IF NOT EXISTS clients (
+    client TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    result BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS xattrs (
     ino INTEGER NOT NULL,
     name BLOB NOT NULL,
@@ -114,7 +191,11 @@ def check_name(name: bytes) -> None:
 class Namespace:
     """A `StateMachine` (apply/snapshot/restore) plus the read operations."""
 
+    exactly_once = True  # deduplicates ClientCommands itself, durably (the driver must not wrap it)
+
     def __init__(self, path: str = ":memory:") -> None:
+        path = str(path)
+        self.duplicates = 0
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -131,7 +212,9 @@ class Namespace:
                 (ROOT_INO, stat.S_IFDIR | 0o755),
             )
             self.db.execute(
-                "INSERT INTO state VALUES ('next_ino', ?), ('applied', 0)", (ROOT_INO + 1,)
+                "INSERT INTO state VALUES ('next_ino', ?), ('applied', 0), ('next_cookie', 1),"
+                " ('next_gc', 1), ('files', 1), ('bytes', 0), ('schema', 1)",
+                (ROOT_INO + 1,),
             )
             self.db.execute("COMMIT")
         self._handlers: dict[type[MetaCommand], Callable[[Any], Attr | None]] = {
@@ -145,33 +228,90 @@ class Namespace:
             SetAttr: self._setattr,
             SetXattr: self._setxattr,
             RemoveXattr: self._removexattr,
+            OpenSession: self._open_session,
+            CloseSession: self._close_session,
+            ExpireSessions: self._expire_sessions,
+            Open: self._open,
+            Release: self._release,
+            CommitChunks: self._commit_chunks,
+            GcDone: self._gc_done,
+        }
+        self._queries: dict[type[MetaQuery], Callable[[Any], Message]] = {
+            Lookup: lambda q: MetaOk(self.lookup(q.parent, q.name)),
+            GetAttr: lambda q: MetaOk(self.getattr(q.ino)),
+            ReadDir: lambda q: self.readdir_page(q.ino, q.cookie, q.limit),
+            ReadLink: lambda q: MetaValue(self.readlink(q.ino)),
+            GetXattr: lambda q: MetaValue(self.getxattr(q.ino, q.name)),
+            ListXattr: lambda q: MetaValue(names=tuple(self.listxattr(q.ino))),
+            GetChunks: lambda q: self.chunk_map(q.ino, q.first, q.count),
+            StatFs: lambda q: self.statfs(),
+            GcPending: lambda q: GcEntries(tuple(self.gc_pending(q.limit))),
+            GetDigest: lambda q: MetaValue(self.digest().encode()),
         }
 
     # --- StateMachine ---------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> bytes:
+        if index <= self.applied:
+            return b""  # replayed after a restart: the database already holds it
         cmd = decode_message(command)
+        wrapper: ClientCommand | None = None
+        if isinstance(cmd, ClientCommand):
+            wrapper = cmd
+            row = self.db.execute(
+                "SELECT seq, result FROM clients WHERE client = ?", (cmd.client,)
+            ).fetchone()
+            if row is not None and cmd.seq <= row[0]:
+                self.duplicates += 1
+                self._commit_applied_only(index)
+                # Only the newest result is kept: an older sequence means the
+                # client already has its answer and moved on.
+                return bytes(row[1]) if cmd.seq == row[0] else b""
+            cmd = decode_message(cmd.op)
         handler = self._handlers.get(type(cmd))  # type: ignore[arg-type]
         if handler is None:
             raise TypeError(f"not a namespace command: {type(cmd).__name__}")
         self.db.execute("BEGIN")
         try:
-            attr = handler(cmd)
+            result = encode_message(MetaOk(handler(cmd)))
         except PrismError as exc:
             self.db.execute("ROLLBACK")
             self.db.execute("BEGIN")
-            self._set_applied(index)
-            self.db.execute("COMMIT")
-            return encode_message(MetaFailed(exc.code, exc.message))
+            result = encode_message(MetaFailed(exc.code, exc.message))
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        if wrapper is not None:
+            self.db.execute(
+                "INSERT OR REPLACE INTO clients VALUES (?, ?, ?)",
+                (wrapper.client, wrapper.seq, result),
+            )
         self._set_applied(index)
         self.db.execute("COMMIT")
-        return encode_message(MetaOk(attr))
+        return result
+
+    def _commit_applied_only(self, index: int) -> None:
+        self.db.execute("BEGIN")
+        self._set_applied(index)
+        self.db.execute("COMMIT")
+
+    def query(self, op: bytes) -> bytes:
+        """A read, served after a ReadIndex round: `MetaFailed` for a POSIX error."""
+        q = decode_message(op)
+        handler = self._queries.get(type(q))  # type: ignore[arg-type]
+        if handler is None:
+            raise InvalidArgument(f"not a namespace query: {type(q).__name__}")
+        try:
+            return encode_message(handler(q))
+        except PrismError as exc:
+            return encode_message(MetaFailed(exc.code, exc.message))
 
     def snapshot(self) -> bytes:
-        return bytes(self.db.serialize())
+        image = bytearray(self.db.serialize())
+        # The file-format bytes say "WAL" for a database in WAL mode; an
+        # in-memory copy cannot open as WAL, so the image says "rollback".
+        image[18:20] = b"\x01\x01"
+        return bytes(image)
 
     def restore(self, snapshot: bytes) -> None:
         source = sqlite3.connect(":memory:")
@@ -192,6 +332,12 @@ class Namespace:
             ("inodes", "ino"),
             ("dentries", "parent, name"),
             ("xattrs", "ino, name"),
+            ("chunks", "ino, idx"),
+            ("gc", "seq"),
+            ("node_usage", "node"),
+            ("sessions", "session"),
+            ("opens", "session, ino"),
+            ("clients", "client"),
             ("state", "key"),
         ):
             for row in self.db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
@@ -217,14 +363,49 @@ class Namespace:
             raise NotFound(f"no entry {name!r} in directory {parent}")
         return self.getattr(ino)
 
-    def readdir(self, ino: int, after: bytes = b"", limit: int = 1000) -> list[tuple[bytes, Attr]]:
-        """Entries in name order strictly after ``after`` (a stable cursor)."""
+    def readdir(self, ino: int, cookie: int = 0, limit: int = 1000) -> list[DirEntry]:
+        """Entries with a cookie greater than ``cookie``, in cookie order."""
         self._dir(ino)
         rows = self.db.execute(
-            "SELECT name, ino FROM dentries WHERE parent = ? AND name > ? ORDER BY name LIMIT ?",
-            (ino, after, limit),
+            "SELECT d.name, d.cookie, i.ino, i.mode, i.nlink, i.uid, i.gid, i.size, i.atime_ns,"
+            " i.mtime_ns, i.ctime_ns, i.rdev FROM dentries d JOIN inodes i ON i.ino = d.ino"
+            " WHERE d.parent = ? AND d.cookie > ? ORDER BY d.cookie LIMIT ?",
+            (ino, cookie, limit),
         ).fetchall()
-        return [(bytes(name), self.getattr(child)) for name, child in rows]
+        return [DirEntry(bytes(r[0]), r[1], Attr(*r[2:])) for r in rows]
+
+    def readdir_page(self, ino: int, cookie: int, limit: int) -> DirPage:
+        limit = max(1, min(limit, 10_000))
+        entries = self.readdir(ino, cookie, limit + 1)
+        return DirPage(tuple(entries[:limit]), more=len(entries) > limit)
+
+    def chunk_map(self, ino: int, first: int = 0, count: int = 1024) -> ChunkMap:
+        mode = self._mode(ino)
+        if not stat.S_ISREG(mode):
+            raise InvalidArgument(f"inode {ino} is not a regular file")
+        size, chunk_size = self.db.execute(
+            "SELECT size, chunk_size FROM inodes WHERE ino = ?", (ino,)
+        ).fetchone()
+        rows = self.db.execute(
+            "SELECT idx, record FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx LIMIT ?",
+            (ino, first, max(0, min(count, 100_000))),
+        ).fetchall()
+        chunks = tuple((int(i), _record(r)) for i, r in rows)
+        return ChunkMap(chunk_size or DEFAULT_CHUNK_SIZE, size, chunks)
+
+    def statfs(self) -> FsStats:
+        usage = self.db.execute("SELECT node, bytes FROM node_usage ORDER BY node").fetchall()
+        (pending,) = self.db.execute("SELECT count(*) FROM gc").fetchone()
+        return FsStats(
+            self._state("files"),
+            self._state("bytes"),
+            tuple((str(n), int(b)) for n, b in usage),
+            pending,
+        )
+
+    def gc_pending(self, limit: int = 1000) -> list[tuple[int, ChunkRecord]]:
+        rows = self.db.execute("SELECT seq, record FROM gc ORDER BY seq LIMIT ?", (limit,))
+        return [(int(seq), _record(r)) for seq, r in rows]
 
     def readlink(self, ino: int) -> bytes:
         attr = self.getattr(ino)
@@ -252,6 +433,77 @@ class Namespace:
     def _state(self, key: str) -> int:
         return int(self.db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()[0])
 
+    def _bump(self, key: str, delta: int = 1) -> int:
+        """Add ``delta`` to a counter in ``state``; returns the value before."""
+        value = self._state(key)
+        self.db.execute("UPDATE state SET value = ? WHERE key = ?", (value + delta, key))
+        return value
+
+    def _add_dentry(self, parent: int, name: bytes, ino: int) -> None:
+        self.db.execute(
+            "INSERT INTO dentries VALUES (?, ?, ?, ?)",
+            (parent, name, ino, self._bump("next_cookie")),
+        )
+
+    def _gc_push(self, record: bytes) -> None:
+        self.db.execute("INSERT INTO gc VALUES (?, ?)", (self._bump("next_gc"), record))
+
+    def _free(self, ino: int) -> None:
+        """Delete an inode nothing refers to any more; its chunks go to the GC queue."""
+        mode, size = self.db.execute(
+            "SELECT mode, size FROM inodes WHERE ino = ?", (ino,)
+        ).fetchone()
+        for (record,) in self.db.execute(
+            "SELECT record FROM chunks WHERE ino = ? ORDER BY idx", (ino,)
+        ).fetchall():
+            self._gc_push(record)
+        self.db.execute("DELETE FROM chunks WHERE ino = ?", (ino,))
+        self.db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+        self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self._bump("files", -1)
+        if stat.S_ISREG(mode):
+            self._bump("bytes", -size)
+
+    def _is_open(self, ino: int) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM opens WHERE ino = ? LIMIT 1", (ino,)).fetchone()
+            is not None
+        )
+
+    def _set_size(self, ino: int, size: int, now: int) -> None:
+        """Set a regular file's size: chunks past it are dropped, the last one shortened."""
+        old, chunk_size = self.db.execute(
+            "SELECT size, chunk_size FROM inodes WHERE ino = ?", (ino,)
+        ).fetchone()
+        chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+        if size < old:
+            first_gone = -(-size // chunk_size)
+            for (record,) in self.db.execute(
+                "SELECT record FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx",
+                (ino, first_gone),
+            ).fetchall():
+                self._gc_push(record)
+            self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_gone))
+            if size % chunk_size:
+                idx = size // chunk_size
+                row = self.db.execute(
+                    "SELECT record FROM chunks WHERE ino = ? AND idx = ?", (ino, idx)
+                ).fetchone()
+                if row is not None:
+                    rec = _record(row[0])
+                    keep = size - idx * chunk_size
+                    if rec.length > keep:
+                        shorter = msgspec.structs.replace(rec, length=keep)
+                        self.db.execute(
+                            "UPDATE chunks SET record = ? WHERE ino = ? AND idx = ?",
+                            (encode_message(shorter), ino, idx),
+                        )
+        self.db.execute(
+            "UPDATE inodes SET size = ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+            (size, now, now, ino),
+        )
+        self._bump("bytes", size - old)
+
     def _set_applied(self, index: int) -> None:
         self.db.execute("UPDATE state SET value = ? WHERE key = 'applied'", (index,))
 
@@ -278,11 +530,11 @@ class Namespace:
         )
 
     def _new_inode(self, mode: int, uid: int, gid: int, now: int, nlink: int, **extra: Any) -> int:
-        ino = self._state("next_ino")
-        self.db.execute("UPDATE state SET value = value + 1 WHERE key = 'next_ino'")
+        ino = self._bump("next_ino")
+        self._bump("files")
         self.db.execute(
             "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink,"
-            " rdev, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " rdev, target, chunk_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ino,
                 mode,
@@ -295,6 +547,7 @@ class Namespace:
                 nlink,
                 extra.get("rdev", 0),
                 extra.get("target"),
+                extra.get("chunk_size", 0),
             ),
         )
         return ino
@@ -311,9 +564,8 @@ class Namespace:
             "UPDATE inodes SET nlink = nlink - 1, ctime_ns = ? WHERE ino = ?", (now, ino)
         )
         (nlink,) = self.db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
-        if nlink <= 0 or stat.S_ISDIR(self._mode(ino)):
-            self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
-            self.db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
+        if stat.S_ISDIR(self._mode(ino)) or (nlink <= 0 and not self._is_open(ino)):
+            self._free(ino)
 
     def _is_ancestor(self, ancestor: int, ino: int) -> bool:
         """Is ``ancestor`` on the path from ``ino`` up to the root (or ino itself)?"""
@@ -334,15 +586,29 @@ class Namespace:
         kind = stat.S_IFMT(c.mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise InvalidArgument(f"mknod cannot make file type {kind:o}")
-        ino = self._new_inode(kind | (c.mode & 0o7777), c.uid, c.gid, c.now_ns, 1, rdev=c.rdev)
-        self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (c.parent, c.name, ino))
+        if c.chunk_size and not 4096 <= c.chunk_size <= 64 * 1024 * 1024:
+            raise InvalidArgument(f"chunk size {c.chunk_size} is not in 4 KiB..64 MiB")
+        if c.session:
+            self._live_session(c.session, c.now_ns)
+        ino = self._new_inode(
+            kind | (c.mode & 0o7777),
+            c.uid,
+            c.gid,
+            c.now_ns,
+            1,
+            rdev=c.rdev,
+            chunk_size=c.chunk_size if stat.S_ISREG(kind) else 0,
+        )
+        self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns)
+        if c.session:
+            self._add_open(c.session, ino)
         return self.getattr(ino)
 
     def _mkdir(self, c: Mkdir) -> Attr:
         self._prepare_new(c.parent, c.name)
         ino = self._new_inode(stat.S_IFDIR | (c.mode & 0o7777), c.uid, c.gid, c.now_ns, 2)
-        self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (c.parent, c.name, ino))
+        self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns, nlink_delta=1)
         return self.getattr(ino)
 
@@ -353,7 +619,7 @@ class Namespace:
         ino = self._new_inode(
             stat.S_IFLNK | 0o777, c.uid, c.gid, c.now_ns, 1, size=len(c.target), target=c.target
         )
-        self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (c.parent, c.name, ino))
+        self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns)
         return self.getattr(ino)
 
@@ -367,7 +633,7 @@ class Namespace:
             raise NotPermitted("hard links to directories are not allowed")
         if self.getattr(c.ino).nlink >= LINK_MAX:
             raise TooManyLinks(f"inode {c.ino} has {LINK_MAX} links")
-        self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (c.new_parent, c.new_name, c.ino))
+        self._add_dentry(c.new_parent, c.new_name, c.ino)
         self.db.execute(
             "UPDATE inodes SET nlink = nlink + 1, ctime_ns = ? WHERE ino = ?", (c.now_ns, c.ino)
         )
@@ -448,9 +714,11 @@ class Namespace:
             self._drop_link(dst, c.now_ns)
             if dst_dir:
                 self._touch_dir(c.new_parent, c.now_ns, nlink_delta=-1)
+        # A moved entry gets a new cookie: a listing in progress sees it at
+        # most once (under its old name before, or its new name after).
         self.db.execute(
-            "UPDATE dentries SET parent = ?, name = ? WHERE parent = ? AND name = ?",
-            (c.new_parent, c.new_name, c.parent, c.name),
+            "UPDATE dentries SET parent = ?, name = ?, cookie = ? WHERE parent = ? AND name = ?",
+            (c.new_parent, c.new_name, self._bump("next_cookie"), c.parent, c.name),
         )
         self.db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (c.now_ns, src))
         moved_dir = src_dir and c.parent != c.new_parent
@@ -492,8 +760,9 @@ class Namespace:
                 raise IsADirectory(f"inode {c.ino} is a directory")
             if not stat.S_ISREG(mode):
                 raise InvalidArgument(f"inode {c.ino} is not a regular file")
-            sets += ["size = ?", "mtime_ns = ?"]
-            args += [c.size, c.now_ns]
+            if c.size > MAX_FILE_SIZE:
+                raise FileTooLarge(f"size {c.size} exceeds the maximum {MAX_FILE_SIZE}")
+            self._set_size(c.ino, c.size, c.now_ns)
         if c.mode is not None:
             sets.append("mode = ?")
             args.append(stat.S_IFMT(mode) | (c.mode & 0o7777))
@@ -529,3 +798,131 @@ class Namespace:
         if cursor.rowcount == 0:
             raise NoAttribute(f"no attribute {c.name!r}")
         self.db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (c.now_ns, c.ino))
+
+    # --- sessions and open files -------------------------------------------------------
+
+    def _live_session(self, session: str, now: int) -> None:
+        row = self.db.execute(
+            "SELECT expires_ns FROM sessions WHERE session = ?", (session,)
+        ).fetchone()
+        if row is None or row[0] < now:
+            raise SessionExpired(f"client session {session!r} is unknown or expired")
+
+    def _add_open(self, session: str, ino: int) -> None:
+        self.db.execute(
+            "INSERT INTO opens VALUES (?, ?, 1)"
+            " ON CONFLICT (session, ino) DO UPDATE SET count = count + 1",
+            (session, ino),
+        )
+
+    def _open_session(self, c: OpenSession) -> None:
+        if not c.session or len(c.session) > 128:
+            raise InvalidArgument("a session id is 1 to 128 characters")
+        if c.lease_ns <= 0:
+            raise InvalidArgument("a lease must be positive")
+        self.db.execute(
+            "INSERT OR REPLACE INTO sessions VALUES (?, ?)", (c.session, c.now_ns + c.lease_ns)
+        )
+
+    def _close_session(self, c: CloseSession) -> None:
+        self._end_sessions([c.session])
+
+    def _expire_sessions(self, c: ExpireSessions) -> None:
+        rows = self.db.execute(
+            "SELECT session FROM sessions WHERE expires_ns < ? ORDER BY session", (c.now_ns,)
+        ).fetchall()
+        self._end_sessions([r[0] for r in rows])
+
+    def _end_sessions(self, sessions: list[str]) -> None:
+        for session in sessions:
+            inos = [
+                int(r[0])
+                for r in self.db.execute(
+                    "SELECT ino FROM opens WHERE session = ? ORDER BY ino", (session,)
+                ).fetchall()
+            ]
+            self.db.execute("DELETE FROM opens WHERE session = ?", (session,))
+            self.db.execute("DELETE FROM sessions WHERE session = ?", (session,))
+            self.db.execute("DELETE FROM clients WHERE client = ?", (session,))
+            for ino in inos:
+                self._free_if_orphan(ino)
+
+    def _free_if_orphan(self, ino: int) -> None:
+        row = self.db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
+        if row is not None and row[0] <= 0 and not self._is_open(ino):
+            self._free(ino)
+
+    def _open(self, c: Open) -> Attr:
+        self._live_session(c.session, c.now_ns)
+        attr = self.getattr(c.ino)
+        self._add_open(c.session, c.ino)
+        return attr
+
+    def _release(self, c: Release) -> None:
+        # Idempotent: a release after the session expired (or twice) changes nothing.
+        self.db.execute(
+            "UPDATE opens SET count = count - 1 WHERE session = ? AND ino = ?", (c.session, c.ino)
+        )
+        self.db.execute("DELETE FROM opens WHERE count <= 0")
+        self._free_if_orphan(c.ino)
+
+    # --- chunk maps ---------------------------------------------------------------------
+
+    def _commit_chunks(self, c: CommitChunks) -> Attr:
+        mode = self._mode(c.ino)
+        if stat.S_ISDIR(mode):
+            raise IsADirectory(f"inode {c.ino} is a directory")
+        if not stat.S_ISREG(mode):
+            raise InvalidArgument(f"inode {c.ino} is not a regular file")
+        if c.size > MAX_FILE_SIZE:
+            raise FileTooLarge(f"size {c.size} exceeds the maximum {MAX_FILE_SIZE}")
+        (chunk_size,) = self.db.execute(
+            "SELECT chunk_size FROM inodes WHERE ino = ?", (c.ino,)
+        ).fetchone()
+        chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+        seen: set[int] = set()
+        for idx, rec in c.chunks:
+            if idx in seen:
+                raise InvalidArgument(f"chunk {idx} appears twice")
+            seen.add(idx)
+            if idx * chunk_size >= max(c.size, 1):
+                raise InvalidArgument(f"chunk {idx} lies past the new size {c.size}")
+            if rec.length > chunk_size or not 1 <= rec.k <= rec.m or len(rec.nodes) != rec.m:
+                raise InvalidArgument(f"malformed record for chunk {idx}")
+        for idx, rec in c.chunks:
+            old = self.db.execute(
+                "SELECT record FROM chunks WHERE ino = ? AND idx = ?", (c.ino, idx)
+            ).fetchone()
+            if old is not None:
+                self._gc_push(old[0])
+            self.db.execute(
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (c.ino, idx, encode_message(rec))
+            )
+            for node in rec.nodes:
+                self.db.execute(
+                    "INSERT INTO node_usage VALUES (?, ?)"
+                    " ON CONFLICT (node) DO UPDATE SET bytes = bytes + excluded.bytes",
+                    (node, rec.shard_size),
+                )
+        self._set_size(c.ino, c.size, c.now_ns)
+        return self.getattr(c.ino)
+
+    def _gc_done(self, c: GcDone) -> None:
+        for seq in sorted(set(c.seqs)):
+            row = self.db.execute("SELECT record FROM gc WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                continue  # already forgotten (a retried GcDone)
+            rec = _record(row[0])
+            for node in rec.nodes:
+                self.db.execute(
+                    "UPDATE node_usage SET bytes = max(0, bytes - ?) WHERE node = ?",
+                    (rec.shard_size, node),
+                )
+            self.db.execute("DELETE FROM gc WHERE seq = ?", (seq,))
+        self.db.execute("DELETE FROM node_usage WHERE bytes = 0")
+
+
+def _record(blob: bytes) -> ChunkRecord:
+    rec = decode_message(bytes(blob))
+    assert isinstance(rec, ChunkRecord)
+    return rec

@@ -1,0 +1,290 @@
+"""The namespace state machine beyond POSIX naming: durable exactly-once,
+open-but-unlinked files and session leases, chunk maps with the GC queue,
+statfs counters, readdir cookies, queries."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from prismfs.errors import InvalidArgument, NotFound, SessionExpired
+from prismfs.meta.commands import (
+    ROOT_INO,
+    ChunkRecord,
+    CloseSession,
+    CommitChunks,
+    ExpireSessions,
+    GcDone,
+    GetAttr,
+    Lookup,
+    MetaFailed,
+    MetaOk,
+    Mkdir,
+    Mknod,
+    Open,
+    OpenSession,
+    ReadDir,
+    Release,
+    Rename,
+    SetAttr,
+    StatFs,
+    Unlink,
+)
+from prismfs.meta.namespace import Namespace
+from prismfs.raft.state_machine import client_command
+from prismfs.wire.codec import decode_message, encode_message
+from test_meta_namespace import Driver
+
+
+@pytest.fixture
+def d() -> Driver:
+    return Driver()
+
+
+REG = stat.S_IFREG | 0o644
+SECOND = 1_000_000_000
+
+
+def rec(tag: str, length: int = 100, nodes: tuple[str, ...] = ("a", "b", "c")) -> ChunkRecord:
+    return ChunkRecord(tag.encode(), length, 50, 2, len(nodes), nodes)
+
+
+def make_file(d: Driver, name: bytes = b"f", **kw: object) -> int:
+    attr = d.run(Mknod(1, ROOT_INO, name, REG, 0, 0, **kw))  # type: ignore[arg-type]
+    assert attr is not None
+    return attr.ino
+
+
+# --- exactly-once, durable ---------------------------------------------------------------
+
+
+def test_retried_client_command_applies_once_and_returns_the_first_result(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "meta.db"
+    ns = Namespace(path)
+    create = client_command("c1", 1, encode_message(Mknod(1, ROOT_INO, b"x", REG, 0, 0)))
+    first = ns.apply(1, create)
+    assert isinstance(decode_message(first), MetaOk)
+    ns.db.close()
+    ns = Namespace(path)  # a restart in between: the dedup table is in the database
+    again = ns.apply(2, create)  # the same (client, seq) committed a second time
+    assert again == first  # not EEXIST: the first answer
+    assert ns.duplicates == 1
+    assert len(ns.readdir(ROOT_INO)) == 1
+    other = client_command("c1", 2, encode_message(Mknod(1, ROOT_INO, b"x", REG, 0, 0)))
+    failed = decode_message(ns.apply(3, other))
+    assert isinstance(failed, MetaFailed) and failed.code == "already_exists"
+
+
+def test_entries_at_or_below_the_applied_index_are_skipped(tmp_path: Path) -> None:
+    ns = Namespace(tmp_path / "meta.db")
+    ns.apply(1, encode_message(Mkdir(1, ROOT_INO, b"d", 0o755, 0, 0)))
+    digest = ns.digest()
+    assert ns.apply(1, encode_message(Mkdir(1, ROOT_INO, b"e", 0o755, 0, 0))) == b""
+    assert ns.digest() == digest and ns.applied == 1
+
+
+# --- open-but-unlinked files and sessions ---------------------------------------------------
+
+
+def test_unlinked_open_file_stays_until_released(d: Driver) -> None:
+    d.run(OpenSession(0, "s1", 60 * SECOND))
+    ino = make_file(d, session="s1")  # create + open in one entry
+    d.run(CommitChunks(2, ino, ((0, rec("c0")),), 100))
+    d.run(Unlink(3, ROOT_INO, b"f"))
+    assert d.ns.getattr(ino).nlink == 0  # still readable by the holder
+    assert d.ns.chunk_map(ino).chunks[0][1].id == b"c0"
+    with pytest.raises(NotFound):
+        d.ns.lookup(ROOT_INO, b"f")
+    assert d.ns.statfs().files == 2 and d.ns.gc_pending() == []
+    d.run(Release(4, "s1", ino))
+    with pytest.raises(NotFound):
+        d.ns.getattr(ino)
+    assert [r.id for _, r in d.ns.gc_pending()] == [b"c0"]
+    assert d.ns.statfs().files == 1 and d.ns.statfs().bytes == 0
+
+
+def test_two_opens_need_two_releases(d: Driver) -> None:
+    d.run(OpenSession(0, "s1", 60 * SECOND))
+    ino = make_file(d)
+    d.run(Open(1, "s1", ino))
+    d.run(Open(1, "s1", ino))
+    d.run(Unlink(2, ROOT_INO, b"f"))
+    d.run(Release(3, "s1", ino))
+    assert d.ns.getattr(ino).nlink == 0
+    d.run(Release(3, "s1", ino))
+    with pytest.raises(NotFound):
+        d.ns.getattr(ino)
+    d.run(Release(3, "s1", ino))  # a retried release changes nothing
+
+
+def test_expired_session_releases_its_files(d: Driver) -> None:
+    d.run(OpenSession(0, "crashed", 10 * SECOND))
+    d.run(OpenSession(0, "alive", 10 * SECOND))
+    a = make_file(d, b"a", session="crashed")
+    b = make_file(d, b"b", session="alive")
+    d.run(Unlink(1, ROOT_INO, b"a"))
+    d.run(Unlink(1, ROOT_INO, b"b"))
+    d.run(OpenSession(8 * SECOND, "alive", 10 * SECOND))  # renewed: lives until 18 s
+    d.run(ExpireSessions(9 * SECOND))  # nothing expired yet
+    assert d.ns.getattr(a).nlink == 0
+    d.run(ExpireSessions(11 * SECOND))
+    with pytest.raises(NotFound):
+        d.ns.getattr(a)
+    assert d.ns.getattr(b).nlink == 0  # the renewed session keeps its file
+    with pytest.raises(SessionExpired):
+        d.run(Open(12 * SECOND, "crashed", b))
+    d.run(CloseSession(13 * SECOND, "alive"))
+    with pytest.raises(NotFound):
+        d.ns.getattr(b)
+
+
+def test_open_needs_a_live_session(d: Driver) -> None:
+    ino = make_file(d)
+    with pytest.raises(SessionExpired):
+        d.run(Open(1, "nobody", ino))
+    d.run(OpenSession(0, "s", SECOND))
+    with pytest.raises(SessionExpired):
+        d.run(Open(2 * SECOND, "s", ino))  # the lease ran out, even before ExpireSessions
+    with pytest.raises(InvalidArgument):
+        d.run(OpenSession(0, "", SECOND))
+
+
+# --- chunk maps, truncate, GC, statfs ------------------------------------------------------
+
+
+def test_commit_chunks_replaces_and_queues_the_old_ones(d: Driver) -> None:
+    ino = make_file(d, chunk_size=4096)
+    d.run(CommitChunks(5, ino, ((0, rec("a0", 4096)), (1, rec("a1", 904))), 5000))
+    attr = d.ns.getattr(ino)
+    assert attr.size == 5000 and attr.mtime_ns == 5
+    d.run(CommitChunks(6, ino, ((1, rec("b1", 1000)),), 5096))
+    cmap = d.ns.chunk_map(ino)
+    assert cmap.chunk_size == 4096 and cmap.size == 5096
+    assert [(i, r.id) for i, r in cmap.chunks] == [(0, b"a0"), (1, b"b1")]
+    assert [r.id for _, r in d.ns.gc_pending()] == [b"a1"]
+    stats = d.ns.statfs()
+    assert stats.bytes == 5096 and stats.gc_pending == 1
+    assert dict(stats.node_usage) == {"a": 150, "b": 150, "c": 150}  # 3 records of 50 each
+    ((seq, _),) = d.ns.gc_pending()
+    d.run(GcDone(7, (seq,)))
+    d.run(GcDone(7, (seq,)))  # retried: harmless
+    assert dict(d.ns.statfs().node_usage) == {"a": 100, "b": 100, "c": 100}
+    assert d.ns.gc_pending() == []
+
+
+def test_commit_chunks_refuses_bad_input_and_changes_nothing(d: Driver) -> None:
+    ino = make_file(d, chunk_size=4096)
+    before = (d.ns.getattr(ino), d.ns.statfs())
+    bad = [
+        CommitChunks(1, ino, ((2, rec("x")),), 5000),  # chunk 2 starts past 5000
+        CommitChunks(1, ino, ((0, rec("x")), (0, rec("y"))), 100),  # twice
+        CommitChunks(1, ino, ((0, rec("x", 5000)),), 100),  # longer than a chunk
+        CommitChunks(1, ino, ((0, rec("x", nodes=("a",))),), 100),  # m = 1 < k = 2
+        CommitChunks(1, ROOT_INO, (), 0),  # a directory
+        CommitChunks(1, 999, (), 0),  # no such inode
+    ]
+    for command in bad:
+        assert d.errno_of(command) != 0, command
+    assert (d.ns.getattr(ino), d.ns.statfs()) == before
+    assert d.ns.chunk_map(ino).chunks == () and d.ns.gc_pending() == []
+
+
+def test_truncate_drops_and_shortens_chunks(d: Driver) -> None:
+    ino = make_file(d, chunk_size=4096)
+    chunks = tuple((i, rec(f"c{i}", 4096)) for i in range(3))
+    d.run(CommitChunks(1, ino, chunks, 3 * 4096))
+    d.run(SetAttr(2, ino, size=4096 + 10))
+    cmap = d.ns.chunk_map(ino)
+    assert [(i, r.id, r.length) for i, r in cmap.chunks] == [(0, b"c0", 4096), (1, b"c1", 10)]
+    assert [r.id for _, r in d.ns.gc_pending()] == [b"c2"]
+    assert d.ns.statfs().bytes == 4096 + 10
+    d.run(SetAttr(3, ino, size=1 << 20))  # growing makes a hole, no chunks
+    assert len(d.ns.chunk_map(ino).chunks) == 2 and d.ns.statfs().bytes == 1 << 20
+    d.run(SetAttr(4, ino, size=0))
+    assert d.ns.chunk_map(ino).chunks == () and len(d.ns.gc_pending()) == 3
+
+
+def test_statfs_counts_files_and_bytes(d: Driver) -> None:
+    assert d.ns.statfs().files == 1  # the root
+    d.run(Mkdir(1, ROOT_INO, b"d", 0o755, 0, 0))
+    ino = make_file(d)
+    d.run(SetAttr(2, ino, size=123))
+    assert (d.ns.statfs().files, d.ns.statfs().bytes) == (3, 123)
+    d.run(Unlink(3, ROOT_INO, b"f"))
+    assert (d.ns.statfs().files, d.ns.statfs().bytes) == (2, 0)
+
+
+# --- readdir cookies ------------------------------------------------------------------------
+
+
+def test_readdir_continues_across_concurrent_changes(d: Driver) -> None:
+    for i in range(100):
+        d.run(Mknod(1, ROOT_INO, f"f{i:03d}".encode(), REG, 0, 0))
+    seen: list[bytes] = []
+    cookie = 0
+    step = 0
+    while True:
+        page = d.ns.readdir_page(ROOT_INO, cookie, 7)
+        seen += [e.name for e in page.entries]
+        if page.entries:
+            cookie = page.entries[-1].cookie
+        # Meanwhile others create, delete and rename entries.
+        step += 1
+        d.run(Mknod(2, ROOT_INO, f"new{step}".encode(), REG, 0, 0))
+        if step < 50:
+            d.run(Unlink(2, ROOT_INO, f"f{99 - step:03d}".encode()))
+        if not page.more:
+            break
+    untouched = {f"f{i:03d}".encode() for i in range(50)}
+    assert untouched <= set(seen)  # every entry present throughout is listed ...
+    assert len(seen) == len(set(seen))  # ... and nothing twice
+
+
+def test_renamed_entry_is_listed_at_most_once(d: Driver) -> None:
+    for name in (b"a", b"b", b"c"):
+        d.run(Mknod(1, ROOT_INO, name, REG, 0, 0))
+    first = d.ns.readdir(ROOT_INO, 0, 2)
+    assert [e.name for e in first] == [b"a", b"b"]
+    d.run(Rename(2, ROOT_INO, b"a", ROOT_INO, b"z"))  # already listed as "a"
+    rest = d.ns.readdir(ROOT_INO, first[-1].cookie, 10)
+    assert [e.name for e in rest] == [b"c", b"z"]  # at its new place, the move is new
+
+
+def test_readdir_pages(d: Driver) -> None:
+    for i in range(25):
+        d.run(Mknod(1, ROOT_INO, f"{i}".encode(), REG, 0, 0))
+    page = d.ns.readdir_page(ROOT_INO, 0, 10)
+    assert len(page.entries) == 10 and page.more
+    last = d.ns.readdir_page(ROOT_INO, d.ns.readdir(ROOT_INO, 0, 20)[-1].cookie, 10)
+    assert len(last.entries) == 5 and not last.more
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+def test_queries_answer_and_report_errors(d: Driver) -> None:
+    ino = make_file(d)
+    ok = decode_message(d.ns.query(encode_message(Lookup(ROOT_INO, b"f"))))
+    assert isinstance(ok, MetaOk) and ok.attr is not None and ok.attr.ino == ino
+    missing = decode_message(d.ns.query(encode_message(GetAttr(999))))
+    assert isinstance(missing, MetaFailed) and missing.code == "not_found"
+    notdir = decode_message(d.ns.query(encode_message(ReadDir(ino))))
+    assert isinstance(notdir, MetaFailed) and notdir.code == "not_a_directory"
+    stats = decode_message(d.ns.query(encode_message(StatFs())))
+    assert stats.files == 2  # type: ignore[attr-defined]
+    with pytest.raises(InvalidArgument):
+        d.ns.query(encode_message(Mkdir(1, ROOT_INO, b"x", 0o755, 0, 0)))  # not a query
+
+
+def test_snapshot_of_a_wal_database_restores_anywhere(tmp_path: Path) -> None:
+    source = Driver(Namespace(tmp_path / "a.db"))
+    ino = make_file(source)
+    source.run(CommitChunks(1, ino, ((0, rec("x")),), 100))
+    image = source.ns.snapshot()
+    for target in (Namespace(), Namespace(tmp_path / "b.db")):
+        target.restore(image)
+        assert target.digest() == source.ns.digest()
