@@ -9,14 +9,23 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import msgspec
 import pytest
 import trio
 
 from conftest import run_cli
 from prismfs.errors import PrismError
+from prismfs.meta.commands import (
+    ROOT_INO,
+    Lookup,
+    MetaFailed,
+    MetaOk,
+    MetaValue,
+    ReadLink,
+    Symlink,
+)
 from prismfs.node.consensus_messages import (
     ChangeMembership,
     Propose,
@@ -29,6 +38,7 @@ from prismfs.node.consensus_messages import (
 from prismfs.procs import process_alive
 from prismfs.wire.auth import read_secret_file
 from prismfs.wire.client import RpcPool, open_rpc_pool
+from prismfs.wire.codec import Message, decode_message, encode_message
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -100,8 +110,16 @@ async def find_leader(pool: RpcPool, addresses: list[str], deadline: float = 20)
             await trio.sleep(0.1)
 
 
+def put_op(key: str, value: str) -> bytes:
+    """A namespace command that stores a value: symlink ``key`` -> ``value`` in the root."""
+    return encode_message(Symlink(time.time_ns(), ROOT_INO, key.encode(), value.encode(), 0, 0))
+
+
 class Writer:
-    """Writes k<i> = v<i> through any node, retrying with the same seq until acknowledged."""
+    """Writes k<i> = v<i> through any node, retrying with the same seq until acknowledged.
+
+    A retry of a command that did apply must return its first result (not
+    EEXIST): exactly-once through the namespace's client table."""
 
     def __init__(self, pool: RpcPool, addresses: list[str]) -> None:
         self.pool = pool
@@ -113,7 +131,7 @@ class Writer:
     async def run(self) -> None:
         while not self.stop:
             self.seq += 1
-            op = msgspec.msgpack.encode(["put", f"k{self.seq}", f"v{self.seq}"])
+            op = put_op(f"k{self.seq}", f"v{self.seq}")
             attempt = 0
             while not self.stop:
                 address = self.addresses[attempt % len(self.addresses)]
@@ -126,6 +144,8 @@ class Writer:
                     await trio.sleep(0.05)
                     continue
                 assert isinstance(reply.message, Proposed)
+                result = decode_message(reply.message.result)
+                assert isinstance(result, MetaOk), result
                 self.acked.append(self.seq)
                 break
             await trio.sleep(0.01)
@@ -137,12 +157,21 @@ class Writer:
                 await trio.sleep(0.05)
 
 
-async def read(pool: RpcPool, address: str, key: str) -> str | None:
-    reply = (
-        await pool.call(address, Query(msgspec.msgpack.encode(["get", key])), timeout=5)
-    ).message
+async def _query(pool: RpcPool, address: str, q: Message) -> Message:
+    reply = (await pool.call(address, Query(encode_message(q)), timeout=5)).message
     assert isinstance(reply, QueryResult)
-    return msgspec.msgpack.decode(reply.result)
+    return decode_message(reply.result)
+
+
+async def read(pool: RpcPool, address: str, key: str) -> str | None:
+    found = await _query(pool, address, Lookup(ROOT_INO, key.encode()))
+    if isinstance(found, MetaFailed):
+        assert found.code == "not_found"
+        return None
+    assert isinstance(found, MetaOk) and found.attr is not None
+    target = await _query(pool, address, ReadLink(found.attr.ino))
+    assert isinstance(target, MetaValue)
+    return target.value.decode()
 
 
 async def test_failover_restart_and_membership_without_losing_writes(cluster: Cluster) -> None:
@@ -347,7 +376,7 @@ async def test_forwarded_proposal_gives_up_on_a_replaced_leader(cluster: Cluster
         leader = await find_leader(pool, addresses)
         follower = next(a for a in addresses if a != leader.leader_address)
         frozen = next(n for n in nodes if n["id"] == leader.node_id)
-        put = msgspec.msgpack.encode(["put", "a", "1"])
+        put = put_op("a", "1")
         await pool.call(follower, Propose("c1", 1, put), timeout=10)  # forwarding works
         os.kill(int(frozen["pid"]), signal.SIGSTOP)  # type: ignore[call-overload]
         try:

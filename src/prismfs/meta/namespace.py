@@ -32,6 +32,7 @@ copies one back with SQLite's backup API.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 from collections.abc import Callable
@@ -193,8 +194,8 @@ class Namespace:
 
     exactly_once = True  # deduplicates ClientCommands itself, durably (the driver must not wrap it)
 
-    def __init__(self, path: str = ":memory:") -> None:
-        path = str(path)
+    def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
+        path = os.fspath(path)
         self.duplicates = 0
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         if path != ":memory:":
@@ -843,7 +844,12 @@ class Namespace:
             ]
             self.db.execute("DELETE FROM opens WHERE session = ?", (session,))
             self.db.execute("DELETE FROM sessions WHERE session = ?", (session,))
-            self.db.execute("DELETE FROM clients WHERE client = ?", (session,))
+            # The session's lanes ("<session>/<n>") keep their exactly-once rows
+            # until the session ends.
+            self.db.execute(
+                "DELETE FROM clients WHERE client = ? OR substr(client, 1, ?) = ?",
+                (session, len(session) + 1, session + "/"),
+            )
             for ino in inos:
                 self._free_if_orphan(ino)
 

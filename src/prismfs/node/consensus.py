@@ -111,7 +111,14 @@ class Consensus:
         self.dir = raft_dir
         self.pool = pool
         self.cfg = config or ConsensusConfig()
-        self.sm = ExactlyOnce(state_machine)
+        # A state machine that deduplicates client commands itself (durably,
+        # in the same transaction as their effect) is not wrapped again.
+        self.sm: StateMachine = (
+            state_machine
+            if getattr(state_machine, "exactly_once", False)
+            else ExactlyOnce(state_machine)
+        )
+        self._query = getattr(state_machine, "query", None)
         self.log = DurableLog(raft_dir)
         self.core: RaftNode | None = None
         self._inbox: list[Callable[[RaftNode], None]] = []
@@ -150,8 +157,11 @@ class Consensus:
             recovered.entries, recovered.hard_state = [first], HardState(1, "", 1)
             log.info("founded a new Raft group with %s as its only voter", self.node_id)
         marker.unlink(missing_ok=True)
-        if recovered.snapshot is not None:
-            self.sm.restore(recovered.snapshot.data)
+        # A persistent state machine that already applied past the snapshot
+        # keeps its state; the log replay skips what it holds.
+        snapshot = recovered.snapshot
+        if snapshot is not None and getattr(self.sm, "applied", 0) < snapshot.meta.index:
+            self.sm.restore(snapshot.data)
         self.core = RaftNode(
             RaftConfig(
                 node_id=self.node_id,
@@ -350,6 +360,12 @@ class Consensus:
         )
         return Proposed(waiter.index, waiter.result)
 
+    async def propose_internal(self, op: bytes, timeout: float | None = None) -> Proposed:
+        """Propose a command of the node itself (not a client's): leader only,
+        not deduplicated, so only for commands that are idempotent."""
+        waiter = await self._append_and_wait(lambda core: core.propose(op), timeout, "proposal")
+        return Proposed(waiter.index, waiter.result)
+
     async def _append_and_wait(
         self, append: Callable[[RaftNode], int], timeout: float | None, what: str
     ) -> _Waiter:
@@ -386,10 +402,9 @@ class Consensus:
             await self._wait(waiter, timeout, "read")
         finally:
             self._reads.pop(context, None)
-        query = getattr(self.sm.inner, "query", None)
-        if query is None:
+        if self._query is None:
             raise InvalidArgument("this state machine serves no queries")
-        return QueryResult(waiter.index, query(op))
+        return QueryResult(waiter.index, self._query(op))
 
     async def change_membership(
         self, change: ChangeMembership, timeout: float | None = None

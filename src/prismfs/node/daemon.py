@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import trio
@@ -24,15 +25,17 @@ from prismfs import __version__
 from prismfs.errors import ConfChangeInProgress, InvalidArgument, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
+from prismfs.meta.commands import ExpireSessions
+from prismfs.meta.namespace import Namespace
 from prismfs.node import datadir
 from prismfs.node.config import NodeConfig
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
-from prismfs.node.kv_state import KVStore
 from prismfs.node.logs import setup_logging
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials
 from prismfs.wire.client import RpcPool, open_rpc_pool
+from prismfs.wire.codec import encode_message
 from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
 from prismfs.wire.server import Call, Reply, RpcServer
 from prismfs.wire.tls import client_context, server_context
@@ -111,7 +114,7 @@ async def serve_node(
                 service.rpc_address,
                 config.data_dir / "raft",
                 pool,
-                KVStore(),
+                _open_namespace(config.data_dir),
                 config.consensus_config(),
             )
             consensus.register(service.server)
@@ -134,6 +137,7 @@ async def serve_node(
                 creds.cluster_id,
                 ", ".join(addresses),
             )
+            nursery.start_soon(_expire_sessions, consensus)
             if join and node_id not in consensus.status().voters + consensus.status().learners:
                 nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
@@ -142,6 +146,30 @@ async def serve_node(
                 nursery.cancel_scope.cancel()
                 break
     log.info("node %s stopped", node_id)
+
+
+SESSION_SWEEP_S = 5.0
+
+
+def _open_namespace(data_dir: Path) -> Namespace:
+    meta_dir = data_dir / "meta"
+    meta_dir.mkdir(mode=0o700, exist_ok=True)
+    return Namespace(meta_dir / "namespace.db")
+
+
+async def _expire_sessions(consensus: Consensus) -> None:
+    """On the leader, now and then: end the client sessions whose lease ran out
+    (with the leader's clock, stamped into the command)."""
+    while True:
+        await trio.sleep(SESSION_SWEEP_S)
+        if consensus.role != "leader":
+            continue
+        try:
+            await consensus.propose_internal(
+                encode_message(ExpireSessions(time.time_ns())), timeout=SESSION_SWEEP_S
+            )
+        except PrismError as exc:
+            log.debug("session sweep skipped: %s", exc.message)
 
 
 async def _join(pool: RpcPool, seed: str, node_id: str, address: str) -> None:

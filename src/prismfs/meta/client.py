@@ -1,0 +1,360 @@
+"""The namespace over the wire: typed calls, exactly-once retries, a session.
+
+Theory of operation. Every namespace change travels as a `Propose` with a
+(client id, sequence) pair. The state machine keeps the last sequence and
+result per client id, so a retry after a timeout, a dropped connection or a
+leader change gets the first answer back and never applies twice. One
+client id may have only one command in flight (an older sequence arriving
+after a newer one would be taken for a stale retry), so a `MetaClient`
+holds a set of *lanes*, ``<session>/<n>``, each with its own sequence; a
+call takes a free lane for as long as it runs. Up to ``lanes`` calls run
+concurrently.
+
+Reads go as `Query` to any node: the node runs a ReadIndex round with the
+leader and answers from its replica once it has applied that far, so reads
+are linearizable wherever they are served.
+
+Transient errors (no leader yet, node down, overload, deadline of one
+attempt) are retried at the next address with a short backoff until the
+call's deadline; POSIX errors come back as their `PrismError` classes
+(`NotFound`, `AlreadyExists`, ...) with an errno.
+
+The session (`open_meta_client`) holds a lease renewed in the background;
+files opened through it stay readable after their last name is removed
+until released, or until the lease runs out if this client dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from prismfs.errors import DeadlineExceeded, InternalError, PrismError, registered_errors
+from prismfs.meta.commands import (
+    Attr,
+    ChunkMap,
+    ChunkRecord,
+    CloseSession,
+    CommitChunks,
+    DirEntry,
+    DirPage,
+    FsStats,
+    GcDone,
+    GcEntries,
+    GcPending,
+    GetAttr,
+    GetChunks,
+    GetDigest,
+    GetXattr,
+    Link,
+    ListXattr,
+    Lookup,
+    MetaCommand,
+    MetaFailed,
+    MetaOk,
+    MetaQuery,
+    MetaValue,
+    Mkdir,
+    Mknod,
+    Open,
+    OpenSession,
+    ReadDir,
+    ReadLink,
+    Release,
+    RemoveXattr,
+    Rename,
+    Rmdir,
+    SetAttr,
+    SetXattr,
+    StatFs,
+    Symlink,
+    Unlink,
+)
+from prismfs.node.consensus_messages import Propose, Proposed, Query, QueryResult
+from prismfs.wire.client import RpcPool
+from prismfs.wire.codec import Message, decode_message, encode_message
+
+log = logging.getLogger("prismfs.meta.client")
+
+T = TypeVar("T", bound=Message)
+
+
+@dataclass
+class _Lane:
+    client: str
+    seq: int = 0
+
+
+class MetaClient:
+    def __init__(
+        self,
+        pool: RpcPool,
+        addresses: Sequence[str],
+        *,
+        session: str | None = None,
+        lanes: int = 64,
+        timeout: float = 30.0,
+        attempt_timeout: float = 10.0,
+    ) -> None:
+        if not addresses:
+            raise ValueError("a MetaClient needs at least one node address")
+        self.pool = pool
+        self.addresses = list(addresses)
+        self.session = session or f"c-{secrets.token_hex(8)}"
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self._preferred = 0
+        send, self._free = trio.open_memory_channel[_Lane](lanes)
+        for n in range(lanes):
+            send.send_nowait(_Lane(f"{self.session}/{n}"))
+        self._return = send
+
+    # --- the two primitives -----------------------------------------------------------
+
+    async def propose(self, command: MetaCommand) -> Attr | None:
+        """Apply one namespace command exactly once; its attributes or a PrismError."""
+        lane = await self._free.receive()
+        try:
+            lane.seq += 1
+            request = Propose(lane.client, lane.seq, encode_message(command))
+            reply = await self._call(request, Proposed)
+        finally:
+            self._return.send_nowait(lane)
+        return _ok(reply.result).attr
+
+    async def query(self, q: MetaQuery, expect: type[T]) -> T:
+        reply = await self._call(Query(encode_message(q)), QueryResult)
+        result = _decode(reply.result)
+        if not isinstance(result, expect):
+            raise TypeError(f"expected {expect.__name__}, got {type(result).__name__}")
+        return result
+
+    async def _call(self, request: Message, expect: type[T]) -> T:
+        deadline = trio.current_time() + self.timeout
+        delay = 0.02
+        while True:
+            address = self.addresses[self._preferred % len(self.addresses)]
+            attempt = min(self.attempt_timeout, max(0.05, deadline - trio.current_time()))
+            try:
+                reply = (await self.pool.call(address, request, timeout=attempt)).message
+            except PrismError as exc:
+                if not exc.transient:
+                    raise
+                if trio.current_time() + delay >= deadline:
+                    raise DeadlineExceeded(
+                        f"namespace call not done within {self.timeout:g}s: {exc.message}"
+                    ) from None
+                log.debug("retrying %s after %s at %s", type(request).__name__, exc, address)
+                self._preferred += 1  # try the next node; any node forwards to the leader
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            if not isinstance(reply, expect):
+                raise TypeError(f"expected {expect.__name__}, got {type(reply).__name__}")
+            return reply
+
+    # --- commands -------------------------------------------------------------------------
+
+    async def mknod(
+        self,
+        parent: int,
+        name: bytes,
+        mode: int,
+        uid: int = 0,
+        gid: int = 0,
+        rdev: int = 0,
+        *,
+        open_it: bool = False,
+        chunk_size: int = 0,
+    ) -> Attr:
+        attr = await self.propose(
+            Mknod(
+                _now(),
+                parent,
+                name,
+                mode,
+                uid,
+                gid,
+                rdev,
+                session=self.session if open_it else "",
+                chunk_size=chunk_size,
+            )
+        )
+        assert attr is not None
+        return attr
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int = 0, gid: int = 0) -> Attr:
+        attr = await self.propose(Mkdir(_now(), parent, name, mode, uid, gid))
+        assert attr is not None
+        return attr
+
+    async def symlink(
+        self, parent: int, name: bytes, target: bytes, uid: int = 0, gid: int = 0
+    ) -> Attr:
+        attr = await self.propose(Symlink(_now(), parent, name, target, uid, gid))
+        assert attr is not None
+        return attr
+
+    async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        attr = await self.propose(Link(_now(), ino, new_parent, new_name))
+        assert attr is not None
+        return attr
+
+    async def unlink(self, parent: int, name: bytes) -> None:
+        await self.propose(Unlink(_now(), parent, name))
+
+    async def rmdir(self, parent: int, name: bytes) -> None:
+        await self.propose(Rmdir(_now(), parent, name))
+
+    async def rename(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
+    ) -> None:
+        await self.propose(Rename(_now(), parent, name, new_parent, new_name, flags))
+
+    async def setattr(self, ino: int, **changes: int | None) -> Attr:
+        attr = await self.propose(SetAttr(_now(), ino, **changes))
+        assert attr is not None
+        return attr
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        await self.propose(SetXattr(_now(), ino, name, value, flags))
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self.propose(RemoveXattr(_now(), ino, name))
+
+    async def open(self, ino: int) -> Attr:
+        attr = await self.propose(Open(_now(), self.session, ino))
+        assert attr is not None
+        return attr
+
+    async def release(self, ino: int) -> None:
+        await self.propose(Release(_now(), self.session, ino))
+
+    async def commit_chunks(
+        self, ino: int, chunks: Sequence[tuple[int, ChunkRecord]], size: int
+    ) -> Attr:
+        attr = await self.propose(CommitChunks(_now(), ino, tuple(chunks), size))
+        assert attr is not None
+        return attr
+
+    async def gc_done(self, seqs: Sequence[int]) -> None:
+        await self.propose(GcDone(_now(), tuple(seqs)))
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        return _attr(await self.query(Lookup(parent, name), MetaOk))
+
+    async def getattr(self, ino: int) -> Attr:
+        return _attr(await self.query(GetAttr(ino), MetaOk))
+
+    async def readdir_page(self, ino: int, cookie: int = 0, limit: int = 1000) -> DirPage:
+        return await self.query(ReadDir(ino, cookie, limit), DirPage)
+
+    async def readdir(self, ino: int, page: int = 1000) -> AsyncIterator[DirEntry]:
+        """Every entry, page by page (each page one linearizable read)."""
+        cookie = 0
+        while True:
+            result = await self.readdir_page(ino, cookie, page)
+            for entry in result.entries:
+                yield entry
+            if not result.more or not result.entries:
+                return
+            cookie = result.entries[-1].cookie
+
+    async def readlink(self, ino: int) -> bytes:
+        return (await self.query(ReadLink(ino), MetaValue)).value
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return (await self.query(GetXattr(ino, name), MetaValue)).value
+
+    async def listxattr(self, ino: int) -> tuple[bytes, ...]:
+        return (await self.query(ListXattr(ino), MetaValue)).names
+
+    async def chunk_map(self, ino: int, first: int = 0, count: int = 1024) -> ChunkMap:
+        return await self.query(GetChunks(ino, first, count), ChunkMap)
+
+    async def statfs(self) -> FsStats:
+        return await self.query(StatFs(), FsStats)
+
+    async def gc_pending(self, limit: int = 1000) -> GcEntries:
+        return await self.query(GcPending(limit), GcEntries)
+
+    async def digest(self, address: str) -> str:
+        """The state digest of the replica at ``address`` (for tests and fsck)."""
+        reply = (await self.pool.call(address, Query(encode_message(GetDigest())))).message
+        assert isinstance(reply, QueryResult)
+        value = _decode(reply.result)
+        assert isinstance(value, MetaValue)
+        return value.value.decode()
+
+    # --- the session -------------------------------------------------------------------------
+
+    async def open_session(self, lease_s: float) -> None:
+        await self.propose(OpenSession(_now(), self.session, int(lease_s * 1e9)))
+
+    async def close_session(self) -> None:
+        await self.propose(CloseSession(_now(), self.session))
+
+
+@asynccontextmanager
+async def open_meta_client(
+    pool: RpcPool,
+    addresses: Sequence[str],
+    *,
+    lease_s: float = 60.0,
+    **kwargs: object,
+) -> AsyncIterator[MetaClient]:
+    """A `MetaClient` with a session whose lease is renewed every third of it."""
+    client = MetaClient(pool, addresses, **kwargs)  # type: ignore[arg-type]
+    await client.open_session(lease_s)
+    async with trio.open_nursery() as nursery:
+
+        async def keep_alive() -> None:
+            while True:
+                await trio.sleep(lease_s / 3)
+                try:
+                    await client.open_session(lease_s)
+                except PrismError as exc:
+                    log.warning("could not renew session %s: %s", client.session, exc.message)
+
+        nursery.start_soon(keep_alive)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+            with trio.move_on_after(5, shield=True):
+                try:
+                    await client.close_session()
+                except PrismError as exc:
+                    log.warning("could not close session %s: %s", client.session, exc.message)
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def _decode(raw: bytes) -> Message:
+    result = decode_message(raw)
+    if isinstance(result, MetaFailed):
+        raise registered_errors().get(result.code, InternalError)(result.message)
+    return result
+
+
+def _ok(raw: bytes) -> MetaOk:
+    result = _decode(raw)
+    if not isinstance(result, MetaOk):
+        raise TypeError(f"expected MetaOk, got {type(result).__name__}")
+    return result
+
+
+def _attr(ok: MetaOk) -> Attr:
+    assert ok.attr is not None
+    return ok.attr

@@ -1,0 +1,149 @@
+"""The namespace in real node processes: the client library against a 3-node
+cluster, concurrent clients while the leader is killed, replicas converging
+to one digest; open-but-unlinked files across clients; lease expiry of a
+client that vanished."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import stat
+
+import pytest
+import trio
+
+from prismfs.errors import AlreadyExists, NotEmpty, NotFound, PrismError
+from prismfs.meta.client import MetaClient, open_meta_client
+from prismfs.meta.commands import ROOT_INO
+from prismfs.wire.client import open_rpc_pool
+from test_raft_cluster import Cluster, find_leader
+
+pytestmark = pytest.mark.timeout(240)
+
+REG = stat.S_IFREG | 0o644
+
+
+@pytest.fixture
+def cluster(tmp_path):  # type: ignore[no-untyped-def]
+    c = Cluster(tmp_path)
+    yield c
+    c.cleanup()
+
+
+async def converged_digests(client: MetaClient, addresses: list[str], deadline: float = 30) -> str:
+    """Wait until every replica reports the same digest (they apply at their own pace)."""
+    with trio.fail_after(deadline):
+        while True:
+            digests = set()
+            for address in addresses:
+                try:
+                    digests.add(await client.digest(address))
+                except PrismError:
+                    digests.add(f"down {address}")
+            if len(digests) == 1:
+                return digests.pop()
+            await trio.sleep(0.2)
+
+
+async def workload(client: MetaClient, who: int, ops: int, done: list[int]) -> None:
+    """Random changes in the client's own directory; POSIX refusals are fine."""
+    rng = random.Random(who)
+    home = await client.mkdir(ROOT_INO, f"w{who}".encode(), 0o755)
+    names = [f"n{i}".encode() for i in range(8)]
+    for _ in range(ops):
+        name = rng.choice(names)
+        kind = rng.random()
+        try:
+            if kind < 0.35:
+                await client.mknod(home.ino, name, REG)
+            elif kind < 0.5:
+                await client.mkdir(home.ino, name, 0o755)
+            elif kind < 0.7:
+                await client.rename(home.ino, name, home.ino, rng.choice(names))
+            elif kind < 0.85:
+                await client.unlink(home.ino, name)
+            else:
+                attr = await client.lookup(home.ino, name)
+                await client.setxattr(attr.ino, b"user.k", os.urandom(8))
+        except (NotFound, AlreadyExists, NotEmpty, PrismError) as exc:
+            if exc.transient:
+                raise
+        done.append(who)
+
+
+async def test_concurrent_clients_survive_a_leader_kill_and_replicas_converge(
+    cluster: Cluster,
+) -> None:
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses) as client,
+    ):
+        done: list[int] = []
+        async with trio.open_nursery() as nursery:
+            for who in range(4):
+                nursery.start_soon(workload, client, who, 60, done)
+            with trio.fail_after(30):
+                while len(done) < 40:
+                    await trio.sleep(0.02)
+            leader = await find_leader(pool, addresses)
+            victim = next(n for n in nodes if n["id"] == leader.node_id)
+            os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+        assert len(done) == 240  # every operation finished, through the new leader
+        survivors = [a for a in addresses if a != victim["rpc_address"]]
+        new_leader = await find_leader(pool, survivors)
+        assert new_leader.term > leader.term
+        await trio.to_thread.run_sync(cluster.up)  # the killed node comes back and catches up
+        digest = await converged_digests(client, addresses)
+        assert digest
+        # The workload's directories exist with consistent link counts.
+        root = await client.getattr(ROOT_INO)
+        assert root.nlink == 2 + 4
+        entries = [e async for e in client.readdir(ROOT_INO)]
+        assert sorted(e.name for e in entries) == [b"w0", b"w1", b"w2", b"w3"]
+        for entry in entries:
+            children = [c async for c in client.readdir(entry.attr.ino, page=3)]
+            subdirs = sum(stat.S_ISDIR(c.attr.mode) for c in children)
+            assert entry.attr.nlink == 2 + subdirs
+
+
+async def test_open_file_survives_unlink_by_another_client(cluster: Cluster) -> None:
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses[:1]) as a,
+        open_meta_client(pool, addresses[1:]) as b,
+    ):
+        f = await a.mknod(ROOT_INO, b"f", REG, open_it=True)
+        await b.unlink(ROOT_INO, b"f")
+        with pytest.raises(NotFound):
+            await b.lookup(ROOT_INO, b"f")
+        assert (await b.getattr(f.ino)).nlink == 0  # still there for its holder
+        await a.release(f.ino)
+        with pytest.raises(NotFound):
+            await b.getattr(f.ino)
+        assert (await b.statfs()).files == 1
+
+
+async def test_vanished_client_loses_its_open_files_after_the_lease(cluster: Cluster) -> None:
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with open_rpc_pool(cluster.creds, connect_timeout=1) as pool:
+        gone = MetaClient(pool, addresses)
+        await gone.open_session(lease_s=1.0)  # and never renews it: the client "crashed"
+        f = await gone.mknod(ROOT_INO, b"f", REG, open_it=True)
+        other = MetaClient(pool, addresses)
+        await other.unlink(ROOT_INO, b"f")
+        assert (await other.getattr(f.ino)).nlink == 0
+        # The leader sweeps expired sessions every 5 s.
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await other.getattr(f.ino)
+                except NotFound:
+                    break
+                await trio.sleep(0.2)
+        assert (await other.statfs()).files == 1
