@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from prismfs.meta.namespace import Namespace
 from prismfs.raft import core, state_machine
 from prismfs.raft.core import RaftNode
 from prismfs.sim.__main__ import main as sim_main
@@ -41,8 +42,9 @@ def test_many_seeds_keep_every_invariant(nodes: int) -> None:
         seen["transfer"] += sim.delivered["TimeoutNow"] > 0
         seen["snapshot"] += sim.delivered["InstallSnapshot"] > 0
         seen["snapshot_chunks"] += sim.delivered["InstallSnapshot chunk > 0"] > 0
+        seen["namespace"] += sim.workload.name == "namespace"
     # Every kind of fault was exercised by a good share of the seeds.
-    kinds = ["crash", "torn", "drop", "duplicate", "partition", "membership"]
+    kinds = ["crash", "torn", "drop", "duplicate", "partition", "membership", "namespace"]
     if nodes > 1:
         kinds += ["no_check_quorum", "transfer", "snapshot", "snapshot_chunks"]
     for kind in kinds:
@@ -115,7 +117,29 @@ def test_harness_catches_learners_counted_for_commit(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(core, "committed_index", lambda voters, match: real(tuple(match), match))
     with pytest.raises(Violation, match="leader completeness"):
         for seed in range(120):
-            Simulation(seed, (1, 3, 5)[seed % 3], membership=True).run()
+            Simulation(seed, (1, 3, 5)[seed % 3], membership=True, workload="kv").run()
+
+
+def test_namespace_retries_apply_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Namespace workload only: passes as is; with the namespace's own
+    deduplication planted out (a retried create applies again and answers
+    EEXIST), the checker must reject some history."""
+    for seed in range(20):
+        result = Simulation(seed, (1, 3, 5)[seed % 3], workload="namespace").run()
+        assert result.linearizable and result.completed == result.operations
+
+    real_apply = Namespace.apply
+
+    def no_dedup(self: Namespace, index: int, command: bytes) -> bytes:
+        cmd = state_machine.decode_message(command)
+        if isinstance(cmd, state_machine.ClientCommand):
+            command = cmd.op
+        return real_apply(self, index, command)
+
+    monkeypatch.setattr(Namespace, "apply", no_dedup)
+    with pytest.raises(Violation, match="not linearizable"):
+        for seed in range(300):
+            Simulation(seed, (1, 3, 5)[seed % 3], workload="namespace").run()
 
 
 def test_harness_catches_reads_without_quorum(monkeypatch: pytest.MonkeyPatch) -> None:

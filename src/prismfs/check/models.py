@@ -58,3 +58,65 @@ class KVModel:
         for op in history:
             by_key.setdefault(op.input[1], []).append(op)
         return list(by_key.values())
+
+
+class NamespaceModel:
+    """Names in one directory, each absent, a file or an (empty) directory.
+
+    Inputs carry a group first: ("create", group, name), ("mkdir", group,
+    name), ("unlink", group, name), ("rmdir", group, name), ("rename",
+    group, src, dst), ("lookup", group, name). Changes return "ok" or an
+    error code (`prismfs.errors` codes: "already_exists", "not_found",
+    "is_a_directory", "not_a_directory"); lookup returns "file", "dir" or
+    "not_found". A rename stays inside its group, so groups are checked
+    independently. The state is a sorted tuple of (name, kind).
+    """
+
+    def init(self) -> Hashable:
+        return ()
+
+    def step(self, state: Any, input: tuple[Any, ...], output: Any) -> tuple[bool, Hashable]:
+        names: dict[str, str] = dict(state)
+        expected, names = _namespace_step(names, input)
+        new_state = tuple(sorted(names.items()))
+        return output is UNKNOWN or output == expected, new_state
+
+    def partition(self, history: Sequence[Operation]) -> list[list[Operation]]:
+        by_group: dict[Any, list[Operation]] = {}
+        for op in history:
+            by_group.setdefault(op.input[1], []).append(op)
+        return list(by_group.values())
+
+
+def _namespace_step(names: dict[str, str], input: tuple[Any, ...]) -> tuple[str, dict[str, str]]:
+    op, name = input[0], input[2]
+    kind = names.get(name)
+    if op == "lookup":
+        return kind or "not_found", names
+    if op in ("create", "mkdir"):
+        if kind is not None:
+            return "already_exists", names
+        return "ok", {**names, name: "file" if op == "create" else "dir"}
+    if op in ("unlink", "rmdir"):
+        if kind is None:
+            return "not_found", names
+        if op == "unlink" and kind == "dir":
+            return "is_a_directory", names
+        if op == "rmdir" and kind == "file":
+            return "not_a_directory", names
+        return "ok", {n: k for n, k in names.items() if n != name}
+    if op == "rename":
+        dst = input[3]
+        target = names.get(dst)
+        if kind is None:
+            return "not_found", names
+        if name == dst:
+            return "ok", names
+        if target == "dir" and kind == "file":
+            return "is_a_directory", names
+        if target == "file" and kind == "dir":
+            return "not_a_directory", names
+        moved = {n: k for n, k in names.items() if n != name}
+        moved[dst] = kind
+        return "ok", moved
+    raise ValueError(f"unknown namespace operation {op!r}")

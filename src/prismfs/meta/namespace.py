@@ -614,9 +614,15 @@ class Namespace:
         return self.getattr(ino)
 
     def _symlink(self, c: Symlink) -> Attr:
+        # As in Linux, the target is checked first (it is copied in before
+        # the new name is looked up): empty is ENOENT, too long ENAMETOOLONG.
+        if not c.target:
+            raise NotFound("a symlink target cannot be empty")
+        if len(c.target) > 4095:
+            raise NameTooLong(f"symlink target of {len(c.target)} bytes is longer than 4095")
+        if b"\0" in c.target:
+            raise InvalidArgument("a symlink target cannot hold NUL")
         self._prepare_new(c.parent, c.name)
-        if not c.target or len(c.target) > 4095 or b"\0" in c.target:
-            raise InvalidArgument("symlink target must be 1 to 4095 bytes without NUL")
         ino = self._new_inode(
             stat.S_IFLNK | 0o777, c.uid, c.gid, c.now_ns, 1, size=len(c.target), target=c.target
         )

@@ -48,13 +48,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import xxhash
 
 from prismfs.check.linearizability import check
-from prismfs.check.models import UNKNOWN, KVModel, Operation
+from prismfs.check.models import UNKNOWN, Operation
 from prismfs.errors import PrismError
-from prismfs.node.kv_state import KVStore, encode_op
 from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role, Snapshot
 from prismfs.raft.messages import (
     ConfChange,
@@ -64,7 +62,8 @@ from prismfs.raft.messages import (
     InstallSnapshot,
     RaftMessage,
 )
-from prismfs.raft.state_machine import ClientCommand, ExactlyOnce, client_command
+from prismfs.raft.state_machine import ClientCommand, StateMachine, client_command
+from prismfs.sim.workloads import WORKLOADS, Workload
 from prismfs.wire.codec import decode_message
 
 TICK_MS = 10
@@ -123,13 +122,14 @@ class ClientResponse:
 class SimNode:
     id: str
     raft: RaftNode
-    sm: ExactlyOnce
-    kv: KVStore
+    sm: StateMachine
+    store: Any  # what reads and digests use (the KV store, or the namespace itself)
     disk: Disk
     alive: bool = True
     proposals: dict[int, tuple[str, int]] = field(default_factory=dict)
-    reads: dict[int, tuple[str, int, str]] = field(default_factory=dict)
-    waiting_reads: list[tuple[int, str, int, str]] = field(default_factory=list)
+    reads: dict[int, tuple[str, int, tuple[Any, ...]]] = field(default_factory=dict)
+    waiting_reads: list[tuple[int, str, int, tuple[Any, ...]]] = field(default_factory=list)
+    applied: int = 0
     last_commit: int = 0
     checked_term: int = -1
 
@@ -171,6 +171,7 @@ class Simulation:
         snapshot_every: int = 40,
         think_ms: int = 200,
         membership: bool | None = None,
+        workload: str | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -192,6 +193,15 @@ class Simulation:
         self.ids = voters + ([f"n{n_nodes + 1}"] if self.membership else [])
         self.conf = ConfState(tuple(voters))
         self.min_voters = max(1, n_nodes - 1)
+        # A third of the runs replicate the real namespace state machine.
+        if workload is None:
+            workload = "namespace" if self.rng.random() < 1 / 3 else "kv"
+        self.workload: Workload = WORKLOADS[workload]
+        if workload == "namespace":
+            # A namespace snapshot is a whole SQLite image (tens of KiB): in
+            # 48-byte chunks its transfer would outlast the healing phase.
+            self.snapshot_chunk = max(self.snapshot_chunk, 8192)
+        self._ops: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.fault_ms = fault_ms
         self.snapshot_every = snapshot_every
         self.think_ms = think_ms
@@ -248,11 +258,12 @@ class Simulation:
             snapshot=disk.snapshot,
             entries=list(disk.entries),
         )
-        kv = KVStore()
-        sm = ExactlyOnce(kv)
+        sm, store = self.workload.state_machine()
         if disk.snapshot is not None:
             sm.restore(disk.snapshot.data)
-        return SimNode(node_id, raft, sm, kv, disk, last_commit=raft.commit)
+        return SimNode(
+            node_id, raft, sm, store, disk, last_commit=raft.commit, applied=raft.applied
+        )
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -345,7 +356,7 @@ class Simulation:
     def _apply(self, node: SimNode, rd: Ready) -> None:
         if rd.snapshot is not None:
             node.sm.restore(rd.snapshot.data)
-            node.kv.applied = rd.snapshot.meta.index
+            node.applied = rd.snapshot.meta.index
         for entry in rd.committed:
             known = self.committed.get(entry.index)
             if known is None:
@@ -358,23 +369,25 @@ class Simulation:
             result = b""
             if entry.kind == "normal":
                 result = node.sm.apply(entry.index, entry.data)
-            node.kv.applied = entry.index
+            node.applied = entry.index
             waiting = node.proposals.pop(entry.index, None)
             if waiting is not None and entry.kind == "normal":
                 cmd = decode_message(entry.data)
                 if isinstance(cmd, ClientCommand) and (cmd.client, cmd.seq) == waiting:
-                    out = msgspec.msgpack.decode(result) if result else None
+                    op = self._ops[waiting]
+                    out = self.workload.write_output(op, result)
                     self._reply(node.id, ClientResponse(cmd.client, cmd.seq, True, out))
         for rs in rd.read_states:
             read = node.reads.pop(rs.context, None)
             if read is not None:
                 node.waiting_reads.append((rs.index, *read))
         still = []
-        for index, client, seq, key in node.waiting_reads:
-            if node.kv.applied >= index:
-                self._reply(node.id, ClientResponse(client, seq, True, node.kv.get(key)))
+        for index, client, seq, op in node.waiting_reads:
+            if node.applied >= index:
+                output = self.workload.read(node.store, op)
+                self._reply(node.id, ClientResponse(client, seq, True, output))
             else:
-                still.append((index, client, seq, key))
+                still.append((index, client, seq, op))
         node.waiting_reads = still
 
     def _maybe_snapshot(self, node: SimNode) -> None:
@@ -529,10 +542,8 @@ class Simulation:
                 return
             client.ops_left -= 1
             client.seq += 1
-            key = self.rng.choice(["x", "y", "z"])
-            kind = self.rng.choice(["put", "append", "get", "get"])
-            value = f"{client.id}.{client.seq}"
-            client.op = (kind, key, value) if kind != "get" else (kind, key)
+            client.op = self.workload.next_op(self.rng, client.id, client.seq)
+            self._ops[(client.id, client.seq)] = client.op
             client.call_time = self.now
             client.target = self.rng.choice(self.ids)
         elif self.now < client.deadline:
@@ -552,12 +563,13 @@ class Simulation:
             return
         raft = node.raft
         try:
-            if req.op[0] == "get":
+            if self.workload.is_read(req.op):
                 self._ctx += 1
-                node.reads[self._ctx] = (req.client, req.seq, req.op[1])
+                node.reads[self._ctx] = (req.client, req.seq, req.op)
                 raft.read_index(self._ctx)
             else:
-                index = raft.propose(client_command(req.client, req.seq, encode_op(req.op)))
+                command = self.workload.command(req.op)
+                index = raft.propose(client_command(req.client, req.seq, command))
                 node.proposals[index] = (req.client, req.seq)
         except PrismError:
             self._reply(node.id, ClientResponse(req.client, req.seq, False, leader=raft.leader))
@@ -581,7 +593,7 @@ class Simulation:
             return
         op = client.op
         client.good = client.target
-        output = resp.output if op[0] == "get" else None
+        output = resp.output
         self.history[(client.id, client.seq)] = Operation(
             client.id, _model_input(op), output, client.call_time, self.now
         )
@@ -606,7 +618,7 @@ class Simulation:
                 f"(time {self.now} ms)"
             )
         members = [self.nodes[m] for m in self._members()]
-        digests = {n.kv.digest() for n in members}
+        digests = {n.store.digest() for n in members}
         applied = {n.raft.applied for n in members}
         if len(digests) != 1 or len(applied) != 1:
             raise Violation(f"replicas did not converge: applied {applied}, {len(digests)} digests")
@@ -618,7 +630,7 @@ class Simulation:
                         client.id, _model_input(client.op), UNKNOWN, client.call_time, math.inf
                     )
                 )
-        linearizable = check(KVModel(), history)
+        linearizable = check(self.workload.model, history)
         if not linearizable:
             raise Violation("the client history is not linearizable")
         return Result(
