@@ -142,7 +142,7 @@ async def measure_level(
 async def measure_readdir(pool: RpcPool, addresses: list[str]) -> dict[str, Any]:
     owner = MetaClient(pool, addresses)
     big = await owner.mkdir(ROOT_INO, b"big", 0o755)
-    per = READDIR_ENTRIES // 32
+    per = -(-READDIR_ENTRIES // 32)
 
     async def fill(i: int) -> None:
         client = MetaClient(pool, addresses)

@@ -288,3 +288,43 @@ def test_snapshot_of_a_wal_database_restores_anywhere(tmp_path: Path) -> None:
     for target in (Namespace(), Namespace(tmp_path / "b.db")):
         target.restore(image)
         assert target.digest() == source.ns.digest()
+
+
+def test_batched_apply_equals_one_by_one(tmp_path: Path) -> None:
+    """The driver applies a Ready's entries in one transaction: refused
+    entries and undecodable ones undo only themselves, and the result is
+    the state that applying them one by one gives."""
+    commands = [
+        encode_message(Mkdir(1, ROOT_INO, b"d", 0o755, 0, 0)),
+        encode_message(Mknod(2, ROOT_INO, b"d", REG, 0, 0)),  # EEXIST
+        encode_message(Mknod(3, ROOT_INO, b"f", REG, 0, 0)),
+        encode_message(GcDone(4, ())),
+        client_command("c", 1, encode_message(Unlink(5, ROOT_INO, b"f"))),
+        client_command("c", 1, encode_message(Unlink(5, ROOT_INO, b"f"))),  # retry
+        encode_message(Unlink(6, ROOT_INO, b"nope")),  # ENOENT
+    ]
+    one = Namespace()
+    expected = [one.apply(i, c) for i, c in enumerate(commands, 1)]
+    batched = Namespace(tmp_path / "b.db")
+    with batched.batch():
+        got = [batched.apply(i, c) for i, c in enumerate(commands, 1)]
+        with pytest.raises(TypeError):
+            batched.apply(len(commands) + 1, encode_message(GetAttr(1)))  # not a command
+    assert got == expected
+    assert batched.applied == len(commands)
+    one.apply(len(commands) + 1, encode_message(GcDone(9, ())))  # only the index differs
+    batched.apply(len(commands) + 1, encode_message(GcDone(9, ())))
+    assert batched.digest() == one.digest()
+
+
+def test_batch_is_all_or_nothing_on_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "meta.db"
+    ns = Namespace(path)
+    ns.apply(1, encode_message(Mkdir(1, ROOT_INO, b"kept", 0o755, 0, 0)))
+    with pytest.raises(KeyboardInterrupt), ns.batch():
+        ns.apply(2, encode_message(Mkdir(2, ROOT_INO, b"lost", 0o755, 0, 0)))
+        raise KeyboardInterrupt  # the process dies mid-batch
+    ns.db.close()
+    again = Namespace(path)
+    assert again.applied == 1
+    assert [e.name for e in again.readdir(ROOT_INO)] == [b"kept"]

@@ -77,7 +77,14 @@ from prismfs.meta.commands import (
     Symlink,
     Unlink,
 )
-from prismfs.node.consensus_messages import Propose, Proposed, Query, QueryResult
+from prismfs.node.consensus_messages import (
+    Propose,
+    Proposed,
+    Query,
+    QueryResult,
+    RaftStatus,
+    RaftStatusReply,
+)
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import Message, decode_message, encode_message
 
@@ -111,6 +118,7 @@ class MetaClient:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self._preferred = 0
+        self._leader = ""  # the leader's address, once learned (writes go straight there)
         send, self._free = trio.open_memory_channel[_Lane](lanes)
         for n in range(lanes):
             send.send_nowait(_Lane(f"{self.session}/{n}"))
@@ -124,7 +132,7 @@ class MetaClient:
         try:
             lane.seq += 1
             request = Propose(lane.client, lane.seq, encode_message(command))
-            reply = await self._call(request, Proposed)
+            reply = await self._call(request, Proposed, to_leader=True)
         finally:
             self._return.send_nowait(lane)
         return _ok(reply.result).attr
@@ -136,11 +144,29 @@ class MetaClient:
             raise TypeError(f"expected {expect.__name__}, got {type(result).__name__}")
         return result
 
-    async def _call(self, request: Message, expect: type[T]) -> T:
+    async def _find_leader(self, timeout: float) -> str:
+        """The leader's address from any node's Raft status ("" if none is known)."""
+        for n in range(len(self.addresses)):
+            address = self.addresses[(self._preferred + n) % len(self.addresses)]
+            try:
+                reply = (await self.pool.call(address, RaftStatus(), timeout=timeout)).message
+            except PrismError:
+                continue
+            if isinstance(reply, RaftStatusReply) and reply.leader_address:
+                return reply.leader_address
+        return ""
+
+    async def _call(self, request: Message, expect: type[T], *, to_leader: bool = False) -> T:
+        """Send ``request`` until it is answered; writes go to the leader when it is
+        known (any node would forward, at the cost of one more hop)."""
         deadline = trio.current_time() + self.timeout
         delay = 0.02
         while True:
-            address = self.addresses[self._preferred % len(self.addresses)]
+            if to_leader and not self._leader:
+                self._leader = await self._find_leader(min(2.0, self.attempt_timeout))
+            address = (to_leader and self._leader) or self.addresses[
+                self._preferred % len(self.addresses)
+            ]
             attempt = min(self.attempt_timeout, max(0.05, deadline - trio.current_time()))
             try:
                 reply = (await self.pool.call(address, request, timeout=attempt)).message
@@ -152,6 +178,8 @@ class MetaClient:
                         f"namespace call not done within {self.timeout:g}s: {exc.message}"
                     ) from None
                 log.debug("retrying %s after %s at %s", type(request).__name__, exc, address)
+                if to_leader and address == self._leader:
+                    self._leader = ""  # look for the leader again
                 self._preferred += 1  # try the next node; any node forwards to the leader
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.5)

@@ -10,10 +10,14 @@ loop does, in Raft's order:
    arrive meanwhile pile up in the inbox and go into the *next* Ready: many
    proposals, one append, one fsync (group commit);
 2. **send**: messages are handed to per-peer sender tasks (bounded queues;
-   Raft tolerates loss, so a full queue drops);
-3. **apply**: snapshot restore and committed entries into the state machine,
-   through `ExactlyOnce`; results go to the proposers waiting on that index;
-   reads waiting for a ReadIndex are answered once applied;
+   Raft tolerates loss, so a full queue drops). A leader whose term and
+   vote did not change sends *before* persisting, overlapping its fsync
+   with the followers' (thesis section 10.2.1);
+3. **apply**: snapshot restore and committed entries into the state machine
+   (in one transaction if it offers ``batch()``), deduplicated by
+   `ExactlyOnce` or by the state machine itself; results go to the
+   proposers waiting on that index; reads waiting for a ReadIndex are
+   answered once applied;
 4. **advance**.
 
 Proposals made on a follower are forwarded to the leader over RPC, so any
@@ -131,6 +135,7 @@ class Consensus:
         self._applied_event = trio.Event()
         self._was_leader = False
         self._known_leader = ""
+        self._term_vote: tuple[int, str] = (0, "")  # as last persisted
         self._forwarding: set[trio.CancelScope] = set()  # cancelled when the leader changes
         self._learned_addresses: dict[str, str] = {}
 
@@ -162,6 +167,7 @@ class Consensus:
         snapshot = recovered.snapshot
         if snapshot is not None and getattr(self.sm, "applied", 0) < snapshot.meta.index:
             self.sm.restore(snapshot.data)
+        self._term_vote = (recovered.hard_state.term, recovered.hard_state.vote)
         self.core = RaftNode(
             RaftConfig(
                 node_id=self.node_id,
@@ -217,10 +223,22 @@ class Consensus:
                 if not core.has_ready():
                     break
                 rd = core.ready()
+                # A leader may send its Appends while it writes the same
+                # entries to its own disk (thesis 10.2.1): its own copy
+                # counts towards commitment only after `advance`, so nothing
+                # is committed on the strength of an unsynced write. Not when
+                # the term or vote changed: those must be durable first.
+                early = rd.role == Role.LEADER and not self._new_term_or_vote(rd)
+                if early:
+                    for m in rd.messages:
+                        self._send(m)
                 if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
                     await trio.to_thread.run_sync(self.log.save, rd)
-                for m in rd.messages:
-                    self._send(m)
+                    if rd.hard_state is not None:
+                        self._term_vote = (rd.hard_state.term, rd.hard_state.vote)
+                if not early:
+                    for m in rd.messages:
+                        self._send(m)
                 self._apply(rd)
                 core.advance(rd)
                 if rd.role != Role.LEADER and self._was_leader:
@@ -232,6 +250,10 @@ class Consensus:
                         scope.cancel()
                 await self._maybe_snapshot(core)
 
+    def _new_term_or_vote(self, rd: Ready) -> bool:
+        hs = rd.hard_state
+        return hs is not None and (hs.term, hs.vote) != self._term_vote
+
     def _apply(self, rd: Ready) -> None:
         if rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data)
@@ -239,23 +261,27 @@ class Consensus:
             log.info(
                 "installed a snapshot at index %d (term %d) from the leader", meta.index, meta.term
             )
-        for entry in rd.committed:
-            result = b""
-            if entry.kind == "normal":
-                try:
-                    result = self.sm.apply(entry.index, entry.data)
-                except Exception:
-                    # A command the state machine cannot take is a bug in the
-                    # proposer; every replica fails the same way, so skip it.
-                    log.exception("applying entry %d failed; it is skipped", entry.index)
-            waiter = self._waiters.pop(entry.index, None)
-            if waiter is not None:
-                if waiter.term == entry.term:
-                    waiter.finish(result)
-                else:
-                    waiter.finish(
-                        error=NotLeader("the proposal was replaced after a leader change")
-                    )
+        # One state-machine transaction for all entries of this Ready, if the
+        # state machine offers it (the namespace does: one WAL write per batch).
+        batch = getattr(self.sm, "batch", None)
+        with batch() if batch is not None and rd.committed else contextlib.nullcontext():
+            for entry in rd.committed:
+                result = b""
+                if entry.kind == "normal":
+                    try:
+                        result = self.sm.apply(entry.index, entry.data)
+                    except Exception:
+                        # A command the state machine cannot take is a bug in the
+                        # proposer; every replica fails the same way, so skip it.
+                        log.exception("applying entry %d failed; it is skipped", entry.index)
+                waiter = self._waiters.pop(entry.index, None)
+                if waiter is not None:
+                    if waiter.term == entry.term:
+                        waiter.finish(result)
+                    else:
+                        waiter.finish(
+                            error=NotLeader("the proposal was replaced after a leader change")
+                        )
         for rs in rd.read_states:
             waiter = self._reads.pop(rs.context, None)
             if waiter is not None:

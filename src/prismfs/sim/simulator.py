@@ -323,14 +323,26 @@ class Simulation:
     def _process(self, node: SimNode) -> None:
         while node.alive and node.raft.has_ready():
             rd = node.raft.ready()
+            # As the node driver: a leader whose term and vote did not change
+            # sends before it persists (thesis 10.2.1), so a crash can strike
+            # after its Appends left but before its own copy is on disk.
+            hs = rd.hard_state
+            early = rd.role == Role.LEADER and (
+                hs is None
+                or (hs.term, hs.vote) == (node.disk.hard_state.term, node.disk.hard_state.vote)
+            )
+            if early:
+                for m in rd.messages:
+                    self._send(m)
             if self.faults.torn_crash and self.rng.random() < self.faults.torn_crash * 0.002:
                 self._persist(node, rd, torn=True)
                 self._crash(node)
                 self._at(self.now + self.rng.randint(50, 800), "restart", node.id)
                 return
             self._persist(node, rd, torn=False)
-            for m in rd.messages:
-                self._send(m)
+            if not early:
+                for m in rd.messages:
+                    self._send(m)
             self._apply(node, rd)
             node.raft.advance(rd)
             self._check_node(node)
