@@ -56,6 +56,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_wire.py
 	$(BIN)/python benchmarks/bench_raft.py
+	$(BIN)/python benchmarks/bench_meta.py
 
 clean: down
 	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

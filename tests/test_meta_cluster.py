@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import stat
+from pathlib import Path
 
 import pytest
 import trio
@@ -147,3 +148,29 @@ async def test_vanished_client_loses_its_open_files_after_the_lease(cluster: Clu
                     break
                 await trio.sleep(0.2)
         assert (await other.statfs()).files == 1
+
+
+async def test_bad_requests_get_clear_errors_and_change_nothing(cluster: Cluster) -> None:
+    from prismfs.errors import InvalidArgument, ProtocolError
+    from prismfs.meta.commands import GetAttr, Mkdir
+    from prismfs.node.consensus_messages import Propose, Query
+    from prismfs.wire.codec import encode_message
+
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with open_rpc_pool(cluster.creds, connect_timeout=1) as pool:
+        client = MetaClient(pool, addresses)
+        before = await converged_digests(client, addresses)
+        for address in addresses:  # the leader and the followers (which would forward)
+            with pytest.raises(ProtocolError):
+                await pool.call(address, Propose("x", 1, b"\xc1garbage"), timeout=5)
+            with pytest.raises(InvalidArgument, match="not a namespace command"):
+                await pool.call(address, Propose("x", 1, encode_message(GetAttr(1))), timeout=5)
+            with pytest.raises(InvalidArgument, match="not a namespace query"):
+                await pool.call(address, Query(encode_message(Mkdir(0, 1, b"a", 0o755, 0, 0))))
+            with pytest.raises(NotFound):
+                await client.getattr(12345)
+        assert await converged_digests(client, addresses) == before  # nothing was logged
+        await client.mkdir(ROOT_INO, b"still-works", 0o755)
+    for node in nodes:
+        assert "Traceback" not in (Path(str(node["data_dir"])) / "node.log").read_text()

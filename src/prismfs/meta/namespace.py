@@ -336,6 +336,17 @@ class Namespace:
         self._set_applied(index)
         self._commit()
 
+    def check_command(self, op: bytes) -> None:
+        """Refuse, before it reaches the log, an op that is not a namespace command."""
+        cmd = decode_message(op)  # ProtocolError for bytes that are no message
+        if type(cmd) not in self._handlers:
+            raise InvalidArgument(f"not a namespace command: {type(cmd).__name__}")
+
+    def check_query(self, op: bytes) -> None:
+        q = decode_message(op)
+        if type(q) not in self._queries:
+            raise InvalidArgument(f"not a namespace query: {type(q).__name__}")
+
     def query(self, op: bytes) -> bytes:
         """A read, served after a ReadIndex round: `MetaFailed` for a POSIX error."""
         q = decode_message(op)

@@ -123,6 +123,8 @@ class Consensus:
             else ExactlyOnce(state_machine)
         )
         self._query = getattr(state_machine, "query", None)
+        self._check_command = getattr(state_machine, "check_command", None)
+        self._check_query = getattr(state_machine, "check_query", None)
         self.log = DurableLog(raft_dir)
         self.core: RaftNode | None = None
         self._inbox: list[Callable[[RaftNode], None]] = []
@@ -377,6 +379,8 @@ class Consensus:
         self, client: str, seq: int, op: bytes, timeout: float | None = None
     ) -> Proposed:
         """Apply ``op`` through the log, on whichever node leads."""
+        if self._check_command is not None:
+            self._check_command(op)  # bad input never reaches the log
         core = self._require_core()
         if core.role != Role.LEADER:
             return await self._forward(Propose(client, seq, op), timeout)
@@ -412,6 +416,8 @@ class Consensus:
 
     async def query(self, op: bytes, timeout: float | None = None) -> QueryResult:
         """A linearizable read: ReadIndex, wait until applied, then ask the state machine."""
+        if self._check_query is not None:
+            self._check_query(op)
         waiter = _Waiter()
         context = secrets.randbits(62) + 1
 
