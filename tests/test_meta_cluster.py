@@ -118,6 +118,13 @@ async def test_open_file_survives_unlink_by_another_client(cluster: Cluster) -> 
         open_meta_client(pool, addresses[:1]) as a,
         open_meta_client(pool, addresses[1:]) as b,
     ):
+        # Every node entered itself in the node registry at start.
+        with trio.fail_after(20):
+            while len(registry := await a.nodes()) < 3:
+                await trio.sleep(0.1)
+        assert sorted(n.address for n in registry) == sorted(addresses)
+        assert {n.node for n in registry} == {str(n["id"]) for n in nodes}
+        assert all(n.state == "up" and n.capacity > 0 for n in registry)
         f = await a.mknod(ROOT_INO, b"f", REG, open_it=True)
         await b.unlink(ROOT_INO, b"f")
         with pytest.raises(NotFound):

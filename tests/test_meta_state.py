@@ -355,3 +355,28 @@ def test_crash_then_replay_of_the_whole_log_gives_the_same_digest(tmp_path: Path
         for i, command in enumerate(log, 1):  # the whole log again
             restarted.apply(i, command)
     assert restarted.digest() == steady.digest()
+
+
+def test_node_registry(d: Driver) -> None:
+    from prismfs.errors import NotPermitted
+    from prismfs.meta.commands import RegisterNode, SetNodeState
+
+    d.run(RegisterNode(5, "n1", "10.0.0.1:7070", "rack-a", 1 << 40))
+    d.run(RegisterNode(6, "n2", "10.0.0.2:7070", "rack-b", 1 << 40))
+    d.run(SetNodeState(7, "n1", "draining"))
+    d.run(RegisterNode(8, "n1", "10.0.0.9:7070", "rack-a", 1 << 41))  # a restart elsewhere
+    ino = make_file(d)
+    d.run(CommitChunks(9, ino, ((0, rec("c", nodes=("n1", "n2"))),), 100))
+    n1, n2 = d.ns.nodes()
+    assert (n1.address, n1.state, n1.capacity, n1.registered_ns) == (
+        "10.0.0.9:7070",
+        "draining",
+        1 << 41,
+        5,
+    )
+    assert (n2.zone, n2.state, n2.used) == ("rack-b", "up", 50)
+    d.run(SetNodeState(10, "n2", "removed"))
+    with pytest.raises(NotPermitted):
+        d.run(RegisterNode(11, "n2", "10.0.0.2:7070"))
+    with pytest.raises(NotFound):
+        d.run(SetNodeState(12, "n9", "up"))

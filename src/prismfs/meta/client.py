@@ -54,6 +54,7 @@ from prismfs.meta.commands import (
     GetDigest,
     GetXattr,
     Link,
+    ListNodes,
     ListXattr,
     Lookup,
     MetaCommand,
@@ -63,6 +64,8 @@ from prismfs.meta.commands import (
     MetaValue,
     Mkdir,
     Mknod,
+    NodeInfo,
+    NodeList,
     Open,
     OpenSession,
     ReadDir,
@@ -314,6 +317,10 @@ class MetaClient:
 
     async def gc_pending(self, limit: int = 1000) -> GcEntries:
         return await self.query(GcPending(limit), GcEntries)
+
+    async def nodes(self) -> tuple[NodeInfo, ...]:
+        """The node registry: every storage node, its zone, capacity, state and usage."""
+        return (await self.query(ListNodes(), NodeList)).nodes
 
     async def digest(self, address: str) -> str:
         """The state digest of the replica at ``address`` (for tests and fsck)."""

@@ -8,7 +8,7 @@ state, never from the proposer.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from prismfs.wire.codec import I64, U8, U32, U64, Message
 
@@ -174,6 +174,21 @@ class GcDone(MetaCommand, frozen=True):
     seqs: tuple[U64, ...]
 
 
+class RegisterNode(MetaCommand, frozen=True):
+    """A storage node announces itself (at start): address, failure domain and
+    raw capacity. Its state stays as it was ("up" for a new node)."""
+
+    node: str
+    address: str
+    zone: str = ""
+    capacity: U64 = 0
+
+
+class SetNodeState(MetaCommand, frozen=True):
+    node: str
+    state: Literal["up", "draining", "removed"]
+
+
 class Attr(Message, frozen=True):
     """What getattr returns."""
 
@@ -311,3 +326,25 @@ class GcEntries(Message, frozen=True):
     family: ClassVar[str] = "meta"
 
     entries: tuple[tuple[U64, ChunkRecord], ...]
+
+
+class ListNodes(MetaQuery, frozen=True):
+    pass
+
+
+class NodeInfo(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    node: str
+    address: str
+    zone: str
+    capacity: U64
+    state: str
+    registered_ns: I64
+    used: U64 = 0
+
+
+class NodeList(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    nodes: tuple[NodeInfo, ...]

@@ -83,6 +83,7 @@ from prismfs.meta.commands import (
     GetDigest,
     GetXattr,
     Link,
+    ListNodes,
     ListXattr,
     Lookup,
     MetaCommand,
@@ -92,15 +93,19 @@ from prismfs.meta.commands import (
     MetaValue,
     Mkdir,
     Mknod,
+    NodeInfo,
+    NodeList,
     Open,
     OpenSession,
     ReadDir,
     ReadLink,
+    RegisterNode,
     Release,
     RemoveXattr,
     Rename,
     Rmdir,
     SetAttr,
+    SetNodeState,
     SetXattr,
     StatFs,
     Symlink,
@@ -165,6 +170,14 @@ CREATE TABLE IF NOT EXISTS opens (
     PRIMARY KEY (session, ino)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS opens_by_ino ON opens (ino);
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    capacity INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    registered_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (
     client TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -238,6 +251,8 @@ class Namespace:
             Release: self._release,
             CommitChunks: self._commit_chunks,
             GcDone: self._gc_done,
+            RegisterNode: self._register_node,
+            SetNodeState: self._set_node_state,
         }
         self._queries: dict[type[MetaQuery], Callable[[Any], Message]] = {
             Lookup: lambda q: MetaOk(self.lookup(q.parent, q.name)),
@@ -250,6 +265,7 @@ class Namespace:
             StatFs: lambda q: self.statfs(),
             GcPending: lambda q: GcEntries(tuple(self.gc_pending(q.limit))),
             GetDigest: lambda q: MetaValue(self.digest().encode()),
+            ListNodes: lambda q: NodeList(tuple(self.nodes())),
         }
 
     # --- StateMachine ---------------------------------------------------------
@@ -390,6 +406,7 @@ class Namespace:
             ("sessions", "session"),
             ("opens", "session, ino"),
             ("clients", "client"),
+            ("nodes", "node"),
             ("state", "key"),
         ):
             for row in self.db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
@@ -983,6 +1000,33 @@ class Namespace:
                 )
             self.db.execute("DELETE FROM gc WHERE seq = ?", (seq,))
         self.db.execute("DELETE FROM node_usage WHERE bytes = 0")
+
+    # --- node registry ------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        rows = self.db.execute(
+            "SELECT n.node, n.address, n.zone, n.capacity, n.state, n.registered_ns,"
+            " coalesce(u.bytes, 0) FROM nodes n LEFT JOIN node_usage u ON u.node = n.node"
+            " ORDER BY n.node"
+        ).fetchall()
+        return [NodeInfo(*row) for row in rows]
+
+    def _register_node(self, c: RegisterNode) -> None:
+        if not c.node or len(c.node) > 64 or not c.address:
+            raise InvalidArgument("a node needs an id (1 to 64 characters) and an address")
+        row = self.db.execute("SELECT state FROM nodes WHERE node = ?", (c.node,)).fetchone()
+        if row is not None and row[0] == "removed":
+            raise NotPermitted(f"node {c.node} was removed from the cluster")
+        self.db.execute(
+            "INSERT INTO nodes VALUES (?, ?, ?, ?, 'up', ?) ON CONFLICT (node) DO UPDATE SET"
+            " address = excluded.address, zone = excluded.zone, capacity = excluded.capacity",
+            (c.node, c.address, c.zone, c.capacity, c.now_ns),
+        )
+
+    def _set_node_state(self, c: SetNodeState) -> None:
+        cursor = self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (c.state, c.node))
+        if cursor.rowcount == 0:
+            raise NotFound(f"no node {c.node} in the registry")
 
 
 def _record(blob: bytes) -> ChunkRecord:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from prismfs import __version__
 from prismfs.errors import ConfChangeInProgress, InvalidArgument, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
-from prismfs.meta.commands import ExpireSessions
+from prismfs.meta.commands import ExpireSessions, RegisterNode
 from prismfs.meta.namespace import Namespace
 from prismfs.node import datadir
 from prismfs.node.config import NodeConfig
@@ -138,6 +139,14 @@ async def serve_node(
                 ", ".join(addresses),
             )
             nursery.start_soon(_expire_sessions, consensus)
+            nursery.start_soon(
+                _register,
+                consensus,
+                node_id,
+                service.rpc_address,
+                config.node.zone,
+                config.data_dir,
+            )
             if join and node_id not in consensus.status().voters + consensus.status().learners:
                 nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
@@ -170,6 +179,29 @@ async def _expire_sessions(consensus: Consensus) -> None:
             )
         except PrismError as exc:
             log.debug("session sweep skipped: %s", exc.message)
+
+
+async def _register(
+    consensus: Consensus, node_id: str, address: str, zone: str, data_dir: Path
+) -> None:
+    """Enter (or update) this node in the namespace's node registry, retrying
+    until a leader accepts it. One sequence number for all attempts: a retry
+    of an attempt that did apply is answered from the exactly-once table."""
+    capacity = shutil.disk_usage(data_dir).total
+    command = encode_message(RegisterNode(time.time_ns(), node_id, address, zone, capacity))
+    seq = time.time_ns()  # grows across restarts, so a new start is a new command
+    delay = 0.2
+    while True:
+        try:
+            await consensus.propose(f"node:{node_id}", seq, command)
+            log.info("registered in the node registry as %s (zone %r)", address, zone)
+            return
+        except PrismError as exc:
+            if not exc.transient:
+                log.error("node registration refused: %s", exc.message)
+                return
+        await trio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 async def _join(pool: RpcPool, seed: str, node_id: str, address: str) -> None:
