@@ -23,9 +23,11 @@ system-deps:
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
 	fi
 
-$(STAMP): pyproject.toml | system-deps
+$(STAMP): pyproject.toml examples/prismfs-example-backend/pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,lint]'
+	# the example shard store plugin: the backend contract tests run against it
+	$(BIN)/pip install --disable-pip-version-check -q -e examples/prismfs-example-backend
 	touch $(STAMP)
 
 install: system-deps $(STAMP)

@@ -1,0 +1,1 @@
+"""The data plane: chunk codec, layouts, placement, shard stores."""

@@ -1,0 +1,127 @@
+"""Systematic k-of-m erasure coding of one chunk with zfec, checksummed.
+
+A chunk of ``length`` bytes is padded with zeros to ``k * shard_size``
+(``shard_size = ceil(length / k)``) and cut into k data shards; zfec adds
+``m - k`` parity shards. Shard i of a chunk is checked with its xxh3-128
+digest, kept in the chunk record.
+
+zfec 1.6 trusts its input: it decodes corrupt shards to wrong data without
+a word and hangs on duplicate shard ids. So `decode_chunk` checks ids
+(distinct, in range) and every shard's length and checksum *before* zfec
+sees anything, drops the bad ones (reported in the result), and decodes from
+k good shards. When the k data shards are all good, no decoding is needed:
+they are the chunk.
+
+Both directions are CPU work on whole chunks; callers run them in a worker
+thread (`encode_chunk_async`, `decode_chunk_async`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import trio
+import xxhash
+import zfec
+
+from prismfs.errors import InvalidArgument, PrismError
+
+MAX_M = 16
+
+
+class NotEnoughShards(PrismError):
+    """Fewer than k intact shards of a chunk could be had."""
+
+    code = "not_enough_shards"
+    transient = True
+
+
+def shard_checksum(data: bytes | memoryview) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
+def check_geometry(k: int, m: int) -> None:
+    if not 1 <= k <= m <= MAX_M:
+        raise InvalidArgument(f"need 1 <= k <= m <= {MAX_M}, got k={k} m={m}")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    shards: tuple[bytes, ...]  # m shards, data shards first
+    checksums: tuple[bytes, ...]
+    shard_size: int
+    length: int
+
+
+@dataclass
+class Decoded:
+    data: bytes
+    bad: list[int] = field(default_factory=list)  # shard ids that failed their checksum or size
+
+
+def encode_chunk(data: bytes | memoryview, k: int, m: int) -> Encoded:
+    check_geometry(k, m)
+    length = len(data)
+    if length == 0:
+        raise InvalidArgument("an empty chunk is not stored")
+    shard_size = -(-length // k)
+    view = memoryview(data)
+    blocks = []
+    for i in range(k):
+        block = bytes(view[i * shard_size : (i + 1) * shard_size])
+        if len(block) < shard_size:
+            block += bytes(shard_size - len(block))
+        blocks.append(block)
+    shards = tuple(zfec.Encoder(k, m).encode(tuple(blocks))) if m > k else tuple(blocks)
+    if k == 1:
+        shards = tuple(shards[0] for _ in range(m))  # replication: m copies
+    return Encoded(shards, tuple(shard_checksum(s) for s in shards), shard_size, length)
+
+
+def decode_chunk(
+    shards: Mapping[int, bytes],
+    *,
+    k: int,
+    m: int,
+    length: int,
+    shard_size: int,
+    checksums: tuple[bytes, ...],
+) -> Decoded:
+    """The chunk from any k intact shards (ids 0..m-1); `NotEnoughShards` otherwise."""
+    check_geometry(k, m)
+    if len(checksums) != m:
+        raise InvalidArgument(f"{len(checksums)} checksums for {m} shards")
+    if not 0 < length <= k * shard_size:
+        raise InvalidArgument(f"chunk length {length} does not fit {k} x {shard_size}")
+    good: dict[int, bytes] = {}
+    bad: list[int] = []
+    for sid, shard in shards.items():
+        if not isinstance(sid, int) or not 0 <= sid < m:
+            raise InvalidArgument(f"shard id {sid!r} out of range 0..{m - 1}")
+        if len(shard) != shard_size or shard_checksum(shard) != checksums[sid]:
+            bad.append(sid)
+        else:
+            good[sid] = shard
+    bad.sort()
+    if len(good) < k:
+        raise NotEnoughShards(
+            f"{len(good)} intact shards of {k} needed (bad: {bad or 'none'})",
+            bad=",".join(map(str, bad)),
+        )
+    if all(i in good for i in range(k)):
+        blocks = [good[i] for i in range(k)]
+    elif k == 1:
+        blocks = [next(iter(good.values()))]
+    else:
+        ids = tuple(sorted(good)[:k])  # distinct by construction: zfec never sees duplicates
+        blocks = zfec.Decoder(k, m).decode(tuple(good[i] for i in ids), ids)
+    return Decoded(b"".join(blocks)[:length], bad)
+
+
+async def encode_chunk_async(data: bytes | memoryview, k: int, m: int) -> Encoded:
+    return await trio.to_thread.run_sync(encode_chunk, data, k, m)
+
+
+async def decode_chunk_async(shards: Mapping[int, bytes], **kw: object) -> Decoded:
+    return await trio.to_thread.run_sync(lambda: decode_chunk(shards, **kw))  # type: ignore[arg-type]

@@ -1,0 +1,66 @@
+"""Where a chunk's m shards go: weighted rendezvous hashing over failure domains.
+
+Every eligible node (state "up") gets a score for the chunk,
+``weight / -ln(u)`` with ``u`` uniform in (0, 1) from xxh3(chunk id, node id):
+the classic weighted rendezvous ("highest random weight") score, so a node
+is chosen in proportion to its weight, and adding or removing a node moves
+only the shards that must move (about 1/(n+1) of them when one node joins n).
+Nodes are taken in score order, one per zone per round (so the m shards
+spread over the failure domains as evenly as possible).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import xxhash
+
+from prismfs.errors import Unavailable
+
+
+@dataclass(frozen=True)
+class Candidate:
+    node: str
+    zone: str = ""
+    weight: float = 1.0
+
+
+class NotEnoughNodes(Unavailable):
+    """A layout needs more nodes up than the cluster has."""
+
+    code = "not_enough_nodes"
+
+
+def score(chunk_id: bytes, candidate: Candidate) -> float:
+    h = xxhash.xxh3_64_intdigest(chunk_id + b"\0" + candidate.node.encode())
+    u = (h + 1) / (2**64 + 1)  # in (0, 1), never 0
+    return candidate.weight / -math.log(u)
+
+
+def place(chunk_id: bytes, candidates: Iterable[Candidate], m: int) -> list[str]:
+    """m distinct nodes for the chunk, in shard order (shard i on the i-th)."""
+    ranked = sorted(
+        (c for c in candidates if c.weight > 0),
+        key=lambda c: (-score(chunk_id, c), c.node),
+    )
+    if len(ranked) < m:
+        raise NotEnoughNodes(
+            f"this layout needs {m} nodes up, the cluster has {len(ranked)}; "
+            "lower m (prismfs.layout on the directory) or add nodes"
+        )
+    # Round by round: in each round a zone gets one more shard (best score
+    # first), so the shards spread over the zones as evenly as they can.
+    chosen: list[Candidate] = []
+    per_zone: dict[str, int] = {}
+    level = 0
+    while len(chosen) < m:
+        for c in ranked:
+            if len(chosen) == m:
+                break
+            if c not in chosen and per_zone.get(c.zone, 0) == level:
+                chosen.append(c)
+                per_zone[c.zone] = level + 1
+        level += 1
+    return [c.node for c in chosen]
