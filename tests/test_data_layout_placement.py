@@ -40,7 +40,7 @@ NODES = [Candidate(f"n{i}", zone=f"z{i % 3}") for i in range(9)]
 
 
 def test_placement_is_distinct_deterministic_and_spreads_zones() -> None:
-    for i in range(500):
+    for _ in range(500):
         chunk = os.urandom(16)
         nodes = place(chunk, NODES, 3)
         assert len(set(nodes)) == 3 and nodes == place(chunk, list(reversed(NODES)), 3)
