@@ -33,12 +33,20 @@ import trio
 from prismfs.client.config import DEV_STATE_FILE, DevRegistry, state_dir, write_client_toml
 from prismfs.durable import write_atomic
 from prismfs.errors import ConfigError, DataDirLocked, InvalidArgument, PrismError, Unavailable
+from prismfs.meta.commands import ListNodes, NodeList
 from prismfs.node import datadir
-from prismfs.node.consensus_messages import ChangeMembership, RaftStatus, RaftStatusReply
+from prismfs.node.consensus_messages import (
+    ChangeMembership,
+    Query,
+    QueryResult,
+    RaftStatus,
+    RaftStatusReply,
+)
 from prismfs.procs import process_alive
 from prismfs.retry import retry_until
 from prismfs.wire.auth import SECRET_FILE_NAME, read_secret_file
 from prismfs.wire.client import open_rpc_pool
+from prismfs.wire.codec import decode_message, encode_message
 from prismfs.wire.messages import Ping, Pong
 
 READY_TIMEOUT = 30.0
@@ -198,6 +206,7 @@ def _up(directory: Path, n_nodes: int, say: Say) -> DevCluster:
     try:
         trio.run(_wait_ready, cluster, procs)
         trio.run(_form_voters, cluster)
+        trio.run(_wait_registered, cluster)
     except BaseException:
         _down(directory, lambda _msg: None, STOP_TIMEOUT)
         raise
@@ -268,6 +277,29 @@ async def _form_voters(cluster: DevCluster) -> None:
                 giving_up=f"{node.name} did not become a voter within {READY_TIMEOUT:g}s; "
                 f"see {node.log_file}",
             )
+
+
+async def _wait_registered(cluster: DevCluster) -> None:
+    """Every node is in the namespace's node registry (so data can be placed on it)."""
+    creds = read_secret_file(cluster.secret_file)
+    seed = cluster.nodes[0].rpc_address
+    wanted = {node.node_id for node in cluster.nodes}
+    async with open_rpc_pool(
+        creds, connect_timeout=2, call_timeout=10, client_name="dev-up"
+    ) as pool:
+
+        async def registered() -> bool:
+            reply = (await pool.call(seed, Query(encode_message(ListNodes())))).message
+            assert isinstance(reply, QueryResult)
+            nodes = decode_message(reply.result)
+            assert isinstance(nodes, NodeList)
+            return wanted <= {n.node for n in nodes.nodes}
+
+        await retry_until(
+            registered,
+            timeout=READY_TIMEOUT,
+            giving_up=f"not every node entered the node registry within {READY_TIMEOUT:g}s",
+        )
 
 
 def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple[DevNode, str]]:

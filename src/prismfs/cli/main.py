@@ -19,6 +19,7 @@ import trio
 
 from prismfs import __version__
 from prismfs.cli import devcluster
+from prismfs.cli import files as files_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
 from prismfs.errors import PrismError
 from prismfs.node import datadir
@@ -276,6 +277,9 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
         click.echo(json.dumps({"dir": str(directory.resolve()), "nodes": rows}, indent=2))
     else:
         _print_table(rows, ["name", "id", "pid", "alive", "rpc_address", "role", "http_address"])
+
+
+files_cli.register(cli, client_options)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -37,7 +37,7 @@ class NotEnoughShards(PrismError):
     transient = True
 
 
-def shard_checksum(data: bytes | memoryview) -> bytes:
+def shard_checksum(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 

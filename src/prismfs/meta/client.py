@@ -41,6 +41,7 @@ from prismfs.meta.commands import (
     Attr,
     ChunkMap,
     ChunkRecord,
+    ChunkRefs,
     CloseSession,
     CommitChunks,
     DirEntry,
@@ -52,6 +53,7 @@ from prismfs.meta.commands import (
     GetAttr,
     GetChunks,
     GetDigest,
+    GetLayout,
     GetXattr,
     Link,
     ListNodes,
@@ -317,6 +319,13 @@ class MetaClient:
 
     async def gc_pending(self, limit: int = 1000) -> GcEntries:
         return await self.query(GcPending(limit), GcEntries)
+
+    async def layout(self, ino: int) -> bytes:
+        """The layout text for new files under directory ``ino`` (b"" = built-in default)."""
+        return (await self.query(GetLayout(ino), MetaValue)).value
+
+    async def chunk_refs(self, ids: Sequence[bytes]) -> set[bytes]:
+        return set((await self.query(ChunkRefs(tuple(ids)), MetaValue)).names)
 
     async def nodes(self) -> tuple[NodeInfo, ...]:
         """The node registry: every storage node, its zone, capacity, state and usage."""

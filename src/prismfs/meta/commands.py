@@ -348,3 +348,15 @@ class NodeList(Message, frozen=True):
     family: ClassVar[str] = "meta"
 
     nodes: tuple[NodeInfo, ...]
+
+
+class GetLayout(MetaQuery, frozen=True):
+    """The layout text that applies to new files under ``ino`` ("" = the cluster default)."""
+
+    ino: U64
+
+
+class ChunkRefs(MetaQuery, frozen=True):
+    """Which of these chunk ids are still referenced (answered as `MetaValue.names`)."""
+
+    ids: tuple[bytes, ...]

@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 import xxhash
 
+from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import (
     AlreadyExists,
     FileTooLarge,
@@ -69,6 +70,7 @@ from prismfs.meta.commands import (
     Attr,
     ChunkMap,
     ChunkRecord,
+    ChunkRefs,
     CloseSession,
     CommitChunks,
     DirEntry,
@@ -81,6 +83,7 @@ from prismfs.meta.commands import (
     GetAttr,
     GetChunks,
     GetDigest,
+    GetLayout,
     GetXattr,
     Link,
     ListNodes,
@@ -149,12 +152,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     ino INTEGER NOT NULL,
     idx INTEGER NOT NULL,
     record BLOB NOT NULL,
+    chunk_id BLOB NOT NULL,
     PRIMARY KEY (ino, idx)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (chunk_id);
 CREATE TABLE IF NOT EXISTS gc (
     seq INTEGER PRIMARY KEY,
-    record BLOB NOT NULL
+    record BLOB NOT NULL,
+    chunk_id BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS gc_by_id ON gc (chunk_id);
 CREATE TABLE IF NOT EXISTS node_usage (
     node TEXT PRIMARY KEY,
     bytes INTEGER NOT NULL
@@ -266,6 +273,8 @@ class Namespace:
             GcPending: lambda q: GcEntries(tuple(self.gc_pending(q.limit))),
             GetDigest: lambda q: MetaValue(self.digest().encode()),
             ListNodes: lambda q: NodeList(tuple(self.nodes())),
+            GetLayout: lambda q: MetaValue(self.effective_layout(q.ino)),
+            ChunkRefs: lambda q: MetaValue(names=tuple(self.referenced(q.ids))),
         }
 
     # --- StateMachine ---------------------------------------------------------
@@ -515,7 +524,10 @@ class Namespace:
         )
 
     def _gc_push(self, record: bytes) -> None:
-        self.db.execute("INSERT INTO gc VALUES (?, ?)", (self._bump("next_gc"), record))
+        chunk_id = _record(record).id
+        self.db.execute(
+            "INSERT INTO gc VALUES (?, ?, ?)", (self._bump("next_gc"), record, chunk_id)
+        )
 
     def _free(self, ino: int) -> None:
         """Delete an inode nothing refers to any more; its chunks go to the GC queue."""
@@ -850,7 +862,11 @@ class Namespace:
         return self.getattr(c.ino)
 
     def _setxattr(self, c: SetXattr) -> None:
-        self._mode(c.ino)
+        mode = self._mode(c.ino)
+        if c.name == LAYOUT_XATTR:
+            if not stat.S_ISDIR(mode):
+                raise InvalidArgument("prismfs.layout can only be set on a directory")
+            Layout.parse(c.value)  # InvalidArgument for a bad one
         if not c.name or len(c.name) > XATTR_NAME_MAX:
             raise OutOfRange(f"attribute name of {len(c.name)} bytes")
         if len(c.value) > XATTR_VALUE_MAX:
@@ -976,7 +992,8 @@ class Namespace:
             if old is not None:
                 self._gc_push(old[0])
             self.db.execute(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?)", (c.ino, idx, encode_message(rec))
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
+                (c.ino, idx, encode_message(rec), rec.id),
             )
             for node in rec.nodes:
                 self.db.execute(
@@ -1002,6 +1019,40 @@ class Namespace:
         self.db.execute("DELETE FROM node_usage WHERE bytes = 0")
 
     # --- node registry ------------------------------------------------------------------
+
+    def effective_layout(self, ino: int) -> bytes:
+        """The nearest ``prismfs.layout`` up the directory chain ("" for none)."""
+        seen = 0
+        while seen < 4096:
+            row = self.db.execute(
+                "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, LAYOUT_XATTR)
+            ).fetchone()
+            if row is not None:
+                return bytes(row[0])
+            if ino == ROOT_INO:
+                return b""
+            parent = self.db.execute(
+                "SELECT parent FROM dentries WHERE ino = ? LIMIT 1", (ino,)
+            ).fetchone()
+            if parent is None:
+                self._mode(ino)  # NotFound for no such inode
+                ino = ROOT_INO  # an unlinked file: the cluster default
+                continue
+            ino = int(parent[0])
+            seen += 1
+        return b""
+
+    def referenced(self, ids: tuple[bytes, ...]) -> list[bytes]:
+        """Which of these chunk ids a file or the GC queue still refers to."""
+        out = []
+        for chunk_id in ids[:10_000]:
+            if self.db.execute(
+                "SELECT 1 FROM chunks WHERE chunk_id = ? UNION ALL"
+                " SELECT 1 FROM gc WHERE chunk_id = ? LIMIT 1",
+                (chunk_id, chunk_id),
+            ).fetchone():
+                out.append(chunk_id)
+        return out
 
     def nodes(self) -> list[NodeInfo]:
         rows = self.db.execute(

@@ -62,12 +62,54 @@ class RaftSection(_Section):
     snapshot_every: int = 10_000
 
 
+class StoreSection(_Section):
+    """Where this node keeps its shards (see docs/backends.md)."""
+
+    backend: str = "local"
+    path: str = ""  # local: default <data dir>/shards
+    bucket: str = ""
+    prefix: str = ""
+    endpoint: str = ""
+    region: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    capacity_gb: float = 0.0
+    options: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    """Free-form options handed to a plugin backend."""
+
+    def store_options(self, data_dir: Path) -> dict[str, object]:
+        fields = {
+            "path": self.path or (str(data_dir / "shards") if self.backend == "local" else ""),
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "endpoint": self.endpoint,
+            "region": self.region,
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "capacity_gb": self.capacity_gb,
+        }
+        return {**{k: v for k, v in fields.items() if v}, **self.options}
+
+
+class DataSection(_Section):
+    """Background work on shards."""
+
+    gc_interval_s: float = 2.0
+    """How often the leader deletes the shards of replaced and freed chunks."""
+    orphan_sweep_s: float = 600.0
+    """How often a node looks for shards no chunk record refers to."""
+    orphan_grace_s: float = 6 * 3600.0
+    """Age below which an unreferenced shard is left alone (a write in progress)."""
+
+
 class NodeConfig(_Section):
     node: NodeSection = msgspec.field(default_factory=NodeSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
     rpc: RpcSection = msgspec.field(default_factory=RpcSection)
     raft: RaftSection = msgspec.field(default_factory=RaftSection)
+    store: StoreSection = msgspec.field(default_factory=StoreSection)
+    data: DataSection = msgspec.field(default_factory=DataSection)
 
     def consensus_config(self) -> ConsensusConfig:
         return ConsensusConfig(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,6 +22,9 @@ from pathlib import Path
 import trio
 
 from prismfs import __version__
+from prismfs.data.gc import gc_loop, orphan_loop
+from prismfs.data.service import ShardService
+from prismfs.data.stores import ShardStore, open_store
 from prismfs.errors import ConfChangeInProgress, InvalidArgument, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
@@ -95,6 +97,8 @@ async def serve_node(
 ) -> None:
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
+    store = open_store(config.store.backend, config.store.store_options(config.data_dir))
+    ShardService(store).register(service.server)
     host, port = config.listen_address
     tls = config.tls_config()
     peer_tls = client_context(tls.ca) if tls.ca else None
@@ -110,12 +114,13 @@ async def serve_node(
                     f"cannot listen on {config.node.listen}: {exc.strerror}"
                 ) from None
             service.rpc_address = config.node.advertise or addresses[0]
+            namespace = _open_namespace(config.data_dir)
             consensus = Consensus(
                 node_id,
                 service.rpc_address,
                 config.data_dir / "raft",
                 pool,
-                _open_namespace(config.data_dir),
+                namespace,
                 config.consensus_config(),
             )
             consensus.register(service.server)
@@ -139,14 +144,16 @@ async def serve_node(
                 ", ".join(addresses),
             )
             nursery.start_soon(_expire_sessions, consensus)
+            nursery.start_soon(gc_loop, consensus, namespace, pool, config.data.gc_interval_s)
             nursery.start_soon(
-                _register,
+                orphan_loop,
                 consensus,
-                node_id,
-                service.rpc_address,
-                config.node.zone,
-                config.data_dir,
+                store,
+                config.data.orphan_sweep_s,
+                config.data.orphan_grace_s,
             )
+            me = (node_id, service.rpc_address, config.node.zone, store)
+            nursery.start_soon(_register, consensus, *me)
             if join and node_id not in consensus.status().voters + consensus.status().learners:
                 nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
@@ -154,6 +161,8 @@ async def serve_node(
                 await service.server.shutdown(config.node.shutdown_grace)
                 nursery.cancel_scope.cancel()
                 break
+    with trio.CancelScope(shield=True):
+        await store.close()
     log.info("node %s stopped", node_id)
 
 
@@ -182,12 +191,12 @@ async def _expire_sessions(consensus: Consensus) -> None:
 
 
 async def _register(
-    consensus: Consensus, node_id: str, address: str, zone: str, data_dir: Path
+    consensus: Consensus, node_id: str, address: str, zone: str, store: ShardStore
 ) -> None:
     """Enter (or update) this node in the namespace's node registry, retrying
     until a leader accepts it. One sequence number for all attempts: a retry
     of an attempt that did apply is answered from the exactly-once table."""
-    capacity = shutil.disk_usage(data_dir).total
+    capacity = (await store.capacity()).total
     command = encode_message(RegisterNode(time.time_ns(), node_id, address, zone, capacity))
     seq = time.time_ns()  # grows across restarts, so a new start is a new command
     delay = 0.2

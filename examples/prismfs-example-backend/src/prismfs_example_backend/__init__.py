@@ -27,7 +27,7 @@ class MemoryStore:
         self._ids: list[str] = []
         self._used = 0
 
-    async def put(self, shard_id: str, data: bytes | memoryview) -> None:
+    async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         validate_shard_id(shard_id)
         old = self._data.get(shard_id)
         grow = len(data) - (len(old[0]) if old else 0)

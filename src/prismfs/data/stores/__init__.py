@@ -52,7 +52,7 @@ class ShardStore(Protocol):
 
     name: str
 
-    async def put(self, shard_id: str, data: bytes | memoryview) -> None:
+    async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         """Store durably (on return the shard survives a crash); replaces an existing one."""
         ...
 

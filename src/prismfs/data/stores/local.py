@@ -43,7 +43,7 @@ class LocalStore:
 
     # --- blocking halves ------------------------------------------------------------------
 
-    def _put(self, shard_id: str, data: bytes | memoryview) -> None:
+    def _put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(shard_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp_seq += 1
@@ -109,7 +109,7 @@ class LocalStore:
 
     # --- the async interface ----------------------------------------------------------------
 
-    async def put(self, shard_id: str, data: bytes | memoryview) -> None:
+    async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         await trio.to_thread.run_sync(self._put, shard_id, data)
 
     async def get(self, shard_id: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -121,7 +121,7 @@ class S3Store:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)
         return True
 
-    async def put(self, shard_id: str, data: bytes | memoryview) -> None:
+    async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         key = self._key(shard_id)
         body = bytes(data)
         await trio.to_thread.run_sync(

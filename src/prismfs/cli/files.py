@@ -1,0 +1,280 @@
+"""File commands: put, get, ls, stat, rm, mkdir (paths inside the cluster start at /)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import stat as stat_mod
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from prismfs.client.config import ClientConfig
+from prismfs.client.data import DataClient
+from prismfs.client.files import get_file, local_reader, put_file
+from prismfs.data.layout import LAYOUT_XATTR, Layout
+from prismfs.errors import AlreadyExists, InvalidArgument, NotADirectory, NotFound
+from prismfs.meta.client import MetaClient, open_meta_client
+from prismfs.meta.commands import ROOT_INO, Attr
+from prismfs.wire.client import open_rpc_pool
+from prismfs.wire.tls import client_context
+
+
+@asynccontextmanager
+async def connect(client: ClientConfig) -> AsyncIterator[tuple[MetaClient, DataClient]]:
+    ssl_ctx = client_context(client.tls_ca) if client.tls_ca else None
+    async with (
+        open_rpc_pool(
+            client.credentials(), ssl_context=ssl_ctx, connect_timeout=3, client_name="prismfs-cli"
+        ) as pool,
+        open_meta_client(pool, client.addresses, lease_s=60) as meta,
+    ):
+        yield meta, DataClient(pool, meta)
+
+
+def split(path: str) -> list[bytes]:
+    if not path.startswith("/"):
+        raise InvalidArgument(f"cluster paths start with /: {path!r}")
+    return [p.encode() for p in path.split("/") if p]
+
+
+async def resolve(meta: MetaClient, path: str) -> Attr:
+    attr = await meta.getattr(ROOT_INO)
+    walked = ""
+    for name in split(path):
+        if not stat_mod.S_ISDIR(attr.mode):
+            raise NotADirectory(f"{walked or '/'} is not a directory")
+        walked += "/" + name.decode(errors="replace")
+        try:
+            attr = await meta.lookup(attr.ino, name)
+        except NotFound:
+            raise NotFound(f"{walked}: no such file or directory") from None
+    return attr
+
+
+async def resolve_parent(meta: MetaClient, path: str) -> tuple[int, bytes]:
+    parts = split(path)
+    if not parts:
+        raise InvalidArgument("the root has no parent")
+    parent = await resolve(meta, "/" + "/".join(p.decode() for p in parts[:-1]))
+    if not stat_mod.S_ISDIR(parent.mode):
+        raise NotADirectory(f"{path}: a parent is not a directory")
+    return parent.ino, parts[-1]
+
+
+def _bar(total: int, label: str) -> Any:
+    """A progress bar on stderr for transfers over 8 MiB (none when not a terminal)."""
+    if total < 8 * 1024 * 1024 or not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
+
+
+def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
+    @cli.command("put")
+    @client_options
+    @click.argument("local", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.argument("remote")
+    @click.option("--layout", help="k=,m=,chunk= for this file (default: from its directory).")
+    def put(client: ClientConfig, local: Path, remote: str, layout: str | None) -> None:
+        """Copy a local file into the cluster (replaces REMOTE atomically)."""
+        chosen = Layout.parse(layout) if layout else None
+        st = local.stat()
+        size, file_mode = st.st_size, st.st_mode & 0o7777
+
+        async def run() -> int:
+            async with connect(client) as (meta, data):
+                target = remote
+                with contextlib.suppress(NotFound):
+                    if remote.endswith("/") or stat_mod.S_ISDIR((await resolve(meta, remote)).mode):
+                        target = remote.rstrip("/") + "/" + local.name
+                parent, name = await resolve_parent(meta, target)
+                read, close = local_reader(str(local))
+                try:
+                    with _bar(size, f"put {local.name}") as bar:
+                        return await put_file(
+                            meta,
+                            data,
+                            parent,
+                            name,
+                            read,
+                            layout=chosen,
+                            mode=file_mode,
+                            progress=bar.update if bar is not None else None,
+                        )
+                finally:
+                    close()
+
+        trio.run(run)
+
+    @cli.command("get")
+    @client_options
+    @click.argument("remote")
+    @click.argument("local", type=click.Path(dir_okay=True, path_type=Path))
+    def get(client: ClientConfig, remote: str, local: Path) -> None:
+        """Copy a file out of the cluster (LOCAL "-" writes to standard output)."""
+
+        local_is_dir = local.is_dir()
+
+        async def run() -> None:
+            async with connect(client) as (meta, data):
+                attr = await resolve(meta, remote)
+                if stat_mod.S_ISDIR(attr.mode):
+                    raise InvalidArgument(f"{remote} is a directory")
+                target = local / split(remote)[-1].decode() if local_is_dir else local
+                if str(local) == "-":
+                    out = sys.stdout.buffer
+
+                    async def write(block: bytes) -> None:
+                        out.write(block)
+
+                    await get_file(meta, data, attr.ino, write)
+                    out.flush()
+                    return
+                tmp = target.with_name(f".{target.name}.prismfs-part")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    with _bar(attr.size, f"get {target.name}") as bar:
+
+                        async def write_fd(block: bytes) -> None:
+                            view = memoryview(block)
+                            while view:
+                                view = view[await trio.to_thread.run_sync(os.write, fd, view) :]
+
+                        await get_file(
+                            meta,
+                            data,
+                            attr.ino,
+                            write_fd,
+                            progress=bar.update if bar is not None else None,
+                        )
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                tmp.replace(target)  # only a complete copy takes the name
+
+        trio.run(run)
+
+    @cli.command("ls")
+    @client_options
+    @click.argument("path", default="/")
+    @click.option("-l", "long", is_flag=True, help="Mode, size, time.")
+    def ls(client: ClientConfig, path: str, long: bool) -> None:
+        """List a directory."""
+
+        async def run() -> None:
+            async with connect(client) as (meta, _):
+                attr = await resolve(meta, path)
+                entries = (
+                    [(split(path)[-1] if split(path) else b"/", attr)]
+                    if not stat_mod.S_ISDIR(attr.mode)
+                    else [(e.name, e.attr) async for e in meta.readdir(attr.ino)]
+                )
+                for name, a in sorted(entries):
+                    shown = name.decode(errors="replace")
+                    if long:
+                        when = datetime.datetime.fromtimestamp(a.mtime_ns / 1e9).strftime(
+                            "%Y-%m-%d %H:%M"
+                        )
+                        click.echo(
+                            f"{stat_mod.filemode(a.mode)} {a.nlink:>3} {a.size:>12} {when} {shown}"
+                        )
+                    else:
+                        click.echo(shown)
+
+        trio.run(run)
+
+    @cli.command("stat")
+    @client_options
+    @click.argument("path")
+    def stat(client: ClientConfig, path: str) -> None:
+        """Attributes of a file or directory, and where a file's chunks are."""
+
+        async def run() -> None:
+            async with connect(client) as (meta, _):
+                a = await resolve(meta, path)
+                click.echo(f"path:   {path}")
+                click.echo(f"inode:  {a.ino}")
+                click.echo(f"mode:   {stat_mod.filemode(a.mode)} ({a.mode & 0o7777:o})")
+                click.echo(f"links:  {a.nlink}   uid: {a.uid}   gid: {a.gid}")
+                click.echo(f"size:   {a.size}")
+                for label, ns in (("mtime", a.mtime_ns), ("ctime", a.ctime_ns)):
+                    when = datetime.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ")
+                    click.echo(f"{label}:  {when}")
+                if stat_mod.S_ISDIR(a.mode):
+                    text = (await meta.layout(a.ino)).decode() or str(Layout()) + " (default)"
+                    click.echo(f"layout: {text} (for new files)")
+                elif stat_mod.S_ISREG(a.mode):
+                    cmap = await meta.chunk_map(a.ino)
+                    geometry = {(r.k, r.m) for _, r in cmap.chunks}
+                    click.echo(
+                        f"chunks: {len(cmap.chunks)} of {cmap.chunk_size} bytes, "
+                        f"k/m {sorted(geometry) or '-'}"
+                    )
+                    for idx, r in cmap.chunks[:8]:
+                        click.echo(f"  [{idx}] {r.id.hex()} {r.length} B on {', '.join(r.nodes)}")
+
+        trio.run(run)
+
+    @cli.command("rm")
+    @client_options
+    @click.argument("path")
+    @click.option("-r", "recursive", is_flag=True, help="Remove a directory and everything in it.")
+    def rm(client: ClientConfig, path: str, recursive: bool) -> None:
+        """Remove a file (or, with -r, a directory tree)."""
+
+        async def remove_tree(meta: MetaClient, parent: int, name: bytes, attr: Attr) -> None:
+            if stat_mod.S_ISDIR(attr.mode):
+                children = [(e.name, e.attr) async for e in meta.readdir(attr.ino)]
+                for child, child_attr in children:
+                    await remove_tree(meta, attr.ino, child, child_attr)
+                await meta.rmdir(parent, name)
+            else:
+                await meta.unlink(parent, name)
+
+        async def run() -> None:
+            async with connect(client) as (meta, _):
+                parent, name = await resolve_parent(meta, path)
+                attr = await meta.lookup(parent, name)
+                if stat_mod.S_ISDIR(attr.mode) and not recursive:
+                    raise InvalidArgument(f"{path} is a directory (use -r)")
+                await remove_tree(meta, parent, name, attr)
+
+        trio.run(run)
+
+    @cli.command("mkdir")
+    @client_options
+    @click.argument("path")
+    @click.option(
+        "-p", "parents", is_flag=True, help="Make parents as needed; no error if it exists."
+    )
+    @click.option("--layout", help="k=,m=,chunk= for new files below it (prismfs.layout).")
+    def mkdir(client: ClientConfig, path: str, parents: bool, layout: str | None) -> None:
+        """Make a directory."""
+        if layout:
+            Layout.parse(layout)
+
+        async def run() -> None:
+            async with connect(client) as (meta, _):
+                parts = split(path)
+                ino = ROOT_INO
+                for n, name in enumerate(parts):
+                    last = n == len(parts) - 1
+                    if not last and not parents:
+                        ino = (await resolve(meta, "/" + b"/".join(parts[: n + 1]).decode())).ino
+                        continue
+                    try:
+                        ino = (await meta.mkdir(ino, name, 0o755)).ino
+                    except AlreadyExists:
+                        if last and not parents:
+                            raise
+                        ino = (await meta.lookup(ino, name)).ino
+                if layout:
+                    await meta.setxattr(ino, LAYOUT_XATTR, layout.encode())
+
+        trio.run(run)

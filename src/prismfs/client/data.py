@@ -1,0 +1,255 @@
+"""Chunks in and out of the cluster: encode, place, upload; fetch, verify, decode.
+
+Writing a chunk: a fresh random chunk id, zfec-encoded in a worker thread,
+m target nodes from placement over the node registry (nodes "up"), the m
+shards uploaded in parallel. A node that fails its upload is replaced by the
+next-ranked node not yet used, so a chunk is only recorded with all m shards
+stored. The `ChunkRecord` returned is what `commit_chunks` records.
+
+Reading a chunk: the k data shards are fetched in parallel (whole shards,
+checksum verified by the node and again here). A shard that is missing,
+corrupt or slow (no answer within ``hedge_after``) is replaced by a parity
+shard; as soon as any k intact shards are in, the chunk is decoded and the
+rest of the fetches are cancelled. Corrupt shards found are counted in
+`DataClient.corrupt` (the repair issue acts on them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from prismfs.data.codec import NotEnoughShards, decode_chunk_async, encode_chunk_async
+from prismfs.data.layout import Layout
+from prismfs.data.messages import GetShard, PutShard, ShardData
+from prismfs.data.placement import Candidate, NotEnoughNodes, score
+from prismfs.data.stores import shard_id
+from prismfs.errors import PrismError
+from prismfs.meta.client import MetaClient
+from prismfs.meta.commands import ChunkRecord, NodeInfo
+from prismfs.wire.client import RpcPool
+
+log = logging.getLogger("prismfs.client.data")
+
+REGISTRY_TTL_S = 5.0
+
+
+@dataclass
+class DataStats:
+    shards_put: int = 0
+    shards_got: int = 0
+    parity_reads: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    failed_nodes: set[str] = field(default_factory=set)
+
+
+class DataClient:
+    def __init__(
+        self,
+        pool: RpcPool,
+        meta: MetaClient,
+        *,
+        shard_timeout: float = 30.0,
+        hedge_after: float = 2.0,
+    ) -> None:
+        self.pool = pool
+        self.meta = meta
+        self.shard_timeout = shard_timeout
+        self.hedge_after = hedge_after
+        self.stats = DataStats()
+        self._nodes: dict[str, NodeInfo] = {}
+        self._fetched_at = -math.inf
+        self._registry_lock = trio.Lock()
+
+    # --- the node registry ---------------------------------------------------------------
+
+    async def nodes(self, *, refresh: bool = False) -> dict[str, NodeInfo]:
+        async with self._registry_lock:
+            if refresh or trio.current_time() - self._fetched_at > REGISTRY_TTL_S:
+                self._nodes = {n.node: n for n in await self.meta.nodes()}
+                self._fetched_at = trio.current_time()
+        return self._nodes
+
+    async def _address(self, node: str) -> str:
+        info = (await self.nodes()).get(node) or (await self.nodes(refresh=True)).get(node)
+        if info is None:
+            raise NotEnoughNodes(f"node {node} is not in the node registry")
+        return info.address
+
+    async def _ranked(self, chunk_id: bytes) -> list[str]:
+        nodes = await self.nodes()
+        top = max((n.capacity for n in nodes.values()), default=1) or 1
+        candidates = [
+            Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
+            for n in nodes.values()
+            if n.state == "up"
+        ]
+        # Zone spread of `place`, then every other node as a fallback, best first.
+        return [c.node for c in sorted(candidates, key=lambda c: -score(chunk_id, c))]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def write_chunk(self, data: bytes | memoryview, layout: Layout) -> ChunkRecord:
+        from prismfs.data.placement import place
+
+        chunk_id = os.urandom(16)
+        encoded = await encode_chunk_async(data, layout.k, layout.m)
+        nodes = await self.nodes()
+        top = max((n.capacity for n in nodes.values()), default=1) or 1
+        candidates = [
+            Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
+            for n in nodes.values()
+            if n.state == "up"
+        ]
+        try:
+            targets = place(chunk_id, candidates, layout.m)
+        except NotEnoughNodes:
+            # Maybe a node joined since the registry was read: look once more.
+            nodes = await self.nodes(refresh=True)
+            candidates = [
+                Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
+                for n in nodes.values()
+                if n.state == "up"
+            ]
+            targets = place(chunk_id, candidates, layout.m)
+        spare = [n for n in await self._ranked(chunk_id) if n not in targets]
+        placed: list[str] = list(targets)
+
+        async def upload(i: int) -> None:
+            sid = shard_id(chunk_id, i)
+            while True:
+                node = placed[i]
+                try:
+                    address = await self._address(node)
+                    await self.pool.call(
+                        address,
+                        PutShard(sid, encoded.checksums[i]),
+                        encoded.shards[i],
+                        timeout=self.shard_timeout,
+                    )
+                    self.stats.shards_put += 1
+                    return
+                except PrismError as exc:
+                    self.stats.failed_nodes.add(node)
+                    if not spare:
+                        raise NotEnoughNodes(
+                            f"could not store shard {i} of a chunk: {exc.message}; "
+                            "no other node is up"
+                        ) from None
+                    log.warning("shard %s to %s failed (%s); trying %s", sid, node, exc, spare[0])
+                    placed[i] = spare.pop(0)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(layout.m):
+                nursery.start_soon(upload, i)
+        return ChunkRecord(
+            chunk_id,
+            encoded.length,
+            encoded.shard_size,
+            layout.k,
+            layout.m,
+            tuple(placed),
+            encoded.checksums,
+        )
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def read_chunk(self, record: ChunkRecord) -> bytes:
+        """The chunk's ``record.length`` bytes."""
+        k, m = record.k, record.m
+        got: dict[int, bytes] = {}
+        failed: set[int] = set()
+        enough = trio.Event()
+        next_parity = k
+        started: set[int] = set()
+
+        async def fetch(i: int, nursery: trio.Nursery) -> None:
+            nonlocal next_parity
+            sid = shard_id(record.id, i)
+            node = record.nodes[i]
+            try:
+                address = await self._address(node)
+                reply = await self.pool.call(
+                    address,
+                    GetShard(sid, checksum=record.checksums[i]),
+                    timeout=self.shard_timeout,
+                )
+                assert isinstance(reply.message, ShardData)
+                data = bytes(reply.payload)
+                got[i] = data
+                self.stats.shards_got += 1
+                if len(got) >= k:
+                    enough.set()
+                return
+            except PrismError as exc:
+                if exc.code == "corrupt_shard":
+                    self.stats.corrupt.append(sid)
+                log.info("shard %s from %s unavailable: %s", sid, node, exc.message)
+                self.stats.failed_nodes.add(node)
+            failed.add(i)
+            start_more(nursery)
+
+        def start_more(nursery: trio.Nursery) -> None:
+            """One more parity fetch (a data shard failed or is slow)."""
+            nonlocal next_parity
+            while next_parity < m and next_parity in started:
+                next_parity += 1
+            if next_parity < m:
+                started.add(next_parity)
+                self.stats.parity_reads += 1
+                nursery.start_soon(fetch, next_parity, nursery)
+            elif len(failed) > m - k:
+                enough.set()  # cannot succeed: stop waiting
+
+        async with trio.open_nursery() as nursery:
+            for i in range(k):
+                started.add(i)
+                nursery.start_soon(fetch, i, nursery)
+
+            async def hedge() -> None:
+                await trio.sleep(self.hedge_after)
+                while not enough.is_set() and len(started) - len(failed) - len(got) > 0:
+                    start_more(nursery)
+                    await trio.sleep(self.hedge_after)
+
+            nursery.start_soon(hedge)
+            await enough.wait()
+            nursery.cancel_scope.cancel()
+        if len(got) < k:
+            raise NotEnoughShards(
+                f"chunk {record.id.hex()}: only {len(got)} of the {k} shards needed could "
+                f"be read ({len(failed)} failed)"
+            )
+        decoded = await decode_chunk_async(
+            got,
+            k=k,
+            m=m,
+            length=record.length,
+            shard_size=record.shard_size,
+            checksums=record.checksums,
+        )
+        for sid in decoded.bad:
+            self.stats.corrupt.append(shard_id(record.id, sid))
+        return decoded.data
+
+
+def default_timestamp() -> int:
+    return time.time_ns()
+
+
+def chunk_ranges(offset: int, size: int, chunk_size: int) -> Sequence[tuple[int, int, int]]:
+    """(chunk index, offset in chunk, length) pieces covering [offset, offset + size)."""
+    out = []
+    end = offset + size
+    while offset < end:
+        idx, within = divmod(offset, chunk_size)
+        n = min(chunk_size - within, end - offset)
+        out.append((idx, within, n))
+        offset += n
+    return out

@@ -1,0 +1,386 @@
+"""File I/O through the cluster: open files by inode, and whole-file put/get.
+
+`OpenFile` is what the FUSE layer and the CLI use. Writes are copy-on-write
+at chunk granularity: a chunk that is written goes to a buffer (a partial
+write first reads the chunk's current content: read-modify-write); `flush`
+encodes and uploads every dirty chunk as a *new* chunk (new id, m shards in
+parallel, several chunks at once) and then records them all with one
+`commit_chunks`, which also sets the size and queues the replaced chunks for
+GC. Until that commit, readers see the old content; after it, the new.
+Dirty buffers are bounded (``max_dirty``): a write past the bound flushes.
+
+Reads go chunk by chunk through `DataClient.read_chunk`; bytes past a chunk
+record's ``length`` (a truncated chunk) and chunks without a record (holes)
+read as zeros. A small cache keeps the last chunks read, and sequential
+reads fetch the next chunks ahead.
+
+`put_file` streams a local file into a new inode with a pipeline of chunk
+uploads (bounded memory) and replaces the destination name atomically at
+the end (the old content stays readable until then, and intact if the
+client dies); `get_file` streams one out with read-ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from prismfs.client.data import DataClient, chunk_ranges
+from prismfs.data.layout import Layout
+from prismfs.errors import InvalidArgument, IsADirectory
+from prismfs.meta.client import MetaClient
+from prismfs.meta.commands import ChunkRecord
+
+log = logging.getLogger("prismfs.client.files")
+
+READ_CACHE_CHUNKS = 8
+PARALLEL_CHUNKS = 4
+COMMIT_EVERY = 32  # chunks recorded per commit during a put
+Progress = Callable[[int], None]
+
+
+class OpenFile:
+    def __init__(
+        self,
+        meta: MetaClient,
+        data: DataClient,
+        ino: int,
+        layout: Layout,
+        *,
+        max_dirty: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.meta = meta
+        self.data = data
+        self.ino = ino
+        self.layout = layout
+        self.chunk_size = layout.chunk_size
+        self.size = 0
+        self.max_dirty = max_dirty
+        self._records: dict[int, ChunkRecord] = {}
+        self._dirty: dict[int, bytearray] = {}
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = trio.Lock()
+        self._closed = False
+        self._last_read_end = -1
+
+    @classmethod
+    async def open(
+        cls, meta: MetaClient, data: DataClient, ino: int, *, layout: Layout | None = None
+    ) -> OpenFile:
+        attr = await meta.open(ino)
+        if stat.S_ISDIR(attr.mode):
+            await meta.release(ino)
+            raise IsADirectory(f"inode {ino} is a directory")
+        f = cls(meta, data, ino, layout or Layout())
+        await f.refresh()
+        return f
+
+    async def refresh(self) -> None:
+        """Reload size and chunk map (close-to-open: called at open)."""
+        first = 0
+        records: dict[int, ChunkRecord] = {}
+        while True:
+            cmap = await self.meta.chunk_map(self.ino, first, 4096)
+            self.chunk_size, self.size = cmap.chunk_size, cmap.size
+            records.update(dict(cmap.chunks))
+            if len(cmap.chunks) < 4096:
+                break
+            first = cmap.chunks[-1][0] + 1
+        self._records = records
+        if records:
+            any_record = next(iter(records.values()))
+            if (any_record.k, any_record.m) != (self.layout.k, self.layout.m):
+                self.layout = Layout(any_record.k, any_record.m, self.chunk_size)
+        elif self.layout.chunk_size != self.chunk_size:
+            self.layout = Layout(self.layout.k, self.layout.m, self.chunk_size)
+        self._cache.clear()
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _chunk(self, idx: int) -> bytes:
+        """The valid bytes of chunk ``idx`` as committed (or as buffered)."""
+        if idx in self._dirty:
+            return bytes(self._dirty[idx])
+        cached = self._cache.get(idx)
+        if cached is not None:
+            self._cache.move_to_end(idx)
+            return cached
+        record = self._records.get(idx)
+        data = b"" if record is None else await self.data.read_chunk(record)
+        self._cache[idx] = data
+        while len(self._cache) > READ_CACHE_CHUNKS:
+            self._cache.popitem(last=False)
+        return data
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0:
+            raise InvalidArgument("negative offset or size")
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        pieces = chunk_ranges(offset, end - offset, self.chunk_size)
+        sequential = offset == self._last_read_end
+        out = bytearray()
+        async with trio.open_nursery() as nursery:
+            # Fetch the chunks of this read in parallel (and the next one if sequential).
+            wanted = [idx for idx, _, _ in pieces if idx not in self._cache]
+            if sequential:
+                nxt = pieces[-1][0] + 1
+                if nxt * self.chunk_size < self.size and nxt in self._records:
+                    wanted.append(nxt)
+            for idx in wanted[1:]:
+                nursery.start_soon(self._chunk, idx)
+            for idx, within, n in pieces:
+                chunk = await self._chunk(idx)
+                piece = chunk[within : within + n]
+                out += piece + bytes(n - len(piece))  # past a chunk's length: zeros
+        self._last_read_end = end
+        return bytes(out)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def write(self, offset: int, data: bytes | memoryview) -> int:
+        if offset < 0:
+            raise InvalidArgument("negative offset")
+        view = memoryview(data)
+        pos = 0
+        for idx, within, n in chunk_ranges(offset, len(view), self.chunk_size):
+            buf = self._dirty.get(idx)
+            if buf is None:
+                covers = within == 0 and n == self.chunk_size
+                buf = bytearray() if covers else bytearray(await self._chunk(idx))
+                self._dirty[idx] = buf
+                self._cache.pop(idx, None)
+            if len(buf) < within + n:
+                buf.extend(bytes(within + n - len(buf)))
+            buf[within : within + n] = view[pos : pos + n]
+            pos += n
+        self.size = max(self.size, offset + len(view))
+        if sum(len(b) for b in self._dirty.values()) >= self.max_dirty:
+            await self.flush()
+        return len(view)
+
+    async def truncate(self, size: int) -> None:
+        await self.flush()
+        await self.meta.setattr(self.ino, size=size)
+        await self.refresh()
+
+    async def flush(self) -> None:
+        """Upload the dirty chunks as new chunks and commit them in one step."""
+        async with self._lock:
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, {}
+            records: dict[int, ChunkRecord] = {}
+            limiter = trio.Semaphore(PARALLEL_CHUNKS)
+
+            async def upload(idx: int, buf: bytearray) -> None:
+                valid = min(self.chunk_size, self.size - idx * self.chunk_size)
+                if valid <= 0:
+                    return
+                body = bytes(buf[:valid]) + bytes(max(0, valid - len(buf)))
+                async with limiter:
+                    records[idx] = await self.data.write_chunk(body, self.layout)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for idx, buf in sorted(dirty.items()):
+                        nursery.start_soon(upload, idx, buf)
+                await self.meta.commit_chunks(self.ino, sorted(records.items()), self.size)
+            except BaseException:
+                # Nothing was committed: keep the data dirty so a retry can flush it.
+                for idx, buf in dirty.items():
+                    self._dirty.setdefault(idx, buf)
+                raise
+            self._records.update(records)
+            for idx, buf in dirty.items():
+                self._cache[idx] = bytes(
+                    buf[: min(self.chunk_size, self.size - idx * self.chunk_size)]
+                )
+            while len(self._cache) > READ_CACHE_CHUNKS:
+                self._cache.popitem(last=False)
+
+    async def fsync(self) -> None:
+        await self.flush()  # commit_chunks returns once the entry is applied: durable
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            await self.meta.release(self.ino)
+
+
+async def layout_for(meta: MetaClient, parent: int, default: Layout | None = None) -> Layout:
+    text = await meta.layout(parent)
+    return Layout.parse(text) if text else (default or Layout())
+
+
+async def put_file(
+    meta: MetaClient,
+    data: DataClient,
+    parent: int,
+    name: bytes,
+    read: Callable[[int], Awaitable[bytes]],
+    *,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    layout: Layout | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Stream ``read(n)`` (b"" at the end) into ``parent/name``; returns the inode.
+
+    The content goes into a new, unnamed inode held open by this client's
+    session; only when every chunk is committed does it take the name (a
+    link, then a rename over the old file). A client that dies before leaves
+    the old file untouched and the new inode to the lease sweep.
+    """
+    chosen = layout or await layout_for(meta, parent)
+    tmp = f".{name.decode(errors='replace')[:200]}.prismfs-{secrets.token_hex(4)}".encode()
+    attr = await meta.mknod(
+        parent,
+        tmp,
+        stat.S_IFREG | (mode & 0o7777),
+        uid,
+        gid,
+        open_it=True,
+        chunk_size=chosen.chunk_size,
+    )
+    ino = attr.ino
+    try:
+        await meta.unlink(parent, tmp)  # unnamed until complete; kept alive by the open
+        size = 0
+        send, receive = trio.open_memory_channel[tuple[int, bytes]](PARALLEL_CHUNKS)
+        records: dict[int, ChunkRecord] = {}
+
+        async def producer() -> None:
+            nonlocal size
+            async with send:
+                idx = 0
+                while True:
+                    block = await _read_exactly(read, chosen.chunk_size)
+                    if not block:
+                        return
+                    await send.send((idx, block))
+                    size += len(block)
+                    idx += 1
+                    if len(block) < chosen.chunk_size:
+                        return
+
+        committed_size = 0
+        commit_lock = trio.Lock()
+
+        async def commit_full_chunks() -> None:
+            """Record finished full chunks early: uploaded shards wait at most
+            one batch for their record (the orphan sweep's grace period)."""
+            nonlocal committed_size
+            async with commit_lock:
+                full = sorted((i, r) for i, r in records.items() if r.length == chosen.chunk_size)
+                if len(full) < COMMIT_EVERY:
+                    return
+                for i, _ in full:
+                    del records[i]
+                committed_size = max(committed_size, (full[-1][0] + 1) * chosen.chunk_size)
+                await meta.commit_chunks(ino, full, committed_size)
+
+        async def uploader(rx: trio.MemoryReceiveChannel[tuple[int, bytes]]) -> None:
+            async with rx:
+                async for idx, block in rx:
+                    records[idx] = await data.write_chunk(block, chosen)
+                    if progress is not None:
+                        progress(len(block))
+                    await commit_full_chunks()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            async with receive:
+                for _ in range(PARALLEL_CHUNKS):
+                    nursery.start_soon(uploader, receive.clone())
+        rest = sorted(records.items())
+        for first in range(0, max(len(rest), 1), 1024):
+            await meta.commit_chunks(ino, rest[first : first + 1024], size)
+        await meta.link(ino, parent, tmp)
+        await meta.rename(parent, tmp, parent, name)
+    finally:
+        await meta.release(ino)
+    return ino
+
+
+async def _read_exactly(read: Callable[[int], Awaitable[bytes]], n: int) -> bytes:
+    parts = bytearray()
+    while len(parts) < n:
+        block = await read(n - len(parts))
+        if not block:
+            break
+        parts += block
+    return bytes(parts)
+
+
+async def get_file(
+    meta: MetaClient,
+    data: DataClient,
+    ino: int,
+    write: Callable[[bytes], Awaitable[None]],
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Stream the file's content to ``write``; returns the number of bytes."""
+    f = await OpenFile.open(meta, data, ino)
+    try:
+        size = f.size
+        offset = 0
+        # Fetch up to PARALLEL_CHUNKS chunks ahead, write them in order.
+        limiter = trio.Semaphore(PARALLEL_CHUNKS)
+        results: dict[int, trio.Event] = {}
+        chunks: dict[int, bytes] = {}
+        count = -(-size // f.chunk_size)
+
+        async def fetch(idx: int) -> None:
+            async with limiter:
+                record = f._records.get(idx)
+                chunk = b"" if record is None else await data.read_chunk(record)
+                valid = min(f.chunk_size, size - idx * f.chunk_size)
+                chunks[idx] = chunk[:valid] + bytes(max(0, valid - len(chunk)))
+                results[idx].set()
+
+        async with trio.open_nursery() as nursery:
+            for idx in range(count):
+                results[idx] = trio.Event()
+
+            async def feeder() -> None:
+                for idx in range(count):
+                    # never more than 2x the window of chunks in memory
+                    while idx - offset // f.chunk_size >= 2 * PARALLEL_CHUNKS:
+                        await trio.sleep(0.001)
+                    nursery.start_soon(fetch, idx)
+
+            nursery.start_soon(feeder)
+            for idx in range(count):
+                await results[idx].wait()
+                block = chunks.pop(idx)
+                await write(block)
+                offset += len(block)
+                if progress is not None:
+                    progress(len(block))
+        return offset
+    finally:
+        await f.close()
+
+
+def local_reader(path: str) -> tuple[Callable[[int], Awaitable[bytes]], Callable[[], None]]:
+    """An async reader over a local file (reads in a worker thread) and its closer."""
+    fd = os.open(path, os.O_RDONLY)
+
+    async def read(n: int) -> bytes:
+        return await trio.to_thread.run_sync(os.read, fd, n)
+
+    return read, lambda: os.close(fd)

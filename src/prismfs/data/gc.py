@@ -1,0 +1,119 @@
+"""Deleting shards nobody needs: the GC queue (leader) and the orphan sweep (every node).
+
+*GC*: chunk records replaced by a write, dropped by a truncate or freed with
+their inode are queued in the namespace. The leader takes queue entries in
+order, asks each node holding one of their shards to delete it, and
+proposes `GcDone` for the entries whose shards are all gone (a node that is
+down keeps its entries queued until it answers; a removed node's shards
+count as gone).
+
+*Orphan sweep*: shards stored by a client that died before committing its
+chunk are referenced by no record. Every node lists its store now and then
+and deletes shards older than the grace period whose chunk id neither a
+file nor the GC queue refers to (asked with a linearizable read). The grace
+period must exceed the longest time between a shard's upload and its
+commit; `put_file` commits progressively to keep that short.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+import trio
+
+from prismfs.data.messages import DeleteShards
+from prismfs.data.stores import ShardStore, shard_id
+from prismfs.errors import PrismError
+from prismfs.meta.commands import ChunkRefs, GcDone, MetaValue
+from prismfs.meta.namespace import Namespace
+from prismfs.node.consensus import Consensus
+from prismfs.wire.client import RpcPool
+from prismfs.wire.codec import decode_message, encode_message
+
+log = logging.getLogger("prismfs.data.gc")
+
+
+async def gc_once(consensus: Consensus, namespace: Namespace, pool: RpcPool) -> int:
+    """One pass on the leader; returns the number of queue entries finished."""
+    entries = namespace.gc_pending(500)
+    if not entries:
+        return 0
+    nodes = {n.node: n for n in namespace.nodes()}
+    by_node: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for seq, record in entries:
+        for i, node in enumerate(record.nodes):
+            by_node[node].append((seq, shard_id(record.id, i)))
+    failed: set[int] = set()
+    for node, items in sorted(by_node.items()):
+        info = nodes.get(node)
+        if info is None or info.state == "removed":
+            continue  # the node and its shards are gone
+        try:
+            await pool.call(info.address, DeleteShards(tuple(s for _, s in items)), timeout=30)
+        except PrismError as exc:
+            log.info("GC: %d shards on %s stay queued: %s", len(items), node, exc.message)
+            failed |= {seq for seq, _ in items}
+    done = tuple(seq for seq, _ in entries if seq not in failed)
+    if done:
+        await consensus.propose_internal(encode_message(GcDone(time.time_ns(), done)))
+        log.info("GC: deleted the shards of %d replaced or freed chunks", len(done))
+    return len(done)
+
+
+async def gc_loop(
+    consensus: Consensus, namespace: Namespace, pool: RpcPool, interval: float
+) -> None:
+    while True:
+        await trio.sleep(interval)
+        if consensus.role != "leader":
+            continue
+        try:
+            while await gc_once(consensus, namespace, pool) == 500:
+                pass
+        except PrismError as exc:
+            log.info("GC pass stopped: %s", exc.message)
+
+
+async def sweep_orphans(consensus: Consensus, store: ShardStore, grace_s: float) -> int:
+    """Delete unreferenced shards older than ``grace_s``; returns how many."""
+    deleted = 0
+    after = ""
+    now = time.time_ns()
+    while True:
+        ids = await store.list(after, 1000)
+        if not ids:
+            return deleted
+        after = ids[-1]
+        old = []
+        for sid in ids:
+            try:
+                st = await store.stat(sid)
+            except PrismError:
+                continue
+            if (now - st.mtime_ns) / 1e9 > grace_s:
+                old.append(sid)
+        if not old:
+            continue
+        chunk_ids = tuple(sorted({bytes.fromhex(sid.split(".")[0]) for sid in old}))
+        reply = await consensus.query(encode_message(ChunkRefs(chunk_ids)))
+        refs = decode_message(reply.result)
+        assert isinstance(refs, MetaValue)
+        referenced = set(refs.names)
+        for sid in old:
+            if bytes.fromhex(sid.split(".")[0]) not in referenced:
+                await store.delete(sid)
+                deleted += 1
+                log.info("orphan sweep: deleted shard %s (no chunk record refers to it)", sid)
+
+
+async def orphan_loop(
+    consensus: Consensus, store: ShardStore, interval: float, grace_s: float
+) -> None:
+    while True:
+        await trio.sleep(interval)
+        try:
+            await sweep_orphans(consensus, store, grace_s)
+        except PrismError as exc:
+            log.info("orphan sweep stopped: %s", exc.message)

@@ -1,0 +1,72 @@
+"""Shard RPCs between clients and storage nodes (bulk bytes go in the frame payload)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from prismfs.wire.codec import U32, U64, Message
+
+
+class DataMessage(Message, frozen=True):
+    family: ClassVar[str] = "data"
+    abstract: ClassVar[bool] = True
+
+
+class PutShard(DataMessage, frozen=True):
+    """Store the payload as ``shard_id``; refused unless it matches ``checksum`` (xxh3-128)."""
+
+    shard_id: str
+    checksum: bytes
+
+
+class ShardPut(DataMessage, frozen=True):
+    size: U64
+
+
+class GetShard(DataMessage, frozen=True):
+    """The shard's bytes (or a range) as the reply payload. With a ``checksum``
+    (whole shard only) the node verifies it before answering and reports
+    `CorruptShard` instead of bad bytes."""
+
+    shard_id: str
+    offset: U64 = 0
+    length: U64 | None = None
+    checksum: bytes = b""
+
+
+class ShardData(DataMessage, frozen=True):
+    size: U64
+
+
+class DeleteShards(DataMessage, frozen=True):
+    shard_ids: tuple[str, ...]
+
+
+class ShardsDeleted(DataMessage, frozen=True):
+    deleted: U32
+
+
+class ListShards(DataMessage, frozen=True):
+    after: str = ""
+    limit: U32 = 1000
+
+
+class ShardInfo(DataMessage, frozen=True):
+    shard_id: str
+    size: U64
+    mtime_ns: U64
+
+
+class ShardList(DataMessage, frozen=True):
+    shards: tuple[ShardInfo, ...]
+
+
+class StoreStats(DataMessage, frozen=True):
+    pass
+
+
+class StoreStatsReply(DataMessage, frozen=True):
+    backend: str
+    total: U64
+    used: U64
+    corrupt_found: U64 = 0

@@ -1,0 +1,92 @@
+"""The shard service of a storage node: put, get, delete, list, stats over RPC.
+
+Every put is checked against the checksum the client computed before it is
+stored; a whole-shard get with a checksum is checked before it is sent, and
+a mismatch is answered with `CorruptShard` (and logged, and counted) so the
+client fetches another shard instead of decoding bad bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prismfs.data.codec import shard_checksum
+from prismfs.data.messages import (
+    DeleteShards,
+    GetShard,
+    ListShards,
+    PutShard,
+    ShardData,
+    ShardInfo,
+    ShardList,
+    ShardPut,
+    ShardsDeleted,
+    StoreStats,
+    StoreStatsReply,
+)
+from prismfs.data.stores import ShardStore, validate_shard_id
+from prismfs.errors import InvalidArgument, NotFound, PrismError
+from prismfs.wire.server import Call, Reply, RpcServer
+
+log = logging.getLogger("prismfs.data.service")
+
+
+class CorruptShard(PrismError):
+    """A stored shard no longer matches its checksum."""
+
+    code = "corrupt_shard"
+
+
+class ShardService:
+    def __init__(self, store: ShardStore) -> None:
+        self.store = store
+        self.corrupt_found = 0
+
+    def register(self, server: RpcServer) -> None:
+        server.register(PutShard, self._put)
+        server.register(GetShard, self._get)
+        server.register(DeleteShards, self._delete)
+        server.register(ListShards, self._list)
+        server.register(StoreStats, self._stats)
+
+    async def _put(self, request: PutShard, call: Call) -> ShardPut:
+        validate_shard_id(request.shard_id)
+        if shard_checksum(call.payload) != request.checksum:
+            raise InvalidArgument(
+                f"shard {request.shard_id}: payload does not match its checksum "
+                "(damaged in transit)"
+            )
+        await self.store.put(request.shard_id, call.payload)
+        return ShardPut(len(call.payload))
+
+    async def _get(self, request: GetShard, call: Call) -> Reply:
+        whole = request.offset == 0 and request.length is None
+        data = await self.store.get(request.shard_id, request.offset, request.length)
+        if request.checksum and whole and shard_checksum(data) != request.checksum:
+            self.corrupt_found += 1
+            log.error("shard %s is corrupt on this node (checksum mismatch)", request.shard_id)
+            raise CorruptShard(f"shard {request.shard_id} is corrupt", shard=request.shard_id)
+        return Reply(ShardData(len(data)), data)
+
+    async def _delete(self, request: DeleteShards, call: Call) -> ShardsDeleted:
+        if len(request.shard_ids) > 10_000:
+            raise InvalidArgument("at most 10,000 shards per delete")
+        deleted = 0
+        for sid in request.shard_ids:
+            deleted += await self.store.delete(sid)
+        return ShardsDeleted(deleted)
+
+    async def _list(self, request: ListShards, call: Call) -> ShardList:
+        ids = await self.store.list(request.after, max(1, min(request.limit, 10_000)))
+        infos = []
+        for sid in ids:
+            try:
+                st = await self.store.stat(sid)
+            except NotFound:
+                continue  # deleted meanwhile
+            infos.append(ShardInfo(sid, st.size, st.mtime_ns))
+        return ShardList(tuple(infos))
+
+    async def _stats(self, request: StoreStats, call: Call) -> StoreStatsReply:
+        cap = await self.store.capacity()
+        return StoreStatsReply(self.store.name, cap.total, cap.used, self.corrupt_found)
