@@ -299,6 +299,13 @@ class FileTooLarge(PrismError):
     errno = _errno.EFBIG
 
 
+class CorruptShard(PrismError):
+    """A stored shard no longer matches its checksum (bit rot, a damaged disk)."""
+
+    code = "corrupt_shard"
+    errno = _errno.EIO
+
+
 class SessionExpired(PrismError):
     """The client session is unknown or its lease ran out; open files were released."""
 

@@ -81,13 +81,20 @@ class DevCluster:
     nodes: list[DevNode] = field(default_factory=list)
     mount: str | None = None
     started: float = 0.0
+    node_config: str = ""  # a node.toml every node starts with
 
     @classmethod
     def load(cls, directory: Path) -> DevCluster | None:
         try:
             data = json.loads((directory / DEV_STATE_FILE).read_text())
             nodes = [DevNode(**n) for n in data["nodes"]]
-            return cls(directory, nodes, data.get("mount"), float(data.get("started", 0)))
+            return cls(
+                directory,
+                nodes,
+                data.get("mount"),
+                float(data.get("started", 0)),
+                str(data.get("node_config", "")),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -98,6 +105,7 @@ class DevCluster:
             "nodes": [asdict(n) for n in self.nodes],
             "mount": self.mount,
             "started": self.started,
+            "node_config": self.node_config,
         }
         write_atomic(self.directory / DEV_STATE_FILE, json.dumps(data, indent=2).encode())
 
@@ -115,7 +123,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(node: DevNode, join: str | None) -> subprocess.Popen[bytes]:
+def _spawn(node: DevNode, join: str | None, node_config: str = "") -> subprocess.Popen[bytes]:
     log = open(node.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         return subprocess.Popen(
@@ -132,6 +140,7 @@ def _spawn(node: DevNode, join: str | None) -> subprocess.Popen[bytes]:
                 "--log-file",
                 str(node.log_file),
                 *(["--join", join] if join else []),
+                *(["--config", node_config] if node_config else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -165,7 +174,9 @@ def _cluster_lock(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster:
+def up(
+    directory: Path, n_nodes: int, mount: str | None, say: Say, node_config: Path | None = None
+) -> DevCluster:
     """Start (or restart) the cluster in ``directory``; idempotent while it runs."""
     if not 1 <= n_nodes <= 32:
         raise InvalidArgument("--nodes must be between 1 and 32")
@@ -175,16 +186,18 @@ def up(directory: Path, n_nodes: int, mount: str | None, say: Say) -> DevCluster
         )
     directory = directory.resolve()
     with _cluster_lock(directory):
-        return _up(directory, n_nodes, say)
+        return _up(directory, n_nodes, say, node_config)
 
 
-def _up(directory: Path, n_nodes: int, say: Say) -> DevCluster:
+def _up(directory: Path, n_nodes: int, say: Say, node_config: Path | None) -> DevCluster:
     cluster = DevCluster.load(directory)
     if cluster is not None and cluster.nodes and len(cluster.running()) == len(cluster.nodes):
         say(f"dev cluster in {directory} is already running ({len(cluster.nodes)} nodes)")
         return cluster
     if cluster is None or not cluster.nodes:
-        cluster = DevCluster(directory)
+        cluster = DevCluster(
+            directory, node_config=str(node_config.resolve()) if node_config else ""
+        )
         for i in range(1, n_nodes + 1):
             node_dir = directory / f"node{i}"
             cluster.nodes.append(DevNode(f"node{i}", str(node_dir), f"127.0.0.1:{_free_port()}"))
@@ -198,7 +211,7 @@ def _up(directory: Path, n_nodes: int, say: Say) -> DevCluster:
         if node.alive():
             continue
         first = cluster.nodes[0]
-        proc = _spawn(node, None if node is first else first.rpc_address)
+        proc = _spawn(node, None if node is first else first.rpc_address, cluster.node_config)
         node.pid = proc.pid
         procs[node.name] = proc
     cluster.started = time.time()

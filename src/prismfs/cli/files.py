@@ -33,9 +33,22 @@ async def connect(client: ClientConfig) -> AsyncIterator[tuple[MetaClient, DataC
         open_rpc_pool(
             client.credentials(), ssl_context=ssl_ctx, connect_timeout=3, client_name="prismfs-cli"
         ) as pool,
-        open_meta_client(pool, client.addresses, lease_s=60) as meta,
+        open_meta_client(pool, client.addresses, lease_s=session_lease()) as meta,
     ):
         yield meta, DataClient(pool, meta)
+
+
+def session_lease() -> float:
+    """The client session's lease: how long after a crash this client's open
+    files are reclaimed. ``PRISMFS_SESSION_LEASE_S``, default 60."""
+    raw = os.environ.get("PRISMFS_SESSION_LEASE_S", "60")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"PRISMFS_SESSION_LEASE_S={raw!r} is not a number") from None
+    if not 1 <= value <= 86400:
+        raise InvalidArgument("PRISMFS_SESSION_LEASE_S must be between 1 and 86400")
+    return value
 
 
 def split(path: str) -> list[bytes]:

@@ -244,11 +244,22 @@ _dir_option = click.option(
 @_dir_option
 @click.option("--mount", metavar="DIR", help="Also mount the file system at DIR.")
 @click.option("--json", "as_json", is_flag=True, help="Print the node list as JSON.")
-def dev_up(n_nodes: int, directory: Path | None, mount: str | None, as_json: bool) -> None:
+@click.option(
+    "--node-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A node.toml for every node of a new dev cluster (kept for restarts).",
+)
+def dev_up(
+    n_nodes: int,
+    directory: Path | None,
+    mount: str | None,
+    as_json: bool,
+    node_config: Path | None,
+) -> None:
     """Start N nodes (or restart a stopped dev cluster) and write client.toml."""
     directory = directory or devcluster.default_dir()
     say = (lambda _m: None) if as_json else click.echo
-    devcluster.up(directory, n_nodes, mount, say)
+    devcluster.up(directory, n_nodes, mount, say, node_config)
     rows = devcluster.status(directory)
     if as_json:
         click.echo(json.dumps({"dir": str(directory.resolve()), "nodes": rows}, indent=2))

@@ -321,6 +321,8 @@ async def _read_exactly(read: Callable[[int], Awaitable[bytes]], n: int) -> byte
         block = await read(n - len(parts))
         if not block:
             break
+        if len(block) > n - len(parts):
+            raise ValueError(f"reader returned {len(block)} bytes, asked for {n - len(parts)}")
         parts += block
     return bytes(parts)
 

@@ -25,16 +25,10 @@ from prismfs.data.messages import (
     StoreStatsReply,
 )
 from prismfs.data.stores import ShardStore, validate_shard_id
-from prismfs.errors import InvalidArgument, NotFound, PrismError
+from prismfs.errors import CorruptShard, InvalidArgument, NotFound
 from prismfs.wire.server import Call, Reply, RpcServer
 
 log = logging.getLogger("prismfs.data.service")
-
-
-class CorruptShard(PrismError):
-    """A stored shard no longer matches its checksum."""
-
-    code = "corrupt_shard"
 
 
 class ShardService:

@@ -1,0 +1,262 @@
+"""The data plane end to end on 3 real node processes (2-of-3): 1 GiB in and
+out byte for byte; a node killed with SIGKILL in the middle of a get; a
+shard corrupted on disk; a client killed in the middle of overwriting a
+file (old content intact, its orphan shards swept); GC of replaced chunks;
+the CLI's file commands."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+import xxhash
+
+from conftest import run_cli
+from prismfs.client.data import DataClient
+from prismfs.client.files import OpenFile, get_file, put_file
+from prismfs.data.layout import Layout
+from prismfs.meta.client import open_meta_client
+from prismfs.meta.commands import ROOT_INO
+from prismfs.wire.client import open_rpc_pool
+from test_raft_cluster import Cluster
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def shard_files(cluster: Cluster) -> list[Path]:
+    return [p for p in cluster.dir.glob("node*/shards/*/*/*") if not p.name.startswith(".")]
+
+
+class RandomSource:
+    """Seeded pseudo-random bytes, hashed as they are read."""
+
+    def __init__(self, size: int, seed: int = 1) -> None:
+        self.left = size
+        self.hash = xxhash.xxh3_128()
+        self.rng = random.Random(seed)
+
+    async def read(self, n: int) -> bytes:
+        n = min(n, self.left)
+        out = self.rng.randbytes(n)
+        self.left -= n
+        self.hash.update(out)
+        return out
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
+    config = tmp_path / "node.toml"
+    config.write_text("[data]\ngc_interval_s = 0.5\norphan_sweep_s = 1.0\norphan_grace_s = 2.0\n")
+    c = Cluster(tmp_path)
+    c.node_config = config  # type: ignore[attr-defined]
+    yield c
+    c.cleanup()
+
+
+def up(cluster: Cluster) -> list[dict[str, object]]:
+    import json
+
+    result = run_cli(
+        "dev",
+        "up",
+        "--dir",
+        str(cluster.dir),
+        "--json",
+        "--node-config",
+        str(cluster.node_config),  # type: ignore[attr-defined]
+        env=cluster.env,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout)["nodes"])
+
+
+async def test_one_gib_in_and_out_with_a_node_killed_mid_get(cluster: Cluster) -> None:
+    nodes = await trio.to_thread.run_sync(up, cluster)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses) as meta,
+    ):
+        data = DataClient(pool, meta, hedge_after=1.0)
+        source = RandomSource(1 << 30)
+        ino = await put_file(meta, data, ROOT_INO, b"big", source.read)
+        assert (await meta.getattr(ino)).size == 1 << 30
+        assert data.stats.shards_put == 3 * 256  # 256 chunks of 4 MiB, 3 shards each
+
+        got = xxhash.xxh3_128()
+        killed: list[str] = []
+
+        async def sink(block: bytes) -> None:
+            got.update(block)
+            if not killed and got_bytes[0] > 300 << 20:
+                victim = nodes[1]  # not the seed node the client prefers
+                os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+                killed.append(str(victim["id"]))
+            got_bytes[0] += len(block)
+
+        got_bytes = [0]
+        size = await get_file(meta, data, ino, sink)
+        assert size == 1 << 30 and got.digest() == source.hash.digest()
+        assert killed and killed[0] in data.stats.failed_nodes
+        assert data.stats.parity_reads > 0  # the dead node's shards came from parity
+
+
+async def test_corrupt_shard_is_detected_and_read_around(cluster: Cluster) -> None:
+    nodes = await trio.to_thread.run_sync(up, cluster)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses) as meta,
+    ):
+        data = DataClient(pool, meta)
+        payload = os.urandom(3_000_000)
+        stream = io.BytesIO(payload)
+
+        async def read(n: int) -> bytes:
+            return stream.read(n)
+
+        ino = await put_file(meta, data, ROOT_INO, b"f", read, layout=Layout(2, 3, 1 << 20))
+        record = (await meta.chunk_map(ino)).chunks[0][1]
+        victim = Path(next(p for p in shard_files(cluster) if p.name == f"{record.id.hex()}.0"))
+        raw = bytearray(victim.read_bytes())  # noqa: ASYNC240
+        raw[100] ^= 0xFF  # bit rot on the disk of the node holding data shard 0
+        victim.write_bytes(bytes(raw))  # noqa: ASYNC240
+        out = bytearray()
+
+        async def sink(block: bytes) -> None:
+            out.extend(block)
+
+        await get_file(meta, data, ino, sink)
+        assert bytes(out) == payload
+        assert f"{record.id.hex()}.0" in data.stats.corrupt
+        logs = "".join(p.read_text() for p in cluster.dir.glob("node*/node.log"))
+        assert f"shard {record.id.hex()}.0 is corrupt" in logs
+
+
+async def test_random_writes_truncate_and_gc(cluster: Cluster) -> None:
+    nodes = await trio.to_thread.run_sync(up, cluster)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses) as meta,
+    ):
+        data = DataClient(pool, meta)
+        attr = await meta.mknod(ROOT_INO, b"r", 0o100644, open_it=True, chunk_size=65536)
+        await meta.release(attr.ino)
+        model = bytearray()
+        f = await OpenFile.open(meta, data, attr.ino)
+        rng = random.Random(7)
+        for step in range(40):
+            offset = rng.randrange(0, 400_000)
+            chunk = os.urandom(rng.randrange(1, 150_000))
+            await f.write(offset, chunk)
+            if len(model) < offset:
+                model.extend(bytes(offset - len(model)))
+            model[offset : offset + len(chunk)] = chunk
+            if step % 7 == 0:
+                await f.flush()
+            if step % 13 == 12:
+                cut = rng.randrange(0, len(model))
+                await f.truncate(cut)
+                del model[cut:]
+            start = rng.randrange(0, len(model) + 10)
+            assert await f.read(start, 70_000) == bytes(model[start : start + 70_000])
+        await f.close()
+        g = await OpenFile.open(meta, data, attr.ino)  # another open sees the committed file
+        assert await g.read(0, len(model) + 100) == bytes(model)
+        await g.close()
+        # Replaced chunks are collected: the shards on disk are those of the live chunks.
+        live = {
+            f"{r.id.hex()}.{i}"
+            for _, r in (await meta.chunk_map(attr.ino)).chunks
+            for i in range(r.m)
+        }
+        with trio.fail_after(30):
+            while {p.name for p in shard_files(cluster)} != live:
+                await trio.sleep(0.2)
+        assert (await meta.statfs()).gc_pending == 0
+
+
+def test_client_killed_mid_overwrite_keeps_the_old_file(cluster: Cluster, tmp_path: Path) -> None:
+    up(cluster)
+    env = {**cluster.env, "PRISMFS_SESSION_LEASE_S": "2"}
+    old = tmp_path / "old"
+    old.write_bytes(os.urandom(5_000_000))
+    assert run_cli("put", str(old), "/f", env=env, timeout=60).returncode == 0
+    after_first = {p.name for p in shard_files(cluster)}
+    new = tmp_path / "new"
+    with open(new, "wb") as f:
+        for _ in range(400):
+            f.write(os.urandom(1 << 20))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prismfs", "put", str(new), "/f"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(shard_files(cluster)) < len(after_first) + 60:  # some of the new file is out
+            assert proc.poll() is None, "the put finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.kill()
+    finally:
+        proc.wait(timeout=10)
+    back = tmp_path / "back"
+    assert run_cli("get", "/f", str(back), env=env, timeout=60).returncode == 0
+    assert back.read_bytes() == old.read_bytes()  # the old content, whole
+    # The new file's shards (committed to an unnamed inode, or never committed)
+    # go away: lease expiry frees the inode, GC and the orphan sweep delete them.
+    deadline = time.monotonic() + 60
+    while {p.name for p in shard_files(cluster)} != after_first:
+        assert time.monotonic() < deadline, len(shard_files(cluster))
+        time.sleep(0.5)
+    logs = "".join(p.read_text() for p in cluster.dir.glob("node*/node.log"))
+    assert "orphan sweep: deleted shard" in logs or "GC: deleted" in logs
+
+
+def test_file_commands(cluster: Cluster, tmp_path: Path) -> None:
+    up(cluster)
+    env = cluster.env
+    src = tmp_path / "a.bin"
+    src.write_bytes(os.urandom(100_000))
+    assert run_cli("mkdir", "/d", "--layout", "k=1,m=3,chunk=64K", env=env).returncode == 0
+    assert run_cli("put", str(src), "/d/", env=env).returncode == 0
+    listing = run_cli("ls", "-l", "/d", env=env)
+    assert listing.returncode == 0 and "a.bin" in listing.stdout and "100000" in listing.stdout
+    info = run_cli("stat", "/d/a.bin", env=env)
+    assert "k/m [(1, 3)]" in info.stdout and "chunks: 2 of 65536" in info.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "prismfs", "get", "/d/a.bin", "-"],
+        env={**os.environ, **env},
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout == src.read_bytes()
+    back = tmp_path / "b.bin"
+    assert run_cli("get", "/d/a.bin", str(back), env=env).returncode == 0
+    assert back.read_bytes() == src.read_bytes()
+    for args, message in [
+        (("rm", "/d"), "is a directory (use -r)"),
+        (("get", "/nope", str(back)), "no such file or directory"),
+        (("mkdir", "/x/y"), "no such file or directory"),
+        (("mkdir", "/z", "--layout", "k=3,m=2"), "k <= m"),
+        (("put", str(src), "/w", "--layout", "k=2,m=5"), "needs 5 nodes up"),
+        (("ls", "relative"), "start with /"),
+    ]:
+        result = run_cli(*args, env=env)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert run_cli("rm", "-r", "/d", env=env).returncode == 0
+    assert run_cli("ls", "/", env=env).stdout.strip() == ""
