@@ -40,6 +40,8 @@ demo: install
 	@echo "  . $(BIN)/activate"
 	@echo "  prismfs cluster status            # every node answers over authenticated RPC"
 	@echo "  prismfs dev status --dir $(DEMO_DIR) --json"
+	@echo "  prismfs put /etc/services /services && prismfs ls -l /"
+	@echo "  prismfs get /services /tmp/services.copy"
 	@echo "  make down                         # stop the demo"
 
 down:
@@ -59,6 +61,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_wire.py
 	$(BIN)/python benchmarks/bench_raft.py
 	$(BIN)/python benchmarks/bench_meta.py
+	$(BIN)/python benchmarks/bench_data.py
 
 clean: down
 	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -260,3 +260,38 @@ def test_file_commands(cluster: Cluster, tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
     assert run_cli("rm", "-r", "/d", env=env).returncode == 0
     assert run_cli("ls", "/", env=env).stdout.strip() == ""
+
+
+def test_cluster_default_layout_from_config(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[data]\ndefault_layout = "k=1,m=2,chunk=64K"\n')
+    c = Cluster(tmp_path)
+    c.node_config = config  # type: ignore[attr-defined]
+    try:
+        up(c)
+        src = tmp_path / "f"
+        src.write_bytes(os.urandom(70_000))
+        deadline = time.monotonic() + 20
+        while "k=1,m=2,chunk=64K" not in run_cli("stat", "/", env=c.env).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert run_cli("put", str(src), "/f", env=c.env).returncode == 0
+        info = run_cli("stat", "/f", env=c.env).stdout
+        assert "k/m [(1, 2)]" in info and "chunks: 2 of 65536" in info
+    finally:
+        c.cleanup()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[data]\ndefault_layout = "k=5,m=2"\n')
+    result = run_cli(
+        "node",
+        "start",
+        "--data-dir",
+        str(tmp_path / "x"),
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        str(bad),
+        timeout=30,
+    )
+    assert result.returncode != 0 and "default_layout" in result.stderr
+    assert "Traceback" not in result.stderr

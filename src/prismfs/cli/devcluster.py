@@ -295,14 +295,18 @@ async def _form_voters(cluster: DevCluster) -> None:
 async def _wait_registered(cluster: DevCluster) -> None:
     """Every node is in the namespace's node registry (so data can be placed on it)."""
     creds = read_secret_file(cluster.secret_file)
-    seed = cluster.nodes[0].rpc_address
     wanted = {node.node_id for node in cluster.nodes}
     async with open_rpc_pool(
         creds, connect_timeout=2, call_timeout=10, client_name="dev-up"
     ) as pool:
+        rounds = 0
 
         async def registered() -> bool:
-            reply = (await pool.call(seed, Query(encode_message(ListNodes())))).message
+            # Any node can answer (a node removed from the Raft group cannot).
+            nonlocal rounds
+            rounds += 1
+            address = cluster.nodes[rounds % len(cluster.nodes)].rpc_address
+            reply = (await pool.call(address, Query(encode_message(ListNodes())))).message
             assert isinstance(reply, QueryResult)
             nodes = decode_message(reply.result)
             assert isinstance(nodes, NodeList)

@@ -100,6 +100,9 @@ class DataSection(_Section):
     """How often a node looks for shards no chunk record refers to."""
     orphan_grace_s: float = 6 * 3600.0
     """Age below which an unreferenced shard is left alone (a write in progress)."""
+    default_layout: str = ""
+    """The cluster-wide default layout (k=,m=,chunk=). If set, the leader writes it
+    to the root directory's prismfs.layout once, unless the root has one."""
 
 
 class NodeConfig(_Section):

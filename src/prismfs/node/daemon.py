@@ -23,12 +23,25 @@ import trio
 
 from prismfs import __version__
 from prismfs.data.gc import gc_loop, orphan_loop
+from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.data.service import ShardService
 from prismfs.data.stores import ShardStore, open_store
-from prismfs.errors import ConfChangeInProgress, InvalidArgument, PrismError
+from prismfs.errors import (
+    ConfChangeInProgress,
+    ConfigError,
+    InvalidArgument,
+    NoAttribute,
+    PrismError,
+)
 from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
-from prismfs.meta.commands import ExpireSessions, RegisterNode
+from prismfs.meta.commands import (
+    ROOT_INO,
+    XATTR_CREATE,
+    ExpireSessions,
+    RegisterNode,
+    SetXattr,
+)
 from prismfs.meta.namespace import Namespace
 from prismfs.node import datadir
 from prismfs.node.config import NodeConfig
@@ -97,6 +110,11 @@ async def serve_node(
 ) -> None:
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
+    if config.data.default_layout:
+        try:
+            Layout.parse(config.data.default_layout)
+        except InvalidArgument as exc:
+            raise ConfigError(f"[data] default_layout: {exc.message}") from None
     store = open_store(config.store.backend, config.store.store_options(config.data_dir))
     ShardService(store).register(service.server)
     host, port = config.listen_address
@@ -144,6 +162,10 @@ async def serve_node(
                 ", ".join(addresses),
             )
             nursery.start_soon(_expire_sessions, consensus)
+            if config.data.default_layout:
+                nursery.start_soon(
+                    _default_layout, consensus, namespace, config.data.default_layout
+                )
             nursery.start_soon(gc_loop, consensus, namespace, pool, config.data.gc_interval_s)
             nursery.start_soon(
                 orphan_loop,
@@ -188,6 +210,26 @@ async def _expire_sessions(consensus: Consensus) -> None:
             )
         except PrismError as exc:
             log.debug("session sweep skipped: %s", exc.message)
+
+
+async def _default_layout(consensus: Consensus, namespace: Namespace, layout: str) -> None:
+    """Give the root directory the configured layout, once, if it has none."""
+    while True:
+        await trio.sleep(1.0)
+        if consensus.role != "leader":
+            continue
+        try:
+            namespace.getxattr(ROOT_INO, LAYOUT_XATTR)
+            return  # already set (by this, or by an administrator)
+        except NoAttribute:
+            pass
+        command = SetXattr(time.time_ns(), ROOT_INO, LAYOUT_XATTR, layout.encode(), XATTR_CREATE)
+        try:
+            await consensus.propose_internal(encode_message(command))
+            log.info("cluster default layout set on / : %s", layout)
+            return
+        except PrismError as exc:
+            log.debug("default layout not set yet: %s", exc.message)
 
 
 async def _register(
