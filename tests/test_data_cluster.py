@@ -295,3 +295,36 @@ def test_cluster_default_layout_from_config(tmp_path: Path) -> None:
     )
     assert result.returncode != 0 and "default_layout" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_slow_node_is_hedged_around(cluster: Cluster) -> None:
+    """A node that stops answering (SIGSTOP: connections stay open, no reply)
+    must not stall reads: after ``hedge_after`` a parity shard is fetched."""
+    nodes = await trio.to_thread.run_sync(up, cluster)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses[:1]) as meta,
+    ):
+        data = DataClient(pool, meta, hedge_after=0.3, shard_timeout=60)
+        payload = os.urandom(8 << 20)
+        stream = io.BytesIO(payload)
+
+        async def read(n: int) -> bytes:
+            return stream.read(n)
+
+        ino = await put_file(meta, data, ROOT_INO, b"f", read, layout=Layout(2, 3, 1 << 20))
+        frozen = nodes[2]
+        os.kill(int(frozen["pid"]), signal.SIGSTOP)  # type: ignore[call-overload]
+        try:
+            out = bytearray()
+
+            async def sink(block: bytes) -> None:
+                out.extend(block)
+
+            with trio.fail_after(30):  # far below the 60 s shard timeout
+                await get_file(meta, data, ino, sink)
+            assert bytes(out) == payload
+            assert data.stats.parity_reads > 0
+        finally:
+            os.kill(int(frozen["pid"]), signal.SIGCONT)  # type: ignore[call-overload]
