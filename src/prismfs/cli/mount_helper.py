@@ -1,10 +1,15 @@
 """``mount.prismfs SOURCE MOUNTPOINT [-o OPTIONS]``: the mount(8) helper.
 
-It parses its arguments exactly as mount(8) passes them to a helper
-(``-o`` options, ``-f`` fake, ``-n`` no mtab, ``-s`` sloppy, ``-v``
-verbose) and validates them. The FUSE client that serves the mount is not
-built yet (see docs/mount.md), so after validation it exits with status 32
-("mount failure", as mount(8) defines it) and says so.
+SOURCE is ``ADDR[,ADDR...]`` of cluster nodes (with ``-o secret=FILE``), or
+the path of a ``client.toml``. It is called exactly as mount(8) calls a
+helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
+``-s`` and ``-v`` are accepted, ``-f`` keeps the mount in the foreground.
+Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
+``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
+``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``; the
+fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
+``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
+Exit status 0 once the mount answers, 1 for bad usage, 32 for a failed mount.
 """
 
 from __future__ import annotations
@@ -12,40 +17,119 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from prismfs.errors import PrismError
+from prismfs.client.config import ClientConfig, load_client_toml
+from prismfs.errors import ConfigError, InvalidArgument, PrismError
 from prismfs.wire.address import parse_address
 
 MOUNT_FAILURE = 32
 USAGE_ERROR = 1
+
+IGNORED = {"defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "rw"}
+KNOWN = {
+    "secret",
+    "tls_ca",
+    "ro",
+    "allow_other",
+    "attr_timeout",
+    "entry_timeout",
+    "writeback_mb",
+    "failmode",
+    "failtimeout",
+    "log",
+    "foreground",
+    "lease",
+    "pidfile",
+}
 
 
 def parse_options(text: str) -> dict[str, str | None]:
     options: dict[str, str | None] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
+        if key in IGNORED or key.startswith("x-"):
+            continue
+        if key not in KNOWN:
+            raise InvalidArgument(f"unknown mount option {key!r}")
         options[key] = value if sep else None
     return options
 
 
+def _number(
+    options: dict[str, str | None], key: str, default: float, low: float, high: float
+) -> float:
+    raw = options.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"{key}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise InvalidArgument(f"{key} must be between {low:g} and {high:g}")
+    return value
+
+
+def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # type: ignore[no-untyped-def]
+    from prismfs.fuse.mount import MountSpec
+    from prismfs.fuse.ops import MountOptions
+
+    options = parse_options(text)
+    if source.endswith(".toml"):
+        client = load_client_toml(Path(source))
+    else:
+        addresses = tuple(a.strip() for a in source.split(",") if a.strip())
+        for address in addresses:
+            parse_address(address, default_port=7070)
+        secret = options.get("secret")
+        if not secret:
+            raise ConfigError("give the cluster secret: -o secret=/path/to/cluster.secret")
+        client = ClientConfig(addresses, Path(secret), None, "mount source")
+    failmode = options.get("failmode") or "wait"
+    if failmode not in ("wait", "eio"):
+        raise InvalidArgument("failmode is wait or eio")
+    failtimeout = _number(options, "failtimeout", 60.0 if failmode == "wait" else 5.0, 1, 86400)
+    tls_ca = options.get("tls_ca") or (str(client.tls_ca) if client.tls_ca else None)
+    log = options.get("log")
+    return MountSpec(
+        addresses=list(client.addresses),
+        mountpoint=Path(mountpoint).resolve(),
+        creds=client.credentials(),
+        tls_ca=Path(tls_ca) if tls_ca else None,
+        options=MountOptions(
+            attr_timeout=_number(options, "attr_timeout", 1.0, 0, 3600),
+            entry_timeout=_number(options, "entry_timeout", 1.0, 0, 3600),
+            writeback_mb=int(_number(options, "writeback_mb", 64, 1, 4096)),
+            read_only="ro" in options,
+        ),
+        allow_other="allow_other" in options,
+        failtimeout=failtimeout,
+        lease_s=_number(options, "lease", 60.0, 2, 3600),
+        log_file=Path(log).resolve() if log else None,
+        pidfile=Path(str(options["pidfile"])).resolve() if options.get("pidfile") else None,
+        foreground=foreground or "foreground" in options,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="mount.prismfs", description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="ADDR[,ADDR...] of cluster nodes")
+    parser.add_argument("source", help="ADDR[,ADDR...] of cluster nodes, or a client.toml")
     parser.add_argument("mountpoint")
     parser.add_argument("-o", dest="options", default="", help="comma-separated mount options")
-    for flag in ("-f", "-n", "-s", "-v"):
+    parser.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
+    for flag in ("-n", "-s", "-v"):
         parser.add_argument(flag, action="store_true")
     args = parser.parse_args(argv)
     try:
-        for address in args.source.split(","):
-            parse_address(address, default_port=7070)
+        spec = build_spec(args.source, args.mountpoint, args.options, args.foreground)
     except PrismError as exc:
         print(f"mount.prismfs: {exc.message}", file=sys.stderr)
         sys.exit(USAGE_ERROR)
-    parse_options(args.options)
-    print(
-        "mount.prismfs: the FUSE client is not available in this version of PrismFS "
-        "(see docs/mount.md); nothing was mounted",
-        file=sys.stderr,
-    )
-    sys.exit(MOUNT_FAILURE)
+    from prismfs.fuse.mount import run_mount
+
+    try:
+        sys.exit(run_mount(spec))
+    except PrismError as exc:
+        print(f"mount.prismfs: {exc.message}", file=sys.stderr)
+        sys.exit(MOUNT_FAILURE)

@@ -1,0 +1,1 @@
+"""The FUSE client: `mount.prismfs` serving a mount through pyfuse3."""

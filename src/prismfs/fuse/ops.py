@@ -1,0 +1,436 @@
+"""The FUSE operations: POSIX calls from the kernel onto the cluster.
+
+Theory of operation. Every handler goes through `_op`: a `PrismError`
+becomes its errno (`NotFound` -> ENOENT, ...), a transient error that
+outlived the retries (cluster unreachable for ``failtimeout``) becomes EIO,
+and anything else is logged with its traceback and becomes EIO. Nothing may
+escape to pyfuse3: an exception there ends the whole mount.
+
+Inode numbers are the namespace's (the root is 1 in both). Metadata calls go
+to the Raft leader through `MetaClient` (exactly-once retries, so a leader
+change is invisible); file contents through `OpenFile`, one per inode
+shared by all file handles of this mount (so two descriptors of one
+process, or of two processes, see each other's writes at once). Writes are
+buffered per inode up to ``writeback_mb`` and committed on flush (close),
+fsync, or when the buffer fills: close-to-open consistency between mounts.
+
+The kernel checks permissions (``default_permissions``) from the attributes
+returned here; attributes and entries are cached by the kernel for
+``attr_timeout``/``entry_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from prismfs.client.data import DataClient
+from prismfs.client.files import OpenFile, layout_for
+from prismfs.data.layout import LAYOUT_XATTR, Layout
+from prismfs.errors import PrismError
+from prismfs.meta.client import MetaClient
+from prismfs.meta.commands import Attr
+
+log = logging.getLogger("prismfs.fuse")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _op(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except PrismError as exc:
+            if exc.transient:
+                log.warning("%s: cluster unavailable: %s", func.__name__, exc.message)
+                raise pyfuse3.FUSEError(errno.EIO) from None
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed; answering EIO", func.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class MountOptions:
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    writeback_mb: int = 64
+    read_only: bool = False
+
+
+@dataclass
+class _Handle:
+    file: OpenFile
+    refs: int = 1
+
+
+class PrismOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, meta: MetaClient, data: DataClient, options: MountOptions) -> None:
+        super().__init__()
+        self.meta = meta
+        self.data = data
+        self.opts = options
+        self._open: dict[int, _Handle] = {}  # by inode
+        self._fh: dict[int, int] = {}  # file handle -> inode
+        self._next_fh = 1
+        self._layouts: dict[int, tuple[float, Layout]] = {}  # directory -> (read at, layout)
+        self._locks: dict[int, trio.Lock] = {}
+
+    async def _layout(self, directory: int) -> Layout:
+        """The layout for new files in ``directory``, cached for ``entry_timeout``."""
+        now = trio.current_time()
+        cached = self._layouts.get(directory)
+        if cached is not None and now - cached[0] < max(self.opts.entry_timeout, 0.1):
+            return cached[1]
+        layout = await layout_for(self.meta, directory)
+        if len(self._layouts) > 10_000:
+            self._layouts.clear()
+        self._layouts[directory] = (now, layout)
+        return layout
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = a.ino
+        e.st_mode = a.mode
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        handle = self._open.get(a.ino)
+        size = max(a.size, handle.file.size) if handle is not None else a.size
+        if handle is not None and handle.file._dirty:
+            size = handle.file.size
+        e.st_size = size
+        e.st_rdev = a.rdev
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        e.st_blksize = 128 * 1024
+        e.st_blocks = -(-size // 512)
+        e.attr_timeout = self.opts.attr_timeout
+        e.entry_timeout = self.opts.entry_timeout
+        return e
+
+    def _writable(self) -> None:
+        if self.opts.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    # --- names -----------------------------------------------------------------------------
+
+    @_op
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self._entry(await self.meta.getattr(parent_inode))
+        return self._entry(await self.meta.lookup(parent_inode, name))
+
+    async def forget(self, inode_list: Any) -> None:
+        return None
+
+    @_op
+    async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.meta.getattr(inode))
+
+    @_op
+    async def setattr(
+        self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        handle = self._open.get(inode)
+        if handle is not None:
+            # Buffered writes come first: their commit sets mtime, and an explicit
+            # time (tar, cp -p, touch -d) must win over it.
+            await handle.file.flush()
+        changes: dict[str, int | None] = {}
+        if fields.update_mode:
+            changes["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_size:
+            if handle is not None:
+                await handle.file.truncate(attr.st_size)
+            else:
+                changes["size"] = attr.st_size
+        if changes or not fields.update_size:
+            return self._entry(await self.meta.setattr(inode, **changes))
+        return self._entry(await self.meta.getattr(inode))
+
+    @_op
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return await self.meta.readlink(inode)
+
+    @_op
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        layout = await self._layout(parent_inode)
+        attr = await self.meta.mknod(
+            parent_inode, name, mode, ctx.uid, ctx.gid, rdev, chunk_size=layout.chunk_size
+        )
+        return self._entry(attr)
+
+    @_op
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        return self._entry(await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+
+    @_op
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        await self.meta.unlink(parent_inode, name)
+
+    @_op
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        await self.meta.rmdir(parent_inode, name)
+
+    @_op
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        return self._entry(attr)
+
+    @_op
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: Any,
+    ) -> None:
+        self._writable()
+        await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+
+    @_op
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        return self._entry(await self.meta.link(inode, new_parent_inode, new_name))
+
+    # --- files -----------------------------------------------------------------------------
+
+    def _new_fh(self, inode: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._fh[fh] = inode
+        return fh
+
+    def _inode_lock(self, inode: int) -> trio.Lock:
+        lock = self._locks.get(inode)
+        if lock is None:
+            if len(self._locks) > 100_000:  # forget the locks nobody holds or waits for
+                for ino, old in list(self._locks.items()):
+                    if not old.locked() and old.statistics().tasks_waiting == 0:
+                        del self._locks[ino]
+            lock = self._locks[inode] = trio.Lock()
+        return lock
+
+    async def _acquire(self, inode: int, *, opened: bool = False) -> OpenFile:
+        # One OpenFile per inode: opens and releases of one inode take turns,
+        # so two concurrent opens never build two handles.
+        async with self._inode_lock(inode):
+            return await self._acquire_locked(inode, opened=opened)
+
+    async def _acquire_locked(self, inode: int, *, opened: bool) -> OpenFile:
+        handle = self._open.get(inode)
+        if handle is not None:
+            handle.refs += 1
+            if opened:
+                await self.meta.release(inode)  # one session open per inode is enough
+            return handle.file
+        if opened:
+            f = OpenFile(
+                self.meta,
+                self.data,
+                inode,
+                await layout_for(self.meta, inode),
+                max_dirty=self.opts.writeback_mb << 20,
+            )
+            await f.refresh()
+        else:
+            f = await OpenFile.open(self.meta, self.data, inode)
+            f.max_dirty = self.opts.writeback_mb << 20
+        self._open[inode] = _Handle(f)
+        return f
+
+    @_op
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self._writable()
+        f = await self._acquire(inode)
+        if flags & os.O_TRUNC:
+            await f.truncate(0)
+        info = pyfuse3.FileInfo(fh=self._new_fh(inode))
+        info.keep_cache = True  # close-to-open: the attributes at open tell the kernel
+        return info
+
+    @_op
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        layout = await self._layout(parent_inode)
+        attr = await self.meta.mknod(
+            parent_inode,
+            name,
+            stat.S_IFREG | stat.S_IMODE(mode),
+            ctx.uid,
+            ctx.gid,
+            open_it=True,
+            chunk_size=layout.chunk_size,
+        )
+        await self._acquire(attr.ino, opened=True)
+        return pyfuse3.FileInfo(fh=self._new_fh(attr.ino)), self._entry(attr)
+
+    @_op
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._open[self._fh[fh]].file.read(off, size)
+
+    @_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self._writable()
+        return await self._open[self._fh[fh]].file.write(off, buf)
+
+    @_op
+    async def flush(self, fh: int) -> None:
+        inode = self._fh.get(fh)
+        if inode is not None and inode in self._open:
+            await self._open[inode].file.flush()
+
+    @_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._open[self._fh[fh]].file.fsync()
+
+    @_op
+    async def release(self, fh: int) -> None:
+        inode = self._fh.pop(fh)
+        async with self._inode_lock(inode):
+            handle = self._open[inode]
+            handle.refs -= 1
+            if handle.refs == 0:
+                del self._open[inode]
+                await handle.file.close()
+
+    # --- directories -------------------------------------------------------------------------
+
+    @_op
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        await self.meta.getattr(inode)
+        return inode
+
+    @_op
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        cookie = start_id
+        while True:
+            page = await self.meta.readdir_page(fh, cookie, 500)
+            for entry in page.entries:
+                if not pyfuse3.readdir_reply(
+                    token, entry.name, self._entry(entry.attr), entry.cookie
+                ):
+                    return
+                cookie = entry.cookie
+            if not page.more:
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # every namespace change is durable when it returns
+
+    @_op
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        stats = await self.meta.statfs()
+        nodes = await self.meta.nodes()
+        total = sum(n.capacity for n in nodes if n.state == "up")
+        used = sum(n.used for n in nodes)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = total // 4096
+        s.f_bfree = s.f_bavail = max(0, total - used) // 4096
+        s.f_files = stats.files + 1_000_000_000
+        s.f_ffree = s.f_favail = 1_000_000_000
+        s.f_namemax = 255
+        return s
+
+    # --- extended attributes -----------------------------------------------------------------
+
+    # The kernel only passes names with a namespace prefix, so the layout
+    # attribute (``prismfs.layout`` in the namespace) is ``user.prismfs.layout``
+    # on a mount: ``setfattr -n user.prismfs.layout -v k=4,m=6 DIR``.
+
+    @_op
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self._writable()
+        await self.meta.setxattr(inode, _to_meta(name), value)
+        if _to_meta(name) == LAYOUT_XATTR:
+            self._layouts.clear()
+
+    @_op
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return await self.meta.getxattr(inode, _to_meta(name))
+
+    @_op
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [_to_mount(n) for n in await self.meta.listxattr(inode)]
+
+    @_op
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self._writable()
+        await self.meta.removexattr(inode, _to_meta(name))
+
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return True  # default_permissions: the kernel checks modes itself
+
+    async def close_all(self) -> None:
+        """At unmount: commit what is still buffered and end the opens."""
+        for inode, handle in list(self._open.items()):
+            del self._open[inode]
+            try:
+                await handle.file.close()
+            except PrismError as exc:
+                log.error("unmount: could not flush inode %d: %s", inode, exc.message)
+
+
+MOUNT_LAYOUT_XATTR = b"user." + LAYOUT_XATTR
+
+
+def _to_meta(name: bytes) -> bytes:
+    return LAYOUT_XATTR if name == MOUNT_LAYOUT_XATTR else name
+
+
+def _to_mount(name: bytes) -> bytes:
+    return MOUNT_LAYOUT_XATTR if name == LAYOUT_XATTR else name

@@ -1,0 +1,114 @@
+"""Mounting a real 3-node dev cluster for tests, and always unmounting it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import run_cli
+from prismfs.procs import process_alive
+
+FUSE_REQUIRED = os.environ.get("PRISMFS_REQUIRE_FUSE") == "1" or os.environ.get("CI") == "true"
+
+
+def fuse_available() -> bool:
+    return os.path.exists("/dev/fuse")
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(mountpoint) for line in f)
+
+
+class Mount:
+    def __init__(self, base: Path, name: str = "mnt") -> None:
+        self.base = base
+        self.env = {"PRISMFS_STATE_DIR": str(base / "state"), "PRISMFS_CONFIG": ""}
+        self.dir = base / "state" / "c"
+        self.point = base / name
+        self.pidfile = base / f"{name}.pid"
+        self.log = base / f"{name}.log"
+
+    def up(self, *, nodes: int = 3) -> list[dict[str, object]]:
+        result = run_cli(
+            "dev",
+            "up",
+            "--nodes",
+            str(nodes),
+            "--dir",
+            str(self.dir),
+            "--json",
+            env=self.env,
+            timeout=90,
+        )
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout)["nodes"])
+
+    def nodes(self) -> list[dict[str, object]]:
+        return list(json.loads((self.dir / "dev.json").read_text())["nodes"])
+
+    def mount(self, options: str = "", point: Path | None = None) -> Path:
+        point = point or self.point
+        point.mkdir(exist_ok=True)
+        opts = f"log={self.log},pidfile={self.pidfile}" + (f",{options}" if options else "")
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prismfs.cli.mount_helper_main",
+                str(self.dir / "client.toml"),
+                str(point),
+                "-o",
+                opts,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **self.env},
+        )
+        assert result.returncode == 0, result.stderr + self.log.read_text()
+        assert is_mounted(point)
+        return point
+
+    def unmount(self, point: Path | None = None) -> None:
+        point = point or self.point
+        if is_mounted(point):
+            subprocess.run(["fusermount3", "-u", str(point)], timeout=30, check=False)
+            deadline = time.monotonic() + 10
+            while is_mounted(point) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if is_mounted(point):
+                subprocess.run(["fusermount3", "-u", "-z", str(point)], timeout=30, check=False)
+        self._stop_daemon()
+
+    def _stop_daemon(self) -> None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pid = int(self.pidfile.read_text().strip())
+            deadline = time.monotonic() + 10
+            while process_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if process_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    async def library(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run ``fn(meta, *args)`` with a MetaClient of this cluster (beside the mount)."""
+        from prismfs.client.config import load_client_toml
+        from prismfs.meta.client import MetaClient
+        from prismfs.wire.client import open_rpc_pool
+
+        client = load_client_toml(self.dir / "client.toml")
+        async with open_rpc_pool(client.credentials(), connect_timeout=2) as pool:
+            return await fn(MetaClient(pool, list(client.addresses)), *args)
+
+    def cleanup(self) -> None:
+        self.unmount()
+        run_cli("dev", "down", "--dir", str(self.dir), env=self.env, timeout=60)
+        for node in self.nodes():
+            assert not process_alive(int(node["pid"]), str(node["data_dir"]))  # type: ignore[call-overload]
