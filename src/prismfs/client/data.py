@@ -31,6 +31,7 @@ from prismfs.data.messages import GetShard, PutShard, ShardData
 from prismfs.data.placement import Candidate, NotEnoughNodes, score
 from prismfs.data.stores import shard_id
 from prismfs.errors import PrismError
+from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient
 from prismfs.meta.commands import ChunkRecord, NodeInfo
 from prismfs.wire.client import RpcPool
@@ -45,6 +46,7 @@ class DataStats:
     shards_put: int = 0
     shards_got: int = 0
     parity_reads: int = 0
+    degraded_writes: int = 0
     corrupt: list[str] = field(default_factory=list)
     failed_nodes: set[str] = field(default_factory=set)
 
@@ -138,16 +140,26 @@ class DataClient:
                 except PrismError as exc:
                     self.stats.failed_nodes.add(node)
                     if not spare:
-                        raise NotEnoughNodes(
-                            f"could not store shard {i} of a chunk: {exc.message}; "
-                            "no other node is up"
-                        ) from None
+                        # A degraded write: the chunk is recorded without this
+                        # shard (node ""), readable from the others; repair
+                        # restores full redundancy later.
+                        log.warning("shard %s to %s failed (%s); no other node", sid, node, exc)
+                        placed[i] = ""
+                        return
                     log.warning("shard %s to %s failed (%s); trying %s", sid, node, exc, spare[0])
                     placed[i] = spare.pop(0)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(layout.m):
-                nursery.start_soon(upload, i)
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                for i in range(layout.m):
+                    nursery.start_soon(upload, i)
+        stored = sum(1 for n in placed if n)
+        if stored < layout.k:
+            raise NotEnoughNodes(
+                f"only {stored} of the {layout.k} shards a chunk needs could be stored"
+            )
+        if stored < layout.m:
+            self.stats.degraded_writes += 1
         return ChunkRecord(
             chunk_id,
             encoded.length,
@@ -174,6 +186,8 @@ class DataClient:
             sid = shard_id(record.id, i)
             node = record.nodes[i]
             try:
+                if not node:
+                    raise NotEnoughShards(f"shard {sid} was never stored (degraded write)")
                 address = await self._address(node)
                 reply = await self.pool.call(
                     address,

@@ -34,6 +34,7 @@ import trio
 from prismfs.client.data import DataClient, chunk_ranges
 from prismfs.data.layout import Layout
 from prismfs.errors import InvalidArgument, IsADirectory
+from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient
 from prismfs.meta.commands import ChunkRecord
 
@@ -127,19 +128,20 @@ class OpenFile:
         pieces = chunk_ranges(offset, end - offset, self.chunk_size)
         sequential = offset == self._last_read_end
         out = bytearray()
-        async with trio.open_nursery() as nursery:
-            # Fetch the chunks of this read in parallel (and the next one if sequential).
-            wanted = [idx for idx, _, _ in pieces if idx not in self._cache]
-            if sequential:
-                nxt = pieces[-1][0] + 1
-                if nxt * self.chunk_size < self.size and nxt in self._records:
-                    wanted.append(nxt)
-            for idx in wanted[1:]:
-                nursery.start_soon(self._chunk, idx)
-            for idx, within, n in pieces:
-                chunk = await self._chunk(idx)
-                piece = chunk[within : within + n]
-                out += piece + bytes(n - len(piece))  # past a chunk's length: zeros
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                # Fetch the chunks of this read in parallel (and the next one if sequential).
+                wanted = [idx for idx, _, _ in pieces if idx not in self._cache]
+                if sequential:
+                    nxt = pieces[-1][0] + 1
+                    if nxt * self.chunk_size < self.size and nxt in self._records:
+                        wanted.append(nxt)
+                for idx in wanted[1:]:
+                    nursery.start_soon(self._chunk, idx)
+                for idx, within, n in pieces:
+                    chunk = await self._chunk(idx)
+                    piece = chunk[within : within + n]
+                    out += piece + bytes(n - len(piece))  # past a chunk's length: zeros
         self._last_read_end = end
         return bytes(out)
 
@@ -189,9 +191,10 @@ class OpenFile:
                     records[idx] = await self.data.write_chunk(body, self.layout)
 
             try:
-                async with trio.open_nursery() as nursery:
-                    for idx, buf in sorted(dirty.items()):
-                        nursery.start_soon(upload, idx, buf)
+                with single_exception():
+                    async with trio.open_nursery() as nursery:
+                        for idx, buf in sorted(dirty.items()):
+                            nursery.start_soon(upload, idx, buf)
                 await self.meta.commit_chunks(self.ino, sorted(records.items()), self.size)
             except BaseException:
                 # Nothing was committed: keep the data dirty so a retry can flush it.
@@ -300,11 +303,12 @@ async def put_file(
                         progress(len(block))
                     await commit_full_chunks()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(producer)
-            async with receive:
-                for _ in range(PARALLEL_CHUNKS):
-                    nursery.start_soon(uploader, receive.clone())
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(producer)
+                async with receive:
+                    for _ in range(PARALLEL_CHUNKS):
+                        nursery.start_soon(uploader, receive.clone())
         rest = sorted(records.items())
         for first in range(0, max(len(rest), 1), 1024):
             await meta.commit_chunks(ino, rest[first : first + 1024], size)

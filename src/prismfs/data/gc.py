@@ -44,7 +44,8 @@ async def gc_once(consensus: Consensus, namespace: Namespace, pool: RpcPool) -> 
     by_node: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for seq, record in entries:
         for i, node in enumerate(record.nodes):
-            by_node[node].append((seq, shard_id(record.id, i)))
+            if node:  # "" = a shard a degraded write never stored
+                by_node[node].append((seq, shard_id(record.id, i)))
     failed: set[int] = set()
     for node, items in sorted(by_node.items()):
         info = nodes.get(node)

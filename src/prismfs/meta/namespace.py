@@ -995,7 +995,7 @@ class Namespace:
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
                 (c.ino, idx, encode_message(rec), rec.id),
             )
-            for node in rec.nodes:
+            for node in filter(None, rec.nodes):
                 self.db.execute(
                     "INSERT INTO node_usage VALUES (?, ?)"
                     " ON CONFLICT (node) DO UPDATE SET bytes = bytes + excluded.bytes",
@@ -1010,7 +1010,7 @@ class Namespace:
             if row is None:
                 continue  # already forgotten (a retried GcDone)
             rec = _record(row[0])
-            for node in rec.nodes:
+            for node in filter(None, rec.nodes):
                 self.db.execute(
                     "UPDATE node_usage SET bytes = max(0, bytes - ?) WHERE node = ?",
                     (rec.shard_size, node),
