@@ -10,7 +10,7 @@ DEBS := fuse3 libfuse3-dev pkg-config rsync git sqlite3 attr
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .demo
 
-.PHONY: install system-deps demo down test lint bench clean
+.PHONY: install system-deps demo down test lint bench clean install-mount-helper
 
 ## Debian packages pyfuse3 builds against and the mount needs, when missing.
 system-deps:
@@ -32,17 +32,19 @@ $(STAMP): pyproject.toml examples/prismfs-example-backend/pyproject.toml | syste
 
 install: system-deps $(STAMP)
 
-## A 3-node local cluster (data in $(DEMO_DIR)); `make down` stops it.
+## A 3-node local cluster mounted at $(DEMO_DIR)/mnt; `make down` unmounts and stops it.
 demo: install
-	$(BIN)/prismfs dev up --nodes 3 --dir $(DEMO_DIR)
+	$(BIN)/prismfs dev up --nodes 3 --dir $(DEMO_DIR) --mount $(DEMO_DIR)/mnt
 	@echo
-	@echo "PrismFS is running. Try:"
-	@echo "  . $(BIN)/activate"
-	@echo "  prismfs cluster status            # every node answers over authenticated RPC"
-	@echo "  prismfs dev status --dir $(DEMO_DIR) --json"
-	@echo "  prismfs put /etc/services /services && prismfs ls -l /"
-	@echo "  prismfs get /services /tmp/services.copy"
-	@echo "  make down                         # stop the demo"
+	@echo "PrismFS is running and mounted at $(CURDIR)/$(DEMO_DIR)/mnt. Try:"
+	@echo "  cp -a /usr/share/doc $(DEMO_DIR)/mnt/ && ls $(DEMO_DIR)/mnt/doc | head"
+	@echo "  df -h $(DEMO_DIR)/mnt"
+	@echo "  . $(BIN)/activate && prismfs cluster status && prismfs stat /doc"
+	@echo "  make down                         # unmount and stop everything"
+
+## mount.prismfs where `mount -t prismfs` and /etc/fstab find it (/sbin).
+install-mount-helper: install
+	$(BIN)/prismfs install-mount-helper
 
 down:
 	@if [ -x $(BIN)/prismfs ] && [ -f $(DEMO_DIR)/dev.json ]; then \

@@ -242,3 +242,37 @@ def test_cluster_down_gives_eio_then_recovers(tmp_path: Path) -> None:
         assert is_mounted(m.point)
     finally:
         m.cleanup()
+
+
+def test_mount_t_prismfs_and_fstab(tmp_path: Path) -> None:
+    """The helper installed where mount(8) looks: `mount -t prismfs`, `umount`,
+    and an fstab line with _netdev (mount --fstab)."""
+    from conftest import run_cli
+
+    assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
+    helper = Path("/sbin/mount.prismfs")
+    previous = helper.read_bytes() if helper.exists() else None
+    m = Mount(tmp_path)
+    try:
+        result = run_cli("install-mount-helper", timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert os.access(helper, os.X_OK)
+        m.up()
+        m.point.mkdir()
+        opts = f"log={m.log},pidfile={m.pidfile}"
+        source = str(m.dir / "client.toml")
+        sh("mount", "-t", "prismfs", source, str(m.point), "-o", opts, timeout=60)
+        assert is_mounted(m.point)
+        (m.point / "f").write_bytes(b"via mount -t")
+        sh("umount", str(m.point), timeout=60)
+        assert not is_mounted(m.point)
+        fstab = tmp_path / "fstab"
+        fstab.write_text(f"{source} {m.point} prismfs _netdev,noauto,{opts} 0 0\n")
+        sh("mount", "--fstab", str(fstab), str(m.point), timeout=60)
+        assert (m.point / "f").read_bytes() == b"via mount -t"
+    finally:
+        m.cleanup()
+        if previous is None:
+            helper.unlink(missing_ok=True)
+        else:
+            helper.write_bytes(previous)

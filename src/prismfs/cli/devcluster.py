@@ -180,13 +180,69 @@ def up(
     """Start (or restart) the cluster in ``directory``; idempotent while it runs."""
     if not 1 <= n_nodes <= 32:
         raise InvalidArgument("--nodes must be between 1 and 32")
-    if mount:
-        raise ConfigError(
-            "--mount needs the FUSE client (mount.prismfs), which is not available yet"
-        )
     directory = directory.resolve()
     with _cluster_lock(directory):
-        return _up(directory, n_nodes, say, node_config)
+        cluster = _up(directory, n_nodes, say, node_config)
+        if mount:
+            _mount(cluster, Path(mount).resolve(), say)
+        return cluster
+
+
+def _mounted(point: Path) -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(point) for line in f)
+
+
+def _mount(cluster: DevCluster, point: Path, say: Say) -> None:
+    """Mount the dev cluster at ``point`` with mount.prismfs (log and pid in the dev dir)."""
+    if _mounted(point):
+        say(f"{point} is already mounted")
+        return
+    point.mkdir(parents=True, exist_ok=True)
+    log_file = cluster.directory / "mount.log"
+    pidfile = cluster.directory / "mount.pid"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prismfs.cli.mount_helper_main",
+            str(cluster.directory / "client.toml"),
+            str(point),
+            "-o",
+            f"log={log_file},pidfile={pidfile}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise Unavailable(f"mounting at {point} failed: {result.stderr.strip()} (see {log_file})")
+    cluster.mount = str(point)
+    cluster.save()
+    say(f"mounted at {point}")
+
+
+def _unmount(cluster: DevCluster, say: Say) -> None:
+    if not cluster.mount:
+        return
+    point = Path(cluster.mount)
+    if _mounted(point):
+        subprocess.run(["fusermount3", "-u", str(point)], timeout=60, check=False)
+        if _mounted(point):
+            subprocess.run(["fusermount3", "-u", "-z", str(point)], timeout=60, check=False)
+        say(f"unmounted {point}")
+    pidfile = cluster.directory / "mount.pid"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        pid = int(pidfile.read_text().strip())
+        deadline = time.monotonic() + 10
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    cluster.mount = None
+    cluster.save()
 
 
 def _up(directory: Path, n_nodes: int, say: Say, node_config: Path | None) -> DevCluster:
@@ -332,6 +388,7 @@ def _down(directory: Path, say: Say, timeout: float) -> list[tuple[DevNode, str]
     cluster = DevCluster.load(directory)
     if cluster is None:
         raise ConfigError(f"no dev cluster in {directory}")
+    _unmount(cluster, say)  # first, while the cluster can still take the last writes
     outcomes: dict[str, str] = {}
     for node in cluster.nodes:
         if node.alive():

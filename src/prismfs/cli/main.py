@@ -21,7 +21,7 @@ from prismfs import __version__
 from prismfs.cli import devcluster
 from prismfs.cli import files as files_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
-from prismfs.errors import PrismError
+from prismfs.errors import ConfigError, PrismError
 from prismfs.node import datadir
 from prismfs.node.config import load_node_config
 from prismfs.node.daemon import run_node
@@ -242,7 +242,7 @@ _dir_option = click.option(
 @dev.command("up")
 @click.option("--nodes", "n_nodes", default=3, show_default=True, help="How many nodes.")
 @_dir_option
-@click.option("--mount", metavar="DIR", help="Also mount the file system at DIR.")
+@click.option("--mount", metavar="DIR", help="Also mount the file system at DIR (FUSE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the node list as JSON.")
 @click.option(
     "--node-config",
@@ -291,6 +291,34 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
 
 
 files_cli.register(cli, client_options)
+
+
+@cli.command("install-mount-helper")
+@click.option(
+    "--path",
+    "target",
+    default="/sbin/mount.prismfs",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where mount(8) looks for the helper of type prismfs.",
+)
+def install_mount_helper(target: Path) -> None:
+    """Install mount.prismfs where `mount -t prismfs` and /etc/fstab find it."""
+    script = (
+        "#!/bin/sh\n"
+        "# Installed by 'prismfs install-mount-helper': the PrismFS mount helper.\n"
+        f'exec {sys.executable} -m prismfs.cli.mount_helper_main "$@"\n'
+    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(script)
+        tmp.chmod(0o755)
+        tmp.replace(target)
+    except OSError as exc:
+        raise ConfigError(f"cannot install {target}: {exc.strerror}") from None
+    click.echo(f"installed {target} (runs {sys.executable})")
+    click.echo("mount with: mount -t prismfs NODE:PORT[,...] DIR -o secret=/path/cluster.secret")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

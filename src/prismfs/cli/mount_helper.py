@@ -92,20 +92,22 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
     failtimeout = _number(options, "failtimeout", 60.0 if failmode == "wait" else 5.0, 1, 86400)
     tls_ca = options.get("tls_ca") or (str(client.tls_ca) if client.tls_ca else None)
     log = options.get("log")
+    mount_options = MountOptions(
+        attr_timeout=_number(options, "attr_timeout", 1.0, 0, 3600),
+        entry_timeout=_number(options, "entry_timeout", 1.0, 0, 3600),
+        writeback_mb=int(_number(options, "writeback_mb", 64, 1, 4096)),
+        read_only="ro" in options,
+    )
+    lease = _number(options, "lease", 60.0, 2, 3600)
     return MountSpec(
         addresses=list(client.addresses),
         mountpoint=Path(mountpoint).resolve(),
         creds=client.credentials(),
         tls_ca=Path(tls_ca) if tls_ca else None,
-        options=MountOptions(
-            attr_timeout=_number(options, "attr_timeout", 1.0, 0, 3600),
-            entry_timeout=_number(options, "entry_timeout", 1.0, 0, 3600),
-            writeback_mb=int(_number(options, "writeback_mb", 64, 1, 4096)),
-            read_only="ro" in options,
-        ),
+        options=mount_options,
         allow_other="allow_other" in options,
         failtimeout=failtimeout,
-        lease_s=_number(options, "lease", 60.0, 2, 3600),
+        lease_s=lease,
         log_file=Path(log).resolve() if log else None,
         pidfile=Path(str(options["pidfile"])).resolve() if options.get("pidfile") else None,
         foreground=foreground or "foreground" in options,
