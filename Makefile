@@ -64,6 +64,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_raft.py
 	$(BIN)/python benchmarks/bench_meta.py
 	$(BIN)/python benchmarks/bench_data.py
+	@command -v fio >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y fio; }
+	$(BIN)/python benchmarks/bench_fs.py
 
 clean: down
 	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
