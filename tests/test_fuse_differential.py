@@ -114,7 +114,7 @@ class MountVersusLocal(RuleBasedStateMachine):
     def link(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
         self.both(lambda root: os.link(root.joinpath(*src), root.joinpath(*dst)))
 
-    @rule(path=paths, pointee=st.sampled_from(["a", "../x", "b/c"]))
+    @rule(path=paths, pointee=st.sampled_from(["a", "missing", "b/c"]))  # never outside
     def symlink(self, path: tuple[str, ...], pointee: str) -> None:
         self.both(lambda root: os.symlink(pointee, root.joinpath(*path)))
 

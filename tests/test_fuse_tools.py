@@ -108,6 +108,14 @@ def test_two_mounts_close_to_open(mounted: Mount) -> None:
         assert (second / "f").read_bytes() == b"from one"
         (second / "f").write_bytes(b"from two, longer")
         assert (mounted.point / "f").read_bytes() == b"from two, longer"
+        # Same size, new bytes, written through the other mount: a reopen here
+        # must not be served from pages cached by the earlier read.
+        assert (mounted.point / "f").read_bytes() == b"from two, longer"
+        fd = os.open(second / "f", os.O_WRONLY)
+        os.pwrite(fd, b"FROM", 0)
+        os.close(fd)
+        time.sleep(1.2)  # attr_timeout
+        assert (mounted.point / "f").read_bytes() == b"FROM two, longer"
         os.rename(mounted.point / "f", mounted.point / "g")
         time.sleep(1.2)  # entry_timeout: the other mount's cached name expires
         assert not (second / "f").exists() and (second / "g").exists()

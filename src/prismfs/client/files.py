@@ -69,6 +69,7 @@ class OpenFile:
         self._lock = trio.Lock()
         self._closed = False
         self._last_read_end = -1
+        self.opened_as: tuple[int, int] | None = None  # (mtime, size) when opened
 
     @classmethod
     async def open(
@@ -79,6 +80,7 @@ class OpenFile:
             await meta.release(ino)
             raise IsADirectory(f"inode {ino} is a directory")
         f = cls(meta, data, ino, layout or Layout())
+        f.opened_as = (attr.mtime_ns, attr.size)
         await f.refresh()
         return f
 

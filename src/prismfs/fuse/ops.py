@@ -94,6 +94,7 @@ class PrismOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._layouts: dict[int, tuple[float, Layout]] = {}  # directory -> (read at, layout)
         self._locks: dict[int, trio.Lock] = {}
+        self._seen: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) at its last open
 
     async def _layout(self, directory: int) -> Layout:
         """The layout for new files in ``directory``, cached for ``entry_timeout``."""
@@ -290,11 +291,19 @@ class PrismOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
+        shared = inode in self._open
         f = await self._acquire(inode)
+        # Close-to-open: the kernel may keep this file's cached pages only if
+        # it is open here already, or unchanged since the last open here.
+        keep = shared or (f.opened_as is not None and self._seen.get(inode) == f.opened_as)
+        if f.opened_as is not None:
+            self._seen[inode] = f.opened_as
+            if len(self._seen) > 100_000:
+                self._seen.clear()
         if flags & os.O_TRUNC:
             await f.truncate(0)
         info = pyfuse3.FileInfo(fh=self._new_fh(inode))
-        info.keep_cache = True  # close-to-open: the attributes at open tell the kernel
+        info.keep_cache = keep
         return info
 
     @_op
