@@ -41,6 +41,21 @@ def same_tree(dst: Path) -> None:
         sh("diff", "-r", str(STDLIB / name), str(dst / name))
 
 
+def start_copy(dst: Path) -> subprocess.Popen[str]:
+    """The test tree copied into ``dst`` by another process (an application that
+    must see no error while nodes die under it)."""
+    script = (
+        "import shutil, sys\n"
+        "for name in sys.argv[3:]:\n"
+        "    shutil.copytree(sys.argv[1] + '/' + name, sys.argv[2] + '/' + name, symlinks=True)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(STDLIB), str(dst), *TREE],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture
 def mounted(tmp_path: Path) -> Iterator[Mount]:
     assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
@@ -144,19 +159,7 @@ def _leader(mounted: Mount) -> dict[str, object]:
 
 def test_leader_killed_during_cp(mounted: Mount) -> None:
     mnt = mounted.point
-    copier = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"""
-import shutil, sys
-for name in {TREE!r}:
-    shutil.copytree({str(STDLIB)!r} + '/' + name, {str(mnt)!r} + '/cp/' + name, symlinks=True)
-""",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    copier = start_copy(mnt / "cp")
     try:
         time.sleep(3)
         leader = _leader(mounted)
@@ -188,19 +191,7 @@ def test_storage_node_killed_during_reads_and_writes(mounted4: Mount) -> None:
     blobs = {f"f{i}": os.urandom(3_000_000) for i in range(6)}
     for name, blob in blobs.items():
         (mnt / name).write_bytes(blob)
-    copier = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"""
-import shutil
-for name in {TREE!r}:
-    shutil.copytree({str(STDLIB)!r} + '/' + name, {str(mnt)!r} + '/cp/' + name, symlinks=True)
-""",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    copier = start_copy(mnt / "cp")
     try:
         time.sleep(2)
         leader = _leader(mounted4)

@@ -4,7 +4,7 @@
 keep directories small. A put writes a temporary file in the same directory,
 fsyncs it, renames it over the final name and fsyncs the directory, so a
 crash leaves the old shard or the new one, never a torn one. Blocking file
-work runs in worker threads.
+work runs in worker threads (`ThreadedStore`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from prismfs.data.stores import Capacity, ShardStat, validate_shard_id
+from prismfs.data.stores.threaded import ThreadedStore
 from prismfs.durable import fsync_dir, write_all
 from prismfs.errors import ConfigError, NoSpace, NotFound, StorageError
 
 
-class LocalStore:
+class LocalStore(ThreadedStore):
     name = "local"
 
     def __init__(self, root: Path) -> None:
@@ -107,26 +106,6 @@ class LocalStore:
             raise NotFound(f"no shard {shard_id}") from None
         return ShardStat(st.st_size, st.st_mtime_ns)
 
-    # --- the async interface ----------------------------------------------------------------
-
-    async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
-        await trio.to_thread.run_sync(self._put, shard_id, data)
-
-    async def get(self, shard_id: str, offset: int = 0, length: int | None = None) -> bytes:
-        return await trio.to_thread.run_sync(self._get, shard_id, offset, length)
-
-    async def delete(self, shard_id: str) -> bool:
-        return await trio.to_thread.run_sync(self._delete, shard_id)
-
-    async def list(self, after: str = "", limit: int = 1000) -> list[str]:
-        return await trio.to_thread.run_sync(self._list, after, limit)
-
-    async def stat(self, shard_id: str) -> ShardStat:
-        return await trio.to_thread.run_sync(self._stat, shard_id)
-
-    async def capacity(self) -> Capacity:
-        usage = await trio.to_thread.run_sync(shutil.disk_usage, self.root)
+    def _capacity(self) -> Capacity:
+        usage = shutil.disk_usage(self.root)
         return Capacity(usage.total, usage.used)
-
-    async def close(self) -> None:
-        return None

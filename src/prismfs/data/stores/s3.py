@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from prismfs.data.stores import Capacity, ShardStat, validate_shard_id
+from prismfs.data.stores.threaded import ThreadedStore
 from prismfs.errors import ConfigError, NotFound, StorageError
 
 
-class S3Store:
+class S3Store(ThreadedStore):
     name = "s3"
 
     def __init__(
@@ -121,29 +120,12 @@ class S3Store:
         self._call("delete", self.client.delete_object, Bucket=self.bucket, Key=key)
         return True
 
-    async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
+    def _put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         key = self._key(shard_id)
-        body = bytes(data)
-        await trio.to_thread.run_sync(
-            lambda: self._call(
-                "put", self.client.put_object, Bucket=self.bucket, Key=key, Body=body
-            )
-        )
+        self._call("put", self.client.put_object, Bucket=self.bucket, Key=key, Body=bytes(data))
 
-    async def get(self, shard_id: str, offset: int = 0, length: int | None = None) -> bytes:
-        return await trio.to_thread.run_sync(self._get, shard_id, offset, length)
-
-    async def delete(self, shard_id: str) -> bool:
-        return await trio.to_thread.run_sync(self._delete, shard_id)
-
-    async def list(self, after: str = "", limit: int = 1000) -> list[str]:
-        return await trio.to_thread.run_sync(self._list, after, limit)
-
-    async def stat(self, shard_id: str) -> ShardStat:
-        return await trio.to_thread.run_sync(self._stat, shard_id)
-
-    async def capacity(self) -> Capacity:
+    def _capacity(self) -> Capacity:
         return Capacity(self.capacity_bytes, 0)
 
-    async def close(self) -> None:
-        await trio.to_thread.run_sync(self.client.close)
+    def _close(self) -> None:
+        self.client.close()

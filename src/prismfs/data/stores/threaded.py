@@ -1,0 +1,59 @@
+"""A shard store whose work is blocking: the async interface runs it in worker threads."""
+
+from __future__ import annotations
+
+import abc
+
+import trio
+
+from prismfs.data.stores import Capacity, ShardStat
+
+
+class ThreadedStore(abc.ABC):
+    """Subclasses implement the blocking ``_put``, ``_get``, ``_delete``,
+    ``_list``, ``_stat`` and ``_capacity``; this gives the async `ShardStore`
+    interface on top, each call in a worker thread."""
+
+    name = "threaded"
+
+    @abc.abstractmethod
+    def _put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def _get(self, shard_id: str, offset: int, length: int | None) -> bytes: ...
+
+    @abc.abstractmethod
+    def _delete(self, shard_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _list(self, after: str, limit: int) -> list[str]: ...
+
+    @abc.abstractmethod
+    def _stat(self, shard_id: str) -> ShardStat: ...
+
+    @abc.abstractmethod
+    def _capacity(self) -> Capacity: ...
+
+    def _close(self) -> None:
+        return None
+
+    async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
+        await trio.to_thread.run_sync(self._put, shard_id, data)
+
+    async def get(self, shard_id: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await trio.to_thread.run_sync(self._get, shard_id, offset, length)
+
+    async def delete(self, shard_id: str) -> bool:
+        return await trio.to_thread.run_sync(self._delete, shard_id)
+
+    async def list(self, after: str = "", limit: int = 1000) -> list[str]:
+        return await trio.to_thread.run_sync(self._list, after, limit)
+
+    async def stat(self, shard_id: str) -> ShardStat:
+        return await trio.to_thread.run_sync(self._stat, shard_id)
+
+    async def capacity(self) -> Capacity:
+        return await trio.to_thread.run_sync(self._capacity)
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self._close)
