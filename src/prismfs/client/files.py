@@ -65,8 +65,10 @@ class OpenFile:
         self.max_dirty = max_dirty
         self._records: dict[int, ChunkRecord] = {}
         self._dirty: dict[int, bytearray] = {}
+        self._flushing: dict[int, bytes] = {}
         self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self._lock = trio.Lock()
+        self._lock = trio.Lock()  # one flush at a time
+        self._write_lock = trio.Lock()  # one write (or truncate) at a time
         self._closed = False
         self._last_read_end = -1
         self.opened_as: tuple[int, int] | None = None  # (mtime, size) when opened
@@ -110,6 +112,8 @@ class OpenFile:
         """The valid bytes of chunk ``idx`` as committed (or as buffered)."""
         if idx in self._dirty:
             return bytes(self._dirty[idx])
+        if idx in self._flushing:  # being committed: newer than the committed record
+            return self._flushing[idx]
         cached = self._cache.get(idx)
         if cached is not None:
             self._cache.move_to_end(idx)
@@ -152,6 +156,12 @@ class OpenFile:
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         if offset < 0:
             raise InvalidArgument("negative offset")
+        # Writers take turns: two writes that both start a chunk's buffer from
+        # its committed content must not each build one and lose the other.
+        async with self._write_lock:
+            return await self._write(offset, data)
+
+    async def _write(self, offset: int, data: bytes | memoryview) -> int:
         view = memoryview(data)
         pos = 0
         for idx, within, n in chunk_ranges(offset, len(view), self.chunk_size):
@@ -171,43 +181,53 @@ class OpenFile:
         return len(view)
 
     async def truncate(self, size: int) -> None:
-        await self.flush()
-        await self.meta.setattr(self.ino, size=size)
-        await self.refresh()
+        async with self._write_lock:
+            await self.flush()
+            await self.meta.setattr(self.ino, size=size)
+            await self.refresh()
 
     async def flush(self) -> None:
         """Upload the dirty chunks as new chunks and commit them in one step."""
         async with self._lock:
             if not self._dirty:
                 return
-            dirty, self._dirty = self._dirty, {}
+            # The buffers become immutable snapshots while they are uploaded
+            # and committed; writes meanwhile start new buffers from them.
+            size = self.size
+            snapshot = {
+                idx: bytes(buf[: max(0, min(self.chunk_size, size - idx * self.chunk_size))])
+                for idx, buf in self._dirty.items()
+            }
+            self._dirty = {}
+            self._flushing = snapshot
             records: dict[int, ChunkRecord] = {}
             limiter = trio.Semaphore(PARALLEL_CHUNKS)
 
-            async def upload(idx: int, buf: bytearray) -> None:
-                valid = min(self.chunk_size, self.size - idx * self.chunk_size)
+            async def upload(idx: int, body: bytes) -> None:
+                valid = min(self.chunk_size, size - idx * self.chunk_size)
                 if valid <= 0:
                     return
-                body = bytes(buf[:valid]) + bytes(max(0, valid - len(buf)))
+                body += bytes(max(0, valid - len(body)))
                 async with limiter:
                     records[idx] = await self.data.write_chunk(body, self.layout)
 
             try:
                 with single_exception():
                     async with trio.open_nursery() as nursery:
-                        for idx, buf in sorted(dirty.items()):
-                            nursery.start_soon(upload, idx, buf)
-                await self.meta.commit_chunks(self.ino, sorted(records.items()), self.size)
+                        for idx, body in sorted(snapshot.items()):
+                            nursery.start_soon(upload, idx, body)
+                await self.meta.commit_chunks(self.ino, sorted(records.items()), size)
             except BaseException:
-                # Nothing was committed: keep the data dirty so a retry can flush it.
-                for idx, buf in dirty.items():
-                    self._dirty.setdefault(idx, buf)
+                # Nothing was committed: keep the data dirty so a retry can flush it
+                # (a newer buffer of the same chunk already holds it).
+                for idx, body in snapshot.items():
+                    self._dirty.setdefault(idx, bytearray(body))
                 raise
+            finally:
+                self._flushing = {}
             self._records.update(records)
-            for idx, buf in dirty.items():
-                self._cache[idx] = bytes(
-                    buf[: min(self.chunk_size, self.size - idx * self.chunk_size)]
-                )
+            for idx, body in snapshot.items():
+                self._cache[idx] = body
             while len(self._cache) > READ_CACHE_CHUNKS:
                 self._cache.popitem(last=False)
 
