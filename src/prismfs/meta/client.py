@@ -10,9 +10,10 @@ holds a set of *lanes*, ``<session>/<n>``, each with its own sequence; a
 call takes a free lane for as long as it runs. Up to ``lanes`` calls run
 concurrently.
 
-Reads go as `Query` to any node: the node runs a ReadIndex round with the
-leader and answers from its replica once it has applied that far, so reads
-are linearizable wherever they are served.
+Reads go as `Query` to the leader once it is known (its ReadIndex is one
+heartbeat round; a follower's is two hops more), else to any node: the node
+runs a ReadIndex round with the leader and answers from its replica once it
+has applied that far, so reads are linearizable wherever they are served.
 
 Transient errors (no leader yet, node down, overload, deadline of one
 attempt) are retried at the next address with a short backoff until the
@@ -124,6 +125,7 @@ class MetaClient:
         self.attempt_timeout = attempt_timeout
         self._preferred = 0
         self._leader = ""  # the leader's address, once learned (writes go straight there)
+        self.reads_at_leader = True  # a leader's ReadIndex is one round, a follower's two
         send, self._free = trio.open_memory_channel[_Lane](lanes)
         for n in range(lanes):
             send.send_nowait(_Lane(f"{self.session}/{n}"))
@@ -143,7 +145,9 @@ class MetaClient:
         return _ok(reply.result).attr
 
     async def query(self, q: MetaQuery, expect: type[T]) -> T:
-        reply = await self._call(Query(encode_message(q)), QueryResult)
+        reply = await self._call(
+            Query(encode_message(q)), QueryResult, to_leader=self.reads_at_leader
+        )
         result = _decode(reply.result)
         if not isinstance(result, expect):
             raise TypeError(f"expected {expect.__name__}, got {type(result).__name__}")
