@@ -259,28 +259,26 @@ class PrismOperations(pyfuse3.Operations):
             lock = self._locks[inode] = trio.Lock()
         return lock
 
-    async def _acquire(self, inode: int, *, opened: bool = False) -> OpenFile:
+    async def _acquire(self, inode: int, *, created: Layout | None = None) -> OpenFile:
+        """The inode's OpenFile, opened in the session if it is not open here yet.
+        ``created``: the inode was just made (and opened) with this layout."""
         # One OpenFile per inode: opens and releases of one inode take turns,
         # so two concurrent opens never build two handles.
         async with self._inode_lock(inode):
-            return await self._acquire_locked(inode, opened=opened)
+            return await self._acquire_locked(inode, created)
 
-    async def _acquire_locked(self, inode: int, *, opened: bool) -> OpenFile:
+    async def _acquire_locked(self, inode: int, created: Layout | None) -> OpenFile:
         handle = self._open.get(inode)
         if handle is not None:
             handle.refs += 1
-            if opened:
+            if created is not None:
                 await self.meta.release(inode)  # one session open per inode is enough
             return handle.file
-        if opened:
+        if created is not None:
+            # A new file: empty, no chunks, the layout of its directory; no reads needed.
             f = OpenFile(
-                self.meta,
-                self.data,
-                inode,
-                await layout_for(self.meta, inode),
-                max_dirty=self.opts.writeback_mb << 20,
+                self.meta, self.data, inode, created, max_dirty=self.opts.writeback_mb << 20
             )
-            await f.refresh()
         else:
             f = await OpenFile.open(self.meta, self.data, inode)
             f.max_dirty = self.opts.writeback_mb << 20
@@ -321,7 +319,7 @@ class PrismOperations(pyfuse3.Operations):
             open_it=True,
             chunk_size=layout.chunk_size,
         )
-        await self._acquire(attr.ino, opened=True)
+        await self._acquire(attr.ino, created=layout)
         return pyfuse3.FileInfo(fh=self._new_fh(attr.ino)), self._entry(attr)
 
     @_op
