@@ -118,9 +118,9 @@ class PrismOperations(pyfuse3.Operations):
         e.st_uid = a.uid
         e.st_gid = a.gid
         handle = self._open.get(a.ino)
-        size = max(a.size, handle.file.size) if handle is not None else a.size
-        if handle is not None and handle.file._dirty:
-            size = handle.file.size
+        # Writes buffered or being committed here are ahead of the namespace.
+        pending = handle is not None and (handle.file._dirty or handle.file._flushing)
+        size = handle.file.size if handle is not None and pending else a.size
         e.st_size = size
         e.st_rdev = a.rdev
         e.st_atime_ns = a.atime_ns
