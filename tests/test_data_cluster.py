@@ -51,6 +51,16 @@ class RandomSource:
         return out
 
 
+def reader(payload: bytes):  # type: ignore[no-untyped-def]
+    """An async reader over ``payload``, as `put_file` wants one."""
+    stream = io.BytesIO(payload)
+
+    async def read(n: int) -> bytes:
+        return stream.read(n)
+
+    return read
+
+
 @pytest.fixture
 def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     config = tmp_path / "node.toml"
@@ -119,11 +129,7 @@ async def test_corrupt_shard_is_detected_and_read_around(cluster: Cluster) -> No
     ):
         data = DataClient(pool, meta)
         payload = os.urandom(3_000_000)
-        stream = io.BytesIO(payload)
-
-        async def read(n: int) -> bytes:
-            return stream.read(n)
-
+        read = reader(payload)
         ino = await put_file(meta, data, ROOT_INO, b"f", read, layout=Layout(2, 3, 1 << 20))
         record = (await meta.chunk_map(ino)).chunks[0][1]
         victim = Path(next(p for p in shard_files(cluster) if p.name == f"{record.id.hex()}.0"))
@@ -308,11 +314,7 @@ async def test_slow_node_is_hedged_around(cluster: Cluster) -> None:
     ):
         data = DataClient(pool, meta, hedge_after=0.3, shard_timeout=60)
         payload = os.urandom(8 << 20)
-        stream = io.BytesIO(payload)
-
-        async def read(n: int) -> bytes:
-            return stream.read(n)
-
+        read = reader(payload)
         ino = await put_file(meta, data, ROOT_INO, b"f", read, layout=Layout(2, 3, 1 << 20))
         frozen = nodes[2]
         os.kill(int(frozen["pid"]), signal.SIGSTOP)  # type: ignore[call-overload]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ import trio
 from prismfs.data.codec import NotEnoughShards, decode_chunk_async, encode_chunk_async
 from prismfs.data.layout import Layout
 from prismfs.data.messages import GetShard, PutShard, ShardData
-from prismfs.data.placement import Candidate, NotEnoughNodes, score
+from prismfs.data.placement import Candidate, NotEnoughNodes, place, score
 from prismfs.data.stores import shard_id
 from prismfs.errors import PrismError
 from prismfs.exception_groups import single_exception
@@ -84,43 +83,31 @@ class DataClient:
             raise NotEnoughNodes(f"node {node} is not in the node registry")
         return info.address
 
-    async def _ranked(self, chunk_id: bytes) -> list[str]:
-        nodes = await self.nodes()
+    async def _candidates(self, *, refresh: bool = False) -> list[Candidate]:
+        """Nodes that are up, weighted by capacity relative to the largest."""
+        nodes = await self.nodes(refresh=refresh)
         top = max((n.capacity for n in nodes.values()), default=1) or 1
-        candidates = [
+        return [
             Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
             for n in nodes.values()
             if n.state == "up"
         ]
-        # Zone spread of `place`, then every other node as a fallback, best first.
-        return [c.node for c in sorted(candidates, key=lambda c: -score(chunk_id, c))]
 
     # --- writing ---------------------------------------------------------------------------
 
     async def write_chunk(self, data: bytes | memoryview, layout: Layout) -> ChunkRecord:
-        from prismfs.data.placement import place
-
         chunk_id = os.urandom(16)
         encoded = await encode_chunk_async(data, layout.k, layout.m)
-        nodes = await self.nodes()
-        top = max((n.capacity for n in nodes.values()), default=1) or 1
-        candidates = [
-            Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
-            for n in nodes.values()
-            if n.state == "up"
-        ]
+        candidates = await self._candidates()
         try:
             targets = place(chunk_id, candidates, layout.m)
         except NotEnoughNodes:
             # Maybe a node joined since the registry was read: look once more.
-            nodes = await self.nodes(refresh=True)
-            candidates = [
-                Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
-                for n in nodes.values()
-                if n.state == "up"
-            ]
+            candidates = await self._candidates(refresh=True)
             targets = place(chunk_id, candidates, layout.m)
-        spare = [n for n in await self._ranked(chunk_id) if n not in targets]
+        # Fallbacks for a failed upload: every other node up, best score first.
+        ranked = sorted(candidates, key=lambda c: -score(chunk_id, c))
+        spare = [c.node for c in ranked if c.node not in targets]
         placed: list[str] = list(targets)
 
         async def upload(i: int) -> None:
@@ -251,10 +238,6 @@ class DataClient:
         for sid in decoded.bad:
             self.stats.corrupt.append(shard_id(record.id, sid))
         return decoded.data
-
-
-def default_timestamp() -> int:
-    return time.time_ns()
 
 
 def chunk_ranges(offset: int, size: int, chunk_size: int) -> Sequence[tuple[int, int, int]]:
