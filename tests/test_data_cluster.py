@@ -20,7 +20,7 @@ import trio
 import xxhash
 
 from conftest import run_cli
-from prismfs.client.data import DataClient
+from prismfs.client.data import INLINE_DEFAULT, DataClient
 from prismfs.client.files import OpenFile, get_file, put_file
 from prismfs.data.layout import Layout
 from prismfs.meta.client import open_meta_client
@@ -330,3 +330,42 @@ async def test_slow_node_is_hedged_around(cluster: Cluster) -> None:
             assert data.stats.parity_reads > 0
         finally:
             os.kill(int(frozen["pid"]), signal.SIGCONT)  # type: ignore[call-overload]
+
+
+async def test_small_chunks_go_inline_and_larger_ones_to_shards(cluster: Cluster) -> None:
+    nodes = await trio.to_thread.run_sync(up, cluster)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses) as meta,
+    ):
+        data = DataClient(pool, meta)
+        small, large = os.urandom(INLINE_DEFAULT), os.urandom(INLINE_DEFAULT + 1)
+        ino_small = await put_file(meta, data, ROOT_INO, b"small", reader(small))
+        assert data.stats.shards_put == 0
+        ((_, record),) = (await meta.chunk_map(ino_small)).chunks
+        assert record.is_inline and record.nodes == () and record.inline == small
+        ino_large = await put_file(meta, data, ROOT_INO, b"large", reader(large))
+        assert data.stats.shards_put == 3
+        ((_, record),) = (await meta.chunk_map(ino_large)).chunks
+        assert (record.k, record.m, record.inline) == (2, 3, b"")
+        for ino, body in ((ino_small, small), (ino_large, large)):
+            out = bytearray()
+
+            async def sink(block: bytes, out: bytearray = out) -> None:
+                out.extend(block)
+
+            assert await get_file(meta, data, ino, sink) == len(body) and out == body
+        # A small file grown past the limit moves to shards; its inline record is
+        # collected like any replaced chunk.
+        f = await OpenFile.open(meta, data, ino_small)
+        await f.write(len(small), b"x" * 100)
+        await f.close()
+        ((_, record),) = (await meta.chunk_map(ino_small)).chunks
+        assert not record.is_inline and len(shard_files(cluster)) == 6
+        with trio.fail_after(30):
+            while (await meta.statfs()).gc_pending:
+                await trio.sleep(0.2)
+        g = await OpenFile.open(meta, data, ino_small)
+        assert await g.read(0, 1 << 20) == small + b"x" * 100
+        await g.close()

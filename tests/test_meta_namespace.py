@@ -3,18 +3,26 @@ test reaches, attributes and times, xattrs, determinism, snapshots."""
 
 from __future__ import annotations
 
+import errno
 import random
 import stat
 
+import msgspec
 import pytest
 
-from prismfs.errors import registered_errors
+from prismfs.errors import InvalidArgument, registered_errors
 from prismfs.meta.commands import (
+    INLINE_MAX,
+    MAX_BATCH,
     RENAME_EXCHANGE,
     ROOT_INO,
     XATTR_CREATE,
     XATTR_REPLACE,
     Attr,
+    Batch,
+    BatchResults,
+    ChunkRecord,
+    CommitChunks,
     MetaCommand,
     MetaFailed,
     MetaOk,
@@ -22,6 +30,8 @@ from prismfs.meta.commands import (
     Mknod,
     RemoveXattr,
     Rename,
+    Reserved,
+    ReserveInodes,
     SetAttr,
     SetXattr,
     Symlink,
@@ -204,3 +214,92 @@ def test_reopened_database_resumes_at_its_applied_index(tmp_path) -> None:  # ty
     first.ns.db.close()
     again = Namespace(path)
     assert again.applied == applied and again.digest() == digest
+
+
+# --- batches, reserved inode numbers, inline chunks -------------------------------------
+
+
+def _batch(d: Driver, *ops: MetaCommand) -> list[MetaOk | MetaFailed | Reserved]:
+    d.index += 1
+    raw = d.ns.apply(d.index, encode_message(Batch(1, tuple(encode_message(op) for op in ops))))
+    result = decode_message(raw)
+    assert isinstance(result, BatchResults)
+    return [decode_message(r) for r in result.results]  # type: ignore[misc]
+
+
+def test_batch_applies_each_command_on_its_own(d: Driver) -> None:
+    d.run(Mknod(1, ROOT_INO, b"taken", stat.S_IFREG | 0o644, 0, 0))
+    results = _batch(
+        d,
+        Mkdir(2, ROOT_INO, b"dir", 0o755, 0, 0),
+        Mknod(3, ROOT_INO, b"taken", stat.S_IFREG | 0o644, 0, 0),  # EEXIST: only this one fails
+        Symlink(4, ROOT_INO, b"link", b"dir", 0, 0),
+    )
+    assert [type(r).__name__ for r in results] == ["MetaOk", "MetaFailed", "MetaOk"]
+    assert isinstance(results[1], MetaFailed) and results[1].code == "already_exists"
+    assert d.ns.lookup(ROOT_INO, b"dir").nlink == 2
+    assert d.ns.readlink(d.ns.lookup(ROOT_INO, b"link").ino) == b"dir"
+
+
+def test_a_failed_command_in_a_batch_leaves_no_trace(d: Driver) -> None:
+    before = d.ns.digest()
+    (result,) = _batch(d, Rename(1, ROOT_INO, b"missing", ROOT_INO, b"x"))
+    assert isinstance(result, MetaFailed) and result.code == "not_found"
+    d2 = Driver()
+    d2.index = d.index
+    d2.ns._commit_applied_only(d.index)
+    assert before != d.ns.digest()  # only the applied index moved ...
+    assert d.ns.digest() == d2.ns.digest()  # ... exactly as in an untouched namespace
+
+
+def test_batches_are_checked_before_the_log(d: Driver) -> None:
+    inner = Batch(1, (encode_message(Mkdir(1, ROOT_INO, b"a", 0o755, 0, 0)),))
+    with pytest.raises(InvalidArgument, match="batch inside a batch"):
+        d.ns.check_command(encode_message(Batch(1, (encode_message(inner),))))
+    too_many = tuple(encode_message(Unlink(1, ROOT_INO, b"x")) for _ in range(MAX_BATCH + 1))
+    with pytest.raises(InvalidArgument, match="at most"):
+        d.ns.check_command(encode_message(Batch(1, too_many)))
+    with pytest.raises(InvalidArgument, match="not a namespace command"):
+        d.ns.check_command(
+            encode_message(Batch(1, (encode_message(Attr(1, 0, 0, 0, 0, 0, 0, 0, 0)),)))
+        )
+
+
+def test_reserved_inode_numbers_are_used_by_mknod_and_retries_succeed(d: Driver) -> None:
+    d.index += 1
+    reserved = decode_message(d.ns.apply(d.index, encode_message(ReserveInodes(1, 100))))
+    assert isinstance(reserved, Reserved) and reserved.count == 100
+    # The counter moved past the range: an ordinary create gets a number after it.
+    plain = d.run(Mkdir(1, ROOT_INO, b"plain", 0o755, 0, 0))
+    assert plain is not None and plain.ino == reserved.first + 100
+    ino = reserved.first + 7
+    create = Mknod(2, ROOT_INO, b"mine", stat.S_IFREG | 0o600, 5, 6, ino=ino)
+    attr = d.run(create)
+    assert attr is not None and (attr.ino, attr.uid, attr.gid) == (ino, 5, 6)
+    assert d.run(create) == attr  # a retry finds its own create done
+    # The same number under another name, a number never reserved, one in use: refused.
+    assert d.errno_of(Mknod(3, ROOT_INO, b"other", stat.S_IFREG, 0, 0, ino=ino)) == errno.EINVAL
+    assert d.errno_of(Mknod(3, ROOT_INO, b"x", stat.S_IFREG, 0, 0, ino=10**9)) == errno.EINVAL
+    assert d.errno_of(Mknod(3, ROOT_INO, b"y", stat.S_IFREG, 0, 0, ino=plain.ino)) == errno.EINVAL
+    assert d.errno_of(Mknod(3, ROOT_INO, b"mine", stat.S_IFREG, 0, 0, ino=ino + 1)) == errno.EEXIST
+    assert d.errno_of(ReserveInodes(4, 0)) == errno.EINVAL
+
+
+def test_inline_chunks_are_validated_kept_and_truncated(d: Driver) -> None:
+    f = d.run(Mknod(1, ROOT_INO, b"f", stat.S_IFREG | 0o644, 0, 0))
+    assert f is not None
+    body = bytes(range(256)) * 20
+    good = ChunkRecord(b"i" * 16, len(body), 0, 0, 0, (), inline=body)
+    assert d.run(CommitChunks(2, f.ino, ((0, good),), len(body))) is not None
+    assert d.ns.chunk_map(f.ino).chunks == ((0, good),)
+    for bad in (
+        msgspec.structs.replace(good, length=len(body) - 1),  # length is not the bytes'
+        msgspec.structs.replace(good, m=1, nodes=("n1",)),  # inline with shards
+        ChunkRecord(b"j" * 16, 5, 5, 1, 1, ("n1",), inline=b"abcde"),  # coded with bytes
+        ChunkRecord(b"k" * 16, INLINE_MAX + 1, 0, 0, 0, (), inline=bytes(INLINE_MAX + 1)),
+    ):
+        assert d.errno_of(CommitChunks(3, f.ino, ((0, bad),), bad.length)) == errno.EINVAL
+    assert d.ns.chunk_map(f.ino).chunks == ((0, good),)
+    d.run(SetAttr(4, f.ino, size=100))
+    ((_, short),) = d.ns.chunk_map(f.ino).chunks
+    assert short.length == 100 and short.inline == body  # reads stop at the length

@@ -224,13 +224,14 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
                     click.echo(f"layout: {text} (for new files)")
                 elif stat_mod.S_ISREG(a.mode):
                     cmap = await meta.chunk_map(a.ino)
-                    geometry = {(r.k, r.m) for _, r in cmap.chunks}
+                    geometry = {(r.k, r.m) for _, r in cmap.chunks if not r.is_inline}
                     click.echo(
                         f"chunks: {len(cmap.chunks)} of {cmap.chunk_size} bytes, "
                         f"k/m {sorted(geometry) or '-'}"
                     )
                     for idx, r in cmap.chunks[:8]:
-                        click.echo(f"  [{idx}] {r.id.hex()} {r.length} B on {', '.join(r.nodes)}")
+                        where = "inline" if r.is_inline else "on " + ", ".join(r.nodes)
+                        click.echo(f"  [{idx}] {r.id.hex()} {r.length} B {where}")
 
         trio.run(run)
 

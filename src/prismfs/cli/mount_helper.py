@@ -6,7 +6,8 @@ helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
 ``-s`` and ``-v`` are accepted, ``-f`` keeps the mount in the foreground.
 Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
 ``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
-``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``; the
+``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_create``,
+``settle_s=``; the
 fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
 ``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
 Exit status 0 once the mount answers, 1 for bad usage, 32 for a failed mount.
@@ -41,6 +42,8 @@ KNOWN = {
     "foreground",
     "lease",
     "pidfile",
+    "sync_create",
+    "settle_s",
 }
 
 
@@ -97,6 +100,8 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         entry_timeout=_number(options, "entry_timeout", 1.0, 0, 3600),
         writeback_mb=int(_number(options, "writeback_mb", 64, 1, 4096)),
         read_only="ro" in options,
+        defer_create="sync_create" not in options,
+        settle_s=_number(options, "settle_s", 1.0, 0, 3600),
     )
     lease = _number(options, "lease", 60.0, 2, 3600)
     return MountSpec(

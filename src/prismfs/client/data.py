@@ -4,7 +4,9 @@ Writing a chunk: a fresh random chunk id, zfec-encoded in a worker thread,
 m target nodes from placement over the node registry (nodes "up"), the m
 shards uploaded in parallel. A node that fails its upload is replaced by the
 next-ranked node not yet used, so a chunk is only recorded with all m shards
-stored. The `ChunkRecord` returned is what `commit_chunks` records.
+stored. The `ChunkRecord` returned is what `commit_chunks` records. A chunk
+of at most ``inline_max`` bytes (`INLINE_DEFAULT`, 8 KiB) is not encoded at
+all: it goes inline in its record (see `ChunkRecord`).
 
 Reading a chunk: the k data shards are fetched in parallel (whole shards,
 checksum verified by the node and again here). A shard that is missing,
@@ -32,12 +34,13 @@ from prismfs.data.stores import shard_id
 from prismfs.errors import PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient
-from prismfs.meta.commands import ChunkRecord, NodeInfo
+from prismfs.meta.commands import INLINE_MAX, ChunkRecord, NodeInfo
 from prismfs.wire.client import RpcPool
 
 log = logging.getLogger("prismfs.client.data")
 
 REGISTRY_TTL_S = 5.0
+INLINE_DEFAULT = 8 * 1024
 
 
 @dataclass
@@ -58,8 +61,10 @@ class DataClient:
         *,
         shard_timeout: float = 30.0,
         hedge_after: float = 2.0,
+        inline_max: int = INLINE_DEFAULT,
     ) -> None:
         self.pool = pool
+        self.inline_max = min(inline_max, INLINE_MAX)
         self.meta = meta
         self.shard_timeout = shard_timeout
         self.hedge_after = hedge_after
@@ -97,6 +102,8 @@ class DataClient:
 
     async def write_chunk(self, data: bytes | memoryview, layout: Layout) -> ChunkRecord:
         chunk_id = os.urandom(16)
+        if len(data) <= self.inline_max:  # kept in the record: no shards at all
+            return ChunkRecord(chunk_id, len(data), 0, 0, 0, (), inline=bytes(data))
         encoded = await encode_chunk_async(data, layout.k, layout.m)
         candidates = await self._candidates()
         try:
@@ -161,6 +168,8 @@ class DataClient:
 
     async def read_chunk(self, record: ChunkRecord) -> bytes:
         """The chunk's ``record.length`` bytes."""
+        if record.is_inline:
+            return record.inline[: record.length]
         k, m = record.k, record.m
         got: dict[int, bytes] = {}
         failed: set[int] = set()

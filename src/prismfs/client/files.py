@@ -9,6 +9,12 @@ parallel, several chunks at once) and then records them all with one
 GC. Until that commit, readers see the old content; after it, the new.
 Dirty buffers are bounded (``max_dirty``): a write past the bound flushes.
 
+A file's ``prelude`` holds namespace commands that must reach the cluster
+before its data: the `Mknod` of a deferred create and attribute changes made
+since. The next flush sends them, the data commit and any ``after`` commands
+in one `Batch` (one Raft round trip instead of one per command); `settle`
+sends just the prelude.
+
 Reads go chunk by chunk through `DataClient.read_chunk`; bytes past a chunk
 record's ``length`` (a truncated chunk) and chunks without a record (holes)
 read as zeros. A small cache keeps the last chunks read, and sequential
@@ -33,10 +39,10 @@ import trio
 
 from prismfs.client.data import DataClient, chunk_ranges
 from prismfs.data.layout import Layout
-from prismfs.errors import InvalidArgument, IsADirectory
+from prismfs.errors import InvalidArgument, IsADirectory, PrismError
 from prismfs.exception_groups import single_exception
-from prismfs.meta.client import MetaClient
-from prismfs.meta.commands import ChunkRecord
+from prismfs.meta.client import MetaClient, now_ns
+from prismfs.meta.commands import Attr, ChunkRecord, CommitChunks, MetaCommand, Mknod
 
 log = logging.getLogger("prismfs.client.files")
 
@@ -72,6 +78,8 @@ class OpenFile:
         self._closed = False
         self._last_read_end = -1
         self.opened_as: tuple[int, int] | None = None  # (mtime, size) when opened
+        self.prelude: list[MetaCommand] = []  # sent ahead of the next commit (see above)
+        self.lost: PrismError | None = None  # the prelude was refused: this file never was
 
     @classmethod
     async def open(
@@ -98,8 +106,9 @@ class OpenFile:
                 break
             first = cmap.chunks[-1][0] + 1
         self._records = records
-        if records:
-            any_record = next(iter(records.values()))
+        coded = [r for r in records.values() if not r.is_inline]
+        if coded:
+            any_record = coded[0]
             if (any_record.k, any_record.m) != (self.layout.k, self.layout.m):
                 self.layout = Layout(any_record.k, any_record.m, self.chunk_size)
         elif self.layout.chunk_size != self.chunk_size:
@@ -186,11 +195,41 @@ class OpenFile:
             await self.meta.setattr(self.ino, size=size)
             await self.refresh()
 
-    async def flush(self) -> None:
-        """Upload the dirty chunks as new chunks and commit them in one step."""
+    async def settle(self) -> None:
+        """Send the prelude (a deferred create) now, without the data."""
         async with self._lock:
+            if self.prelude:
+                await self._send([])
+
+    async def _send(self, ops: list[MetaCommand]) -> list[Attr | None]:
+        """The prelude, then ``ops``, in one batch; the results of ``ops``.
+
+        A prelude command that is refused (another mount took the name of a
+        deferred create) fails the flush with its error, and the prelude is
+        dropped (it would be refused again); a transient error keeps it."""
+        prelude = list(self.prelude)
+        if not prelude and len(ops) == 1:
+            return [await self.meta.propose(ops[0])]
+        results = await self.meta.batch(prelude + ops)
+        self.prelude = self.prelude[len(prelude) :]
+        for n, result in enumerate(results):
+            if isinstance(result, PrismError):
+                if n < len(prelude) and isinstance(prelude[n], Mknod):
+                    self.lost = result
+                raise result
+        return results[len(prelude) :]  # type: ignore[return-value]
+
+    async def flush(self, after: list[MetaCommand] | None = None) -> list[Attr | None]:
+        """Upload the dirty chunks as new chunks and commit them in one step
+        (with the prelude before and ``after`` behind, in the same batch);
+        returns the results of ``after``."""
+        after = after or []
+        async with self._lock:
+            if self.lost is not None:
+                self._dirty = {}
+                raise self.lost
             if not self._dirty:
-                return
+                return await self._send(after) if after or self.prelude else []
             # The buffers become immutable snapshots while they are uploaded
             # and committed; writes meanwhile start new buffers from them.
             size = self.size
@@ -216,7 +255,8 @@ class OpenFile:
                     async with trio.open_nursery() as nursery:
                         for idx, body in sorted(snapshot.items()):
                             nursery.start_soon(upload, idx, body)
-                await self.meta.commit_chunks(self.ino, sorted(records.items()), size)
+                commit = CommitChunks(now_ns(), self.ino, tuple(sorted(records.items())), size)
+                results = await self._send([commit, *after])
             except BaseException:
                 # Nothing was committed: keep the data dirty so a retry can flush it
                 # (a newer buffer of the same chunk already holds it).
@@ -230,18 +270,21 @@ class OpenFile:
                 self._cache[idx] = body
             while len(self._cache) > READ_CACHE_CHUNKS:
                 self._cache.popitem(last=False)
+            return results[1:]
 
     async def fsync(self) -> None:
         await self.flush()  # commit_chunks returns once the entry is applied: durable
 
-    async def close(self) -> None:
+    async def close(self, *, release: bool = True) -> None:
+        """Flush and end the open (``release=False``: the caller releases it later)."""
         if self._closed:
             return
         try:
             await self.flush()
         finally:
             self._closed = True
-            await self.meta.release(self.ino)
+            if release:
+                await self.meta.release(self.ino)
 
 
 async def layout_for(meta: MetaClient, parent: int, default: Layout | None = None) -> Layout:

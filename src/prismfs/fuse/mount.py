@@ -99,6 +99,7 @@ async def serve(spec: MountSpec, ready: int | None = None) -> None:
 
                 nursery.start_soon(keep_alive)
                 nursery.start_soon(on_signal)
+                nursery.start_soon(ops.background)
                 if ready is not None:
                     os.write(ready, b"ok")
                     os.close(ready)

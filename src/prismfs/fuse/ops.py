@@ -17,6 +17,22 @@ fsync, or when the buffer fills: close-to-open consistency between mounts.
 The kernel checks permissions (``default_permissions``) from the attributes
 returned here; attributes and entries are cached by the kernel for
 ``attr_timeout``/``entry_timeout`` seconds.
+
+Deferred creates (metadata batching). ``create`` answers at once with an
+inode number from a range this mount reserved (`ReserveInodes`, one Raft
+commit per `RESERVE` creates) and puts the `Mknod` into the new file's
+prelude; attribute changes (``fchmod``, ``fchown``) join it. The close that
+follows sends prelude, data commit and any ``utimens`` as one `Batch`: a
+small file written by ``cp``/``tar`` costs one Raft round trip, not four.
+Until then the file exists only in this mount: it answers lookups and
+getattr for it itself, and every other namespace change (and a readdir of
+its directory) first *settles* the pending creates, so nothing here can see
+an order the cluster does not have. Another mount sees the name once it is
+closed, or at most ``settle_s`` (1 s) after the create. Releases are
+sent in batches in the background. ``-o sync_create`` turns deferral off
+(an ``O_EXCL`` create is then exclusive across mounts too; deferred, it is
+exclusive within the mount, and a name another mount took meanwhile makes
+the close fail with EEXIST).
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+import msgspec
 import pyfuse3
 import trio
 
@@ -37,10 +54,15 @@ from prismfs.client.data import DataClient
 from prismfs.client.files import OpenFile, layout_for
 from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import PrismError
-from prismfs.meta.client import MetaClient
-from prismfs.meta.commands import Attr
+from prismfs.exception_groups import single_exception
+from prismfs.meta.client import MetaClient, now_ns
+from prismfs.meta.commands import MAX_BATCH, Attr, Mknod, Release, SetAttr
+from prismfs.meta.namespace import check_name, inherit_from_parent
 
 log = logging.getLogger("prismfs.fuse")
+
+RESERVE = 1024  # inode numbers reserved per ReserveInodes
+RELEASE_EVERY = 0.2  # seconds between batches of releases
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,12 +93,21 @@ class MountOptions:
     entry_timeout: float = 1.0
     writeback_mb: int = 64
     read_only: bool = False
+    defer_create: bool = True
+    settle_s: float = 1.0  # how long a deferred create may stay unknown to other mounts
 
 
 @dataclass
 class _Handle:
     file: OpenFile
     refs: int = 1
+    attr: Attr | None = None  # while its create is deferred: the attributes known here
+    created: float = 0.0  # trio time of a deferred create
+    name: tuple[int, bytes] = (0, b"")  # (parent, name) of a deferred create
+
+    @property
+    def pending(self) -> bool:
+        return self.attr is not None and bool(self.file.prelude)
 
 
 class PrismOperations(pyfuse3.Operations):
@@ -92,21 +123,35 @@ class PrismOperations(pyfuse3.Operations):
         self._open: dict[int, _Handle] = {}  # by inode
         self._fh: dict[int, int] = {}  # file handle -> inode
         self._next_fh = 1
-        self._layouts: dict[int, tuple[float, Layout]] = {}  # directory -> (read at, layout)
+        # directory -> (read at, layout for new files, its attributes)
+        self._layouts: dict[int, tuple[float, Layout, Attr]] = {}
         self._locks: dict[int, trio.Lock] = {}
         self._seen: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) at its last open
+        self._inos: range = range(0)  # reserved inode numbers not used yet
+        self._reserving = trio.Lock()
+        self._pending: dict[tuple[int, bytes], int] = {}  # (parent, name) -> deferred inode
+        self._releases: list[int] = []  # releases not sent yet
 
-    async def _layout(self, directory: int) -> Layout:
-        """The layout for new files in ``directory``, cached for ``entry_timeout``."""
+    async def _layout(self, directory: int) -> tuple[Layout, Attr]:
+        """The layout for new files in ``directory`` and its attributes, cached
+        for ``entry_timeout``."""
         now = trio.current_time()
         cached = self._layouts.get(directory)
         if cached is not None and now - cached[0] < max(self.opts.entry_timeout, 0.1):
-            return cached[1]
-        layout = await layout_for(self.meta, directory)
+            return cached[1], cached[2]
+        got: dict[str, Any] = {}
+
+        async def fetch(key: str, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+            got[key] = await fn()
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch, "layout", lambda: layout_for(self.meta, directory))
+                nursery.start_soon(fetch, "attr", lambda: self.meta.getattr(directory))
         if len(self._layouts) > 10_000:
             self._layouts.clear()
-        self._layouts[directory] = (now, layout)
-        return layout
+        self._layouts[directory] = (now, got["layout"], got["attr"])
+        return got["layout"], got["attr"]
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -119,7 +164,9 @@ class PrismOperations(pyfuse3.Operations):
         e.st_gid = a.gid
         handle = self._open.get(a.ino)
         # Writes buffered or being committed here are ahead of the namespace.
-        pending = handle is not None and (handle.file._dirty or handle.file._flushing)
+        pending = handle is not None and (
+            handle.file._dirty or handle.file._flushing or handle.pending
+        )
         size = handle.file.size if handle is not None and pending else a.size
         e.st_size = size
         e.st_rdev = a.rdev
@@ -136,12 +183,88 @@ class PrismOperations(pyfuse3.Operations):
         if self.opts.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
 
+    # --- deferred creates (see the module's docstring) -------------------------------------
+
+    def _deferred(self, inode: int) -> _Handle | None:
+        handle = self._open.get(inode)
+        return handle if handle is not None and handle.pending else None
+
+    async def _settle(self, parent: int | None = None) -> None:
+        """Send the deferred creates (in ``parent`` only, if given) to the cluster.
+        A create the cluster refuses (another mount took the name) is logged
+        here and fails the file's close; a transient error fails the caller."""
+        todo: list[_Handle] = []
+        for key, ino in list(self._pending.items()):
+            handle = self._deferred(ino)
+            if handle is None:
+                del self._pending[key]
+            elif parent is None or key[0] == parent:
+                todo.append(handle)
+        if not todo:
+            return
+
+        async def one(handle: _Handle) -> None:
+            try:
+                await handle.file.settle()
+            except PrismError as exc:
+                if exc.transient:
+                    raise
+                self._lost(handle)
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                for handle in todo:
+                    nursery.start_soon(one, handle)
+
+    def _lost(self, handle: _Handle) -> None:
+        """A deferred create the cluster refused: the kernel forgets its name."""
+        assert handle.file.lost is not None
+        log.warning("deferred create of %r failed: %s", handle.name[1], handle.file.lost.message)
+        self._pending.pop(handle.name, None)
+        pyfuse3.invalidate_entry_async(handle.name[0], handle.name[1], ignore_enoent=True)
+
+    async def _reserve(self) -> int:
+        async with self._reserving:
+            if not self._inos:
+                self._inos = await self.meta.reserve_inodes(RESERVE)
+            ino, self._inos = self._inos[0], self._inos[1:]
+            return ino
+
+    async def _send_releases(self) -> None:
+        while self._releases:
+            todo, self._releases = self._releases[:MAX_BATCH], self._releases[MAX_BATCH:]
+            try:
+                await self.meta.batch([Release(now_ns(), self.meta.session, i) for i in todo])
+            except BaseException:
+                self._releases[:0] = todo
+                raise
+
+    async def background(self) -> None:
+        """For the mount's lifetime: send releases in batches, and settle the
+        deferred creates older than ``settle_s`` (so other mounts see them)."""
+        while True:
+            await trio.sleep(RELEASE_EVERY)
+            try:
+                await self._send_releases()
+                now = trio.current_time()
+                if any(
+                    h.pending and now - h.created > self.opts.settle_s for h in self._open.values()
+                ):
+                    await self._settle()
+            except PrismError as exc:
+                log.warning("background namespace work failed, will retry: %s", exc.message)
+            except Exception:
+                log.exception("background namespace work failed, will retry")
+
     # --- names -----------------------------------------------------------------------------
 
     @_op
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         if name == b".":
-            return self._entry(await self.meta.getattr(parent_inode))
+            return await self.getattr(parent_inode, ctx)
+        handle = self._deferred(self._pending.get((parent_inode, name), 0))
+        if handle is not None and handle.attr is not None:
+            return self._entry(handle.attr)
         return self._entry(await self.meta.lookup(parent_inode, name))
 
     async def forget(self, inode_list: Any) -> None:
@@ -149,6 +272,9 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def getattr(self, inode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        handle = self._deferred(inode)
+        if handle is not None and handle.attr is not None:
+            return self._entry(handle.attr)
         return self._entry(await self.meta.getattr(inode))
 
     @_op
@@ -156,11 +282,8 @@ class PrismOperations(pyfuse3.Operations):
         self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
+        self._layouts.pop(inode, None)  # a directory's mode or group may change
         handle = self._open.get(inode)
-        if handle is not None:
-            # Buffered writes come first: their commit sets mtime, and an explicit
-            # time (tar, cp -p, touch -d) must win over it.
-            await handle.file.flush()
         changes: dict[str, int | None] = {}
         if fields.update_mode:
             changes["mode"] = stat.S_IMODE(attr.st_mode)
@@ -172,11 +295,34 @@ class PrismOperations(pyfuse3.Operations):
             changes["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
+        if (
+            handle is not None
+            and handle.pending
+            and handle.attr is not None
+            and not fields.update_size
+            and "atime_ns" not in changes
+            and "mtime_ns" not in changes
+        ):
+            # A deferred create: mode and owner changes join its Mknod.
+            now = now_ns()
+            handle.file.prelude.append(SetAttr(now, inode, **changes))
+            mode = changes.pop("mode", None)
+            if mode is not None:
+                changes["mode"] = stat.S_IFMT(handle.attr.mode) | mode
+            handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=now, **changes)
+            return self._entry(handle.attr)
         if fields.update_size:
             if handle is not None:
                 await handle.file.truncate(attr.st_size)
             else:
                 changes["size"] = attr.st_size
+        if handle is not None and (changes or not fields.update_size):
+            # Buffered writes (and a deferred create) go first, in the same batch:
+            # their commit sets mtime, and an explicit time (tar, cp -p, touch -d)
+            # must win over it.
+            (result,) = await handle.file.flush(after=[SetAttr(now_ns(), inode, **changes)])
+            assert result is not None
+            return self._entry(result)
         if changes or not fields.update_size:
             return self._entry(await self.meta.setattr(inode, **changes))
         return self._entry(await self.meta.getattr(inode))
@@ -190,7 +336,8 @@ class PrismOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        layout = await self._layout(parent_inode)
+        await self._settle()
+        layout, _ = await self._layout(parent_inode)
         attr = await self.meta.mknod(
             parent_inode, name, mode, ctx.uid, ctx.gid, rdev, chunk_size=layout.chunk_size
         )
@@ -201,16 +348,19 @@ class PrismOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
+        await self._settle()
         return self._entry(await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
 
     @_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
+        await self._settle()
         await self.meta.unlink(parent_inode, name)
 
     @_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
+        await self._settle()
         await self.meta.rmdir(parent_inode, name)
 
     @_op
@@ -218,6 +368,7 @@ class PrismOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
+        await self._settle()
         attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
         return self._entry(attr)
 
@@ -232,6 +383,7 @@ class PrismOperations(pyfuse3.Operations):
         ctx: Any,
     ) -> None:
         self._writable()
+        await self._settle()
         await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     @_op
@@ -239,6 +391,7 @@ class PrismOperations(pyfuse3.Operations):
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
+        await self._settle()
         return self._entry(await self.meta.link(inode, new_parent_inode, new_name))
 
     # --- files -----------------------------------------------------------------------------
@@ -309,18 +462,46 @@ class PrismOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
-        layout = await self._layout(parent_inode)
-        attr = await self.meta.mknod(
-            parent_inode,
-            name,
-            stat.S_IFREG | stat.S_IMODE(mode),
-            ctx.uid,
-            ctx.gid,
-            open_it=True,
-            chunk_size=layout.chunk_size,
+        layout, parent = await self._layout(parent_inode)
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        if not self.opts.defer_create:
+            attr = await self.meta.mknod(
+                parent_inode,
+                name,
+                mode,
+                ctx.uid,
+                ctx.gid,
+                open_it=True,
+                chunk_size=layout.chunk_size,
+            )
+            await self._acquire(attr.ino, created=layout)
+            return pyfuse3.FileInfo(fh=self._new_fh(attr.ino)), self._entry(attr)
+        check_name(name)
+        if self._deferred(self._pending.get((parent_inode, name), 0)) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        ino = await self._reserve()
+        now = now_ns()
+        mode, gid = inherit_from_parent(parent, mode, ctx.gid)
+        attr = Attr(ino, mode, 1, ctx.uid, gid, 0, now, now, now)
+        f = OpenFile(self.meta, self.data, ino, layout, max_dirty=self.opts.writeback_mb << 20)
+        f.prelude.append(
+            Mknod(
+                now,
+                parent_inode,
+                name,
+                mode,
+                ctx.uid,
+                ctx.gid,
+                session=self.meta.session,
+                chunk_size=layout.chunk_size,
+                ino=ino,
+            )
         )
-        await self._acquire(attr.ino, created=layout)
-        return pyfuse3.FileInfo(fh=self._new_fh(attr.ino)), self._entry(attr)
+        self._open[ino] = _Handle(
+            f, attr=attr, created=trio.current_time(), name=(parent_inode, name)
+        )
+        self._pending[(parent_inode, name)] = ino
+        return pyfuse3.FileInfo(fh=self._new_fh(ino)), self._entry(attr)
 
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -334,8 +515,15 @@ class PrismOperations(pyfuse3.Operations):
     @_op
     async def flush(self, fh: int) -> None:
         inode = self._fh.get(fh)
-        if inode is not None and inode in self._open:
-            await self._open[inode].file.flush()
+        handle = self._open.get(inode) if inode is not None else None
+        if handle is not None:
+            lost = handle.file.lost
+            try:
+                await handle.file.flush()
+            except PrismError:
+                if lost is None and handle.file.lost is not None:
+                    self._lost(handle)
+                raise
 
     @_op
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -349,7 +537,10 @@ class PrismOperations(pyfuse3.Operations):
             handle.refs -= 1
             if handle.refs == 0:
                 del self._open[inode]
-                await handle.file.close()
+                try:
+                    await handle.file.close(release=False)
+                finally:
+                    self._releases.append(inode)  # sent in the next batch of releases
 
     # --- directories -------------------------------------------------------------------------
 
@@ -360,6 +551,7 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        await self._settle(fh)
         cookie = start_id
         while True:
             page = await self.meta.readdir_page(fh, cookie, 500)
@@ -402,21 +594,29 @@ class PrismOperations(pyfuse3.Operations):
     @_op
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         self._writable()
+        await self._settle()
         await self.meta.setxattr(inode, _to_meta(name), value)
         if _to_meta(name) == LAYOUT_XATTR:
             self._layouts.clear()
 
     @_op
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if self._deferred(inode) is not None:
+            # A deferred create has no attributes yet (a setxattr settles it). The
+            # kernel asks for security.capability before every write.
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return await self.meta.getxattr(inode, _to_meta(name))
 
     @_op
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        if self._deferred(inode) is not None:
+            return []
         return [_to_mount(n) for n in await self.meta.listxattr(inode)]
 
     @_op
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
+        await self._settle()
         await self.meta.removexattr(inode, _to_meta(name))
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
@@ -427,9 +627,14 @@ class PrismOperations(pyfuse3.Operations):
         for inode, handle in list(self._open.items()):
             del self._open[inode]
             try:
-                await handle.file.close()
+                await handle.file.close(release=False)
             except PrismError as exc:
                 log.error("unmount: could not flush inode %d: %s", inode, exc.message)
+            self._releases.append(inode)
+        try:
+            await self._send_releases()
+        except PrismError as exc:  # the session's close releases them as well
+            log.warning("unmount: could not send releases: %s", exc.message)
 
 
 MOUNT_LAYOUT_XATTR = b"user." + LAYOUT_XATTR

@@ -40,6 +40,8 @@ import trio
 from prismfs.errors import DeadlineExceeded, InternalError, PrismError, registered_errors
 from prismfs.meta.commands import (
     Attr,
+    Batch,
+    BatchResults,
     ChunkMap,
     ChunkRecord,
     ChunkRefs,
@@ -76,6 +78,8 @@ from prismfs.meta.commands import (
     Release,
     RemoveXattr,
     Rename,
+    Reserved,
+    ReserveInodes,
     Rmdir,
     SetAttr,
     SetXattr,
@@ -135,6 +139,9 @@ class MetaClient:
 
     async def propose(self, command: MetaCommand) -> Attr | None:
         """Apply one namespace command exactly once; its attributes or a PrismError."""
+        return _ok(await self._propose(command)).attr
+
+    async def _propose(self, command: MetaCommand) -> bytes:
         lane = await self._free.receive()
         try:
             lane.seq += 1
@@ -142,7 +149,29 @@ class MetaClient:
             reply = await self._call(request, Proposed, to_leader=True)
         finally:
             self._return.send_nowait(lane)
-        return _ok(reply.result).attr
+        return reply.result
+
+    async def batch(self, ops: Sequence[MetaCommand]) -> list[Attr | PrismError | None]:
+        """Apply ``ops`` in order in one log entry (one round trip, one fsync),
+        exactly once as a whole; per op its attributes or its error (a failed
+        op changed nothing, the others still applied)."""
+        raw = _decode(await self._propose(Batch(_now(), tuple(encode_message(op) for op in ops))))
+        if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):
+            raise TypeError(f"expected {len(ops)} batch results, got {raw!r:.200}")
+        out: list[Attr | PrismError | None] = []
+        for result in raw.results:
+            try:
+                out.append(_ok(result).attr)
+            except PrismError as exc:
+                out.append(exc)
+        return out
+
+    async def reserve_inodes(self, count: int) -> range:
+        """Inode numbers for this client's own creates (`Mknod` with ``ino``)."""
+        raw = _decode(await self._propose(ReserveInodes(_now(), count)))
+        if not isinstance(raw, Reserved):
+            raise TypeError(f"expected Reserved, got {type(raw).__name__}")
+        return range(raw.first, raw.first + raw.count)
 
     async def query(self, q: MetaQuery, expect: type[T]) -> T:
         reply = await self._call(
@@ -385,8 +414,12 @@ async def open_meta_client(
                     log.warning("could not close session %s: %s", client.session, exc.message)
 
 
-def _now() -> int:
+def now_ns() -> int:
+    """The time stamp a command carries (the proposer's clock)."""
     return time.time_ns()
+
+
+_now = now_ns
 
 
 def _decode(raw: bytes) -> Message:

@@ -3,7 +3,10 @@
 Every command carries the time stamp the *proposer* chose (``now_ns``): apply
 reads no clock, so every replica computes the same state. Names are bytes
 (POSIX names are byte strings); inode numbers come from a counter in the
-state, never from the proposer.
+state, never from the proposer, except that a client may reserve a range
+(`ReserveInodes`) and name the number of a file it creates (a deferred
+create: the FUSE client answers ``create`` at once and sends the `Mknod`
+later, together with the file's first data commit, in one `Batch`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from prismfs.wire.codec import I64, U8, U32, U64, Message
 
 ROOT_INO = 1
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+INLINE_MAX = 64 * 1024  # the largest inline chunk the namespace accepts
 
 
 class MetaCommand(Message, frozen=True):
@@ -37,6 +41,29 @@ class Mknod(MetaCommand, frozen=True):
     entry (create + open), so it cannot vanish between the two."""
     chunk_size: U32 = 0
     """Bytes per chunk of a regular file; 0 = the default (4 MiB)."""
+    ino: U64 = 0
+    """The inode number, from a range the proposer reserved (`ReserveInodes`);
+    0 = the next one of the counter. With a number, a retry that finds the name
+    already holding that inode succeeds again (the first attempt's result)."""
+
+
+class ReserveInodes(MetaCommand, frozen=True):
+    """Take ``count`` inode numbers off the counter for the proposer's own
+    creates; answered with `Reserved`. Unused numbers are simply never used."""
+
+    count: U32
+
+
+MAX_BATCH = 1024
+
+
+class Batch(MetaCommand, frozen=True):
+    """Several commands (encoded, no `Batch` among them) applied in order in
+    one log entry, each on its own: one that fails changes nothing, the others
+    still apply. Answered with `BatchResults`, one `MetaOk`/`MetaFailed` (or
+    `Reserved`) per command. The whole batch is one exactly-once request."""
+
+    ops: tuple[bytes, ...]
 
 
 class Mkdir(MetaCommand, frozen=True):
@@ -146,6 +173,11 @@ class ChunkRecord(Message, frozen=True):
     ``length`` is the number of valid bytes of the chunk (a truncate shortens
     it without rewriting shards; bytes past it read as zeros). The data plane
     fills the checksums; the namespace only keeps, moves and frees records.
+
+    A small chunk (at most `INLINE_MAX` bytes) may instead be *inline*: its
+    bytes in ``inline``, with k = m = 0 and no nodes. It is then replicated by
+    the metadata's Raft log on every voter, and writing it costs no shard
+    round trip (a small file is one namespace commit).
     """
 
     family: ClassVar[str] = "meta"
@@ -157,6 +189,11 @@ class ChunkRecord(Message, frozen=True):
     m: U8
     nodes: tuple[str, ...]
     checksums: tuple[bytes, ...] = ()
+    inline: bytes = b""
+
+    @property
+    def is_inline(self) -> bool:
+        return self.k == 0
 
 
 class CommitChunks(MetaCommand, frozen=True):
@@ -212,6 +249,21 @@ class MetaOk(Message, frozen=True):
     family: ClassVar[str] = "meta"
 
     attr: Attr | None = None
+
+
+class Reserved(Message, frozen=True):
+    """`ReserveInodes`' result: the numbers ``first .. first + count - 1`` are the proposer's."""
+
+    family: ClassVar[str] = "meta"
+
+    first: U64
+    count: U32
+
+
+class BatchResults(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    results: tuple[bytes, ...]
 
 
 class MetaFailed(Message, frozen=True):

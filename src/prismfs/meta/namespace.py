@@ -7,8 +7,10 @@ that breaks a POSIX rule raises a typed error *before* anything is written;
 the transaction is rolled back, the applied index still advances, and the
 result carries the error's code. Apply reads no clock and draws no random
 numbers: times come in the command (stamped by the proposer) and inode
-numbers from a counter in the database, so every replica ends in the same
-state (compare `digest`).
+numbers from a counter in the database (or from a range a client reserved
+from it, named in its `Mknod`), so every replica ends in the same state
+(compare `digest`). A `Batch` applies its commands in order, each in its own
+savepoint, in one entry.
 
 Exactly-once: a command that arrives wrapped in a `ClientCommand` is
 deduplicated by (client, sequence) against the ``clients`` table *in the same
@@ -62,12 +64,16 @@ from prismfs.errors import (
 )
 from prismfs.meta.commands import (
     DEFAULT_CHUNK_SIZE,
+    INLINE_MAX,
+    MAX_BATCH,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
     XATTR_CREATE,
     XATTR_REPLACE,
     Attr,
+    Batch,
+    BatchResults,
     ChunkMap,
     ChunkRecord,
     ChunkRefs,
@@ -106,6 +112,8 @@ from prismfs.meta.commands import (
     Release,
     RemoveXattr,
     Rename,
+    Reserved,
+    ReserveInodes,
     Rmdir,
     SetAttr,
     SetNodeState,
@@ -210,6 +218,14 @@ def check_name(name: bytes) -> None:
         raise InvalidArgument(f"invalid name {name!r}")
 
 
+def inherit_from_parent(parent: Attr, mode: int, gid: int) -> tuple[int, int]:
+    """(mode, gid) of a new entry in directory ``parent``: a set-group-ID
+    directory gives its group, and to a new directory also its S_ISGID bit."""
+    if not parent.mode & stat.S_ISGID:
+        return mode, gid
+    return (mode | stat.S_ISGID if stat.S_ISDIR(mode) else mode), parent.gid
+
+
 class Namespace:
     """A `StateMachine` (apply/snapshot/restore) plus the read operations."""
 
@@ -240,8 +256,10 @@ class Namespace:
                 (ROOT_INO + 1,),
             )
             self.db.execute("COMMIT")
-        self._handlers: dict[type[MetaCommand], Callable[[Any], Attr | None]] = {
+        self._handlers: dict[type[MetaCommand], Callable[[Any], Attr | Message | None]] = {
             Mknod: self._mknod,
+            ReserveInodes: self._reserve_inodes,
+            Batch: self._batch,
             Mkdir: self._mkdir,
             Symlink: self._symlink,
             Link: self._link,
@@ -301,7 +319,7 @@ class Namespace:
             raise TypeError(f"not a namespace command: {type(cmd).__name__}")
         self._begin()
         try:
-            result = encode_message(MetaOk(handler(cmd)))
+            result = encode_message(_result(handler(cmd)))
         except PrismError as exc:
             self._undo()
             result = encode_message(MetaFailed(exc.code, exc.message))
@@ -366,6 +384,13 @@ class Namespace:
         cmd = decode_message(op)  # ProtocolError for bytes that are no message
         if type(cmd) not in self._handlers:
             raise InvalidArgument(f"not a namespace command: {type(cmd).__name__}")
+        if isinstance(cmd, Batch):
+            if len(cmd.ops) > MAX_BATCH:
+                raise InvalidArgument(f"a batch of {len(cmd.ops)} commands (at most {MAX_BATCH})")
+            for inner in cmd.ops:
+                if isinstance(decode_message(inner), Batch):
+                    raise InvalidArgument("a batch inside a batch")
+                self.check_command(inner)
 
     def check_query(self, op: bytes) -> None:
         q = decode_message(op)
@@ -435,6 +460,8 @@ class Namespace:
         return Attr(*row)
 
     def lookup(self, parent: int, name: bytes) -> Attr:
+        if len(name) > NAME_MAX:
+            raise NameTooLong(f"name of {len(name)} bytes is longer than {NAME_MAX}")
         self._dir(parent)
         ino = self._child(parent, name)
         if ino is None:
@@ -611,7 +638,7 @@ class Namespace:
         )
 
     def _new_inode(self, mode: int, uid: int, gid: int, now: int, nlink: int, **extra: Any) -> int:
-        ino = self._bump("next_ino")
+        ino = extra.get("ino") or self._bump("next_ino")
         self._bump("files")
         self.db.execute(
             "INSERT INTO inodes (ino, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink,"
@@ -663,6 +690,11 @@ class Namespace:
     # --- commands -------------------------------------------------------------------
 
     def _mknod(self, c: Mknod) -> Attr:
+        if c.ino:
+            if self._child(c.parent, c.name) == c.ino:
+                return self.getattr(c.ino)  # a retry of this very create: it is done
+            if not ROOT_INO < c.ino < self._state("next_ino") or self._exists(c.ino):
+                raise InvalidArgument(f"inode number {c.ino} is not a free reserved one")
         self._prepare_new(c.parent, c.name)
         kind = stat.S_IFMT(c.mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
@@ -671,14 +703,16 @@ class Namespace:
             raise InvalidArgument(f"chunk size {c.chunk_size} is not in 4 KiB..64 MiB")
         if c.session:
             self._live_session(c.session, c.now_ns)
+        mode, gid = self._inherit(c.parent, kind | (c.mode & 0o7777), c.gid)
         ino = self._new_inode(
-            kind | (c.mode & 0o7777),
+            mode,
             c.uid,
-            c.gid,
+            gid,
             c.now_ns,
             1,
             rdev=c.rdev,
             chunk_size=c.chunk_size if stat.S_ISREG(kind) else 0,
+            ino=c.ino,
         )
         self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns)
@@ -686,9 +720,41 @@ class Namespace:
             self._add_open(c.session, ino)
         return self.getattr(ino)
 
+    def _inherit(self, parent: int, mode: int, gid: int) -> tuple[int, int]:
+        """A set-group-ID directory gives new entries its group, and new
+        directories its set-group-ID bit (as Linux does; FUSE leaves it to us)."""
+        return inherit_from_parent(self.getattr(parent), mode, gid)
+
+    def _exists(self, ino: int) -> bool:
+        return self.db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ino,)).fetchone() is not None
+
+    def _reserve_inodes(self, c: ReserveInodes) -> Reserved:
+        if not 1 <= c.count <= 1 << 20:
+            raise InvalidArgument(f"cannot reserve {c.count} inode numbers (1..1048576)")
+        first = self._state("next_ino")
+        self._bump("next_ino", c.count)
+        return Reserved(first, c.count)
+
+    def _batch(self, c: Batch) -> BatchResults:
+        results = []
+        for raw in c.ops:
+            op = decode_message(raw)
+            handler = self._handlers.get(type(op))  # type: ignore[arg-type]
+            if handler is None or isinstance(op, Batch):
+                raise InvalidArgument(f"not a command for a batch: {type(op).__name__}")
+            self.db.execute("SAVEPOINT op")
+            try:
+                results.append(encode_message(_result(handler(op))))
+            except PrismError as exc:
+                self.db.execute("ROLLBACK TO op")
+                results.append(encode_message(MetaFailed(exc.code, exc.message)))
+            self.db.execute("RELEASE op")
+        return BatchResults(tuple(results))
+
     def _mkdir(self, c: Mkdir) -> Attr:
         self._prepare_new(c.parent, c.name)
-        ino = self._new_inode(stat.S_IFDIR | (c.mode & 0o7777), c.uid, c.gid, c.now_ns, 2)
+        mode, gid = self._inherit(c.parent, stat.S_IFDIR | (c.mode & 0o7777), c.gid)
+        ino = self._new_inode(mode, c.uid, gid, c.now_ns, 2)
         self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns, nlink_delta=1)
         return self.getattr(ino)
@@ -703,9 +769,8 @@ class Namespace:
         if b"\0" in c.target:
             raise InvalidArgument("a symlink target cannot hold NUL")
         self._prepare_new(c.parent, c.name)
-        ino = self._new_inode(
-            stat.S_IFLNK | 0o777, c.uid, c.gid, c.now_ns, 1, size=len(c.target), target=c.target
-        )
+        mode, gid = self._inherit(c.parent, stat.S_IFLNK | 0o777, c.gid)
+        ino = self._new_inode(mode, c.uid, gid, c.now_ns, 1, size=len(c.target), target=c.target)
         self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns)
         return self.getattr(ino)
@@ -983,7 +1048,7 @@ class Namespace:
             seen.add(idx)
             if idx * chunk_size >= max(c.size, 1):
                 raise InvalidArgument(f"chunk {idx} lies past the new size {c.size}")
-            if rec.length > chunk_size or not 1 <= rec.k <= rec.m or len(rec.nodes) != rec.m:
+            if rec.length > chunk_size or not _well_formed(rec):
                 raise InvalidArgument(f"malformed record for chunk {idx}")
         for idx, rec in c.chunks:
             old = self.db.execute(
@@ -1078,6 +1143,16 @@ class Namespace:
         cursor = self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (c.state, c.node))
         if cursor.rowcount == 0:
             raise NotFound(f"no node {c.node} in the registry")
+
+
+def _well_formed(rec: ChunkRecord) -> bool:
+    if rec.is_inline:
+        return rec.m == 0 and not rec.nodes and len(rec.inline) == rec.length <= INLINE_MAX
+    return 1 <= rec.k <= rec.m and len(rec.nodes) == rec.m and not rec.inline
+
+
+def _result(out: Attr | Message | None) -> Message:
+    return out if isinstance(out, (Reserved, BatchResults)) else MetaOk(out)  # type: ignore[arg-type]
 
 
 def _record(blob: bytes) -> ChunkRecord:

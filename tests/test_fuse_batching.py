@@ -1,0 +1,162 @@
+"""Deferred creates and metadata batching on a real mount of a real 3-node cluster.
+
+Mount ``a`` has the defaults (creates deferred, sent with the file's first
+data commit in one batch); mount ``b`` of the same cluster has
+``sync_create`` (every create its own Raft entry), as a contrast and as the
+"other client" that must see what ``a`` did."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from fuse_mount import Mount, fuse_available
+from prismfs.meta.client import MetaClient
+from prismfs.node.consensus_messages import RaftStatus, RaftStatusReply
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, Mount]]:
+    assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
+    base = tmp_path_factory.mktemp("batching")
+    a, b = Mount(base, "a"), Mount(base, "b")
+    try:
+        a.up()
+        a.mount("settle_s=5")
+        b.mount("sync_create")
+        yield a, b
+    finally:
+        b.unmount()
+        a.cleanup()
+
+
+def commit_index(m: Mount) -> int:
+    """The highest Raft commit index any node reports (the leader's)."""
+
+    async def highest(meta: MetaClient) -> int:
+        best = 0
+        for address in meta.addresses:
+            reply = (await meta.pool.call(address, RaftStatus(), timeout=3)).message
+            assert isinstance(reply, RaftStatusReply)
+            best = max(best, reply.commit)
+        return best
+
+    return int(trio.run(m.library, highest))
+
+
+def wait_for(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_small_file_costs_one_raft_entry_not_two(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    n = 60
+    bodies = [os.urandom(4096) for _ in range(n)]
+    entries = {}
+    for label, root in (("deferred", a.point), ("sync", b.point)):
+        (root / label).mkdir()
+        before = commit_index(a)
+        for i, body in enumerate(bodies):
+            (root / label / f"f{i}").write_bytes(body)
+        entries[label] = commit_index(a) - before
+    # Deferred: the Mknod and the data commit (inline: 4 KiB needs no shards) in
+    # one batch per file; releases go in batches. Plus a few entries of the
+    # cluster's own (session renewal, lease expiry).
+    assert entries["deferred"] <= n + 12, entries
+    # sync_create: the Mknod and the data commit are two entries per file.
+    assert entries["sync"] >= 2 * n, entries
+    for i, body in enumerate(bodies):  # each mount reads what the other wrote
+        assert (b.point / "deferred" / f"f{i}").read_bytes() == body
+        assert (a.point / "sync" / f"f{i}").read_bytes() == body
+
+
+def test_an_open_new_file_reaches_other_mounts_after_settle_s(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    (a.point / "vis").mkdir()
+    fd = os.open(a.point / "vis" / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+    created = time.monotonic()
+    try:
+        os.write(fd, b"hello")
+        assert os.fstat(fd).st_size == 5
+        assert not (b.point / "vis" / "f").exists()  # deferred: only mount a knows it
+        wait_for(lambda: (b.point / "vis" / "f").exists(), timeout=15)
+        assert time.monotonic() - created >= 4.0  # settle_s=5 (checked every 0.2 s)
+        os.write(fd, b", world")
+    finally:
+        os.close(fd)
+    # Close-to-open: the close committed the data; b sees it once its cached size expires.
+    wait_for(lambda: (b.point / "vis" / "f").read_bytes() == b"hello, world", timeout=5)
+    assert stat.S_IMODE((b.point / "vis" / "f").stat().st_mode) == 0o640
+
+
+def test_namespace_changes_around_an_open_new_file(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    d = a.point / "ops"
+    d.mkdir()
+    fd = os.open(d / "new", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"abc")
+        assert sorted(os.listdir(d)) == ["new"]  # a listing here includes it
+        os.fchmod(fd, 0o600)
+        os.fchown(fd, 1234, 5678)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o600
+        try:
+            os.rmdir(d)
+        except OSError as exc:
+            assert exc.errno == errno.ENOTEMPTY
+        else:
+            raise AssertionError("rmdir of a directory holding an open new file succeeded")
+        os.rename(d / "new", d / "renamed")
+        os.link(d / "renamed", d / "second")
+        os.write(fd, b"def")
+        os.utime(fd, ns=(1_000_000_123, 2_000_000_456))
+    finally:
+        os.close(fd)
+    # Never settled before its close: attributes and times travel with the data.
+    fd = os.open(d / "plain", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"xyz")
+        os.fchmod(fd, 0o640)
+        os.utime(fd, ns=(3_000_000_000, 4_000_000_789))
+    finally:
+        os.close(fd)
+    other = b.point / "ops"
+    assert sorted(os.listdir(other)) == ["plain", "renamed", "second"]
+    st = (other / "renamed").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 1234, 5678)
+    assert (st.st_nlink, st.st_size, st.st_mtime_ns) == (2, 6, 2_000_000_456)
+    assert (other / "second").read_bytes() == b"abcdef"
+    st = (other / "plain").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size) == (0o640, 4_000_000_789, 3)
+    assert (other / "plain").read_bytes() == b"xyz"
+
+
+def test_a_name_taken_meanwhile_by_another_mount_fails_the_close(
+    mounts: tuple[Mount, Mount],
+) -> None:
+    a, b = mounts
+    (a.point / "race").mkdir()
+    fd = os.open(a.point / "race" / "x", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, b"from a")
+    # b creates the same name first: a's create is still deferred (settle_s=5).
+    (b.point / "race" / "x").write_bytes(b"from b")
+    try:
+        os.close(fd)
+    except OSError as exc:
+        assert exc.errno == errno.EEXIST
+    else:
+        raise AssertionError("the close of a create that lost its name succeeded")
+    assert (b.point / "race" / "x").read_bytes() == b"from b"
+    # Mount a drops its name for the lost file: the next lookup finds b's.
+    assert (a.point / "race" / "x").read_bytes() == b"from b"
