@@ -9,8 +9,9 @@ import os
 import random
 
 import pytest
+import xxhash
 
-from prismfs.data.codec import NotEnoughShards, decode_chunk, encode_chunk
+from prismfs.data.codec import RANGE_BLOCK, NotEnoughShards, decode_chunk, encode_chunk
 from prismfs.errors import InvalidArgument
 
 
@@ -98,3 +99,18 @@ def test_geometry_limits() -> None:
     for k, m in [(0, 1), (2, 1), (1, 17)]:
         with pytest.raises(InvalidArgument):
             encode_chunk(b"x", k, m)
+
+
+def test_block_sums_cover_each_data_shard_block() -> None:
+    data = os.urandom(3 * RANGE_BLOCK + 777)
+    enc = encode_chunk(data, 2, 3)
+    assert len(enc.block_sums) == 2  # data shards only
+    for i, sums in enumerate(enc.block_sums):
+        shard = enc.shards[i]
+        blocks = [shard[at : at + RANGE_BLOCK] for at in range(0, len(shard), RANGE_BLOCK)]
+        assert len(sums) == 8 * len(blocks)
+        assert [sums[n * 8 : n * 8 + 8] for n in range(len(blocks))] == [
+            xxhash.xxh3_64_digest(b) for b in blocks
+        ]
+    # Data shard i is the chunk's bytes [i * shard_size, (i + 1) * shard_size).
+    assert enc.shards[0] + enc.shards[1][: len(data) - enc.shard_size] == data

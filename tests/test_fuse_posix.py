@@ -1215,6 +1215,57 @@ def test_reading_and_closing_change_neither_mtime_nor_ctime(d: Path) -> None:
     assert (after.st_mtime_ns, after.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
 
 
+def _wait_for_atime(path: Path, above: int) -> os.stat_result:
+    deadline = time.monotonic() + 10
+    while True:
+        st = path.stat()
+        if st.st_atime_ns > above or time.monotonic() > deadline:
+            return st
+        time.sleep(0.1)
+
+
+def test_relatime_a_read_moves_an_old_atime_once(d: Path) -> None:
+    write(d / "f", b"some bytes")
+    os.utime(d / "f", ns=(1_000_000_000, 2_000_000_000))  # atime before mtime
+    before = (d / "f").stat()
+    started = time.time_ns()
+    assert (d / "f").read_bytes() == b"some bytes"
+    st = _wait_for_atime(d / "f", 2_000_000_000)
+    assert st.st_atime_ns >= started - 10**9  # the read's time (clocks of one machine)
+    assert (st.st_mtime_ns, st.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+    # Now atime is after mtime and ctime and fresh: another read leaves it.
+    (d / "f").read_bytes()
+    time.sleep(1.5)  # a batch of updates (0.2 s) and the attribute cache (1 s)
+    assert (d / "f").stat().st_atime_ns == st.st_atime_ns
+    # A day-old atime moves again even though it is after mtime.
+    day_old = time.time_ns() - 2 * 86_400 * 10**9
+    os.utime(d / "f", ns=(day_old, 2_000_000_000))
+    (d / "f").read_bytes()
+    assert _wait_for_atime(d / "f", day_old).st_atime_ns > day_old + 86_400 * 10**9
+
+
+def test_relatime_a_listing_moves_a_directory_atime(d: Path) -> None:
+    (d / "sub").mkdir()
+    (d / "sub" / "x").write_bytes(b"")
+    os.utime(d / "sub", ns=(1_000_000_000, 2_000_000_000))
+    assert os.listdir(d / "sub") == ["x"]
+    assert _wait_for_atime(d / "sub", 2_000_000_000).st_atime_ns > 2_000_000_000
+
+
+def test_readdir_has_dot_and_dotdot_with_their_inodes(d: Path) -> None:
+    (d / "sub").mkdir()
+    (d / "sub" / "file").write_bytes(b"")
+    out = subprocess.run(
+        ["ls", "-a1i", str(d / "sub")], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.split("\n")
+    listed = dict(reversed(line.split()) for line in out if line.strip())
+    assert sorted(listed) == [".", "..", "file"]
+    assert int(listed["."]) == (d / "sub").stat().st_ino
+    assert int(listed[".."]) == d.stat().st_ino
+    assert int(listed["file"]) == (d / "sub" / "file").stat().st_ino
+    assert os.listdir(d / "sub") == ["file"]  # Python leaves them out itself
+
+
 @pytest.mark.parametrize("kind", ["file", "directory", "symlink itself"])
 def test_utime_round_trips_nanoseconds(d: Path, kind: str) -> None:
     path = d / "x"

@@ -7,7 +7,7 @@ helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
 Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
 ``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
 ``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_create``,
-``settle_s=``; the
+``settle_s=``, ``relatime`` (the default) or ``noatime``; the
 fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
 ``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
 Exit status 0 once the mount answers, 1 for bad usage, 32 for a failed mount.
@@ -44,6 +44,8 @@ KNOWN = {
     "pidfile",
     "sync_create",
     "settle_s",
+    "noatime",
+    "relatime",
 }
 
 
@@ -102,6 +104,7 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         read_only="ro" in options,
         defer_create="sync_create" not in options,
         settle_s=_number(options, "settle_s", 1.0, 0, 3600),
+        atime="noatime" not in options,
     )
     lease = _number(options, "lease", 60.0, 2, 3600)
     return MountSpec(

@@ -26,12 +26,18 @@ from dataclasses import dataclass, field
 
 import trio
 
-from prismfs.data.codec import NotEnoughShards, decode_chunk_async, encode_chunk_async
+from prismfs.data.codec import (
+    RANGE_BLOCK,
+    NotEnoughShards,
+    block_sums,
+    decode_chunk_async,
+    encode_chunk_async,
+)
 from prismfs.data.layout import Layout
 from prismfs.data.messages import GetShard, PutShard, ShardData
 from prismfs.data.placement import Candidate, NotEnoughNodes, place, score
 from prismfs.data.stores import shard_id
-from prismfs.errors import PrismError
+from prismfs.errors import CorruptShard, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient
 from prismfs.meta.commands import INLINE_MAX, ChunkRecord, NodeInfo
@@ -48,6 +54,7 @@ class DataStats:
     shards_put: int = 0
     shards_got: int = 0
     parity_reads: int = 0
+    range_reads: int = 0  # parts of chunks read from one data shard
     degraded_writes: int = 0
     corrupt: list[str] = field(default_factory=list)
     failed_nodes: set[str] = field(default_factory=set)
@@ -162,6 +169,7 @@ class DataClient:
             layout.m,
             tuple(placed),
             encoded.checksums,
+            block_sums=encoded.block_sums,
         )
 
     # --- reading ---------------------------------------------------------------------------
@@ -247,6 +255,63 @@ class DataClient:
         for sid in decoded.bad:
             self.stats.corrupt.append(shard_id(record.id, sid))
         return decoded.data
+
+    async def read_range(self, record: ChunkRecord, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the chunk (cut at its length).
+
+        Only the verified blocks of the data shards that hold them are fetched;
+        a node that fails, is slow (``hedge_after``) or returns a block that
+        does not match its digest sends the read to `read_chunk` (parity,
+        hedging, decoding)."""
+        end = min(offset + size, record.length)
+        if offset >= end:
+            return b""
+        if record.is_inline:
+            return record.inline[offset:end]
+        if len(record.block_sums) != record.k:
+            return (await self.read_chunk(record))[offset:end]
+        pieces = []
+        with trio.move_on_after(self.hedge_after) as scope:
+            try:
+                pos = offset
+                while pos < end:
+                    i, within = divmod(pos, record.shard_size)
+                    take = min(record.shard_size - within, end - pos)
+                    pieces.append(await self._shard_range(record, i, within, take))
+                    pos += take
+                self.stats.range_reads += 1
+                return b"".join(pieces)
+            except PrismError as exc:
+                log.info("range read of chunk %s: %s; reading it whole", record.id.hex(), exc)
+        if scope.cancelled_caught:
+            log.info("range read of chunk %s is slow; reading it whole", record.id.hex())
+        return (await self.read_chunk(record))[offset:end]
+
+    async def _shard_range(self, record: ChunkRecord, i: int, within: int, take: int) -> bytes:
+        sid = shard_id(record.id, i)
+        node = record.nodes[i]
+        if not node:
+            raise NotEnoughShards(f"shard {sid} was never stored (degraded write)")
+        first, last = within // RANGE_BLOCK, (within + take - 1) // RANGE_BLOCK
+        start, stop = first * RANGE_BLOCK, min((last + 1) * RANGE_BLOCK, record.shard_size)
+        try:
+            reply = await self.pool.call(
+                await self._address(node),
+                GetShard(sid, offset=start, length=stop - start),
+                timeout=self.shard_timeout,
+            )
+        except PrismError:
+            self.stats.failed_nodes.add(node)
+            raise
+        data = bytes(reply.payload)
+        sums = record.block_sums[i]
+        if len(data) != stop - start or any(
+            block_sums(data[at : at + RANGE_BLOCK]) != sums[(first + n) * 8 : (first + n + 1) * 8]
+            for n, at in enumerate(range(0, len(data), RANGE_BLOCK))
+        ):
+            self.stats.corrupt.append(sid)
+            raise CorruptShard(f"shard {sid}: blocks {first}..{last} do not match their digests")
+        return data[within - start : within - start + take]
 
 
 def chunk_ranges(offset: int, size: int, chunk_size: int) -> Sequence[tuple[int, int, int]]:

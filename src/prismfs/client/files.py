@@ -18,7 +18,9 @@ sends just the prelude.
 Reads go chunk by chunk through `DataClient.read_chunk`; bytes past a chunk
 record's ``length`` (a truncated chunk) and chunks without a record (holes)
 read as zeros. A small cache keeps the last chunks read, and sequential
-reads fetch the next chunks ahead.
+reads fetch the next chunks ahead. A small read out of sequence (a quarter
+of a chunk or less) fetches only the verified blocks it needs of one data
+shard (`DataClient.read_range`) and caches nothing.
 
 `put_file` streams a local file into a new inode with a pipeline of chunk
 uploads (bounded memory) and replaces the destination name atomically at
@@ -78,6 +80,7 @@ class OpenFile:
         self._closed = False
         self._last_read_end = -1
         self.opened_as: tuple[int, int] | None = None  # (mtime, size) when opened
+        self.attr_at_open: Attr | None = None
         self.prelude: list[MetaCommand] = []  # sent ahead of the next commit (see above)
         self.lost: PrismError | None = None  # the prelude was refused: this file never was
 
@@ -91,6 +94,7 @@ class OpenFile:
             raise IsADirectory(f"inode {ino} is a directory")
         f = cls(meta, data, ino, layout or Layout())
         f.opened_as = (attr.mtime_ns, attr.size)
+        f.attr_at_open = attr
         await f.refresh()
         return f
 
@@ -146,19 +150,29 @@ class OpenFile:
         with single_exception():
             async with trio.open_nursery() as nursery:
                 # Fetch the chunks of this read in parallel (and the next one if sequential).
-                wanted = [idx for idx, _, _ in pieces if idx not in self._cache]
+                wanted = [idx for idx, _, _ in pieces if not self._have(idx)]
                 if sequential:
                     nxt = pieces[-1][0] + 1
                     if nxt * self.chunk_size < self.size and nxt in self._records:
                         wanted.append(nxt)
+                elif end - offset <= self.chunk_size // 4:
+                    wanted = []  # a small read out of sequence: just its blocks (below)
                 for idx in wanted[1:]:
                     nursery.start_soon(self._chunk, idx)
                 for idx, within, n in pieces:
-                    chunk = await self._chunk(idx)
-                    piece = chunk[within : within + n]
+                    record = self._records.get(idx)
+                    if self._have(idx) or idx in wanted or record is None:
+                        chunk = await self._chunk(idx)
+                        piece = chunk[within : within + n]
+                    else:
+                        piece = await self.data.read_range(record, within, n)
                     out += piece + bytes(n - len(piece))  # past a chunk's length: zeros
         self._last_read_end = end
         return bytes(out)
+
+    def _have(self, idx: int) -> bool:
+        """Is chunk ``idx`` here without a fetch (buffered, being committed, cached)?"""
+        return idx in self._dirty or idx in self._flushing or idx in self._cache
 
     # --- writing ------------------------------------------------------------------------------
 

@@ -3,7 +3,10 @@
 A chunk of ``length`` bytes is padded with zeros to ``k * shard_size``
 (``shard_size = ceil(length / k)``) and cut into k data shards; zfec adds
 ``m - k`` parity shards. Shard i of a chunk is checked with its xxh3-128
-digest, kept in the chunk record.
+digest, kept in the chunk record. Each data shard also gets an xxh3-64
+digest per `RANGE_BLOCK` bytes (`block_sums`), so a small read can fetch and
+verify just the blocks it needs of one data shard (zfec is systematic: data
+shard i holds the chunk's bytes ``[i * shard_size, (i + 1) * shard_size)``).
 
 zfec 1.6 trusts its input: it decodes corrupt shards to wrong data without
 a word and hangs on duplicate shard ids. So `decode_chunk` checks ids
@@ -28,6 +31,7 @@ import zfec
 from prismfs.errors import InvalidArgument, PrismError
 
 MAX_M = 16
+RANGE_BLOCK = 128 * 1024
 
 
 class NotEnoughShards(PrismError):
@@ -41,6 +45,15 @@ def shard_checksum(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
+def block_sums(shard: bytes | memoryview) -> bytes:
+    """The 8-byte xxh3-64 digests of the shard's `RANGE_BLOCK`-byte blocks, concatenated."""
+    view = memoryview(shard)
+    return b"".join(
+        xxhash.xxh3_64_digest(view[at : at + RANGE_BLOCK])
+        for at in range(0, len(view), RANGE_BLOCK)
+    )
+
+
 def check_geometry(k: int, m: int) -> None:
     if not 1 <= k <= m <= MAX_M:
         raise InvalidArgument(f"need 1 <= k <= m <= {MAX_M}, got k={k} m={m}")
@@ -52,6 +65,7 @@ class Encoded:
     checksums: tuple[bytes, ...]
     shard_size: int
     length: int
+    block_sums: tuple[bytes, ...] = ()  # of the k data shards
 
 
 @dataclass
@@ -76,7 +90,13 @@ def encode_chunk(data: bytes | memoryview, k: int, m: int) -> Encoded:
     shards = tuple(zfec.Encoder(k, m).encode(tuple(blocks))) if m > k else tuple(blocks)
     if k == 1:
         shards = tuple(shards[0] for _ in range(m))  # replication: m copies
-    return Encoded(shards, tuple(shard_checksum(s) for s in shards), shard_size, length)
+    return Encoded(
+        shards,
+        tuple(shard_checksum(s) for s in shards),
+        shard_size,
+        length,
+        tuple(block_sums(s) for s in shards[:k]),
+    )
 
 
 def decode_chunk(

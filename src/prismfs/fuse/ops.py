@@ -53,16 +53,25 @@ import trio
 from prismfs.client.data import DataClient
 from prismfs.client.files import OpenFile, layout_for
 from prismfs.data.layout import LAYOUT_XATTR, Layout
-from prismfs.errors import PrismError
+from prismfs.errors import NoAttribute, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient, now_ns
-from prismfs.meta.commands import MAX_BATCH, Attr, Mknod, Release, SetAttr
+from prismfs.meta.commands import (
+    MAX_BATCH,
+    Attr,
+    MetaCommand,
+    Mknod,
+    Release,
+    SetAttr,
+    UpdateAtime,
+)
 from prismfs.meta.namespace import check_name, inherit_from_parent
 
 log = logging.getLogger("prismfs.fuse")
 
 RESERVE = 1024  # inode numbers reserved per ReserveInodes
 RELEASE_EVERY = 0.2  # seconds between batches of releases
+DAY_NS = 86_400 * 10**9
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,6 +103,7 @@ class MountOptions:
     writeback_mb: int = 64
     read_only: bool = False
     defer_create: bool = True
+    atime: bool = True  # relatime; False: noatime
     settle_s: float = 1.0  # how long a deferred create may stay unknown to other mounts
 
 
@@ -104,6 +114,7 @@ class _Handle:
     attr: Attr | None = None  # while its create is deferred: the attributes known here
     created: float = 0.0  # trio time of a deferred create
     name: tuple[int, bytes] = (0, b"")  # (parent, name) of a deferred create
+    read_noted: bool = False  # a read through this open was seen (relatime)
 
     @property
     def pending(self) -> bool:
@@ -127,10 +138,15 @@ class PrismOperations(pyfuse3.Operations):
         self._layouts: dict[int, tuple[float, Layout, Attr]] = {}
         self._locks: dict[int, trio.Lock] = {}
         self._seen: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) at its last open
+        # (inode, name) -> (read at, value or None for "no such attribute"), kept
+        # for attr_timeout: the kernel asks for security.capability before every write.
+        self._xattrs: dict[tuple[int, bytes], tuple[float, bytes | None]] = {}
         self._inos: range = range(0)  # reserved inode numbers not used yet
         self._reserving = trio.Lock()
         self._pending: dict[tuple[int, bytes], int] = {}  # (parent, name) -> deferred inode
         self._releases: list[int] = []  # releases not sent yet
+        self._atimes: dict[int, int] = {}  # atime updates not sent yet
+        self._dir_attrs: dict[int, Attr] = {}  # a directory's attributes at its opendir
 
     async def _layout(self, directory: int) -> tuple[Layout, Attr]:
         """The layout for new files in ``directory`` and its attributes, cached
@@ -230,11 +246,29 @@ class PrismOperations(pyfuse3.Operations):
             ino, self._inos = self._inos[0], self._inos[1:]
             return ino
 
+    def _note_access(self, attr: Attr) -> None:
+        """relatime: atime moves on a read if it is not after mtime and ctime,
+        or is a day old; sent with the next batch of releases."""
+        if not self.opts.atime:
+            return
+        now = now_ns()
+        if attr.atime_ns <= max(attr.mtime_ns, attr.ctime_ns) or now - attr.atime_ns >= DAY_NS:
+            self._atimes[attr.ino] = now
+
     async def _send_releases(self) -> None:
-        while self._releases:
-            todo, self._releases = self._releases[:MAX_BATCH], self._releases[MAX_BATCH:]
+        """Send the queued releases and atime updates, in batches."""
+        while self._releases or self._atimes:
+            ops: list[MetaCommand] = []
+            while self._atimes and len(ops) < MAX_BATCH:
+                ino, ns = self._atimes.popitem()
+                ops.append(UpdateAtime(ns, ino, ns))
+            todo, self._releases = (
+                self._releases[: MAX_BATCH - len(ops)],
+                self._releases[MAX_BATCH - len(ops) :],
+            )
+            ops += [Release(now_ns(), self.meta.session, i) for i in todo]
             try:
-                await self.meta.batch([Release(now_ns(), self.meta.session, i) for i in todo])
+                await self.meta.batch(ops)
             except BaseException:
                 self._releases[:0] = todo
                 raise
@@ -453,6 +487,9 @@ class PrismOperations(pyfuse3.Operations):
                 self._seen.clear()
         if flags & os.O_TRUNC:
             await f.truncate(0)
+        if keep and flags & os.O_ACCMODE != os.O_WRONLY and f.attr_at_open is not None:
+            # Its reads may all come from the kernel's cache and never reach us.
+            self._note_access(f.attr_at_open)
         info = pyfuse3.FileInfo(fh=self._new_fh(inode))
         info.keep_cache = keep
         return info
@@ -505,7 +542,14 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._open[self._fh[fh]].file.read(off, size)
+        handle = self._open[self._fh[fh]]
+        data = await handle.file.read(off, size)
+        if not handle.read_noted:  # relatime: the first read of an open may move atime
+            handle.read_noted = True
+            attr = handle.file.attr_at_open  # None for a file created here: atime is new
+            if attr is not None:
+                self._note_access(attr)
+        return data
 
     @_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -546,23 +590,35 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def opendir(self, inode: int, ctx: Any) -> int:
-        await self.meta.getattr(inode)
+        attr = await self.meta.getattr(inode)
+        if len(self._dir_attrs) > 10_000:
+            self._dir_attrs.clear()
+        self._dir_attrs[inode] = attr
         return inode
 
     @_op
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        # Offsets: 1 after ".", 2 after "..", then the namespace's cookie + 2.
         await self._settle(fh)
-        cookie = start_id
+        if start_id == 0 and fh in self._dir_attrs:
+            self._note_access(self._dir_attrs[fh])
+        cookie = max(0, start_id - 2)
         while True:
             page = await self.meta.readdir_page(fh, cookie, 500)
+            if cookie == 0 and start_id < 2:
+                dots = ((b".", fh, 1), (b"..", page.parent or fh, 2))
+                for name, ino, after in dots[start_id:]:
+                    if not pyfuse3.readdir_reply(token, name, _dot_entry(ino), after):
+                        return
             for entry in page.entries:
                 if not pyfuse3.readdir_reply(
-                    token, entry.name, self._entry(entry.attr), entry.cookie
+                    token, entry.name, self._entry(entry.attr), entry.cookie + 2
                 ):
                     return
                 cookie = entry.cookie
             if not page.more:
                 return
+            start_id = 2
 
     async def releasedir(self, fh: int) -> None:
         return None
@@ -595,17 +651,31 @@ class PrismOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
         self._writable()
         await self._settle()
-        await self.meta.setxattr(inode, _to_meta(name), value)
+        try:
+            await self.meta.setxattr(inode, _to_meta(name), value)
+        finally:
+            self._forget_xattrs(inode)
         if _to_meta(name) == LAYOUT_XATTR:
             self._layouts.clear()
 
     @_op
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if self._deferred(inode) is not None:
-            # A deferred create has no attributes yet (a setxattr settles it). The
-            # kernel asks for security.capability before every write.
+            # A deferred create has no attributes yet (a setxattr settles it).
             raise pyfuse3.FUSEError(errno.ENODATA)
-        return await self.meta.getxattr(inode, _to_meta(name))
+        now = trio.current_time()
+        cached = self._xattrs.get((inode, name))
+        if cached is None or now - cached[0] >= self.opts.attr_timeout:
+            try:
+                value: bytes | None = await self.meta.getxattr(inode, _to_meta(name))
+            except NoAttribute:
+                value = None
+            if len(self._xattrs) > 10_000:
+                self._xattrs.clear()
+            cached = self._xattrs[(inode, name)] = (now, value)
+        if cached[1] is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return cached[1]
 
     @_op
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
@@ -617,7 +687,14 @@ class PrismOperations(pyfuse3.Operations):
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         await self._settle()
-        await self.meta.removexattr(inode, _to_meta(name))
+        try:
+            await self.meta.removexattr(inode, _to_meta(name))
+        finally:
+            self._forget_xattrs(inode)
+
+    def _forget_xattrs(self, inode: int) -> None:
+        for key in [key for key in self._xattrs if key[0] == inode]:
+            del self._xattrs[key]
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True  # default_permissions: the kernel checks modes itself
@@ -638,6 +715,14 @@ class PrismOperations(pyfuse3.Operations):
 
 
 MOUNT_LAYOUT_XATTR = b"user." + LAYOUT_XATTR
+
+
+def _dot_entry(ino: int) -> pyfuse3.EntryAttributes:
+    """ "." or "..": the kernel uses only the inode number and type of these."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = ino
+    e.st_mode = stat.S_IFDIR | 0o755
+    return e
 
 
 def _to_meta(name: bytes) -> bytes:

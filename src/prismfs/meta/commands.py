@@ -122,6 +122,14 @@ class SetAttr(MetaCommand, frozen=True):
     mtime_ns: I64 | None = None
 
 
+class UpdateAtime(MetaCommand, frozen=True):
+    """A read: atime becomes ``atime_ns`` if that is later. ctime stays (a read
+    changes nothing); the FUSE client sends these in batches (relatime)."""
+
+    ino: U64
+    atime_ns: I64
+
+
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
@@ -190,6 +198,9 @@ class ChunkRecord(Message, frozen=True):
     nodes: tuple[str, ...]
     checksums: tuple[bytes, ...] = ()
     inline: bytes = b""
+    block_sums: tuple[bytes, ...] = ()
+    """Per data shard (k of them, or none): xxh3-64 digests of its 128 KiB
+    blocks, for reads of a part of a chunk (see `prismfs.data.codec`)."""
 
     @property
     def is_inline(self) -> bool:
@@ -346,6 +357,8 @@ class DirPage(Message, frozen=True):
 
     entries: tuple[DirEntry, ...]
     more: bool
+    parent: U64 = 0
+    """The directory's parent (the root's is the root), on the first page."""
 
 
 class MetaValue(Message, frozen=True):

@@ -121,6 +121,7 @@ from prismfs.meta.commands import (
     StatFs,
     Symlink,
     Unlink,
+    UpdateAtime,
 )
 from prismfs.raft.state_machine import ClientCommand
 from prismfs.wire.codec import Message, decode_message, encode_message
@@ -267,6 +268,7 @@ class Namespace:
             Rmdir: self._rmdir,
             Rename: self._rename,
             SetAttr: self._setattr,
+            UpdateAtime: self._update_atime,
             SetXattr: self._setxattr,
             RemoveXattr: self._removexattr,
             OpenSession: self._open_session,
@@ -482,7 +484,11 @@ class Namespace:
     def readdir_page(self, ino: int, cookie: int, limit: int) -> DirPage:
         limit = max(1, min(limit, 10_000))
         entries = self.readdir(ino, cookie, limit + 1)
-        return DirPage(tuple(entries[:limit]), more=len(entries) > limit)
+        parent = 0
+        if cookie == 0:
+            row = self.db.execute("SELECT parent FROM dentries WHERE ino = ?", (ino,)).fetchone()
+            parent = ROOT_INO if row is None else int(row[0])
+        return DirPage(tuple(entries[:limit]), more=len(entries) > limit, parent=parent)
 
     def chunk_map(self, ino: int, first: int = 0, count: int = 1024) -> ChunkMap:
         mode = self._mode(ino)
@@ -926,6 +932,12 @@ class Namespace:
         self.db.execute(f"UPDATE inodes SET {', '.join(sets)} WHERE ino = ?", (*args, c.ino))
         return self.getattr(c.ino)
 
+    def _update_atime(self, c: UpdateAtime) -> None:
+        self._mode(c.ino)  # NotFound for a missing inode
+        self.db.execute(
+            "UPDATE inodes SET atime_ns = max(atime_ns, ?) WHERE ino = ?", (c.atime_ns, c.ino)
+        )
+
     def _setxattr(self, c: SetXattr) -> None:
         mode = self._mode(c.ino)
         if c.name == LAYOUT_XATTR:
@@ -1148,7 +1160,12 @@ class Namespace:
 def _well_formed(rec: ChunkRecord) -> bool:
     if rec.is_inline:
         return rec.m == 0 and not rec.nodes and len(rec.inline) == rec.length <= INLINE_MAX
-    return 1 <= rec.k <= rec.m and len(rec.nodes) == rec.m and not rec.inline
+    return (
+        1 <= rec.k <= rec.m
+        and len(rec.nodes) == rec.m
+        and not rec.inline
+        and len(rec.block_sums) in (0, rec.k)
+    )
 
 
 def _result(out: Attr | Message | None) -> Message:
