@@ -38,7 +38,8 @@ class Passthrough(pyfuse3.Operations):
         e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
         e.st_blksize, e.st_blocks = st.st_blksize, st.st_blocks
         e.attr_timeout = e.entry_timeout = 1.0
-        self.paths.setdefault(e.st_ino, path)
+        if e.st_ino != pyfuse3.ROOT_INODE:
+            self.paths[e.st_ino] = path  # the newest name: inode numbers are reused
         return e
 
     def _child(self, parent: int, name: bytes) -> str:
@@ -109,7 +110,12 @@ class Passthrough(pyfuse3.Operations):
     async def rename(
         self, p_old: int, n_old: bytes, p_new: int, n_new: bytes, flags: int, ctx: Any
     ) -> None:
-        os.rename(self._child(p_old, n_old), self._child(p_new, n_new))
+        new = self._child(p_new, n_new)
+        try:
+            os.rename(self._child(p_old, n_old), new)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        self._attr(new)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         fd = os.open(self._path(inode), flags & ~os.O_CREAT)
@@ -118,7 +124,10 @@ class Passthrough(pyfuse3.Operations):
 
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
         path = self._child(parent_inode, name)
-        fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, mode)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
         attr = self._attr(path)
         self.fds[fd] = attr.st_ino
         return pyfuse3.FileInfo(fh=fd), attr

@@ -1094,6 +1094,19 @@ def test_xattrs(d: Path) -> None:
     assert errno_of(os.removexattr, d / "f", "user.color") == errno.ENODATA
 
 
+def test_xattr_create_and_replace_flags(d: Path) -> None:
+    write(d / "f", b"")
+    f = d / "f"
+    assert errno_of(os.setxattr, f, "user.a", b"1", os.XATTR_REPLACE) == errno.ENODATA
+    os.setxattr(f, "user.a", b"1", os.XATTR_CREATE)
+    assert errno_of(os.setxattr, f, "user.a", b"2", os.XATTR_CREATE) == errno.EEXIST
+    assert os.getxattr(f, "user.a") == b"1"
+    os.setxattr(f, "user.a", b"3", os.XATTR_REPLACE)
+    assert os.getxattr(f, "user.a") == b"3"
+    os.removexattr(f, "user.a")
+    assert errno_of(os.setxattr, f, "user.a", b"4", os.XATTR_REPLACE) == errno.ENODATA
+
+
 def test_layout_xattr_is_validated(d: Path) -> None:
     assert errno_of(os.setxattr, d, "user.prismfs.layout", b"k=9,m=2") == errno.EINVAL
     write(d / "f", b"")
