@@ -2,7 +2,7 @@
 
 Mount ``a`` has the defaults (creates deferred, sent with the file's first
 data commit in one batch); mount ``b`` of the same cluster has
-``sync_create`` (every create its own Raft entry), as a contrast and as the
+``sync_meta`` (every create its own Raft entry), as a contrast and as the
 "other client" that must see what ``a`` did."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -31,7 +32,7 @@ def mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, Mo
     try:
         a.up()
         a.mount("settle_s=5")
-        b.mount("sync_create")
+        b.mount("sync_meta")
         yield a, b
     finally:
         b.unmount()
@@ -74,7 +75,7 @@ def test_a_small_file_costs_one_raft_entry_not_two(mounts: tuple[Mount, Mount]) 
     # one batch per file; releases go in batches. Plus a few entries of the
     # cluster's own (session renewal, lease expiry).
     assert entries["deferred"] <= n + 12, entries
-    # sync_create: the Mknod and the data commit are two entries per file.
+    # sync_meta: the Mknod and the data commit are two entries per file.
     assert entries["sync"] >= 2 * n, entries
     for i, body in enumerate(bodies):  # each mount reads what the other wrote
         assert (b.point / "deferred" / f"f{i}").read_bytes() == body
@@ -160,3 +161,63 @@ def test_a_name_taken_meanwhile_by_another_mount_fails_the_close(
     assert (b.point / "race" / "x").read_bytes() == b"from b"
     # Mount a drops its name for the lost file: the next lookup finds b's.
     assert (a.point / "race" / "x").read_bytes() == b"from b"
+
+
+def test_rm_rf_sends_a_directory_of_unlinks_in_a_few_batches(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    n = 300
+    entries = {}
+    for label, root in (("deferred-rm", a.point), ("sync-rm", b.point)):
+        d = root / label
+        d.mkdir()
+        for i in range(n):
+            (d / f"f{i}").write_bytes(b"x")
+        before = commit_index(a)
+        subprocess.run(["rm", "-rf", str(d)], check=True, timeout=120)
+        entries[label] = commit_index(a) - before
+        assert not d.exists()
+    # Deferred: the rmdir first sends the 300 unlinks as one batch.
+    assert entries["deferred-rm"] <= 15, entries
+    assert entries["sync-rm"] >= n, entries
+    assert not (b.point / "deferred-rm").exists() and not (a.point / "sync-rm").exists()
+
+
+def test_unlink_then_create_and_lookups_on_the_same_mount(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    d = a.point / "recreate"
+    d.mkdir()
+    (d / "f").write_bytes(b"old")
+    (d / "keep").write_bytes(b"k")
+    os.link(d / "keep", d / "keep2")
+    os.unlink(d / "f")
+    assert not (d / "f").exists()
+    assert _errno(lambda: os.stat(d / "f")) == errno.ENOENT
+    (d / "f").write_bytes(b"new")  # the same name again at once
+    assert (d / "f").read_bytes() == b"new"
+    os.unlink(d / "keep2")
+    assert (d / "keep").stat().st_nlink == 1  # the other name's link count is right at once
+    assert sorted(os.listdir(d)) == ["f", "keep"]
+    assert sorted(os.listdir(b.point / "recreate")) == ["f", "keep"]
+    assert (b.point / "recreate" / "f").read_bytes() == b"new"
+
+
+def test_a_deferred_unlink_never_removes_a_replacement(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    (a.point / "guard").mkdir()
+    (a.point / "guard" / "x").write_bytes(b"first")
+    assert (b.point / "guard" / "x").read_bytes() == b"first"
+    os.unlink(a.point / "guard" / "x")  # deferred on a (settle_s=5)
+    # Meanwhile b puts a new file in the name's place.
+    (b.point / "guard" / "y").write_bytes(b"replacement")
+    os.rename(b.point / "guard" / "y", b.point / "guard" / "x")
+    assert os.listdir(a.point / "guard") == ["x"]  # a's listing sends its unlink first
+    assert (a.point / "guard" / "x").read_bytes() == b"replacement"
+    assert (b.point / "guard" / "x").read_bytes() == b"replacement"
+
+
+def _errno(fn) -> int:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno or 0
+    return 0

@@ -6,7 +6,7 @@ helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
 ``-s`` and ``-v`` are accepted, ``-f`` keeps the mount in the foreground.
 Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
 ``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
-``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_create``,
+``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_meta``,
 ``settle_s=``, ``relatime`` (the default) or ``noatime``; the
 fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
 ``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
@@ -42,7 +42,7 @@ KNOWN = {
     "foreground",
     "lease",
     "pidfile",
-    "sync_create",
+    "sync_meta",
     "settle_s",
     "noatime",
     "relatime",
@@ -102,7 +102,7 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         entry_timeout=_number(options, "entry_timeout", 1.0, 0, 3600),
         writeback_mb=int(_number(options, "writeback_mb", 64, 1, 4096)),
         read_only="ro" in options,
-        defer_create="sync_create" not in options,
+        batch_meta="sync_meta" not in options,
         settle_s=_number(options, "settle_s", 1.0, 0, 3600),
         atime="noatime" not in options,
     )

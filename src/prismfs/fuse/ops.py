@@ -29,7 +29,11 @@ getattr for it itself, and every other namespace change (and a readdir of
 its directory) first *settles* the pending creates, so nothing here can see
 an order the cluster does not have. Another mount sees the name once it is
 closed, or at most ``settle_s`` (1 s) after the create. Releases are
-sent in batches in the background. ``-o sync_create`` turns deferral off
+sent in batches in the background. Unlinks of files not open here are
+deferred the same way (``rm -rf`` sends a directory's unlinks as one batch
+when it removes the directory): the name answers ENOENT here at once, and
+each `Unlink` names its inode, so it never removes a file another mount put
+in the name's place. ``-o sync_meta`` turns deferral off
 (an ``O_EXCL`` create is then exclusive across mounts too; deferred, it is
 exclusive within the mount, and a name another mount took meanwhile makes
 the close fail with EEXIST).
@@ -63,6 +67,7 @@ from prismfs.meta.commands import (
     Mknod,
     Release,
     SetAttr,
+    Unlink,
     UpdateAtime,
 )
 from prismfs.meta.namespace import check_name, inherit_from_parent
@@ -102,7 +107,7 @@ class MountOptions:
     entry_timeout: float = 1.0
     writeback_mb: int = 64
     read_only: bool = False
-    defer_create: bool = True
+    batch_meta: bool = True
     atime: bool = True  # relatime; False: noatime
     settle_s: float = 1.0  # how long a deferred create may stay unknown to other mounts
 
@@ -144,6 +149,13 @@ class PrismOperations(pyfuse3.Operations):
         self._inos: range = range(0)  # reserved inode numbers not used yet
         self._reserving = trio.Lock()
         self._pending: dict[tuple[int, bytes], int] = {}  # (parent, name) -> deferred inode
+        # (parent, name) -> inode, of the entries this mount told the kernel about
+        self._names: dict[tuple[int, bytes], int] = {}
+        # (parent, name) -> (inode, queued at (trio clock), time of the unlink (ns))
+        self._unlinks: dict[tuple[int, bytes], tuple[int, float, int]] = {}
+        self._unlink_dirs: dict[int, int] = {}  # parent -> time of its latest pending unlink
+        self._unlinked: dict[int, int] = {}  # inode -> its names in _unlinks
+        self._unlink_lock = trio.Lock()
         self._releases: list[int] = []  # releases not sent yet
         self._atimes: dict[int, int] = {}  # atime updates not sent yet
         self._dir_attrs: dict[int, Attr] = {}  # a directory's attributes at its opendir
@@ -172,6 +184,12 @@ class PrismOperations(pyfuse3.Operations):
     # --- helpers ---------------------------------------------------------------------------
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        unlinked_at = self._unlink_dirs.get(a.ino)
+        if unlinked_at is not None and unlinked_at > min(a.mtime_ns, a.ctime_ns):
+            # Deferred unlinks in this directory: it shows the times they will set.
+            a = msgspec.structs.replace(
+                a, mtime_ns=max(a.mtime_ns, unlinked_at), ctime_ns=max(a.ctime_ns, unlinked_at)
+            )
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.st_mode = a.mode
@@ -209,6 +227,7 @@ class PrismOperations(pyfuse3.Operations):
         """Send the deferred creates (in ``parent`` only, if given) to the cluster.
         A create the cluster refuses (another mount took the name) is logged
         here and fails the file's close; a transient error fails the caller."""
+        await self._settle_unlinks()
         todo: list[_Handle] = []
         for key, ino in list(self._pending.items()):
             handle = self._deferred(ino)
@@ -231,6 +250,33 @@ class PrismOperations(pyfuse3.Operations):
             async with trio.open_nursery() as nursery:
                 for handle in todo:
                     nursery.start_soon(one, handle)
+
+    async def _settle_unlinks(self) -> None:
+        """Send the deferred unlinks, in batches. One that fails (another mount
+        removed or replaced the name meanwhile) only gets a log line."""
+        async with self._unlink_lock:
+            while self._unlinks:
+                items = list(self._unlinks.items())[:MAX_BATCH]
+                results = await self.meta.batch(
+                    [Unlink(ns, parent, name, ino=ino) for (parent, name), (ino, _, ns) in items]
+                )
+                for (key, (ino, _, _)), result in zip(items, results, strict=True):
+                    del self._unlinks[key]
+                    left = self._unlinked.pop(ino) - 1
+                    if left:
+                        self._unlinked[ino] = left
+                    if isinstance(result, PrismError):
+                        log.info("deferred unlink of %r: %s", key[1], result.message)
+                self._unlink_dirs = {}
+                for (parent, _), (_, _, ns) in self._unlinks.items():
+                    self._unlink_dirs[parent] = max(ns, self._unlink_dirs.get(parent, 0))
+
+    def _known(self, parent: int, name: bytes, attr: Attr) -> Attr:
+        """Remember which inode a name the kernel now knows refers to."""
+        if len(self._names) > 200_000:
+            self._names.clear()
+        self._names[(parent, name)] = attr.ino
+        return attr
 
     def _lost(self, handle: _Handle) -> None:
         """A deferred create the cluster refused: the kernel forgets its name."""
@@ -283,7 +329,7 @@ class PrismOperations(pyfuse3.Operations):
                 now = trio.current_time()
                 if any(
                     h.pending and now - h.created > self.opts.settle_s for h in self._open.values()
-                ):
+                ) or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values()):
                     await self._settle()
             except PrismError as exc:
                 log.warning("background namespace work failed, will retry: %s", exc.message)
@@ -296,10 +342,13 @@ class PrismOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         if name == b".":
             return await self.getattr(parent_inode, ctx)
+        if (parent_inode, name) in self._unlinks:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # unlinked here, not yet at the cluster
         handle = self._deferred(self._pending.get((parent_inode, name), 0))
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
-        return self._entry(await self.meta.lookup(parent_inode, name))
+        attr = await self.meta.lookup(parent_inode, name)
+        return self._entry(self._known(parent_inode, name, attr))
 
     async def forget(self, inode_list: Any) -> None:
         return None
@@ -309,6 +358,8 @@ class PrismOperations(pyfuse3.Operations):
         handle = self._deferred(inode)
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
+        if inode in self._unlinked:  # its link count is about to change
+            await self._settle_unlinks()
         return self._entry(await self.meta.getattr(inode))
 
     @_op
@@ -317,6 +368,8 @@ class PrismOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         self._layouts.pop(inode, None)  # a directory's mode or group may change
+        if inode in self._unlinked:
+            await self._settle_unlinks()
         handle = self._open.get(inode)
         changes: dict[str, int | None] = {}
         if fields.update_mode:
@@ -375,7 +428,7 @@ class PrismOperations(pyfuse3.Operations):
         attr = await self.meta.mknod(
             parent_inode, name, mode, ctx.uid, ctx.gid, rdev, chunk_size=layout.chunk_size
         )
-        return self._entry(attr)
+        return self._entry(self._known(parent_inode, name, attr))
 
     @_op
     async def mkdir(
@@ -383,11 +436,28 @@ class PrismOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         await self._settle()
-        return self._entry(await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid))
+        attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        return self._entry(self._known(parent_inode, name, attr))
 
     @_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
+        key = (parent_inode, name)
+        ino = self._names.pop(key, None)
+        if (
+            self.opts.batch_meta
+            and ino is not None
+            and ino not in self._open
+            and key not in self._pending
+            and key not in self._unlinks
+        ):
+            # The kernel checked that the name exists and that we may remove it.
+            # The Unlink carries this moment: the directory's times when it lands.
+            ns = now_ns()
+            self._unlinks[key] = (ino, trio.current_time(), ns)
+            self._unlinked[ino] = self._unlinked.get(ino, 0) + 1
+            self._unlink_dirs[parent_inode] = ns
+            return
         await self._settle()
         await self.meta.unlink(parent_inode, name)
 
@@ -404,7 +474,7 @@ class PrismOperations(pyfuse3.Operations):
         self._writable()
         await self._settle()
         attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
-        return self._entry(attr)
+        return self._entry(self._known(parent_inode, name, attr))
 
     @_op
     async def rename(
@@ -418,6 +488,8 @@ class PrismOperations(pyfuse3.Operations):
     ) -> None:
         self._writable()
         await self._settle()
+        self._names.pop((parent_inode_old, name_old), None)
+        self._names.pop((parent_inode_new, name_new), None)
         await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
 
     @_op
@@ -426,7 +498,8 @@ class PrismOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         await self._settle()
-        return self._entry(await self.meta.link(inode, new_parent_inode, new_name))
+        attr = await self.meta.link(inode, new_parent_inode, new_name)
+        return self._entry(self._known(new_parent_inode, new_name, attr))
 
     # --- files -----------------------------------------------------------------------------
 
@@ -476,6 +549,8 @@ class PrismOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             self._writable()
+        if inode in self._unlinked:  # opened through another of its names
+            await self._settle_unlinks()
         shared = inode in self._open
         f = await self._acquire(inode)
         # Close-to-open: the kernel may keep this file's cached pages only if
@@ -501,7 +576,7 @@ class PrismOperations(pyfuse3.Operations):
         self._writable()
         layout, parent = await self._layout(parent_inode)
         mode = stat.S_IFREG | stat.S_IMODE(mode)
-        if not self.opts.defer_create:
+        if not self.opts.batch_meta:
             attr = await self.meta.mknod(
                 parent_inode,
                 name,
@@ -512,10 +587,15 @@ class PrismOperations(pyfuse3.Operations):
                 chunk_size=layout.chunk_size,
             )
             await self._acquire(attr.ino, created=layout)
+            self._known(parent_inode, name, attr)
             return pyfuse3.FileInfo(fh=self._new_fh(attr.ino)), self._entry(attr)
         check_name(name)
         if self._deferred(self._pending.get((parent_inode, name), 0)) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
+        if parent_inode in self._unlink_dirs:
+            # The directory's unlinks go first: the old file of this name, and
+            # the directory's times must not go back when they land.
+            await self._settle_unlinks()
         ino = await self._reserve()
         now = now_ns()
         mode, gid = inherit_from_parent(parent, mode, ctx.gid)
@@ -538,6 +618,7 @@ class PrismOperations(pyfuse3.Operations):
             f, attr=attr, created=trio.current_time(), name=(parent_inode, name)
         )
         self._pending[(parent_inode, name)] = ino
+        self._known(parent_inode, name, attr)
         return pyfuse3.FileInfo(fh=self._new_fh(ino)), self._entry(attr)
 
     @_op
@@ -612,7 +693,10 @@ class PrismOperations(pyfuse3.Operations):
                         return
             for entry in page.entries:
                 if not pyfuse3.readdir_reply(
-                    token, entry.name, self._entry(entry.attr), entry.cookie + 2
+                    token,
+                    entry.name,
+                    self._entry(self._known(fh, entry.name, entry.attr)),
+                    entry.cookie + 2,
                 ):
                     return
                 cookie = entry.cookie
@@ -709,9 +793,10 @@ class PrismOperations(pyfuse3.Operations):
                 log.error("unmount: could not flush inode %d: %s", inode, exc.message)
             self._releases.append(inode)
         try:
+            await self._settle_unlinks()
             await self._send_releases()
         except PrismError as exc:  # the session's close releases them as well
-            log.warning("unmount: could not send releases: %s", exc.message)
+            log.warning("unmount: could not send unlinks or releases: %s", exc.message)
 
 
 MOUNT_LAYOUT_XATTR = b"user." + LAYOUT_XATTR

@@ -91,6 +91,9 @@ class Link(MetaCommand, frozen=True):
 class Unlink(MetaCommand, frozen=True):
     parent: U64
     name: bytes
+    ino: U64 = 0
+    """If set, the name must still be this inode's, else NotFound: a deferred
+    unlink never removes a file another client put in the name's place."""
 
 
 class Rmdir(MetaCommand, frozen=True):

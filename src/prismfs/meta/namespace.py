@@ -804,6 +804,8 @@ class Namespace:
         ino = self._child(c.parent, c.name)
         if ino is None:
             raise NotFound(f"no entry {c.name!r} in directory {c.parent}")
+        if c.ino and ino != c.ino:
+            raise NotFound(f"{c.name!r} in directory {c.parent} is no longer inode {c.ino}")
         if stat.S_ISDIR(self._mode(ino)):
             raise IsADirectory(f"{c.name!r} is a directory")
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (c.parent, c.name))
