@@ -28,6 +28,7 @@ from prismfs.meta.commands import (
     MetaOk,
     Mkdir,
     Mknod,
+    MoveShards,
     RemoveXattr,
     Rename,
     Reserved,
@@ -303,3 +304,26 @@ def test_inline_chunks_are_validated_kept_and_truncated(d: Driver) -> None:
     d.run(SetAttr(4, f.ino, size=100))
     ((_, short),) = d.ns.chunk_map(f.ino).chunks
     assert short.length == 100 and short.inline == body  # reads stop at the length
+
+
+def test_move_shards_follows_the_record_and_refuses_stale_moves(d: Driver) -> None:
+    f = d.run(Mknod(1, ROOT_INO, b"f", stat.S_IFREG | 0o644, 0, 0))
+    assert f is not None
+    rec = ChunkRecord(b"c" * 16, 1000, 500, 2, 3, ("n1", "n2", "n3"), (b"a", b"b", b"c"))
+    d.run(CommitChunks(2, f.ino, ((0, rec),), 1000))
+    assert d.ns.chunks_on({"n2"}) == [rec]
+    assert d.ns.chunks_on({"n9"}) == []
+    assert d.ns.referenced_shards("n2", (f"{rec.id.hex()}.1", f"{rec.id.hex()}.0", "junk")) == [
+        f"{rec.id.hex()}.1"
+    ]
+    d.run(MoveShards(3, rec.id, ((1, "n2", "n4"),)))
+    ((_, moved),) = d.ns.chunk_map(f.ino).chunks
+    assert moved.nodes == ("n1", "n4", "n3") and moved.checksums == rec.checksums
+    assert d.ns.referenced_shards("n4", (f"{rec.id.hex()}.1",)) == [f"{rec.id.hex()}.1"]
+    assert d.ns.referenced_shards("n2", (f"{rec.id.hex()}.1",)) == []  # an orphan on n2 now
+    assert dict(d.ns.statfs().node_usage) == {"n1": 500, "n3": 500, "n4": 500}
+    # A move that no longer matches, onto a node already holding a shard, of a gone chunk.
+    assert d.errno_of(MoveShards(4, rec.id, ((1, "n2", "n5"),))) == errno.ENOENT
+    assert d.errno_of(MoveShards(4, rec.id, ((1, "n4", "n1"),))) == errno.ENOENT
+    assert d.errno_of(MoveShards(4, b"x" * 16, ((0, "n1", "n5"),))) == errno.ENOENT
+    assert d.ns.chunk_map(f.ino).chunks == ((0, moved),)

@@ -35,7 +35,7 @@ from prismfs.data.codec import (
 )
 from prismfs.data.layout import Layout
 from prismfs.data.messages import GetShard, PutShard, ShardData
-from prismfs.data.placement import Candidate, NotEnoughNodes, place, score
+from prismfs.data.placement import Candidate, NotEnoughNodes, place, score, up_candidates
 from prismfs.data.stores import shard_id
 from prismfs.errors import CorruptShard, PrismError
 from prismfs.exception_groups import single_exception
@@ -97,13 +97,7 @@ class DataClient:
 
     async def _candidates(self, *, refresh: bool = False) -> list[Candidate]:
         """Nodes that are up, weighted by capacity relative to the largest."""
-        nodes = await self.nodes(refresh=refresh)
-        top = max((n.capacity for n in nodes.values()), default=1) or 1
-        return [
-            Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
-            for n in nodes.values()
-            if n.state == "up"
-        ]
+        return up_candidates((await self.nodes(refresh=refresh)).values())
 
     # --- writing ---------------------------------------------------------------------------
 

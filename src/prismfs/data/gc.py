@@ -26,7 +26,7 @@ import trio
 from prismfs.data.messages import DeleteShards
 from prismfs.data.stores import ShardStore, shard_id
 from prismfs.errors import PrismError
-from prismfs.meta.commands import ChunkRefs, GcDone, MetaValue
+from prismfs.meta.commands import GcDone, MetaValue, ShardRefs
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
@@ -77,8 +77,11 @@ async def gc_loop(
             log.info("GC pass stopped: %s", exc.message)
 
 
-async def sweep_orphans(consensus: Consensus, store: ShardStore, grace_s: float) -> int:
-    """Delete unreferenced shards older than ``grace_s``; returns how many."""
+async def sweep_orphans(
+    consensus: Consensus, store: ShardStore, grace_s: float, node_id: str
+) -> int:
+    """Delete shards older than ``grace_s`` that no record places on this node
+    (nor the GC queue holds); returns how many."""
     deleted = 0
     after = ""
     now = time.time_ns()
@@ -97,24 +100,23 @@ async def sweep_orphans(consensus: Consensus, store: ShardStore, grace_s: float)
                 old.append(sid)
         if not old:
             continue
-        chunk_ids = tuple(sorted({bytes.fromhex(sid.split(".")[0]) for sid in old}))
-        reply = await consensus.query(encode_message(ChunkRefs(chunk_ids)))
+        reply = await consensus.query(encode_message(ShardRefs(node_id, tuple(old))))
         refs = decode_message(reply.result)
         assert isinstance(refs, MetaValue)
-        referenced = set(refs.names)
+        referenced = {name.decode() for name in refs.names}
         for sid in old:
-            if bytes.fromhex(sid.split(".")[0]) not in referenced:
+            if sid not in referenced:
                 await store.delete(sid)
                 deleted += 1
-                log.info("orphan sweep: deleted shard %s (no chunk record refers to it)", sid)
+                log.info("orphan sweep: deleted shard %s (no chunk record places it here)", sid)
 
 
 async def orphan_loop(
-    consensus: Consensus, store: ShardStore, interval: float, grace_s: float
+    consensus: Consensus, store: ShardStore, interval: float, grace_s: float, node_id: str
 ) -> None:
     while True:
         await trio.sleep(interval)
         try:
-            await sweep_orphans(consensus, store, grace_s)
+            await sweep_orphans(consensus, store, grace_s, node_id)
         except PrismError as exc:
             log.info("orphan sweep stopped: %s", exc.message)

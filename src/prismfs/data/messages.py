@@ -70,3 +70,13 @@ class StoreStatsReply(DataMessage, frozen=True):
     total: U64
     used: U64
     corrupt_found: U64 = 0
+
+
+class NodeHeartbeat(DataMessage, frozen=True):
+    """A node tells the leader it is alive (see `prismfs.data.repair`)."""
+
+    node: str
+
+
+class HeartbeatAck(DataMessage, frozen=True):
+    pass

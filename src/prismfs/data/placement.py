@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import xxhash
 
@@ -25,6 +26,32 @@ class Candidate:
     node: str
     zone: str = ""
     weight: float = 1.0
+
+
+class RegistryEntry(Protocol):
+    """What placement reads of a node registry entry (`NodeInfo`)."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def zone(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+
+
+def up_candidates(nodes: Iterable[RegistryEntry], exclude: Iterable[str] = ()) -> list[Candidate]:
+    """The nodes that may take new shards (state "up", not in ``exclude``),
+    weighted by capacity relative to the largest."""
+    entries = list(nodes)
+    skip = set(exclude)
+    top = max((n.capacity for n in entries), default=1) or 1
+    return [
+        Candidate(n.node, n.zone, max(n.capacity / top, 0.01))
+        for n in entries
+        if n.state == "up" and n.node not in skip
+    ]
 
 
 class NotEnoughNodes(Unavailable):

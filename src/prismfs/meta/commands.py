@@ -237,7 +237,17 @@ class RegisterNode(MetaCommand, frozen=True):
 
 class SetNodeState(MetaCommand, frozen=True):
     node: str
-    state: Literal["up", "draining", "removed"]
+    state: Literal["up", "down", "draining", "removed"]
+
+
+class MoveShards(MetaCommand, frozen=True):
+    """Repair: shard ``index`` of chunk ``chunk_id`` is now on ``to_node`` (its
+    bytes were rebuilt there) instead of ``from_node``, for each move. Refused
+    (`NotFound`) if no file holds that chunk any more, or if the shard is no
+    longer where the move says: the rebuilt shard is then an orphan."""
+
+    chunk_id: bytes
+    moves: tuple[tuple[U8, str, str], ...]
 
 
 class Attr(Message, frozen=True):
@@ -422,6 +432,14 @@ class GetLayout(MetaQuery, frozen=True):
     """The layout text that applies to new files under ``ino`` ("" = the cluster default)."""
 
     ino: U64
+
+
+class ShardRefs(MetaQuery, frozen=True):
+    """Which of these shard ids (``<chunk id hex>.<index>``) a chunk record places
+    on ``node`` (or the GC queue still holds): answered as `MetaValue.names`."""
+
+    node: str
+    shard_ids: tuple[str, ...]
 
 
 class ChunkRefs(MetaQuery, frozen=True):

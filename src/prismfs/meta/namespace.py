@@ -102,6 +102,7 @@ from prismfs.meta.commands import (
     MetaValue,
     Mkdir,
     Mknod,
+    MoveShards,
     NodeInfo,
     NodeList,
     Open,
@@ -118,6 +119,7 @@ from prismfs.meta.commands import (
     SetAttr,
     SetNodeState,
     SetXattr,
+    ShardRefs,
     StatFs,
     Symlink,
     Unlink,
@@ -280,6 +282,7 @@ class Namespace:
             GcDone: self._gc_done,
             RegisterNode: self._register_node,
             SetNodeState: self._set_node_state,
+            MoveShards: self._move_shards,
         }
         self._queries: dict[type[MetaQuery], Callable[[Any], Message]] = {
             Lookup: lambda q: MetaOk(self.lookup(q.parent, q.name)),
@@ -295,6 +298,9 @@ class Namespace:
             ListNodes: lambda q: NodeList(tuple(self.nodes())),
             GetLayout: lambda q: MetaValue(self.effective_layout(q.ino)),
             ChunkRefs: lambda q: MetaValue(names=tuple(self.referenced(q.ids))),
+            ShardRefs: lambda q: MetaValue(
+                names=tuple(s.encode() for s in self.referenced_shards(q.node, q.shard_ids))
+            ),
         }
 
     # --- StateMachine ---------------------------------------------------------
@@ -1133,6 +1139,49 @@ class Namespace:
                 out.append(chunk_id)
         return out
 
+    def referenced_shards(self, node: str, shard_ids: tuple[str, ...]) -> list[str]:
+        """Which of these shards a chunk record places on ``node``, or the GC queue
+        holds (its deletion is still to come)."""
+        out = []
+        for sid in shard_ids[:10_000]:
+            chunk_hex, _, index = sid.partition(".")
+            try:
+                chunk_id, i = bytes.fromhex(chunk_hex), int(index)
+            except ValueError:
+                continue
+            if self.db.execute("SELECT 1 FROM gc WHERE chunk_id = ?", (chunk_id,)).fetchone():
+                out.append(sid)
+                continue
+            for (blob,) in self.db.execute(
+                "SELECT record FROM chunks WHERE chunk_id = ?", (chunk_id,)
+            ).fetchall():
+                nodes = _record(blob).nodes
+                if i < len(nodes) and nodes[i] == node:
+                    out.append(sid)
+                    break
+        return out
+
+    def chunks_on(self, bad: set[str], after: bytes = b"", limit: int = 500) -> list[ChunkRecord]:
+        """Chunk records (ordered by id, after ``after``) with a shard on a node of
+        ``bad`` or never stored (node ""): what repair works on."""
+        out: list[ChunkRecord] = []
+        while len(out) < limit:
+            rows = self.db.execute(
+                "SELECT chunk_id, record FROM chunks WHERE chunk_id > ? ORDER BY chunk_id"
+                " LIMIT 1000",
+                (after,),
+            ).fetchall()
+            if not rows:
+                break
+            for chunk_id, blob in rows:
+                after = bytes(chunk_id)
+                rec = _record(blob)
+                if any(not n or n in bad for n in rec.nodes):
+                    out.append(rec)
+                    if len(out) >= limit:
+                        break
+        return out
+
     def nodes(self) -> list[NodeInfo]:
         rows = self.db.execute(
             "SELECT n.node, n.address, n.zone, n.capacity, n.state, n.registered_ns,"
@@ -1152,6 +1201,33 @@ class Namespace:
             " address = excluded.address, zone = excluded.zone, capacity = excluded.capacity",
             (c.node, c.address, c.zone, c.capacity, c.now_ns),
         )
+
+    def _move_shards(self, c: MoveShards) -> None:
+        rows = self.db.execute(
+            "SELECT ino, idx, record FROM chunks WHERE chunk_id = ?", (c.chunk_id,)
+        ).fetchall()
+        if not rows:
+            raise NotFound(f"no file holds chunk {c.chunk_id.hex()} any more")
+        for ino, idx, blob in rows:
+            rec = _record(blob)
+            nodes = list(rec.nodes)
+            for index, old, new in c.moves:
+                if index >= len(nodes) or nodes[index] != old or not new or new in nodes:
+                    raise NotFound(f"shard {index} of chunk {c.chunk_id.hex()} moved meanwhile")
+                nodes[index] = new
+                for node, delta in ((old, -rec.shard_size), (new, rec.shard_size)):
+                    if node:
+                        self.db.execute(
+                            "INSERT INTO node_usage VALUES (?, max(0, ?)) ON CONFLICT (node)"
+                            " DO UPDATE SET bytes = max(0, bytes + ?)",
+                            (node, delta, delta),
+                        )
+            moved = msgspec.structs.replace(rec, nodes=tuple(nodes))
+            self.db.execute(
+                "UPDATE chunks SET record = ? WHERE ino = ? AND idx = ?",
+                (encode_message(moved), ino, idx),
+            )
+        self.db.execute("DELETE FROM node_usage WHERE bytes = 0")
 
     def _set_node_state(self, c: SetNodeState) -> None:
         cursor = self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (c.state, c.node))

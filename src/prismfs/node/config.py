@@ -100,6 +100,14 @@ class DataSection(_Section):
     """How often a node looks for shards no chunk record refers to."""
     orphan_grace_s: float = 6 * 3600.0
     """Age below which an unreferenced shard is left alone (a write in progress)."""
+    heartbeat_s: float = 1.0
+    """How often a node tells the leader it is alive."""
+    node_down_after_s: float = 10.0
+    """A node whose heartbeats the leader has missed this long is "down"."""
+    repair_after_s: float = 60.0
+    """How long a node stays down before its shards are rebuilt elsewhere (0 = at once)."""
+    repair_mb_per_s: float = 100.0
+    """Bandwidth the leader's repair may use (MB/s of shards read and written)."""
     default_layout: str = ""
     """The cluster-wide default layout (k=,m=,chunk=). If set, the leader writes it
     to the root directory's prismfs.layout once, unless the root has one."""

@@ -24,6 +24,7 @@ import trio
 from prismfs import __version__
 from prismfs.data.gc import gc_loop, orphan_loop
 from prismfs.data.layout import LAYOUT_XATTR, Layout
+from prismfs.data.repair import Health, repair_loop, send_heartbeats, watch_nodes
 from prismfs.data.service import ShardService
 from prismfs.data.stores import ShardStore, open_store
 from prismfs.errors import (
@@ -143,6 +144,8 @@ async def serve_node(
             )
             consensus.register(service.server)
             service.consensus = consensus
+            health = Health()
+            health.register(service.server)
             await nursery.start(consensus.run)
             datadir.write_state(
                 config.data_dir,
@@ -173,6 +176,27 @@ async def serve_node(
                 store,
                 config.data.orphan_sweep_s,
                 config.data.orphan_grace_s,
+                node_id,
+            )
+            data = config.data
+            nursery.start_soon(send_heartbeats, consensus, pool, node_id, data.heartbeat_s)
+            nursery.start_soon(
+                watch_nodes,
+                consensus,
+                namespace,
+                health,
+                node_id,
+                data.heartbeat_s,
+                data.node_down_after_s,
+            )
+            nursery.start_soon(
+                repair_loop,
+                consensus,
+                namespace,
+                pool,
+                health,
+                data.repair_after_s,
+                data.repair_mb_per_s,
             )
             me = (node_id, service.rpc_address, config.node.zone, store)
             nursery.start_soon(_register, consensus, *me)

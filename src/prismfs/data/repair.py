@@ -1,0 +1,323 @@
+"""Failure detection and repair, run by the Raft leader.
+
+Theory of operation. Every node sends a `NodeHeartbeat` to the leader every
+``heartbeat_s``. The leader keeps, in memory, when it last heard from each
+node (`Health`); a node silent for ``node_down_after_s`` is marked "down" in
+the node registry (`SetNodeState`, through the log, so placement on every
+client stops choosing it), and "up" again when it is heard from. A new
+leader starts every node's clock at its own start, so it never declares a
+node down sooner than ``node_down_after_s`` after taking over.
+
+Repair: once a node has been down for ``repair_after_s`` (and for shards a
+degraded write never stored, at once), `repair_pass` walks the chunk
+records that have a shard on such a node, the most endangered first (fewest
+live shards). For each it fetches k intact shards from live nodes (each
+checked against its checksum by the node and here), decodes the chunk,
+re-encodes it (zfec is deterministic: the rebuilt shards are byte for byte
+the lost ones, checked against the record's checksums), stores each lost
+shard on a node chosen by placement among the "up" nodes that hold none of
+the chunk, and commits `MoveShards`. The commit is refused if the file
+changed the chunk meanwhile; the shard written is then an orphan, which the
+node's orphan sweep deletes. Repair is paced to ``repair_mb_per_s`` (bytes
+read and written) and works on two chunks at a time. A chunk with fewer
+than k live shards cannot be rebuilt: it is counted as unavailable and
+logged, and tried again on the next pass (its node may come back).
+
+The down node's own copies become unreferenced once their shards moved; if
+it comes back, its orphan sweep (which asks which shards a record places on
+*this* node) deletes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from prismfs.data.codec import decode_chunk_async, encode_chunk_async
+from prismfs.data.messages import GetShard, HeartbeatAck, NodeHeartbeat, PutShard
+from prismfs.data.placement import NotEnoughNodes, place, up_candidates
+from prismfs.data.stores import shard_id
+from prismfs.errors import InternalError, NotFound, PrismError, Unavailable
+from prismfs.exception_groups import single_exception
+from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo, SetNodeState
+from prismfs.meta.namespace import Namespace
+from prismfs.node.consensus import Consensus
+from prismfs.wire.client import RpcPool
+from prismfs.wire.codec import decode_message, encode_message
+from prismfs.wire.server import Call, RpcServer
+
+log = logging.getLogger("prismfs.data.repair")
+
+PARALLEL_CHUNKS = 2
+
+
+@dataclass
+class RepairStats:
+    chunks_repaired: int = 0
+    shards_written: int = 0
+    bytes_written: int = 0
+    unavailable: int = 0  # chunks with fewer than k live shards at the last pass
+    pending: int = 0  # chunks below full redundancy found by the last pass
+    passes: int = 0
+
+
+@dataclass
+class Health:
+    """The leader's view of which nodes are alive (from heartbeats)."""
+
+    since: float = field(default_factory=trio.current_time)
+    last_seen: dict[str, float] = field(default_factory=dict)
+    down_since: dict[str, float] = field(default_factory=dict)
+    stats: RepairStats = field(default_factory=RepairStats)
+
+    def beat(self, node: str) -> None:
+        self.last_seen[node] = trio.current_time()
+
+    def silent_for(self, node: str) -> float:
+        return trio.current_time() - self.last_seen.get(node, self.since)
+
+    def restart(self) -> None:
+        """This node became the leader: everyone gets a fresh allowance."""
+        self.since = trio.current_time()
+        self.last_seen.clear()
+        self.down_since.clear()
+
+    def register(self, server: RpcServer) -> None:
+        server.register(NodeHeartbeat, self._heartbeat)
+
+    async def _heartbeat(self, request: NodeHeartbeat, call: Call) -> HeartbeatAck:
+        self.beat(request.node)
+        return HeartbeatAck()
+
+
+async def send_heartbeats(
+    consensus: Consensus, pool: RpcPool, node_id: str, interval: float
+) -> None:
+    """On every node: tell the leader this node is alive, every ``interval``."""
+    while True:
+        await trio.sleep(interval)
+        try:
+            status = consensus.status()
+        except PrismError:
+            continue
+        if status.leader == node_id or not status.leader_address:
+            continue
+        try:
+            await pool.call(status.leader_address, NodeHeartbeat(node_id), timeout=interval * 2)
+        except PrismError as exc:
+            log.debug("heartbeat to %s failed: %s", status.leader_address, exc.message)
+
+
+async def watch_nodes(
+    consensus: Consensus,
+    namespace: Namespace,
+    health: Health,
+    node_id: str,
+    interval: float,
+    down_after: float,
+) -> None:
+    """On the leader: mark nodes down when silent, up when heard from again."""
+    leading = False
+    while True:
+        await trio.sleep(interval)
+        if consensus.role != "leader":
+            leading = False
+            continue
+        if not leading:
+            health.restart()
+            leading = True
+        health.beat(node_id)
+        now = trio.current_time()
+        for node in namespace.nodes():
+            silent = health.silent_for(node.node)
+            new_state = ""
+            if node.state == "up" and silent > down_after:
+                new_state = "down"
+                log.warning("node %s missed heartbeats for %.1f s: down", node.node, silent)
+            elif node.state == "down" and silent <= down_after:
+                new_state = "up"
+                log.info("node %s is heard from again: up", node.node)
+            if new_state:
+                try:
+                    await consensus.propose_internal(
+                        encode_message(SetNodeState(time.time_ns(), node.node, new_state))  # type: ignore[arg-type]
+                    )
+                except PrismError as exc:
+                    log.info("could not mark node %s %s: %s", node.node, new_state, exc.message)
+                    continue
+            state = new_state or node.state
+            if state == "down":
+                health.down_since.setdefault(node.node, now)
+            else:
+                health.down_since.pop(node.node, None)
+
+
+async def repair_loop(
+    consensus: Consensus,
+    namespace: Namespace,
+    pool: RpcPool,
+    health: Health,
+    repair_after: float,
+    mb_per_s: float,
+) -> None:
+    """On the leader: a repair pass every second while anything needs one."""
+    while True:
+        await trio.sleep(1.0)
+        if consensus.role != "leader":
+            continue
+        now = trio.current_time()
+        lost = {n for n, t in health.down_since.items() if now - t >= repair_after}
+        lost |= {n.node for n in namespace.nodes() if n.state == "removed"}
+        try:
+            await repair_pass(consensus, namespace, pool, health.stats, lost, mb_per_s)
+        except PrismError as exc:
+            log.info("repair pass stopped: %s", exc.message)
+
+
+async def repair_pass(
+    consensus: Consensus,
+    namespace: Namespace,
+    pool: RpcPool,
+    stats: RepairStats,
+    lost: set[str],
+    mb_per_s: float,
+) -> int:
+    """Rebuild the shards of every chunk with a shard on a ``lost`` node or never
+    stored; returns the number of chunks repaired."""
+    stats.passes += 1
+    records: list[ChunkRecord] = []
+    after = b""
+    while True:
+        page = namespace.chunks_on(lost, after)
+        records += page
+        if len(page) < 500:
+            break
+        after = page[-1].id
+    stats.pending = len(records)
+    if not records:
+        stats.unavailable = 0
+        return 0
+    nodes = {n.node: n for n in namespace.nodes()}
+
+    def live(rec: ChunkRecord) -> int:
+        return sum(1 for n in rec.nodes if _usable(n, lost, nodes))
+
+    records.sort(key=live)  # the most endangered first
+    limiter = trio.Semaphore(PARALLEL_CHUNKS)
+    done = 0
+    unavailable = 0
+
+    async def one(rec: ChunkRecord) -> None:
+        nonlocal done, unavailable
+        async with limiter:
+            started = trio.current_time()
+            try:
+                moved = await repair_chunk(consensus, pool, rec, lost, nodes, stats)
+            except NotEnoughShardsToRepair as exc:
+                unavailable += 1
+                log.error("chunk %s cannot be repaired now: %s", rec.id.hex(), exc.message)
+                return
+            except PrismError as exc:
+                log.info("repair of chunk %s failed, will retry: %s", rec.id.hex(), exc.message)
+                return
+            if moved:
+                done += 1
+            # Pace to the bandwidth budget: k shards read, the lost ones written.
+            spent = rec.shard_size * (rec.k + moved)
+            await trio.sleep_until(started + spent / (mb_per_s * 1e6))
+
+    with single_exception():
+        async with trio.open_nursery() as nursery:
+            for rec in records:
+                nursery.start_soon(one, rec)
+    stats.unavailable = unavailable
+    if done:
+        log.info("repair: rebuilt %d chunks (%d unavailable)", done, unavailable)
+    return done
+
+
+class NotEnoughShardsToRepair(Unavailable):
+    """Fewer than k shards of a chunk are readable, or no node can take one."""
+
+    code = "not_enough_shards_to_repair"
+
+
+def _usable(node: str, lost: set[str], nodes: dict[str, NodeInfo]) -> bool:
+    info = nodes.get(node)
+    return bool(node) and node not in lost and info is not None and info.state != "removed"
+
+
+async def repair_chunk(
+    consensus: Consensus,
+    pool: RpcPool,
+    rec: ChunkRecord,
+    lost: set[str],
+    nodes: dict[str, NodeInfo],
+    stats: RepairStats,
+) -> int:
+    """Rebuild the chunk's lost shards on new nodes; returns how many moved."""
+    missing = [i for i, n in enumerate(rec.nodes) if not _usable(n, lost, nodes)]
+    if not missing:
+        return 0
+    sources = [i for i in range(rec.m) if i not in missing]
+    got: dict[int, bytes] = {}
+    for i in sources:
+        if len(got) >= rec.k:
+            break
+        info = nodes[rec.nodes[i]]
+        try:
+            reply = await pool.call(
+                info.address,
+                GetShard(shard_id(rec.id, i), checksum=rec.checksums[i]),
+                timeout=30,
+            )
+            got[i] = bytes(reply.payload)
+        except PrismError as exc:
+            log.info("repair: shard %d of %s unreadable: %s", i, rec.id.hex(), exc.message)
+    if len(got) < rec.k:
+        raise NotEnoughShardsToRepair(
+            f"{len(got)} of the {rec.k} shards needed are readable ({len(missing)} lost)"
+        )
+    decoded = await decode_chunk_async(
+        got,
+        k=rec.k,
+        m=rec.m,
+        length=rec.length,
+        shard_size=rec.shard_size,
+        checksums=rec.checksums,
+    )
+    encoded = await encode_chunk_async(decoded.data, rec.k, rec.m)
+    for i in missing:
+        if encoded.checksums[i] != rec.checksums[i]:
+            raise InternalError(f"shard {i} of {rec.id.hex()} rebuilt differently")
+    holders = [n for n in rec.nodes if n]
+    try:
+        targets = place(rec.id, up_candidates(nodes.values(), exclude=holders), len(missing))
+    except NotEnoughNodes as exc:
+        raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
+
+    async def put(i: int, target: str) -> None:
+        sid = shard_id(rec.id, i)
+        await pool.call(
+            nodes[target].address, PutShard(sid, encoded.checksums[i]), encoded.shards[i]
+        )
+        stats.shards_written += 1
+        stats.bytes_written += len(encoded.shards[i])
+
+    with single_exception():
+        async with trio.open_nursery() as nursery:
+            for i, target in zip(missing, targets, strict=True):
+                nursery.start_soon(put, i, target)
+    moves = tuple((i, rec.nodes[i], t) for i, t in zip(missing, targets, strict=True))
+    proposed = await consensus.propose_internal(
+        encode_message(MoveShards(time.time_ns(), rec.id, moves))
+    )
+    result = decode_message(proposed.result)
+    if getattr(result, "code", "") == NotFound.code:
+        log.info("chunk %s changed during its repair; the rebuilt shards are orphans", rec.id.hex())
+        return 0
+    stats.chunks_repaired += 1
+    return len(moves)
