@@ -10,7 +10,7 @@ DEBS := fuse3 libfuse3-dev pkg-config rsync git sqlite3 attr
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .demo
 
-.PHONY: install system-deps demo down test lint bench clean install-mount-helper
+.PHONY: install system-deps demo down test lint bench bench-peers clean install-mount-helper
 
 ## Debian packages pyfuse3 builds against and the mount needs, when missing.
 system-deps:
@@ -66,6 +66,16 @@ bench: install
 	$(BIN)/python benchmarks/bench_data.py
 	@command -v fio >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y fio; }
 	$(BIN)/python benchmarks/bench_fs.py
+
+## PrismFS, MooseFS, GlusterFS and a local directory, interleaved; fills the table in
+## docs/benchmarks.md and docs/img/bench-peers.png. Root only (network namespaces, mounts);
+## installs the peers from Debian when missing. Smoke test:
+##   make bench-peers BENCH_PEERS_ARGS="--size-mib 64 --runs 1 --md-files 2000 --no-docs"
+BENCH_PEERS_ARGS ?=
+bench-peers: install
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || \
+	  $(BIN)/pip install --disable-pip-version-check -q matplotlib
+	$(SUDO) $(BIN)/python benchmarks/bench_peers.py $(BENCH_PEERS_ARGS)
 
 clean: down
 	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

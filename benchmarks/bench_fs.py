@@ -67,14 +67,15 @@ def prismfs(base: Path) -> Iterator[Path]:
     env = {**os.environ, "PRISMFS_STATE_DIR": str(base / "state"), "PRISMFS_CONFIG": ""}
     cluster, point = base / "cluster", base / "prism-mnt"
     cli = [sys.executable, "-m", "prismfs", "dev"]
-    subprocess.run(
-        [*cli, "up", "--nodes", "3", "--dir", str(cluster), "--mount", str(point)],
-        env=env,
-        check=True,
-        timeout=180,
-        stdout=subprocess.DEVNULL,
-    )
     try:
+        # inside the try: nodes that started before a failed mount are stopped too
+        subprocess.run(
+            [*cli, "up", "--nodes", "3", "--dir", str(cluster), "--mount", str(point)],
+            env=env,
+            check=True,
+            timeout=180,
+            stdout=subprocess.DEVNULL,
+        )
         yield point
     finally:
         subprocess.run(
