@@ -107,7 +107,9 @@ from pathlib import Path
 from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).parent))
+import peers_report
 from bench_fs import prismfs  # scripts beside this one
+from bench_repair import measure as measure_recovery
 from peers_report import TITLES, VERSIONED_DEBS, Config, Results, RunInfo, report
 
 HERE = Path(__file__).parent
@@ -443,10 +445,18 @@ def moosefs(base: Path) -> Iterator[Path]:
         wait_for("mfsmount", mounted)
         run([*ns, "mfssetgoal", "-r", "2", str(point)])
         name = probe(point)
-        # the probe's chunk must have its 2 copies, or the chunkservers are not serving
-        check = run([*ns, "mfscheckfile", str(point / name)]).stdout
-        if "chunks with 2 copies:" not in check:
-            raise RuntimeError(f"MooseFS probe file is not stored twice:\n{check}")
+        # The probe's chunk must reach its 2 copies, or the chunkservers are not
+        # serving. The master may place the second copy a moment later (it
+        # replicates an undergoal chunk in the background): wait for it.
+        check = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            check = run([*ns, "mfscheckfile", str(point / name)]).stdout
+            if "chunks with 2 copies:" in check:
+                break
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"MooseFS probe file is not stored twice after 60 s:\n{check}")
         (point / name).unlink()
         yield point
 
@@ -708,6 +718,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chart", type=Path, default=REPO / "docs/img/bench-peers.png")
     parser.add_argument("--no-docs", action="store_true", help="print the table only")
     parser.add_argument("--no-install", action="store_true", help="skip the apt-get step")
+    parser.add_argument(
+        "--no-recovery", action="store_true", help="skip PrismFS's recovery measurement"
+    )
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(args.only) - set(SYSTEMS))
@@ -734,6 +747,17 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     try:
         results = run_all(base, args)
+        if "prismfs" in results.systems and not args.no_recovery:
+            say("PrismFS recovery: 4 nodes, kill -9 one, time to full redundancy")
+            recovery = measure_recovery(args.size_mib)
+            say(f"PrismFS recovery: {recovery}")
+            peers_report.PRISMFS_RECOVERY = f"{recovery['redundant_after_s']:g}"
+            peers_report.RECOVERY_DETAIL = (
+                f"{recovery['chunks']} chunks; node marked down after "
+                f"{recovery['down_after_s']:g} s (node_down_after_s = 10), "
+                f"{recovery['rebuilt_mb']:g} MB of shards rebuilt at "
+                f"{recovery['repair_mb_per_s']:g} MB/s"
+            )
     except KeyboardInterrupt as exc:
         say(f"interrupted ({exc or 'Ctrl-C'}); what was started is torn down, no report")
         return 130

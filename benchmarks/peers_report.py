@@ -37,7 +37,8 @@ VERSIONED_DEBS = (
     "fio",
 )
 # Self-healing is a later issue: until it exists there is nothing to time.
-PRISMFS_RECOVERY = "not yet"
+PRISMFS_RECOVERY = "not yet"  # bench_peers.py sets it from bench_repair.py
+RECOVERY_DETAIL = ""
 LOG_SCALE_SPAN = 20.0
 
 
@@ -288,9 +289,12 @@ def settings(args: argparse.Namespace, info: RunInfo) -> list[str]:
         "stat, rename (in the directory) and unlink "
         f"{args.md_files // args.md_procs} files each, in lock step; caches dropped before each "
         "phase; ops/s of all processes together.",
-        f"* **{RECOVERY_ROW}**: time until 1 GiB of 2-of-3 data is fully redundant again after "
-        "`kill -9` of one PrismFS node: not yet measurable (self-healing is a later issue). "
-        "The peers' recovery is not measured.",
+        f"* **{RECOVERY_ROW}**: time until {args.size_mib} MiB of 2-of-3 data is fully "
+        "redundant again after `kill -9` of one PrismFS node (`benchmarks/bench_repair.py`: a "
+        "4-node cluster so the lost shards have somewhere to go, repair_after_s = 0, the "
+        "victim not the leader): "
+        + (RECOVERY_DETAIL or "not measured in this run")
+        + ". The peers' recovery is not measured.",
         "* **PrismFS**: `prismfs dev up --nodes 3 --mount DIR` (3 node processes on 127.0.0.1, "
         "default layout k=2, m=3, 4 MiB chunks: 1.5x the data stored), default mount options.",
         f"* **MooseFS**: master, {n} chunkservers and mfsmount in a network namespace with only "

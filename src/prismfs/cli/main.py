@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import msgspec
 import trio
 
 from prismfs import __version__
+from prismfs.cli import admin as admin_cli
 from prismfs.cli import devcluster
 from prismfs.cli import files as files_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
@@ -104,13 +106,30 @@ def cluster_init(data_dir: Path) -> None:
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cluster_status(client: ClientConfig, as_json: bool) -> None:
-    """Ping every node the client knows and show what answers."""
+    """Ping every node the client knows, then show the leader's view: nodes and
+    their state, chunk health, repair and scrub progress."""
     rows = trio.run(_probe_nodes, client)
+    health: Any = None
+    problem = ""
+    if any(r["reachable"] for r in rows):
+        try:
+            health = admin_cli.health(client)
+        except PrismError as exc:
+            problem = exc.message
     if as_json:
-        click.echo(json.dumps({"source": client.source, "nodes": rows}, indent=2))
+        out: dict[str, Any] = {"source": client.source, "nodes": rows}
+        out["health"] = msgspec.to_builtins(health) if health is not None else None
+        if problem:
+            out["error"] = problem
+        click.echo(json.dumps(out, indent=2))
     else:
         click.echo(f"cluster from {client.source}")
         _print_table(rows, ["address", "id", "role", "version", "latency_ms", "error"])
+        click.echo()
+        if health is not None:
+            admin_cli.print_health(health, _print_table)
+        elif problem:
+            click.echo(f"no cluster view from the leader: {problem}")
     if not any(r["reachable"] for r in rows):
         raise click.exceptions.Exit(1)
 
@@ -291,6 +310,7 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
 
 
 files_cli.register(cli, client_options)
+admin_cli.register(cli, node, client_options, _print_table)
 
 
 @cli.command("install-mount-helper")

@@ -80,3 +80,16 @@ class NodeHeartbeat(DataMessage, frozen=True):
 
 class HeartbeatAck(DataMessage, frozen=True):
     pass
+
+
+class VerifyShards(DataMessage, frozen=True):
+    """Read each shard here and check it against its checksum (scrub, fsck)."""
+
+    shard_ids: tuple[str, ...]
+    checksums: tuple[bytes, ...]
+
+
+class ShardsVerified(DataMessage, frozen=True):
+    corrupt: tuple[str, ...]
+    missing: tuple[str, ...]
+    bytes_read: U64

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -257,12 +258,16 @@ async def repair_chunk(
     lost: set[str],
     nodes: dict[str, NodeInfo],
     stats: RepairStats,
+    rewrite: Sequence[int] = (),
 ) -> int:
-    """Rebuild the chunk's lost shards on new nodes; returns how many moved."""
+    """Rebuild the chunk's lost shards on new nodes, and the ``rewrite`` ones
+    (corrupt or missing on a node that is fine) where they are; returns how
+    many shards were rebuilt."""
     missing = [i for i, n in enumerate(rec.nodes) if not _usable(n, lost, nodes)]
-    if not missing:
+    rewrite = [i for i in rewrite if i not in missing]
+    if not missing and not rewrite:
         return 0
-    sources = [i for i in range(rec.m) if i not in missing]
+    sources = [i for i in range(rec.m) if i not in missing and i not in rewrite]
     got: dict[int, bytes] = {}
     for i in sources:
         if len(got) >= rec.k:
@@ -290,14 +295,16 @@ async def repair_chunk(
         checksums=rec.checksums,
     )
     encoded = await encode_chunk_async(decoded.data, rec.k, rec.m)
-    for i in missing:
+    for i in missing + rewrite:
         if encoded.checksums[i] != rec.checksums[i]:
             raise InternalError(f"shard {i} of {rec.id.hex()} rebuilt differently")
     holders = [n for n in rec.nodes if n]
-    try:
-        targets = place(rec.id, up_candidates(nodes.values(), exclude=holders), len(missing))
-    except NotEnoughNodes as exc:
-        raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
+    targets: list[str] = []
+    if missing:
+        try:
+            targets = place(rec.id, up_candidates(nodes.values(), exclude=holders), len(missing))
+        except NotEnoughNodes as exc:
+            raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
 
     async def put(i: int, target: str) -> None:
         sid = shard_id(rec.id, i)
@@ -311,6 +318,11 @@ async def repair_chunk(
         async with trio.open_nursery() as nursery:
             for i, target in zip(missing, targets, strict=True):
                 nursery.start_soon(put, i, target)
+            for i in rewrite:
+                nursery.start_soon(put, i, rec.nodes[i])
+    if not missing:
+        log.info("repair: rewrote shards %s of chunk %s in place", rewrite, rec.id.hex())
+        return len(rewrite)
     moves = tuple((i, rec.nodes[i], t) for i, t in zip(missing, targets, strict=True))
     proposed = await consensus.propose_internal(
         encode_message(MoveShards(time.time_ns(), rec.id, moves))
@@ -320,4 +332,4 @@ async def repair_chunk(
         log.info("chunk %s changed during its repair; the rebuilt shards are orphans", rec.id.hex())
         return 0
     stats.chunks_repaired += 1
-    return len(moves)
+    return len(moves) + len(rewrite)

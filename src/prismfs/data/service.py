@@ -21,8 +21,10 @@ from prismfs.data.messages import (
     ShardList,
     ShardPut,
     ShardsDeleted,
+    ShardsVerified,
     StoreStats,
     StoreStatsReply,
+    VerifyShards,
 )
 from prismfs.data.stores import ShardStore, validate_shard_id
 from prismfs.errors import CorruptShard, InvalidArgument, NotFound
@@ -42,6 +44,7 @@ class ShardService:
         server.register(DeleteShards, self._delete)
         server.register(ListShards, self._list)
         server.register(StoreStats, self._stats)
+        server.register(VerifyShards, self._verify)
 
     async def _put(self, request: PutShard, call: Call) -> ShardPut:
         validate_shard_id(request.shard_id)
@@ -80,6 +83,26 @@ class ShardService:
                 continue  # deleted meanwhile
             infos.append(ShardInfo(sid, st.size, st.mtime_ns))
         return ShardList(tuple(infos))
+
+    async def _verify(self, request: VerifyShards, call: Call) -> ShardsVerified:
+        if len(request.shard_ids) != len(request.checksums) or len(request.shard_ids) > 1000:
+            raise InvalidArgument("one checksum per shard, at most 1,000 shards per request")
+        corrupt: list[str] = []
+        missing: list[str] = []
+        read = 0
+        for sid, checksum in zip(request.shard_ids, request.checksums, strict=True):
+            validate_shard_id(sid)
+            try:
+                data = await self.store.get(sid)
+            except NotFound:
+                missing.append(sid)
+                continue
+            read += len(data)
+            if shard_checksum(data) != checksum:
+                self.corrupt_found += 1
+                log.error("shard %s is corrupt on this node (checksum mismatch)", sid)
+                corrupt.append(sid)
+        return ShardsVerified(tuple(corrupt), tuple(missing), read)
 
     async def _stats(self, request: StoreStats, call: Call) -> StoreStatsReply:
         cap = await self.store.capacity()

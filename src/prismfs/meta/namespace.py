@@ -1161,9 +1161,13 @@ class Namespace:
                     break
         return out
 
-    def chunks_on(self, bad: set[str], after: bytes = b"", limit: int = 500) -> list[ChunkRecord]:
-        """Chunk records (ordered by id, after ``after``) with a shard on a node of
-        ``bad`` or never stored (node ""): what repair works on."""
+    def coded_chunks(self, after: bytes = b"", limit: int = 500) -> list[ChunkRecord]:
+        """Chunk records with shards (not inline), ordered by id, after ``after``."""
+        return self._chunks_where(lambda rec: not rec.is_inline, after, limit)
+
+    def _chunks_where(
+        self, keep: Callable[[ChunkRecord], bool], after: bytes, limit: int
+    ) -> list[ChunkRecord]:
         out: list[ChunkRecord] = []
         while len(out) < limit:
             rows = self.db.execute(
@@ -1176,11 +1180,36 @@ class Namespace:
             for chunk_id, blob in rows:
                 after = bytes(chunk_id)
                 rec = _record(blob)
-                if any(not n or n in bad for n in rec.nodes):
+                if keep(rec):
                     out.append(rec)
                     if len(out) >= limit:
                         break
         return out
+
+    def chunk_health(self, bad: set[str]) -> tuple[int, int, int, int]:
+        """(chunks with shards, healthy, degraded, unavailable), counting shards on
+        ``bad`` nodes or never stored as lost."""
+        total = healthy = degraded = unavailable = 0
+        for (blob,) in self.db.execute("SELECT record FROM chunks"):
+            rec = _record(blob)
+            if rec.is_inline:
+                continue
+            total += 1
+            live = sum(1 for n in rec.nodes if n and n not in bad)
+            if live >= rec.m:
+                healthy += 1
+            elif live >= rec.k:
+                degraded += 1
+            else:
+                unavailable += 1
+        return total, healthy, degraded, unavailable
+
+    def chunks_on(self, bad: set[str], after: bytes = b"", limit: int = 500) -> list[ChunkRecord]:
+        """Chunk records (ordered by id, after ``after``) with a shard on a node of
+        ``bad`` or never stored (node ""): what repair works on."""
+        return self._chunks_where(
+            lambda rec: any(not n or n in bad for n in rec.nodes), after, limit
+        )
 
     def nodes(self) -> list[NodeInfo]:
         rows = self.db.execute(

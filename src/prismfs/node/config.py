@@ -108,6 +108,8 @@ class DataSection(_Section):
     """How long a node stays down before its shards are rebuilt elsewhere (0 = at once)."""
     repair_mb_per_s: float = 100.0
     """Bandwidth the leader's repair may use (MB/s of shards read and written)."""
+    scrub_mb_per_s: float = 50.0
+    """How fast a scrub pass reads shards (MB/s, summed over the nodes)."""
     default_layout: str = ""
     """The cluster-wide default layout (k=,m=,chunk=). If set, the leader writes it
     to the root directory's prismfs.layout once, unless the root has one."""

@@ -25,6 +25,7 @@ from prismfs import __version__
 from prismfs.data.gc import gc_loop, orphan_loop
 from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.data.repair import Health, repair_loop, send_heartbeats, watch_nodes
+from prismfs.data.scrub import Scrub
 from prismfs.data.service import ShardService
 from prismfs.data.stores import ShardStore, open_store
 from prismfs.errors import (
@@ -45,6 +46,7 @@ from prismfs.meta.commands import (
 )
 from prismfs.meta.namespace import Namespace
 from prismfs.node import datadir
+from prismfs.node.admin import Admin
 from prismfs.node.config import NodeConfig
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
@@ -146,6 +148,15 @@ async def serve_node(
             service.consensus = consensus
             health = Health()
             health.register(service.server)
+            scrub = Scrub(
+                consensus,
+                namespace,
+                pool,
+                config.data.scrub_mb_per_s,
+                lambda: {n.node for n in namespace.nodes() if n.state in ("down", "removed")},
+            )
+            Admin(consensus, namespace, pool, health, scrub).register(service.server)
+            await nursery.start(scrub.run)
             await nursery.start(consensus.run)
             datadir.write_state(
                 config.data_dir,

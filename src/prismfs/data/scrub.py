@@ -1,0 +1,251 @@
+"""Scrub and fsck: every shard re-read where it lives and checked, on the leader.
+
+Theory of operation. `check_chunks` walks the chunk records (by chunk id,
+500 at a time), groups their shards by the node a record places them on and
+asks each node to read and checksum them itself (`VerifyShards`: only the
+verdicts cross the network). A shard the node reports corrupt or missing is
+rewritten in place from the chunk's other shards (`repair_chunk` with
+``rewrite``) when ``repair`` is set; a shard on a node that is down, removed
+or was never stored makes the chunk *degraded*, which repair (the same
+function) rebuilds on another node. Reads are paced to ``mb_per_s`` (bytes
+the nodes read). A node that does not answer is reported, not guessed about.
+
+`find_orphans` asks every node that is up for its shard list and the
+namespace which of those a record places on that node (or the GC queue
+still holds); the rest, older than ``grace_s``, are orphans (fsck reports
+them; with repair it deletes them).
+
+`Scrub` runs `check_chunks` with repair in the background, one pass at a
+time, with its progress kept for ``prismfs scrub status`` and the cluster
+status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from prismfs.data.messages import DeleteShards, ListShards, ShardList, ShardsVerified, VerifyShards
+from prismfs.data.repair import RepairStats, _usable, repair_chunk
+from prismfs.data.stores import shard_id
+from prismfs.errors import PrismError
+from prismfs.meta.commands import ChunkRecord, NodeInfo
+from prismfs.meta.namespace import Namespace
+from prismfs.node.consensus import Consensus
+from prismfs.wire.client import RpcPool
+
+log = logging.getLogger("prismfs.data.scrub")
+
+
+@dataclass
+class Findings:
+    chunks: int = 0
+    shards_checked: int = 0
+    bytes_read: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)  # chunk ids below full redundancy
+    unavailable: list[str] = field(default_factory=list)  # chunk ids that cannot be read
+    unreachable: list[str] = field(default_factory=list)  # nodes that did not answer
+    orphans: list[str] = field(default_factory=list)  # "node:shard id"
+    repaired: int = 0  # shards rebuilt
+    orphans_deleted: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (
+            self.corrupt
+            or self.missing
+            or self.degraded
+            or self.unavailable
+            or self.unreachable
+            or self.orphans
+        )
+
+
+async def check_chunks(
+    consensus: Consensus,
+    namespace: Namespace,
+    pool: RpcPool,
+    *,
+    repair: bool,
+    mb_per_s: float,
+    lost: set[str],
+    findings: Findings,
+    progress_total: list[int] | None = None,
+) -> Findings:
+    after = b""
+    stats = RepairStats()
+    while True:
+        page = namespace.coded_chunks(after)
+        if not page:
+            return findings
+        after = page[-1].id
+        nodes = {n.node: n for n in namespace.nodes()}
+        started = trio.current_time()
+        read = await _verify_page(pool, page, nodes, lost, findings)
+        bad_shards = set(findings.corrupt) | set(findings.missing)
+        for rec in page:
+            findings.chunks += 1
+            bad = [i for i in range(rec.m) if shard_id(rec.id, i) in bad_shards]
+            gone = [i for i, n in enumerate(rec.nodes) if not _usable(n, lost, nodes)]
+            if gone:
+                findings.degraded.append(rec.id.hex())
+            if rec.m - len(set(bad) | set(gone)) < rec.k:
+                findings.unavailable.append(rec.id.hex())
+                continue
+            if repair and (bad or gone):
+                try:
+                    findings.repaired += await repair_chunk(
+                        consensus, pool, rec, lost, nodes, stats, rewrite=bad
+                    )
+                except PrismError as exc:
+                    log.warning("could not repair chunk %s: %s", rec.id.hex(), exc.message)
+        await trio.sleep_until(started + read / (mb_per_s * 1e6))
+
+
+async def _verify_page(
+    pool: RpcPool,
+    page: list[ChunkRecord],
+    nodes: dict[str, NodeInfo],
+    lost: set[str],
+    findings: Findings,
+) -> int:
+    by_node: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    for rec in page:
+        for i, node in enumerate(rec.nodes):
+            if _usable(node, lost, nodes) and nodes[node].state != "down":
+                by_node[node].append((shard_id(rec.id, i), rec.checksums[i]))
+    read = 0
+
+    async def verify(node: str, items: list[tuple[str, bytes]]) -> None:
+        nonlocal read
+        try:
+            reply = await pool.call(
+                nodes[node].address,
+                VerifyShards(tuple(s for s, _ in items), tuple(c for _, c in items)),
+                timeout=300,
+            )
+        except PrismError as exc:
+            log.warning("node %s did not verify its shards: %s", node, exc.message)
+            if node not in findings.unreachable:
+                findings.unreachable.append(node)
+            return
+        verdict = reply.message
+        assert isinstance(verdict, ShardsVerified)
+        findings.shards_checked += len(items)
+        findings.corrupt += verdict.corrupt
+        findings.missing += verdict.missing
+        findings.bytes_read += verdict.bytes_read
+        read += verdict.bytes_read
+
+    async with trio.open_nursery() as nursery:
+        for node, items in by_node.items():
+            nursery.start_soon(verify, node, items)
+    return read
+
+
+async def find_orphans(
+    namespace: Namespace, pool: RpcPool, grace_s: float, delete: bool, findings: Findings
+) -> None:
+    now = time.time_ns()
+    for node in namespace.nodes():
+        if node.state not in ("up", "draining"):
+            continue
+        after = ""
+        while True:
+            try:
+                reply = await pool.call(node.address, ListShards(after, 1000), timeout=60)
+            except PrismError as exc:
+                if node.node not in findings.unreachable:
+                    findings.unreachable.append(node.node)
+                log.warning("node %s did not list its shards: %s", node.node, exc.message)
+                break
+            listing = reply.message
+            assert isinstance(listing, ShardList)
+            if not listing.shards:
+                break
+            after = listing.shards[-1].shard_id
+            old = tuple(s.shard_id for s in listing.shards if (now - s.mtime_ns) / 1e9 > grace_s)
+            placed = set(namespace.referenced_shards(node.node, old))
+            orphans = [sid for sid in old if sid not in placed]
+            findings.orphans += [f"{node.node}:{sid}" for sid in orphans]
+            if delete and orphans:
+                await pool.call(node.address, DeleteShards(tuple(orphans)), timeout=60)
+                findings.orphans_deleted += len(orphans)
+
+
+@dataclass
+class ScrubProgress:
+    running: bool = False
+    passes: int = 0
+    started_ns: int = 0
+    finished_ns: int = 0
+    findings: Findings = field(default_factory=Findings)
+
+
+class Scrub:
+    """Background scrub passes on the leader (`start` begins one if none runs)."""
+
+    def __init__(
+        self,
+        consensus: Consensus,
+        namespace: Namespace,
+        pool: RpcPool,
+        mb_per_s: float,
+        lost: Callable[[], set[str]],
+    ) -> None:
+        self.consensus = consensus
+        self.namespace = namespace
+        self.pool = pool
+        self.mb_per_s = mb_per_s
+        self.lost = lost
+        self.progress = ScrubProgress()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def start(self) -> ScrubProgress:
+        if not self.progress.running and self._nursery is not None:
+            self.progress = ScrubProgress(
+                running=True, passes=self.progress.passes, started_ns=time.time_ns()
+            )
+            self._nursery.start_soon(self._pass)
+        return self.progress
+
+    async def _pass(self) -> None:
+        progress = self.progress
+        try:
+            await check_chunks(
+                self.consensus,
+                self.namespace,
+                self.pool,
+                repair=True,
+                mb_per_s=self.mb_per_s,
+                lost=self.lost(),
+                findings=progress.findings,
+            )
+            f = progress.findings
+            log.info(
+                "scrub: %d chunks, %d shards checked, %d corrupt, %d missing, %d rebuilt",
+                f.chunks,
+                f.shards_checked,
+                len(f.corrupt),
+                len(f.missing),
+                f.repaired,
+            )
+        except PrismError as exc:
+            log.warning("scrub pass stopped: %s", exc.message)
+        finally:
+            progress.running = False
+            progress.passes += 1
+            progress.finished_ns = time.time_ns()
