@@ -72,12 +72,15 @@ def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     c.cleanup()
 
 
-def up(cluster: Cluster) -> list[dict[str, object]]:
+def up(cluster: Cluster, nodes: int = 3) -> list[dict[str, object]]:
+    """Start (or restart) the dev cluster with the fixture's node config."""
     import json
 
     result = run_cli(
         "dev",
         "up",
+        "--nodes",
+        str(nodes),
         "--dir",
         str(cluster.dir),
         "--json",

@@ -10,7 +10,6 @@ shards are swept as orphans."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 from pathlib import Path
@@ -18,13 +17,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from conftest import run_cli
 from prismfs.client.data import DataClient
 from prismfs.client.files import get_file, put_file
 from prismfs.data.layout import Layout
 from prismfs.meta.client import MetaClient, open_meta_client
 from prismfs.meta.commands import ROOT_INO, ChunkRecord
 from prismfs.wire.client import open_rpc_pool
+from test_data_cluster import up as start_cluster
 from test_raft_cluster import Cluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -43,22 +42,8 @@ def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     c.cleanup()
 
 
-def up(cluster: Cluster, nodes: int = 5) -> list[dict[str, object]]:
-    result = run_cli(
-        "dev",
-        "up",
-        "--nodes",
-        str(nodes),
-        "--dir",
-        str(cluster.dir),
-        "--json",
-        "--node-config",
-        str(cluster.node_config),  # type: ignore[attr-defined]
-        env=cluster.env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return list(json.loads(result.stdout)["nodes"])
+def up(cluster: Cluster) -> list[dict[str, object]]:
+    return start_cluster(cluster, 5)
 
 
 async def records(meta: MetaClient, ino: int) -> list[ChunkRecord]:
