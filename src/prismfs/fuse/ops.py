@@ -224,9 +224,10 @@ class PrismOperations(pyfuse3.Operations):
         return handle if handle is not None and handle.pending else None
 
     async def _settle(self, parent: int | None = None) -> None:
-        """Send the deferred creates (in ``parent`` only, if given) to the cluster.
-        A create the cluster refuses (another mount took the name) is logged
-        here and fails the file's close; a transient error fails the caller."""
+        """Send every deferred unlink, then the deferred creates (in ``parent``
+        only, if given) to the cluster. A create the cluster refuses (another
+        mount took the name) is logged here and fails the file's close; a
+        transient error fails the caller."""
         await self._settle_unlinks()
         todo: list[_Handle] = []
         for key, ino in list(self._pending.items()):
