@@ -17,6 +17,15 @@ from prismfs.procs import process_alive
 FUSE_REQUIRED = os.environ.get("PRISMFS_REQUIRE_FUSE") == "1" or os.environ.get("CI") == "true"
 
 
+def errno_of(fn, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    """The errno ``fn(*args)`` fails with (0: it did not fail)."""
+    try:
+        fn(*args, **kwargs)
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse")
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import trio
 
-from fuse_mount import Mount, fuse_available
+from fuse_mount import Mount, errno_of, fuse_available
 from prismfs.meta.client import MetaClient
 from prismfs.node.consensus_messages import RaftStatus, RaftStatusReply
 
@@ -191,7 +191,7 @@ def test_unlink_then_create_and_lookups_on_the_same_mount(mounts: tuple[Mount, M
     os.link(d / "keep", d / "keep2")
     os.unlink(d / "f")
     assert not (d / "f").exists()
-    assert _errno(lambda: os.stat(d / "f")) == errno.ENOENT
+    assert errno_of(os.stat, d / "f") == errno.ENOENT
     (d / "f").write_bytes(b"new")  # the same name again at once
     assert (d / "f").read_bytes() == b"new"
     os.unlink(d / "keep2")
@@ -213,11 +213,3 @@ def test_a_deferred_unlink_never_removes_a_replacement(mounts: tuple[Mount, Moun
     assert os.listdir(a.point / "guard") == ["x"]  # a's listing sends its unlink first
     assert (a.point / "guard" / "x").read_bytes() == b"replacement"
     assert (b.point / "guard" / "x").read_bytes() == b"replacement"
-
-
-def _errno(fn) -> int:  # type: ignore[no-untyped-def]
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno or 0
-    return 0

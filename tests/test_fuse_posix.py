@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from fuse_mount import Mount, fuse_available
+from fuse_mount import Mount, errno_of, fuse_available
 
 pytestmark = pytest.mark.timeout(120)
 CHUNK = 65536
@@ -71,14 +71,6 @@ def write(path: Path, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_
         os.write(fd, data)
     finally:
         os.close(fd)
-
-
-def errno_of(fn, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
-    try:
-        fn(*args, **kwargs)
-    except OSError as exc:
-        return exc.errno or 0
-    return 0
 
 
 def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:

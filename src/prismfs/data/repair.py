@@ -204,7 +204,7 @@ async def repair_pass(
     nodes = {n.node: n for n in namespace.nodes()}
 
     def live(rec: ChunkRecord) -> int:
-        return sum(1 for n in rec.nodes if _usable(n, lost, nodes))
+        return sum(1 for n in rec.nodes if usable(n, lost, nodes))
 
     records.sort(key=live)  # the most endangered first
     limiter = trio.Semaphore(PARALLEL_CHUNKS)
@@ -246,7 +246,13 @@ class NotEnoughShardsToRepair(Unavailable):
     code = "not_enough_shards_to_repair"
 
 
-def _usable(node: str, lost: set[str], nodes: dict[str, NodeInfo]) -> bool:
+def unavailable_nodes(namespace: Namespace) -> set[str]:
+    """Nodes whose shards cannot be read now: down or removed."""
+    return {n.node for n in namespace.nodes() if n.state in ("down", "removed")}
+
+
+def usable(node: str, lost: set[str], nodes: dict[str, NodeInfo]) -> bool:
+    """Is ``node`` a live holder of a shard (set, not lost, in the registry, not removed)?"""
     info = nodes.get(node)
     return bool(node) and node not in lost and info is not None and info.state != "removed"
 
@@ -263,7 +269,7 @@ async def repair_chunk(
     """Rebuild the chunk's lost shards on new nodes, and the ``rewrite`` ones
     (corrupt or missing on a node that is fine) where they are; returns how
     many shards were rebuilt."""
-    missing = [i for i, n in enumerate(rec.nodes) if not _usable(n, lost, nodes)]
+    missing = [i for i, n in enumerate(rec.nodes) if not usable(n, lost, nodes)]
     rewrite = [i for i in rewrite if i not in missing]
     if not missing and not rewrite:
         return 0

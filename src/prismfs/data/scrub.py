@@ -25,13 +25,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from prismfs.data.messages import DeleteShards, ListShards, ShardList, ShardsVerified, VerifyShards
-from prismfs.data.repair import RepairStats, _usable, repair_chunk
+from prismfs.data.repair import RepairStats, repair_chunk, unavailable_nodes, usable
 from prismfs.data.stores import shard_id
 from prismfs.errors import PrismError
 from prismfs.meta.commands import ChunkRecord, NodeInfo
@@ -77,7 +76,6 @@ async def check_chunks(
     mb_per_s: float,
     lost: set[str],
     findings: Findings,
-    progress_total: list[int] | None = None,
 ) -> Findings:
     after = b""
     stats = RepairStats()
@@ -93,7 +91,7 @@ async def check_chunks(
         for rec in page:
             findings.chunks += 1
             bad = [i for i in range(rec.m) if shard_id(rec.id, i) in bad_shards]
-            gone = [i for i, n in enumerate(rec.nodes) if not _usable(n, lost, nodes)]
+            gone = [i for i, n in enumerate(rec.nodes) if not usable(n, lost, nodes)]
             if gone:
                 findings.degraded.append(rec.id.hex())
             if rec.m - len(set(bad) | set(gone)) < rec.k:
@@ -119,7 +117,7 @@ async def _verify_page(
     by_node: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
     for rec in page:
         for i, node in enumerate(rec.nodes):
-            if _usable(node, lost, nodes) and nodes[node].state != "down":
+            if usable(node, lost, nodes):  # lost holds the down nodes
                 by_node[node].append((shard_id(rec.id, i), rec.checksums[i]))
     read = 0
 
@@ -198,13 +196,11 @@ class Scrub:
         namespace: Namespace,
         pool: RpcPool,
         mb_per_s: float,
-        lost: Callable[[], set[str]],
     ) -> None:
         self.consensus = consensus
         self.namespace = namespace
         self.pool = pool
         self.mb_per_s = mb_per_s
-        self.lost = lost
         self.progress = ScrubProgress()
         self._nursery: trio.Nursery | None = None
 
@@ -231,7 +227,7 @@ class Scrub:
                 self.pool,
                 repair=True,
                 mb_per_s=self.mb_per_s,
-                lost=self.lost(),
+                lost=unavailable_nodes(self.namespace),
                 findings=progress.findings,
             )
             f = progress.findings

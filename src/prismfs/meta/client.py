@@ -155,7 +155,7 @@ class MetaClient:
         """Apply ``ops`` in order in one log entry (one round trip, one fsync),
         exactly once as a whole; per op its attributes or its error (a failed
         op changed nothing, the others still applied)."""
-        raw = _decode(await self._propose(Batch(_now(), tuple(encode_message(op) for op in ops))))
+        raw = _decode(await self._propose(Batch(now_ns(), tuple(encode_message(op) for op in ops))))
         if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):
             raise TypeError(f"expected {len(ops)} batch results, got {raw!r:.200}")
         out: list[Attr | PrismError | None] = []
@@ -168,7 +168,7 @@ class MetaClient:
 
     async def reserve_inodes(self, count: int) -> range:
         """Inode numbers for this client's own creates (`Mknod` with ``ino``)."""
-        raw = _decode(await self._propose(ReserveInodes(_now(), count)))
+        raw = _decode(await self._propose(ReserveInodes(now_ns(), count)))
         if not isinstance(raw, Reserved):
             raise TypeError(f"expected Reserved, got {type(raw).__name__}")
         return range(raw.first, raw.first + raw.count)
@@ -242,7 +242,7 @@ class MetaClient:
     ) -> Attr:
         attr = await self.propose(
             Mknod(
-                _now(),
+                now_ns(),
                 parent,
                 name,
                 mode,
@@ -257,61 +257,61 @@ class MetaClient:
         return attr
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int = 0, gid: int = 0) -> Attr:
-        attr = await self.propose(Mkdir(_now(), parent, name, mode, uid, gid))
+        attr = await self.propose(Mkdir(now_ns(), parent, name, mode, uid, gid))
         assert attr is not None
         return attr
 
     async def symlink(
         self, parent: int, name: bytes, target: bytes, uid: int = 0, gid: int = 0
     ) -> Attr:
-        attr = await self.propose(Symlink(_now(), parent, name, target, uid, gid))
+        attr = await self.propose(Symlink(now_ns(), parent, name, target, uid, gid))
         assert attr is not None
         return attr
 
     async def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
-        attr = await self.propose(Link(_now(), ino, new_parent, new_name))
+        attr = await self.propose(Link(now_ns(), ino, new_parent, new_name))
         assert attr is not None
         return attr
 
     async def unlink(self, parent: int, name: bytes) -> None:
-        await self.propose(Unlink(_now(), parent, name))
+        await self.propose(Unlink(now_ns(), parent, name))
 
     async def rmdir(self, parent: int, name: bytes) -> None:
-        await self.propose(Rmdir(_now(), parent, name))
+        await self.propose(Rmdir(now_ns(), parent, name))
 
     async def rename(
         self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int = 0
     ) -> None:
-        await self.propose(Rename(_now(), parent, name, new_parent, new_name, flags))
+        await self.propose(Rename(now_ns(), parent, name, new_parent, new_name, flags))
 
     async def setattr(self, ino: int, **changes: int | None) -> Attr:
-        attr = await self.propose(SetAttr(_now(), ino, **changes))
+        attr = await self.propose(SetAttr(now_ns(), ino, **changes))
         assert attr is not None
         return attr
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        await self.propose(SetXattr(_now(), ino, name, value, flags))
+        await self.propose(SetXattr(now_ns(), ino, name, value, flags))
 
     async def removexattr(self, ino: int, name: bytes) -> None:
-        await self.propose(RemoveXattr(_now(), ino, name))
+        await self.propose(RemoveXattr(now_ns(), ino, name))
 
     async def open(self, ino: int) -> Attr:
-        attr = await self.propose(Open(_now(), self.session, ino))
+        attr = await self.propose(Open(now_ns(), self.session, ino))
         assert attr is not None
         return attr
 
     async def release(self, ino: int) -> None:
-        await self.propose(Release(_now(), self.session, ino))
+        await self.propose(Release(now_ns(), self.session, ino))
 
     async def commit_chunks(
         self, ino: int, chunks: Sequence[tuple[int, ChunkRecord]], size: int
     ) -> Attr:
-        attr = await self.propose(CommitChunks(_now(), ino, tuple(chunks), size))
+        attr = await self.propose(CommitChunks(now_ns(), ino, tuple(chunks), size))
         assert attr is not None
         return attr
 
     async def gc_done(self, seqs: Sequence[int]) -> None:
-        await self.propose(GcDone(_now(), tuple(seqs)))
+        await self.propose(GcDone(now_ns(), tuple(seqs)))
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -375,10 +375,10 @@ class MetaClient:
     # --- the session -------------------------------------------------------------------------
 
     async def open_session(self, lease_s: float) -> None:
-        await self.propose(OpenSession(_now(), self.session, int(lease_s * 1e9)))
+        await self.propose(OpenSession(now_ns(), self.session, int(lease_s * 1e9)))
 
     async def close_session(self) -> None:
-        await self.propose(CloseSession(_now(), self.session))
+        await self.propose(CloseSession(now_ns(), self.session))
 
 
 @asynccontextmanager
@@ -417,9 +417,6 @@ async def open_meta_client(
 def now_ns() -> int:
     """The time stamp a command carries (the proposer's clock)."""
     return time.time_ns()
-
-
-_now = now_ns
 
 
 def _decode(raw: bytes) -> Message:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
-from prismfs.data.repair import Health
+from prismfs.data.repair import Health, unavailable_nodes
 from prismfs.data.scrub import Findings, Scrub, check_chunks, find_orphans
 from prismfs.errors import NotLeader
 from prismfs.meta.namespace import Namespace
@@ -132,14 +132,12 @@ class Admin:
                 leader=status.leader_address,
             )
 
-    def lost(self) -> set[str]:
-        """Nodes whose shards count as lost now: down or removed."""
-        return {n.node for n in self.namespace.nodes() if n.state in ("down", "removed")}
-
     async def _cluster_health(self, request: ClusterHealth, call: Call) -> ClusterHealthReply:
         self._leader_only()
         status = self.consensus.status()
-        total, healthy, degraded, unavailable = self.namespace.chunk_health(self.lost())
+        total, healthy, degraded, unavailable = self.namespace.chunk_health(
+            unavailable_nodes(self.namespace)
+        )
         stats = self.health.stats
         return ClusterHealthReply(
             leader=status.node_id,
@@ -195,7 +193,7 @@ class Admin:
     async def _fsck(self, request: Fsck, call: Call) -> FsckReport:
         self._leader_only()
         findings = Findings()
-        lost = self.lost()
+        lost = unavailable_nodes(self.namespace)
         await check_chunks(
             self.consensus,
             self.namespace,

@@ -148,13 +148,7 @@ async def serve_node(
             service.consensus = consensus
             health = Health()
             health.register(service.server)
-            scrub = Scrub(
-                consensus,
-                namespace,
-                pool,
-                config.data.scrub_mb_per_s,
-                lambda: {n.node for n in namespace.nodes() if n.state in ("down", "removed")},
-            )
+            scrub = Scrub(consensus, namespace, pool, config.data.scrub_mb_per_s)
             Admin(consensus, namespace, pool, health, scrub).register(service.server)
             await nursery.start(scrub.run)
             await nursery.start(consensus.run)
