@@ -116,7 +116,7 @@ def test_harness_catches_learners_counted_for_commit(monkeypatch: pytest.MonkeyP
     real = core.committed_index
     monkeypatch.setattr(core, "committed_index", lambda voters, match: real(tuple(match), match))
     with pytest.raises(Violation, match="leader completeness"):
-        for seed in range(120):
+        for seed in range(300):
             Simulation(seed, (1, 3, 5)[seed % 3], membership=True, workload="kv").run()
 
 

@@ -208,6 +208,13 @@ class AlreadyExists(PrismError):
     errno = _errno.EEXIST
 
 
+class Conflict(PrismError):
+    """The object is not in the state the request expects (it changed meanwhile)."""
+
+    code = "conflict"
+    errno = _errno.EBUSY
+
+
 class InvalidArgument(PrismError):
     """An argument is out of range or malformed."""
 

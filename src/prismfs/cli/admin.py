@@ -1,16 +1,20 @@
-"""Admin commands that ask the Raft leader: node list, fsck, scrub, and the
-health part of ``cluster status``.
+"""Admin commands that ask the Raft leader: node list/add/drain/cancel-drain/
+remove, fsck, scrub, and the health part of ``cluster status`` (with
+``--watch``, a live view with progress bars).
 
 Each finds the leader through any reachable node's `RaftStatus` and sends
-the request there (see `prismfs.node.admin`). Errors are one line on stderr.
-``prismfs fsck`` exits 0 when everything is clean, 1 when it found problems
-and 2 when it could not run.
+the request there (see `prismfs.node.admin`); a leader that hands over
+leadership meanwhile (draining or removing itself) is followed to the new
+one. Errors are one line on stderr and a non-zero exit. ``prismfs fsck``
+exits 0 when everything is clean, 1 when it found problems and 2 when it
+could not run.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,17 +23,23 @@ import msgspec
 import trio
 
 from prismfs.client.config import ClientConfig
-from prismfs.errors import PrismError, Unavailable
+from prismfs.errors import LeadershipTransfer, NotLeader, PrismError, Unavailable
 from prismfs.node.admin import (
+    AddNode,
+    CancelDrain,
     ClusterHealth,
     ClusterHealthReply,
+    DrainNode,
     Fsck,
     FsckReport,
+    NodeChanged,
+    RemoveNode,
     ScrubReport,
     ScrubStart,
     ScrubStatus,
 )
 from prismfs.node.consensus_messages import RaftStatus, RaftStatusReply
+from prismfs.wire.address import parse_address
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.codec import Message
 from prismfs.wire.tls import client_context
@@ -47,26 +57,41 @@ async def leader_call(client: ClientConfig, request: Message, expect: type[T], t
         call_timeout=10,
         client_name="prismfs-cli",
     ) as pool:
-        leader = ""
-        errors = []
-        for address in client.addresses:
+        hint = ""
+        for attempt in range(LEADER_ATTEMPTS):
+            leader = hint
+            errors = []
+            for address in [] if leader else client.addresses:
+                try:
+                    status = (await pool.call(address, RaftStatus(), timeout=5)).message
+                except PrismError as exc:
+                    errors.append(f"{address}: {exc.message}")
+                    continue
+                assert isinstance(status, RaftStatusReply)
+                if status.leader_address:
+                    leader = status.leader_address
+                    break
+            if not leader:
+                raise Unavailable(
+                    "no leader is known: " + ("; ".join(errors) or "the nodes have not elected one")
+                )
             try:
-                status = (await pool.call(address, RaftStatus(), timeout=5)).message
-            except PrismError as exc:
-                errors.append(f"{address}: {exc.message}")
+                reply = (await pool.call(leader, request, timeout=timeout)).message
+            except (NotLeader, LeadershipTransfer) as exc:
+                if attempt == LEADER_ATTEMPTS - 1:
+                    raise
+                # Leadership is moving: go where the node points, else ask again.
+                named = exc.details.get("leader")
+                hint = named if isinstance(named, str) and named != leader else ""
+                await trio.sleep(0.5)
                 continue
-            assert isinstance(status, RaftStatusReply)
-            if status.leader_address:
-                leader = status.leader_address
-                break
-        if not leader:
-            raise Unavailable(
-                "no leader is known: " + ("; ".join(errors) or "the nodes have not elected one")
-            )
-        reply = (await pool.call(leader, request, timeout=timeout)).message
-        if not isinstance(reply, expect):
-            raise TypeError(f"expected {expect.__name__}, got {type(reply).__name__}")
-        return reply
+            if not isinstance(reply, expect):
+                raise TypeError(f"expected {expect.__name__}, got {type(reply).__name__}")
+            return reply
+    raise AssertionError("unreachable")
+
+
+LEADER_ATTEMPTS = 10
 
 
 def health(client: ClientConfig) -> ClusterHealthReply:
@@ -81,34 +106,106 @@ def _size(n: int) -> str:
     return str(n)
 
 
+NODE_COLUMNS = ["node", "address", "zone", "state", "raft", "shards", "used", "capacity", "heard"]
+
+
+def node_rows(h: ClusterHealthReply) -> list[dict[str, str]]:
+    return [
+        {
+            "node": n.node,
+            "address": n.address,
+            "zone": n.zone or "-",
+            "state": n.state,
+            "raft": n.role or "-",
+            "shards": str(n.shards),
+            "used": _size(n.used),
+            "capacity": _size(n.capacity),
+            "heard": f"{n.silent_s:.1f}s ago",
+        }
+        for n in h.nodes
+    ]
+
+
+def summary_lines(h: ClusterHealthReply) -> list[str]:
+    m = h.moves
+    lines = [
+        f"chunks: {h.chunks} with shards: {h.healthy} healthy, {h.degraded} degraded, "
+        f"{h.unavailable} unavailable",
+        f"repair: {h.repair_pending} chunks waiting; {h.repaired_chunks} rebuilt "
+        f"({_size(h.repaired_bytes)}) since this leader started",
+        f"moves: {m.shards_moved} shards moved ({_size(m.bytes_moved)}); rebalance: "
+        + (f"about {_size(m.to_move_bytes)} to move" if m.to_move_bytes else "balanced"),
+    ]
+    lines += [f"draining {node}: {left} of {total} shards left" for node, left, total in m.draining]
+    lines.append(f"scrub: {_scrub_line(h.scrub)}")
+    return lines
+
+
 def print_health(h: ClusterHealthReply, table: Callable[..., None]) -> None:
     click.echo(f"leader {h.leader} (term {h.term}); voters {', '.join(h.voters)}")
     if h.learners:
         click.echo(f"learners {', '.join(h.learners)}")
-    table(
-        [
-            {
-                "node": n.node,
-                "address": n.address,
-                "zone": n.zone or "-",
-                "state": n.state,
-                "used": _size(n.used),
-                "capacity": _size(n.capacity),
-                "last heard": f"{n.silent_s:.1f}s ago",
-            }
-            for n in h.nodes
-        ],
-        ["node", "address", "zone", "state", "used", "capacity", "last heard"],
-    )
-    click.echo(
-        f"chunks: {h.chunks} with shards: {h.healthy} healthy, {h.degraded} degraded, "
-        f"{h.unavailable} unavailable"
-    )
-    click.echo(
-        f"repair: {h.repair_pending} chunks waiting; {h.repaired_chunks} rebuilt "
-        f"({_size(h.repaired_bytes)}) since this leader started"
-    )
-    click.echo(f"scrub: {_scrub_line(h.scrub)}")
+    table(node_rows(h), NODE_COLUMNS)
+    for line in summary_lines(h):
+        click.echo(line)
+
+
+def settled(h: ClusterHealthReply) -> bool:
+    """Nothing left to do: every chunk fully redundant, no drain or rebalance running."""
+    drained = all(left == 0 for _, left, _ in h.moves.draining)
+    return h.healthy == h.chunks and drained and not h.moves.to_move_bytes
+
+
+def watch(client: ClientConfig, interval: float, until_settled: bool) -> None:
+    """Redraw the leader's view every ``interval`` s: nodes, and progress bars for
+    repair, drains, rebalancing and scrub. On a terminal it redraws in place;
+    otherwise it prints one view per interval."""
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+    from rich.table import Table
+
+    console = Console()
+
+    def view(h: ClusterHealthReply) -> Group:
+        table = Table(title=f"leader {h.leader}, term {h.term}", title_justify="left")
+        for column in NODE_COLUMNS:
+            table.add_column(column, justify="right" if column == "shards" else "left")
+        for row in node_rows(h):
+            table.add_row(*(row[c] for c in NODE_COLUMNS))
+        bars = Progress(TextColumn("{task.description:<24}"), BarColumn(), TaskProgressColumn())
+        bars.add_task("redundancy", total=max(h.chunks, 1), completed=h.healthy or (not h.chunks))
+        for node, left, total in h.moves.draining:
+            bars.add_task(f"drain {node}", total=max(total, 1), completed=total - left)
+        moved, to_move = h.moves.bytes_moved, h.moves.to_move_bytes
+        bars.add_task("rebalance", total=max(moved + to_move, 1), completed=moved or (not to_move))
+        if h.scrub.running:
+            bars.add_task("scrub", total=max(h.chunks, 1), completed=h.scrub.chunks)
+        return Group(table, bars, *summary_lines(h))
+
+    def fetch() -> ClusterHealthReply | str:
+        try:
+            return health(client)
+        except PrismError as exc:
+            return f"no view from the leader: {exc.message}"
+
+    def show(h: ClusterHealthReply | str) -> Any:
+        return h if isinstance(h, str) else view(h)
+
+    if not console.is_terminal:
+        while True:
+            h = fetch()
+            console.print(show(h))
+            if until_settled and not isinstance(h, str) and settled(h):
+                return
+            time.sleep(interval)
+    with Live(show(fetch()), console=console, refresh_per_second=4) as live:
+        while True:
+            time.sleep(interval)
+            h = fetch()
+            live.update(show(h))
+            if until_settled and not isinstance(h, str) and settled(h):
+                return
 
 
 def _when(ns: int) -> str:
@@ -127,6 +224,66 @@ def _scrub_line(s: ScrubReport) -> str:
 def register(
     cli: click.Group, node: click.Group, client_options: Callable[[Any], Any], table: Any
 ) -> None:
+    def changed(reply: NodeChanged, as_json: bool) -> None:
+        if as_json:
+            click.echo(json.dumps(msgspec.to_builtins(reply), indent=2))
+        else:
+            click.echo(reply.message)
+
+    def membership(client: ClientConfig, request: Message) -> NodeChanged:
+        return trio.run(leader_call, client, request, NodeChanged, 300.0)
+
+    json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+    @node.command("add")
+    @client_options
+    @click.argument("address", metavar="HOST:PORT")
+    @click.option("--zone", default="", help="Failure domain to place the node in.")
+    @click.option("--voter", is_flag=True, help="Also give it a Raft vote (at most 5 voters).")
+    @json_option
+    def node_add(client: ClientConfig, address: str, zone: str, voter: bool, as_json: bool) -> None:
+        """Add the node running at HOST:PORT (started with the cluster secret, without
+        --join) to the cluster. It stores shards at once; rebalancing moves shards to it
+        in the background."""
+        parse_address(address)
+        changed(membership(client, AddNode(address, zone, voter)), as_json)
+
+    @node.command("drain")
+    @client_options
+    @click.argument("node_id", metavar="ID")
+    @click.option("--wait", is_flag=True, help="Show progress until every shard is moved off.")
+    @json_option
+    def node_drain(client: ClientConfig, node_id: str, wait: bool, as_json: bool) -> None:
+        """Move every shard off node ID (it takes no new ones), hand its vote to
+        another node and leadership away if it leads. Then `node remove` it."""
+        reply = membership(client, DrainNode(node_id))
+        changed(reply, as_json)
+        if wait:
+            _wait_drained(client, node_id, quiet=as_json)
+
+    @node.command("cancel-drain")
+    @client_options
+    @click.argument("node_id", metavar="ID")
+    @json_option
+    def node_cancel_drain(client: ClientConfig, node_id: str, as_json: bool) -> None:
+        """Stop draining node ID: it takes new shards again."""
+        changed(membership(client, CancelDrain(node_id)), as_json)
+
+    @node.command("remove")
+    @client_options
+    @click.argument("node_id", metavar="ID")
+    @click.option(
+        "--force",
+        is_flag=True,
+        help="Remove it even if some chunk cannot do without its shards (they are lost).",
+    )
+    @json_option
+    def node_remove(client: ClientConfig, node_id: str, force: bool, as_json: bool) -> None:
+        """Take node ID out of the cluster (registry and Raft group). Refused while it
+        holds shards some chunk cannot do without, unless --force; shards it still
+        holds are rebuilt elsewhere by repair."""
+        changed(membership(client, RemoveNode(node_id, force)), as_json)
+
     @node.command("list")
     @client_options
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -202,3 +359,31 @@ def register(
             click.echo(json.dumps(msgspec.to_builtins(s), indent=2))
         else:
             click.echo(f"scrub: {_scrub_line(s)}")
+
+
+def _wait_drained(client: ClientConfig, node_id: str, *, quiet: bool) -> None:
+    """Poll the leader until no shard is left on ``node_id``, with a progress bar."""
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    def left() -> tuple[int, int]:
+        h = health(client)
+        for node, remaining, total in h.moves.draining:
+            if node == node_id:
+                return remaining, total
+        placed = next((n.shards for n in h.nodes if n.node == node_id), 0)
+        return placed, placed
+
+    with Progress(
+        TextColumn(f"draining {node_id}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[left]} shards left"),
+        disable=quiet,
+    ) as bar:
+        remaining, total = left()
+        task = bar.add_task("drain", total=max(total, 1), left=remaining)
+        while remaining:
+            time.sleep(1.0)
+            remaining, total = left()
+            bar.update(task, total=max(total, 1), completed=total - remaining, left=remaining)
+        bar.update(task, completed=max(total, 1), left=0)

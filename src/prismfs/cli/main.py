@@ -105,9 +105,24 @@ def cluster_init(data_dir: Path) -> None:
 @cluster.command("status")
 @client_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def cluster_status(client: ClientConfig, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Keep redrawing, with progress bars (Ctrl-C to stop).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between redraws.")
+@click.option(
+    "--until-settled",
+    is_flag=True,
+    help="With --watch: stop once every chunk is fully redundant and no drain or "
+    "rebalance is left.",
+)
+def cluster_status(
+    client: ClientConfig, as_json: bool, watch: bool, interval: float, until_settled: bool
+) -> None:
     """Ping every node the client knows, then show the leader's view: nodes and
-    their state, chunk health, repair and scrub progress."""
+    their state, chunk health, repair, drain, rebalance and scrub progress."""
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch and --json do not go together")
+        admin_cli.watch(client, max(interval, 0.1), until_settled)
+        return
     rows = trio.run(_probe_nodes, client)
     health: Any = None
     problem = ""

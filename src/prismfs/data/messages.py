@@ -79,7 +79,7 @@ class NodeHeartbeat(DataMessage, frozen=True):
 
 
 class HeartbeatAck(DataMessage, frozen=True):
-    pass
+    removed: bool = False  # the node was removed from the cluster: it should stop
 
 
 class VerifyShards(DataMessage, frozen=True):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -72,6 +72,7 @@ class Health:
     since: float = field(default_factory=trio.current_time)
     last_seen: dict[str, float] = field(default_factory=dict)
     down_since: dict[str, float] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
     stats: RepairStats = field(default_factory=RepairStats)
 
     def beat(self, node: str) -> None:
@@ -91,13 +92,20 @@ class Health:
 
     async def _heartbeat(self, request: NodeHeartbeat, call: Call) -> HeartbeatAck:
         self.beat(request.node)
-        return HeartbeatAck()
+        return HeartbeatAck(removed=request.node in self.removed)
 
 
 async def send_heartbeats(
-    consensus: Consensus, pool: RpcPool, node_id: str, interval: float
+    consensus: Consensus,
+    pool: RpcPool,
+    node_id: str,
+    interval: float,
+    on_removed: Callable[[], None] = lambda: None,
 ) -> None:
-    """On every node: tell the leader this node is alive, every ``interval``."""
+    """On every node: tell the leader this node is alive, every ``interval``.
+    If the leader answers that this node was removed, ``on_removed`` is called
+    (the daemon shuts down: it is no longer a member and cannot learn so through
+    the log it no longer receives)."""
     while True:
         await trio.sleep(interval)
         try:
@@ -107,9 +115,16 @@ async def send_heartbeats(
         if status.leader == node_id or not status.leader_address:
             continue
         try:
-            await pool.call(status.leader_address, NodeHeartbeat(node_id), timeout=interval * 2)
+            reply = await pool.call(
+                status.leader_address, NodeHeartbeat(node_id), timeout=interval * 2
+            )
         except PrismError as exc:
             log.debug("heartbeat to %s failed: %s", status.leader_address, exc.message)
+            continue
+        if isinstance(reply.message, HeartbeatAck) and reply.message.removed:
+            log.warning("the leader says this node was removed from the cluster: stopping")
+            on_removed()
+            return
 
 
 async def watch_nodes(
@@ -132,7 +147,9 @@ async def watch_nodes(
             leading = True
         health.beat(node_id)
         now = trio.current_time()
-        for node in namespace.nodes():
+        registry = namespace.nodes()
+        health.removed = {n.node for n in registry if n.state == "removed"}
+        for node in registry:
             silent = health.silent_for(node.node)
             new_state = ""
             if node.state == "up" and silent > down_after:
@@ -142,10 +159,9 @@ async def watch_nodes(
                 new_state = "up"
                 log.info("node %s is heard from again: up", node.node)
             if new_state:
+                command = SetNodeState(time.time_ns(), node.node, new_state, expect=node.state)  # type: ignore[arg-type]
                 try:
-                    await consensus.propose_internal(
-                        encode_message(SetNodeState(time.time_ns(), node.node, new_state))  # type: ignore[arg-type]
-                    )
+                    await consensus.propose_internal(encode_message(command))
                 except PrismError as exc:
                     log.info("could not mark node %s %s: %s", node.node, new_state, exc.message)
                     continue
@@ -210,6 +226,7 @@ async def repair_pass(
     limiter = trio.Semaphore(PARALLEL_CHUNKS)
     done = 0
     unavailable = 0
+    stuck: list[str] = []
 
     async def one(rec: ChunkRecord) -> None:
         nonlocal done, unavailable
@@ -219,21 +236,25 @@ async def repair_pass(
                 moved = await repair_chunk(consensus, pool, rec, lost, nodes, stats)
             except NotEnoughShardsToRepair as exc:
                 unavailable += 1
-                log.error("chunk %s cannot be repaired now: %s", rec.id.hex(), exc.message)
+                log.debug("chunk %s cannot be repaired now: %s", rec.id.hex(), exc.message)
+                stuck.append(f"{rec.id.hex()}: {exc.message}")
                 return
             except PrismError as exc:
                 log.info("repair of chunk %s failed, will retry: %s", rec.id.hex(), exc.message)
                 return
             if moved:
                 done += 1
-            # Pace to the bandwidth budget: k shards read, the lost ones written.
+            # Pace to the bandwidth budget (k shards read, the lost ones written),
+            # shared by the chunks repaired at once.
             spent = rec.shard_size * (rec.k + moved)
-            await trio.sleep_until(started + spent / (mb_per_s * 1e6))
+            await trio.sleep_until(started + spent * PARALLEL_CHUNKS / (mb_per_s * 1e6))
 
     with single_exception():
         async with trio.open_nursery() as nursery:
             for rec in records:
                 nursery.start_soon(one, rec)
+    if unavailable != stats.unavailable and stuck:
+        log.error("repair: %d chunks cannot be rebuilt now, e.g. %s", unavailable, stuck[0])
     stats.unavailable = unavailable
     if done:
         log.info("repair: rebuilt %d chunks (%d unavailable)", done, unavailable)

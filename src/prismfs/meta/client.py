@@ -155,7 +155,8 @@ class MetaClient:
         """Apply ``ops`` in order in one log entry (one round trip, one fsync),
         exactly once as a whole; per op its attributes or its error (a failed
         op changed nothing, the others still applied)."""
-        raw = _decode(await self._propose(Batch(now_ns(), tuple(encode_message(op) for op in ops))))
+        batch = Batch(now_ns(), tuple(encode_message(op) for op in ops))
+        raw = decode_result(await self._propose(batch))
         if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):
             raise TypeError(f"expected {len(ops)} batch results, got {raw!r:.200}")
         out: list[Attr | PrismError | None] = []
@@ -168,7 +169,7 @@ class MetaClient:
 
     async def reserve_inodes(self, count: int) -> range:
         """Inode numbers for this client's own creates (`Mknod` with ``ino``)."""
-        raw = _decode(await self._propose(ReserveInodes(now_ns(), count)))
+        raw = decode_result(await self._propose(ReserveInodes(now_ns(), count)))
         if not isinstance(raw, Reserved):
             raise TypeError(f"expected Reserved, got {type(raw).__name__}")
         return range(raw.first, raw.first + raw.count)
@@ -177,7 +178,7 @@ class MetaClient:
         reply = await self._call(
             Query(encode_message(q)), QueryResult, to_leader=self.reads_at_leader
         )
-        result = _decode(reply.result)
+        result = decode_result(reply.result)
         if not isinstance(result, expect):
             raise TypeError(f"expected {expect.__name__}, got {type(result).__name__}")
         return result
@@ -368,7 +369,7 @@ class MetaClient:
         """The state digest of the replica at ``address`` (for tests and fsck)."""
         reply = (await self.pool.call(address, Query(encode_message(GetDigest())))).message
         assert isinstance(reply, QueryResult)
-        value = _decode(reply.result)
+        value = decode_result(reply.result)
         assert isinstance(value, MetaValue)
         return value.value.decode()
 
@@ -419,7 +420,8 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def _decode(raw: bytes) -> Message:
+def decode_result(raw: bytes) -> Message:
+    """A proposal's or query's result; a refusal (`MetaFailed`) raised as its error."""
     result = decode_message(raw)
     if isinstance(result, MetaFailed):
         raise registered_errors().get(result.code, InternalError)(result.message)
@@ -427,7 +429,7 @@ def _decode(raw: bytes) -> Message:
 
 
 def _ok(raw: bytes) -> MetaOk:
-    result = _decode(raw)
+    result = decode_result(raw)
     if not isinstance(result, MetaOk):
         raise TypeError(f"expected MetaOk, got {type(result).__name__}")
     return result

@@ -227,7 +227,8 @@ class GcDone(MetaCommand, frozen=True):
 
 class RegisterNode(MetaCommand, frozen=True):
     """A storage node announces itself (at start): address, failure domain and
-    raw capacity. Its state stays as it was ("up" for a new node)."""
+    raw capacity. Its state stays as it was ("up" for a new node), and so does
+    its zone if ``zone`` is empty (one an administrator set is kept)."""
 
     node: str
     address: str
@@ -236,8 +237,20 @@ class RegisterNode(MetaCommand, frozen=True):
 
 
 class SetNodeState(MetaCommand, frozen=True):
+    """Set a node's state. With ``expect``, only if the state is that now (else
+    `Conflict`): the leader's liveness watch never undoes an administrator's
+    drain or removal it did not see."""
+
     node: str
     state: Literal["up", "down", "draining", "removed"]
+    expect: str = ""
+
+
+class SetNodeZone(MetaCommand, frozen=True):
+    """An administrator places a node in a failure domain (``node add --zone``)."""
+
+    node: str
+    zone: str
 
 
 class MoveShards(MetaCommand, frozen=True):

@@ -47,6 +47,7 @@ import xxhash
 from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import (
     AlreadyExists,
+    Conflict,
     FileTooLarge,
     InvalidArgument,
     IsADirectory,
@@ -118,6 +119,7 @@ from prismfs.meta.commands import (
     Rmdir,
     SetAttr,
     SetNodeState,
+    SetNodeZone,
     SetXattr,
     ShardRefs,
     StatFs,
@@ -282,6 +284,7 @@ class Namespace:
             GcDone: self._gc_done,
             RegisterNode: self._register_node,
             SetNodeState: self._set_node_state,
+            SetNodeZone: self._set_node_zone,
             MoveShards: self._move_shards,
         }
         self._queries: dict[type[MetaQuery], Callable[[Any], Message]] = {
@@ -1204,6 +1207,15 @@ class Namespace:
                 unavailable += 1
         return total, healthy, degraded, unavailable
 
+    def shards_per_node(self) -> dict[str, int]:
+        """How many shards the chunk records place on each node."""
+        counts: dict[str, int] = {}
+        for (blob,) in self.db.execute("SELECT record FROM chunks"):
+            for n in _record(blob).nodes:
+                if n:
+                    counts[n] = counts.get(n, 0) + 1
+        return counts
+
     def chunks_on(self, bad: set[str], after: bytes = b"", limit: int = 500) -> list[ChunkRecord]:
         """Chunk records (ordered by id, after ``after``) with a shard on a node of
         ``bad`` or never stored (node ""): what repair works on."""
@@ -1227,7 +1239,8 @@ class Namespace:
             raise NotPermitted(f"node {c.node} was removed from the cluster")
         self.db.execute(
             "INSERT INTO nodes VALUES (?, ?, ?, ?, 'up', ?) ON CONFLICT (node) DO UPDATE SET"
-            " address = excluded.address, zone = excluded.zone, capacity = excluded.capacity",
+            " address = excluded.address, capacity = excluded.capacity,"
+            " zone = CASE WHEN excluded.zone = '' THEN zone ELSE excluded.zone END",
             (c.node, c.address, c.zone, c.capacity, c.now_ns),
         )
 
@@ -1259,7 +1272,19 @@ class Namespace:
         self.db.execute("DELETE FROM node_usage WHERE bytes = 0")
 
     def _set_node_state(self, c: SetNodeState) -> None:
-        cursor = self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (c.state, c.node))
+        row = self.db.execute("SELECT state FROM nodes WHERE node = ?", (c.node,)).fetchone()
+        if row is None:
+            raise NotFound(f"no node {c.node} in the registry")
+        if c.expect and row[0] != c.expect:
+            raise Conflict(f"node {c.node} is {row[0]}, not {c.expect}")
+        if row[0] == "removed" and c.state != "removed":
+            raise NotPermitted(f"node {c.node} was removed from the cluster")
+        self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (c.state, c.node))
+
+    def _set_node_zone(self, c: SetNodeZone) -> None:
+        if len(c.zone) > 64:
+            raise InvalidArgument("a zone name has at most 64 characters")
+        cursor = self.db.execute("UPDATE nodes SET zone = ? WHERE node = ?", (c.zone, c.node))
         if cursor.rowcount == 0:
             raise NotFound(f"no node {c.node} in the registry")
 

@@ -1,28 +1,61 @@
 """Cluster administration RPCs, answered by the Raft leader.
 
 Theory of operation. The admin CLI (``prismfs cluster status``, ``node
-list``, ``fsck``, ``scrub``) finds the leader (any node's `RaftStatus` names
-it) and sends these messages there; another node answers `NotLeader` with
-the leader's address. The leader answers from its own replica of the
-namespace (the node registry, the chunk records), its in-memory liveness
-view (`Health`), and the progress of its repair and scrub tasks. `Fsck`
-runs a full check (every shard read and checksummed where it lives, the
-shard lists of every node compared with the records) in the call itself;
-with ``repair`` it also rebuilds what it found and deletes orphans.
+list/add/drain/cancel-drain/remove``, ``fsck``, ``scrub``) finds the leader
+(any node's `RaftStatus` names it) and sends these messages there; another
+node answers `NotLeader` with the leader's address. The leader answers from
+its own replica of the namespace (the node registry, the chunk records), its
+in-memory liveness view (`Health`), and the progress of its repair, move and
+scrub tasks. `Fsck` runs a full check (every shard read and checksummed
+where it lives, the shard lists of every node compared with the records) in
+the call itself; with ``repair`` it also rebuilds what it found and deletes
+orphans.
+
+Membership. `AddNode` asks the node at an address for its id (it must be
+running with the cluster's secret and not be a member yet), makes it a Raft
+learner, waits for it to enter the node registry, sets its zone if given,
+and with ``voter`` promotes it once it has caught up with the log (at most
+`MAX_VOTERS` voters; further nodes stay learners and only store shards).
+`DrainNode` marks the node "draining" (placement skips it; the `Mover`
+moves its shards off), hands its vote to a learner if one is up (else it is
+demoted only if three voters remain; otherwise it keeps its vote until it
+is removed), and if it is the leader, hands leadership to another voter
+first and answers `NotLeader` (the CLI asks the new leader, which finds the
+node draining and goes on). `RemoveNode` refuses while some chunk could not
+do without the node's shard (fewer than k other live shards) unless
+``force``; otherwise it marks the node "removed" (its shards, if any, are
+rebuilt by repair) and takes it out of the Raft group. Each step is
+idempotent, so a retried request finishes what an interrupted one began.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import ClassVar
 
-from prismfs.data.repair import Health, unavailable_nodes
+import trio
+
+from prismfs.data.rebalance import Mover
+from prismfs.data.repair import Health, unavailable_nodes, usable
 from prismfs.data.scrub import Findings, Scrub, check_chunks, find_orphans
-from prismfs.errors import NotLeader
+from prismfs.errors import (
+    ConfChangeInProgress,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    NotLeader,
+    NotPermitted,
+    PrismError,
+)
+from prismfs.meta.client import decode_result
+from prismfs.meta.commands import ChunkRecord, MetaCommand, NodeInfo, SetNodeState, SetNodeZone
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
+from prismfs.node.consensus_messages import ChangeMembership, RaftStatus, RaftStatusReply
 from prismfs.wire.client import RpcPool
-from prismfs.wire.codec import I64, U64, Message
+from prismfs.wire.codec import I64, U64, Message, encode_message
+from prismfs.wire.messages import Ping, Pong
 from prismfs.wire.server import Call, RpcServer
 
 log = logging.getLogger("prismfs.node.admin")
@@ -45,6 +78,8 @@ class NodeHealth(AdminMessage, frozen=True):
     capacity: U64
     used: U64
     silent_s: float  # since the leader last heard from it
+    role: str = ""  # voter, learner or "" (not in the Raft group)
+    shards: U64 = 0  # shards the chunk records place on it
 
 
 class ScrubReport(AdminMessage, frozen=True):
@@ -57,6 +92,13 @@ class ScrubReport(AdminMessage, frozen=True):
     corrupt: U64
     missing: U64
     repaired: U64
+
+
+class MoveReport(AdminMessage, frozen=True):
+    shards_moved: U64
+    bytes_moved: U64
+    to_move_bytes: U64  # rebalancing still to do (estimate)
+    draining: tuple[tuple[str, U64, U64], ...]  # (node, shards left, shards at the start)
 
 
 class ClusterHealthReply(AdminMessage, frozen=True):
@@ -73,6 +115,7 @@ class ClusterHealthReply(AdminMessage, frozen=True):
     repaired_chunks: U64
     repaired_bytes: U64
     scrub: ScrubReport
+    moves: MoveReport = MoveReport(0, 0, 0, ())
 
 
 class Fsck(AdminMessage, frozen=True):
@@ -103,6 +146,41 @@ class ScrubStatus(AdminMessage, frozen=True):
     pass
 
 
+class AddNode(AdminMessage, frozen=True):
+    address: str
+    zone: str = ""
+    voter: bool = False
+
+
+class DrainNode(AdminMessage, frozen=True):
+    node: str
+
+
+class CancelDrain(AdminMessage, frozen=True):
+    node: str
+
+
+class RemoveNode(AdminMessage, frozen=True):
+    node: str
+    force: bool = False
+
+
+class NodeChanged(AdminMessage, frozen=True):
+    """What a membership command did: the node's state and Raft role after it,
+    the shards the records still place on it, and a sentence for the operator."""
+
+    node: str
+    address: str
+    state: str
+    role: str
+    shards: U64
+    message: str
+
+
+MAX_VOTERS = 5
+CATCH_UP_S = 60.0  # a new node must reach the leader's commit index within this to vote
+
+
 class Admin:
     def __init__(
         self,
@@ -111,18 +189,24 @@ class Admin:
         pool: RpcPool,
         health: Health,
         scrub: Scrub,
+        mover: Mover,
     ) -> None:
         self.consensus = consensus
         self.namespace = namespace
         self.pool = pool
         self.health = health
         self.scrub = scrub
+        self.mover = mover
 
     def register(self, server: RpcServer) -> None:
         server.register(ClusterHealth, self._cluster_health)
         server.register(Fsck, self._fsck)
         server.register(ScrubStart, self._scrub_start)
         server.register(ScrubStatus, self._scrub_status)
+        server.register(AddNode, self._add_node)
+        server.register(DrainNode, self._drain_node)
+        server.register(CancelDrain, self._cancel_drain)
+        server.register(RemoveNode, self._remove_node)
 
     def _leader_only(self) -> None:
         status = self.consensus.status()
@@ -139,6 +223,8 @@ class Admin:
             unavailable_nodes(self.namespace)
         )
         stats = self.health.stats
+        shards = self.namespace.shards_per_node()
+        moves = self.mover.stats
         return ClusterHealthReply(
             leader=status.node_id,
             term=status.term,
@@ -153,6 +239,8 @@ class Admin:
                     n.capacity,
                     n.used,
                     round(self.health.silent_for(n.node), 3),
+                    _role(status, n.node),
+                    shards.get(n.node, 0),
                 )
                 for n in self.namespace.nodes()
             ),
@@ -164,6 +252,15 @@ class Admin:
             repaired_chunks=stats.chunks_repaired,
             repaired_bytes=stats.bytes_written,
             scrub=self._scrub_report(),
+            moves=MoveReport(
+                moves.shards_moved,
+                moves.bytes_moved,
+                moves.to_move_bytes,
+                tuple(
+                    (n, left, moves.drain_total.get(n, left))
+                    for n, left in sorted(moves.draining.items())
+                ),
+            ),
         )
 
     def _scrub_report(self) -> ScrubReport:
@@ -226,3 +323,211 @@ class Admin:
             repaired=findings.repaired,
             orphans_deleted=findings.orphans_deleted,
         )
+
+    # --- membership ---------------------------------------------------------------------
+
+    async def _add_node(self, request: AddNode, call: Call) -> NodeChanged:
+        self._leader_only()
+        try:
+            pong = (await self.pool.call(request.address, Ping(), timeout=5)).message
+        except PrismError as exc:
+            raise type(exc)(f"node at {request.address}: {exc.message}") from None
+        assert isinstance(pong, Pong)
+        node = pong.node_id
+        status = self.consensus.status()
+        known = self._registry().get(node)
+        if known is not None and known.state == "removed":
+            raise NotPermitted(
+                f"node {node} was removed from the cluster; start it with an empty data "
+                "directory to add it as a new node"
+            )
+        if request.voter and node not in status.voters and len(status.voters) >= MAX_VOTERS:
+            raise InvalidArgument(
+                f"the cluster has {len(status.voters)} voters, the most it takes; "
+                "add the node without --voter (it stores shards all the same)"
+            )
+        if node not in status.voters + status.learners:
+            await self._membership(ChangeMembership("add_learner", node, request.address))
+            log.info("node %s at %s added as a learner", node, request.address)
+        info = await self._registered(node)
+        if request.zone and info.zone != request.zone:
+            await self._propose(SetNodeZone(time.time_ns(), node, request.zone))
+        if request.voter and node not in self.consensus.status().voters:
+            await self._caught_up(node, request.address)
+            await self._membership(ChangeMembership("add_voter", node, request.address))
+            log.info("node %s promoted to voter", node)
+        role = _role(self.consensus.status(), node)
+        return self._changed(node, f"node {node} at {request.address} is a {role}")
+
+    async def _drain_node(self, request: DrainNode, call: Call) -> NodeChanged:
+        self._leader_only()
+        info = self._node(request.node)
+        if info.state == "removed":
+            raise NotPermitted(f"node {info.node} was removed from the cluster")
+        if info.state != "draining":
+            await self._propose(SetNodeState(time.time_ns(), info.node, "draining", info.state))
+            log.info("node %s is draining", info.node)
+        status = self.consensus.status()
+        vote = ""
+        if info.node in status.voters:
+            if info.node == status.node_id:
+                await self._hand_leadership_away(status)
+            registry = self._registry()
+            learners = [n for n in status.learners if _live(registry.get(n))]
+            if learners:
+                await self._caught_up(learners[0], registry[learners[0]].address)
+                await self._membership(ChangeMembership("add_voter", learners[0]))
+                await self._membership(ChangeMembership("add_learner", info.node))
+                vote = f"; its vote went to {learners[0]}"
+            elif len(status.voters) > 3:
+                await self._membership(ChangeMembership("add_learner", info.node))
+                vote = f"; it no longer votes ({len(status.voters) - 1} voters remain)"
+            else:
+                vote = "; it keeps its vote until it is removed (no other node can take it)"
+        shards = len(self.mover.all_on(info.node))
+        return self._changed(
+            info.node, f"node {info.node} is draining: {shards} shards to move off{vote}"
+        )
+
+    async def _cancel_drain(self, request: CancelDrain, call: Call) -> NodeChanged:
+        self._leader_only()
+        info = self._node(request.node)
+        if info.state != "draining":
+            raise InvalidArgument(f"node {info.node} is {info.state}, not draining")
+        await self._propose(SetNodeState(time.time_ns(), info.node, "up", "draining"))
+        log.info("drain of node %s cancelled", info.node)
+        return self._changed(
+            info.node,
+            f"node {info.node} takes new shards again (a vote it handed on stays where it "
+            "went; `node add --voter` gives it one back)",
+        )
+
+    async def _remove_node(self, request: RemoveNode, call: Call) -> NodeChanged:
+        self._leader_only()
+        status = self.consensus.status()
+        registry = self._registry()
+        info = registry.get(request.node)
+        member = request.node in status.voters + status.learners
+        if info is None and not member:
+            raise NotFound(f"no node {request.node} in the cluster")
+        if request.node == status.node_id:
+            await self._hand_leadership_away(status)
+        held = self.mover.all_on(request.node)
+        lost = unavailable_nodes(self.namespace) | {request.node}
+        needed = [r for r in held if _live_shards(r, lost, registry) < r.k]
+        if needed and not request.force:
+            raise NotPermitted(
+                f"node {request.node} holds shards that {len(needed)} chunks cannot do without "
+                f"(e.g. {needed[0].id.hex()}): drain it first, or bring their other nodes "
+                "back; --force removes it anyway and those chunks are lost"
+            )
+        if info is not None and info.state != "removed":
+            await self._propose(SetNodeState(time.time_ns(), request.node, "removed"))
+        if member:
+            await self._membership(ChangeMembership("remove", request.node))
+        log.warning(
+            "node %s removed (%d chunks had a shard on it, %d of them lost)",
+            request.node,
+            len(held),
+            len(needed),
+        )
+        message = f"node {request.node} removed"
+        if held:
+            message += f"; {len(held)} chunks had a shard on it and are rebuilt by repair"
+        if needed:
+            message += f"; {len(needed)} chunks could not be rebuilt"
+        return self._changed(request.node, message)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _registry(self) -> dict[str, NodeInfo]:
+        return {n.node: n for n in self.namespace.nodes()}
+
+    def _node(self, node: str) -> NodeInfo:
+        info = self._registry().get(node)
+        if info is None:
+            raise NotFound(f"no node {node} in the cluster")
+        return info
+
+    def _changed(self, node: str, message: str) -> NodeChanged:
+        info = self._registry().get(node)
+        return NodeChanged(
+            node,
+            info.address if info else "",
+            info.state if info else "removed",
+            _role(self.consensus.status(), node),
+            len(self.mover.all_on(node)) if info else 0,
+            message,
+        )
+
+    async def _propose(self, command: MetaCommand) -> None:
+        decode_result((await self.consensus.propose_internal(encode_message(command))).result)
+
+    async def _membership(self, change: ChangeMembership) -> None:
+        """One membership change, retried while the previous one commits."""
+        with trio.fail_after(30):
+            while True:
+                try:
+                    await self.consensus.change_membership(change)
+                    return
+                except ConfChangeInProgress:
+                    await trio.sleep(0.2)
+
+    async def _registered(self, node: str) -> NodeInfo:
+        """Wait for a new member to enter the node registry (it does, once it
+        learns who leads)."""
+        with trio.move_on_after(30):
+            while True:
+                info = self._registry().get(node)
+                if info is not None:
+                    return info
+                await trio.sleep(0.2)
+        raise DeadlineExceeded(
+            f"node {node} joined the Raft group but did not register within 30 s; "
+            "is its data directory's cluster secret this cluster's?"
+        )
+
+    async def _caught_up(self, node: str, address: str) -> None:
+        """Wait until ``node`` has applied the log up to the leader's commit index."""
+        target = self.consensus.status().commit
+        with trio.move_on_after(CATCH_UP_S):
+            while True:
+                try:
+                    reply = (await self.pool.call(address, RaftStatus(), timeout=5)).message
+                    if isinstance(reply, RaftStatusReply) and reply.applied >= target:
+                        return
+                except PrismError:
+                    pass
+                await trio.sleep(0.2)
+        raise DeadlineExceeded(f"node {node} did not catch up with the log in {CATCH_UP_S:g} s")
+
+    async def _hand_leadership_away(self, status: RaftStatusReply) -> None:
+        """This leader is asked to give up its vote: another voter takes over, and
+        the caller is told to ask it (`NotLeader`)."""
+        registry = self._registry()
+        others = [v for v in status.voters if v != status.node_id and _live(registry.get(v))]
+        if not others:
+            raise InvalidArgument(f"node {status.node_id} is the only voter that is up")
+        await self.consensus.transfer_leadership(others[0])
+        with trio.move_on_after(5):
+            while self.consensus.role == "leader":
+                await trio.sleep(0.05)
+        leader = self.consensus.status().leader_address
+        raise NotLeader(
+            f"leadership handed from {status.node_id} to another voter; ask the new leader",
+            leader=leader or None,
+        )
+
+
+def _role(status: RaftStatusReply, node: str) -> str:
+    if node in status.voters:
+        return "voter"
+    return "learner" if node in status.learners else ""
+
+
+def _live(info: NodeInfo | None) -> bool:
+    return info is not None and info.state == "up"
+
+
+def _live_shards(rec: ChunkRecord, lost: set[str], registry: dict[str, NodeInfo]) -> int:
+    return sum(1 for n in rec.nodes if usable(n, lost, registry))

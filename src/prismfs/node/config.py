@@ -108,6 +108,14 @@ class DataSection(_Section):
     """How long a node stays down before its shards are rebuilt elsewhere (0 = at once)."""
     repair_mb_per_s: float = 100.0
     """Bandwidth the leader's repair may use (MB/s of shards read and written)."""
+    rebalance_spread: float = 0.1
+    """Rebalancing moves shards while the fullest and the emptiest node's fill
+    differ by more than this fraction of the mean fill."""
+    rebalance_mb_per_s: float = 50.0
+    """Bandwidth of draining and rebalancing (MB/s of shards read and written)."""
+    move_delete_after_s: float = 30.0
+    """How long the old copy of a moved shard is kept (readers that opened the
+    file before the move still find it there)."""
     scrub_mb_per_s: float = 50.0
     """How fast a scrub pass reads shards (MB/s, summed over the nodes)."""
     default_layout: str = ""
@@ -199,3 +207,10 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("raft.snapshot_every must be at least 1")
     if not 0 < config.rpc.handshake_timeout <= 300:
         raise ConfigError("rpc.handshake_timeout must be more than 0 and at most 300 seconds")
+    data = config.data
+    if not 0 < data.rebalance_spread <= 10:
+        raise ConfigError("data.rebalance_spread must be more than 0 and at most 10")
+    if min(data.rebalance_mb_per_s, data.repair_mb_per_s, data.scrub_mb_per_s) <= 0:
+        raise ConfigError("data.*_mb_per_s must be more than 0")
+    if data.move_delete_after_s < 0:
+        raise ConfigError("data.move_delete_after_s must not be negative")

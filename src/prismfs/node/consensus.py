@@ -537,18 +537,23 @@ class Consensus:
         return self.status()
 
     async def _on_transfer(self, request: TransferLeadership, call: Call) -> RaftStatusReply:
+        await self.transfer_leadership(request.target)
+        return self.status()
+
+    async def transfer_leadership(self, target: str, timeout: float | None = None) -> None:
+        """Start handing leadership to voter ``target`` (it takes over within an election
+        timeout, or the transfer is abandoned)."""
         waiter = _Waiter()
 
         def do(core: RaftNode) -> None:
             try:
-                core.transfer_leadership(request.target)
+                core.transfer_leadership(target)
                 waiter.finish()
             except PrismError as exc:
                 waiter.finish(error=exc)
 
         self._submit(do)
-        await self._wait(waiter, None, "leadership transfer")
-        return self.status()
+        await self._wait(waiter, timeout, "leadership transfer")
 
 
 def _weight(m: RaftMessage) -> int:

@@ -24,6 +24,7 @@ import trio
 from prismfs import __version__
 from prismfs.data.gc import gc_loop, orphan_loop
 from prismfs.data.layout import LAYOUT_XATTR, Layout
+from prismfs.data.rebalance import Mover
 from prismfs.data.repair import Health, repair_loop, send_heartbeats, watch_nodes
 from prismfs.data.scrub import Scrub
 from prismfs.data.service import ShardService
@@ -149,8 +150,18 @@ async def serve_node(
             health = Health()
             health.register(service.server)
             scrub = Scrub(consensus, namespace, pool, config.data.scrub_mb_per_s)
-            Admin(consensus, namespace, pool, health, scrub).register(service.server)
+            mover = Mover(
+                consensus,
+                namespace,
+                pool,
+                health,
+                spread=config.data.rebalance_spread,
+                mb_per_s=config.data.rebalance_mb_per_s,
+                delete_after_s=config.data.move_delete_after_s,
+            )
+            Admin(consensus, namespace, pool, health, scrub, mover).register(service.server)
             await nursery.start(scrub.run)
+            await nursery.start(mover.run)
             await nursery.start(consensus.run)
             datadir.write_state(
                 config.data_dir,
@@ -184,7 +195,14 @@ async def serve_node(
                 node_id,
             )
             data = config.data
-            nursery.start_soon(send_heartbeats, consensus, pool, node_id, data.heartbeat_s)
+            nursery.start_soon(
+                send_heartbeats,
+                consensus,
+                pool,
+                node_id,
+                data.heartbeat_s,
+                lambda: os.kill(os.getpid(), signal.SIGTERM),
+            )
             nursery.start_soon(
                 watch_nodes,
                 consensus,

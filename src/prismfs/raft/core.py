@@ -284,8 +284,10 @@ class RaftNode:
         conf = self.conf
         if change.op == "add_voter" and change.node in conf.voters:
             raise InvalidArgument(f"{change.node} is already a voter")
-        if change.op == "add_learner" and change.node in conf.members():
-            raise InvalidArgument(f"{change.node} is already a member")
+        if change.op == "add_learner" and change.node in conf.learners:
+            raise InvalidArgument(f"{change.node} is already a learner")
+        if change.op == "add_learner" and conf.voters == (change.node,):
+            raise InvalidArgument("cannot demote the last voter")
         if change.op == "remove":
             if change.node not in conf.members():
                 raise InvalidArgument(f"{change.node} is not a member")

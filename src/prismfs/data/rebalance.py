@@ -1,0 +1,329 @@
+"""Moving shards between live nodes, run by the Raft leader: drains and rebalancing.
+
+Theory of operation. A shard moves in three steps, so redundancy never
+drops while it moves: its bytes are copied from the node that holds it to
+the new node (checked against the record's checksum on both ends), the new
+place is committed (`MoveShards`, refused if the file changed the chunk or
+repair moved that shard meanwhile), and only then, ``delete_after_s`` later,
+is the old copy deleted (a reader that opened the file before the move still
+finds it there for that long; after that it reads around it, and re-reads
+the chunk map if it must). A commit that was refused leaves the new copy
+unreferenced; the node's orphan sweep removes it. If the old holder cannot
+be read (a draining node that died), the shard is rebuilt from the others
+instead (`repair_chunk`).
+
+Draining: every shard on a node in state "draining" (which placement
+already skips) moves to a node placement picks among the "up" nodes that
+hold none of the chunk, preferring a failure domain the chunk is not in yet.
+Rebalancing: among the "up" nodes, each node's share of the bytes stored is
+compared with its share of the capacity; while the fullest and the emptiest
+differ by more than ``spread`` (a fraction of the mean fill) and a move
+still improves it, shards move from the fullest to the emptiest node (never
+to a node that holds the chunk, never out of a failure domain the chunk
+would then miss). Rebalancing waits while repair has work; draining does
+not. Both are paced to ``mb_per_s`` (bytes read plus written).
+
+Progress (`MoveStats`) is kept in the leader's memory and shown by
+``prismfs cluster status``; a new leader starts counting from zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import trio
+
+from prismfs.data.messages import DeleteShards, GetShard, PutShard
+from prismfs.data.placement import Candidate, score, up_candidates
+from prismfs.data.repair import Health, repair_chunk
+from prismfs.data.stores import shard_id
+from prismfs.errors import NotFound, PrismError
+from prismfs.exception_groups import single_exception
+from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo
+from prismfs.meta.namespace import Namespace
+from prismfs.node.consensus import Consensus
+from prismfs.wire.client import RpcPool
+from prismfs.wire.codec import decode_message, encode_message
+
+log = logging.getLogger("prismfs.data.rebalance")
+
+T = TypeVar("T")
+
+PARALLEL_MOVES = 2
+MOVES_PER_PASS = 64  # then the usage is read again
+
+
+@dataclass
+class MoveStats:
+    shards_moved: int = 0
+    bytes_moved: int = 0
+    to_move_bytes: int = 0  # rebalancing still to do, as estimated by the last pass
+    draining: dict[str, int] = field(default_factory=dict)  # node -> shards still on it
+    drain_total: dict[str, int] = field(default_factory=dict)  # node -> shards when first seen
+    passes: int = 0
+
+
+class Mover:
+    def __init__(
+        self,
+        consensus: Consensus,
+        namespace: Namespace,
+        pool: RpcPool,
+        health: Health,
+        *,
+        spread: float = 0.1,
+        mb_per_s: float = 50.0,
+        delete_after_s: float = 30.0,
+    ) -> None:
+        self.consensus = consensus
+        self.namespace = namespace
+        self.pool = pool
+        self.health = health
+        self.spread = spread
+        self.mb_per_s = max(mb_per_s, 0.1)
+        self.delete_after_s = delete_after_s
+        self.stats = MoveStats()
+        self._deletes: list[tuple[float, str, str]] = []  # (due, node, shard id)
+        self._stuck: dict[str, int] = {}  # draining node -> chunks no node can take (logged)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(1.0)
+            await self._delete_due()
+            if self.consensus.role != "leader":
+                self.stats = MoveStats()
+                continue
+            try:
+                await self.drain_pass()
+                if not self.health.stats.pending:
+                    await self.rebalance_pass()
+            except PrismError as exc:
+                log.info("shard moves paused: %s", exc.message)
+
+    # --- draining -----------------------------------------------------------------------
+
+    async def drain_pass(self) -> int:
+        """Move every shard off the draining nodes; returns how many moved."""
+        nodes = {n.node: n for n in self.namespace.nodes()}
+        draining = [n.node for n in nodes.values() if n.state == "draining"]
+        for gone in set(self.stats.draining) - set(draining):
+            self.stats.draining.pop(gone, None)
+            self.stats.drain_total.pop(gone, None)
+        moved = 0
+        for node in draining:
+            records = self.all_on(node)
+            self.stats.draining[node] = len(records)
+            total = self.stats.drain_total.setdefault(node, len(records))
+            self.stats.drain_total[node] = max(total, len(records))
+            if not records:
+                continue
+            self.stats.passes += 1
+            stuck: set[bytes] = set()
+
+            async def one(rec: ChunkRecord, node: str = node, stuck: set[bytes] = stuck) -> bool:
+                i = rec.nodes.index(node)
+                target = pick_target(rec, i, nodes)
+                if target is None:
+                    stuck.add(rec.id)
+                    return False
+                return await self.move(rec, i, nodes, target)
+
+            done = await self._run_moves(records, one)
+            self.stats.draining[node] = max(0, len(records) - done)
+            moved += done
+            if stuck and len(stuck) != self._stuck.get(node):
+                log.warning(
+                    "drain of %s: no node can take a shard of %d chunks (every other node "
+                    "that is up holds one of each); add a node",
+                    node,
+                    len(stuck),
+                )
+            self._stuck[node] = len(stuck)
+            if done:
+                log.info("drain of %s: moved %d shards, %d left", node, done, len(records) - done)
+        return moved
+
+    def all_on(self, node: str) -> list[ChunkRecord]:
+        """Every chunk record with a shard on ``node``."""
+        out: list[ChunkRecord] = []
+        after = b""
+        while True:
+            page = self.namespace.chunks_on({node}, after)
+            out += [r for r in page if node in r.nodes]
+            if len(page) < 500:
+                return out
+            after = page[-1].id
+
+    # --- rebalancing ----------------------------------------------------------------------
+
+    async def rebalance_pass(self) -> int:
+        """Move shards from the fullest "up" node to the emptiest while they are
+        further apart than the spread allows; returns how many moved."""
+        nodes = {n.node: n for n in self.namespace.nodes()}
+        up = [n for n in nodes.values() if n.state == "up" and n.capacity > 0]
+        self.stats.to_move_bytes = 0
+        if len(up) < 2:
+            return 0
+        used = {n.node: n.used for n in up}
+        total_used = sum(used.values())
+        total_cap = sum(n.capacity for n in up)
+        if total_used == 0:
+            return 0
+        target = {n.node: total_used * n.capacity / total_cap for n in up}
+        band = self.spread * total_used / len(up)
+        self.stats.to_move_bytes = int(sum(max(0.0, used[n] - target[n] - band) for n in used))
+        plan: list[tuple[ChunkRecord, int, str]] = []
+        skip: set[bytes] = set()
+        while len(plan) < MOVES_PER_PASS:
+            excess = {n: used[n] - target[n] for n in used}
+            full = max(excess, key=lambda n: excess[n])
+            empty = min(excess, key=lambda n: excess[n])
+            if excess[full] <= band and -excess[empty] <= band:
+                break
+            rec = self._movable(full, empty, nodes, skip)
+            if rec is None or excess[full] - excess[empty] <= 2 * rec.shard_size:
+                break
+            skip.add(rec.id)
+            plan.append((rec, rec.nodes.index(full), empty))
+            used[full] -= rec.shard_size
+            used[empty] += rec.shard_size
+        if not plan:
+            return 0
+        self.stats.passes += 1
+
+        async def one(item: tuple[ChunkRecord, int, str]) -> bool:
+            rec, i, to = item
+            return await self.move(rec, i, nodes, to)
+
+        done = await self._run_moves(plan, one)
+        if done:
+            log.info("rebalance: moved %d shards", done)
+        return done
+
+    def _movable(
+        self, src: str, dst: str, nodes: dict[str, NodeInfo], skip: set[bytes]
+    ) -> ChunkRecord | None:
+        """A chunk with a shard on ``src``, none on ``dst``, whose spread over the
+        failure domains the move keeps."""
+        after = b""
+        while True:
+            page = self.namespace.chunks_on({src}, after)
+            for rec in page:
+                if rec.id in skip or src not in rec.nodes or dst in rec.nodes:
+                    continue
+                zones = [nodes[n].zone if n in nodes else "" for n in rec.nodes]
+                i = rec.nodes.index(src)
+                after_move = [*zones[:i], nodes[dst].zone, *zones[i + 1 :]]
+                if len(set(after_move)) >= len(set(zones)):
+                    return rec
+            if len(page) < 500:
+                return None
+            after = page[-1].id
+
+    # --- one move -------------------------------------------------------------------------
+
+    async def _run_moves(self, items: Sequence[T], one: Callable[[T], Awaitable[bool]]) -> int:
+        """Run ``one`` on each item, a few at a time, while this node leads; how many moved."""
+        limiter = trio.Semaphore(PARALLEL_MOVES)
+        done = 0
+
+        async def run(item: T) -> None:
+            nonlocal done
+            async with limiter:
+                if self.consensus.role != "leader":
+                    return
+                if await one(item):
+                    done += 1
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                for item in items:
+                    nursery.start_soon(run, item)
+        return done
+
+    async def move(self, rec: ChunkRecord, i: int, nodes: dict[str, NodeInfo], to: str) -> bool:
+        """Shard ``i`` of ``rec`` to node ``to``: copy, commit, delete the old one later."""
+        src = rec.nodes[i]
+        sid = shard_id(rec.id, i)
+        started = trio.current_time()
+        try:
+            reply = await self.pool.call(
+                nodes[src].address, GetShard(sid, checksum=rec.checksums[i]), timeout=30
+            )
+        except PrismError as exc:
+            log.info("move of %s: %s unreadable (%s); rebuilding it", sid, src, exc.message)
+            try:
+                return bool(
+                    await repair_chunk(
+                        self.consensus, self.pool, rec, {src}, nodes, self.health.stats
+                    )
+                )
+            except PrismError as exc2:
+                log.info("move of %s failed, will retry: %s", sid, exc2.message)
+                return False
+        body = reply.payload
+        try:
+            await self.pool.call(nodes[to].address, PutShard(sid, rec.checksums[i]), body)
+            proposed = await self.consensus.propose_internal(
+                encode_message(MoveShards(time.time_ns(), rec.id, ((i, src, to),)))
+            )
+        except PrismError as exc:
+            log.info("move of %s to %s failed, will retry: %s", sid, to, exc.message)
+            return False
+        result = decode_message(proposed.result)
+        if getattr(result, "code", "") == NotFound.code:
+            log.debug("chunk %s changed during the move of shard %d", rec.id.hex(), i)
+            return False
+        self.stats.shards_moved += 1
+        self.stats.bytes_moved += len(body)
+        self._deletes.append((trio.current_time() + self.delete_after_s, src, sid))
+        # Read once, written once; the budget is shared by the moves in flight.
+        spent = 2 * len(body) * PARALLEL_MOVES
+        await trio.sleep_until(started + spent / (self.mb_per_s * 1e6))
+        return True
+
+    async def _delete_due(self) -> None:
+        """Delete the old copies of moved shards whose grace has passed (best
+        effort: a node that does not answer has them swept as orphans)."""
+        now = trio.current_time()
+        due = [d for d in self._deletes if d[0] <= now]
+        if not due:
+            return
+        self._deletes = [d for d in self._deletes if d[0] > now]
+        by_node: dict[str, list[str]] = {}
+        for _, node, sid in due:
+            by_node.setdefault(node, []).append(sid)
+        nodes = {n.node: n for n in self.namespace.nodes()}
+        for node, sids in by_node.items():
+            info = nodes.get(node)
+            if info is None:
+                continue
+            # Only what no record places on that node now (a later move may have
+            # brought the shard back).
+            placed = set(self.namespace.referenced_shards(node, tuple(sids)))
+            stale = tuple(s for s in sids if s not in placed)
+            if not stale:
+                continue
+            try:
+                await self.pool.call(info.address, DeleteShards(stale), timeout=10)
+            except PrismError as exc:
+                log.debug("old copies on %s not deleted now: %s", node, exc.message)
+
+
+def pick_target(rec: ChunkRecord, i: int, nodes: dict[str, NodeInfo]) -> str | None:
+    """The "up" node that should take shard ``i`` of ``rec``: none of the chunk's
+    holders, a failure domain the other shards are not in if there is one, and
+    among those the rendezvous choice."""
+    holders = [n for n in rec.nodes if n]
+    candidates = up_candidates(nodes.values(), exclude=holders)
+    if not candidates:
+        return None
+    others = {nodes[n].zone for j, n in enumerate(rec.nodes) if j != i and n in nodes}
+    fresh = [c for c in candidates if c.zone not in others]
+    choices: list[Candidate] = fresh or candidates
+    return max(choices, key=lambda c: (score(rec.id, c), c.node)).node
