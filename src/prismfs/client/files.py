@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from prismfs.client.data import DataClient, chunk_ranges
+from prismfs.data.codec import NotEnoughShards
 from prismfs.data.layout import Layout
 from prismfs.errors import InvalidArgument, IsADirectory, PrismError
 from prismfs.exception_groups import single_exception
@@ -132,7 +133,7 @@ class OpenFile:
             self._cache.move_to_end(idx)
             return cached
         record = self._records.get(idx)
-        data = b"" if record is None else await self.data.read_chunk(record)
+        data = b"" if record is None else await self._read(idx, record, self.data.read_chunk)
         self._cache[idx] = data
         while len(self._cache) > READ_CACHE_CHUNKS:
             self._cache.popitem(last=False)
@@ -165,10 +166,31 @@ class OpenFile:
                         chunk = await self._chunk(idx)
                         piece = chunk[within : within + n]
                     else:
-                        piece = await self.data.read_range(record, within, n)
+
+                        async def part(rec: ChunkRecord, within: int = within, n: int = n) -> bytes:
+                            return await self.data.read_range(rec, within, n)
+
+                        piece = await self._read(idx, record, part)
                     out += piece + bytes(n - len(piece))  # past a chunk's length: zeros
         self._last_read_end = end
         return bytes(out)
+
+    async def _read(
+        self, idx: int, record: ChunkRecord, read: Callable[[ChunkRecord], Awaitable[bytes]]
+    ) -> bytes:
+        """``read(record)``; if too few of its shards are where the record (as of
+        this open) says, and the shards of that chunk moved since (a drain,
+        rebalance or repair), read again where they are now."""
+        try:
+            return await read(record)
+        except NotEnoughShards:
+            cmap = await self.meta.chunk_map(self.ino, idx, 1)
+            fresh = dict(cmap.chunks).get(idx)
+            if fresh is None or fresh.id != record.id or fresh.nodes == record.nodes:
+                raise
+            log.info("chunk %s moved since this file was opened; reading it anew", record.id.hex())
+            self._records[idx] = fresh
+            return await read(fresh)
 
     def _have(self, idx: int) -> bool:
         """Is chunk ``idx`` here without a fetch (buffered, being committed, cached)?"""

@@ -176,7 +176,7 @@ class Mover:
             return 0
         target = {n.node: total_used * n.capacity / total_cap for n in up}
         band = self.spread * total_used / len(up)
-        self.stats.to_move_bytes = int(sum(max(0.0, used[n] - target[n] - band) for n in used))
+        rough = int(sum(max(0.0, used[n] - target[n] - band) for n in used))
         plan: list[tuple[ChunkRecord, int, str]] = []
         skip: set[bytes] = set()
         while len(plan) < MOVES_PER_PASS:
@@ -192,6 +192,10 @@ class Mover:
             plan.append((rec, rec.nodes.index(full), empty))
             used[full] -= rec.shard_size
             used[empty] += rec.shard_size
+        # What is left to do: this pass's moves (and, if it stopped at its cap,
+        # the rough excess over the band); 0 once no move would improve things.
+        planned = sum(rec.shard_size for rec, _, _ in plan)
+        self.stats.to_move_bytes = max(planned, rough) if len(plan) == MOVES_PER_PASS else planned
         if not plan:
             return 0
         self.stats.passes += 1

@@ -150,6 +150,9 @@ async def watch_nodes(
         registry = namespace.nodes()
         health.removed = {n.node for n in registry if n.state == "removed"}
         for node in registry:
+            # A node this leader has not heard of yet (just registered, or the
+            # leader is new) gets a full allowance from now.
+            health.last_seen.setdefault(node.node, now)
             silent = health.silent_for(node.node)
             new_state = ""
             if node.state == "up" and silent > down_after:

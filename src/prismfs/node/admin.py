@@ -377,10 +377,10 @@ class Admin:
             if learners:
                 await self._caught_up(learners[0], registry[learners[0]].address)
                 await self._membership(ChangeMembership("add_voter", learners[0]))
-                await self._membership(ChangeMembership("add_learner", info.node))
+                await self._membership(ChangeMembership("demote", info.node))
                 vote = f"; its vote went to {learners[0]}"
             elif len(status.voters) > 3:
-                await self._membership(ChangeMembership("add_learner", info.node))
+                await self._membership(ChangeMembership("demote", info.node))
                 vote = f"; it no longer votes ({len(status.voters) - 1} voters remain)"
             else:
                 vote = "; it keeps its vote until it is removed (no other node can take it)"
@@ -410,8 +410,6 @@ class Admin:
         member = request.node in status.voters + status.learners
         if info is None and not member:
             raise NotFound(f"no node {request.node} in the cluster")
-        if request.node == status.node_id:
-            await self._hand_leadership_away(status)
         held = self.mover.all_on(request.node)
         lost = unavailable_nodes(self.namespace) | {request.node}
         needed = [r for r in held if _live_shards(r, lost, registry) < r.k]
@@ -421,6 +419,8 @@ class Admin:
                 f"(e.g. {needed[0].id.hex()}): drain it first, or bring their other nodes "
                 "back; --force removes it anyway and those chunks are lost"
             )
+        if request.node == status.node_id:
+            await self._hand_leadership_away(status)
         if info is not None and info.state != "removed":
             await self._propose(SetNodeState(time.time_ns(), request.node, "removed"))
         if member:

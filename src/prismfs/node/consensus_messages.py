@@ -79,7 +79,7 @@ class QueryResult(ConsensusMessage, frozen=True):
 
 
 class ChangeMembership(ConsensusMessage, frozen=True):
-    op: Literal["add_learner", "add_voter", "remove"]
+    op: Literal["add_learner", "add_voter", "demote", "remove"]
     node: str
     address: str = ""
 

@@ -132,7 +132,7 @@ def apply_conf_change(conf: ConfState, change: ConfChange) -> ConfState:
     book = dict(conf.addresses)
     if change.op == "add_voter":
         voters.append(change.node)
-    elif change.op == "add_learner":
+    elif change.op in ("add_learner", "demote"):
         learners.append(change.node)
     if change.op == "remove":
         book.pop(change.node, None)
@@ -284,9 +284,11 @@ class RaftNode:
         conf = self.conf
         if change.op == "add_voter" and change.node in conf.voters:
             raise InvalidArgument(f"{change.node} is already a voter")
-        if change.op == "add_learner" and change.node in conf.learners:
-            raise InvalidArgument(f"{change.node} is already a learner")
-        if change.op == "add_learner" and conf.voters == (change.node,):
+        if change.op == "add_learner" and change.node in conf.members():
+            raise InvalidArgument(f"{change.node} is already a member")
+        if change.op == "demote" and change.node not in conf.voters:
+            raise InvalidArgument(f"{change.node} is not a voter")
+        if change.op == "demote" and conf.voters == (change.node,):
             raise InvalidArgument("cannot demote the last voter")
         if change.op == "remove":
             if change.node not in conf.members():

@@ -56,13 +56,14 @@ class ConfState(Message, frozen=True):
 class ConfChange(Message, frozen=True):
     """One single-server membership change (Ongaro's thesis, section 4.1).
 
-    ``add_learner`` adds a non-voting member or demotes a voter, ``add_voter``
-    adds a voter or promotes a learner, ``remove`` removes either.
+    ``add_learner`` adds a non-voting member, ``add_voter`` adds a voter or
+    promotes a learner, ``demote`` makes a voter a learner, ``remove`` removes
+    either.
     """
 
     family: ClassVar[str] = "raft"
 
-    op: Literal["add_learner", "add_voter", "remove"]
+    op: Literal["add_learner", "add_voter", "demote", "remove"]
     node: str
     address: str = ""
 

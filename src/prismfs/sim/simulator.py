@@ -454,7 +454,7 @@ class Simulation:
         choices += [ConfChange("remove", n) for n in conf.learners]
         if len(conf.voters) > self.min_voters:
             choices += [ConfChange("remove", n) for n in conf.voters]
-            choices += [ConfChange("add_learner", n) for n in conf.voters]  # demote
+            choices += [ConfChange("demote", n) for n in conf.voters]
         if not choices:
             return
         change = self.rng.choice(choices)

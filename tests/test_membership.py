@@ -1,0 +1,414 @@
+"""Membership changes on real node processes: zero downtime for an application
+on a mount through add, rebalance, drain, remove, a leader crash and a lost
+node; a node whose data directory is wiped while down, coming back empty;
+and the CLI of node add/drain/cancel-drain/remove, happy paths and errors.
+
+Nodes use short failure-detection times (heartbeats every 0.3 s, down after
+3 s), repair at once, and keep the old copies of moved shards for 5 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import run_cli
+from fuse_mount import FUSE_REQUIRED, Mount, fuse_available
+from prismfs.procs import process_alive
+
+pytestmark = pytest.mark.timeout(600)
+
+NODE_TOML = (
+    "[data]\nheartbeat_s = 0.3\nnode_down_after_s = 3\nrepair_after_s = 0\n"
+    "rebalance_mb_per_s = 300\nrepair_mb_per_s = 300\nmove_delete_after_s = 5\n"
+    "orphan_sweep_s = 2\norphan_grace_s = 10\ngc_interval_s = 1\n"
+)
+WORKLOAD = Path(__file__).with_name("mount_workload.py")
+
+
+class Nodes:
+    """A dev cluster started with `NODE_TOML`, plus nodes this test starts itself."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mount = Mount(base)
+        self.config = base / "node.toml"
+        self.config.write_text(NODE_TOML)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.mount.env
+
+    @property
+    def client_toml(self) -> Path:
+        return self.mount.dir / "client.toml"
+
+    def up(self, n: int) -> list[dict[str, Any]]:
+        result = run_cli(
+            "dev",
+            "up",
+            "--nodes",
+            str(n),
+            "--dir",
+            str(self.mount.dir),
+            "--json",
+            "--node-config",
+            str(self.config),
+            env=self.env,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout)["nodes"])
+
+    def start(self, data_dir: Path, listen: str = "127.0.0.1:0", *, new: bool = True) -> str:
+        """Start a node process on ``data_dir`` (a new one: with the cluster secret,
+        not joined); returns its address once it serves."""
+        (data_dir / "node.json").unlink(missing_ok=True)
+        args = ["--data-dir", str(data_dir), "--listen", listen, "--config", str(self.config)]
+        args += ["--log-file", str(data_dir.parent / f"{data_dir.name}.log")]
+        if new:
+            args += ["--secret-file", str(self.mount.dir / "node1" / "cluster.secret")]
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "prismfs", "node", "start", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_for(lambda: (data_dir / "node.json").exists(), 30, "node start")
+        return str(json.loads((data_dir / "node.json").read_text())["rpc_address"])
+
+    def cli(self, *args: str, timeout: float = 300) -> tuple[int, str, str]:
+        result = run_cli(*args, "--config", str(self.client_toml), env=self.env, timeout=timeout)
+        return result.returncode, result.stdout, result.stderr
+
+    def ok(self, *args: str, timeout: float = 300) -> str:
+        code, out, err = self.cli(*args, timeout=timeout)
+        assert code == 0, f"prismfs {' '.join(args)}: {out}{err}"
+        return out
+
+    def health(self) -> dict[str, Any]:
+        for _ in range(20):
+            _, out, _ = self.cli("cluster", "status", "--json", timeout=60)
+            h = json.loads(out).get("health") if out.strip() else None
+            if h:
+                return dict(h)
+            time.sleep(0.5)
+        raise AssertionError("no cluster view from the leader")
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return next(n for n in self.health()["nodes"] if n["node"] == node_id)
+
+    def cleanup(self) -> None:
+        self.mount.unmount()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        run_cli("dev", "down", "--dir", str(self.mount.dir), env=self.env, timeout=60)
+        for node in self.mount.nodes():
+            assert not process_alive(int(node["pid"]), str(node["data_dir"]))
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Nodes]:
+    n = Nodes(tmp_path)
+    yield n
+    n.cleanup()
+
+
+def kill9(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def settled(h: dict[str, Any]) -> bool:
+    draining = all(left == 0 for _, left, _ in h["moves"]["draining"])
+    return h["healthy"] == h["chunks"] and draining and h["moves"]["to_move_bytes"] == 0
+
+
+# --- zero downtime -------------------------------------------------------------------------
+
+
+class App:
+    """The checksummed workload process on the mount, and its counters."""
+
+    def __init__(self, directory: Path, status: Path) -> None:
+        self.status = status
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKLOAD), str(directory), str(status)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def counters(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.status.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"written": 0, "read": 0, "anchor_reads": 0, "errors": [], "wrong": []}
+
+    def progress(self, more_than: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+        """Wait until the app wrote and read more than at ``more_than``; no errors."""
+
+        def moved() -> bool:
+            now = self.counters()
+            assert not now["errors"] and not now["wrong"], now
+            return all(now[k] > more_than[k] for k in ("written", "read", "anchor_reads"))
+
+        wait_for(moved, timeout, "the application to make progress")
+        return self.counters()
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError("the application did not finish its final check") from None
+        final = self.counters()
+        assert final["done"], final
+        return final
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.mark.skipif(not fuse_available() and not FUSE_REQUIRED, reason="no /dev/fuse")
+def test_an_application_on_a_mount_sees_no_error_through_membership_changes(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    started = nodes.up(4)
+    point = nodes.mount.mount()
+    os.setxattr(point, "prismfs.layout", b"k=2,m=3,chunk=1M")
+    app = App(point / "app", tmp_path / "app.json")
+    try:
+        seen = app.progress({"written": 3, "read": 3, "anchor_reads": 1})
+
+        # 1. A fifth node joins as a voter; shards are rebalanced onto it.
+        n5_dir = tmp_path / "node5"
+        n5_address = nodes.start(n5_dir)
+        out = json.loads(nodes.ok("node", "add", n5_address, "--voter", "--json"))
+        n5 = out["node"]
+        assert out["role"] == "voter" and out["state"] == "up"
+
+        def balanced() -> bool:
+            h = nodes.health()
+            counts = [n["shards"] for n in h["nodes"] if n["state"] == "up"]
+            mine = next(n["shards"] for n in h["nodes"] if n["node"] == n5)
+            return mine > 0 and mine >= 0.6 * sum(counts) / len(counts)
+
+        wait_for(balanced, 120, "shards to be rebalanced onto the new node")
+        assert nodes.health()["moves"]["shards_moved"] > 0
+        seen = app.progress(seen)
+
+        # 2. Drain the leader: leadership and its vote move away, then its shards.
+        h = nodes.health()
+        leader = h["leader"]
+        out = json.loads(nodes.ok("node", "drain", leader, "--json"))
+        assert out["state"] == "draining"
+        wait_for(lambda: nodes.node(leader)["shards"] == 0, 180, "the drain to finish")
+        h = nodes.health()
+        assert h["leader"] != leader and leader not in h["voters"]
+        seen = app.progress(seen)
+
+        # 3. Remove it: it leaves the registry and the Raft group, and stops itself.
+        out = json.loads(nodes.ok("node", "remove", leader, "--json"))
+        assert out["state"] == "removed" and out["role"] == ""
+        drained = next(n for n in started if n["id"] == leader)
+        wait_for(lambda: not process_alive(int(drained["pid"])), 30, "the removed node to stop")
+        seen = app.progress(seen)
+
+        # 4. kill -9 the leader; a new one takes over; the old one restarts.
+        h = nodes.health()
+        crashed = h["leader"]
+        crashed_node = next(n for n in h["nodes"] if n["node"] == crashed)
+        crashed_pid = next(
+            (int(n["pid"]) for n in started if n["id"] == crashed),
+            None,
+        )
+        if crashed_pid is None:  # the fifth node leads
+            crashed_pid = int(json.loads((n5_dir / "node.json").read_text())["pid"])
+        kill9(crashed_pid)
+        wait_for(lambda: nodes.health()["leader"] not in ("", crashed), 60, "a new leader")
+        seen = app.progress(seen)
+        crashed_dir = next(
+            (Path(str(n["data_dir"])) for n in started if n["id"] == crashed), n5_dir
+        )
+        nodes.start(crashed_dir, crashed_node["address"], new=False)
+        wait_for(lambda: nodes.node(crashed)["state"] == "up", 60, "the restarted node")
+
+        # 5. kill -9 a storage node for good; repair rebuilds its shards elsewhere.
+        h = nodes.health()
+        victim = next(n for n in h["nodes"] if n["state"] == "up" and n["node"] != h["leader"])
+        victim_pid = next((int(n["pid"]) for n in started if n["id"] == victim["node"]), None)
+        if victim_pid is None:
+            victim_pid = int(json.loads((n5_dir / "node.json").read_text())["pid"])
+        kill9(victim_pid)
+        wait_for(lambda: nodes.node(victim["node"])["state"] == "down", 60, "the node down")
+        wait_for(lambda: nodes.node(victim["node"])["shards"] == 0, 180, "repair")
+        seen = app.progress(seen)
+        # Nothing needs the dead node any more: it can be removed without --force.
+        nodes.ok("node", "remove", victim["node"])
+        wait_for(lambda: settled(nodes.health()), 180, "full redundancy")
+        final = app.stop()
+    finally:
+        app.kill()
+    assert final["errors"] == [] and final["wrong"] == [], final
+    assert final["written"] > seen["written"] and final["read"] > seen["read"]
+    code, out, err = nodes.cli("fsck", "--orphan-grace", "30", timeout=300)
+    assert code == 0, out + err
+    assert out.strip().endswith("clean")
+    h = nodes.health()
+    assert h["degraded"] == 0 and h["unavailable"] == 0 and h["healthy"] == h["chunks"] > 0
+    states = {n["node"]: n["state"] for n in h["nodes"]}
+    assert states[leader] == states[victim["node"]] == "removed"
+    assert sorted(s for s in states.values() if s != "removed") == ["up", "up", "up"]
+
+
+# --- a node lost for good, its data dir wiped, back empty ----------------------------------
+
+
+def put(nodes: Nodes, tmp_path: Path, name: str, size: int) -> bytes:
+    body = os.urandom(size)
+    src = tmp_path / f"{name}.src"
+    src.write_bytes(body)
+    nodes.ok("put", str(src), f"/{name}")
+    return body
+
+
+def get(nodes: Nodes, tmp_path: Path, name: str) -> bytes:
+    dst = tmp_path / f"{name}.out"
+    nodes.ok("get", f"/{name}", str(dst))
+    return dst.read_bytes()
+
+
+def test_a_node_wiped_while_down_is_rebuilt_around_and_rejoins_empty(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    started = nodes.up(4)
+    body = put(nodes, tmp_path, "f", 24 << 20)  # 6 chunks of 4 MiB, 2-of-3
+    h = nodes.health()
+    victim = next(
+        n for n in h["nodes"] if n["node"] != h["leader"] and n["shards"] > 0 and n["state"] == "up"
+    )
+    dev = next(n for n in started if n["id"] == victim["node"])
+    kill9(int(dev["pid"]))
+    # Lost for good: its data directory is gone.
+    shutil.rmtree(str(dev["data_dir"]))
+    wait_for(lambda: nodes.node(victim["node"])["state"] == "down", 60, "the node down")
+    wait_for(lambda: nodes.node(victim["node"])["shards"] == 0, 120, "repair")
+    h = nodes.health()
+    assert h["healthy"] == h["chunks"] == 6
+    assert get(nodes, tmp_path, "f") == body
+
+    # The machine comes back with an empty disk: a new node, added as before.
+    wiped = Path(str(dev["data_dir"]))
+    address = nodes.start(wiped, str(dev["rpc_address"]))
+    out = json.loads(nodes.ok("node", "add", address, "--voter", "--json"))
+    assert out["node"] != victim["node"] and out["role"] == "voter"
+    # The old identity is removed (nothing needs it), the new one fills up again.
+    nodes.ok("node", "remove", victim["node"])
+    wait_for(lambda: nodes.node(out["node"])["shards"] > 0, 120, "shards on the new node")
+    wait_for(lambda: settled(nodes.health()), 120, "a settled cluster")
+    assert get(nodes, tmp_path, "f") == body
+    new_files = [p for p in (wiped / "shards").glob("*/*/*") if not p.name.startswith(".")]
+    assert new_files
+    code, out2, err = nodes.cli("fsck", "--orphan-grace", "30")
+    assert code == 0, out2 + err
+
+
+# --- the CLI -----------------------------------------------------------------------------
+
+
+def test_node_commands_happy_paths_and_errors(nodes: Nodes, tmp_path: Path) -> None:
+    started = nodes.up(3)
+    put(nodes, tmp_path, "f", 9 << 20)
+    ids = [str(n["id"]) for n in started]
+
+    # add: as a learner in a zone; then again with --voter promotes it.
+    address = nodes.start(tmp_path / "node4")
+    out = nodes.ok("node", "add", address, "--zone", "rack-b")
+    assert "is a learner" in out
+    listed = {n["node"]: n for n in json.loads(nodes.ok("node", "list", "--json"))}
+    new = next(n for n in listed if n not in ids)
+    assert listed[new]["zone"] == "rack-b" and listed[new]["state"] == "up"
+    out = json.loads(nodes.ok("node", "add", address, "--voter", "--json"))
+    assert out["role"] == "voter" and out["node"] == new
+
+    # drain, then cancel: the node takes shards again.
+    out = json.loads(nodes.ok("node", "drain", ids[1], "--json"))
+    assert out["state"] == "draining" and "draining" in out["message"]
+    assert nodes.node(ids[1])["state"] == "draining"
+    out = json.loads(nodes.ok("node", "cancel-drain", ids[1], "--json"))
+    assert out["state"] == "up"
+
+    # remove: a drained node, and an undrained one whose chunks keep k shards elsewhere.
+    nodes.ok("node", "drain", ids[2])
+    wait_for(lambda: nodes.node(ids[2])["shards"] == 0, 120, "the drain")
+    out = nodes.ok("node", "remove", ids[1])
+    assert "rebuilt by repair" in out
+    # Now every chunk has its two remaining shards on ids[0] and the new node:
+    # removing either is refused (2-of-3 needs both), and changes nothing.
+    code, _, err = nodes.cli("node", "remove", new)
+    assert code == 1 and "cannot do without" in err and "--force" in err, err
+    assert nodes.node(new)["state"] == "up"
+    out = json.loads(nodes.ok("node", "remove", ids[2], "--json"))
+    assert out["state"] == "removed"
+
+    # Errors: one line, non-zero exit, nothing changed.
+    before = {n["node"]: n["state"] for n in nodes.health()["nodes"]}
+    for args, message in (
+        (("node", "drain", "nosuch"), "no node nosuch"),
+        (("node", "remove", "nosuch"), "no node nosuch"),
+        (("node", "cancel-drain", new), "not draining"),
+        (("node", "drain", ids[2]), "was removed"),
+        (("node", "add", "127.0.0.1:1"), "127.0.0.1:1"),
+        (("node", "add", "no-port"), "HOST:PORT"),
+    ):
+        code, out, err = nodes.cli(*args, timeout=60)
+        assert code != 0 and message in err, (args, out, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {n["node"]: n["state"] for n in nodes.health()["nodes"]} == before
+    # Nothing reachable; and the wrong secret.
+    secret = str(nodes.mount.dir / "node1" / "cluster.secret")
+    result = run_cli(
+        "node", "drain", ids[0], "--cluster", "127.0.0.1:1", "--secret-file", secret, env=nodes.env
+    )
+    assert result.returncode != 0 and "no leader is known" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    wrong = tmp_path / "wrong.secret"
+    other = tmp_path / "other"
+    assert run_cli("cluster", "init", "--data-dir", str(other)).returncode == 0
+    shutil.copy(other / "cluster.secret", wrong)
+    address0 = str(started[0]["rpc_address"])
+    result = run_cli(
+        "node", "drain", ids[0], "--cluster", address0, "--secret-file", str(wrong), env=nodes.env
+    )
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert nodes.node(ids[0])["state"] == "up"
