@@ -244,31 +244,24 @@ def test_an_application_on_a_mount_sees_no_error_through_membership_changes(
         seen = app.progress(seen)
 
         # 4. kill -9 the leader; a new one takes over; the old one restarts.
+        dirs = {str(n["id"]): Path(str(n["data_dir"])) for n in started} | {n5: n5_dir}
+
+        def pid_of(node: str) -> int:
+            return int(json.loads((dirs[node] / "node.json").read_text())["pid"])
+
         h = nodes.health()
         crashed = h["leader"]
-        crashed_node = next(n for n in h["nodes"] if n["node"] == crashed)
-        crashed_pid = next(
-            (int(n["pid"]) for n in started if n["id"] == crashed),
-            None,
-        )
-        if crashed_pid is None:  # the fifth node leads
-            crashed_pid = int(json.loads((n5_dir / "node.json").read_text())["pid"])
-        kill9(crashed_pid)
+        crashed_address = next(n["address"] for n in h["nodes"] if n["node"] == crashed)
+        kill9(pid_of(crashed))
         wait_for(lambda: nodes.health()["leader"] not in ("", crashed), 60, "a new leader")
         seen = app.progress(seen)
-        crashed_dir = next(
-            (Path(str(n["data_dir"])) for n in started if n["id"] == crashed), n5_dir
-        )
-        nodes.start(crashed_dir, crashed_node["address"], new=False)
+        nodes.start(dirs[crashed], crashed_address, new=False)
         wait_for(lambda: nodes.node(crashed)["state"] == "up", 60, "the restarted node")
 
         # 5. kill -9 a storage node for good; repair rebuilds its shards elsewhere.
         h = nodes.health()
         victim = next(n for n in h["nodes"] if n["state"] == "up" and n["node"] != h["leader"])
-        victim_pid = next((int(n["pid"]) for n in started if n["id"] == victim["node"]), None)
-        if victim_pid is None:
-            victim_pid = int(json.loads((n5_dir / "node.json").read_text())["pid"])
-        kill9(victim_pid)
+        kill9(pid_of(victim["node"]))
         wait_for(lambda: nodes.node(victim["node"])["state"] == "down", 60, "the node down")
         wait_for(lambda: nodes.node(victim["node"])["shards"] == 0, 180, "repair")
         seen = app.progress(seen)
@@ -359,6 +352,10 @@ def test_node_commands_happy_paths_and_errors(nodes: Nodes, tmp_path: Path) -> N
     assert listed[new]["zone"] == "rack-b" and listed[new]["state"] == "up"
     out = json.loads(nodes.ok("node", "add", address, "--voter", "--json"))
     assert out["role"] == "voter" and out["node"] == new
+    # status --watch draws progress bars until rebalancing onto it is done.
+    out = nodes.ok("cluster", "status", "--watch", "--until-settled", "--interval", "0.3")
+    assert "redundancy" in out and "rebalance" in out and "100%" in out
+    assert nodes.node(new)["shards"] > 0
 
     # drain, then cancel: the node takes shards again.
     out = json.loads(nodes.ok("node", "drain", ids[1], "--json"))

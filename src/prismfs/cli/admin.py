@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -160,15 +161,20 @@ def watch(client: ClientConfig, interval: float, until_settled: bool) -> None:
     """Redraw the leader's view every ``interval`` s: nodes, and progress bars for
     repair, drains, rebalancing and scrub. On a terminal it redraws in place;
     otherwise it prints one view per interval."""
+    from rich import box
     from rich.console import Console, Group
     from rich.live import Live
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
     from rich.table import Table
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
 
     def view(h: ClusterHealthReply) -> Group:
-        table = Table(title=f"leader {h.leader}, term {h.term}", title_justify="left")
+        table = Table(
+            title=f"leader {h.leader}, term {h.term}; voters {', '.join(h.voters)}",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
         for column in NODE_COLUMNS:
             table.add_column(column, justify="right" if column == "shards" else "left")
         for row in node_rows(h):

@@ -37,11 +37,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    cells = [[("-" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    """A table (rich): one row per dict, "-" for a missing value. Never wrapped
+    or cut when the output is not a terminal (scripts grep it)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=1000)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for c in columns:
+        table.add_column(c.upper().replace("_", " "), no_wrap=True)
+    for r in rows:
+        table.add_row(*(("-" if r.get(c) is None else str(r.get(c))) for c in columns))
+    console.print(table)
 
 
 def client_options(func: F) -> F:
