@@ -229,9 +229,9 @@ def test_an_application_on_a_mount_sees_no_error_through_membership_changes(
         # 2. Drain the leader: leadership and its vote move away, then its shards.
         h = nodes.health()
         leader = h["leader"]
-        out = json.loads(nodes.ok("node", "drain", leader, "--json"))
+        out = json.loads(nodes.ok("node", "drain", leader, "--wait", "--json"))
         assert out["state"] == "draining"
-        wait_for(lambda: nodes.node(leader)["shards"] == 0, 180, "the drain to finish")
+        assert nodes.node(leader)["shards"] == 0  # --wait returned once the drain was done
         h = nodes.health()
         assert h["leader"] != leader and leader not in h["voters"]
         seen = app.progress(seen)
