@@ -376,8 +376,7 @@ def _wait_drained(client: ClientConfig, node_id: str, *, quiet: bool) -> None:
         for node, remaining, total in h.moves.draining:
             if node == node_id:
                 return remaining, total
-        placed = next((n.shards for n in h.nodes if n.node == node_id), 0)
-        return placed, placed
+        return 0, 0  # not draining (any more): cancelled or removed
 
     with Progress(
         TextColumn(f"draining {node_id}"),

@@ -224,6 +224,7 @@ class Admin:
         )
         stats = self.health.stats
         shards = self.namespace.shards_per_node()
+        registry = self.namespace.nodes()
         moves = self.mover.stats
         return ClusterHealthReply(
             leader=status.node_id,
@@ -242,7 +243,7 @@ class Admin:
                     _role(status, n.node),
                     shards.get(n.node, 0),
                 )
-                for n in self.namespace.nodes()
+                for n in registry
             ),
             chunks=total,
             healthy=healthy,
@@ -256,9 +257,17 @@ class Admin:
                 moves.shards_moved,
                 moves.bytes_moved,
                 moves.to_move_bytes,
+                # What is left is counted from the records (a client whose view of
+                # the registry is a few seconds old may still have placed a shard
+                # there after the mover's last pass).
                 tuple(
-                    (n, left, moves.drain_total.get(n, left))
-                    for n, left in sorted(moves.draining.items())
+                    (
+                        n.node,
+                        shards.get(n.node, 0),
+                        max(moves.drain_total.get(n.node, 0), shards.get(n.node, 0)),
+                    )
+                    for n in registry
+                    if n.state == "draining"
                 ),
             ),
         )
