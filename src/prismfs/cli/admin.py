@@ -24,7 +24,8 @@ import msgspec
 import trio
 
 from prismfs.client.config import ClientConfig
-from prismfs.errors import LeadershipTransfer, NotLeader, PrismError, Unavailable
+from prismfs.client.leader import call_leader
+from prismfs.errors import PrismError
 from prismfs.node.admin import (
     AddNode,
     CancelDrain,
@@ -39,7 +40,6 @@ from prismfs.node.admin import (
     ScrubStart,
     ScrubStatus,
 )
-from prismfs.node.consensus_messages import RaftStatus, RaftStatusReply
 from prismfs.wire.address import parse_address
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.codec import Message
@@ -58,41 +58,7 @@ async def leader_call(client: ClientConfig, request: Message, expect: type[T], t
         call_timeout=10,
         client_name="prismfs-cli",
     ) as pool:
-        hint = ""
-        for attempt in range(LEADER_ATTEMPTS):
-            leader = hint
-            errors = []
-            for address in [] if leader else client.addresses:
-                try:
-                    status = (await pool.call(address, RaftStatus(), timeout=5)).message
-                except PrismError as exc:
-                    errors.append(f"{address}: {exc.message}")
-                    continue
-                assert isinstance(status, RaftStatusReply)
-                if status.leader_address:
-                    leader = status.leader_address
-                    break
-            if not leader:
-                raise Unavailable(
-                    "no leader is known: " + ("; ".join(errors) or "the nodes have not elected one")
-                )
-            try:
-                reply = (await pool.call(leader, request, timeout=timeout)).message
-            except (NotLeader, LeadershipTransfer) as exc:
-                if attempt == LEADER_ATTEMPTS - 1:
-                    raise
-                # Leadership is moving: go where the node points, else ask again.
-                named = exc.details.get("leader")
-                hint = named if isinstance(named, str) and named != leader else ""
-                await trio.sleep(0.5)
-                continue
-            if not isinstance(reply, expect):
-                raise TypeError(f"expected {expect.__name__}, got {type(reply).__name__}")
-            return reply
-    raise AssertionError("unreachable")
-
-
-LEADER_ATTEMPTS = 10
+        return await call_leader(pool, client.addresses, request, expect, timeout)
 
 
 def health(client: ClientConfig) -> ClusterHealthReply:

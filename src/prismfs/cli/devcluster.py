@@ -66,6 +66,7 @@ class DevNode:
     rpc_address: str
     pid: int = 0
     node_id: str = ""
+    http_address: str = ""  # where it serves the HTTP API ("" = none)
 
     @property
     def log_file(self) -> Path:
@@ -141,6 +142,7 @@ def _spawn(node: DevNode, join: str | None, node_config: str = "") -> subprocess
                 str(node.log_file),
                 *(["--join", join] if join else []),
                 *(["--config", node_config] if node_config else []),
+                *(["--http", node.http_address] if node.http_address else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -175,14 +177,20 @@ def _cluster_lock(directory: Path) -> Iterator[None]:
 
 
 def up(
-    directory: Path, n_nodes: int, mount: str | None, say: Say, node_config: Path | None = None
+    directory: Path,
+    n_nodes: int,
+    mount: str | None,
+    say: Say,
+    node_config: Path | None = None,
+    http: bool = False,
 ) -> DevCluster:
-    """Start (or restart) the cluster in ``directory``; idempotent while it runs."""
+    """Start (or restart) the cluster in ``directory``; idempotent while it runs.
+    With ``http``, a new cluster's nodes also serve the HTTP API."""
     if not 1 <= n_nodes <= 32:
         raise InvalidArgument("--nodes must be between 1 and 32")
     directory = directory.resolve()
     with _cluster_lock(directory):
-        cluster = _up(directory, n_nodes, say, node_config)
+        cluster = _up(directory, n_nodes, say, node_config, http)
         if mount:
             _mount(cluster, Path(mount).resolve(), say)
         return cluster
@@ -245,7 +253,9 @@ def _unmount(cluster: DevCluster, say: Say) -> None:
     cluster.save()
 
 
-def _up(directory: Path, n_nodes: int, say: Say, node_config: Path | None) -> DevCluster:
+def _up(
+    directory: Path, n_nodes: int, say: Say, node_config: Path | None, http: bool
+) -> DevCluster:
     cluster = DevCluster.load(directory)
     if cluster is not None and cluster.nodes and len(cluster.running()) == len(cluster.nodes):
         say(f"dev cluster in {directory} is already running ({len(cluster.nodes)} nodes)")
@@ -256,7 +266,10 @@ def _up(directory: Path, n_nodes: int, say: Say, node_config: Path | None) -> De
         )
         for i in range(1, n_nodes + 1):
             node_dir = directory / f"node{i}"
-            cluster.nodes.append(DevNode(f"node{i}", str(node_dir), f"127.0.0.1:{_free_port()}"))
+            http_address = f"127.0.0.1:{_free_port()}" if http else ""
+            cluster.nodes.append(
+                DevNode(f"node{i}", str(node_dir), f"127.0.0.1:{_free_port()}", 0, "", http_address)
+            )
         datadir.init_cluster(Path(cluster.nodes[0].data_dir))
         for node in cluster.nodes[1:]:
             datadir.import_secret(Path(node.data_dir), cluster.secret_file)

@@ -18,10 +18,10 @@ import trio
 from prismfs.client.config import ClientConfig
 from prismfs.client.data import DataClient
 from prismfs.client.files import get_file, local_reader, put_file
+from prismfs.client.paths import make_dirs, remove_tree, resolve, resolve_parent, split
 from prismfs.data.layout import LAYOUT_XATTR, Layout
-from prismfs.errors import AlreadyExists, InvalidArgument, NotADirectory, NotFound
+from prismfs.errors import InvalidArgument, NotFound
 from prismfs.meta.client import MetaClient, open_meta_client
-from prismfs.meta.commands import ROOT_INO, Attr
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.tls import client_context
 
@@ -49,36 +49,6 @@ def session_lease() -> float:
     if not 1 <= value <= 86400:
         raise InvalidArgument("PRISMFS_SESSION_LEASE_S must be between 1 and 86400")
     return value
-
-
-def split(path: str) -> list[bytes]:
-    if not path.startswith("/"):
-        raise InvalidArgument(f"cluster paths start with /: {path!r}")
-    return [p.encode() for p in path.split("/") if p]
-
-
-async def resolve(meta: MetaClient, path: str) -> Attr:
-    attr = await meta.getattr(ROOT_INO)
-    walked = ""
-    for name in split(path):
-        if not stat_mod.S_ISDIR(attr.mode):
-            raise NotADirectory(f"{walked or '/'} is not a directory")
-        walked += "/" + name.decode(errors="replace")
-        try:
-            attr = await meta.lookup(attr.ino, name)
-        except NotFound:
-            raise NotFound(f"{walked}: no such file or directory") from None
-    return attr
-
-
-async def resolve_parent(meta: MetaClient, path: str) -> tuple[int, bytes]:
-    parts = split(path)
-    if not parts:
-        raise InvalidArgument("the root has no parent")
-    parent = await resolve(meta, "/" + "/".join(p.decode() for p in parts[:-1]))
-    if not stat_mod.S_ISDIR(parent.mode):
-        raise NotADirectory(f"{path}: a parent is not a directory")
-    return parent.ino, parts[-1]
 
 
 def _bar(total: int, label: str) -> Any:
@@ -242,15 +212,6 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     def rm(client: ClientConfig, path: str, recursive: bool) -> None:
         """Remove a file (or, with -r, a directory tree)."""
 
-        async def remove_tree(meta: MetaClient, parent: int, name: bytes, attr: Attr) -> None:
-            if stat_mod.S_ISDIR(attr.mode):
-                children = [(e.name, e.attr) async for e in meta.readdir(attr.ino)]
-                for child, child_attr in children:
-                    await remove_tree(meta, attr.ino, child, child_attr)
-                await meta.rmdir(parent, name)
-            else:
-                await meta.unlink(parent, name)
-
         async def run() -> None:
             async with connect(client) as (meta, _):
                 parent, name = await resolve_parent(meta, path)
@@ -275,19 +236,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
         async def run() -> None:
             async with connect(client) as (meta, _):
-                parts = split(path)
-                ino = ROOT_INO
-                for n, name in enumerate(parts):
-                    last = n == len(parts) - 1
-                    if not last and not parents:
-                        ino = (await resolve(meta, "/" + b"/".join(parts[: n + 1]).decode())).ino
-                        continue
-                    try:
-                        ino = (await meta.mkdir(ino, name, 0o755)).ino
-                    except AlreadyExists:
-                        if last and not parents:
-                            raise
-                        ino = (await meta.lookup(ino, name)).ino
+                ino = (await make_dirs(meta, path, parents=parents)).ino
                 if layout:
                     await meta.setxattr(ino, LAYOUT_XATTR, layout.encode())
 

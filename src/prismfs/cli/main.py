@@ -22,6 +22,7 @@ from prismfs import __version__
 from prismfs.cli import admin as admin_cli
 from prismfs.cli import devcluster
 from prismfs.cli import files as files_cli
+from prismfs.cli import tokens as tokens_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
 from prismfs.errors import ConfigError, PrismError
 from prismfs.node import datadir
@@ -211,6 +212,7 @@ def node() -> None:
     "--advertise", metavar="HOST:PORT", help="Address other nodes and clients use (node.advertise)."
 )
 @click.option("--zone", help="Failure domain of this node (node.zone).")
+@click.option("--http", metavar="HOST:PORT", help="Serve the HTTP API here (http.listen).")
 @click.option(
     "--join", metavar="HOST:PORT", help="Ask the cluster at this member to add this node."
 )
@@ -235,6 +237,7 @@ def node_start(
     secret_file: Path | None,
     advertise: str | None,
     zone: str | None,
+    http: str | None,
     join: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -251,6 +254,7 @@ def node_start(
             "advertise": advertise,
             "zone": zone,
         },
+        "http": {"listen": http},
         "tls": {"cert": _str(tls_cert), "key": _str(tls_key), "ca": _str(tls_ca)},
         "log": {"file": log_file, "level": log_level, "format": log_format},
     }
@@ -291,17 +295,19 @@ _dir_option = click.option(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A node.toml for every node of a new dev cluster (kept for restarts).",
 )
+@click.option("--http", is_flag=True, help="Nodes of a new cluster also serve the HTTP API.")
 def dev_up(
     n_nodes: int,
     directory: Path | None,
     mount: str | None,
     as_json: bool,
     node_config: Path | None,
+    http: bool,
 ) -> None:
     """Start N nodes (or restart a stopped dev cluster) and write client.toml."""
     directory = directory or devcluster.default_dir()
     say = (lambda _m: None) if as_json else click.echo
-    devcluster.up(directory, n_nodes, mount, say, node_config)
+    devcluster.up(directory, n_nodes, mount, say, node_config, http)
     rows = devcluster.status(directory)
     if as_json:
         click.echo(json.dumps({"dir": str(directory.resolve()), "nodes": rows}, indent=2))
@@ -334,6 +340,7 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
 
 files_cli.register(cli, client_options)
 admin_cli.register(cli, node, client_options, _print_table)
+tokens_cli.register(cli, client_options, _print_table)
 
 
 @cli.command("install-mount-helper")

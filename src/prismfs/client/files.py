@@ -42,10 +42,17 @@ import trio
 from prismfs.client.data import DataClient, chunk_ranges
 from prismfs.data.codec import NotEnoughShards
 from prismfs.data.layout import Layout
-from prismfs.errors import InvalidArgument, IsADirectory, PrismError
+from prismfs.errors import AlreadyExists, InvalidArgument, IsADirectory, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient, now_ns
-from prismfs.meta.commands import Attr, ChunkRecord, CommitChunks, MetaCommand, Mknod
+from prismfs.meta.commands import (
+    RENAME_NOREPLACE,
+    Attr,
+    ChunkRecord,
+    CommitChunks,
+    MetaCommand,
+    Mknod,
+)
 
 log = logging.getLogger("prismfs.client.files")
 
@@ -340,8 +347,11 @@ async def put_file(
     gid: int = 0,
     layout: Layout | None = None,
     progress: Progress | None = None,
+    replace: bool = True,
 ) -> int:
     """Stream ``read(n)`` (b"" at the end) into ``parent/name``; returns the inode.
+    Without ``replace``, an existing ``name`` fails it (`AlreadyExists`, at
+    the final rename: nothing is replaced).
 
     The content goes into a new, unnamed inode held open by this client's
     session; only when every chunk is committed does it take the name (a
@@ -414,7 +424,11 @@ async def put_file(
         for first in range(0, max(len(rest), 1), 1024):
             await meta.commit_chunks(ino, rest[first : first + 1024], size)
         await meta.link(ino, parent, tmp)
-        await meta.rename(parent, tmp, parent, name)
+        try:
+            await meta.rename(parent, tmp, parent, name, 0 if replace else RENAME_NOREPLACE)
+        except AlreadyExists:
+            await meta.unlink(parent, tmp)
+            raise
     finally:
         await meta.release(ino)
     return ino
@@ -443,44 +457,61 @@ async def get_file(
     """Stream the file's content to ``write``; returns the number of bytes."""
     f = await OpenFile.open(meta, data, ino)
     try:
-        size = f.size
-        offset = 0
-        # Fetch up to PARALLEL_CHUNKS chunks ahead, write them in order.
-        limiter = trio.Semaphore(PARALLEL_CHUNKS)
-        results: dict[int, trio.Event] = {}
-        chunks: dict[int, bytes] = {}
-        count = -(-size // f.chunk_size)
-
-        async def fetch(idx: int) -> None:
-            async with limiter:
-                record = f._records.get(idx)
-                chunk = b"" if record is None else await data.read_chunk(record)
-                valid = min(f.chunk_size, size - idx * f.chunk_size)
-                chunks[idx] = chunk[:valid] + bytes(max(0, valid - len(chunk)))
-                results[idx].set()
-
-        async with trio.open_nursery() as nursery:
-            for idx in range(count):
-                results[idx] = trio.Event()
-
-            async def feeder() -> None:
-                for idx in range(count):
-                    # never more than 2x the window of chunks in memory
-                    while idx - offset // f.chunk_size >= 2 * PARALLEL_CHUNKS:
-                        await trio.sleep(0.001)
-                    nursery.start_soon(fetch, idx)
-
-            nursery.start_soon(feeder)
-            for idx in range(count):
-                await results[idx].wait()
-                block = chunks.pop(idx)
-                await write(block)
-                offset += len(block)
-                if progress is not None:
-                    progress(len(block))
-        return offset
+        return await stream_range(f, data, write, progress=progress)
     finally:
         await f.close()
+
+
+async def stream_range(
+    f: OpenFile,
+    data: DataClient,
+    write: Callable[[bytes], Awaitable[None]],
+    start: int = 0,
+    end: int | None = None,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Write bytes ``[start, end)`` of the open file (as of its open) to ``write``
+    in order, fetching up to `PARALLEL_CHUNKS` chunks ahead; returns the count."""
+    size = f.size if end is None else min(end, f.size)
+    if start >= size:
+        return 0
+    cs = f.chunk_size
+    first, last = start // cs, (size - 1) // cs
+    limiter = trio.Semaphore(PARALLEL_CHUNKS)
+    results: dict[int, trio.Event] = {idx: trio.Event() for idx in range(first, last + 1)}
+    chunks: dict[int, bytes] = {}
+    written = 0
+
+    async def fetch(idx: int) -> None:
+        async with limiter:
+            record = f._records.get(idx)
+            chunk = b"" if record is None else await f._read(idx, record, data.read_chunk)
+            valid = min(cs, f.size - idx * cs)
+            chunk = chunk[:valid] + bytes(max(0, valid - len(chunk)))
+            lo = start - idx * cs if idx == first else 0
+            hi = size - idx * cs if idx == last else valid
+            chunks[idx] = chunk[lo:hi]
+            results[idx].set()
+
+    async with trio.open_nursery() as nursery:
+
+        async def feeder() -> None:
+            for idx in range(first, last + 1):
+                # never more than 2x the window of chunks in memory
+                while idx - (start + written) // cs >= 2 * PARALLEL_CHUNKS:
+                    await trio.sleep(0.001)
+                nursery.start_soon(fetch, idx)
+
+        nursery.start_soon(feeder)
+        for idx in range(first, last + 1):
+            await results[idx].wait()
+            block = chunks.pop(idx)
+            await write(block)
+            written += len(block)
+            if progress is not None:
+                progress(len(block))
+    return written
 
 
 def local_reader(path: str) -> tuple[Callable[[int], Awaitable[bytes]], Callable[[], None]]:

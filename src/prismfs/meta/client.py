@@ -47,6 +47,7 @@ from prismfs.meta.commands import (
     ChunkRefs,
     CloseSession,
     CommitChunks,
+    CreateToken,
     DirEntry,
     DirPage,
     FsStats,
@@ -57,9 +58,11 @@ from prismfs.meta.commands import (
     GetChunks,
     GetDigest,
     GetLayout,
+    GetToken,
     GetXattr,
     Link,
     ListNodes,
+    ListTokens,
     ListXattr,
     Lookup,
     MetaCommand,
@@ -80,11 +83,14 @@ from prismfs.meta.commands import (
     Rename,
     Reserved,
     ReserveInodes,
+    RevokeToken,
     Rmdir,
     SetAttr,
     SetXattr,
     StatFs,
     Symlink,
+    TokenInfo,
+    TokenList,
     Unlink,
 )
 from prismfs.node.consensus_messages import (
@@ -364,6 +370,19 @@ class MetaClient:
     async def nodes(self) -> tuple[NodeInfo, ...]:
         """The node registry: every storage node, its zone, capacity, state and usage."""
         return (await self.query(ListNodes(), NodeList)).nodes
+
+    async def create_token(self, token_id: str, digest: bytes, scope: str, name: str) -> None:
+        await self.propose(CreateToken(now_ns(), token_id, digest, scope, name))  # type: ignore[arg-type]
+
+    async def revoke_token(self, token_id: str) -> None:
+        await self.propose(RevokeToken(now_ns(), token_id))
+
+    async def tokens(self) -> tuple[TokenInfo, ...]:
+        return (await self.query(ListTokens(), TokenList)).tokens
+
+    async def token(self, token_id: str) -> TokenInfo:
+        """One token with its digest (`NotFound` if there is none)."""
+        return await self.query(GetToken(token_id), TokenInfo)
 
     async def digest(self, address: str) -> str:
         """The state digest of the replica at ``address`` (for tests and fsck)."""

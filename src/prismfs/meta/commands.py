@@ -263,6 +263,20 @@ class MoveShards(MetaCommand, frozen=True):
     moves: tuple[tuple[U8, str, str], ...]
 
 
+class CreateToken(MetaCommand, frozen=True):
+    """An HTTP API bearer token: its public id, the SHA-256 of its secret part
+    (the secret itself is never stored), its scope and a name for people."""
+
+    token_id: str
+    digest: bytes
+    scope: Literal["read", "write", "admin"]
+    name: str = ""
+
+
+class RevokeToken(MetaCommand, frozen=True):
+    token_id: str
+
+
 class Attr(Message, frozen=True):
     """What getattr returns."""
 
@@ -417,6 +431,32 @@ class GcEntries(Message, frozen=True):
     family: ClassVar[str] = "meta"
 
     entries: tuple[tuple[U64, ChunkRecord], ...]
+
+
+class ListTokens(MetaQuery, frozen=True):
+    pass
+
+
+class GetToken(MetaQuery, frozen=True):
+    """One token's digest and scope (answered as `TokenInfo`; `NotFound` if none)."""
+
+    token_id: str
+
+
+class TokenInfo(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    token_id: str
+    scope: str
+    name: str
+    created_ns: I64
+    digest: bytes = b""  # only in `GetToken`'s answer
+
+
+class TokenList(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    tokens: tuple[TokenInfo, ...]
 
 
 class ListNodes(MetaQuery, frozen=True):

@@ -80,6 +80,7 @@ from prismfs.meta.commands import (
     ChunkRefs,
     CloseSession,
     CommitChunks,
+    CreateToken,
     DirEntry,
     DirPage,
     ExpireSessions,
@@ -91,9 +92,11 @@ from prismfs.meta.commands import (
     GetChunks,
     GetDigest,
     GetLayout,
+    GetToken,
     GetXattr,
     Link,
     ListNodes,
+    ListTokens,
     ListXattr,
     Lookup,
     MetaCommand,
@@ -116,6 +119,7 @@ from prismfs.meta.commands import (
     Rename,
     Reserved,
     ReserveInodes,
+    RevokeToken,
     Rmdir,
     SetAttr,
     SetNodeState,
@@ -124,6 +128,8 @@ from prismfs.meta.commands import (
     ShardRefs,
     StatFs,
     Symlink,
+    TokenInfo,
+    TokenList,
     Unlink,
     UpdateAtime,
 )
@@ -209,6 +215,13 @@ CREATE TABLE IF NOT EXISTS xattrs (
     value BLOB NOT NULL,
     PRIMARY KEY (ino, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    digest BLOB NOT NULL,
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -286,6 +299,8 @@ class Namespace:
             SetNodeState: self._set_node_state,
             SetNodeZone: self._set_node_zone,
             MoveShards: self._move_shards,
+            CreateToken: self._create_token,
+            RevokeToken: self._revoke_token,
         }
         self._queries: dict[type[MetaQuery], Callable[[Any], Message]] = {
             Lookup: lambda q: MetaOk(self.lookup(q.parent, q.name)),
@@ -299,6 +314,8 @@ class Namespace:
             GcPending: lambda q: GcEntries(tuple(self.gc_pending(q.limit))),
             GetDigest: lambda q: MetaValue(self.digest().encode()),
             ListNodes: lambda q: NodeList(tuple(self.nodes())),
+            ListTokens: lambda q: TokenList(tuple(self.tokens())),
+            GetToken: lambda q: self.token(q.token_id),
             GetLayout: lambda q: MetaValue(self.effective_layout(q.ino)),
             ChunkRefs: lambda q: MetaValue(names=tuple(self.referenced(q.ids))),
             ShardRefs: lambda q: MetaValue(
@@ -452,6 +469,7 @@ class Namespace:
             ("opens", "session, ino"),
             ("clients", "client"),
             ("nodes", "node"),
+            ("tokens", "token_id"),
             ("state", "key"),
         ):
             for row in self.db.execute(f"SELECT * FROM {table} ORDER BY {order}"):
@@ -1280,6 +1298,39 @@ class Namespace:
         if row[0] == "removed" and c.state != "removed":
             raise NotPermitted(f"node {c.node} was removed from the cluster")
         self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (c.state, c.node))
+
+    def _create_token(self, c: CreateToken) -> None:
+        if not (1 <= len(c.token_id) <= 64 and c.token_id.isalnum()) or len(c.digest) != 32:
+            raise InvalidArgument("a token needs an alphanumeric id and a 32-byte digest")
+        if len(c.name) > 200:
+            raise InvalidArgument("a token's name has at most 200 characters")
+        try:
+            self.db.execute(
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?)",
+                (c.token_id, c.digest, c.scope, c.name, c.now_ns),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"token {c.token_id} exists") from None
+
+    def _revoke_token(self, c: RevokeToken) -> None:
+        cursor = self.db.execute("DELETE FROM tokens WHERE token_id = ?", (c.token_id,))
+        if cursor.rowcount == 0:
+            raise NotFound(f"no token {c.token_id}")
+
+    def tokens(self) -> list[TokenInfo]:
+        rows = self.db.execute(
+            "SELECT token_id, scope, name, created_ns FROM tokens ORDER BY created_ns, token_id"
+        ).fetchall()
+        return [TokenInfo(*row) for row in rows]
+
+    def token(self, token_id: str) -> TokenInfo:
+        row = self.db.execute(
+            "SELECT token_id, scope, name, created_ns, digest FROM tokens WHERE token_id = ?",
+            (token_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no token {token_id}")
+        return TokenInfo(*row)
 
     def _set_node_zone(self, c: SetNodeZone) -> None:
         if len(c.zone) > 64:

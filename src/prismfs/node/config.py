@@ -35,6 +35,17 @@ class NodeSection(_Section):
     shutdown_grace: float = 5.0
 
 
+class HttpSection(_Section):
+    """The HTTP API (docs/api.md); off unless ``listen`` is set."""
+
+    listen: str = ""
+    """HOST:PORT to serve the HTTP API on ("" = no HTTP API)."""
+    max_upload_gib: float = 1024.0
+    """Largest file a PUT may write (larger bodies get 413)."""
+    token_cache_s: float = 5.0
+    """How long a checked token is remembered (a revoked one works this long)."""
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     file: str = ""
@@ -125,6 +136,7 @@ class DataSection(_Section):
 
 class NodeConfig(_Section):
     node: NodeSection = msgspec.field(default_factory=NodeSection)
+    http: HttpSection = msgspec.field(default_factory=HttpSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
     rpc: RpcSection = msgspec.field(default_factory=RpcSection)
@@ -214,3 +226,9 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("data.*_mb_per_s must be more than 0")
     if data.move_delete_after_s < 0:
         raise ConfigError("data.move_delete_after_s must not be negative")
+    if config.http.listen:
+        parse_address(config.http.listen)
+    if not 0 < config.http.max_upload_gib <= 1 << 20:
+        raise ConfigError("http.max_upload_gib must be more than 0")
+    if not 0 <= config.http.token_cache_s <= 3600:
+        raise ConfigError("http.token_cache_s must be between 0 and 3600")

@@ -37,6 +37,7 @@ from prismfs.errors import (
     PrismError,
 )
 from prismfs.exception_groups import single_exception
+from prismfs.gateway.server import serve_http
 from prismfs.ids import NodeId
 from prismfs.meta.commands import (
     ROOT_INO,
@@ -78,6 +79,7 @@ class NodeService:
             limits=config.server_limits(),
         )
         self.rpc_address = ""
+        self.http_address = ""
         self.consensus: Consensus | None = None
         self._zeros = b""  # shared source of Echo "source" replies, grown on demand
         self.started = trio.current_time()
@@ -93,6 +95,7 @@ class NodeService:
             rpc_address=self.rpc_address,
             uptime_s=trio.current_time() - self.started,
             pid=os.getpid(),
+            http_address=self.http_address or None,
         )
 
     async def echo(self, request: Echo, call: Call) -> EchoReply | Reply:
@@ -163,6 +166,24 @@ async def serve_node(
             await nursery.start(scrub.run)
             await nursery.start(mover.run)
             await nursery.start(consensus.run)
+            http_shutdown = trio.Event()
+            if config.http.listen:
+                try:
+                    service.http_address = await nursery.start(
+                        serve_http,
+                        config.http,
+                        pool,
+                        service.rpc_address,
+                        consensus,
+                        namespace,
+                        health,
+                        mover,
+                        http_shutdown,
+                    )
+                except OSError as exc:
+                    raise InvalidArgument(
+                        f"cannot serve HTTP on {config.http.listen}: {exc.strerror}"
+                    ) from None
             datadir.write_state(
                 config.data_dir,
                 {
@@ -170,6 +191,7 @@ async def serve_node(
                     "cluster_id": creds.cluster_id,
                     "pid": os.getpid(),
                     "rpc_address": service.rpc_address,
+                    "http_address": service.http_address,
                     "listen": addresses,
                     "version": __version__,
                 },
@@ -227,6 +249,7 @@ async def serve_node(
                 nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                http_shutdown.set()
                 await service.server.shutdown(config.node.shutdown_grace)
                 nursery.cancel_scope.cancel()
                 break
