@@ -15,6 +15,7 @@ from typing import Any
 import click
 import trio
 
+from prismfs.cli import http_files
 from prismfs.client.config import ClientConfig
 from prismfs.client.data import DataClient
 from prismfs.client.files import get_file, local_reader, put_file
@@ -58,15 +59,40 @@ def _bar(total: int, label: str) -> Any:
     return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
 
 
+def http_options(func: Any) -> Any:
+    """--http/--token: run a file command over the HTTP API (no cluster secret)."""
+    func = click.option(
+        "--token", envvar="PRISMFS_TOKEN", help="API token for --http (or $PRISMFS_TOKEN)."
+    )(func)
+    return click.option(
+        "--http",
+        "http_url",
+        envvar="PRISMFS_HTTP",
+        metavar="URL",
+        help="Use a node's HTTP API (http://HOST:PORT) instead of RPC (or $PRISMFS_HTTP).",
+    )(func)
+
+
 def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     @cli.command("put")
     @client_options
     @click.argument("local", type=click.Path(exists=True, dir_okay=False, path_type=Path))
     @click.argument("remote")
     @click.option("--layout", help="k=,m=,chunk= for this file (default: from its directory).")
-    def put(client: ClientConfig, local: Path, remote: str, layout: str | None) -> None:
+    @http_options
+    def put(
+        client: ClientConfig,
+        local: Path,
+        remote: str,
+        layout: str | None,
+        http_url: str | None,
+        token: str | None,
+    ) -> None:
         """Copy a local file into the cluster (replaces REMOTE atomically)."""
         chosen = Layout.parse(layout) if layout else None
+        if http_url:
+            http_files.put(http_url, token, local, remote, layout)
+            return
         st = local.stat()
         size, file_mode = st.st_size, st.st_mode & 0o7777
 
@@ -99,8 +125,14 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     @client_options
     @click.argument("remote")
     @click.argument("local", type=click.Path(dir_okay=True, path_type=Path))
-    def get(client: ClientConfig, remote: str, local: Path) -> None:
+    @http_options
+    def get(
+        client: ClientConfig, remote: str, local: Path, http_url: str | None, token: str | None
+    ) -> None:
         """Copy a file out of the cluster (LOCAL "-" writes to standard output)."""
+        if http_url:
+            http_files.get(http_url, token, remote, local)
+            return
 
         local_is_dir = local.is_dir()
 
@@ -147,8 +179,14 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     @client_options
     @click.argument("path", default="/")
     @click.option("-l", "long", is_flag=True, help="Mode, size, time.")
-    def ls(client: ClientConfig, path: str, long: bool) -> None:
+    @http_options
+    def ls(
+        client: ClientConfig, path: str, long: bool, http_url: str | None, token: str | None
+    ) -> None:
         """List a directory."""
+        if http_url:
+            http_files.ls(http_url, token, path, long)
+            return
 
         async def run() -> None:
             async with connect(client) as (meta, _):
@@ -209,8 +247,14 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     @client_options
     @click.argument("path")
     @click.option("-r", "recursive", is_flag=True, help="Remove a directory and everything in it.")
-    def rm(client: ClientConfig, path: str, recursive: bool) -> None:
+    @http_options
+    def rm(
+        client: ClientConfig, path: str, recursive: bool, http_url: str | None, token: str | None
+    ) -> None:
         """Remove a file (or, with -r, a directory tree)."""
+        if http_url:
+            http_files.rm(http_url, token, path, recursive)
+            return
 
         async def run() -> None:
             async with connect(client) as (meta, _):
@@ -236,7 +280,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
         async def run() -> None:
             async with connect(client) as (meta, _):
-                ino = (await make_dirs(meta, path, parents=parents)).ino
+                ino = (await make_dirs(meta, path, parents=parents))[0].ino
                 if layout:
                     await meta.setxattr(ino, LAYOUT_XATTR, layout.encode())
 

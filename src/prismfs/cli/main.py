@@ -75,7 +75,11 @@ def client_options(func: F) -> F:
         tls_ca: Path | None,
         **kwargs: Any,
     ) -> Any:
-        kwargs["client"] = resolve_client_config(cluster, secret_file, config_file, tls_ca)
+        # A file command sent over HTTP (--http) needs no cluster secret.
+        if kwargs.get("http_url"):
+            kwargs["client"] = None
+        else:
+            kwargs["client"] = resolve_client_config(cluster, secret_file, config_file, tls_ca)
         return func(**kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -233,19 +233,25 @@ class DataClient:
             nursery.start_soon(hedge)
             await enough.wait()
             nursery.cancel_scope.cancel()
-        if len(got) < k:
-            raise NotEnoughShards(
-                f"chunk {record.id.hex()}: only {len(got)} of the {k} shards needed could "
-                f"be read ({len(failed)} failed)"
+        try:
+            if len(got) < k:
+                raise NotEnoughShards(
+                    f"chunk {record.id.hex()}: only {len(got)} of the {k} shards needed could "
+                    f"be read ({len(failed)} failed)"
+                )
+            decoded = await decode_chunk_async(
+                got,
+                k=k,
+                m=m,
+                length=record.length,
+                shard_size=record.shard_size,
+                checksums=record.checksums,
             )
-        decoded = await decode_chunk_async(
-            got,
-            k=k,
-            m=m,
-            length=record.length,
-            shard_size=record.shard_size,
-            checksums=record.checksums,
-        )
+        finally:
+            # fetch and start_more refer to each other (a reference cycle that
+            # only the cyclic GC frees): drop the shards now, not at the next
+            # collection, or a long read keeps hundreds of MB of them alive.
+            got.clear()
         for sid in decoded.bad:
             self.stats.corrupt.append(shard_id(record.id, sid))
         return decoded.data

@@ -30,6 +30,7 @@ client dies); `get_file` streams one out with read-ahead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -42,7 +43,7 @@ import trio
 from prismfs.client.data import DataClient, chunk_ranges
 from prismfs.data.codec import NotEnoughShards
 from prismfs.data.layout import Layout
-from prismfs.errors import AlreadyExists, InvalidArgument, IsADirectory, PrismError
+from prismfs.errors import InvalidArgument, IsADirectory, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
@@ -426,8 +427,9 @@ async def put_file(
         await meta.link(ino, parent, tmp)
         try:
             await meta.rename(parent, tmp, parent, name, 0 if replace else RENAME_NOREPLACE)
-        except AlreadyExists:
-            await meta.unlink(parent, tmp)
+        except PrismError:  # e.g. the name exists (not replace) or is too long
+            with contextlib.suppress(PrismError):
+                await meta.unlink(parent, tmp)
             raise
     finally:
         await meta.release(ino)

@@ -46,13 +46,16 @@ async def resolve_parent(meta: MetaClient, path: str) -> tuple[int, bytes]:
     return parent.ino, parts[-1]
 
 
-async def make_dirs(meta: MetaClient, path: str, *, parents: bool, mode: int = 0o755) -> Attr:
+async def make_dirs(
+    meta: MetaClient, path: str, *, parents: bool, mode: int = 0o755
+) -> tuple[Attr, bool]:
     """mkdir ``path`` (with ``parents``: also its missing parents, and no error if
-    it exists as a directory); returns its attributes."""
+    it exists as a directory); returns its attributes and whether it was made."""
     parts = split(path)
     if not parts:
         raise AlreadyExists("/ exists")
     attr = await meta.getattr(ROOT_INO)
+    made = False
     for n, name in enumerate(parts):
         last = n == len(parts) - 1
         if not last and not parents:
@@ -60,6 +63,7 @@ async def make_dirs(meta: MetaClient, path: str, *, parents: bool, mode: int = 0
             continue
         try:
             attr = await meta.mkdir(attr.ino, name, mode)
+            made = last
         except AlreadyExists:
             if last and not parents:
                 raise AlreadyExists(f"{path} exists") from None
@@ -68,7 +72,7 @@ async def make_dirs(meta: MetaClient, path: str, *, parents: bool, mode: int = 0
                 raise NotADirectory(
                     f"/{b'/'.join(parts[: n + 1]).decode()} is not a directory"
                 ) from None
-    return attr
+    return attr, made
 
 
 async def remove_tree(meta: MetaClient, parent: int, name: bytes, attr: Attr) -> int:

@@ -64,6 +64,7 @@ from prismfs.gateway.openapi import openapi_document
 from prismfs.gateway.tokens import TokenCache
 from prismfs.meta.client import MetaClient
 from prismfs.meta.commands import RENAME_NOREPLACE, Attr
+from prismfs.meta.namespace import check_name
 from prismfs.node.admin import (
     AddNode,
     ClusterHealth,
@@ -311,6 +312,7 @@ async def get_file(gw: Gateway, request: Request) -> Response:
 async def put_file_route(gw: Gateway, request: Request) -> Response:
     path = _path(request)
     parent, name = await resolve_parent(gw.meta, path)
+    check_name(name)  # before any byte is stored
     create_only = request.headers.get("if-none-match", "").strip() == "*"
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > gw.max_upload:
@@ -330,6 +332,7 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
         )
     layout = request.query_params.get("layout")
     body = BodyReader(request.stream(), gw.max_upload)
+    request.state.body = body
     try:
         ino = await put_file(
             gw.meta,
@@ -410,14 +413,8 @@ async def list_dir(gw: Gateway, request: Request) -> Response:
 async def make_dir(gw: Gateway, request: Request) -> Response:
     path = _path(request)
     parents = _flag(request, "parents")
-    try:
-        attr = await make_dirs(gw.meta, path, parents=parents)
-        status = 201
-    except AlreadyExists:
-        attr = await resolve(gw.meta, path)
-        if not stat.S_ISDIR(attr.mode) or not parents:
-            raise
-        status = 200
+    attr, made = await make_dirs(gw.meta, path, parents=parents)
+    status = 201 if made else 200
     return JSONResponse(_entry(path.rsplit("/", 1)[-1], attr) | {"path": path}, status_code=status)
 
 
@@ -502,6 +499,33 @@ async def openapi(gw: Gateway, request: Request) -> Response:
 
 # --- the application --------------------------------------------------------------------------
 
+DRAIN_LIMIT = 16 << 20
+
+
+async def _drain(request: Request) -> bool:
+    """Read and drop what is left of a refused request's body, so a client that
+    sends it all before reading the answer gets the answer; False if there is
+    more than `DRAIN_LIMIT` (the connection is then closed after the answer)."""
+    reader = getattr(request.state, "body", None)
+    try:
+        stream = reader.stream if isinstance(reader, BodyReader) else request.stream()
+        if isinstance(reader, BodyReader) and reader.done:
+            return True
+    except RuntimeError:  # starlette: the body was read already
+        return True
+    total = 0
+    with trio.move_on_after(10):
+        try:
+            async for block in stream:
+                total += len(block)
+                if total > DRAIN_LIMIT:
+                    return False
+        except (ClientDisconnect, RuntimeError):
+            return False
+        return True
+    return False
+
+
 Handler = Callable[[Gateway, Request], Awaitable[Response]]
 
 # (path, methods, handler, scope needed: "" = no token, route label for metrics)
@@ -543,6 +567,8 @@ def build_app(gw: Gateway) -> Starlette:
                 status = response.status_code
                 if status >= 500 and status != 503:
                     log.error("%s %s: %s", request.method, request.url.path, exc.message)
+                if request.method in ("PUT", "POST") and not await _drain(request):
+                    response.headers["Connection"] = "close"
                 return response
             except ClientDisconnect:
                 status = 499

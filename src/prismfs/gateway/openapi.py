@@ -302,7 +302,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["address"],
                     "properties": {
-                        "address": {"type": "string", "example": "10.0.0.3:7070"},
+                        "address": {"type": "string", "example": "127.0.0.1:7070"},
                         "zone": {"type": "string"},
                         "voter": {"type": "boolean"},
                     },
