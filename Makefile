@@ -34,12 +34,14 @@ install: system-deps $(STAMP)
 
 ## A 3-node local cluster mounted at $(DEMO_DIR)/mnt; `make down` unmounts and stops it.
 demo: install
-	$(BIN)/prismfs dev up --nodes 3 --dir $(DEMO_DIR) --mount $(DEMO_DIR)/mnt
+	$(BIN)/prismfs dev up --nodes 3 --dir $(DEMO_DIR) --mount $(DEMO_DIR)/mnt --http
 	@echo
 	@echo "PrismFS is running and mounted at $(CURDIR)/$(DEMO_DIR)/mnt. Try:"
 	@echo "  cp -a /usr/share/doc $(DEMO_DIR)/mnt/ && ls $(DEMO_DIR)/mnt/doc | head"
 	@echo "  df -h $(DEMO_DIR)/mnt"
 	@echo "  . $(BIN)/activate && prismfs cluster status && prismfs stat /doc"
+	@echo "  prismfs token create   # then: curl -H 'Authorization: Bearer TOKEN' http://HTTP_ADDRESS/v1/dirs"
+	@echo "                         # (prismfs dev status shows each node's HTTP address)"
 	@echo "  make down                         # unmount and stop everything"
 
 ## mount.prismfs where `mount -t prismfs` and /etc/fstab find it (/sbin).

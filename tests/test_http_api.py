@@ -540,3 +540,70 @@ def test_schemathesis_finds_no_server_error(api: Api, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "passed" in result.stdout
+
+
+def test_no_leader_gives_503_with_retry_after(api: Api) -> None:
+    """Two of three nodes stopped: the third has no leader; its API says 503
+    with Retry-After (readiness too), never hangs or 500s; back after restart."""
+    survivor = 3
+    for node in (1, 2):
+        os.kill(int(api.node_json(node)["pid"]), signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + 30
+        with api.client("read", node=survivor) as c:
+            while True:
+                health = c.get("/v1/health")
+                if health.status_code == 503:
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            assert problem(health, 503) and health.headers["retry-after"]
+            started = time.monotonic()
+            r = c.get("/v1/dirs", timeout=60)
+            body = problem(r, 503)
+            assert r.headers["retry-after"] == "1" and body["code"] in (
+                "unavailable",
+                "not_leader",
+                "deadline_exceeded",
+            )
+            assert time.monotonic() - started < 30
+    finally:
+        result = run_cli("dev", "up", "--dir", str(api.mount.dir), env=api.mount.env, timeout=120)
+        assert result.returncode == 0, result.stderr
+    with api.client("read", node=survivor) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/v1/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert c.get("/v1/dirs").status_code == 200
+
+
+# --- pure pieces ---------------------------------------------------------------------------
+
+
+def test_docs_api_md_carries_the_served_openapi_document() -> None:
+    from prismfs.gateway.openapi import openapi_document
+
+    text = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    block = text.split("<!-- openapi:begin -->", 1)[1].split("<!-- openapi:end -->", 1)[0]
+    embedded = json.loads(block.strip().removeprefix("```json").removesuffix("```"))
+    assert embedded == openapi_document(), "regenerate: python -m prismfs.gateway.openapi"
+
+
+def test_range_header_parsing() -> None:
+    from prismfs.errors import OutOfRange
+    from prismfs.gateway.app import parse_range
+
+    assert parse_range(None, 10) is None
+    assert parse_range("bytes=0-0", 10) == (0, 1)
+    assert parse_range("bytes=2-", 10) == (2, 10)
+    assert parse_range("bytes=-3", 10) == (7, 10)
+    assert parse_range("bytes=-30", 10) == (0, 10)
+    assert parse_range("bytes=5-100", 10) == (5, 10)
+    assert parse_range("bytes=5-2", 10) is None  # invalid: ignored
+    assert parse_range("bytes=0-1,3-4", 10) is None
+    assert parse_range("lines=0-1", 10) is None
+    assert parse_range("bytes=-", 10) is None
+    for bad in ("bytes=10-", "bytes=-0", "bytes=99-100"):
+        with pytest.raises(OutOfRange):
+            parse_range(bad, 10)

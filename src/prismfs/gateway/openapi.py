@@ -332,3 +332,9 @@ def _page_params() -> list[dict[str, Any]]:
         },
         {"name": "cursor", "in": "query", "schema": {"type": "string"}},
     ]
+
+
+if __name__ == "__main__":  # python -m prismfs.gateway.openapi > openapi.json
+    import json
+
+    print(json.dumps(openapi_document(), indent=2))

@@ -25,6 +25,7 @@ from prismfs.wire.client import RpcPool
 log = logging.getLogger("prismfs.gateway")
 
 SESSION_LEASE_S = 60.0
+META_TIMEOUT_S = 10.0
 
 
 async def serve_http(
@@ -41,7 +42,8 @@ async def serve_http(
 ) -> None:
     """Serve until ``shutdown`` is set; reports the bound address (HOST:PORT)."""
 
-    meta = MetaClient(pool, [rpc_address])
+    # An HTTP client waits at most META_TIMEOUT_S for a leader, then gets 503.
+    meta = MetaClient(pool, [rpc_address], timeout=META_TIMEOUT_S, attempt_timeout=5.0)
     session = trio.Event()  # set once the gateway's session is open
 
     def ready() -> tuple[bool, dict[str, Any]]:
