@@ -53,6 +53,7 @@ from prismfs.meta.commands import (
     CommitChunks,
     MetaCommand,
     Mknod,
+    Rename,
 )
 
 log = logging.getLogger("prismfs.client.files")
@@ -434,6 +435,76 @@ async def put_file(
     finally:
         await meta.release(ino)
     return ino
+
+
+class InodeNumbers:
+    """Inode numbers reserved ahead (`ReserveInodes`), handed out one at a time,
+    so a create can go in a batch with what follows it."""
+
+    def __init__(self, meta: MetaClient, batch: int = 64) -> None:
+        self.meta = meta
+        self.batch = batch
+        self._free: list[int] = []
+        self._lock = trio.Lock()
+
+    async def take(self) -> int:
+        async with self._lock:
+            if not self._free:
+                self._free = list(reversed(await self.meta.reserve_inodes(self.batch)))
+            return self._free.pop()
+
+
+async def put_small(
+    meta: MetaClient,
+    data: DataClient,
+    inodes: InodeNumbers,
+    parent: int,
+    name: bytes,
+    body: bytes,
+    *,
+    mode: int = 0o644,
+    uid: int = 0,
+    gid: int = 0,
+    layout: Layout | None = None,
+    replace: bool = True,
+) -> Attr:
+    """`put_file` for a body of at most one chunk, known in full: its chunk is
+    stored (inline if small), then one Raft entry makes the file under a
+    temporary name, commits the chunk and renames it over ``name`` (without
+    ``replace``: only if ``name`` does not exist, else `AlreadyExists` and
+    nothing stays behind). Returns the new file's attributes."""
+    chosen = layout or await layout_for(meta, parent)
+    if len(body) > chosen.chunk_size:
+        raise InvalidArgument(f"put_small takes at most one chunk ({chosen.chunk_size} bytes)")
+    ino = await inodes.take()
+    chunks = ((0, await data.write_chunk(body, chosen)),) if body else ()
+    tmp = f".{name.decode(errors='replace')[:200]}.prismfs-{secrets.token_hex(4)}".encode()
+    now = now_ns()
+    results = await meta.batch(
+        [
+            Mknod(
+                now,
+                parent,
+                tmp,
+                stat.S_IFREG | (mode & 0o7777),
+                uid,
+                gid,
+                chunk_size=chosen.chunk_size,
+                ino=ino,
+            ),
+            CommitChunks(now, ino, chunks, len(body)),
+            Rename(now, parent, tmp, parent, name, 0 if replace else RENAME_NOREPLACE),
+        ]
+    )
+    failed = next((r for r in results if isinstance(r, PrismError)), None)
+    if failed is not None:
+        if not isinstance(results[0], PrismError):  # made, but not renamed: remove it
+            with contextlib.suppress(PrismError):
+                await meta.unlink(parent, tmp)
+        raise failed
+    attr = results[1]
+    assert isinstance(attr, Attr)
+    return attr
 
 
 async def _read_exactly(read: Callable[[int], Awaitable[bytes]], n: int) -> bytes:

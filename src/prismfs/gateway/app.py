@@ -33,7 +33,7 @@ import re
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -46,7 +46,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from prismfs.client.data import DataClient
-from prismfs.client.files import OpenFile, put_file, stream_range
+from prismfs.client.files import (
+    InodeNumbers,
+    OpenFile,
+    layout_for,
+    put_file,
+    put_small,
+    stream_range,
+)
 from prismfs.client.leader import call_leader
 from prismfs.client.paths import make_dirs, remove_tree, resolve, resolve_parent
 from prismfs.data.layout import Layout
@@ -83,6 +90,7 @@ T = TypeVar("T", bound=Message)
 
 
 LIST_LIMIT = 1000
+SMALL_BODY = 1 << 20  # bodies up to this (and one chunk) take the one-entry path
 ADMIN_TIMEOUT_S = 300.0
 
 
@@ -98,6 +106,10 @@ class Gateway:
     metrics: Metrics
     ready: Callable[[], tuple[bool, dict[str, Any]]]  # readiness and details for /v1/health
     max_upload: int = 1 << 40
+    inodes: InodeNumbers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inodes = InodeNumbers(self.meta)
 
     async def leader(self, request: Message, expect: type[T]) -> T:
         return await call_leader(self.pool, self.addresses, request, expect, ADMIN_TIMEOUT_S)
@@ -330,19 +342,31 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
         return problems.problem(
             412, "Precondition Failed", f"{path} exists (If-None-Match: *)", code="already_exists"
         )
-    layout = request.query_params.get("layout")
+    text = request.query_params.get("layout")
+    layout = Layout.parse(text) if text else await layout_for(gw.meta, parent)
     body = BodyReader(request.stream(), gw.max_upload)
     request.state.body = body
+    small = length is not None and length.isdigit()
+    small = small and int(length or 0) <= min(SMALL_BODY, layout.chunk_size)
     try:
-        ino = await put_file(
-            gw.meta,
-            gw.data,
-            parent,
-            name,
-            body.read,
-            layout=Layout.parse(layout) if layout else None,
-            replace=not create_only,
-        )
+        if small:
+            # One chunk at most: stored, then one Raft entry makes, fills and names it.
+            content = await body.read(int(length or 0) + 1)
+            attr = await put_small(
+                gw.meta,
+                gw.data,
+                gw.inodes,
+                parent,
+                name,
+                content,
+                layout=layout,
+                replace=not create_only,
+            )
+        else:
+            ino = await put_file(
+                gw.meta, gw.data, parent, name, body.read, layout=layout, replace=not create_only
+            )
+            attr = await gw.meta.getattr(ino)
     except AlreadyExists:
         if create_only:
             return problems.problem(
@@ -353,7 +377,6 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
             )
         raise
     gw.metrics.bytes_in.inc(body.total)
-    attr = await gw.meta.getattr(ino)
     return JSONResponse(
         _entry(name.decode(errors="replace"), attr) | {"path": path},
         status_code=200 if existed else 201,
