@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from conftest import run_cli
@@ -116,8 +117,14 @@ class Mount:
         async with open_rpc_pool(client.credentials(), connect_timeout=2) as pool:
             return await fn(MetaClient(pool, list(client.addresses)), *args)
 
-    def cleanup(self) -> None:
+    def cleanup(self, extra: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+        """Unmount, kill the ``extra`` node processes a test started itself, stop
+        the dev cluster, and check that none of its processes is left."""
         self.unmount()
+        for proc in extra:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
         run_cli("dev", "down", "--dir", str(self.dir), env=self.env, timeout=60)
         for node in self.nodes():
             assert not process_alive(int(node["pid"]), str(node["data_dir"]))  # type: ignore[call-overload]

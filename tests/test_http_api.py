@@ -26,7 +26,6 @@ import pytest
 
 from conftest import run_cli
 from fuse_mount import FUSE_REQUIRED, Mount, fuse_available
-from prismfs.procs import process_alive
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -92,14 +91,7 @@ class Api:
         return next(i + 1 for i, n in enumerate(self.nodes) if n["id"] == leader_id)
 
     def cleanup(self) -> None:
-        self.mount.unmount()
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        run_cli("dev", "down", "--dir", str(self.mount.dir), env=self.mount.env, timeout=60)
-        for node in self.mount.nodes():
-            assert not process_alive(int(node["pid"]), str(node["data_dir"]))
+        self.mount.cleanup(self.procs)
 
 
 @pytest.fixture(scope="module")
@@ -607,3 +599,29 @@ def test_range_header_parsing() -> None:
     for bad in ("bytes=10-", "bytes=-0", "bytes=99-100"):
         with pytest.raises(OutOfRange):
             parse_range(bad, 10)
+
+
+def test_oversize_upload_is_413_and_changes_nothing(api: Api) -> None:
+    """A PUT declaring more than http.max_upload_gib is refused before any byte
+    is stored (raw socket: no client would send 2 TiB)."""
+    import socket
+
+    host, port = api.url(2).removeprefix("http://").rsplit(":", 1)
+    request = (
+        "PUT /v1/files/too-big HTTP/1.1\r\n"
+        f"Host: {host}\r\nAuthorization: Bearer {api.tokens['write']}\r\n"
+        f"Content-Length: {2 << 40}\r\n\r\n"
+    ).encode() + b"x" * 1000
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            block = s.recv(65536)
+            if not block:
+                break
+            answer += block
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(body)["code"] == "file_too_large"
+    with api.client("read") as c:
+        problem(c.get("/v1/files/too-big"), 404)

@@ -113,14 +113,7 @@ class Nodes:
         return next(n for n in self.health()["nodes"] if n["node"] == node_id)
 
     def cleanup(self) -> None:
-        self.mount.unmount()
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=10)
-        run_cli("dev", "down", "--dir", str(self.mount.dir), env=self.env, timeout=60)
-        for node in self.mount.nodes():
-            assert not process_alive(int(node["pid"]), str(node["data_dir"]))
+        self.mount.cleanup(self.procs)
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:

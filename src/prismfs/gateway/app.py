@@ -63,6 +63,7 @@ from prismfs.errors import (
     InvalidArgument,
     IsADirectory,
     NotADirectory,
+    OutOfRange,
     PrismError,
 )
 from prismfs.gateway import problems
@@ -179,8 +180,6 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """``[start, end)`` of a single ``bytes=`` range, None for the whole file
     (no header, several ranges, or a unit other than bytes); `OutOfRange` if
     it lies outside the file."""
-    from prismfs.errors import OutOfRange
-
     if not header or "," in header:
         return None
     m = _RANGE.match(header.strip())
@@ -271,7 +270,7 @@ class FileStream(Response):
 # --- files ------------------------------------------------------------------------------------
 
 
-async def get_file(gw: Gateway, request: Request) -> Response:
+async def get_file_route(gw: Gateway, request: Request) -> Response:
     path = _path(request)
     attr = await resolve(gw.meta, path)
     if stat.S_ISDIR(attr.mode):
@@ -529,6 +528,9 @@ async def _drain(request: Request) -> bool:
     """Read and drop what is left of a refused request's body, so a client that
     sends it all before reading the answer gets the answer; False if there is
     more than `DRAIN_LIMIT` (the connection is then closed after the answer)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > DRAIN_LIMIT:
+        return False  # not worth reading: close after the answer
     reader = getattr(request.state, "body", None)
     try:
         stream = reader.stream if isinstance(reader, BodyReader) else request.stream()
@@ -553,7 +555,7 @@ Handler = Callable[[Gateway, Request], Awaitable[Response]]
 
 # (path, methods, handler, scope needed: "" = no token, route label for metrics)
 ROUTES: list[tuple[str, list[str], Handler, str]] = [
-    ("/v1/files/{path:path}", ["GET", "HEAD"], get_file, "read"),
+    ("/v1/files/{path:path}", ["GET", "HEAD"], get_file_route, "read"),
     ("/v1/files/{path:path}", ["PUT"], put_file_route, "write"),
     ("/v1/files/{path:path}", ["DELETE"], delete_file, "write"),
     ("/v1/files/{path:path}", ["POST"], post_file, "write"),
