@@ -320,6 +320,13 @@ async def get_file_route(gw: Gateway, request: Request) -> Response:
         raise
 
 
+def _exists(path: str) -> Response:
+    """412: ``If-None-Match: *`` and ``path`` exists."""
+    return problems.problem(
+        412, "Precondition Failed", f"{path} exists (If-None-Match: *)", code="already_exists"
+    )
+
+
 async def put_file_route(gw: Gateway, request: Request) -> Response:
     path = _path(request)
     parent, name = await resolve_parent(gw.meta, path)
@@ -338,9 +345,7 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
             raise
         existed = False
     if existed and create_only:
-        return problems.problem(
-            412, "Precondition Failed", f"{path} exists (If-None-Match: *)", code="already_exists"
-        )
+        return _exists(path)
     text = request.query_params.get("layout")
     layout = Layout.parse(text) if text else await layout_for(gw.meta, parent)
     body = BodyReader(request.stream(), gw.max_upload)
@@ -368,12 +373,7 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
             attr = await gw.meta.getattr(ino)
     except AlreadyExists:
         if create_only:
-            return problems.problem(
-                412,
-                "Precondition Failed",
-                f"{path} exists (If-None-Match: *)",
-                code="already_exists",
-            )
+            return _exists(path)
         raise
     gw.metrics.bytes_in.inc(body.total)
     return JSONResponse(
@@ -407,9 +407,7 @@ async def post_file(gw: Gateway, request: Request) -> Response:
     try:
         await gw.meta.rename(parent, name, new_parent, new_name, flags)
     except AlreadyExists:
-        return problems.problem(
-            412, "Precondition Failed", f"{to} exists (If-None-Match: *)", code="already_exists"
-        )
+        return _exists(to)
     attr = await gw.meta.lookup(new_parent, new_name)
     return JSONResponse(
         _entry(new_name.decode(errors="replace"), attr) | {"path": "/" + to.strip("/")}
