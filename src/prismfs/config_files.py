@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prismfs.errors import ConfigError
+from prismfs.errors import ConfigError, InvalidArgument
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -21,3 +22,28 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} {path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def option_number(
+    options: Mapping[str, str | None],
+    key: str,
+    default: float,
+    low: float,
+    high: float,
+    *,
+    integer: bool = False,
+) -> float:
+    """``options[key]`` (mount options, URL query parameters) as a number in
+    ``[low, high]``, ``default`` if absent; `InvalidArgument` otherwise. With
+    ``integer``, only whole numbers (parsed exactly, as `int`)."""
+    raw = options.get(key)
+    if raw is None:
+        return default
+    try:
+        value: float = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise InvalidArgument(f"{key}={raw!r} is not {kind}") from None
+    if not low <= value <= high:
+        raise InvalidArgument(f"{key} must be between {low:g} and {high:g}")
+    return value

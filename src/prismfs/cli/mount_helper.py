@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prismfs.client.config import ClientConfig, load_client_toml
+from prismfs.config_files import option_number
 from prismfs.errors import ConfigError, InvalidArgument, PrismError
 from prismfs.wire.address import parse_address
 
@@ -61,21 +62,6 @@ def parse_options(text: str) -> dict[str, str | None]:
     return options
 
 
-def _number(
-    options: dict[str, str | None], key: str, default: float, low: float, high: float
-) -> float:
-    raw = options.get(key)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidArgument(f"{key}={raw!r} is not a number") from None
-    if not low <= value <= high:
-        raise InvalidArgument(f"{key} must be between {low:g} and {high:g}")
-    return value
-
-
 def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # type: ignore[no-untyped-def]
     from prismfs.fuse.mount import MountSpec
     from prismfs.fuse.ops import MountOptions
@@ -94,19 +80,21 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
     failmode = options.get("failmode") or "wait"
     if failmode not in ("wait", "eio"):
         raise InvalidArgument("failmode is wait or eio")
-    failtimeout = _number(options, "failtimeout", 60.0 if failmode == "wait" else 5.0, 1, 86400)
+    failtimeout = option_number(
+        options, "failtimeout", 60.0 if failmode == "wait" else 5.0, 1, 86400
+    )
     tls_ca = options.get("tls_ca") or (str(client.tls_ca) if client.tls_ca else None)
     log = options.get("log")
     mount_options = MountOptions(
-        attr_timeout=_number(options, "attr_timeout", 1.0, 0, 3600),
-        entry_timeout=_number(options, "entry_timeout", 1.0, 0, 3600),
-        writeback_mb=int(_number(options, "writeback_mb", 64, 1, 4096)),
+        attr_timeout=option_number(options, "attr_timeout", 1.0, 0, 3600),
+        entry_timeout=option_number(options, "entry_timeout", 1.0, 0, 3600),
+        writeback_mb=int(option_number(options, "writeback_mb", 64, 1, 4096)),
         read_only="ro" in options,
         batch_meta="sync_meta" not in options,
-        settle_s=_number(options, "settle_s", 1.0, 0, 3600),
+        settle_s=option_number(options, "settle_s", 1.0, 0, 3600),
         atime="noatime" not in options,
     )
-    lease = _number(options, "lease", 60.0, 2, 3600)
+    lease = option_number(options, "lease", 60.0, 2, 3600)
     return MountSpec(
         addresses=list(client.addresses),
         mountpoint=Path(mountpoint).resolve(),

@@ -150,14 +150,7 @@ class Mover:
 
     def all_on(self, node: str) -> list[ChunkRecord]:
         """Every chunk record with a shard on ``node``."""
-        out: list[ChunkRecord] = []
-        after = b""
-        while True:
-            page = self.namespace.chunks_on({node}, after)
-            out += [r for r in page if node in r.nodes]
-            if len(page) < 500:
-                return out
-            after = page[-1].id
+        return [r for r in self.namespace.iter_chunks_on({node}) if node in r.nodes]
 
     # --- rebalancing ----------------------------------------------------------------------
 
@@ -214,20 +207,15 @@ class Mover:
     ) -> ChunkRecord | None:
         """A chunk with a shard on ``src``, none on ``dst``, whose spread over the
         failure domains the move keeps."""
-        after = b""
-        while True:
-            page = self.namespace.chunks_on({src}, after)
-            for rec in page:
-                if rec.id in skip or src not in rec.nodes or dst in rec.nodes:
-                    continue
-                zones = [nodes[n].zone if n in nodes else "" for n in rec.nodes]
-                i = rec.nodes.index(src)
-                after_move = [*zones[:i], nodes[dst].zone, *zones[i + 1 :]]
-                if len(set(after_move)) >= len(set(zones)):
-                    return rec
-            if len(page) < 500:
-                return None
-            after = page[-1].id
+        for rec in self.namespace.iter_chunks_on({src}):
+            if rec.id in skip or src not in rec.nodes or dst in rec.nodes:
+                continue
+            zones = [nodes[n].zone if n in nodes else "" for n in rec.nodes]
+            i = rec.nodes.index(src)
+            after_move = [*zones[:i], nodes[dst].zone, *zones[i + 1 :]]
+            if len(set(after_move)) >= len(set(zones)):
+                return rec
+        return None
 
     # --- one move -------------------------------------------------------------------------
 

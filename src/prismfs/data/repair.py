@@ -208,14 +208,7 @@ async def repair_pass(
     """Rebuild the shards of every chunk with a shard on a ``lost`` node or never
     stored; returns the number of chunks repaired."""
     stats.passes += 1
-    records: list[ChunkRecord] = []
-    after = b""
-    while True:
-        page = namespace.chunks_on(lost, after)
-        records += page
-        if len(page) < 500:
-            break
-        after = page[-1].id
+    records = list(namespace.iter_chunks_on(lost))
     stats.pending = len(records)
     if not records:
         stats.unavailable = 0

@@ -56,6 +56,7 @@ from prismfs.client.files import (
 )
 from prismfs.client.leader import call_leader
 from prismfs.client.paths import make_dirs, remove_tree, resolve, resolve_parent
+from prismfs.config_files import option_number
 from prismfs.data.layout import Layout
 from prismfs.errors import (
     AlreadyExists,
@@ -161,16 +162,7 @@ def _flag(request: Request, name: str) -> bool:
 
 
 def _int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidArgument(f"{name} must be an integer") from None
-    if not lo <= value <= hi:
-        raise InvalidArgument(f"{name} must be between {lo} and {hi}")
-    return value
+    return int(option_number(request.query_params, name, default, lo, hi, integer=True))
 
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

@@ -142,6 +142,7 @@ LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 MAX_FILE_SIZE = 2**62
 XATTR_VALUE_MAX = 64 * 1024
+CHUNK_PAGE = 500  # chunk records per page of `chunks_on` and `coded_chunks`
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -1182,7 +1183,7 @@ class Namespace:
                     break
         return out
 
-    def coded_chunks(self, after: bytes = b"", limit: int = 500) -> list[ChunkRecord]:
+    def coded_chunks(self, after: bytes = b"", limit: int = CHUNK_PAGE) -> list[ChunkRecord]:
         """Chunk records with shards (not inline), ordered by id, after ``after``."""
         return self._chunks_where(lambda rec: not rec.is_inline, after, limit)
 
@@ -1234,12 +1235,25 @@ class Namespace:
                     counts[n] = counts.get(n, 0) + 1
         return counts
 
-    def chunks_on(self, bad: set[str], after: bytes = b"", limit: int = 500) -> list[ChunkRecord]:
+    def chunks_on(
+        self, bad: set[str], after: bytes = b"", limit: int = CHUNK_PAGE
+    ) -> list[ChunkRecord]:
         """Chunk records (ordered by id, after ``after``) with a shard on a node of
         ``bad`` or never stored (node ""): what repair works on."""
         return self._chunks_where(
             lambda rec: any(not n or n in bad for n in rec.nodes), after, limit
         )
+
+    def iter_chunks_on(self, bad: set[str]) -> Iterator[ChunkRecord]:
+        """Every record `chunks_on` would give, page by page (no cursor is held
+        open between pages)."""
+        after = b""
+        while True:
+            page = self.chunks_on(bad, after)
+            yield from page
+            if len(page) < CHUNK_PAGE:
+                return
+            after = page[-1].id
 
     def nodes(self) -> list[NodeInfo]:
         rows = self.db.execute(

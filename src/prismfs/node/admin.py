@@ -395,7 +395,7 @@ class Admin:
                 vote = "; it keeps its vote until it is removed (no other node can take it)"
         shards = len(self.mover.all_on(info.node))
         return self._changed(
-            info.node, f"node {info.node} is draining: {shards} shards to move off{vote}"
+            info.node, f"node {info.node} is draining: {shards} shards to move off{vote}", shards
         )
 
     async def _cancel_drain(self, request: CancelDrain, call: Call) -> NodeChanged:
@@ -458,14 +458,17 @@ class Admin:
             raise NotFound(f"no node {node} in the cluster")
         return info
 
-    def _changed(self, node: str, message: str) -> NodeChanged:
+    def _changed(self, node: str, message: str, shards: int | None = None) -> NodeChanged:
+        """The answer to a membership command (``shards``: already counted)."""
         info = self._registry().get(node)
+        if shards is None:
+            shards = len(self.mover.all_on(node)) if info else 0
         return NodeChanged(
             node,
             info.address if info else "",
             info.state if info else "removed",
             _role(self.consensus.status(), node),
-            len(self.mover.all_on(node)) if info else 0,
+            shards,
             message,
         )
 
