@@ -354,6 +354,16 @@ class LogCorrupt(PrismError):
     errno = _errno.EIO
 
 
+class ReplicaHalted(PrismError):
+    """This replica could not apply a committed log entry for a reason of its own
+    (disk full, database locked by another process, I/O error, out of memory):
+    it stops rather than skip the entry and diverge from the others. A restart
+    replays the log from the last entry it did apply."""
+
+    code = "replica_halted"
+    errno = _errno.EIO
+
+
 class StorageError(PrismError):
     """A local file could not be written or read (disk full, I/O error, permissions)."""
 

@@ -59,6 +59,8 @@ from prismfs.errors import (
     NotPermitted,
     OutOfRange,
     PrismError,
+    ProtocolError,
+    ReplicaHalted,
     SessionExpired,
     TooManyLinks,
     ValueTooLarge,
@@ -253,6 +255,7 @@ class Namespace:
     def __init__(self, path: str | os.PathLike[str] = ":memory:") -> None:
         path = os.fspath(path)
         self.duplicates = 0
+        self.halted: int | None = None  # the entry this replica could not apply
         self._in_batch = False
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         if path != ":memory:":
@@ -327,9 +330,27 @@ class Namespace:
     # --- StateMachine ---------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> bytes:
+        if self.halted is not None:
+            raise ReplicaHalted(f"this replica stopped applying at entry {self.halted}")
         if index <= self.applied:
             return b""  # replayed after a restart: the database already holds it
-        cmd = decode_message(command)
+        try:
+            return self._apply(index, command)
+        except BaseException:
+            # Not a POSIX refusal: the database could not take the entry here
+            # (full disk, locked by another process, I/O error, no memory).
+            # Nothing of it stays, and nothing after it may be applied: the
+            # applied index would move past an entry this replica lacks.
+            self.halted = index
+            with contextlib.suppress(sqlite3.Error):
+                self._abort()
+            raise
+
+    def _apply(self, index: int, command: bytes) -> bytes:
+        try:
+            cmd = decode_message(command)
+        except ProtocolError as exc:
+            return self._refuse(index, None, exc)
         wrapper: ClientCommand | None = None
         if isinstance(cmd, ClientCommand):
             wrapper = cmd
@@ -342,19 +363,33 @@ class Namespace:
                 # Only the newest result is kept: an older sequence means the
                 # client already has its answer and moved on.
                 return bytes(row[1]) if cmd.seq == row[0] else b""
-            cmd = decode_message(cmd.op)
+            try:
+                cmd = decode_message(cmd.op)
+            except ProtocolError as exc:
+                return self._refuse(index, wrapper, exc)
         handler = self._handlers.get(type(cmd))  # type: ignore[arg-type]
         if handler is None:
-            raise TypeError(f"not a namespace command: {type(cmd).__name__}")
+            refusal = InvalidArgument(f"not a namespace command: {type(cmd).__name__}")
+            return self._refuse(index, wrapper, refusal)
         self._begin()
         try:
             result = encode_message(_result(handler(cmd)))
         except PrismError as exc:
             self._undo()
             result = encode_message(MetaFailed(exc.code, exc.message))
-        except BaseException:
-            self._abort()
-            raise
+        self._finish(index, wrapper, result)
+        return result
+
+    def _refuse(self, index: int, wrapper: ClientCommand | None, exc: PrismError) -> bytes:
+        """An entry every replica refuses alike (it does not decode, or is no
+        command): its refusal is the result, and the applied index moves on."""
+        result = encode_message(MetaFailed(exc.code, exc.message))
+        self._begin()
+        self._finish(index, wrapper, result)
+        return result
+
+    def _finish(self, index: int, wrapper: ClientCommand | None, result: bytes) -> None:
+        """Record the result for exactly-once and the applied index; commit."""
         if wrapper is not None:
             self.db.execute(
                 "INSERT OR REPLACE INTO clients VALUES (?, ?, ?)",
@@ -362,7 +397,6 @@ class Namespace:
             )
         self._set_applied(index)
         self._commit()
-        return result
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -371,14 +405,18 @@ class Namespace:
         The driver wraps the committed entries of one Ready in it: the pages
         they touch are written to the WAL once per batch instead of once per
         entry. A crash loses the whole batch or nothing; the applied index
-        inside says which, and the log replays the rest.
+        inside says which, and the log replays the rest. An entry that fails
+        to apply rolls the whole batch back (SQLite may already have done so
+        itself, for a full disk), so the applied index never passes it.
         """
         self.db.execute("BEGIN")
         self._in_batch = True
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
             raise
         else:
             self.db.execute("COMMIT")
@@ -400,8 +438,14 @@ class Namespace:
             self.db.execute("BEGIN")
 
     def _abort(self) -> None:
-        self._undo()
-        self._commit()
+        """After a failed apply: drop whatever the entry changed."""
+        if not self.db.in_transaction:
+            return  # SQLite rolled it back itself
+        if self._in_batch:
+            self.db.execute("ROLLBACK TO entry")
+            self.db.execute("RELEASE entry")
+        else:
+            self.db.execute("ROLLBACK")
 
     def _commit_applied_only(self, index: int) -> None:
         self._begin()

@@ -17,7 +17,8 @@ loop does, in Raft's order:
    (in one transaction if it offers ``batch()``), deduplicated by
    `ExactlyOnce` or by the state machine itself; results go to the
    proposers waiting on that index; reads waiting for a ReadIndex are
-   answered once applied;
+   answered once applied. An entry this replica cannot apply for a reason
+   of its own stops the node (`ReplicaHalted`): fail-stop, never a skip;
 4. **advance**.
 
 Proposals made on a follower are forwarded to the leader over RPC, so any
@@ -42,7 +43,14 @@ from pathlib import Path
 
 import trio
 
-from prismfs.errors import DeadlineExceeded, InvalidArgument, NotLeader, PrismError, Unavailable
+from prismfs.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotLeader,
+    PrismError,
+    ReplicaHalted,
+    Unavailable,
+)
 from prismfs.node.consensus_messages import (
     ChangeMembership,
     MembershipChanged,
@@ -59,7 +67,12 @@ from prismfs.node.consensus_messages import (
 from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role
 from prismfs.raft.durable_log import DurableLog
 from prismfs.raft.messages import ConfChange, ConfState, Entry, HardState, RaftMessage
-from prismfs.raft.state_machine import ExactlyOnce, StateMachine, client_command
+from prismfs.raft.state_machine import (
+    CommandRejected,
+    ExactlyOnce,
+    StateMachine,
+    client_command,
+)
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import encode_message
 from prismfs.wire.server import Call, RpcServer
@@ -270,12 +283,7 @@ class Consensus:
             for entry in rd.committed:
                 result = b""
                 if entry.kind == "normal":
-                    try:
-                        result = self.sm.apply(entry.index, entry.data)
-                    except Exception:
-                        # A command the state machine cannot take is a bug in the
-                        # proposer; every replica fails the same way, so skip it.
-                        log.exception("applying entry %d failed; it is skipped", entry.index)
+                    result = self._apply_entry(entry)
                 waiter = self._waiters.pop(entry.index, None)
                 if waiter is not None:
                     if waiter.term == entry.term:
@@ -300,6 +308,31 @@ class Consensus:
             else:
                 still.append(waiter)
         self._read_waiting = still
+
+    def _apply_entry(self, entry: Entry) -> bytes:
+        """One committed entry into the state machine. Only a refusal every
+        replica makes alike (`CommandRejected`) is skipped; any other failure
+        is this replica's own (full disk, database locked by another process,
+        I/O error, no memory): the node stops instead of moving past an entry
+        it does not hold, and a restart replays the log from its applied index."""
+        try:
+            return self.sm.apply(entry.index, entry.data)
+        except CommandRejected as exc:
+            log.error("entry %d is refused by the state machine (skipped): %s", entry.index, exc)
+            return b""
+        except Exception as exc:
+            log.critical(
+                "could not apply committed entry %d (%s: %s); this node stops so that its "
+                "replica cannot diverge. Fix the cause (a full disk? another process holding "
+                "the metadata database?) and start the node again: it replays the log.",
+                entry.index,
+                type(exc).__name__,
+                exc,
+                exc_info=True,
+            )
+            raise ReplicaHalted(
+                f"could not apply committed entry {entry.index}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _lost_leadership(self) -> None:
         error = NotLeader("leadership changed", leader=self.core.leader if self.core else None)

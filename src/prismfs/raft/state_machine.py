@@ -20,15 +20,27 @@ from typing import ClassVar, Protocol
 
 import msgspec
 
+from prismfs.errors import ProtocolError
 from prismfs.wire.codec import U64, Message, decode_message, encode_message
 
 
 class StateMachine(Protocol):
-    def apply(self, index: int, command: bytes) -> bytes: ...
+    def apply(self, index: int, command: bytes) -> bytes:
+        """Apply one committed entry. Raises `CommandRejected` for an entry every
+        replica refuses the same way (it is skipped); any other exception means
+        this replica could not apply it and must stop (the driver halts the node)."""
+        ...
 
     def snapshot(self) -> bytes: ...
 
     def restore(self, snapshot: bytes) -> None: ...
+
+
+class CommandRejected(Exception):
+    """A deterministic refusal of a committed entry: it does not decode, or is not
+    a command of this state machine. Every replica refuses it the same way, so
+    the driver may skip it. Nothing else may be skipped: an error that depends
+    on the replica (a full disk, a locked database) would make replicas diverge."""
 
 
 class ClientCommand(Message, frozen=True):
@@ -58,9 +70,14 @@ class ExactlyOnce:
         self.duplicates = 0
 
     def apply(self, index: int, command: bytes) -> bytes:
-        cmd = decode_message(command)
+        try:
+            cmd = decode_message(command)
+        except ProtocolError as exc:
+            raise CommandRejected(f"entry {index} does not decode: {exc.message}") from None
         if not isinstance(cmd, ClientCommand):
-            raise TypeError(f"expected a ClientCommand at index {index}, got {type(cmd).__name__}")
+            raise CommandRejected(
+                f"expected a ClientCommand at index {index}, got {type(cmd).__name__}"
+            )
         session = self.sessions.get(cmd.client)
         if session is not None and cmd.seq <= session.seq:
             self.duplicates += 1
