@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from prismfs.errors import AlreadyExists, NotEmpty, NotFound, PrismError
+from prismfs.errors import AlreadyExists, NotEmpty, NotFound, PrismError, SessionExpired
 from prismfs.meta.client import MetaClient, open_meta_client
 from prismfs.meta.commands import ROOT_INO
 from prismfs.wire.client import open_rpc_pool
@@ -155,6 +155,14 @@ async def test_vanished_client_loses_its_open_files_after_the_lease(cluster: Clu
                     break
                 await trio.sleep(0.2)
         assert (await other.statfs()).files == 1
+        # The vanished client comes back: it is told its session ended, and
+        # carries on in a new one (its files opened before are stale).
+        first = gone.session
+        with pytest.raises(SessionExpired):
+            await gone.renew_session()
+        assert gone.session != first and gone.sessions_lost == 1
+        await gone.mkdir(ROOT_INO, b"back", 0o755)
+        await gone.renew_session()
 
 
 async def test_bad_requests_get_clear_errors_and_change_nothing(cluster: Cluster) -> None:

@@ -128,18 +128,18 @@ def test_expired_session_releases_its_files(d: Driver) -> None:
     b = make_file(d, b"b", session="alive")
     d.run(Unlink(1, ROOT_INO, b"a"))
     d.run(Unlink(1, ROOT_INO, b"b"))
-    d.run(OpenSession(8 * SECOND, "alive", 10 * SECOND))  # renewed: lives until 18 s
-    d.run(ExpireSessions(9 * SECOND))  # nothing expired yet
+    d.run(ExpireSessions(9 * SECOND))  # the leader names no session: nothing ends
     assert d.ns.getattr(a).nlink == 0
-    d.run(ExpireSessions(11 * SECOND))
+    d.run(ExpireSessions(11 * SECOND, ("crashed",)))  # its lease ran out on the leader's clock
     with pytest.raises(NotFound):
         d.ns.getattr(a)
-    assert d.ns.getattr(b).nlink == 0  # the renewed session keeps its file
+    assert d.ns.getattr(b).nlink == 0  # the other session keeps its file
     with pytest.raises(SessionExpired):
         d.run(Open(12 * SECOND, "crashed", b))
     d.run(CloseSession(13 * SECOND, "alive"))
     with pytest.raises(NotFound):
         d.ns.getattr(b)
+    assert [s for s, _ in d.ns.session_leases()] == []
 
 
 def test_open_needs_a_live_session(d: Driver) -> None:
@@ -147,10 +147,93 @@ def test_open_needs_a_live_session(d: Driver) -> None:
     with pytest.raises(SessionExpired):
         d.run(Open(1, "nobody", ino))
     d.run(OpenSession(0, "s", SECOND))
+    d.run(Open(10**12, "s", ino))  # the time stamps of commands play no part in leases
+    d.run(ExpireSessions(0, ("s",)))
     with pytest.raises(SessionExpired):
-        d.run(Open(2 * SECOND, "s", ino))  # the lease ran out, even before ExpireSessions
+        d.run(Open(2, "s", ino))
     with pytest.raises(InvalidArgument):
         d.run(OpenSession(0, "", SECOND))
+    with pytest.raises(InvalidArgument):
+        d.run(OpenSession(0, "a/b", SECOND))  # lanes are "<session>/<n>"
+    with pytest.raises(InvalidArgument):
+        d.run(OpenSession(0, "t", SECOND // 2))  # a lease of at least a second
+
+
+def test_renewing_an_ended_session_is_refused_and_its_id_never_restarts(d: Driver) -> None:
+    d.run(OpenSession(0, "s", 10 * SECOND))
+    d.run(OpenSession(0, "s", 10 * SECOND, renew=True))
+    d.run(ExpireSessions(5 * SECOND, ("s",)))
+    with pytest.raises(SessionExpired, match="ended"):
+        d.run(OpenSession(0, "s", 10 * SECOND, renew=True))  # the client learns it
+    with pytest.raises(SessionExpired):
+        d.run(OpenSession(0, "s", 10 * SECOND))  # and cannot bring the id back
+    with pytest.raises(SessionExpired):
+        d.run(OpenSession(0, "never-started", 10 * SECOND, renew=True))
+
+
+def test_a_retry_from_an_ended_session_is_refused_never_applied_twice(d: Driver) -> None:
+    """The reply of a CommitChunks is lost; the session's lease runs out (its
+    exactly-once rows go with it); the retry of the same (lane, seq) arrives:
+    it must not apply again, and the live chunk must not reach the GC queue."""
+    d.run(OpenSession(0, "m", 60 * SECOND))
+    ino = make_file(d, session="m")
+
+    def lane(seq: int, command: CommitChunks) -> MetaFailed | MetaOk:
+        d.index += 1
+        out = decode_message(
+            d.ns.apply(d.index, client_command("m/2", seq, encode_message(command)))
+        )
+        assert isinstance(out, (MetaFailed, MetaOk))
+        return out
+
+    commit = CommitChunks(5 * SECOND, ino, ((0, rec("live")),), 100)
+    assert isinstance(lane(7, commit), MetaOk)  # applied; the client never hears back
+    d.run(ExpireSessions(65 * SECOND, ("m",)))
+    refused = lane(7, commit)  # the client's retry, same lane and sequence
+    assert isinstance(refused, MetaFailed) and refused.code == "session_expired"
+    assert d.ns.gc_pending() == []
+    assert d.ns.chunk_map(ino).chunks[0][1].id == b"live"
+    later = lane(8, CommitChunks(6 * SECOND, ino, ((0, rec("new")),), 100))
+    assert isinstance(later, MetaFailed)  # any later command of that session too
+    assert d.ns.chunk_map(ino).chunks[0][1].id == b"live"
+
+
+def test_ended_sessions_are_forgotten_after_a_day_of_the_leaders_clock(d: Driver) -> None:
+    day = 86_400 * SECOND
+    d.run(OpenSession(0, "old", 10 * SECOND))
+    d.run(ExpireSessions(1000 * SECOND, ("old",)))
+    d.run(ExpireSessions(1000 * SECOND + day - SECOND))
+    assert d.ns.db.execute("SELECT count(*) FROM ended_sessions").fetchone()[0] == 1
+    d.run(ExpireSessions(1000 * SECOND + day + SECOND))
+    assert d.ns.db.execute("SELECT count(*) FROM ended_sessions").fetchone()[0] == 0
+
+
+def test_committing_the_chunk_already_stored_queues_nothing(d: Driver) -> None:
+    ino = make_file(d)
+    commit = CommitChunks(1, ino, ((0, rec("same")),), 100)
+    d.run(commit)
+    d.run(commit)  # e.g. a command delivered twice outside exactly-once
+    assert d.ns.gc_pending() == []
+    assert d.ns.chunk_map(ino).chunks[0][1].id == b"same"
+
+
+def test_an_older_database_is_migrated(tmp_path: Path) -> None:
+    """A data directory of schema 1 (leases as wall-clock expiry times) opens."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    ns = Namespace(path)
+    ns.db.execute("DROP TABLE sessions")
+    ns.db.execute("CREATE TABLE sessions (session TEXT PRIMARY KEY, expires_ns INTEGER NOT NULL)")
+    ns.db.execute("INSERT INTO sessions VALUES ('s', 123)")
+    ns.db.execute("UPDATE state SET value = 1 WHERE key = 'schema'")
+    ns.db.execute("DELETE FROM state WHERE key = 'clock_ns'")
+    ns.db.close()
+    migrated = Namespace(path)
+    assert migrated.session_leases() == [("s", 60 * SECOND)]
+    assert migrated.db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()[0] >= 2
+    with pytest.raises(sqlite3.OperationalError):
+        migrated.db.execute("SELECT expires_ns FROM sessions")
 
 
 # --- chunk maps, truncate, GC, statfs ------------------------------------------------------

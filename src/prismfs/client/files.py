@@ -43,7 +43,7 @@ import trio
 from prismfs.client.data import DataClient, chunk_ranges
 from prismfs.data.codec import NotEnoughShards
 from prismfs.data.layout import Layout
-from prismfs.errors import InvalidArgument, IsADirectory, PrismError
+from prismfs.errors import InvalidArgument, IsADirectory, PrismError, SessionExpired
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
@@ -93,16 +93,19 @@ class OpenFile:
         self.attr_at_open: Attr | None = None
         self.prelude: list[MetaCommand] = []  # sent ahead of the next commit (see above)
         self.lost: PrismError | None = None  # the prelude was refused: this file never was
+        self.session = meta.session  # the session holding it open
 
     @classmethod
     async def open(
         cls, meta: MetaClient, data: DataClient, ino: int, *, layout: Layout | None = None
     ) -> OpenFile:
+        session = meta.session
         attr = await meta.open(ino)
         if stat.S_ISDIR(attr.mode):
             await meta.release(ino)
             raise IsADirectory(f"inode {ino} is a directory")
         f = cls(meta, data, ino, layout or Layout())
+        f.session = session
         f.opened_as = (attr.mtime_ns, attr.size)
         f.attr_at_open = attr
         await f.refresh()
@@ -148,9 +151,22 @@ class OpenFile:
             self._cache.popitem(last=False)
         return data
 
+    @property
+    def stale(self) -> bool:
+        """Was the session this file was opened in ended by the cluster?"""
+        return self.session != self.meta.session
+
+    def _check_session(self) -> None:
+        if self.stale:
+            raise SessionExpired(
+                f"inode {self.ino} was opened in session {self.session}, which the cluster "
+                "ended; its open was released: reopen the file"
+            )
+
     async def read(self, offset: int, size: int) -> bytes:
         if offset < 0 or size < 0:
             raise InvalidArgument("negative offset or size")
+        self._check_session()
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
@@ -210,6 +226,7 @@ class OpenFile:
     async def write(self, offset: int, data: bytes | memoryview) -> int:
         if offset < 0:
             raise InvalidArgument("negative offset")
+        self._check_session()
         # Writers take turns: two writes that both start a chunk's buffer from
         # its committed content must not each build one and lose the other.
         async with self._write_lock:
@@ -235,6 +252,7 @@ class OpenFile:
         return len(view)
 
     async def truncate(self, size: int) -> None:
+        self._check_session()
         async with self._write_lock:
             await self.flush()
             await self.meta.setattr(self.ino, size=size)
@@ -270,6 +288,8 @@ class OpenFile:
         returns the results of ``after``."""
         after = after or []
         async with self._lock:
+            if self._dirty or self.prelude or after:
+                self._check_session()
             if self.lost is not None:
                 self._dirty = {}
                 raise self.lost

@@ -18,11 +18,11 @@ commit; `put_file` commits progressively to keep that short.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 
 import trio
 
+from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards
 from prismfs.data.stores import ShardStore, shard_id
 from prismfs.errors import PrismError
@@ -42,7 +42,17 @@ async def gc_once(consensus: Consensus, namespace: Namespace, pool: RpcPool) -> 
         return 0
     nodes = {n.node: n for n in namespace.nodes()}
     by_node: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    # Defence in depth: a chunk a file still refers to is never deleted, whatever
+    # put it in the queue; its entry is dropped and the shards stay.
+    live = namespace.live_chunk_ids([record.id for _, record in entries])
     for seq, record in entries:
+        if record.id in live:
+            log.error(
+                "GC: chunk %s is queued for deletion but a file still refers to it; "
+                "its shards are kept",
+                record.id.hex(),
+            )
+            continue
         for i, node in enumerate(record.nodes):
             if node:  # "" = a shard a degraded write never stored
                 by_node[node].append((seq, shard_id(record.id, i)))
@@ -58,7 +68,7 @@ async def gc_once(consensus: Consensus, namespace: Namespace, pool: RpcPool) -> 
             failed |= {seq for seq, _ in items}
     done = tuple(seq for seq, _ in entries if seq not in failed)
     if done:
-        await consensus.propose_internal(encode_message(GcDone(time.time_ns(), done)))
+        await consensus.propose_internal(encode_message(GcDone(wall_ns(), done)))
         log.info("GC: deleted the shards of %d replaced or freed chunks", len(done))
     return len(done)
 
@@ -84,7 +94,7 @@ async def sweep_orphans(
     (nor the GC queue holds); returns how many."""
     deleted = 0
     after = ""
-    now = time.time_ns()
+    now = wall_ns()
     while True:
         ids = await store.list(after, 1000)
         if not ids:

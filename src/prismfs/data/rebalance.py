@@ -30,13 +30,13 @@ Progress (`MoveStats`) is kept in the leader's memory and shown by
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
 
+from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards, GetShard, PutShard
 from prismfs.data.placement import Candidate, score, up_candidates
 from prismfs.data.repair import Health, repair_chunk
@@ -262,7 +262,7 @@ class Mover:
         try:
             await self.pool.call(nodes[to].address, PutShard(sid, rec.checksums[i]), body)
             proposed = await self.consensus.propose_internal(
-                encode_message(MoveShards(time.time_ns(), rec.id, ((i, src, to),)))
+                encode_message(MoveShards(wall_ns(), rec.id, ((i, src, to),)))
             )
         except PrismError as exc:
             log.info("move of %s to %s failed, will retry: %s", sid, to, exc.message)

@@ -31,12 +31,12 @@ it comes back, its orphan sweep (which asks which shards a record places on
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from prismfs.clock import wall_ns
 from prismfs.data.codec import decode_chunk_async, encode_chunk_async
 from prismfs.data.messages import GetShard, HeartbeatAck, NodeHeartbeat, PutShard
 from prismfs.data.placement import NotEnoughNodes, place, up_candidates
@@ -162,7 +162,7 @@ async def watch_nodes(
                 new_state = "up"
                 log.info("node %s is heard from again: up", node.node)
             if new_state:
-                command = SetNodeState(time.time_ns(), node.node, new_state, expect=node.state)  # type: ignore[arg-type]
+                command = SetNodeState(wall_ns(), node.node, new_state, expect=node.state)  # type: ignore[arg-type]
                 try:
                     await consensus.propose_internal(encode_message(command))
                 except PrismError as exc:
@@ -348,7 +348,7 @@ async def repair_chunk(
         return len(rewrite)
     moves = tuple((i, rec.nodes[i], t) for i, t in zip(missing, targets, strict=True))
     proposed = await consensus.propose_internal(
-        encode_message(MoveShards(time.time_ns(), rec.id, moves))
+        encode_message(MoveShards(wall_ns(), rec.id, moves))
     )
     result = decode_message(proposed.result)
     if getattr(result, "code", "") == NotFound.code:

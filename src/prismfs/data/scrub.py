@@ -23,12 +23,12 @@ status.
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import trio
 
+from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards, ListShards, ShardList, ShardsVerified, VerifyShards
 from prismfs.data.repair import RepairStats, repair_chunk, unavailable_nodes, usable
 from prismfs.data.stores import shard_id
@@ -151,7 +151,7 @@ async def _verify_page(
 async def find_orphans(
     namespace: Namespace, pool: RpcPool, grace_s: float, delete: bool, findings: Findings
 ) -> None:
-    now = time.time_ns()
+    now = wall_ns()
     for node in namespace.nodes():
         if node.state not in ("up", "draining"):
             continue
@@ -213,7 +213,7 @@ class Scrub:
     def start(self) -> ScrubProgress:
         if not self.progress.running and self._nursery is not None:
             self.progress = ScrubProgress(
-                running=True, passes=self.progress.passes, started_ns=time.time_ns()
+                running=True, passes=self.progress.passes, started_ns=wall_ns()
             )
             self._nursery.start_soon(self._pass)
         return self.progress
@@ -244,4 +244,4 @@ class Scrub:
         finally:
             progress.running = False
             progress.passes += 1
-            progress.finished_ns = time.time_ns()
+            progress.finished_ns = wall_ns()

@@ -26,7 +26,7 @@ import trio
 from prismfs.client.data import DataClient
 from prismfs.errors import ConfigError
 from prismfs.fuse.ops import MountOptions, PrismOperations
-from prismfs.meta.client import MetaClient
+from prismfs.meta.client import MetaClient, keep_session
 from prismfs.wire.auth import ClusterCredentials
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.tls import client_context
@@ -82,14 +82,6 @@ async def serve(spec: MountSpec, ready: int | None = None) -> None:
         try:
             async with trio.open_nursery() as nursery:
 
-                async def keep_alive() -> None:
-                    while True:
-                        await trio.sleep(spec.lease_s / 3)
-                        try:
-                            await meta.open_session(spec.lease_s)
-                        except Exception as exc:  # keep serving; the next renewal may work
-                            log.warning("session renewal failed: %s", exc)
-
                 async def on_signal() -> None:
                     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                         async for _ in signals:
@@ -97,7 +89,7 @@ async def serve(spec: MountSpec, ready: int | None = None) -> None:
                             pyfuse3.terminate()
                             return
 
-                nursery.start_soon(keep_alive)
+                nursery.start_soon(keep_session, meta)
                 nursery.start_soon(on_signal)
                 nursery.start_soon(ops.background)
                 if ready is not None:

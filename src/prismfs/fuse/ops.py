@@ -137,7 +137,9 @@ class PrismOperations(pyfuse3.Operations):
         self.data = data
         self.opts = options
         self._open: dict[int, _Handle] = {}  # by inode
-        self._fh: dict[int, int] = {}  # file handle -> inode
+        # file handle -> its inode's handle (the one current when it was opened:
+        # after a session loss a new open gets a new one, the old stay stale)
+        self._fh: dict[int, _Handle] = {}
         self._next_fh = 1
         # directory -> (read at, layout for new files, its attributes)
         self._layouts: dict[int, tuple[float, Layout, Attr]] = {}
@@ -156,7 +158,7 @@ class PrismOperations(pyfuse3.Operations):
         self._unlink_dirs: dict[int, int] = {}  # parent -> time of its latest pending unlink
         self._unlinked: dict[int, int] = {}  # inode -> its names in _unlinks
         self._unlink_lock = trio.Lock()
-        self._releases: list[int] = []  # releases not sent yet
+        self._releases: list[tuple[str, int]] = []  # (session, inode) releases not sent yet
         self._atimes: dict[int, int] = {}  # atime updates not sent yet
         self._dir_attrs: dict[int, Attr] = {}  # a directory's attributes at its opendir
 
@@ -313,7 +315,10 @@ class PrismOperations(pyfuse3.Operations):
                 self._releases[: MAX_BATCH - len(ops)],
                 self._releases[MAX_BATCH - len(ops) :],
             )
-            ops += [Release(now_ns(), self.meta.session, i) for i in todo]
+            # The opens of a session the cluster ended went with it.
+            ops += [Release(now_ns(), s, i) for s, i in todo if s == self.meta.session]
+            if not ops:
+                continue
             try:
                 await self.meta.batch(ops)
             except BaseException:
@@ -504,10 +509,10 @@ class PrismOperations(pyfuse3.Operations):
 
     # --- files -----------------------------------------------------------------------------
 
-    def _new_fh(self, inode: int) -> int:
+    def _new_fh(self, handle: _Handle) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._fh[fh] = inode
+        self._fh[fh] = handle
         return fh
 
     def _inode_lock(self, inode: int) -> trio.Lock:
@@ -520,21 +525,22 @@ class PrismOperations(pyfuse3.Operations):
             lock = self._locks[inode] = trio.Lock()
         return lock
 
-    async def _acquire(self, inode: int, *, created: Layout | None = None) -> OpenFile:
-        """The inode's OpenFile, opened in the session if it is not open here yet.
-        ``created``: the inode was just made (and opened) with this layout."""
+    async def _acquire(self, inode: int, *, created: Layout | None = None) -> _Handle:
+        """The inode's handle, opened in the session if it is not open here yet (or
+        only in a session the cluster ended). ``created``: the inode was just made
+        (and opened) with this layout."""
         # One OpenFile per inode: opens and releases of one inode take turns,
         # so two concurrent opens never build two handles.
         async with self._inode_lock(inode):
             return await self._acquire_locked(inode, created)
 
-    async def _acquire_locked(self, inode: int, created: Layout | None) -> OpenFile:
+    async def _acquire_locked(self, inode: int, created: Layout | None) -> _Handle:
         handle = self._open.get(inode)
-        if handle is not None:
+        if handle is not None and not handle.file.stale:
             handle.refs += 1
             if created is not None:
                 await self.meta.release(inode)  # one session open per inode is enough
-            return handle.file
+            return handle
         if created is not None:
             # A new file: empty, no chunks, the layout of its directory; no reads needed.
             f = OpenFile(
@@ -543,8 +549,8 @@ class PrismOperations(pyfuse3.Operations):
         else:
             f = await OpenFile.open(self.meta, self.data, inode)
             f.max_dirty = self.opts.writeback_mb << 20
-        self._open[inode] = _Handle(f)
-        return f
+        handle = self._open[inode] = _Handle(f)
+        return handle
 
     @_op
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
@@ -553,7 +559,8 @@ class PrismOperations(pyfuse3.Operations):
         if inode in self._unlinked:  # opened through another of its names
             await self._settle_unlinks()
         shared = inode in self._open
-        f = await self._acquire(inode)
+        handle = await self._acquire(inode)
+        f = handle.file
         # Close-to-open: the kernel may keep this file's cached pages only if
         # it is open here already, or unchanged since the last open here.
         keep = shared or (f.opened_as is not None and self._seen.get(inode) == f.opened_as)
@@ -566,7 +573,7 @@ class PrismOperations(pyfuse3.Operations):
         if keep and flags & os.O_ACCMODE != os.O_WRONLY and f.attr_at_open is not None:
             # Its reads may all come from the kernel's cache and never reach us.
             self._note_access(f.attr_at_open)
-        info = pyfuse3.FileInfo(fh=self._new_fh(inode))
+        info = pyfuse3.FileInfo(fh=self._new_fh(handle))
         info.keep_cache = keep
         return info
 
@@ -587,9 +594,9 @@ class PrismOperations(pyfuse3.Operations):
                 open_it=True,
                 chunk_size=layout.chunk_size,
             )
-            await self._acquire(attr.ino, created=layout)
+            handle = await self._acquire(attr.ino, created=layout)
             self._known(parent_inode, name, attr)
-            return pyfuse3.FileInfo(fh=self._new_fh(attr.ino)), self._entry(attr)
+            return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._entry(attr)
         check_name(name)
         if self._deferred(self._pending.get((parent_inode, name), 0)) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
@@ -615,16 +622,16 @@ class PrismOperations(pyfuse3.Operations):
                 ino=ino,
             )
         )
-        self._open[ino] = _Handle(
+        handle = self._open[ino] = _Handle(
             f, attr=attr, created=trio.current_time(), name=(parent_inode, name)
         )
         self._pending[(parent_inode, name)] = ino
         self._known(parent_inode, name, attr)
-        return pyfuse3.FileInfo(fh=self._new_fh(ino)), self._entry(attr)
+        return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._entry(attr)
 
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._open[self._fh[fh]]
+        handle = self._fh[fh]
         data = await handle.file.read(off, size)
         if not handle.read_noted:  # relatime: the first read of an open may move atime
             handle.read_noted = True
@@ -636,12 +643,11 @@ class PrismOperations(pyfuse3.Operations):
     @_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self._writable()
-        return await self._open[self._fh[fh]].file.write(off, buf)
+        return await self._fh[fh].file.write(off, buf)
 
     @_op
     async def flush(self, fh: int) -> None:
-        inode = self._fh.get(fh)
-        handle = self._open.get(inode) if inode is not None else None
+        handle = self._fh.get(fh)
         if handle is not None:
             lost = handle.file.lost
             try:
@@ -653,20 +659,22 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._open[self._fh[fh]].file.fsync()
+        await self._fh[fh].file.fsync()
 
     @_op
     async def release(self, fh: int) -> None:
-        inode = self._fh.pop(fh)
+        handle = self._fh.pop(fh)
+        inode = handle.file.ino
         async with self._inode_lock(inode):
-            handle = self._open[inode]
             handle.refs -= 1
             if handle.refs == 0:
-                del self._open[inode]
+                if self._open.get(inode) is handle:
+                    del self._open[inode]
                 try:
                     await handle.file.close(release=False)
                 finally:
-                    self._releases.append(inode)  # sent in the next batch of releases
+                    # sent in the next batch of releases
+                    self._releases.append((handle.file.session, inode))
 
     # --- directories -------------------------------------------------------------------------
 
@@ -708,8 +716,11 @@ class PrismOperations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         return None
 
+    @_op
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # every namespace change is durable when it returns
+        # Namespace changes that returned are durable, except the deferred ones:
+        # the unlinks (all of them) and the creates in this directory go now.
+        await self._settle(fh)
 
     @_op
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
@@ -792,7 +803,7 @@ class PrismOperations(pyfuse3.Operations):
                 await handle.file.close(release=False)
             except PrismError as exc:
                 log.error("unmount: could not flush inode %d: %s", inode, exc.message)
-            self._releases.append(inode)
+            self._releases.append((handle.file.session, inode))
         try:
             await self._settle_unlinks()
             await self._send_releases()

@@ -16,7 +16,7 @@ from prismfs.errors import PrismError
 from prismfs.gateway.app import Gateway, build_app
 from prismfs.gateway.metrics import Metrics, NodeCollector
 from prismfs.gateway.tokens import TokenCache
-from prismfs.meta.client import MetaClient
+from prismfs.meta.client import MetaClient, keep_session
 from prismfs.meta.namespace import Namespace
 from prismfs.node.config import HttpSection
 from prismfs.node.consensus import Consensus
@@ -91,11 +91,12 @@ async def _keep_session(meta: MetaClient, opened: trio.Event) -> None:
     while True:
         try:
             await meta.open_session(SESSION_LEASE_S)
-            opened.set()
-            await trio.sleep(SESSION_LEASE_S / 3)
+            break
         except PrismError as exc:
             log.debug("gateway session not open yet: %s", exc.message)
             await trio.sleep(1.0)
+    opened.set()
+    await keep_session(meta)
 
 
 async def _serve(

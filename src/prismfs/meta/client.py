@@ -27,9 +27,9 @@ until released, or until the lease runs out if this client dies.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +37,15 @@ from typing import TypeVar
 
 import trio
 
-from prismfs.errors import DeadlineExceeded, InternalError, PrismError, registered_errors
+from prismfs.clock import wall_ns
+from prismfs.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidArgument,
+    PrismError,
+    SessionExpired,
+    registered_errors,
+)
 from prismfs.meta.commands import (
     Attr,
     Batch,
@@ -113,6 +121,7 @@ T = TypeVar("T", bound=Message)
 class _Lane:
     client: str
     seq: int = 0
+    session: str = ""  # the session whose lanes it is one of
 
 
 class MetaClient:
@@ -130,15 +139,24 @@ class MetaClient:
             raise ValueError("a MetaClient needs at least one node address")
         self.pool = pool
         self.addresses = list(addresses)
-        self.session = session or f"c-{secrets.token_hex(8)}"
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self._preferred = 0
         self._leader = ""  # the leader's address, once learned (writes go straight there)
         self.reads_at_leader = True  # a leader's ReadIndex is one round, a follower's two
-        send, self._free = trio.open_memory_channel[_Lane](lanes)
-        for n in range(lanes):
-            send.send_nowait(_Lane(f"{self.session}/{n}"))
+        self.lease_s = 0.0  # the session's lease, once opened (0: no session)
+        self.sessions_lost = 0
+        self._unopened = False  # a new session could not be started yet
+        self._lanes = lanes
+        self._new_session(session or f"c-{secrets.token_hex(8)}")
+
+    def _new_session(self, session: str) -> None:
+        """Use ``session`` from now on, with lanes of its own."""
+        self.session = session
+        self._next_lane = self._lanes
+        send, self._free = trio.open_memory_channel[_Lane](self._lanes)
+        for n in range(self._lanes):
+            send.send_nowait(_Lane(f"{session}/{n}", session=session))
         self._return = send
 
     # --- the two primitives -----------------------------------------------------------
@@ -149,12 +167,36 @@ class MetaClient:
 
     async def _propose(self, command: MetaCommand) -> bytes:
         lane = await self._free.receive()
+        settled = False
         try:
             lane.seq += 1
             request = Propose(lane.client, lane.seq, encode_message(command))
             reply = await self._call(request, Proposed, to_leader=True)
+            settled = True
+        except PrismError as exc:
+            # A transient error that outlived the deadline leaves the command's
+            # fate open: it may sit in a log and apply later.
+            settled = not exc.transient
+            raise
         finally:
-            self._return.send_nowait(lane)
+            if lane.session != self.session:
+                pass  # a lane of a session that is gone: never used again
+            elif settled:
+                self._return.send_nowait(lane)
+            else:
+                # Never reuse a lane whose last command may still be in flight:
+                # this one retires, a fresh one takes its place.
+                self._return.send_nowait(
+                    _Lane(f"{self.session}/{self._next_lane}", session=self.session)
+                )
+                self._next_lane += 1
+        try:
+            decode_result(reply.result)
+        except SessionExpired:
+            if lane.session == self.session:
+                await self._session_lost(f"a command was refused: {command!r:.80}")
+        except PrismError:
+            pass
         return reply.result
 
     async def batch(self, ops: Sequence[MetaCommand]) -> list[Attr | PrismError | None]:
@@ -395,10 +437,55 @@ class MetaClient:
     # --- the session -------------------------------------------------------------------------
 
     async def open_session(self, lease_s: float) -> None:
+        """Start this client's session (files it opens live as long as it does)."""
         await self.propose(OpenSession(now_ns(), self.session, int(lease_s * 1e9)))
+        self.lease_s = lease_s
+
+    async def renew_session(self) -> None:
+        """Renew the lease. If the cluster ended the session meanwhile (no renewal
+        reached the leader within a lease), start a new one: `SessionExpired`
+        is raised after the switch, and `sessions_lost` counts it."""
+        if not self.lease_s:
+            raise InvalidArgument("no session to renew: open_session first")
+        if self._unopened:
+            await self.open_session(self.lease_s)
+            self._unopened = False
+            return
+        session = self.session
+        try:
+            await self.propose(OpenSession(now_ns(), session, int(self.lease_s * 1e9), renew=True))
+        except SessionExpired:
+            if session == self.session:
+                await self._session_lost("its renewal was refused")
+            raise
+
+    async def _session_lost(self, how: str) -> None:
+        """The cluster ended this client's session: say so loudly and go on with a
+        new one. Files opened under the old one are stale (`OpenFile` fails its
+        operations with ESTALE): their opens were released, and an unlinked one
+        may already be gone."""
+        old = self.session
+        self.sessions_lost += 1
+        self._new_session(f"c-{secrets.token_hex(8)}")
+        log.error(
+            "client session %s was ended by the cluster (%s): no renewal reached the leader "
+            "within its %g s lease. Files opened before are stale and fail with ESTALE; "
+            "continuing with session %s",
+            old,
+            how,
+            self.lease_s,
+            self.session,
+        )
+        if self.lease_s:
+            try:
+                await self.open_session(self.lease_s)
+            except PrismError as exc:
+                self._unopened = True  # the next renewal starts it
+                log.warning("could not start session %s yet: %s", self.session, exc.message)
 
     async def close_session(self) -> None:
-        await self.propose(CloseSession(now_ns(), self.session))
+        with contextlib.suppress(SessionExpired):  # ended already: nothing to close
+            await self.propose(CloseSession(now_ns(), self.session))
 
 
 @asynccontextmanager
@@ -413,16 +500,7 @@ async def open_meta_client(
     client = MetaClient(pool, addresses, **kwargs)  # type: ignore[arg-type]
     await client.open_session(lease_s)
     async with trio.open_nursery() as nursery:
-
-        async def keep_alive() -> None:
-            while True:
-                await trio.sleep(lease_s / 3)
-                try:
-                    await client.open_session(lease_s)
-                except PrismError as exc:
-                    log.warning("could not renew session %s: %s", client.session, exc.message)
-
-        nursery.start_soon(keep_alive)
+        nursery.start_soon(keep_session, client)
         try:
             yield client
         finally:
@@ -434,9 +512,21 @@ async def open_meta_client(
                     log.warning("could not close session %s: %s", client.session, exc.message)
 
 
+async def keep_session(client: MetaClient) -> None:
+    """Renew the client's session every third of its lease, for as long as it runs."""
+    while True:
+        await trio.sleep(client.lease_s / 3)
+        try:
+            await client.renew_session()
+        except SessionExpired:
+            pass  # a new session was started and the loss logged
+        except PrismError as exc:
+            log.warning("could not renew session %s: %s", client.session, exc.message)
+
+
 def now_ns() -> int:
     """The time stamp a command carries (the proposer's clock)."""
-    return time.time_ns()
+    return wall_ns()
 
 
 def decode_result(raw: bytes) -> Message:

@@ -150,11 +150,17 @@ class RemoveXattr(MetaCommand, frozen=True):
 
 
 class OpenSession(MetaCommand, frozen=True):
-    """Start or renew a client session: its open files live until
-    ``now_ns + lease_ns`` unless renewed again."""
+    """Start (``renew`` false) or renew a client session holding a lease of
+    ``lease_ns``. The lease is timed by the leader on its own monotonic clock,
+    from the last renewal it applied (never from the time stamps of two
+    machines); a new leader gives every session a full lease from its start.
+    A renewal of a session that ended (its lease ran out, or it was closed) is
+    refused with `SessionExpired`, and so is a new start under an ended id: the
+    client learns that its open files were released and starts a new session."""
 
     session: str
     lease_ns: I64
+    renew: bool = False
 
 
 class CloseSession(MetaCommand, frozen=True):
@@ -164,8 +170,18 @@ class CloseSession(MetaCommand, frozen=True):
 
 
 class ExpireSessions(MetaCommand, frozen=True):
-    """Proposed by the leader now and then: sessions whose lease ended before
-    ``now_ns`` lose their open files (a crashed client's are reclaimed)."""
+    """Proposed by the leader: these sessions' leases ran out on its monotonic
+    clock, so they lose their open files (a crashed client's are reclaimed).
+    ``now_ns`` is the leader's wall clock, used only to forget ended sessions
+    after a day (`SESSION_TOMBSTONE_NS`)."""
+
+    sessions: tuple[str, ...] = ()
+
+
+SESSION_TOMBSTONE_NS = 86_400 * 10**9
+"""How long an ended session is remembered. Until then a command sent on one
+of its lanes is refused (`SessionExpired`) rather than applied: a client that
+retries a command after its session ended never has it applied twice."""
 
 
 class Open(MetaCommand, frozen=True):

@@ -38,8 +38,8 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import msgspec
 import xxhash
@@ -72,6 +72,7 @@ from prismfs.meta.commands import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
+    SESSION_TOMBSTONE_NS,
     XATTR_CREATE,
     XATTR_REPLACE,
     Attr,
@@ -142,9 +143,12 @@ NAME_MAX = 255
 MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
-MAX_FILE_SIZE = 2**62
 XATTR_VALUE_MAX = 64 * 1024
 CHUNK_PAGE = 500  # chunk records per page of `chunks_on` and `coded_chunks`
+SCHEMA_VERSION = 2
+DEFAULT_LEASE_NS = 60 * 10**9
+MIN_LEASE_NS = 10**9
+MAX_LEASE_NS = 86_400 * 10**9
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
@@ -190,7 +194,11 @@ CREATE TABLE IF NOT EXISTS node_usage (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
     session TEXT PRIMARY KEY,
-    expires_ns INTEGER NOT NULL
+    lease_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ended_sessions (
+    session TEXT PRIMARY KEY,
+    ended_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS opens (
     session TEXT NOT NULL,
@@ -230,6 +238,19 @@ CREATE TABLE IF NOT EXISTS state (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+class SessionObserver(Protocol):
+    """Told, as entries apply, of session renewals and ends (the leader's lease clock)."""
+
+    def renewed(self, session: str, lease_ns: int) -> None: ...
+
+    def ended(self, session: str) -> None: ...
+
+
+def session_of_lane(client: str) -> str:
+    """The session a client id belongs to: lanes are ``<session>/<n>``."""
+    return client.rpartition("/")[0]
 
 
 def check_name(name: bytes) -> None:
@@ -274,10 +295,14 @@ class Namespace:
             )
             self.db.execute(
                 "INSERT INTO state VALUES ('next_ino', ?), ('applied', 0), ('next_cookie', 1),"
-                " ('next_gc', 1), ('files', 1), ('bytes', 0), ('schema', 1)",
-                (ROOT_INO + 1,),
+                " ('next_gc', 1), ('files', 1), ('bytes', 0), ('clock_ns', 0), ('schema', ?)",
+                (ROOT_INO + 1, SCHEMA_VERSION),
             )
             self.db.execute("COMMIT")
+        self._migrate()
+        # Told of session starts, renewals and ends as they apply (the leader
+        # times leases on its own clock, see `OpenSession`).
+        self.session_observer: SessionObserver | None = None
         self._handlers: dict[type[MetaCommand], Callable[[Any], Attr | Message | None]] = {
             Mknod: self._mknod,
             ReserveInodes: self._reserve_inodes,
@@ -327,6 +352,22 @@ class Namespace:
             ),
         }
 
+    def _migrate(self) -> None:
+        """Bring a database of an earlier schema (a data directory or snapshot of
+        an older version) to this one; every replica does the same steps."""
+        version = self._state("schema")
+        if version >= SCHEMA_VERSION:
+            return
+        self.db.execute("BEGIN")
+        if version < 2:
+            # Leases were absolute wall-clock expiry times; they become lease
+            # lengths timed by the leader (every session gets the default).
+            self.db.execute("ALTER TABLE sessions RENAME COLUMN expires_ns TO lease_ns")
+            self.db.execute("UPDATE sessions SET lease_ns = ?", (DEFAULT_LEASE_NS,))
+            self.db.execute("INSERT OR IGNORE INTO state VALUES ('clock_ns', 0)")
+        self.db.execute("UPDATE state SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+        self.db.execute("COMMIT")
+
     # --- StateMachine ---------------------------------------------------------
 
     def apply(self, index: int, command: bytes) -> bytes:
@@ -354,6 +395,12 @@ class Namespace:
         wrapper: ClientCommand | None = None
         if isinstance(cmd, ClientCommand):
             wrapper = cmd
+            ended = self._ended(session_of_lane(cmd.client))
+            if ended is not None:
+                # A lane of an ended session: its exactly-once rows are gone, so
+                # this may be a retry of a command that already applied. Refused,
+                # never applied twice; the client learns its session is gone.
+                return self._refuse(index, None, ended)
             row = self.db.execute(
                 "SELECT seq, result FROM clients WHERE client = ?", (cmd.client,)
             ).fetchone()
@@ -390,7 +437,7 @@ class Namespace:
 
     def _finish(self, index: int, wrapper: ClientCommand | None, result: bytes) -> None:
         """Record the result for exactly-once and the applied index; commit."""
-        if wrapper is not None:
+        if wrapper is not None and self._ended(session_of_lane(wrapper.client)) is None:
             self.db.execute(
                 "INSERT OR REPLACE INTO clients VALUES (?, ?, ?)",
                 (wrapper.client, wrapper.seq, result),
@@ -511,6 +558,7 @@ class Namespace:
             ("gc", "seq"),
             ("node_usage", "node"),
             ("sessions", "session"),
+            ("ended_sessions", "session"),
             ("opens", "session, ino"),
             ("clients", "client"),
             ("nodes", "node"),
@@ -780,7 +828,7 @@ class Namespace:
         if c.chunk_size and not 4096 <= c.chunk_size <= 64 * 1024 * 1024:
             raise InvalidArgument(f"chunk size {c.chunk_size} is not in 4 KiB..64 MiB")
         if c.session:
-            self._live_session(c.session, c.now_ns)
+            self._live_session(c.session)
         mode, gid = self._inherit(c.parent, kind | (c.mode & 0o7777), c.gid)
         ino = self._new_inode(
             mode,
@@ -1043,12 +1091,26 @@ class Namespace:
 
     # --- sessions and open files -------------------------------------------------------
 
-    def _live_session(self, session: str, now: int) -> None:
-        row = self.db.execute(
-            "SELECT expires_ns FROM sessions WHERE session = ?", (session,)
-        ).fetchone()
-        if row is None or row[0] < now:
+    def _live_session(self, session: str) -> None:
+        if (
+            self.db.execute("SELECT 1 FROM sessions WHERE session = ?", (session,)).fetchone()
+            is None
+        ):
             raise SessionExpired(f"client session {session!r} is unknown or expired")
+
+    def _ended(self, session: str) -> SessionExpired | None:
+        """The refusal for a session that ended, if ``session`` did."""
+        if not session:
+            return None
+        row = self.db.execute(
+            "SELECT 1 FROM ended_sessions WHERE session = ?", (session,)
+        ).fetchone()
+        if row is None:
+            return None
+        return SessionExpired(
+            f"client session {session!r} ended (its lease ran out, or it was closed); "
+            "its open files were released"
+        )
 
     def _add_open(self, session: str, ino: int) -> None:
         self.db.execute(
@@ -1058,25 +1120,38 @@ class Namespace:
         )
 
     def _open_session(self, c: OpenSession) -> None:
-        if not c.session or len(c.session) > 128:
-            raise InvalidArgument("a session id is 1 to 128 characters")
-        if c.lease_ns <= 0:
-            raise InvalidArgument("a lease must be positive")
-        self.db.execute(
-            "INSERT OR REPLACE INTO sessions VALUES (?, ?)", (c.session, c.now_ns + c.lease_ns)
-        )
+        if not c.session or len(c.session) > 128 or "/" in c.session:
+            raise InvalidArgument("a session id is 1 to 128 characters, without '/'")
+        if not MIN_LEASE_NS <= c.lease_ns <= MAX_LEASE_NS:
+            raise InvalidArgument("a lease lasts 1 second to 1 day")
+        ended = self._ended(c.session)
+        if ended is not None:
+            raise ended
+        if c.renew:
+            self._live_session(c.session)
+        self.db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?)", (c.session, c.lease_ns))
+        if self.session_observer is not None:
+            self.session_observer.renewed(c.session, c.lease_ns)
 
     def _close_session(self, c: CloseSession) -> None:
         self._end_sessions([c.session])
 
     def _expire_sessions(self, c: ExpireSessions) -> None:
-        rows = self.db.execute(
-            "SELECT session FROM sessions WHERE expires_ns < ? ORDER BY session", (c.now_ns,)
-        ).fetchall()
-        self._end_sessions([r[0] for r in rows])
+        # The leader's wall clock, kept only to forget ended sessions after a day.
+        clock = max(self._state("clock_ns"), c.now_ns)
+        self.db.execute("UPDATE state SET value = ? WHERE key = 'clock_ns'", (clock,))
+        self.db.execute(
+            "DELETE FROM ended_sessions WHERE ended_ns < ?", (clock - SESSION_TOMBSTONE_NS,)
+        )
+        self._end_sessions(sorted(set(c.sessions)))
 
     def _end_sessions(self, sessions: list[str]) -> None:
         for session in sessions:
+            if (
+                self.db.execute("SELECT 1 FROM sessions WHERE session = ?", (session,)).fetchone()
+                is None
+            ):
+                continue  # not a live session (already ended, or never started)
             inos = [
                 int(r[0])
                 for r in self.db.execute(
@@ -1085,14 +1160,26 @@ class Namespace:
             ]
             self.db.execute("DELETE FROM opens WHERE session = ?", (session,))
             self.db.execute("DELETE FROM sessions WHERE session = ?", (session,))
-            # The session's lanes ("<session>/<n>") keep their exactly-once rows
-            # until the session ends.
+            # The exactly-once rows of its lanes ("<session>/<n>") go; the
+            # session is remembered as ended instead, so that a late retry on
+            # one of its lanes is refused rather than applied a second time.
             self.db.execute(
-                "DELETE FROM clients WHERE client = ? OR substr(client, 1, ?) = ?",
-                (session, len(session) + 1, session + "/"),
+                "DELETE FROM clients WHERE substr(client, 1, ?) = ?",
+                (len(session) + 1, session + "/"),
             )
+            self.db.execute(
+                "INSERT OR REPLACE INTO ended_sessions VALUES (?, ?)",
+                (session, self._state("clock_ns")),
+            )
+            if self.session_observer is not None:
+                self.session_observer.ended(session)
             for ino in inos:
                 self._free_if_orphan(ino)
+
+    def session_leases(self) -> list[tuple[str, int]]:
+        """Every live session and its lease length (ns)."""
+        rows = self.db.execute("SELECT session, lease_ns FROM sessions ORDER BY session")
+        return [(str(a), int(b)) for a, b in rows]
 
     def _free_if_orphan(self, ino: int) -> None:
         row = self.db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
@@ -1100,7 +1187,7 @@ class Namespace:
             self._free(ino)
 
     def _open(self, c: Open) -> Attr:
-        self._live_session(c.session, c.now_ns)
+        self._live_session(c.session)
         attr = self.getattr(c.ino)
         self._add_open(c.session, c.ino)
         return attr
@@ -1140,6 +1227,8 @@ class Namespace:
             old = self.db.execute(
                 "SELECT record FROM chunks WHERE ino = ? AND idx = ?", (c.ino, idx)
             ).fetchone()
+            if old is not None and _record(old[0]).id == rec.id:
+                continue  # this very chunk is stored already: never queue a live id
             if old is not None:
                 self._gc_push(old[0])
             self.db.execute(
@@ -1203,6 +1292,16 @@ class Namespace:
                 (chunk_id, chunk_id),
             ).fetchone():
                 out.append(chunk_id)
+        return out
+
+    def live_chunk_ids(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Which of these chunk ids a file's chunk record refers to now."""
+        out: set[bytes] = set()
+        for at in range(0, len(ids), 500):
+            part = list(ids[at : at + 500])
+            marks = ",".join("?" * len(part))
+            rows = self.db.execute(f"SELECT chunk_id FROM chunks WHERE chunk_id IN ({marks})", part)
+            out.update(bytes(r[0]) for r in rows)
         return out
 
     def referenced_shards(self, node: str, shard_ids: tuple[str, ...]) -> list[str]:

@@ -31,11 +31,11 @@ idempotent, so a retried request finishes what an interrupted one began.
 from __future__ import annotations
 
 import logging
-import time
 from typing import ClassVar
 
 import trio
 
+from prismfs.clock import wall_ns
 from prismfs.data.rebalance import Mover
 from prismfs.data.repair import Health, unavailable_nodes, usable
 from prismfs.data.scrub import Findings, Scrub, check_chunks, find_orphans
@@ -360,7 +360,7 @@ class Admin:
             log.info("node %s at %s added as a learner", node, request.address)
         info = await self._registered(node)
         if request.zone and info.zone != request.zone:
-            await self._propose(SetNodeZone(time.time_ns(), node, request.zone))
+            await self._propose(SetNodeZone(wall_ns(), node, request.zone))
         if request.voter and node not in self.consensus.status().voters:
             await self._caught_up(node, request.address)
             await self._membership(ChangeMembership("add_voter", node, request.address))
@@ -374,7 +374,7 @@ class Admin:
         if info.state == "removed":
             raise NotPermitted(f"node {info.node} was removed from the cluster")
         if info.state != "draining":
-            await self._propose(SetNodeState(time.time_ns(), info.node, "draining", info.state))
+            await self._propose(SetNodeState(wall_ns(), info.node, "draining", info.state))
             log.info("node %s is draining", info.node)
         status = self.consensus.status()
         vote = ""
@@ -403,7 +403,7 @@ class Admin:
         info = self._node(request.node)
         if info.state != "draining":
             raise InvalidArgument(f"node {info.node} is {info.state}, not draining")
-        await self._propose(SetNodeState(time.time_ns(), info.node, "up", "draining"))
+        await self._propose(SetNodeState(wall_ns(), info.node, "up", "draining"))
         log.info("drain of node %s cancelled", info.node)
         return self._changed(
             info.node,
@@ -431,7 +431,7 @@ class Admin:
         if request.node == status.node_id:
             await self._hand_leadership_away(status)
         if info is not None and info.state != "removed":
-            await self._propose(SetNodeState(time.time_ns(), request.node, "removed"))
+            await self._propose(SetNodeState(wall_ns(), request.node, "removed"))
         if member:
             await self._membership(ChangeMembership("remove", request.node))
         log.warning(

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
-import time
 from pathlib import Path
 
 import trio
 
 from prismfs import __version__
+from prismfs.clock import wall_ns
 from prismfs.data.gc import gc_loop, orphan_loop
 from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.data.rebalance import Mover
@@ -42,7 +43,6 @@ from prismfs.ids import NodeId
 from prismfs.meta.commands import (
     ROOT_INO,
     XATTR_CREATE,
-    ExpireSessions,
     RegisterNode,
     SetXattr,
 )
@@ -53,6 +53,7 @@ from prismfs.node.config import NodeConfig
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
 from prismfs.node.logs import setup_logging
+from prismfs.node.sessions import SessionLeases, expire_sessions
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials
 from prismfs.wire.client import RpcPool, open_rpc_pool
@@ -140,6 +141,7 @@ async def serve_node(
                 ) from None
             service.rpc_address = config.node.advertise or addresses[0]
             namespace = _open_namespace(config.data_dir)
+            leases = SessionLeases(namespace)
             consensus = Consensus(
                 node_id,
                 service.rpc_address,
@@ -202,7 +204,7 @@ async def serve_node(
                 creds.cluster_id,
                 ", ".join(addresses),
             )
-            nursery.start_soon(_expire_sessions, consensus)
+            nursery.start_soon(expire_sessions, consensus, leases)
             if config.data.default_layout:
                 nursery.start_soon(
                     _default_layout, consensus, namespace, config.data.default_layout
@@ -258,28 +260,10 @@ async def serve_node(
     log.info("node %s stopped", node_id)
 
 
-SESSION_SWEEP_S = 5.0
-
-
 def _open_namespace(data_dir: Path) -> Namespace:
     meta_dir = data_dir / "meta"
     meta_dir.mkdir(mode=0o700, exist_ok=True)
     return Namespace(meta_dir / "namespace.db")
-
-
-async def _expire_sessions(consensus: Consensus) -> None:
-    """On the leader, now and then: end the client sessions whose lease ran out
-    (with the leader's clock, stamped into the command)."""
-    while True:
-        await trio.sleep(SESSION_SWEEP_S)
-        if consensus.role != "leader":
-            continue
-        try:
-            await consensus.propose_internal(
-                encode_message(ExpireSessions(time.time_ns())), timeout=SESSION_SWEEP_S
-            )
-        except PrismError as exc:
-            log.debug("session sweep skipped: %s", exc.message)
 
 
 async def _default_layout(consensus: Consensus, namespace: Namespace, layout: str) -> None:
@@ -293,7 +277,7 @@ async def _default_layout(consensus: Consensus, namespace: Namespace, layout: st
             return  # already set (by this, or by an administrator)
         except NoAttribute:
             pass
-        command = SetXattr(time.time_ns(), ROOT_INO, LAYOUT_XATTR, layout.encode(), XATTR_CREATE)
+        command = SetXattr(wall_ns(), ROOT_INO, LAYOUT_XATTR, layout.encode(), XATTR_CREATE)
         try:
             await consensus.propose_internal(encode_message(command))
             log.info("cluster default layout set on / : %s", layout)
@@ -306,15 +290,18 @@ async def _register(
     consensus: Consensus, node_id: str, address: str, zone: str, store: ShardStore
 ) -> None:
     """Enter (or update) this node in the namespace's node registry, retrying
-    until a leader accepts it. One sequence number for all attempts: a retry
-    of an attempt that did apply is answered from the exactly-once table."""
+    until a leader accepts it. Each start registers under a client id of its
+    own (random, never a clock reading: a clock set back must not make a new
+    start look like a retry of an old one); all attempts of one start share
+    it, so a retry of an attempt that did apply is answered from the
+    exactly-once table."""
     capacity = (await store.capacity()).total
-    command = encode_message(RegisterNode(time.time_ns(), node_id, address, zone, capacity))
-    seq = time.time_ns()  # grows across restarts, so a new start is a new command
+    command = encode_message(RegisterNode(wall_ns(), node_id, address, zone, capacity))
+    client, seq = f"node:{node_id}:{secrets.token_hex(8)}", 1
     delay = 0.2
     while True:
         try:
-            await consensus.propose(f"node:{node_id}", seq, command)
+            await consensus.propose(client, seq, command)
             log.info("registered in the node registry as %s (zone %r)", address, zone)
             return
         except PrismError as exc:

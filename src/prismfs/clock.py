@@ -1,0 +1,36 @@
+"""The wall clock of a node, with an offset tests can inject.
+
+Nothing that decides safety reads the wall clock (leases are timed on the
+leader's monotonic clock, `prismfs.node.sessions`); it stamps file times,
+registry entries and progress reports. Tests that step a node's clock set
+``PRISMFS_CLOCK_OFFSET_FILE`` to a file holding an offset in seconds, which
+every node process started with it re-reads at most twice a second: writing
+``120`` there jumps that node's wall clock two minutes ahead, at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+OFFSET_FILE_ENV = "PRISMFS_CLOCK_OFFSET_FILE"
+
+_offset_ns = 0
+_checked_at = -1.0
+
+
+def wall_ns() -> int:
+    """Nanoseconds since the epoch, as this node believes (the injected offset added)."""
+    global _offset_ns, _checked_at
+    path = os.environ.get(OFFSET_FILE_ENV)
+    if not path:
+        return time.time_ns()
+    now = time.monotonic()
+    if now - _checked_at >= 0.5:
+        _checked_at = now
+        try:
+            with open(path) as f:
+                _offset_ns = int(float(f.read().strip() or 0) * 1e9)
+        except (OSError, ValueError):
+            _offset_ns = 0
+    return time.time_ns() + _offset_ns
