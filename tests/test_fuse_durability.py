@@ -114,7 +114,7 @@ def test_fsyncdir_makes_a_deferred_unlink_durable(cluster: Mount, mounts: list[P
     mnt = mount_at(cluster, mounts, "m-unlink", "settle_s=30")
     (mnt / "u").mkdir()
     (mnt / "u" / "gone").write_bytes(b"x")
-    fsync_dir(mnt / "u")
+    (mnt / "u" / "sub").mkdir()  # settles the create: the unlink below is deferred
     assert lookup(cluster, b"u", b"gone")
     os.unlink(mnt / "u" / "gone")  # deferred (unlinks go in batches)
     fsync_dir(mnt / "u")
@@ -157,3 +157,176 @@ def test_sqlite_rollback_journal_commit_survives_a_mount_crash(
     again = mount_at(cluster, mounts, "m-sqlite2")
     rows = sqlite3.connect(again / "db" / "t.sqlite").execute("SELECT n FROM t").fetchall()
     assert rows == [(n,) for n in range(5)]
+
+
+# --- a mount whose session the cluster ended ----------------------------------------------
+
+
+def test_a_mount_that_lost_its_session_says_so_and_fails_its_open_files(
+    cluster: Mount, mounts: list[Path]
+) -> None:
+    """The mount daemon is frozen (SIGSTOP, like a suspended VM or a long
+    partition) for longer than its lease: the leader ends its session. When it
+    runs again it is told, logs it, fails the files it had open with ESTALE,
+    and goes on with a new session."""
+    mnt = mount_at(cluster, mounts, "m-lost", "lease=2")
+    (mnt / "kept").write_bytes(b"k" * 5000)
+    reader = os.open(mnt / "kept", os.O_RDONLY)
+    writer = os.open(mnt / "w", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(writer, b"buffered, never committed")
+    pid = int(mnt.with_suffix(".pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(10)  # 2 s lease + the leader's 5 s sweep
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    log = mnt.with_suffix(".log")
+    deadline = time.monotonic() + 20
+    while "was ended by the cluster" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "was ended by the cluster" in log.read_text()
+    os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_DONTNEED)
+    with pytest.raises(OSError) as stale:
+        os.pread(reader, 100, 0)
+    assert stale.value.errno == errno.ESTALE
+    os.close(reader)
+    with pytest.raises(OSError) as lost:
+        os.close(writer)  # its buffered bytes cannot be committed for it
+    assert lost.value.errno == errno.ESTALE
+    # New opens work, in the new session.
+    assert (mnt / "kept").read_bytes() == b"k" * 5000
+    (mnt / "after").write_bytes(b"fine")
+    assert lookup(cluster, b"after")
+
+
+# --- close-to-open: sizes and times -------------------------------------------------------
+
+
+def test_open_on_another_mount_sees_the_new_size(cluster: Mount, mounts: list[Path]) -> None:
+    a = mount_at(cluster, mounts, "m-cto-a")
+    b = mount_at(cluster, mounts, "m-cto-b")
+    old = os.urandom(300_000)
+    (a / "grow").write_bytes(old)
+    (a / "small").write_bytes(b"s" * 1000)
+    assert (b / "grow").read_bytes() == old  # b's kernel now caches size 300,000
+    assert os.stat(b / "small").st_size == 1000
+    new = os.urandom(8 << 20)
+    (a / "grow").write_bytes(new)  # rewritten and closed on a
+    (a / "small").write_bytes(b"S" * 6000)
+    fd = os.open(b / "small", os.O_RDONLY)
+    try:
+        assert os.fstat(fd).st_size == 6000  # fstat right after the open
+    finally:
+        os.close(fd)
+    assert (b / "grow").read_bytes() == new  # within b's attribute timeout
+
+
+def test_fstat_after_a_write_shows_the_new_mtime(cluster: Mount, mounts: list[Path]) -> None:
+    mnt = mount_at(cluster, mounts, "m-mtime")
+    path = mnt / "t"
+    path.write_bytes(b"before")
+    os.utime(path, ns=(10**18, 10**18))  # long ago... in 2001
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        start = time.time_ns()
+        os.write(fd, b"after")
+        st = os.fstat(fd)
+        assert st.st_mtime_ns >= start - 10**9 and st.st_ctime_ns >= start - 10**9
+    finally:
+        os.close(fd)
+    assert os.stat(path).st_mtime_ns >= start - 10**9
+
+
+def test_unlinking_one_hard_link_moves_the_others_ctime(cluster: Mount, mounts: list[Path]) -> None:
+    mnt = mount_at(cluster, mounts, "m-ctime")
+    other = mount_at(cluster, mounts, "m-ctime2")
+    (mnt / "h").mkdir()
+    (mnt / "h" / "one").write_bytes(b"x")
+    (mnt / "h" / "sub").mkdir()  # settles the create: the unlink below is deferred
+    os.link(other / "h" / "one", other / "h" / "two")  # a name this mount never looked up
+    time.sleep(1.2)  # attribute timeouts
+    before = os.stat(mnt / "h" / "one")
+    assert before.st_nlink == 2
+    time.sleep(0.05)
+    os.unlink(mnt / "h" / "one")  # deferred here
+    after = os.stat(mnt / "h" / "two")
+    assert after.st_nlink == 1
+    assert after.st_ctime_ns > before.st_ctime_ns
+
+
+# --- two writers, and a reader while another mount rewrites ------------------------------
+
+
+def test_a_small_write_from_a_stale_view_never_truncates(
+    cluster: Mount, mounts: list[Path]
+) -> None:
+    a = mount_at(cluster, mounts, "m-w1")
+    b = mount_at(cluster, mounts, "m-w2")
+    (a / "log").write_bytes(b"")
+    fd = os.open(a / "log", os.O_WRONLY)  # a opens it while it is empty
+    try:
+        big = os.urandom(12 << 20)
+        (b / "log").write_bytes(big)  # b writes 12 MiB and closes
+        os.pwrite(fd, b"A", 0)  # a writes one byte at 0 from its stale view
+    finally:
+        os.close(fd)
+    time.sleep(1.2)  # attribute timeouts
+    got = (b / "log").read_bytes()
+    assert len(got) == len(big)
+    assert got == b"A" + big[1:]
+
+
+def test_two_mounts_writing_different_bytes_of_one_chunk_keep_both(
+    cluster: Mount, mounts: list[Path]
+) -> None:
+    a = mount_at(cluster, mounts, "m-w3")
+    b = mount_at(cluster, mounts, "m-w4")
+    base = bytes(1 << 20)
+    (a / "shared").write_bytes(base)
+    time.sleep(1.2)
+    fa = os.open(a / "shared", os.O_WRONLY)
+    fb = os.open(b / "shared", os.O_WRONLY)
+    try:
+        os.pwrite(fa, b"a" * 4096, 0)
+        os.pwrite(fb, b"b" * 4096, 8192)
+        os.fsync(fa)  # a commits first
+        os.fsync(fb)  # b's commit finds a's chunk: it merges its bytes into it
+        os.pwrite(fa, b"A" * 100, 20_000)
+        os.close(fa)
+        fa = -1
+    finally:
+        if fa >= 0:
+            os.close(fa)
+        os.close(fb)
+    time.sleep(1.2)
+    expected = bytearray(base)
+    expected[0:4096] = b"a" * 4096
+    expected[8192 : 8192 + 4096] = b"b" * 4096
+    expected[20_000:20_100] = b"A" * 100
+    assert (a / "shared").read_bytes() == bytes(expected)
+    assert (b / "shared").read_bytes() == bytes(expected)
+
+
+def test_a_reader_keeps_reading_while_another_mount_rewrites(
+    cluster: Mount, mounts: list[Path]
+) -> None:
+    a = mount_at(cluster, mounts, "m-r1")
+    b = mount_at(cluster, mounts, "m-r2")
+    chunk = 4 << 20
+    old = os.urandom(3 * chunk)
+    (a / "f").write_bytes(old)
+    time.sleep(1.2)
+    fd = os.open(b / "f", os.O_RDONLY)
+    try:
+        first = os.pread(fd, chunk, 0)
+        new = os.urandom(3 * chunk)
+        (a / "f").write_bytes(new)  # a replaces every chunk; GC deletes the old ones
+        time.sleep(6)  # a few GC passes (every 2 s)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        rest = [os.pread(fd, chunk, n * chunk) for n in (1, 2)]  # never EIO
+    finally:
+        os.close(fd)
+    assert first == old[:chunk]
+    for n, piece in zip((1, 2), rest, strict=True):
+        assert piece in (old[n * chunk : (n + 1) * chunk], new[n * chunk : (n + 1) * chunk])
+    assert rest[-1] == new[2 * chunk :]  # the old chunks were gone: it moved to the new version

@@ -215,6 +215,14 @@ class Conflict(PrismError):
     errno = _errno.EBUSY
 
 
+class WriteConflict(PrismError):
+    """A write could not be committed: other clients kept changing the same chunk
+    while it was merged into their version, more times than a writer retries."""
+
+    code = "write_conflict"
+    errno = _errno.EIO
+
+
 class InvalidArgument(PrismError):
     """An argument is out of range or malformed."""
 

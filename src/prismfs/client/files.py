@@ -37,13 +37,21 @@ import secrets
 import stat
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import trio
 
 from prismfs.client.data import DataClient, chunk_ranges
 from prismfs.data.codec import NotEnoughShards
 from prismfs.data.layout import Layout
-from prismfs.errors import InvalidArgument, IsADirectory, PrismError, SessionExpired
+from prismfs.errors import (
+    Conflict,
+    InvalidArgument,
+    IsADirectory,
+    PrismError,
+    SessionExpired,
+    WriteConflict,
+)
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
@@ -61,7 +69,53 @@ log = logging.getLogger("prismfs.client.files")
 READ_CACHE_CHUNKS = 8
 PARALLEL_CHUNKS = 4
 COMMIT_EVERY = 32  # chunks recorded per commit during a put
+COMMIT_ATTEMPTS = 10  # commits of one flush that may conflict (each merges) before giving up
 Progress = Callable[[int], None]
+
+
+@dataclass
+class _Dirty:
+    """A chunk written here and not committed yet: its bytes as this handle sees
+    them, the record they were read from (``base``: the commit's condition),
+    and the byte ranges written here (what a merge lays over newer content)."""
+
+    buf: bytearray
+    base: tuple[bytes, int]
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    def write(self, within: int, data: bytes | memoryview) -> None:
+        end = within + len(data)
+        if len(self.buf) < end:
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[within:end] = data
+        self.ranges = _add_range(self.ranges, within, end)
+
+    def merged_onto(self, content: bytes) -> bytes:
+        """``content`` (another client's version) with this handle's writes on top."""
+        out = bytearray(content)
+        for start, end in self.ranges:
+            if len(out) < end:
+                out.extend(bytes(end - len(out)))
+            out[start:end] = self.buf[start:end]
+        return bytes(out)
+
+    def rebase(self, committed: bytes, record: tuple[bytes, int]) -> None:
+        """The chunk was committed as ``committed`` while this buffer was written:
+        build on that, with this buffer's writes on top."""
+        self.buf = bytearray(self.merged_onto(committed))
+        self.base = record
+
+
+def _add_range(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """``ranges`` (sorted, disjoint) with [start, end) added, touching ones merged."""
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if b < start or a > end:
+            out.append((a, b))
+        else:
+            start, end = min(a, start), max(b, end)
+    out.append((start, end))
+    return sorted(out)
 
 
 class OpenFile:
@@ -82,15 +136,17 @@ class OpenFile:
         self.size = 0
         self.max_dirty = max_dirty
         self._records: dict[int, ChunkRecord] = {}
-        self._dirty: dict[int, bytearray] = {}
-        self._flushing: dict[int, bytes] = {}
+        self._dirty: dict[int, _Dirty] = {}
+        self._flushing: dict[int, _Dirty] = {}
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = trio.Lock()  # one flush at a time
         self._write_lock = trio.Lock()  # one write (or truncate) at a time
         self._closed = False
         self._last_read_end = -1
-        self.opened_as: tuple[int, int] | None = None  # (mtime, size) when opened
+        self.opened_as: tuple[int, int] | None = None  # (mtime, size) of the version read
         self.attr_at_open: Attr | None = None
+        self.changed_elsewhere = False  # the last reopen found another client's version
+        self.modified_ns = 0  # wall time of the last write here
         self.prelude: list[MetaCommand] = []  # sent ahead of the next commit (see above)
         self.lost: PrismError | None = None  # the prelude was refused: this file never was
         self.session = meta.session  # the session holding it open
@@ -110,6 +166,21 @@ class OpenFile:
         f.attr_at_open = attr
         await f.refresh()
         return f
+
+    async def reopen(self, attr: Attr) -> None:
+        """One more open of this already open file, with the namespace's current
+        attributes: if another client changed it since this handle read it and
+        nothing is buffered here, read the new version (close-to-open)."""
+        self.attr_at_open = attr
+        self.changed_elsewhere = False
+        if self.opened_as == (attr.mtime_ns, attr.size):
+            return
+        if self._dirty or self._flushing or self.prelude:
+            return  # this handle's own writes come first; they commit over it
+        async with self._lock:
+            await self.refresh()
+        self.opened_as = (attr.mtime_ns, attr.size)
+        self.changed_elsewhere = True
 
     async def refresh(self) -> None:
         """Reload size and chunk map (close-to-open: called at open)."""
@@ -137,9 +208,9 @@ class OpenFile:
     async def _chunk(self, idx: int) -> bytes:
         """The valid bytes of chunk ``idx`` as committed (or as buffered)."""
         if idx in self._dirty:
-            return bytes(self._dirty[idx])
+            return bytes(self._dirty[idx].buf)
         if idx in self._flushing:  # being committed: newer than the committed record
-            return self._flushing[idx]
+            return bytes(self._flushing[idx].buf)
         cached = self._cache.get(idx)
         if cached is not None:
             self._cache.move_to_end(idx)
@@ -204,18 +275,35 @@ class OpenFile:
         self, idx: int, record: ChunkRecord, read: Callable[[ChunkRecord], Awaitable[bytes]]
     ) -> bytes:
         """``read(record)``; if too few of its shards are where the record (as of
-        this open) says, and the shards of that chunk moved since (a drain,
-        rebalance or repair), read again where they are now."""
+        this open) says: when the shards of that chunk moved since (a drain,
+        rebalance or repair), read again where they are now; when the chunk was
+        replaced (another client rewrote or truncated the file, or repair
+        re-encoded it) and its old shards are gone, move to the file's current
+        version (its whole chunk map and size, read at one moment) and read
+        from that: a reader never fails because a writer elsewhere went on."""
         try:
             return await read(record)
         except NotEnoughShards:
             cmap = await self.meta.chunk_map(self.ino, idx, 1)
             fresh = dict(cmap.chunks).get(idx)
-            if fresh is None or fresh.id != record.id or fresh.nodes == record.nodes:
-                raise
-            log.info("chunk %s moved since this file was opened; reading it anew", record.id.hex())
-            self._records[idx] = fresh
-            return await read(fresh)
+            if fresh is not None and fresh.id == record.id:
+                if fresh.nodes == record.nodes:
+                    raise
+                log.info(
+                    "chunk %s moved since this file was opened; reading it anew", fresh.id.hex()
+                )
+                self._records[idx] = fresh
+                return await read(fresh)
+            if self._dirty or self._flushing:
+                raise  # this handle's own writes are built on the version it has
+            log.info(
+                "chunk %d of inode %d was replaced by another client; reading its current version",
+                idx,
+                self.ino,
+            )
+            await self.refresh()
+            current = self._records.get(idx)
+            return b"" if current is None else await read(current)
 
     def _have(self, idx: int) -> bool:
         """Is chunk ``idx`` here without a fetch (buffered, being committed, cached)?"""
@@ -236,20 +324,29 @@ class OpenFile:
         view = memoryview(data)
         pos = 0
         for idx, within, n in chunk_ranges(offset, len(view), self.chunk_size):
-            buf = self._dirty.get(idx)
-            if buf is None:
-                covers = within == 0 and n == self.chunk_size
-                buf = bytearray() if covers else bytearray(await self._chunk(idx))
-                self._dirty[idx] = buf
+            dirty = self._dirty.get(idx)
+            if dirty is None:
+                dirty = self._dirty[idx] = await self._start_dirty(idx, within, n)
                 self._cache.pop(idx, None)
-            if len(buf) < within + n:
-                buf.extend(bytes(within + n - len(buf)))
-            buf[within : within + n] = view[pos : pos + n]
+            dirty.write(within, view[pos : pos + n])
             pos += n
         self.size = max(self.size, offset + len(view))
-        if sum(len(b) for b in self._dirty.values()) >= self.max_dirty:
+        self.modified_ns = now_ns()
+        if sum(len(d.buf) for d in self._dirty.values()) >= self.max_dirty:
             await self.flush()
         return len(view)
+
+    async def _start_dirty(self, idx: int, within: int, n: int) -> _Dirty:
+        """A buffer for chunk ``idx``: the content this handle sees (committed, or
+        being committed) and the record that content is (the commit's condition)."""
+        flushing = self._flushing.get(idx)
+        if flushing is not None:  # being committed: go on from it, on its conditions
+            return _Dirty(bytearray(flushing.buf), flushing.base, list(flushing.ranges))
+        record = self._records.get(idx)
+        base = (b"", 0) if record is None else (record.id, record.length)
+        if within == 0 and n == self.chunk_size:
+            return _Dirty(bytearray(), base)  # all of it is overwritten: nothing to read
+        return _Dirty(bytearray(await self._chunk(idx)), base)
 
     async def truncate(self, size: int) -> None:
         self._check_session()
@@ -285,7 +382,13 @@ class OpenFile:
     async def flush(self, after: list[MetaCommand] | None = None) -> list[Attr | None]:
         """Upload the dirty chunks as new chunks and commit them in one step
         (with the prelude before and ``after`` behind, in the same batch);
-        returns the results of ``after``."""
+        returns the results of ``after``.
+
+        The commit is conditional on the records the buffers were built on. If
+        another client changed one of those chunks meanwhile, the bytes this
+        handle wrote are laid over the new content, uploaded again and the
+        commit retried: concurrent writers to different bytes of one chunk
+        both keep their writes, and a write never shortens the file."""
         after = after or []
         async with self._lock:
             if self._dirty or self.prelude or after:
@@ -297,45 +400,105 @@ class OpenFile:
                 return await self._send(after) if after or self.prelude else []
             # The buffers become immutable snapshots while they are uploaded
             # and committed; writes meanwhile start new buffers from them.
-            size = self.size
-            snapshot = {
-                idx: bytes(buf[: max(0, min(self.chunk_size, size - idx * self.chunk_size))])
-                for idx, buf in self._dirty.items()
-            }
-            self._dirty = {}
+            snapshot, self._dirty = self._dirty, {}
             self._flushing = snapshot
-            records: dict[int, ChunkRecord] = {}
-            limiter = trio.Semaphore(PARALLEL_CHUNKS)
-
-            async def upload(idx: int, body: bytes) -> None:
-                valid = min(self.chunk_size, size - idx * self.chunk_size)
-                if valid <= 0:
-                    return
-                body += bytes(max(0, valid - len(body)))
-                async with limiter:
-                    records[idx] = await self.data.write_chunk(body, self.layout)
-
             try:
-                with single_exception():
-                    async with trio.open_nursery() as nursery:
-                        for idx, body in sorted(snapshot.items()):
-                            nursery.start_soon(upload, idx, body)
-                commit = CommitChunks(now_ns(), self.ino, tuple(sorted(records.items())), size)
-                results = await self._send([commit, *after])
+                bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
+                bases = {idx: d.base for idx, d in snapshot.items()}
+                records = await self._upload(bodies)
+                results = await self._commit(snapshot, bodies, bases, records, after)
             except BaseException:
                 # Nothing was committed: keep the data dirty so a retry can flush it
                 # (a newer buffer of the same chunk already holds it).
-                for idx, body in snapshot.items():
-                    self._dirty.setdefault(idx, bytearray(body))
+                for idx, dirty in snapshot.items():
+                    self._dirty.setdefault(idx, dirty)
                 raise
             finally:
                 self._flushing = {}
             self._records.update(records)
-            for idx, body in snapshot.items():
+            for idx, body in bodies.items():
                 self._cache[idx] = body
+                newer = self._dirty.get(idx)
+                if newer is not None:  # written again meanwhile: now on the new record
+                    newer.rebase(body, (records[idx].id, records[idx].length))
             while len(self._cache) > READ_CACHE_CHUNKS:
                 self._cache.popitem(last=False)
+            attr = results[0]
+            if attr is not None:
+                self.opened_as = (attr.mtime_ns, attr.size)
             return results[1:]
+
+    async def _upload(self, bodies: dict[int, bytes]) -> dict[int, ChunkRecord]:
+        """Each body as a new chunk (several at once); their records."""
+        records: dict[int, ChunkRecord] = {}
+        limiter = trio.Semaphore(PARALLEL_CHUNKS)
+
+        async def upload(idx: int, body: bytes) -> None:
+            async with limiter:
+                records[idx] = await self.data.write_chunk(body, self.layout)
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                for idx, body in sorted(bodies.items()):
+                    nursery.start_soon(upload, idx, body)
+        return records
+
+    async def _commit(
+        self,
+        dirty: dict[int, _Dirty],
+        bodies: dict[int, bytes],
+        bases: dict[int, tuple[bytes, int]],
+        records: dict[int, ChunkRecord],
+        after: list[MetaCommand],
+    ) -> list[Attr | None]:
+        """Commit ``records`` on the condition of ``bases``; on a conflict, merge
+        this handle's writes into each changed chunk and try again."""
+        for _ in range(COMMIT_ATTEMPTS):
+            order = sorted(records)
+            size = max(idx * self.chunk_size + len(bodies[idx]) for idx in order)
+            commit = CommitChunks(
+                now_ns(),
+                self.ino,
+                tuple((idx, records[idx]) for idx in order),
+                size,
+                expect=tuple(bases[idx] for idx in order),
+            )
+            try:
+                return await self._send([commit, *after])
+            except Conflict:
+                pass
+            fresh = await self._records_now(order)
+            for idx in order:
+                now = fresh.get(idx)
+                current = (b"", 0) if now is None else (now.id, now.length)
+                if current == bases[idx]:
+                    continue
+                if now is not None and now.id == records[idx].id:
+                    bases[idx] = current  # this very chunk applied already (a repeat)
+                    continue
+                log.info(
+                    "chunk %d of inode %d was changed by another client; merging", idx, self.ino
+                )
+                content = b"" if now is None else await self._read(idx, now, self.data.read_chunk)
+                bodies[idx] = dirty[idx].merged_onto(content)
+                bases[idx] = current
+                records[idx] = await self.data.write_chunk(bodies[idx], self.layout)
+        raise WriteConflict(
+            f"inode {self.ino}: other clients kept changing the chunks written here; "
+            f"gave up after {COMMIT_ATTEMPTS} merges"
+        )
+
+    async def _records_now(self, indices: list[int]) -> dict[int, ChunkRecord]:
+        """The records of these chunks as the namespace has them now."""
+        wanted = set(indices)
+        out: dict[int, ChunkRecord] = {}
+        first, last = min(indices), max(indices)
+        while first <= last:
+            count = min(last - first + 1, 4096)
+            cmap = await self.meta.chunk_map(self.ino, first, count)
+            out.update((i, r) for i, r in cmap.chunks if i in wanted)
+            first += count
+        return out
 
     async def fsync(self) -> None:
         await self.flush()  # commit_chunks returns once the entry is applied: durable

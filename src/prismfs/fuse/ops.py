@@ -41,6 +41,7 @@ the close fail with EEXIST).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -161,6 +162,8 @@ class PrismOperations(pyfuse3.Operations):
         self._releases: list[tuple[str, int]] = []  # (session, inode) releases not sent yet
         self._atimes: dict[int, int] = {}  # atime updates not sent yet
         self._dir_attrs: dict[int, Attr] = {}  # a directory's attributes at its opendir
+        # inode -> (size, mtime, ctime) last given to the kernel (`_entry`)
+        self._told: dict[int, tuple[int, int, int]] = {}
 
     async def _layout(self, directory: int) -> tuple[Layout, Attr]:
         """The layout for new files in ``directory`` and its attributes, cached
@@ -199,21 +202,41 @@ class PrismOperations(pyfuse3.Operations):
         e.st_uid = a.uid
         e.st_gid = a.gid
         handle = self._open.get(a.ino)
-        # Writes buffered or being committed here are ahead of the namespace.
+        # Writes buffered or being committed here are ahead of the namespace:
+        # their size, and the time of the last one as mtime and ctime.
         pending = handle is not None and (
             handle.file._dirty or handle.file._flushing or handle.pending
         )
-        size = handle.file.size if handle is not None and pending else a.size
+        size, mtime, ctime = a.size, a.mtime_ns, a.ctime_ns
+        if handle is not None and pending:
+            size = handle.file.size
+            mtime = max(mtime, handle.file.modified_ns)
+            ctime = max(ctime, handle.file.modified_ns)
         e.st_size = size
         e.st_rdev = a.rdev
         e.st_atime_ns = a.atime_ns
-        e.st_mtime_ns = a.mtime_ns
-        e.st_ctime_ns = a.ctime_ns
+        e.st_mtime_ns = mtime
+        e.st_ctime_ns = ctime
         e.st_blksize = 128 * 1024
         e.st_blocks = -(-size // 512)
         e.attr_timeout = self.opts.attr_timeout
         e.entry_timeout = self.opts.entry_timeout
+        if len(self._told) > 200_000:
+            self._told.clear()  # unknown again: the next open invalidates
+        self._told[a.ino] = (size, mtime, ctime)
         return e
+
+    def _fresh_kernel_attrs(self, attr: Attr) -> None:
+        """Close-to-open: at an open, the kernel may hold attributes it got up
+        to ``attr_timeout`` ago (its reads stop at the size it holds). If they
+        are not what the namespace says now, make it ask again."""
+        told = self._told.get(attr.ino)
+        e = self._entry(attr)
+        if told != (e.st_size, e.st_mtime_ns, e.st_ctime_ns):
+            # Attributes only: no lock of the open in progress is involved, and
+            # the kernel drops a GETATTR answer older than this notice.
+            with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing
+                pyfuse3.invalidate_inode(attr.ino, attr_only=True)
 
     def _writable(self) -> None:
         if self.opts.read_only:
@@ -354,6 +377,11 @@ class PrismOperations(pyfuse3.Operations):
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
         attr = await self.meta.lookup(parent_inode, name)
+        if attr.ino in self._unlinked:
+            # Another name of it was unlinked here and the cluster does not know
+            # yet: its link count and ctime are about to change.
+            await self._settle_unlinks()
+            attr = await self.meta.getattr(attr.ino)
         return self._entry(self._known(parent_inode, name, attr))
 
     async def forget(self, inode_list: Any) -> None:
@@ -540,6 +568,11 @@ class PrismOperations(pyfuse3.Operations):
             handle.refs += 1
             if created is not None:
                 await self.meta.release(inode)  # one session open per inode is enough
+            elif not handle.pending:
+                # Open already here: close-to-open still holds for this open,
+                # so look at the namespace's attributes (another mount may have
+                # rewritten it; a clean handle then reads the new version).
+                await handle.file.reopen(await self.meta.getattr(inode))
             return handle
         if created is not None:
             # A new file: empty, no chunks, the layout of its directory; no reads needed.
@@ -562,8 +595,14 @@ class PrismOperations(pyfuse3.Operations):
         handle = await self._acquire(inode)
         f = handle.file
         # Close-to-open: the kernel may keep this file's cached pages only if
-        # it is open here already, or unchanged since the last open here.
-        keep = shared or (f.opened_as is not None and self._seen.get(inode) == f.opened_as)
+        # it is open here already and nobody else changed it, or unchanged
+        # since the last open here; and it must not keep attributes that are
+        # older than this open.
+        keep = (shared and not f.changed_elsewhere) or (
+            f.opened_as is not None and self._seen.get(inode) == f.opened_as
+        )
+        if f.attr_at_open is not None and not handle.pending:
+            self._fresh_kernel_attrs(f.attr_at_open)
         if f.opened_as is not None:
             self._seen[inode] = f.opened_as
             if len(self._seen) > 100_000:

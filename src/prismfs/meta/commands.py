@@ -227,12 +227,22 @@ class ChunkRecord(Message, frozen=True):
 
 
 class CommitChunks(MetaCommand, frozen=True):
-    """Replace chunk records of a file in one step and set its size and mtime
-    (``now_ns``); the records replaced go to the GC queue."""
+    """Replace chunk records of a file in one step; the records replaced go to
+    the GC queue. The size becomes at least ``size`` (a commit never shortens a
+    file: only a truncate, `SetAttr`, does), and mtime and ctime ``now_ns``.
+
+    ``expect``, one per entry of ``chunks``: the (chunk id, length) of the
+    record the writer built that chunk on, ``(b"", 0)`` for none. If any record
+    is not that one now (another client committed the chunk, truncated it, or
+    repair re-encoded it), nothing changes and the commit fails with
+    `Conflict`: the writer merges the bytes it wrote into the new content and
+    commits again, so two writers never silently undo each other. An empty
+    ``expect`` commits unconditionally (the first chunks of a new file)."""
 
     ino: U64
     chunks: tuple[tuple[U64, ChunkRecord], ...]
     size: U64
+    expect: tuple[tuple[bytes, U32], ...] = ()
 
 
 class GcDone(MetaCommand, frozen=True):

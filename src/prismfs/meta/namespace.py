@@ -1210,27 +1210,37 @@ class Namespace:
             raise InvalidArgument(f"inode {c.ino} is not a regular file")
         if c.size > MAX_FILE_SIZE:
             raise FileTooLarge(f"size {c.size} exceeds the maximum {MAX_FILE_SIZE}")
-        (chunk_size,) = self.db.execute(
-            "SELECT chunk_size FROM inodes WHERE ino = ?", (c.ino,)
+        chunk_size, old_size = self.db.execute(
+            "SELECT chunk_size, size FROM inodes WHERE ino = ?", (c.ino,)
         ).fetchone()
         chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+        size = max(old_size, c.size)  # a commit never shortens a file
+        if c.expect and len(c.expect) != len(c.chunks):
+            raise InvalidArgument("one expected record per chunk committed")
         seen: set[int] = set()
         for idx, rec in c.chunks:
             if idx in seen:
                 raise InvalidArgument(f"chunk {idx} appears twice")
             seen.add(idx)
-            if idx * chunk_size >= max(c.size, 1):
-                raise InvalidArgument(f"chunk {idx} lies past the new size {c.size}")
+            if idx * chunk_size >= max(size, 1):
+                raise InvalidArgument(f"chunk {idx} lies past the new size {size}")
             if rec.length > chunk_size or not _well_formed(rec):
                 raise InvalidArgument(f"malformed record for chunk {idx}")
-        for idx, rec in c.chunks:
-            old = self.db.execute(
+        olds: list[bytes | None] = []
+        for n, (idx, _) in enumerate(c.chunks):
+            row = self.db.execute(
                 "SELECT record FROM chunks WHERE ino = ? AND idx = ?", (c.ino, idx)
             ).fetchone()
-            if old is not None and _record(old[0]).id == rec.id:
+            olds.append(None if row is None else bytes(row[0]))
+            if c.expect:
+                now = (b"", 0) if row is None else _id_and_length(row[0])
+                if now != (bytes(c.expect[n][0]), c.expect[n][1]):
+                    raise Conflict(f"chunk {idx} of inode {c.ino} changed since the writer read it")
+        for (idx, rec), old in zip(c.chunks, olds, strict=True):
+            if old is not None and _record(old).id == rec.id:
                 continue  # this very chunk is stored already: never queue a live id
             if old is not None:
-                self._gc_push(old[0])
+                self._gc_push(old)
             self.db.execute(
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
                 (c.ino, idx, encode_message(rec), rec.id),
@@ -1241,7 +1251,7 @@ class Namespace:
                     " ON CONFLICT (node) DO UPDATE SET bytes = bytes + excluded.bytes",
                     (node, rec.shard_size),
                 )
-        self._set_size(c.ino, c.size, c.now_ns)
+        self._set_size(c.ino, size, c.now_ns)
         return self.getattr(c.ino)
 
     def _gc_done(self, c: GcDone) -> None:
@@ -1510,6 +1520,11 @@ def _well_formed(rec: ChunkRecord) -> bool:
 
 def _result(out: Attr | Message | None) -> Message:
     return out if isinstance(out, (Reserved, BatchResults)) else MetaOk(out)  # type: ignore[arg-type]
+
+
+def _id_and_length(blob: bytes) -> tuple[bytes, int]:
+    rec = _record(blob)
+    return rec.id, rec.length
 
 
 def _record(blob: bytes) -> ChunkRecord:
