@@ -405,6 +405,36 @@ def test_lagging_follower_catches_up_through_a_chunked_snapshot() -> None:
     assert net.applied["c"][-1] == b"after"
 
 
+def test_a_snapshot_damaged_on_the_way_is_never_installed_and_is_sent_again() -> None:
+    import msgspec
+
+    net = Network(ABC, snapshot_chunk_bytes=1000)
+    a = net.elect("a")
+    net.isolate("c")
+    net.propose("a", *[b"cmd%d" % i for i in range(20)])
+    state = bytes(range(256)) * 18
+    a.compact(a.applied, state)
+    damaged: list[InstallSnapshot] = []
+
+    def flip_once(m: object) -> bool:
+        if isinstance(m, InstallSnapshot) and m.to == "c" and m.offset == 2000 and not damaged:
+            bad = msgspec.structs.replace(m, data=b"\xff" + m.data[1:])
+            damaged.append(bad)
+            net.queue.append(bad)  # delivered instead of the real one
+            return True
+        return False
+
+    net.drop = flip_once  # type: ignore[assignment]
+    net.heal()
+    net.tick(times=20)
+    assert damaged
+    chunks = [m for m in net.sent if isinstance(m, InstallSnapshot) and m.to == "c"]
+    assert [m.offset for m in chunks].count(0) >= 2  # sent again from the start
+    assert net.disks["c"].snapshot is not None and net.disks["c"].snapshot.data == state
+    net.propose("a", b"after")
+    assert net.applied["c"][-1] == b"after"
+
+
 def test_snapshot_not_installed_when_log_already_has_it() -> None:
     net = Network(ABC)
     a = net.elect("a")

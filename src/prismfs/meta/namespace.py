@@ -51,6 +51,7 @@ from prismfs.errors import (
     FileTooLarge,
     InvalidArgument,
     IsADirectory,
+    LogCorrupt,
     NameTooLong,
     NoAttribute,
     NotADirectory,
@@ -536,12 +537,22 @@ class Namespace:
         return bytes(image)
 
     def restore(self, snapshot: bytes) -> None:
+        """Replace the whole database by a snapshot image, after SQLite checked it
+        (an image that is not a sound database is refused: `LogCorrupt`)."""
         source = sqlite3.connect(":memory:")
         try:
-            source.deserialize(snapshot)
+            try:
+                source.deserialize(snapshot)
+                verdict = source.execute("PRAGMA quick_check").fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise LogCorrupt(f"the snapshot image is not a database: {exc}") from None
+            if verdict != [("ok",)]:
+                problems = "; ".join(str(row[0]) for row in verdict[:3])
+                raise LogCorrupt(f"the snapshot image is damaged: {problems}")
             source.backup(self.db)
         finally:
             source.close()
+        self._migrate()
 
     @property
     def applied(self) -> int:

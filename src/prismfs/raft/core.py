@@ -55,6 +55,7 @@ from prismfs.raft.messages import (
     TimeoutNow,
     Vote,
     VoteResponse,
+    image_checksum,
 )
 from prismfs.raft.progress import Progress
 from prismfs.raft.quorum import committed_index, has_quorum, vote_result
@@ -327,7 +328,8 @@ class RaftNode:
             return
         term = self.log.term(index)
         assert term is not None
-        self._snapshot = Snapshot(SnapshotMeta(index, term, self.conf_at(index)), data)
+        meta = SnapshotMeta(index, term, self.conf_at(index), image_checksum(data))
+        self._snapshot = Snapshot(meta, data)
         self.log.compact(index)
         keep = [(at, c) for at, c in self._conf_history if at > index]
         self._conf_history = [(index, self.conf_at(index)), *keep]
@@ -725,7 +727,12 @@ class RaftNode:
             )
             return
         self._incoming_snapshot = None
-        snap = Snapshot(meta, bytes(incoming[1]))
+        image = bytes(incoming[1])
+        if meta.checksum and image_checksum(image) != meta.checksum:
+            # Damaged on the way: never install it; ask for it again from the start.
+            self._send(SnapshotResponse(self.id, m.frm, self.term, index=meta.index, offset=0))
+            return
+        snap = Snapshot(meta, image)
         # Ready.snapshot tells the driver to replace its whole durable log by
         # this snapshot point; the core's log does the same.
         self.log.reset(meta.index, meta.term)

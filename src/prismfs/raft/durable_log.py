@@ -3,33 +3,41 @@
 This is the I/O half of the log (the core's in-memory `RaftLog` is the other).
 It is synchronous and blocking; the trio driver calls it from a worker thread.
 
-Layout of the directory::
+Layout of the directory (files 0600)::
 
-    seg-<first index, 20 digits>.log   records, appended; a new segment when
-                                        one passes ``segment_bytes``
+    seg-<first index, 20 digits>.log   a header, then records, appended; a new
+                                        segment when one passes ``segment_bytes``
     hardstate                          term, vote, commit (msgpack), replaced
                                         atomically: temp + fsync + rename, when
                                         the term or vote changes (the commit in
                                         it is a lower bound, not the latest)
-    snapshot                           latest snapshot: meta + data, replaced
-                                        atomically
+    snapshot                           latest snapshot: meta (with the image's
+                                        xxh3-128) + image, replaced atomically
 
-Record layout (big-endian)::
+Segment layout (big-endian)::
 
-    u32 body length | body | u64 xxh3_64(length + body)
+    "PRSMLOG2"                                         8-byte header
+    u32 body length | u64 batch | body | u64 xxh3_64(length + batch + body)  ...
     body = msgpack Entry (term, index, kind, data)
+    batch = index of the first entry of the `save` that wrote the record
 
 Group commit: `save` writes every entry of one `Ready` with one ``write`` per
 segment and one ``fsync``, then the hard state, so a batch of proposals costs
-one disk flush.
+one disk flush. A crash can tear only the batch being written, which nobody
+was told about; every record names its batch, so that is the only thing
+recovery may cut.
 
 Recovery (`open`): every record is length- and checksum-verified and must
-hold the next index. A bad or incomplete record in the *last* segment with
-no intact later record after it (or with a zero-filled sector before the
-next one) is a torn write from a crash: the file is truncated there and the
-event logged. A bad record anywhere else, or a checksummed record with the
-wrong index, is corruption of acknowledged data and refuses to start.
-Segments left behind by a crash during a snapshot install are deleted.
+hold the next index. A bad or incomplete record in the *last* segment is a
+torn write if no intact record of a *later batch* follows it (records of its
+own batch may have reached the disk out of order): the file is truncated
+there and the event logged. A bad record with a later batch after it, a bad
+record in an earlier segment, or a checksummed record with the wrong index is
+corruption of acknowledged data and refuses to start (`LogCorrupt`); so does a
+snapshot whose image does not match its checksum. Segments left behind by a
+crash during a snapshot install are deleted. Segments of the first format
+(no header, no batch in records) are still read; new entries go to a new
+segment.
 """
 
 from __future__ import annotations
@@ -46,12 +54,15 @@ import xxhash
 from prismfs.durable import fsync_dir, write_all, write_atomic
 from prismfs.errors import LogCorrupt, ProtocolError
 from prismfs.raft.core import Ready, Snapshot
-from prismfs.raft.messages import Entry, HardState, SnapshotMeta
+from prismfs.raft.messages import Entry, HardState, SnapshotMeta, image_checksum
 from prismfs.wire.codec import decode_message, encode_message
 
 log = logging.getLogger("prismfs.raft.log")
 
+SEGMENT_MAGIC = b"PRSMLOG2"
+FILE_MODE = 0o600  # the log holds the whole namespace, and small files' contents
 _LEN = struct.Struct(">I")
+_HEAD = struct.Struct(">IQ")  # body length, batch
 _SUM = struct.Struct(">Q")
 MAX_RECORD = 256 * 1024 * 1024
 # Every record body starts with these bytes (the msgpack map header and tag of
@@ -59,9 +70,9 @@ MAX_RECORD = 256 * 1024 * 1024
 _ENTRY_PREFIX = encode_message(Entry(0, 0, "normal", b""))[:14]
 
 
-def _record(entry: Entry) -> bytes:
+def _record(entry: Entry, batch: int) -> bytes:
     body = encode_message(entry)
-    head = _LEN.pack(len(body))
+    head = _HEAD.pack(len(body), batch)
     return head + body + _SUM.pack(xxhash.xxh3_64_intdigest(head + body))
 
 
@@ -71,6 +82,7 @@ class _Segment:
     first: int
     offsets: list[int] = field(default_factory=list)  # file offset of each record
     size: int = 0
+    version: int = 2  # 1: the first format (read only)
 
     @property
     def last(self) -> int:
@@ -103,6 +115,9 @@ class DurableLog:
         entries: list[Entry] = []
         truncated = 0
         paths = sorted(self.dir.glob("seg-*.log"))
+        for path in [*paths, self.dir / "hardstate", self.dir / "snapshot"]:
+            if path.exists() and path.stat().st_mode & 0o077:
+                path.chmod(FILE_MODE)  # made by an earlier version, readable by others
         for n, path in enumerate(paths):
             segment, loaded, cut = self._load_segment(path, is_last=n == len(paths) - 1)
             self._segments.append(segment)
@@ -125,12 +140,25 @@ class DurableLog:
         segment = _Segment(path, int(path.stem.split("-")[1]))
         entries: list[Entry] = []
         data = path.read_bytes()
-        pos = 0
+        if data.startswith(SEGMENT_MAGIC):
+            pos = len(SEGMENT_MAGIC)
+        elif is_last and SEGMENT_MAGIC.startswith(data):
+            # Created, but the crash came before its header was on disk.
+            write_header = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            try:
+                write_all(write_header, SEGMENT_MAGIC)
+                os.fsync(write_header)
+            finally:
+                os.close(write_header)
+            segment.size = len(SEGMENT_MAGIC)
+            return segment, entries, len(data)
+        else:
+            segment.version, pos = 1, 0
         while pos < len(data):
             expect = segment.first + len(segment.offsets)
-            entry = self._parse(data, pos)
-            if entry is None:
-                if not (is_last and self._is_torn(data, pos, expect)):
+            parsed = self._parse(data, pos, segment.version)
+            if parsed is None:
+                if not (is_last and self._is_torn(data, pos, expect, segment.version)):
                     raise LogCorrupt(
                         f"corrupt record at byte {pos} of {path} (index {expect}) "
                         "with intact records after it"
@@ -144,6 +172,7 @@ class DurableLog:
                     os.fsync(f.fileno())
                 segment.size = pos
                 return segment, entries, cut
+            entry, _, end = parsed
             if entry.index != expect:
                 # A checksummed record in the wrong place is not a torn write.
                 raise LogCorrupt(
@@ -151,32 +180,41 @@ class DurableLog:
                 )
             segment.offsets.append(pos)
             entries.append(entry)
-            pos += _LEN.size + _LEN.unpack_from(data, pos)[0] + _SUM.size
+            pos = end
         segment.size = pos
         return segment, entries, 0
 
-    def _is_torn(self, data: bytes, pos: int, expect: int) -> bool:
+    def _is_torn(self, data: bytes, pos: int, expect: int, version: int) -> bool:
         """Is the bad record at ``pos`` a write cut short by a crash?
 
         One batch is one ``write`` and one ``fsync``: a crash tears at most
-        the batch being written, which nobody was told about. So the bad
-        record is torn if no intact record of a later index follows it, or
-        if a whole 512-byte sector before the next intact record reads as
-        zeros (a block the file system allocated but the crash left
-        unwritten). An intact later record after a damaged one with no such
-        hole is corruption of acknowledged data: refuse to start.
+        the batch being written, which nobody was told about, and the disk
+        may have kept some of its later sectors and not earlier ones. So the
+        bad record is torn unless an intact record of a *later batch* follows
+        it (its batch begins after index ``expect``): that one was written
+        after this record's batch was acknowledged, so this is corruption of
+        acknowledged data, and the node must not start.
         """
+        head = _HEAD.size if version == 2 else _LEN.size
         q = data.find(_ENTRY_PREFIX, pos + 1)
         while q != -1:
-            start = q - _LEN.size
-            entry = self._parse(data, start) if start > pos else None
-            if entry is not None and entry.index >= expect:
-                first_sector = -(-pos // 512) * 512
-                return any(
-                    not any(data[s : s + 512]) for s in range(first_sector, start - 511, 512)
-                )
+            start = q - head
+            parsed = self._parse(data, start, version) if start > pos else None
+            if parsed is not None and parsed[0].index >= expect:
+                if version == 1:
+                    return self._zero_sector_between(data, pos, start)
+                if parsed[1] > expect:
+                    return False  # a batch that began after the bad record: acknowledged
+                q = parsed[2] + head - 1  # the same batch: look further on
             q = data.find(_ENTRY_PREFIX, q + 1)
         return True
+
+    @staticmethod
+    def _zero_sector_between(data: bytes, pos: int, start: int) -> bool:
+        """First-format segments name no batch: a whole zero-filled 512-byte
+        sector before the next intact record is taken for a torn batch."""
+        first_sector = -(-pos // 512) * 512
+        return any(not any(data[s : s + 512]) for s in range(first_sector, start - 511, 512))
 
     def _reconcile_with_snapshot(self, meta: SnapshotMeta, entries: list[Entry]) -> list[Entry]:
         """Drop log entries a snapshot covers, and the whole log if it contradicts it.
@@ -205,21 +243,26 @@ class DurableLog:
         self._drop_from(0)
         return []
 
-    def _parse(self, data: bytes, pos: int) -> Entry | None:
-        if pos + _LEN.size > len(data):
+    def _parse(self, data: bytes, pos: int, version: int) -> tuple[Entry, int, int] | None:
+        """The intact record at ``pos``: (entry, its batch, where the next begins)."""
+        head = _HEAD if version == 2 else _LEN
+        if pos < 0 or pos + head.size > len(data):
             return None
-        (length,) = _LEN.unpack_from(data, pos)
-        end = pos + _LEN.size + length + _SUM.size
+        if version == 2:
+            length, batch = _HEAD.unpack_from(data, pos)
+        else:
+            (length,), batch = _LEN.unpack_from(data, pos), 0
+        end = pos + head.size + length + _SUM.size
         if length > MAX_RECORD or end > len(data):
             return None
         (checksum,) = _SUM.unpack_from(data, end - _SUM.size)
         if xxhash.xxh3_64_intdigest(data[pos : end - _SUM.size]) != checksum:
             return None
         try:
-            entry = decode_message(data[pos + _LEN.size : end - _SUM.size])
+            entry = decode_message(data[pos + head.size : end - _SUM.size])
         except ProtocolError:
             return None
-        return entry if isinstance(entry, Entry) else None
+        return (entry, batch, end) if isinstance(entry, Entry) else None
 
     def _read_hard_state(self) -> HardState:
         try:
@@ -231,15 +274,25 @@ class DurableLog:
         return hs
 
     def _read_snapshot(self) -> Snapshot | None:
+        path = self.dir / "snapshot"
         try:
-            raw = (self.dir / "snapshot").read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        (meta_len,) = _LEN.unpack_from(raw, 0)
-        meta = decode_message(raw[_LEN.size : _LEN.size + meta_len])
+        try:
+            (meta_len,) = _LEN.unpack_from(raw, 0)
+            meta = decode_message(raw[_LEN.size : _LEN.size + meta_len])
+        except (struct.error, ProtocolError):
+            meta = None
         if not isinstance(meta, SnapshotMeta):
-            raise LogCorrupt(f"{self.dir / 'snapshot'} is malformed")
-        return Snapshot(meta, raw[_LEN.size + meta_len :])
+            raise LogCorrupt(f"{path} is malformed")
+        image = raw[_LEN.size + meta_len :]
+        if meta.checksum and image_checksum(image) != meta.checksum:
+            raise LogCorrupt(
+                f"{path}: the image does not match its checksum (damaged on disk); "
+                "wipe this node's data directory and add it again"
+            )
+        return Snapshot(meta, image)
 
     # --- writing -----------------------------------------------------------------
 
@@ -256,12 +309,14 @@ class DurableLog:
             # A commit index alone is not written: it is recovered from the
             # leader after a restart (as etcd's MustSync decides), which saves
             # a create + fsync + rename + fsync(dir) in nearly every Ready.
-            write_atomic(self.dir / "hardstate", encode_message(hs))
+            write_atomic(self.dir / "hardstate", encode_message(hs), mode=FILE_MODE)
             self._term_vote = (hs.term, hs.vote)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         meta = encode_message(snapshot.meta)
-        write_atomic(self.dir / "snapshot", _LEN.pack(len(meta)) + meta + snapshot.data)
+        write_atomic(
+            self.dir / "snapshot", _LEN.pack(len(meta)) + meta + snapshot.data, mode=FILE_MODE
+        )
 
     def _append(self, entries: list[Entry]) -> None:
         first = entries[0].index
@@ -269,13 +324,17 @@ class DurableLog:
             self._drop_from(first)
         pending = bytearray()
         for entry in entries:
-            if not self._segments or self._segments[-1].size + len(pending) >= self.segment_bytes:
+            if (
+                not self._segments
+                or self._segments[-1].version != 2
+                or self._segments[-1].size + len(pending) >= self.segment_bytes
+            ):
                 self._flush(pending)
                 pending = bytearray()
                 self._new_segment(entry.index)
             segment = self._segments[-1]
             segment.offsets.append(segment.size + len(pending))
-            pending += _record(entry)
+            pending += _record(entry, first)
         self._flush(pending)
 
     def _flush(self, pending: bytearray) -> None:
@@ -290,9 +349,10 @@ class DurableLog:
         if self._fd is not None:
             os.close(self._fd)
         path = self.dir / f"seg-{first:020d}.log"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
+        write_all(self._fd, SEGMENT_MAGIC)  # made durable by the batch's fsync
         fsync_dir(self.dir)
-        self._segments.append(_Segment(path, first))
+        self._segments.append(_Segment(path, first, size=len(SEGMENT_MAGIC)))
 
     def _drop_from(self, index: int) -> None:
         """Remove every record with index >= ``index`` (conflict truncation)."""

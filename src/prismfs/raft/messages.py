@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import xxhash
+
 from prismfs.wire.codec import U64, Message
 
 EntryKind = Literal["normal", "config", "noop"]
@@ -84,6 +86,14 @@ class SnapshotMeta(Message, frozen=True):
     index: U64
     term: U64
     conf: ConfState
+    checksum: bytes = b""
+    """xxh3-128 of the image (`image_checksum`): checked when the snapshot file
+    is read back and when a follower has received every chunk of it."""
+
+
+def image_checksum(image: bytes) -> bytes:
+    """The checksum of a snapshot image (xxh3-128)."""
+    return xxhash.xxh3_128_digest(image)
 
 
 class Vote(RaftMessage, frozen=True):
