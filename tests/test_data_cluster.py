@@ -257,6 +257,12 @@ def test_file_commands(cluster: Cluster, tmp_path: Path) -> None:
     back = tmp_path / "b.bin"
     assert run_cli("get", "/d/a.bin", str(back), env=env).returncode == 0
     assert back.read_bytes() == src.read_bytes()
+    # A valid name of 249 bytes (83 CJK characters): its upload's temporary
+    # name is cut by bytes, so it stays within 255.
+    cjk = "漢" * 83
+    put = run_cli("put", str(src), f"/d/{cjk}", env=env)
+    assert put.returncode == 0, put.stderr
+    assert cjk in run_cli("ls", "/d", env=env).stdout
     for args, message in [
         (("rm", "/d"), "is a directory (use -r)"),
         (("get", "/nope", str(back)), "no such file or directory"),

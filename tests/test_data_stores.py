@@ -155,3 +155,19 @@ def test_unknown_backend_is_a_config_error() -> None:
         open_store("local", {})
     with pytest.raises(ConfigError):
         open_store("s3", {})
+
+
+def test_local_store_removes_what_a_crashed_put_left(tmp_path: Path) -> None:
+    import trio
+
+    from prismfs.data.stores.local import LocalStore
+
+    store = LocalStore(tmp_path)
+    sid = "ab" * 16 + ".0"
+    trio.run(store.put, sid, b"shard")
+    crumbs = tmp_path / "ab" / "ab"
+    (crumbs / f".{sid}.tmp999999-1").write_bytes(b"half a shard")  # another process died
+    (crumbs / f".{sid}.tmp{os.getpid()}-77").write_bytes(b"a put of this process")
+    assert trio.run(store.clean_temporary) == 1
+    assert sorted(p.name for p in crumbs.iterdir()) == [f".{sid}.tmp{os.getpid()}-77", sid]
+    assert (crumbs / sid).stat().st_mode & 0o777 == 0o600

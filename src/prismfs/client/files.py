@@ -63,6 +63,7 @@ from prismfs.meta.commands import (
     Mknod,
     Rename,
 )
+from prismfs.meta.namespace import NAME_MAX
 
 log = logging.getLogger("prismfs.client.files")
 
@@ -544,7 +545,7 @@ async def put_file(
     the old file untouched and the new inode to the lease sweep.
     """
     chosen = layout or await layout_for(meta, parent)
-    tmp = f".{name.decode(errors='replace')[:200]}.prismfs-{secrets.token_hex(4)}".encode()
+    tmp = temporary_name(name)
     attr = await meta.mknod(
         parent,
         tmp,
@@ -661,7 +662,7 @@ async def put_small(
         raise InvalidArgument(f"put_small takes at most one chunk ({chosen.chunk_size} bytes)")
     ino = await inodes.take()
     chunks = ((0, await data.write_chunk(body, chosen)),) if body else ()
-    tmp = f".{name.decode(errors='replace')[:200]}.prismfs-{secrets.token_hex(4)}".encode()
+    tmp = temporary_name(name)
     now = now_ns()
     results = await meta.batch(
         [
@@ -688,6 +689,24 @@ async def put_small(
     attr = results[1]
     assert isinstance(attr, Attr)
     return attr
+
+
+def temporary_name(name: bytes) -> bytes:
+    """A hidden name beside ``name`` for an upload in progress, at most NAME_MAX
+    (255) bytes: ``name`` is cut by bytes (never in the middle of a UTF-8
+    character) to leave room for the random suffix."""
+    suffix = f".prismfs-{secrets.token_hex(4)}".encode()
+    room = NAME_MAX - 1 - len(suffix)
+    stem = name[:room]
+    if len(name) > room:
+        for trim in range(4):  # a UTF-8 character is at most 4 bytes
+            try:
+                stem[: len(stem) - trim].decode()
+            except UnicodeDecodeError:
+                continue
+            stem = stem[: len(stem) - trim]
+            break
+    return b"." + stem + suffix
 
 
 async def _read_exactly(read: Callable[[int], Awaitable[bytes]], n: int) -> bytes:

@@ -27,6 +27,7 @@ from prismfs.client.data import DataClient
 from prismfs.errors import ConfigError
 from prismfs.fuse.ops import MountOptions, PrismOperations
 from prismfs.meta.client import MetaClient, keep_session
+from prismfs.procs import raise_open_file_limit
 from prismfs.wire.auth import ClusterCredentials
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.tls import client_context
@@ -60,6 +61,7 @@ def fuse_options(spec: MountSpec) -> set[str]:
 
 
 async def serve(spec: MountSpec, ready: int | None = None) -> None:
+    raise_open_file_limit()
     ssl_ctx = client_context(spec.tls_ca) if spec.tls_ca else None
     async with open_rpc_pool(
         spec.creds,

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from prismfs.client.data import DataClient
 from prismfs.data.rebalance import Mover
@@ -71,7 +77,9 @@ async def serve_http(
         # the session (needed to stream uploads) as soon as a leader answers.
         nursery.start_soon(_keep_session, meta, session)
         stopped = trio.Event()
-        bound = await nursery.start(_serve, build_app(gateway), config, shutdown, stopped)
+        bound = await nursery.start(
+            _serve, build_app(gateway), config, settings.max_connections, shutdown, stopped
+        )
         address = bound[0].split("://", 1)[-1]
         log.info("HTTP API on http://%s/v1", address)
         task_status.started(address)
@@ -102,12 +110,115 @@ async def _keep_session(meta: MetaClient, opened: trio.Event) -> None:
 async def _serve(
     app: Any,
     config: Config,
+    max_connections: int,
     shutdown: trio.Event,
     stopped: trio.Event,
     *,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     try:
-        await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+        await serve_capped(
+            app, config, max_connections, shutdown_trigger=shutdown.wait, task_status=task_status
+        )
     finally:
         stopped.set()
+
+
+class _Slot(trio.abc.HalfCloseableStream):
+    """A connection holding one of the listener's slots until it is closed."""
+
+    def __init__(self, inner: trio.SocketStream, slots: trio.Semaphore) -> None:
+        self._inner = inner
+        self._slots: trio.Semaphore | None = slots
+
+    @property
+    def socket(self) -> trio.socket.SocketType:  # hypercorn reads the peer address from it
+        return self._inner.socket
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._inner.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self._inner.send_eof()
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            if self._slots is not None:  # closed twice by hypercorn: one release
+                self._slots.release()
+                self._slots = None
+
+
+class _CappedListener(trio.abc.Listener[_Slot]):
+    """Accepts only while fewer than the cap are open: beyond it, connections
+    wait in the kernel's listen queue instead of holding files here."""
+
+    def __init__(self, inner: trio.SocketListener, slots: trio.Semaphore) -> None:
+        self._inner = inner
+        self._slots = slots
+
+    async def accept(self) -> _Slot:
+        await self._slots.acquire()
+        try:
+            return _Slot(await self._inner.accept(), self._slots)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def serve_capped(
+    app: Any,
+    config: Config,
+    max_connections: int,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn's trio worker (`hypercorn.trio.run.worker_serve`, plain HTTP),
+    with at most ``max_connections`` connections served at once."""
+    wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+    state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, state)
+    context = WorkerContext(None)
+    slots = trio.Semaphore(max_connections)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = config.create_sockets()
+            listeners = []
+            binds = []
+            for sock in sockets.insecure_sockets:
+                sock.listen(config.backlog)
+                inner = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                listeners.append(_CappedListener(inner, slots))
+                binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            task_status.started(binds)
+            handler = partial(TCPServer, wrapped, config, context, ConnectionState(state.copy()))
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners, handler, listeners, handler_nursery=server_nursery
+                        )
+                    )
+                    await trio.sleep_forever()
+            except* ShutdownError:
+                pass
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

@@ -44,6 +44,9 @@ class HttpSection(_Section):
     """Largest file a PUT may write (larger bodies get 413)."""
     token_cache_s: float = 5.0
     """How long a checked token is remembered (a revoked one works this long)."""
+    max_connections: int = 1000
+    """Connections served at once; beyond it the node stops accepting (they wait
+    in the listen queue) until one closes, so clients cannot exhaust its files."""
 
 
 class LogSection(_Section):
@@ -232,3 +235,5 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("http.max_upload_gib must be more than 0")
     if not 0 <= config.http.token_cache_s <= 3600:
         raise ConfigError("http.token_cache_s must be between 0 and 3600")
+    if not 1 <= config.http.max_connections <= 1_000_000:
+        raise ConfigError("http.max_connections must be between 1 and 1000000")

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -54,6 +55,7 @@ from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
 from prismfs.node.logs import setup_logging
 from prismfs.node.sessions import SessionLeases, expire_sessions
+from prismfs.procs import raise_open_file_limit
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials
 from prismfs.wire.client import RpcPool, open_rpc_pool
@@ -123,6 +125,7 @@ async def serve_node(
             Layout.parse(config.data.default_layout)
         except InvalidArgument as exc:
             raise ConfigError(f"[data] default_layout: {exc.message}") from None
+    raise_open_file_limit()
     store = open_store(config.store.backend, config.store.store_options(config.data_dir))
     ShardService(store).register(service.server)
     host, port = config.listen_address
@@ -245,6 +248,9 @@ async def serve_node(
                 data.repair_after_s,
                 data.repair_mb_per_s,
             )
+            clean = getattr(store, "clean_temporary", None)
+            if clean is not None:
+                nursery.start_soon(_clean_store, clean)
             me = (node_id, service.rpc_address, config.node.zone, store)
             nursery.start_soon(_register, consensus, *me)
             if join and node_id not in consensus.status().voters + consensus.status().learners:
@@ -258,6 +264,18 @@ async def serve_node(
     with trio.CancelScope(shield=True):
         await store.close()
     log.info("node %s stopped", node_id)
+
+
+async def _clean_store(clean: Callable[[], Awaitable[int]]) -> None:
+    """Remove what a crash of an earlier run left in the shard store (half-written
+    temporary files)."""
+    try:
+        removed = await clean()
+    except OSError as exc:
+        log.warning("could not clean the shard store's temporary files: %s", exc)
+        return
+    if removed:
+        log.info("removed %d temporary files an earlier run left in the shard store", removed)
 
 
 def _open_namespace(data_dir: Path) -> Namespace:

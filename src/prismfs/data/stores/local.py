@@ -1,24 +1,32 @@
 """Shards as files on a local file system.
 
 ``<root>/<id[0:2]>/<id[2:4]>/<id>``: two levels of 256 fan-out directories
-keep directories small. A put writes a temporary file in the same directory,
-fsyncs it, renames it over the final name and fsyncs the directory, so a
-crash leaves the old shard or the new one, never a torn one. Blocking file
-work runs in worker threads (`ThreadedStore`).
+keep directories small. A put writes a temporary file in the same directory
+(``.<id>.tmp<pid>-<n>``, mode 0600), fsyncs it, renames it over the final name
+and fsyncs the directory (and a new fan-out directory's parent), so a crash
+leaves the old shard or the new one, never a torn one. The temporary files a
+crash leaves are removed when the node starts again (`clean_temporary`).
+Blocking file work runs in worker threads (`ThreadedStore`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from prismfs.data.stores import Capacity, ShardStat, validate_shard_id
 from prismfs.data.stores.threaded import ThreadedStore
 from prismfs.durable import fsync_dir, write_all
 from prismfs.errors import ConfigError, NoSpace, NotFound, StorageError
+
+TMP_MARK = ".tmp"
 
 
 class LocalStore(ThreadedStore):
@@ -27,7 +35,7 @@ class LocalStore(ThreadedStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._tmp_seq = 0
+        self._tmp_seq = itertools.count(1)  # next() is atomic: puts run in several threads
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LocalStore:
@@ -44,9 +52,9 @@ class LocalStore(ThreadedStore):
 
     def _put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         path = self._path(shard_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_seq += 1
-        tmp = path.with_name(f".{shard_id}.tmp{os.getpid()}-{self._tmp_seq}")
+        if not path.parent.is_dir():
+            self._make_fanout(path.parent)
+        tmp = path.with_name(f".{shard_id}{TMP_MARK}{os.getpid()}-{next(self._tmp_seq)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -61,6 +69,37 @@ class LocalStore(ThreadedStore):
             if exc.errno == errno.ENOSPC:
                 raise NoSpace(f"shard store {self.root} is full") from None
             raise StorageError(f"cannot write shard {shard_id}: {exc.strerror}") from None
+
+    def _make_fanout(self, directory: Path) -> None:
+        """Create a fan-out directory durably: its entry in its parent is fsynced."""
+        for d in (directory.parent, directory):
+            if not d.is_dir():
+                d.mkdir(exist_ok=True)
+                fsync_dir(d.parent)
+
+    async def clean_temporary(self) -> int:
+        """Delete the temporary files an earlier process left (a crash mid-put)."""
+        return await trio.to_thread.run_sync(self._clean_temporary)
+
+    def _clean_temporary(self) -> int:
+        mine = f"{TMP_MARK}{os.getpid()}-"
+        removed = 0
+        for top in os.scandir(self.root):
+            if not (top.is_dir() and len(top.name) == 2):
+                continue
+            for mid in os.scandir(top.path):
+                if not mid.is_dir():
+                    continue
+                for entry in os.scandir(mid.path):
+                    if (
+                        entry.name.startswith(".")
+                        and TMP_MARK in entry.name
+                        and mine not in entry.name
+                    ):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                            removed += 1
+        return removed
 
     def _get(self, shard_id: str, offset: int, length: int | None) -> bytes:
         path = self._path(shard_id)
