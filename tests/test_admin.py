@@ -94,7 +94,7 @@ def test_fsck_reports_then_repairs_missing_corrupt_and_orphan_shards(
     orphan = store / "00" / "00" / ("00" * 16 + ".0")
     orphan.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(files[7], orphan)
-    old = time.time() - 3600
+    old = time.time() - 7 * 3600  # older than the 6 h grace
     os.utime(orphan, (old, old))
 
     code, out, err = cli(cluster, "fsck", "--json")
@@ -112,6 +112,46 @@ def test_fsck_reports_then_repairs_missing_corrupt_and_orphan_shards(
     code, out, err = cli(cluster, "fsck")
     assert code == 0, out + err
     assert get(cluster, tmp_path, "f") == body
+
+
+def test_fsck_repair_never_deletes_the_shards_of_an_upload_in_progress(tmp_path: Path) -> None:
+    """Shards stored a few minutes ago and not committed yet (an upload commits its
+    chunks in batches) are not orphans: fsck --repair keeps them by default, even
+    with the leader's clock hours ahead (ages are the holding node's), and a short
+    grace needs --force."""
+    c = Cluster(tmp_path)
+    c.env["PRISMFS_CLOCK_OFFSET_FILE"] = "clock_offset"  # in each node's data directory
+    nodes = c.up()
+    try:
+        put(c, tmp_path, "f", 5 << 20)
+        files = shard_files(c)
+        code, out, _ = cli(c, "cluster", "status", "--json")
+        leader = json.loads(out)["health"]["leader"]
+        for node in nodes:
+            if node["id"] == leader:
+                (Path(str(node["data_dir"])) / "clock_offset").write_text("25200")  # +7 h
+        uploading = []
+        for n, shard in enumerate(files[:3]):
+            name = f"{n:02x}" * 16 + ".0"
+            planted = shard.parents[2] / name[0:2] / name[2:4] / name
+            planted.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shard, planted)
+            two_minutes_ago = time.time() - 120
+            os.utime(planted, (two_minutes_ago, two_minutes_ago))
+            uploading.append(planted)
+        time.sleep(1)  # the leader reads its clock offset
+        code, out, err = cli(c, "fsck", "--repair")
+        assert code == 0, out + err
+        assert "0 orphans deleted" in out
+        assert all(p.exists() for p in uploading)
+        code, out, err = cli(c, "fsck", "--repair", "--orphan-grace", "60")
+        assert code == 2 and "uploads still in progress" in err, out + err
+        assert all(p.exists() for p in uploading)
+        code, out, err = cli(c, "fsck", "--repair", "--orphan-grace", "60", "--force")
+        assert "3 orphans deleted" in out, out + err
+        assert not any(p.exists() for p in uploading)
+    finally:
+        c.cleanup()
 
 
 def test_scrub_finds_and_repairs_bit_rot(cluster: Cluster, tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ Nothing that decides safety reads the wall clock (leases are timed on the
 leader's monotonic clock, `prismfs.node.sessions`); it stamps file times,
 registry entries and progress reports. Tests that step a node's clock set
 ``PRISMFS_CLOCK_OFFSET_FILE`` to a file holding an offset in seconds, which
-every node process started with it re-reads at most twice a second: writing
-``120`` there jumps that node's wall clock two minutes ahead, at once.
+every process started with it re-reads at most twice a second: writing ``120``
+there jumps that process's wall clock two minutes ahead, at once. A relative
+path is taken in the node's data directory (`use_directory`), so each node
+of a cluster started with one environment has a clock of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ OFFSET_FILE_ENV = "PRISMFS_CLOCK_OFFSET_FILE"
 
 _offset_ns = 0
 _checked_at = -1.0
+_directory = ""
+
+
+def use_directory(directory: str | os.PathLike[str]) -> None:
+    """Relative offset files are in ``directory`` (a node's data directory)."""
+    global _directory
+    _directory = os.fspath(directory)
 
 
 def wall_ns() -> int:
@@ -29,7 +38,7 @@ def wall_ns() -> int:
     if now - _checked_at >= 0.5:
         _checked_at = now
         try:
-            with open(path) as f:
+            with open(os.path.join(_directory, path)) as f:
                 _offset_ns = int(float(f.read().strip() or 0) * 1e9)
         except (OSError, ValueError):
             _offset_ns = 0

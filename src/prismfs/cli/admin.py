@@ -40,6 +40,7 @@ from prismfs.node.admin import (
     ScrubStart,
     ScrubStatus,
 )
+from prismfs.node.config import MIN_REPAIR_GRACE_S, ORPHAN_GRACE_S
 from prismfs.wire.address import parse_address
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.codec import Message
@@ -275,14 +276,29 @@ def register(
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     @click.option(
         "--orphan-grace",
-        default=60.0,
+        default=ORPHAN_GRACE_S,
         show_default=True,
-        help="Unreferenced shards younger than this many seconds are writes in progress.",
+        help="Unreferenced shards younger than this many seconds (by the clock of the "
+        "node holding them) are uploads in progress, never orphans.",
     )
-    def fsck(client: ClientConfig, repair: bool, as_json: bool, orphan_grace: float) -> None:
+    @click.option(
+        "--force",
+        is_flag=True,
+        help=f"Allow --repair with an --orphan-grace under {MIN_REPAIR_GRACE_S:g} s "
+        "(it may delete the shards of uploads in progress).",
+    )
+    def fsck(
+        client: ClientConfig, repair: bool, as_json: bool, orphan_grace: float, force: bool
+    ) -> None:
         """Check that metadata and shards agree: every shard read and checksummed where it
         lives, every node's shards matched with the chunk records. Read-only unless
         --repair. Exit 0: clean; 1: problems found; 2: could not check."""
+        if repair and orphan_grace < MIN_REPAIR_GRACE_S and not force:
+            raise click.UsageError(
+                f"--orphan-grace {orphan_grace:g} with --repair would delete the shards of "
+                f"uploads still in progress (an upload commits its chunks in batches); use at "
+                f"least {MIN_REPAIR_GRACE_S:g} s, or add --force if no client is writing"
+            )
         try:
             report = trio.run(leader_call, client, Fsck(repair, orphan_grace), FsckReport, 3600.0)
         except PrismError as exc:

@@ -10,14 +10,18 @@ count as gone).
 *Orphan sweep*: shards stored by a client that died before committing its
 chunk are referenced by no record. Every node lists its store now and then
 and deletes shards older than the grace period whose chunk id neither a
-file nor the GC queue refers to (asked with a linearizable read). The grace
-period must exceed the longest time between a shard's upload and its
-commit; `put_file` commits progressively to keep that short.
+file nor the GC queue refers to (asked with a linearizable read), once an
+earlier sweep found them unreferenced at least a grace period before on the
+node's monotonic clock (so a clock stepped forward cannot age an upload in
+progress). The grace period must exceed the longest time between a shard's
+upload and its commit; `put_file` commits progressively to keep that short.
+GC never deletes a chunk a file's record still refers to, whatever queued it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 
 import trio
@@ -88,17 +92,27 @@ async def gc_loop(
 
 
 async def sweep_orphans(
-    consensus: Consensus, store: ShardStore, grace_s: float, node_id: str
+    consensus: Consensus,
+    store: ShardStore,
+    grace_s: float,
+    node_id: str,
+    suspects: dict[str, float] | None = None,
 ) -> int:
-    """Delete shards older than ``grace_s`` that no record places on this node
-    (nor the GC queue holds); returns how many."""
+    """Delete shards that no record places on this node (nor the GC queue holds),
+    older than ``grace_s`` by their file time *and* found unreferenced by an
+    earlier sweep at least ``grace_s`` ago on this process's monotonic clock
+    (``suspects``, kept across sweeps): a clock stepped forward never makes an
+    upload in progress look old. Returns how many were deleted."""
+    suspects = {} if suspects is None else suspects
     deleted = 0
     after = ""
-    now = wall_ns()
+    now = time.time_ns()  # the clock the file system stamps shard files with
+    seen_now = trio.current_time()
+    unreferenced: set[str] = set()
     while True:
         ids = await store.list(after, 1000)
         if not ids:
-            return deleted
+            break
         after = ids[-1]
         old = []
         for sid in ids:
@@ -115,18 +129,27 @@ async def sweep_orphans(
         assert isinstance(refs, MetaValue)
         referenced = {name.decode() for name in refs.names}
         for sid in old:
-            if sid not in referenced:
+            if sid in referenced:
+                continue
+            unreferenced.add(sid)
+            first = suspects.setdefault(sid, seen_now)
+            if seen_now - first >= grace_s:
+                unreferenced.discard(sid)
                 await store.delete(sid)
                 deleted += 1
                 log.info("orphan sweep: deleted shard %s (no chunk record places it here)", sid)
+    for sid in set(suspects) - unreferenced:
+        del suspects[sid]  # referenced again, deleted, or gone
+    return deleted
 
 
 async def orphan_loop(
     consensus: Consensus, store: ShardStore, interval: float, grace_s: float, node_id: str
 ) -> None:
+    suspects: dict[str, float] = {}  # shard -> when a sweep first found it unreferenced
     while True:
         await trio.sleep(interval)
         try:
-            await sweep_orphans(consensus, store, grace_s, node_id)
+            await sweep_orphans(consensus, store, grace_s, node_id, suspects)
         except PrismError as exc:
             log.info("orphan sweep stopped: %s", exc.message)

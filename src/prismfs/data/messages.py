@@ -55,6 +55,9 @@ class ShardInfo(DataMessage, frozen=True):
     shard_id: str
     size: U64
     mtime_ns: U64
+    age_s: float = 0.0
+    """Seconds since ``mtime_ns`` by the clock of the node that holds the shard
+    (the one that stamped it): ages never mix two machines' clocks."""
 
 
 class ShardList(DataMessage, frozen=True):

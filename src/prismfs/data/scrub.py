@@ -151,7 +151,6 @@ async def _verify_page(
 async def find_orphans(
     namespace: Namespace, pool: RpcPool, grace_s: float, delete: bool, findings: Findings
 ) -> None:
-    now = wall_ns()
     for node in namespace.nodes():
         if node.state not in ("up", "draining"):
             continue
@@ -169,7 +168,9 @@ async def find_orphans(
             if not listing.shards:
                 break
             after = listing.shards[-1].shard_id
-            old = tuple(s.shard_id for s in listing.shards if (now - s.mtime_ns) / 1e9 > grace_s)
+            # Ages as the node that holds the shard measures them (its clock
+            # stamped the file), never this node's clock against another's.
+            old = tuple(s.shard_id for s in listing.shards if s.age_s > grace_s)
             placed = set(namespace.referenced_shards(node.node, old))
             orphans = [sid for sid in old if sid not in placed]
             findings.orphans += [f"{node.node}:{sid}" for sid in orphans]

@@ -9,6 +9,7 @@ client fetches another shard instead of decoding bad bytes.
 from __future__ import annotations
 
 import logging
+import time
 
 from prismfs.data.codec import shard_checksum
 from prismfs.data.messages import (
@@ -76,12 +77,13 @@ class ShardService:
     async def _list(self, request: ListShards, call: Call) -> ShardList:
         ids = await self.store.list(request.after, max(1, min(request.limit, 10_000)))
         infos = []
+        now = time.time_ns()  # the clock this node's file system stamps shards with
         for sid in ids:
             try:
                 st = await self.store.stat(sid)
             except NotFound:
                 continue  # deleted meanwhile
-            infos.append(ShardInfo(sid, st.size, st.mtime_ns))
+            infos.append(ShardInfo(sid, st.size, st.mtime_ns, max(0.0, (now - st.mtime_ns) / 1e9)))
         return ShardList(tuple(infos))
 
     async def _verify(self, request: VerifyShards, call: Call) -> ShardsVerified:

@@ -51,6 +51,7 @@ from prismfs.errors import (
 from prismfs.meta.client import decode_result
 from prismfs.meta.commands import ChunkRecord, MetaCommand, NodeInfo, SetNodeState, SetNodeZone
 from prismfs.meta.namespace import Namespace
+from prismfs.node.config import ORPHAN_GRACE_S
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership, RaftStatus, RaftStatusReply
 from prismfs.wire.client import RpcPool
@@ -120,7 +121,7 @@ class ClusterHealthReply(AdminMessage, frozen=True):
 
 class Fsck(AdminMessage, frozen=True):
     repair: bool = False
-    orphan_grace_s: float = 60.0
+    orphan_grace_s: float = ORPHAN_GRACE_S
     mb_per_s: float = 200.0
 
 

@@ -35,6 +35,13 @@ class NodeSection(_Section):
     shutdown_grace: float = 5.0
 
 
+ORPHAN_GRACE_S = 6 * 3600.0
+"""How old an unreferenced shard must be before the orphan sweep (or fsck --repair)
+deletes it: longer than any upload takes between storing a shard and committing it."""
+MIN_REPAIR_GRACE_S = 600.0
+"""fsck --repair refuses a shorter grace unless forced."""
+
+
 class HttpSection(_Section):
     """The HTTP API (docs/api.md); off unless ``listen`` is set."""
 
@@ -112,7 +119,7 @@ class DataSection(_Section):
     """How often the leader deletes the shards of replaced and freed chunks."""
     orphan_sweep_s: float = 600.0
     """How often a node looks for shards no chunk record refers to."""
-    orphan_grace_s: float = 6 * 3600.0
+    orphan_grace_s: float = ORPHAN_GRACE_S
     """Age below which an unreferenced shard is left alone (a write in progress)."""
     heartbeat_s: float = 1.0
     """How often a node tells the leader it is alive."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from prismfs import __version__
+from prismfs import __version__, clock
 from prismfs.clock import wall_ns
 from prismfs.data.gc import gc_loop, orphan_loop
 from prismfs.data.layout import LAYOUT_XATTR, Layout
@@ -354,6 +354,7 @@ def run_node(
 ) -> None:
     """Blocking entry point of ``prismfs node start``."""
     data_dir = config.data_dir
+    clock.use_directory(data_dir)
     parse_address(config.node.listen)
     if secret_file is None:
         datadir.load_credentials(data_dir)  # fail before creating anything
