@@ -96,8 +96,9 @@ def node_rows(h: ClusterHealthReply) -> list[dict[str, str]]:
 
 def summary_lines(h: ClusterHealthReply) -> list[str]:
     m = h.moves
+    reduced = f" ({h.reduced} written with a reduced layout)" if h.reduced else ""
     lines = [
-        f"chunks: {h.chunks} with shards: {h.healthy} healthy, {h.degraded} degraded, "
+        f"chunks: {h.chunks} with shards: {h.healthy} healthy, {h.degraded} degraded{reduced}, "
         f"{h.unavailable} unavailable",
         f"repair: {h.repair_pending} chunks waiting; {h.repaired_chunks} rebuilt "
         f"({_size(h.repaired_bytes)}) since this leader started",

@@ -130,7 +130,9 @@ def cluster_status(
     client: ClientConfig, as_json: bool, watch: bool, interval: float, until_settled: bool
 ) -> None:
     """Ping every node the client knows, then show the leader's view: nodes and
-    their state, chunk health, repair, drain, rebalance and scrub progress."""
+    their state, chunk health, repair, drain, rebalance and scrub progress.
+    Exit 0: every chunk fully redundant; 1: no node answered; 2: some chunks are
+    degraded (below their layout's redundancy) or unavailable."""
     if watch:
         if as_json:
             raise click.UsageError("--watch and --json do not go together")
@@ -160,6 +162,8 @@ def cluster_status(
             click.echo(f"no cluster view from the leader: {problem}")
     if not any(r["reachable"] for r in rows):
         raise click.exceptions.Exit(1)
+    if health is not None and (health.degraded or health.unavailable):
+        raise click.exceptions.Exit(2)
 
 
 async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:

@@ -3,10 +3,17 @@
 Writing a chunk: a fresh random chunk id, zfec-encoded in a worker thread,
 m target nodes from placement over the node registry (nodes "up"), the m
 shards uploaded in parallel. A node that fails its upload is replaced by the
-next-ranked node not yet used, so a chunk is only recorded with all m shards
-stored. The `ChunkRecord` returned is what `commit_chunks` records. A chunk
-of at most ``inline_max`` bytes (`INLINE_DEFAULT`, 8 KiB) is not encoded at
-all: it goes inline in its record (see `ChunkRecord`).
+next-ranked node not yet used, and is not written to for `SUSPECT_S`. A
+chunk is acknowledged only if it survives the cluster's ``min_redundancy``
+more node losses: with all m shards stored, or at least k + min_redundancy
+(the rest recorded as never stored, "" , for repair). With fewer nodes
+usable than the layout needs, it is written with the widest layout they
+allow that keeps that margin (`fit_layout`: 2-of-3 on two nodes is two
+replicas) and its record names the layout it should have, which the
+leader's mover restores when nodes return. The `ChunkRecord` returned is
+what `commit_chunks` records. A chunk of at most ``inline_max`` bytes
+(`INLINE_DEFAULT`, 8 KiB) is not encoded at all: it goes inline in its
+record (see `ChunkRecord`).
 
 Reading a chunk: the k data shards are fetched in parallel (whole shards,
 checksum verified by the node and again here). A shard that is missing,
@@ -18,12 +25,14 @@ rest of the fetches are cancelled. Corrupt shards found are counted in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 
 from prismfs.data.codec import (
@@ -34,8 +43,15 @@ from prismfs.data.codec import (
     encode_chunk_async,
 )
 from prismfs.data.layout import Layout
-from prismfs.data.messages import GetShard, PutShard, ShardData
-from prismfs.data.placement import Candidate, NotEnoughNodes, place, score, up_candidates
+from prismfs.data.messages import DeleteShards, GetShard, PutShard, ShardData
+from prismfs.data.placement import (
+    Candidate,
+    NotEnoughNodes,
+    fit_layout,
+    place,
+    score,
+    up_candidates,
+)
 from prismfs.data.stores import shard_id
 from prismfs.errors import CorruptShard, PrismError
 from prismfs.exception_groups import single_exception
@@ -46,6 +62,7 @@ from prismfs.wire.client import RpcPool
 log = logging.getLogger("prismfs.client.data")
 
 REGISTRY_TTL_S = 5.0
+SUSPECT_S = 10.0  # a node that failed an upload gets no new shards for this long
 INLINE_DEFAULT = 8 * 1024
 
 
@@ -56,6 +73,7 @@ class DataStats:
     parity_reads: int = 0
     range_reads: int = 0  # parts of chunks read from one data shard
     degraded_writes: int = 0
+    reduced_writes: int = 0  # chunks written with a smaller layout (too few nodes up)
     corrupt: list[str] = field(default_factory=list)
     failed_nodes: set[str] = field(default_factory=set)
 
@@ -77,6 +95,8 @@ class DataClient:
         self.hedge_after = hedge_after
         self.stats = DataStats()
         self._nodes: dict[str, NodeInfo] = {}
+        self.min_redundancy = 1  # the cluster's, from the registry
+        self._suspects: dict[str, float] = {}  # node -> until when it is not written to
         self._fetched_at = -math.inf
         self._registry_lock = trio.Lock()
 
@@ -85,7 +105,9 @@ class DataClient:
     async def nodes(self, *, refresh: bool = False) -> dict[str, NodeInfo]:
         async with self._registry_lock:
             if refresh or trio.current_time() - self._fetched_at > REGISTRY_TTL_S:
-                self._nodes = {n.node: n for n in await self.meta.nodes()}
+                registry = await self.meta.registry()
+                self._nodes = {n.node: n for n in registry.nodes}
+                self.min_redundancy = registry.min_redundancy
                 self._fetched_at = trio.current_time()
         return self._nodes
 
@@ -95,24 +117,71 @@ class DataClient:
             raise NotEnoughNodes(f"node {node} is not in the node registry")
         return info.address
 
-    async def _candidates(self, *, refresh: bool = False) -> list[Candidate]:
-        """Nodes that are up, weighted by capacity relative to the largest."""
-        return up_candidates((await self.nodes(refresh=refresh)).values())
+    async def _candidates(self, exclude: set[str], *, refresh: bool = False) -> list[Candidate]:
+        """Nodes that are up and did not fail an upload just now (``exclude``, and
+        the suspects of the last `SUSPECT_S`), weighted by capacity."""
+        now = trio.current_time()
+        self._suspects = {n: t for n, t in self._suspects.items() if t > now}
+        nodes = (await self.nodes(refresh=refresh)).values()
+        return up_candidates(nodes, exclude=exclude | set(self._suspects))
 
     # --- writing ---------------------------------------------------------------------------
 
     async def write_chunk(self, data: bytes | memoryview, layout: Layout) -> ChunkRecord:
-        chunk_id = os.urandom(16)
+        """Store one chunk; its record. With every node of the layout up, k-of-m
+        on m nodes. With fewer up (or failing), the widest layout the live nodes
+        allow that still survives ``min_redundancy`` more losses (2-of-3 on two
+        nodes: two replicas), recorded with the layout it should have so the
+        leader re-encodes it later; `NotEnoughNodes` below that."""
         if len(data) <= self.inline_max:  # kept in the record: no shards at all
-            return ChunkRecord(chunk_id, len(data), 0, 0, 0, (), inline=bytes(data))
-        encoded = await encode_chunk_async(data, layout.k, layout.m)
-        candidates = await self._candidates()
-        try:
-            targets = place(chunk_id, candidates, layout.m)
-        except NotEnoughNodes:
-            # Maybe a node joined since the registry was read: look once more.
-            candidates = await self._candidates(refresh=True)
-            targets = place(chunk_id, candidates, layout.m)
+            return ChunkRecord(os.urandom(16), len(data), 0, 0, 0, (), inline=bytes(data))
+        members = [n for n in (await self.nodes()).values() if n.state != "removed"]
+        if len(members) < layout.m:
+            members = [n for n in (await self.nodes(refresh=True)).values() if n.state != "removed"]
+        if len(members) < layout.m:
+            raise NotEnoughNodes(
+                f"this layout needs {layout.m} nodes up, the cluster has {len(members)}; "
+                "lower m (prismfs.layout on the directory) or add nodes"
+            )
+        failed: set[str] = set()
+        for attempt in range(3):
+            candidates = await self._candidates(failed, refresh=attempt > 0)
+            k, m = fit_layout(layout.k, layout.m, len(candidates), self.min_redundancy)
+            record = await self._store(data, k, m, candidates, failed)
+            if record is not None:
+                if (k, m) != (layout.k, layout.m):
+                    self.stats.reduced_writes += 1
+                    log.info(
+                        "chunk %s written %d-of-%d (its layout is %d-of-%d): %d nodes usable",
+                        record.id.hex(),
+                        k,
+                        m,
+                        layout.k,
+                        layout.m,
+                        len(candidates),
+                    )
+                    record = msgspec.structs.replace(record, want_k=layout.k, want_m=layout.m)
+                return record
+        raise NotEnoughNodes(
+            f"a chunk could not be stored with {self.min_redundancy} shard(s) to spare: "
+            f"nodes {', '.join(sorted(failed))} failed"
+        )
+
+    async def _store(
+        self,
+        data: bytes | memoryview,
+        k: int,
+        m: int,
+        candidates: list[Candidate],
+        failed: set[str],
+    ) -> ChunkRecord | None:
+        """Encode k-of-m and upload the m shards (a failing node replaced by the
+        next-ranked one); the record, or None if too few shards were stored to
+        survive ``min_redundancy`` more losses (the failing nodes are added to
+        ``failed`` and what was stored is deleted)."""
+        chunk_id = os.urandom(16)
+        encoded = await encode_chunk_async(data, k, m)
+        targets = place(chunk_id, candidates, m)
         # Fallbacks for a failed upload: every other node up, best score first.
         ranked = sorted(candidates, key=lambda c: -score(chunk_id, c))
         spare = [c.node for c in ranked if c.node not in targets]
@@ -134,10 +203,9 @@ class DataClient:
                     return
                 except PrismError as exc:
                     self.stats.failed_nodes.add(node)
+                    failed.add(node)
+                    self._suspects[node] = trio.current_time() + SUSPECT_S
                     if not spare:
-                        # A degraded write: the chunk is recorded without this
-                        # shard (node ""), readable from the others; repair
-                        # restores full redundancy later.
                         log.warning("shard %s to %s failed (%s); no other node", sid, node, exc)
                         placed[i] = ""
                         return
@@ -146,25 +214,35 @@ class DataClient:
 
         with single_exception():
             async with trio.open_nursery() as nursery:
-                for i in range(layout.m):
+                for i in range(m):
                     nursery.start_soon(upload, i)
         stored = sum(1 for n in placed if n)
-        if stored < layout.k:
-            raise NotEnoughNodes(
-                f"only {stored} of the {layout.k} shards a chunk needs could be stored"
-            )
-        if stored < layout.m:
+        if stored < m and stored < k + self.min_redundancy:
+            # Too little redundancy to acknowledge: drop it, try with the others.
+            await self._delete_quietly(chunk_id, placed)
+            return None
+        if stored < m:
+            # Degraded, but survives min_redundancy more losses: the shards that
+            # could not be stored (node "") are rebuilt by repair.
             self.stats.degraded_writes += 1
         return ChunkRecord(
             chunk_id,
             encoded.length,
             encoded.shard_size,
-            layout.k,
-            layout.m,
+            k,
+            m,
             tuple(placed),
             encoded.checksums,
             block_sums=encoded.block_sums,
         )
+
+    async def _delete_quietly(self, chunk_id: bytes, placed: list[str]) -> None:
+        """Best effort: the orphan sweep removes what this cannot."""
+        for i, node in enumerate(placed):
+            if node:
+                with contextlib.suppress(PrismError):
+                    address = await self._address(node)
+                    await self.pool.call(address, DeleteShards((shard_id(chunk_id, i),)), timeout=5)
 
     # --- reading ---------------------------------------------------------------------------
 

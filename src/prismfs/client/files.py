@@ -197,9 +197,11 @@ class OpenFile:
         self._records = records
         coded = [r for r in records.values() if not r.is_inline]
         if coded:
-            any_record = coded[0]
-            if (any_record.k, any_record.m) != (self.layout.k, self.layout.m):
-                self.layout = Layout(any_record.k, any_record.m, self.chunk_size)
+            # The file's layout, as its chunks say (a chunk written with a
+            # reduced layout names the one it should have).
+            k, m = coded[0].layout
+            if (k, m) != (self.layout.k, self.layout.m):
+                self.layout = Layout(k, m, self.chunk_size)
         elif self.layout.chunk_size != self.chunk_size:
             self.layout = Layout(self.layout.k, self.layout.m, self.chunk_size)
         self._cache.clear()

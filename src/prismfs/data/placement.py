@@ -60,6 +60,25 @@ class NotEnoughNodes(Unavailable):
     code = "not_enough_nodes"
 
 
+def fit_layout(k: int, m: int, up: int, min_redundancy: int) -> tuple[int, int]:
+    """The layout to write a k-of-m chunk with when only ``up`` nodes can take a
+    shard: k-of-m itself if they suffice; else the widest layout on those nodes
+    that still survives ``min_redundancy`` more losses (m' = up shards of which
+    at most up - min_redundancy are data: 2-of-3 on two nodes is two replicas).
+    `NotEnoughNodes`, naming the setting, if not even that is possible."""
+    if up >= m:
+        return k, m
+    k_fit = min(k, up - min_redundancy)
+    if k_fit < 1:
+        raise NotEnoughNodes(
+            f"only {up} node{'s are' if up != 1 else ' is'} up: an acknowledged write must "
+            f"survive {min_redundancy} more node loss{'es' if min_redundancy != 1 else ''} "
+            f"([data] min_redundancy = {min_redundancy}), which needs {min_redundancy + 1} "
+            "nodes up"
+        )
+    return k_fit, up
+
+
 def score(chunk_id: bytes, candidate: Candidate) -> float:
     h = xxhash.xxh3_64_intdigest(chunk_id + b"\0" + candidate.node.encode())
     u = (h + 1) / (2**64 + 1)  # in (0, 1), never 0

@@ -1,4 +1,5 @@
-"""Moving shards between live nodes, run by the Raft leader: drains and rebalancing.
+"""Moving shards between live nodes, run by the Raft leader: drains, re-encoding
+and rebalancing.
 
 Theory of operation. A shard moves in three steps, so redundancy never
 drops while it moves: its bytes are copied from the node that holds it to
@@ -21,7 +22,12 @@ differ by more than ``spread`` (a fraction of the mean fill) and a move
 still improves it, shards move from the fullest to the emptiest node (never
 to a node that holds the chunk, never out of a failure domain the chunk
 would then miss). Rebalancing waits while repair has work; draining does
-not. Both are paced to ``mb_per_s`` (bytes read plus written).
+not. Re-encoding: a chunk written with a reduced layout (fewer nodes were
+up than its file's layout needs; the record names the layout it should
+have) is read, encoded with that layout as a new chunk on the nodes
+placement picks, and swapped in (`ReencodeChunk`, refused if the file
+changed it meanwhile) once enough nodes are up; its old shards go through
+GC. All three are paced to ``mb_per_s`` (bytes read plus written).
 
 Progress (`MoveStats`) is kept in the leader's memory and shown by
 ``prismfs cluster status``; a new leader starts counting from zero.
@@ -30,6 +36,7 @@ Progress (`MoveStats`) is kept in the leader's memory and shown by
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -37,13 +44,14 @@ from typing import TypeVar
 import trio
 
 from prismfs.clock import wall_ns
+from prismfs.data.codec import encode_chunk_async
 from prismfs.data.messages import DeleteShards, GetShard, PutShard
-from prismfs.data.placement import Candidate, score, up_candidates
-from prismfs.data.repair import Health, repair_chunk
+from prismfs.data.placement import Candidate, place, score, up_candidates
+from prismfs.data.repair import Health, read_from_shards, repair_chunk, usable
 from prismfs.data.stores import shard_id
 from prismfs.errors import NotFound, PrismError
 from prismfs.exception_groups import single_exception
-from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo
+from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo, ReencodeChunk
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
@@ -65,6 +73,8 @@ class MoveStats:
     draining: dict[str, int] = field(default_factory=dict)  # node -> shards still on it
     drain_total: dict[str, int] = field(default_factory=dict)  # node -> shards when first seen
     passes: int = 0
+    reduced: int = 0  # chunks still written with a reduced layout (last pass)
+    reencoded: int = 0  # chunks given their file's layout back
 
 
 class Mover:
@@ -100,6 +110,7 @@ class Mover:
                 continue
             try:
                 await self.drain_pass()
+                await self.reencode_pass()
                 if not self.health.stats.pending:
                     await self.rebalance_pass()
             except PrismError as exc:
@@ -151,6 +162,80 @@ class Mover:
     def all_on(self, node: str) -> list[ChunkRecord]:
         """Every chunk record with a shard on ``node``."""
         return [r for r in self.namespace.iter_chunks_on({node}) if node in r.nodes]
+
+    # --- re-encoding ----------------------------------------------------------------------
+
+    async def reencode_pass(self) -> int:
+        """Chunks written with a reduced layout (too few nodes were up) get their
+        file's layout back once enough nodes are up; returns how many."""
+        if not self.namespace.reduced_count():
+            self.stats.reduced = 0
+            return 0
+        nodes = {n.node: n for n in self.namespace.nodes()}
+        up = sum(1 for n in nodes.values() if n.state == "up")
+        records = [r for r in self.namespace.reduced_chunks(limit=MOVES_PER_PASS)]
+        self.stats.reduced = self.namespace.reduced_count()
+        ready = [r for r in records if up >= r.layout[1]]
+        if not ready:
+            return 0
+        self.stats.passes += 1
+        done = await self._run_moves(ready, lambda rec: self.reencode(rec, nodes))
+        if done:
+            log.info("re-encoded %d chunks to their layout", done)
+        return done
+
+    async def reencode(self, rec: ChunkRecord, nodes: dict[str, NodeInfo]) -> bool:
+        """Read the chunk, encode it with its file's layout as a new chunk on the
+        nodes placement picks, commit (`ReencodeChunk`, refused if the file
+        changed it meanwhile); the old shards go through GC."""
+        started = trio.current_time()
+        k, m = rec.layout
+        lost = {n.node for n in nodes.values() if n.state in ("down", "removed")}
+        sources = [i for i, n in enumerate(rec.nodes) if usable(n, lost, nodes)]
+        new_id = os.urandom(16)
+        placed: list[str] = []
+        try:
+            data = await read_from_shards(self.pool, rec, sources, nodes)
+            encoded = await encode_chunk_async(data, k, m)
+            placed = place(new_id, up_candidates(nodes.values()), m)
+
+            async def put(i: int) -> None:
+                await self.pool.call(
+                    nodes[placed[i]].address,
+                    PutShard(shard_id(new_id, i), encoded.checksums[i]),
+                    encoded.shards[i],
+                )
+
+            with single_exception():
+                async with trio.open_nursery() as nursery:
+                    for i in range(m):
+                        nursery.start_soon(put, i)
+            record = ChunkRecord(
+                new_id,
+                encoded.length,
+                encoded.shard_size,
+                k,
+                m,
+                tuple(placed),
+                encoded.checksums,
+                block_sums=encoded.block_sums,
+            )
+            proposed = await self.consensus.propose_internal(
+                encode_message(ReencodeChunk(wall_ns(), rec.id, record))
+            )
+        except PrismError as exc:
+            log.info("re-encoding chunk %s failed, will retry: %s", rec.id.hex(), exc.message)
+            return False
+        result = decode_message(proposed.result)
+        if getattr(result, "code", "") == NotFound.code:
+            log.debug("chunk %s changed during its re-encoding", rec.id.hex())
+            for i, node in enumerate(placed):  # nothing refers to the new shards
+                self._deletes.append((trio.current_time(), node, shard_id(new_id, i)))
+            return False
+        self.stats.reencoded += 1
+        spent = rec.shard_size * rec.k + encoded.shard_size * m
+        await trio.sleep_until(started + spent * PARALLEL_MOVES / (self.mb_per_s * 1e6))
+        return True
 
     # --- rebalancing ----------------------------------------------------------------------
 

@@ -274,6 +274,41 @@ def usable(node: str, lost: set[str], nodes: dict[str, NodeInfo]) -> bool:
     return bool(node) and node not in lost and info is not None and info.state != "removed"
 
 
+async def read_from_shards(
+    pool: RpcPool, rec: ChunkRecord, sources: Sequence[int], nodes: dict[str, NodeInfo]
+) -> bytes:
+    """The chunk's bytes from k of the shards ``sources`` (each checked against its
+    checksum where it is read and again here); `NotEnoughShardsToRepair` if fewer
+    than k can be read."""
+    got: dict[int, bytes] = {}
+    for i in sources:
+        if len(got) >= rec.k:
+            break
+        info = nodes[rec.nodes[i]]
+        try:
+            reply = await pool.call(
+                info.address,
+                GetShard(shard_id(rec.id, i), checksum=rec.checksums[i]),
+                timeout=30,
+            )
+            got[i] = bytes(reply.payload)
+        except PrismError as exc:
+            log.info("shard %d of %s unreadable: %s", i, rec.id.hex(), exc.message)
+    if len(got) < rec.k:
+        raise NotEnoughShardsToRepair(
+            f"{len(got)} of the {rec.k} shards needed are readable ({rec.m - len(sources)} lost)"
+        )
+    decoded = await decode_chunk_async(
+        got,
+        k=rec.k,
+        m=rec.m,
+        length=rec.length,
+        shard_size=rec.shard_size,
+        checksums=rec.checksums,
+    )
+    return decoded.data
+
+
 async def repair_chunk(
     consensus: Consensus,
     pool: RpcPool,
@@ -291,33 +326,8 @@ async def repair_chunk(
     if not missing and not rewrite:
         return 0
     sources = [i for i in range(rec.m) if i not in missing and i not in rewrite]
-    got: dict[int, bytes] = {}
-    for i in sources:
-        if len(got) >= rec.k:
-            break
-        info = nodes[rec.nodes[i]]
-        try:
-            reply = await pool.call(
-                info.address,
-                GetShard(shard_id(rec.id, i), checksum=rec.checksums[i]),
-                timeout=30,
-            )
-            got[i] = bytes(reply.payload)
-        except PrismError as exc:
-            log.info("repair: shard %d of %s unreadable: %s", i, rec.id.hex(), exc.message)
-    if len(got) < rec.k:
-        raise NotEnoughShardsToRepair(
-            f"{len(got)} of the {rec.k} shards needed are readable ({len(missing)} lost)"
-        )
-    decoded = await decode_chunk_async(
-        got,
-        k=rec.k,
-        m=rec.m,
-        length=rec.length,
-        shard_size=rec.shard_size,
-        checksums=rec.checksums,
-    )
-    encoded = await encode_chunk_async(decoded.data, rec.k, rec.m)
+    data = await read_from_shards(pool, rec, sources, nodes)
+    encoded = await encode_chunk_async(data, rec.k, rec.m)
     for i in missing + rewrite:
         if encoded.checksums[i] != rec.checksums[i]:
             raise InternalError(f"shard {i} of {rec.id.hex()} rebuilt differently")

@@ -411,7 +411,11 @@ class MetaClient:
 
     async def nodes(self) -> tuple[NodeInfo, ...]:
         """The node registry: every storage node, its zone, capacity, state and usage."""
-        return (await self.query(ListNodes(), NodeList)).nodes
+        return (await self.registry()).nodes
+
+    async def registry(self) -> NodeList:
+        """The node registry and the cluster settings placement needs."""
+        return await self.query(ListNodes(), NodeList)
 
     async def create_token(self, token_id: str, digest: bytes, scope: str, name: str) -> None:
         await self.propose(CreateToken(now_ns(), token_id, digest, scope, name))  # type: ignore[arg-type]

@@ -220,10 +220,25 @@ class ChunkRecord(Message, frozen=True):
     block_sums: tuple[bytes, ...] = ()
     """Per data shard (k of them, or none): xxh3-64 digests of its 128 KiB
     blocks, for reads of a part of a chunk (see `prismfs.data.codec`)."""
+    want_k: U8 = 0
+    want_m: U8 = 0
+    """The layout the chunk should have, when it was written with a smaller one
+    because too few nodes were up (0: as ``k`` and ``m``). The leader's mover
+    re-encodes such a chunk to this layout once enough nodes are up."""
 
     @property
     def is_inline(self) -> bool:
         return self.k == 0
+
+    @property
+    def reduced(self) -> bool:
+        """Written with a smaller layout than its file's (see ``want_k``)."""
+        return bool(self.want_m) and (self.want_k, self.want_m) != (self.k, self.m)
+
+    @property
+    def layout(self) -> tuple[int, int]:
+        """(k, m) of the layout this chunk's file asks for."""
+        return (self.want_k, self.want_m) if self.want_m else (self.k, self.m)
 
 
 class CommitChunks(MetaCommand, frozen=True):
@@ -243,6 +258,16 @@ class CommitChunks(MetaCommand, frozen=True):
     chunks: tuple[tuple[U64, ChunkRecord], ...]
     size: U64
     expect: tuple[tuple[bytes, U32], ...] = ()
+
+
+class ReencodeChunk(MetaCommand, frozen=True):
+    """The leader's mover re-encoded a chunk written with a reduced layout: the
+    record of chunk ``chunk_id`` becomes ``record`` (same bytes, new chunk id,
+    the full layout); the old record goes to the GC queue. Refused
+    (`NotFound`) if no file holds that chunk any more (it was rewritten)."""
+
+    chunk_id: bytes
+    record: ChunkRecord
 
 
 class GcDone(MetaCommand, frozen=True):
@@ -505,6 +530,13 @@ class NodeList(Message, frozen=True):
     family: ClassVar[str] = "meta"
 
     nodes: tuple[NodeInfo, ...]
+    min_redundancy: U8 = 1
+    """How many more node losses a chunk must survive when its write is
+    acknowledged (the cluster setting `MIN_REDUNDANCY_XATTR`)."""
+
+
+MIN_REDUNDANCY_XATTR = b"prismfs.min_redundancy"
+"""On the root directory: the cluster's ``[data] min_redundancy``, set by the leader."""
 
 
 class GetLayout(MetaQuery, frozen=True):

@@ -70,6 +70,7 @@ from prismfs.meta.commands import (
     DEFAULT_CHUNK_SIZE,
     INLINE_MAX,
     MAX_BATCH,
+    MIN_REDUNDANCY_XATTR,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,
@@ -117,6 +118,7 @@ from prismfs.meta.commands import (
     OpenSession,
     ReadDir,
     ReadLink,
+    ReencodeChunk,
     RegisterNode,
     Release,
     RemoveXattr,
@@ -146,7 +148,10 @@ LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
 CHUNK_PAGE = 500  # chunk records per page of `chunks_on` and `coded_chunks`
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+INDEXES = """
+CREATE INDEX IF NOT EXISTS chunks_reduced ON chunks (chunk_id) WHERE reduced = 1;
+"""
 DEFAULT_LEASE_NS = 60 * 10**9
 MIN_LEASE_NS = 10**9
 MAX_LEASE_NS = 86_400 * 10**9
@@ -180,6 +185,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     idx INTEGER NOT NULL,
     record BLOB NOT NULL,
     chunk_id BLOB NOT NULL,
+    reduced INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (ino, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (chunk_id);
@@ -301,6 +307,7 @@ class Namespace:
             )
             self.db.execute("COMMIT")
         self._migrate()
+        self.db.executescript(INDEXES)
         # Told of session starts, renewals and ends as they apply (the leader
         # times leases on its own clock, see `OpenSession`).
         self.session_observer: SessionObserver | None = None
@@ -329,6 +336,7 @@ class Namespace:
             SetNodeState: self._set_node_state,
             SetNodeZone: self._set_node_zone,
             MoveShards: self._move_shards,
+            ReencodeChunk: self._reencode_chunk,
             CreateToken: self._create_token,
             RevokeToken: self._revoke_token,
         }
@@ -343,7 +351,7 @@ class Namespace:
             StatFs: lambda q: self.statfs(),
             GcPending: lambda q: GcEntries(tuple(self.gc_pending(q.limit))),
             GetDigest: lambda q: MetaValue(self.digest().encode()),
-            ListNodes: lambda q: NodeList(tuple(self.nodes())),
+            ListNodes: lambda q: NodeList(tuple(self.nodes()), self.min_redundancy()),
             ListTokens: lambda q: TokenList(tuple(self.tokens())),
             GetToken: lambda q: self.token(q.token_id),
             GetLayout: lambda q: MetaValue(self.effective_layout(q.ino)),
@@ -366,6 +374,9 @@ class Namespace:
             self.db.execute("ALTER TABLE sessions RENAME COLUMN expires_ns TO lease_ns")
             self.db.execute("UPDATE sessions SET lease_ns = ?", (DEFAULT_LEASE_NS,))
             self.db.execute("INSERT OR IGNORE INTO state VALUES ('clock_ns', 0)")
+        if version < 3:
+            # Chunks written with a reduced layout are marked (and indexed).
+            self.db.execute("ALTER TABLE chunks ADD COLUMN reduced INTEGER NOT NULL DEFAULT 0")
         self.db.execute("UPDATE state SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         self.db.execute("COMMIT")
 
@@ -553,6 +564,7 @@ class Namespace:
         finally:
             source.close()
         self._migrate()
+        self.db.executescript(INDEXES)
 
     @property
     def applied(self) -> int:
@@ -1077,6 +1089,10 @@ class Namespace:
             if not stat.S_ISDIR(mode):
                 raise InvalidArgument("prismfs.layout can only be set on a directory")
             Layout.parse(c.value)  # InvalidArgument for a bad one
+        if c.name == MIN_REDUNDANCY_XATTR and (
+            c.ino != ROOT_INO or c.value not in (b"0", b"1", b"2", b"3", b"4")
+        ):
+            raise InvalidArgument("prismfs.min_redundancy is 0 to 4, on the root directory")
         if not c.name or len(c.name) > XATTR_NAME_MAX:
             raise OutOfRange(f"attribute name of {len(c.name)} bytes")
         if len(c.value) > XATTR_VALUE_MAX:
@@ -1253,8 +1269,8 @@ class Namespace:
             if old is not None:
                 self._gc_push(old)
             self.db.execute(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
-                (c.ino, idx, encode_message(rec), rec.id),
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                (c.ino, idx, encode_message(rec), rec.id, int(rec.reduced)),
             )
             for node in filter(None, rec.nodes):
                 self.db.execute(
@@ -1264,6 +1280,50 @@ class Namespace:
                 )
         self._set_size(c.ino, size, c.now_ns)
         return self.getattr(c.ino)
+
+    def _reencode_chunk(self, c: ReencodeChunk) -> None:
+        rec = c.record
+        rows = self.db.execute(
+            "SELECT ino, idx, record FROM chunks WHERE chunk_id = ?", (c.chunk_id,)
+        ).fetchall()
+        if not rows:
+            raise NotFound(f"no file holds chunk {c.chunk_id.hex()} any more")
+        if not _well_formed(rec) or rec.is_inline or rec.id == c.chunk_id:
+            raise InvalidArgument("malformed record for a re-encoded chunk")
+        for ino, idx, blob in rows:
+            if _record(blob).length != rec.length:
+                raise NotFound(f"chunk {c.chunk_id.hex()} changed during its re-encoding")
+            self.db.execute(
+                "UPDATE chunks SET record = ?, chunk_id = ?, reduced = ? WHERE ino = ? AND idx = ?",
+                (encode_message(rec), rec.id, int(rec.reduced), ino, idx),
+            )
+            self._gc_push(bytes(blob))
+        for node in filter(None, rec.nodes):
+            self.db.execute(
+                "INSERT INTO node_usage VALUES (?, ?)"
+                " ON CONFLICT (node) DO UPDATE SET bytes = bytes + excluded.bytes",
+                (node, rec.shard_size),
+            )
+
+    def reduced_chunks(self, after: bytes = b"", limit: int = CHUNK_PAGE) -> list[ChunkRecord]:
+        """Chunk records written with a reduced layout, by id after ``after``."""
+        rows = self.db.execute(
+            "SELECT record FROM chunks WHERE reduced = 1 AND chunk_id > ? ORDER BY chunk_id"
+            " LIMIT ?",
+            (after, limit),
+        )
+        return [_record(r[0]) for r in rows]
+
+    def reduced_count(self) -> int:
+        (count,) = self.db.execute("SELECT count(*) FROM chunks WHERE reduced = 1").fetchone()
+        return int(count)
+
+    def min_redundancy(self) -> int:
+        """The cluster's ``[data] min_redundancy`` as the leader set it (default 1)."""
+        row = self.db.execute(
+            "SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ROOT_INO, MIN_REDUNDANCY_XATTR)
+        ).fetchone()
+        return 1 if row is None else int(bytes(row[0]))
 
     def _gc_done(self, c: GcDone) -> None:
         for seq in sorted(set(c.seqs)):
@@ -1374,7 +1434,8 @@ class Namespace:
 
     def chunk_health(self, bad: set[str]) -> tuple[int, int, int, int]:
         """(chunks with shards, healthy, degraded, unavailable), counting shards on
-        ``bad`` nodes or never stored as lost."""
+        ``bad`` nodes or never stored as lost; a chunk written with a reduced
+        layout (fewer nodes were up) is degraded until it is re-encoded."""
         total = healthy = degraded = unavailable = 0
         for (blob,) in self.db.execute("SELECT record FROM chunks"):
             rec = _record(blob)
@@ -1382,7 +1443,7 @@ class Namespace:
                 continue
             total += 1
             live = sum(1 for n in rec.nodes if n and n not in bad)
-            if live >= rec.m:
+            if live >= rec.m and not rec.reduced:
                 healthy += 1
             elif live >= rec.k:
                 degraded += 1

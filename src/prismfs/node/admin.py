@@ -117,6 +117,7 @@ class ClusterHealthReply(AdminMessage, frozen=True):
     repaired_bytes: U64
     scrub: ScrubReport
     moves: MoveReport = MoveReport(0, 0, 0, ())
+    reduced: U64 = 0  # of the degraded: written with a reduced layout (too few nodes up)
 
 
 class Fsck(AdminMessage, frozen=True):
@@ -254,6 +255,7 @@ class Admin:
             repaired_chunks=stats.chunks_repaired,
             repaired_bytes=stats.bytes_written,
             scrub=self._scrub_report(),
+            reduced=self.namespace.reduced_count(),
             moves=MoveReport(
                 moves.shards_moved,
                 moves.bytes_moved,

@@ -139,6 +139,11 @@ class DataSection(_Section):
     file before the move still find it there)."""
     scrub_mb_per_s: float = 50.0
     """How fast a scrub pass reads shards (MB/s, summed over the nodes)."""
+    min_redundancy: int = 1
+    """How many more node losses every acknowledged chunk must survive. With too
+    few nodes up for a directory's layout, writes use a smaller one that keeps
+    this margin (re-encoded when nodes return); below it they fail. The
+    leader's value holds for the whole cluster: set the same on every node."""
     default_layout: str = ""
     """The cluster-wide default layout (k=,m=,chunk=). If set, the leader writes it
     to the root directory's prismfs.layout once, unless the root has one."""
@@ -242,5 +247,7 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("http.max_upload_gib must be more than 0")
     if not 0 <= config.http.token_cache_s <= 3600:
         raise ConfigError("http.token_cache_s must be between 0 and 3600")
+    if not 0 <= config.data.min_redundancy <= 4:
+        raise ConfigError("data.min_redundancy must be between 0 and 4")
     if not 1 <= config.http.max_connections <= 1_000_000:
         raise ConfigError("http.max_connections must be between 1 and 1000000")

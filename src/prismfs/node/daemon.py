@@ -42,6 +42,7 @@ from prismfs.exception_groups import single_exception
 from prismfs.gateway.server import serve_http
 from prismfs.ids import NodeId
 from prismfs.meta.commands import (
+    MIN_REDUNDANCY_XATTR,
     ROOT_INO,
     XATTR_CREATE,
     RegisterNode,
@@ -212,6 +213,7 @@ async def serve_node(
                 nursery.start_soon(
                     _default_layout, consensus, namespace, config.data.default_layout
                 )
+            nursery.start_soon(_min_redundancy, consensus, namespace, config.data.min_redundancy)
             nursery.start_soon(gc_loop, consensus, namespace, pool, config.data.gc_interval_s)
             nursery.start_soon(
                 orphan_loop,
@@ -302,6 +304,21 @@ async def _default_layout(consensus: Consensus, namespace: Namespace, layout: st
             return
         except PrismError as exc:
             log.debug("default layout not set yet: %s", exc.message)
+
+
+async def _min_redundancy(consensus: Consensus, namespace: Namespace, value: int) -> None:
+    """On the leader: publish ``[data] min_redundancy`` to the clients (an
+    attribute of the root directory, read with the node registry)."""
+    while True:
+        await trio.sleep(1.0)
+        if consensus.role != "leader" or namespace.min_redundancy() == value:
+            continue
+        command = SetXattr(wall_ns(), ROOT_INO, MIN_REDUNDANCY_XATTR, str(value).encode())
+        try:
+            await consensus.propose_internal(encode_message(command))
+            log.info("cluster min_redundancy set to %d", value)
+        except PrismError as exc:
+            log.debug("min_redundancy not set yet: %s", exc.message)
 
 
 async def _register(
