@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from prismfs.errors import InvalidArgument, NotFound, SessionExpired
@@ -226,6 +227,8 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
     ns = Namespace(path)
     ns.db.execute("DROP TABLE sessions")
     ns.db.execute("CREATE TABLE sessions (session TEXT PRIMARY KEY, expires_ns INTEGER NOT NULL)")
+    ns.db.execute("DROP INDEX chunks_reduced")
+    ns.db.execute("ALTER TABLE chunks DROP COLUMN reduced")
     ns.db.execute("INSERT INTO sessions VALUES ('s', 123)")
     ns.db.execute("UPDATE state SET value = 1 WHERE key = 'schema'")
     ns.db.execute("DELETE FROM state WHERE key = 'clock_ns'")
@@ -235,6 +238,7 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
     assert migrated.db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()[0] >= 2
     with pytest.raises(sqlite3.OperationalError):
         migrated.db.execute("SELECT expires_ns FROM sessions")
+    assert migrated.reduced_count() == 0
 
 
 # --- chunk maps, truncate, GC, statfs ------------------------------------------------------
@@ -515,3 +519,25 @@ def test_a_commit_never_shortens_the_file(d: Driver) -> None:
     assert attr.size == 8192
     assert [r.id for _, r in d.ns.chunk_map(ino).chunks] == [b"c", b"b"]
     assert [r.id for _, r in d.ns.gc_pending()] == [b"a"]
+
+
+def test_a_reduced_chunk_is_reencoded_unless_it_changed(d: Driver) -> None:
+    from prismfs.meta.commands import ReencodeChunk
+
+    ino = make_file(d, chunk_size=4096)
+    small = ChunkRecord(b"r1", 100, 100, 1, 2, ("a", "b"), want_k=2, want_m=3)
+    d.run(CommitChunks(1, ino, ((0, small),), 100))
+    assert small.reduced and small.layout == (2, 3)
+    assert d.ns.reduced_count() == 1 and d.ns.reduced_chunks()[0].id == b"r1"
+    total, healthy, degraded, _ = d.ns.chunk_health(set())
+    assert (total, healthy, degraded) == (1, 0, 1)  # below its layout: degraded
+    full = ChunkRecord(b"f1", 100, 50, 2, 3, ("a", "b", "c"))
+    with pytest.raises(NotFound):  # the file replaced it meanwhile
+        d.run(ReencodeChunk(2, b"gone", full))
+    with pytest.raises(NotFound):  # not the same bytes
+        d.run(ReencodeChunk(2, b"r1", msgspec.structs.replace(full, length=99)))
+    d.run(ReencodeChunk(3, b"r1", full))
+    assert d.ns.chunk_map(ino).chunks[0][1].id == b"f1"
+    assert d.ns.reduced_count() == 0
+    assert [r.id for _, r in d.ns.gc_pending()] == [b"r1"]
+    assert d.ns.chunk_health(set())[1] == 1

@@ -368,17 +368,20 @@ class Namespace:
         if version >= SCHEMA_VERSION:
             return
         self.db.execute("BEGIN")
-        if version < 2:
+        if version < 2 and "expires_ns" in self._columns("sessions"):
             # Leases were absolute wall-clock expiry times; they become lease
             # lengths timed by the leader (every session gets the default).
             self.db.execute("ALTER TABLE sessions RENAME COLUMN expires_ns TO lease_ns")
             self.db.execute("UPDATE sessions SET lease_ns = ?", (DEFAULT_LEASE_NS,))
-            self.db.execute("INSERT OR IGNORE INTO state VALUES ('clock_ns', 0)")
-        if version < 3:
+        self.db.execute("INSERT OR IGNORE INTO state VALUES ('clock_ns', 0)")
+        if "reduced" not in self._columns("chunks"):
             # Chunks written with a reduced layout are marked (and indexed).
             self.db.execute("ALTER TABLE chunks ADD COLUMN reduced INTEGER NOT NULL DEFAULT 0")
         self.db.execute("UPDATE state SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         self.db.execute("COMMIT")
+
+    def _columns(self, table: str) -> set[str]:
+        return {str(r[1]) for r in self.db.execute(f"PRAGMA table_info({table})")}
 
     # --- StateMachine ---------------------------------------------------------
 
