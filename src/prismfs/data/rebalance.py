@@ -36,7 +36,6 @@ Progress (`MoveStats`) is kept in the leader's memory and shown by
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -44,10 +43,9 @@ from typing import TypeVar
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.data.codec import encode_chunk_async
 from prismfs.data.messages import DeleteShards, GetShard, PutShard
-from prismfs.data.placement import Candidate, place, score, up_candidates
-from prismfs.data.repair import Health, read_from_shards, repair_chunk, usable
+from prismfs.data.placement import Candidate, score, up_candidates
+from prismfs.data.repair import Health, read_from_shards, repair_chunk, store_chunk, usable
 from prismfs.data.stores import shard_id
 from prismfs.errors import NotFound, PrismError
 from prismfs.exception_groups import single_exception
@@ -189,37 +187,11 @@ class Mover:
         nodes placement picks, commit (`ReencodeChunk`, refused if the file
         changed it meanwhile); the old shards go through GC."""
         started = trio.current_time()
-        k, m = rec.layout
         lost = {n.node for n in nodes.values() if n.state in ("down", "removed")}
         sources = [i for i, n in enumerate(rec.nodes) if usable(n, lost, nodes)]
-        new_id = os.urandom(16)
-        placed: list[str] = []
         try:
             data = await read_from_shards(self.pool, rec, sources, nodes)
-            encoded = await encode_chunk_async(data, k, m)
-            placed = place(new_id, up_candidates(nodes.values()), m)
-
-            async def put(i: int) -> None:
-                await self.pool.call(
-                    nodes[placed[i]].address,
-                    PutShard(shard_id(new_id, i), encoded.checksums[i]),
-                    encoded.shards[i],
-                )
-
-            with single_exception():
-                async with trio.open_nursery() as nursery:
-                    for i in range(m):
-                        nursery.start_soon(put, i)
-            record = ChunkRecord(
-                new_id,
-                encoded.length,
-                encoded.shard_size,
-                k,
-                m,
-                tuple(placed),
-                encoded.checksums,
-                block_sums=encoded.block_sums,
-            )
+            record = await store_chunk(self.pool, data, *rec.layout, nodes)
             proposed = await self.consensus.propose_internal(
                 encode_message(ReencodeChunk(wall_ns(), rec.id, record))
             )
@@ -229,11 +201,11 @@ class Mover:
         result = decode_message(proposed.result)
         if getattr(result, "code", "") == NotFound.code:
             log.debug("chunk %s changed during its re-encoding", rec.id.hex())
-            for i, node in enumerate(placed):  # nothing refers to the new shards
-                self._deletes.append((trio.current_time(), node, shard_id(new_id, i)))
+            for i, node in enumerate(record.nodes):  # nothing refers to the new shards
+                self._deletes.append((trio.current_time(), node, shard_id(record.id, i)))
             return False
         self.stats.reencoded += 1
-        spent = rec.shard_size * rec.k + encoded.shard_size * m
+        spent = rec.shard_size * rec.k + record.shard_size * record.m
         await trio.sleep_until(started + spent * PARALLEL_MOVES / (self.mb_per_s * 1e6))
         return True
 
@@ -337,7 +309,13 @@ class Mover:
             try:
                 return bool(
                     await repair_chunk(
-                        self.consensus, self.pool, rec, {src}, nodes, self.health.stats
+                        self.consensus,
+                        self.pool,
+                        rec,
+                        {src},
+                        nodes,
+                        self.health.stats,
+                        min_redundancy=self.namespace.min_redundancy(),
                     )
                 )
             except PrismError as exc2:

@@ -31,6 +31,7 @@ it comes back, its orphan sweep (which asks which shards a record places on
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,11 +40,17 @@ import trio
 from prismfs.clock import wall_ns
 from prismfs.data.codec import decode_chunk_async, encode_chunk_async
 from prismfs.data.messages import GetShard, HeartbeatAck, NodeHeartbeat, PutShard
-from prismfs.data.placement import NotEnoughNodes, place, up_candidates
+from prismfs.data.placement import NotEnoughNodes, fit_layout, place, up_candidates
 from prismfs.data.stores import shard_id
 from prismfs.errors import InternalError, NotFound, PrismError, Unavailable
 from prismfs.exception_groups import single_exception
-from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo, SetNodeState
+from prismfs.meta.commands import (
+    ChunkRecord,
+    MoveShards,
+    NodeInfo,
+    ReencodeChunk,
+    SetNodeState,
+)
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
@@ -214,6 +221,7 @@ async def repair_pass(
         stats.unavailable = 0
         return 0
     nodes = {n.node: n for n in namespace.nodes()}
+    redundancy = namespace.min_redundancy()
 
     def live(rec: ChunkRecord) -> int:
         return sum(1 for n in rec.nodes if usable(n, lost, nodes))
@@ -229,7 +237,9 @@ async def repair_pass(
         async with limiter:
             started = trio.current_time()
             try:
-                moved = await repair_chunk(consensus, pool, rec, lost, nodes, stats)
+                moved = await repair_chunk(
+                    consensus, pool, rec, lost, nodes, stats, min_redundancy=redundancy
+                )
             except NotEnoughShardsToRepair as exc:
                 unavailable += 1
                 log.debug("chunk %s cannot be repaired now: %s", rec.id.hex(), exc.message)
@@ -309,6 +319,92 @@ async def read_from_shards(
     return decoded.data
 
 
+async def store_chunk(
+    pool: RpcPool,
+    data: bytes,
+    k: int,
+    m: int,
+    nodes: dict[str, NodeInfo],
+    want: tuple[int, int] = (0, 0),
+    stats: RepairStats | None = None,
+) -> ChunkRecord:
+    """``data`` as a new k-of-m chunk on the "up" nodes placement picks (all m
+    shards stored, or an error); its record, naming ``want`` as its layout."""
+    chunk_id = os.urandom(16)
+    encoded = await encode_chunk_async(data, k, m)
+    placed = place(chunk_id, up_candidates(nodes.values()), m)
+
+    async def put(i: int) -> None:
+        await pool.call(
+            nodes[placed[i]].address,
+            PutShard(shard_id(chunk_id, i), encoded.checksums[i]),
+            encoded.shards[i],
+        )
+        if stats is not None:
+            stats.shards_written += 1
+            stats.bytes_written += len(encoded.shards[i])
+
+    with single_exception():
+        async with trio.open_nursery() as nursery:
+            for i in range(m):
+                nursery.start_soon(put, i)
+    return ChunkRecord(
+        chunk_id,
+        encoded.length,
+        encoded.shard_size,
+        k,
+        m,
+        tuple(placed),
+        encoded.checksums,
+        block_sums=encoded.block_sums,
+        want_k=want[0],
+        want_m=want[1],
+    )
+
+
+async def reduce_chunk(
+    consensus: Consensus,
+    pool: RpcPool,
+    rec: ChunkRecord,
+    data: bytes,
+    live: int,
+    nodes: dict[str, NodeInfo],
+    stats: RepairStats,
+    min_redundancy: int,
+    why: PrismError,
+) -> int:
+    """Too few nodes are up to rebuild the chunk's lost shards elsewhere (2-of-3
+    with a node of three gone): re-encode it with the widest layout the nodes
+    up allow that survives ``min_redundancy`` more losses (two replicas), if it
+    survives fewer now; the mover restores its layout when nodes return."""
+    want = rec.layout
+    up = up_candidates(nodes.values())
+    try:
+        k, m = fit_layout(*want, len(up), min_redundancy)
+    except NotEnoughNodes as exc:
+        raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
+    if m - k <= live - rec.k:
+        raise NotEnoughShardsToRepair(f"no node to rebuild on: {why.message}")
+    record = await store_chunk(pool, data, k, m, nodes, want=want, stats=stats)
+    proposed = await consensus.propose_internal(
+        encode_message(ReencodeChunk(wall_ns(), rec.id, record))
+    )
+    result = decode_message(proposed.result)
+    if getattr(result, "code", "") == NotFound.code:
+        log.info("chunk %s changed during its repair; the rebuilt shards are orphans", rec.id.hex())
+        return 0
+    log.info(
+        "repair: chunk %s re-encoded %d-of-%d on the %d nodes up (its layout is %d-of-%d)",
+        rec.id.hex(),
+        k,
+        m,
+        len(up),
+        *want,
+    )
+    stats.chunks_repaired += 1
+    return m
+
+
 async def repair_chunk(
     consensus: Consensus,
     pool: RpcPool,
@@ -317,10 +413,14 @@ async def repair_chunk(
     nodes: dict[str, NodeInfo],
     stats: RepairStats,
     rewrite: Sequence[int] = (),
+    min_redundancy: int = 1,
 ) -> int:
     """Rebuild the chunk's lost shards on new nodes, and the ``rewrite`` ones
     (corrupt or missing on a node that is fine) where they are; returns how
-    many shards were rebuilt."""
+    many shards were rebuilt. With no node free to take a lost shard (every
+    node up holds one of the chunk), the chunk is re-encoded with a smaller
+    layout over the nodes up that survives ``min_redundancy`` more losses
+    (`reduce_chunk`), if that is more than it survives now."""
     missing = [i for i, n in enumerate(rec.nodes) if not usable(n, lost, nodes)]
     rewrite = [i for i in rewrite if i not in missing]
     if not missing and not rewrite:
@@ -337,7 +437,12 @@ async def repair_chunk(
         try:
             targets = place(rec.id, up_candidates(nodes.values(), exclude=holders), len(missing))
         except NotEnoughNodes as exc:
-            raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
+            if rewrite:
+                raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
+            live = len(rec.nodes) - len(missing)
+            return await reduce_chunk(
+                consensus, pool, rec, data, live, nodes, stats, min_redundancy, exc
+            )
 
     async def put(i: int, target: str) -> None:
         sid = shard_id(rec.id, i)

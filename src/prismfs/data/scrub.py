@@ -92,7 +92,7 @@ async def check_chunks(
             findings.chunks += 1
             bad = [i for i in range(rec.m) if shard_id(rec.id, i) in bad_shards]
             gone = [i for i, n in enumerate(rec.nodes) if not usable(n, lost, nodes)]
-            if gone:
+            if gone or rec.reduced:  # a shard lost, or written with a reduced layout
                 findings.degraded.append(rec.id.hex())
             if rec.m - len(set(bad) | set(gone)) < rec.k:
                 findings.unavailable.append(rec.id.hex())
@@ -100,7 +100,14 @@ async def check_chunks(
             if repair and (bad or gone):
                 try:
                     findings.repaired += await repair_chunk(
-                        consensus, pool, rec, lost, nodes, stats, rewrite=bad
+                        consensus,
+                        pool,
+                        rec,
+                        lost,
+                        nodes,
+                        stats,
+                        rewrite=bad,
+                        min_redundancy=namespace.min_redundancy(),
                     )
                 except PrismError as exc:
                     log.warning("could not repair chunk %s: %s", rec.id.hex(), exc.message)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trio
 
-from prismfs import __version__, clock
+from prismfs import __version__, clock, faults
 from prismfs.clock import wall_ns
 from prismfs.data.gc import gc_loop, orphan_loop
 from prismfs.data.layout import LAYOUT_XATTR, Layout
@@ -137,6 +137,7 @@ async def serve_node(
             open_rpc_pool(creds, ssl_context=peer_tls, client_name=f"node {node_id}") as pool,
             trio.open_nursery() as nursery,
         ):
+            pool.unreachable = faults.partition(config.data_dir)
             try:
                 addresses = await nursery.start(service.server.serve, host, port)
             except OSError as exc:

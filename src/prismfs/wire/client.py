@@ -23,7 +23,7 @@ import itertools
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -250,6 +250,8 @@ class RpcPool:
         self.call_timeout = call_timeout
         self.limits = limits
         self.client_name = client_name
+        # Fault injection (tests, `prismfs.faults`): addresses this process cannot reach.
+        self.unreachable: Callable[[str], bool] | None = None
         self._conns: dict[str, RpcConnection] = {}
         self._dials: dict[str, _DialAttempt] = {}
 
@@ -310,6 +312,8 @@ class RpcPool:
         timeout: float | _Default | None = DEFAULT,
     ) -> Response:
         """One call; the deadline covers connecting as well as the call itself."""
+        if self.unreachable is not None and self.unreachable(address):
+            raise Unavailable(f"{address} is unreachable (injected network partition)")
         seconds = self.call_timeout if isinstance(timeout, _Default) else timeout
         deadline = math.inf if seconds is None else trio.current_time() + seconds
         with trio.move_on_at(deadline):
