@@ -330,3 +330,53 @@ def test_a_reader_keeps_reading_while_another_mount_rewrites(
     for n, piece in zip((1, 2), rest, strict=True):
         assert piece in (old[n * chunk : (n + 1) * chunk], new[n * chunk : (n + 1) * chunk])
     assert rest[-1] == new[2 * chunk :]  # the old chunks were gone: it moved to the new version
+
+
+# --- sync: what sync(2) cannot ask of a FUSE file system ----------------------------------
+
+
+def size_in_cluster(cluster: Mount, *path: bytes) -> int:
+    async def walk(meta) -> int:  # type: ignore[no-untyped-def]
+        ino = ROOT_INO
+        for name in path:
+            ino = (await meta.lookup(ino, name)).ino
+        return int((await meta.getattr(ino)).size)
+
+    return int(trio.run(cluster.library, walk))
+
+
+def test_prismfs_sync_makes_everything_held_back_durable(
+    cluster: Mount, mounts: list[Path]
+) -> None:
+    from conftest import run_cli
+
+    mnt = mount_at(cluster, mounts, "m-sync", "settle_s=600,writeback_s=600")
+    (mnt / "s").mkdir()
+    (mnt / "s" / "old").write_bytes(b"x")
+    (mnt / "s" / "sub").mkdir()  # settles the create: the unlink below is deferred
+    buffered = os.open(mnt / "s" / "buffered", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(buffered, os.urandom(1 << 20))  # held in the mount, not committed
+    made = os.open(mnt / "s" / "made", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.unlink(mnt / "s" / "old")
+    result = run_cli("sync", str(mnt / "s"))
+    assert result.returncode == 0, result.stderr
+    kill_mount(mnt)
+    for fd in (buffered, made):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    assert size_in_cluster(cluster, b"s", b"buffered") == 1 << 20
+    assert lookup(cluster, b"s", b"made")
+    assert not lookup(cluster, b"s", b"old")
+    elsewhere = run_cli("sync", "/tmp")
+    assert elsewhere.returncode == 1 and "is not on a PrismFS mount" in elsewhere.stderr
+
+
+def test_data_held_in_an_open_file_is_written_back(cluster: Mount, mounts: list[Path]) -> None:
+    mnt = mount_at(cluster, mounts, "m-writeback", "writeback_s=1")
+    fd = os.open(mnt / "slow-log", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"line\n" * 20_000)  # then the application goes quiet, never fsyncs
+    time.sleep(3)
+    kill_mount(mnt)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    assert size_in_cluster(cluster, b"slow-log") == 100_000

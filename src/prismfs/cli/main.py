@@ -7,8 +7,10 @@ bugs only. ``--json`` output is for scripts and keeps its keys stable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -349,6 +351,36 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
 files_cli.register(cli, client_options)
 admin_cli.register(cli, node, client_options, _print_table)
 tokens_cli.register(cli, client_options, _print_table)
+
+
+@cli.command("sync")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def sync(paths: tuple[Path, ...]) -> None:
+    """Make everything the mounts of PATHS hold back durable on the cluster: data
+    buffered in open files, deferred creates and unlinks. Linux sends a FUSE
+    file system nothing on sync(1) or syncfs(2); this is their counterpart."""
+    for path in paths:
+        if not _on_prismfs(path):
+            raise ConfigError(f"{path} is not on a PrismFS mount")
+        try:
+            os.setxattr(path, "user.prismfs.sync", b"1")
+        except OSError as exc:
+            raise ConfigError(f"sync of the mount of {path} failed: {exc.strerror}") from None
+        click.echo(f"synced the mount of {path}")
+
+
+def _on_prismfs(path: Path) -> bool:
+    """Is ``path`` on a mounted PrismFS (type fuse.prismfs in /proc/mounts)?"""
+    device = os.stat(path).st_dev
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "fuse.prismfs":
+                point = fields[1].encode().decode("unicode_escape")
+                with contextlib.suppress(OSError):
+                    if os.stat(point).st_dev == device:
+                        return True
+    return False
 
 
 @cli.command("install-mount-helper")

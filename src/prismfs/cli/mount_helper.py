@@ -6,7 +6,7 @@ helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
 ``-s`` and ``-v`` are accepted, ``-f`` keeps the mount in the foreground.
 Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
 ``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
-``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_meta``,
+``writeback_s=``, ``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_meta``,
 ``settle_s=``, ``relatime`` (the default) or ``noatime``; the
 fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
 ``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
@@ -37,6 +37,7 @@ KNOWN = {
     "attr_timeout",
     "entry_timeout",
     "writeback_mb",
+    "writeback_s",
     "failmode",
     "failtimeout",
     "log",
@@ -89,6 +90,7 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         attr_timeout=option_number(options, "attr_timeout", 1.0, 0, 3600),
         entry_timeout=option_number(options, "entry_timeout", 1.0, 0, 3600),
         writeback_mb=int(option_number(options, "writeback_mb", 64, 1, 4096)),
+        writeback_s=option_number(options, "writeback_s", 30.0, 0.1, 3600),
         read_only="ro" in options,
         batch_meta="sync_meta" not in options,
         settle_s=option_number(options, "settle_s", 1.0, 0, 3600),

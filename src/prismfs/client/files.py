@@ -148,6 +148,7 @@ class OpenFile:
         self.attr_at_open: Attr | None = None
         self.changed_elsewhere = False  # the last reopen found another client's version
         self.modified_ns = 0  # wall time of the last write here
+        self.dirty_since: float | None = None  # trio time the buffers were first written
         self.prelude: list[MetaCommand] = []  # sent ahead of the next commit (see above)
         self.lost: PrismError | None = None  # the prelude was refused: this file never was
         self.session = meta.session  # the session holding it open
@@ -335,6 +336,8 @@ class OpenFile:
             pos += n
         self.size = max(self.size, offset + len(view))
         self.modified_ns = now_ns()
+        if self.dirty_since is None:
+            self.dirty_since = trio.current_time()
         if sum(len(d.buf) for d in self._dirty.values()) >= self.max_dirty:
             await self.flush()
         return len(view)
@@ -405,6 +408,7 @@ class OpenFile:
             # and committed; writes meanwhile start new buffers from them.
             snapshot, self._dirty = self._dirty, {}
             self._flushing = snapshot
+            self.dirty_since = None
             try:
                 bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
                 bases = {idx: d.base for idx, d in snapshot.items()}
@@ -415,6 +419,7 @@ class OpenFile:
                 # (a newer buffer of the same chunk already holds it).
                 for idx, dirty in snapshot.items():
                     self._dirty.setdefault(idx, dirty)
+                self.dirty_since = trio.current_time()
                 raise
             finally:
                 self._flushing = {}

@@ -111,6 +111,7 @@ class MountOptions:
     batch_meta: bool = True
     atime: bool = True  # relatime; False: noatime
     settle_s: float = 1.0  # how long a deferred create may stay unknown to other mounts
+    writeback_s: float = 30.0  # how long written data may stay buffered in an open file
 
 
 @dataclass
@@ -349,21 +350,61 @@ class PrismOperations(pyfuse3.Operations):
                 raise
 
     async def background(self) -> None:
-        """For the mount's lifetime: send releases in batches, and settle the
-        deferred creates older than ``settle_s`` (so other mounts see them)."""
-        while True:
-            await trio.sleep(RELEASE_EVERY)
+        """For the mount's lifetime: send releases in batches, settle the
+        deferred creates and unlinks older than ``settle_s`` (so other mounts
+        see them), and commit data buffered in open files for longer than
+        ``writeback_s`` (the kernel never tells a FUSE daemon of ``sync``)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(RELEASE_EVERY)
+                try:
+                    await self._send_releases()
+                    now = trio.current_time()
+                    if any(
+                        h.pending and now - h.created > self.opts.settle_s
+                        for h in self._open.values()
+                    ) or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values()):
+                        await self._settle()
+                    for handle in list(self._open.values()):
+                        f = handle.file
+                        if (
+                            f.dirty_since is not None
+                            and now - f.dirty_since > self.opts.writeback_s
+                        ):
+                            f.dirty_since = None  # one writeback at a time per file
+                            nursery.start_soon(self._write_back, handle)
+                except PrismError as exc:
+                    log.warning("background namespace work failed, will retry: %s", exc.message)
+                except Exception:
+                    log.exception("background namespace work failed, will retry")
+
+    async def _write_back(self, handle: _Handle) -> None:
+        try:
+            await handle.file.flush()
+        except PrismError as exc:  # kept dirty: the next writeback, fsync or close retries
+            log.warning(
+                "writeback of inode %d failed, will retry: %s", handle.file.ino, exc.message
+            )
+
+    async def sync_all(self) -> None:
+        """``prismfs sync``: everything this mount holds back reaches the cluster
+        (deferred unlinks and creates, data buffered in open files) and is
+        durable when this returns."""
+        await self._settle()
+        failures: list[PrismError] = []
+
+        async def flush(handle: _Handle) -> None:
             try:
-                await self._send_releases()
-                now = trio.current_time()
-                if any(
-                    h.pending and now - h.created > self.opts.settle_s for h in self._open.values()
-                ) or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values()):
-                    await self._settle()
+                await handle.file.flush()
             except PrismError as exc:
-                log.warning("background namespace work failed, will retry: %s", exc.message)
-            except Exception:
-                log.exception("background namespace work failed, will retry")
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for handle in list(self._open.values()):
+                if not handle.file.stale:
+                    nursery.start_soon(flush, handle)
+        if failures:
+            raise failures[0]
 
     # --- names -----------------------------------------------------------------------------
 
@@ -784,6 +825,9 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        if name == SYNC_XATTR:
+            await self.sync_all()  # `prismfs sync PATH`: nothing is stored
+            return
         self._writable()
         await self._settle()
         try:
@@ -851,6 +895,9 @@ class PrismOperations(pyfuse3.Operations):
 
 
 MOUNT_LAYOUT_XATTR = b"user." + LAYOUT_XATTR
+SYNC_XATTR = b"user.prismfs.sync"
+"""Setting it on any path of a mount runs `PrismOperations.sync_all` (`prismfs sync`):
+Linux sends a FUSE file system nothing on sync(2) or syncfs(2)."""
 
 
 def _dot_entry(ino: int) -> pyfuse3.EntryAttributes:

@@ -439,7 +439,7 @@ class Namespace:
         except PrismError as exc:
             self._undo()
             result = encode_message(MetaFailed(exc.code, exc.message))
-        self._finish(index, wrapper, result)
+        self._finish(index, wrapper, result, cmd)
         return result
 
     def _refuse(self, index: int, wrapper: ClientCommand | None, exc: PrismError) -> bytes:
@@ -450,9 +450,15 @@ class Namespace:
         self._finish(index, wrapper, result)
         return result
 
-    def _finish(self, index: int, wrapper: ClientCommand | None, result: bytes) -> None:
+    def _finish(
+        self, index: int, wrapper: ClientCommand | None, result: bytes, cmd: object = None
+    ) -> None:
         """Record the result for exactly-once and the applied index; commit."""
-        if wrapper is not None and self._ended(session_of_lane(wrapper.client)) is None:
+        if wrapper is not None and not (
+            # A command that ended its own session (CloseSession): its lane is fenced now.
+            isinstance(cmd, (CloseSession, ExpireSessions))
+            and self._ended(session_of_lane(wrapper.client)) is not None
+        ):
             self.db.execute(
                 "INSERT OR REPLACE INTO clients VALUES (?, ?, ?)",
                 (wrapper.client, wrapper.seq, result),
