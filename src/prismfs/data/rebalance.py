@@ -45,15 +45,21 @@ import trio
 from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards, GetShard, PutShard
 from prismfs.data.placement import Candidate, score, up_candidates
-from prismfs.data.repair import Health, read_from_shards, repair_chunk, store_chunk, usable
+from prismfs.data.repair import (
+    Health,
+    commit_chunk_change,
+    read_from_shards,
+    repair_chunk,
+    store_chunk,
+    usable,
+)
 from prismfs.data.stores import shard_id
-from prismfs.errors import NotFound, PrismError
+from prismfs.errors import PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo, ReencodeChunk
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
-from prismfs.wire.codec import decode_message, encode_message
 
 log = logging.getLogger("prismfs.data.rebalance")
 
@@ -192,14 +198,13 @@ class Mover:
         try:
             data = await read_from_shards(self.pool, rec, sources, nodes)
             record = await store_chunk(self.pool, data, *rec.layout, nodes)
-            proposed = await self.consensus.propose_internal(
-                encode_message(ReencodeChunk(wall_ns(), rec.id, record))
+            committed = await commit_chunk_change(
+                self.consensus, ReencodeChunk(wall_ns(), rec.id, record)
             )
         except PrismError as exc:
             log.info("re-encoding chunk %s failed, will retry: %s", rec.id.hex(), exc.message)
             return False
-        result = decode_message(proposed.result)
-        if getattr(result, "code", "") == NotFound.code:
+        if not committed:
             log.debug("chunk %s changed during its re-encoding", rec.id.hex())
             for i, node in enumerate(record.nodes):  # nothing refers to the new shards
                 self._deletes.append((trio.current_time(), node, shard_id(record.id, i)))
@@ -324,14 +329,13 @@ class Mover:
         body = reply.payload
         try:
             await self.pool.call(nodes[to].address, PutShard(sid, rec.checksums[i]), body)
-            proposed = await self.consensus.propose_internal(
-                encode_message(MoveShards(wall_ns(), rec.id, ((i, src, to),)))
+            committed = await commit_chunk_change(
+                self.consensus, MoveShards(wall_ns(), rec.id, ((i, src, to),))
             )
         except PrismError as exc:
             log.info("move of %s to %s failed, will retry: %s", sid, to, exc.message)
             return False
-        result = decode_message(proposed.result)
-        if getattr(result, "code", "") == NotFound.code:
+        if not committed:
             log.debug("chunk %s changed during the move of shard %d", rec.id.hex(), i)
             return False
         self.stats.shards_moved += 1

@@ -284,6 +284,15 @@ def usable(node: str, lost: set[str], nodes: dict[str, NodeInfo]) -> bool:
     return bool(node) and node not in lost and info is not None and info.state != "removed"
 
 
+async def commit_chunk_change(consensus: Consensus, command: MoveShards | ReencodeChunk) -> bool:
+    """Propose a change of where or how a chunk is stored; False if the namespace
+    refused it because the file changed the chunk meanwhile (the shards just
+    written are then orphans, which the orphan sweep removes)."""
+    proposed = await consensus.propose_internal(encode_message(command))
+    result = decode_message(proposed.result)
+    return getattr(result, "code", "") != NotFound.code
+
+
 async def read_from_shards(
     pool: RpcPool, rec: ChunkRecord, sources: Sequence[int], nodes: dict[str, NodeInfo]
 ) -> bytes:
@@ -386,11 +395,7 @@ async def reduce_chunk(
     if m - k <= live - rec.k:
         raise NotEnoughShardsToRepair(f"no node to rebuild on: {why.message}")
     record = await store_chunk(pool, data, k, m, nodes, want=want, stats=stats)
-    proposed = await consensus.propose_internal(
-        encode_message(ReencodeChunk(wall_ns(), rec.id, record))
-    )
-    result = decode_message(proposed.result)
-    if getattr(result, "code", "") == NotFound.code:
+    if not await commit_chunk_change(consensus, ReencodeChunk(wall_ns(), rec.id, record)):
         log.info("chunk %s changed during its repair; the rebuilt shards are orphans", rec.id.hex())
         return 0
     log.info(
@@ -462,11 +467,7 @@ async def repair_chunk(
         log.info("repair: rewrote shards %s of chunk %s in place", rewrite, rec.id.hex())
         return len(rewrite)
     moves = tuple((i, rec.nodes[i], t) for i, t in zip(missing, targets, strict=True))
-    proposed = await consensus.propose_internal(
-        encode_message(MoveShards(wall_ns(), rec.id, moves))
-    )
-    result = decode_message(proposed.result)
-    if getattr(result, "code", "") == NotFound.code:
+    if not await commit_chunk_change(consensus, MoveShards(wall_ns(), rec.id, moves)):
         log.info("chunk %s changed during its repair; the rebuilt shards are orphans", rec.id.hex())
         return 0
     stats.chunks_repaired += 1
