@@ -1,0 +1,110 @@
+"""A/B of two commits on a PrismFS mount: ``fsbench.sh`` (and bench_meta's
+namespace operations) on the code of REV_A and of REV_B, interleaved, in one run.
+
+Each revision is checked out into a temporary git worktree; a 3-node ``prismfs
+dev`` cluster with a mount is started from it (``PYTHONPATH`` at its ``src``,
+the same virtualenv for both) and ``fsbench.sh`` runs on the mount; then the
+same for the other revision, ``--runs`` times in turn (A B A B ...). The
+table gives each workload's median per revision and the ratio B / A (above 1:
+B is better; times are inverted). The machine is shared, so only the ratio of
+one run means anything.
+
+    .venv/bin/python benchmarks/bench_ab.py REV_A REV_B [--runs 2] [--size-mib 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench_fs import HIGHER_IS_BETTER, run_fsbench
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def mounted(base: Path, src: Path) -> Iterator[Path]:
+    env = {
+        **os.environ,
+        "PRISMFS_STATE_DIR": str(base / "state"),
+        "PRISMFS_CONFIG": "",
+        "PYTHONPATH": str(src),
+    }
+    cluster, point = base / "cluster", base / "mnt"
+    cli = [sys.executable, "-m", "prismfs", "dev"]
+    try:
+        subprocess.run(
+            [*cli, "up", "--nodes", "3", "--dir", str(cluster), "--mount", str(point)],
+            env=env,
+            check=True,
+            timeout=180,
+            stdout=subprocess.DEVNULL,
+        )
+        yield point
+    finally:
+        subprocess.run(
+            [*cli, "down", "--dir", str(cluster)],
+            env=env,
+            timeout=120,
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev_a")
+    parser.add_argument("rev_b")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--size-mib", type=int, default=256)
+    args = parser.parse_args(argv)
+    base = Path(tempfile.mkdtemp(prefix="prismfs-bench-ab-"))
+    trees: dict[str, Path] = {}
+    results: dict[str, list[dict[str, tuple[float, str]]]] = {}
+    try:
+        for label, rev in (("A", args.rev_a), ("B", args.rev_b)):
+            tree = base / f"tree-{label}"
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+                check=True,
+                capture_output=True,
+            )
+            trees[label] = tree
+            results[label] = []
+        for run in range(args.runs):
+            for label in ("A", "B"):
+                work = base / f"run-{run}-{label}"
+                work.mkdir()
+                with mounted(work, trees[label] / "src") as point:
+                    results[label].append(run_fsbench(point, label, args.size_mib))
+                shutil.rmtree(work, ignore_errors=True)
+    finally:
+        for tree in trees.values():
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                capture_output=True,
+            )
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"\nA = {args.rev_a}, B = {args.rev_b}, {args.runs} runs each, interleaved")
+    print("| workload | A (median) | B (median) | B / A |")
+    print("|---|---:|---:|---:|")
+    for workload, (_, unit) in results["A"][0].items():
+        a = statistics.median(r[workload][0] for r in results["A"])
+        b = statistics.median(r[workload][0] for r in results["B"])
+        better = b / a if workload in HIGHER_IS_BETTER else a / b
+        print(f"| {workload} ({unit}) | {a:g} | {b:g} | {better:.2f} |")
+    print("\nratios: above 1, B is better (times are inverted)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
