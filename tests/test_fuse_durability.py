@@ -167,7 +167,11 @@ def test_sqlite_rollback_journal_commit_survives_a_mount_crash(
         db.close()
     assert not lookup(cluster, b"db", b"t.sqlite-journal")
     again = mount_at(cluster, mounts, "m-sqlite2")
-    rows = sqlite3.connect(again / "db" / "t.sqlite").execute("SELECT n FROM t").fetchall()
+    reopened = sqlite3.connect(again / "db" / "t.sqlite")
+    try:
+        rows = reopened.execute("SELECT n FROM t").fetchall()
+    finally:
+        reopened.close()
     assert rows == [(n,) for n in range(5)]
 
 
