@@ -15,48 +15,16 @@ one run means anything.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from bench_fs import HIGHER_IS_BETTER, run_fsbench
+from bench_fs import HIGHER_IS_BETTER, prismfs, run_fsbench
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def mounted(base: Path, src: Path) -> Iterator[Path]:
-    env = {
-        **os.environ,
-        "PRISMFS_STATE_DIR": str(base / "state"),
-        "PRISMFS_CONFIG": "",
-        "PYTHONPATH": str(src),
-    }
-    cluster, point = base / "cluster", base / "mnt"
-    cli = [sys.executable, "-m", "prismfs", "dev"]
-    try:
-        subprocess.run(
-            [*cli, "up", "--nodes", "3", "--dir", str(cluster), "--mount", str(point)],
-            env=env,
-            check=True,
-            timeout=180,
-            stdout=subprocess.DEVNULL,
-        )
-        yield point
-    finally:
-        subprocess.run(
-            [*cli, "down", "--dir", str(cluster)],
-            env=env,
-            timeout=120,
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             for label in ("A", "B"):
                 work = base / f"run-{run}-{label}"
                 work.mkdir()
-                with mounted(work, trees[label] / "src") as point:
+                with prismfs(work, trees[label] / "src") as point:
                     results[label].append(run_fsbench(point, label, args.size_mib))
                 shutil.rmtree(work, ignore_errors=True)
     finally:

@@ -63,8 +63,12 @@ def passthrough(base: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def prismfs(base: Path) -> Iterator[Path]:
+def prismfs(base: Path, src: Path | None = None) -> Iterator[Path]:
+    """A 3-node dev cluster mounted at ``base``/prism-mnt; with ``src``, run from
+    that source tree (``PYTHONPATH``) instead of the installed one."""
     env = {**os.environ, "PRISMFS_STATE_DIR": str(base / "state"), "PRISMFS_CONFIG": ""}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     cluster, point = base / "cluster", base / "prism-mnt"
     cli = [sys.executable, "-m", "prismfs", "dev"]
     try:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from crash_workload import fsync_dir
 from fuse_mount import Mount, fuse_available, is_mounted
 from prismfs.errors import NotFound
 from prismfs.meta.commands import ROOT_INO
@@ -108,14 +109,6 @@ def wait_gc_done(cluster: Mount, timeout: float = 60) -> None:
     while trio.run(cluster.library, pending):
         assert time.monotonic() < deadline, "GC did not catch up"
         time.sleep(0.5)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- fsyncdir ----------------------------------------------------------------------------
