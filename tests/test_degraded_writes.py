@@ -10,6 +10,7 @@ Nodes use short failure-detection times (heartbeats every 0.3 s, down after 3 s)
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,11 @@ def test_writes_go_on_with_one_node_of_three_down_and_are_reencoded_after(
         data_dir = Path(str(victim["data_dir"]))
         nodes.start(data_dir, str(victim["rpc_address"]), new=False)
         wait_for(lambda: nodes.cli("cluster", "status")[0] == 0, 120, "re-encoded")
+        # at least the 6 chunks of "during" and "after" (repair may have reduced more)
+        reencoded = re.search(
+            r"(\d+) chunks re-encoded to their layout", nodes.ok("cluster", "status")
+        )
+        assert reencoded and int(reencoded.group(1)) >= 6
 
         async def check_layout() -> None:
             client = load_client_toml(nodes.client_toml)

@@ -332,6 +332,10 @@ def test_a_node_wiped_while_down_is_rebuilt_around_and_rejoins_empty(
 
 
 def test_node_commands_happy_paths_and_errors(nodes: Nodes, tmp_path: Path) -> None:
+    # min_redundancy 2: once a node is removed, repair may not turn the chunks
+    # it cannot rebuild elsewhere into two replicas (which would make the
+    # refused removal below allowed, depending on timing).
+    nodes.config.write_text(NODE_TOML + "min_redundancy = 2\n")
     started = nodes.up(3)
     put(nodes, tmp_path, "f", 9 << 20)
     ids = [str(n["id"]) for n in started]

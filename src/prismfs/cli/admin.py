@@ -102,7 +102,9 @@ def summary_lines(h: ClusterHealthReply) -> list[str]:
         f"{h.unavailable} unavailable",
         f"repair: {h.repair_pending} chunks waiting; {h.repaired_chunks} rebuilt "
         f"({_size(h.repaired_bytes)}) since this leader started",
-        f"moves: {m.shards_moved} shards moved ({_size(m.bytes_moved)}); rebalance: "
+        f"moves: {m.shards_moved} shards moved ({_size(m.bytes_moved)})"
+        + (f", {m.reencoded} chunks re-encoded to their layout" if m.reencoded else "")
+        + "; rebalance: "
         + (f"about {_size(m.to_move_bytes)} to move" if m.to_move_bytes else "balanced"),
     ]
     lines += [f"draining {node}: {left} of {total} shards left" for node, left, total in m.draining]

@@ -77,7 +77,6 @@ class MoveStats:
     draining: dict[str, int] = field(default_factory=dict)  # node -> shards still on it
     drain_total: dict[str, int] = field(default_factory=dict)  # node -> shards when first seen
     passes: int = 0
-    reduced: int = 0  # chunks still written with a reduced layout (last pass)
     reencoded: int = 0  # chunks given their file's layout back
 
 
@@ -172,13 +171,11 @@ class Mover:
     async def reencode_pass(self) -> int:
         """Chunks written with a reduced layout (too few nodes were up) get their
         file's layout back once enough nodes are up; returns how many."""
-        if not self.namespace.reduced_count():
-            self.stats.reduced = 0
+        records = self.namespace.reduced_chunks(limit=MOVES_PER_PASS)  # an index scan
+        if not records:
             return 0
         nodes = {n.node: n for n in self.namespace.nodes()}
         up = sum(1 for n in nodes.values() if n.state == "up")
-        records = [r for r in self.namespace.reduced_chunks(limit=MOVES_PER_PASS)]
-        self.stats.reduced = self.namespace.reduced_count()
         ready = [r for r in records if up >= r.layout[1]]
         if not ready:
             return 0

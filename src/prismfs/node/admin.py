@@ -100,6 +100,7 @@ class MoveReport(AdminMessage, frozen=True):
     bytes_moved: U64
     to_move_bytes: U64  # rebalancing still to do (estimate)
     draining: tuple[tuple[str, U64, U64], ...]  # (node, shards left, shards at the start)
+    reencoded: U64 = 0  # chunks given their file's layout back (written with a reduced one)
 
 
 class ClusterHealthReply(AdminMessage, frozen=True):
@@ -272,6 +273,7 @@ class Admin:
                     for n in registry
                     if n.state == "draining"
                 ),
+                moves.reencoded,
             ),
         )
 
