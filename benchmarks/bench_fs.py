@@ -63,9 +63,12 @@ def passthrough(base: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def prismfs(base: Path, src: Path | None = None) -> Iterator[Path]:
-    """A 3-node dev cluster mounted at ``base``/prism-mnt; with ``src``, run from
-    that source tree (``PYTHONPATH``) instead of the installed one."""
+def prismfs(
+    base: Path, src: Path | None = None, *, nodes: int = 3, http: bool = False
+) -> Iterator[Path]:
+    """A dev cluster of ``nodes`` nodes mounted at ``base``/prism-mnt; with ``src``,
+    run from that source tree (``PYTHONPATH``) instead of the installed one; with
+    ``http``, the nodes serve the HTTP API (``/metrics``)."""
     env = {**os.environ, "PRISMFS_STATE_DIR": str(base / "state"), "PRISMFS_CONFIG": ""}
     if src is not None:
         env["PYTHONPATH"] = str(src)
@@ -74,7 +77,17 @@ def prismfs(base: Path, src: Path | None = None) -> Iterator[Path]:
     try:
         # inside the try: nodes that started before a failed mount are stopped too
         subprocess.run(
-            [*cli, "up", "--nodes", "3", "--dir", str(cluster), "--mount", str(point)],
+            [
+                *cli,
+                "up",
+                "--nodes",
+                str(nodes),
+                "--dir",
+                str(cluster),
+                "--mount",
+                str(point),
+                *(["--http"] if http else []),
+            ],
             env=env,
             check=True,
             timeout=180,

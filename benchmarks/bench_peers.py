@@ -91,6 +91,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -114,7 +115,8 @@ from peers_report import TITLES, VERSIONED_DEBS, Config, Results, RunInfo, repor
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
-SYSTEMS = ("moosefs", "glusterfs", "prismfs", "local")
+SYSTEMS = ("moosefs", "glusterfs", "prismfs", "local", "prismfs-1node", "prismfs-base")
+DEFAULT_SYSTEMS = ("moosefs", "glusterfs", "prismfs", "local")
 DEBS = (*VERSIONED_DEBS, "iproute2", "util-linux")
 MFS_ADDR = "198.18.0.1"
 GLUSTER_ADDR = "198.18.0.2"
@@ -586,22 +588,44 @@ def local(base: Path) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+BASE_SRC: Path | None = None  # --base-src: the source tree of "prismfs-base"
+
+
 @contextlib.contextmanager
-def prismfs_visit(base: Path) -> Iterator[Path]:
+def prismfs_visit(base: Path, *, nodes: int = 3, src: Path | None = None) -> Iterator[Path]:
     d = base / "prismfs"
     d.mkdir()
     try:
-        with prismfs(d) as point:
+        with prismfs(d, src, nodes=nodes) as point:
             (point / probe(point)).unlink()
             yield point
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def prismfs_pids(point: Path) -> tuple[int, list[int]]:
+    """The mount daemon's pid and the nodes' (from the dev cluster beside ``point``)."""
+    cluster = point.parent / "cluster"
+    state = json.loads((cluster / "dev.json").read_text())
+    mount = int((cluster / "mount.pid").read_text())
+    return mount, [int(n["pid"]) for n in state["nodes"]]
+
+
 STARTERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[Path]]] = {
     "moosefs": moosefs,
     "glusterfs": glusterfs,
     "prismfs": prismfs_visit,
+    "prismfs-1node": lambda base: prismfs_visit(base, nodes=1),
+    "prismfs-base": lambda base: prismfs_visit(base, src=BASE_SRC),
     "local": local,
 }
 
@@ -672,10 +696,23 @@ def run_all(base: Path, args: argparse.Namespace) -> Results:
             try:
                 with STARTERS[system](visit) as point:
                     say(f"{TITLES[system]} is up at {point}; measuring")
+                    pids = prismfs_pids(point) if system.startswith("prismfs") else None
+                    cpu0 = [cpu_seconds(p) for p in (pids[0], *pids[1])] if pids else []
+                    wall0 = time.monotonic()
                     for output in measure(point, system, args):
                         print(output, end="", flush=True)
                         for workload, value, unit in parse_results(output):
                             results.add(system, r, workload, value, unit)
+                    if pids:
+                        used = [
+                            cpu_seconds(p) - c
+                            for p, c in zip((pids[0], *pids[1]), cpu0, strict=True)
+                        ]
+                        wall = time.monotonic() - wall0
+                        results.cpu.append(
+                            (f"{TITLES[system]}, run {r + 1}", wall, used[0], used[1:])
+                        )
+                        say(f"{TITLES[system]} CPU: mount {used[0]:.0f} s, nodes {used[1:]}")
             except Exception as exc:
                 traceback.print_exc()
                 results.failures.append(f"run {r + 1}, {TITLES[system]}: {exc}")
@@ -709,8 +746,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=2, help="visits per system (interleaved)")
     parser.add_argument(
         "--only",
-        default=",".join(SYSTEMS),
-        help=f"comma-separated systems, in visit order (default {','.join(SYSTEMS)})",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma-separated systems, in visit order, out of {','.join(SYSTEMS)} "
+        f"(default {','.join(DEFAULT_SYSTEMS)})",
+    )
+    parser.add_argument(
+        "--base-src",
+        type=Path,
+        help="source tree (its src/) of another PrismFS commit, visited as prismfs-base",
     )
     parser.add_argument("--md-files", type=int, default=20000, help="mdtest files in all")
     parser.add_argument("--md-procs", type=int, default=4, help="mdtest worker processes")
@@ -726,6 +769,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.only) - set(SYSTEMS))
     if unknown or not args.only or len(set(args.only)) != len(args.only):
         parser.error(f"--only takes distinct names out of {','.join(SYSTEMS)}")
+    if "prismfs-base" in args.only and args.base_src is None:
+        parser.error("prismfs-base needs --base-src (a worktree's src/ directory)")
     if args.runs < 1 or args.size_mib < 1 or args.md_files < args.md_procs:
         parser.error("need --runs >= 1, --size-mib >= 1 and --md-files >= --md-procs")
     return args
@@ -733,6 +778,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global BASE_SRC
+    BASE_SRC = args.base_src
     if os.geteuid() != 0:
         print("bench_peers.py: needs root (network namespaces, mounts, apt-get)", file=sys.stderr)
         return 2

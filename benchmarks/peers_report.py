@@ -24,9 +24,16 @@ from pathlib import Path
 
 BEGIN, END = "<!-- bench-peers:begin -->", "<!-- bench-peers:end -->"
 HEADING = "## Peers: MooseFS and GlusterFS (issue 7)"
-TITLES = {"moosefs": "MooseFS", "glusterfs": "GlusterFS", "prismfs": "PrismFS", "local": "local"}
+TITLES = {
+    "moosefs": "MooseFS",
+    "glusterfs": "GlusterFS",
+    "prismfs": "PrismFS",
+    "prismfs-1node": "PrismFS 1 node",
+    "prismfs-base": "PrismFS base",
+    "local": "local",
+}
 PEERS = ("moosefs", "glusterfs")
-COLUMN_ORDER = ("prismfs", "moosefs", "glusterfs", "local")
+COLUMN_ORDER = ("prismfs", "prismfs-base", "prismfs-1node", "moosefs", "glusterfs", "local")
 RECOVERY_ROW = "recovery-1GiB"
 VERSIONED_DEBS = (
     "moosefs-master",
@@ -54,6 +61,8 @@ class Results:
     values: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # (visit, wall s, mount CPU s, each node's CPU s) of the PrismFS visits
+    cpu: list[tuple[str, float, float, list[float]]] = field(default_factory=list)
 
     def add(self, system: str, run_index: int, workload: str, value: float, unit: str) -> None:
         self.units.setdefault(workload, unit)
@@ -113,6 +122,9 @@ def table(results: Results) -> list[str]:
     peers = ratio_columns(results)
     head = ["workload", "unit", *(TITLES[s] for s in systems)]
     head += [f"PrismFS / {TITLES[p]}" for p in peers]
+    base = "prismfs" in results.systems and "prismfs-base" in results.systems
+    if base:
+        head.append("PrismFS / base")
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for workload, unit in results.units.items():
         cells = [workload, unit]
@@ -130,10 +142,13 @@ def table(results: Results) -> list[str]:
         for p in peers:
             r = ratio(medians.get("prismfs"), medians.get(p), unit)
             cells.append("-" if r is None else f"{r:.2f}")
+        if base:
+            r = ratio(medians.get("prismfs"), medians.get("prismfs-base"), unit)
+            cells.append("-" if r is None else f"{r:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     recovery = [RECOVERY_ROW, "s"]
     recovery += [PRISMFS_RECOVERY if s == "prismfs" else "-" for s in systems]
-    recovery += ["-" for _ in peers]
+    recovery += ["-" for _ in peers] + (["-"] if base else [])
     lines.append("| " + " | ".join(recovery) + " |")
     return lines
 
@@ -340,6 +355,22 @@ def markdown(results: Results, args: argparse.Namespace, info: RunInfo, chart: s
         "IOPS, files/s, ops/s), peer / PrismFS for times (s).",
         "",
     ]
+    if results.cpu:
+        lines += [
+            "**CPU of the PrismFS processes** while fsbench.sh and mdtest.py ran (seconds of "
+            "user + system time, from /proc; the machine has 2 cores, so a visit can use at "
+            "most twice its wall time):",
+            "",
+            "| visit | wall s | mount | nodes | CPU / wall |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for visit, wall, mount, nodes in results.cpu:
+            node_cells = " + ".join(f"{n:.0f}" for n in nodes)
+            total = mount + sum(nodes)
+            lines.append(
+                f"| {visit} | {wall:.0f} | {mount:.0f} | {node_cells} | {total / wall:.2f} |"
+            )
+        lines.append("")
     if results.failures:
         lines += ["**Failed visits** (their cells say `failed`):", ""]
         lines += [f"* {f}" for f in results.failures] + [""]

@@ -24,6 +24,7 @@ from prismfs import __version__
 from prismfs.cli import admin as admin_cli
 from prismfs.cli import devcluster
 from prismfs.cli import files as files_cli
+from prismfs.cli import mount_stats as mount_stats_cli
 from prismfs.cli import tokens as tokens_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
 from prismfs.errors import ConfigError, PrismError
@@ -351,6 +352,7 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
 files_cli.register(cli, client_options)
 admin_cli.register(cli, node, client_options, _print_table)
 tokens_cli.register(cli, client_options, _print_table)
+mount_stats_cli.register(cli, lambda path: _on_prismfs(path), _print_table)
 
 
 @cli.command("sync")

@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import logging
 import os
 import stat
@@ -72,6 +73,7 @@ from prismfs.meta.commands import (
     UpdateAtime,
 )
 from prismfs.meta.namespace import check_name, inherit_from_parent
+from prismfs.stats import Stats
 
 log = logging.getLogger("prismfs.fuse")
 
@@ -84,20 +86,29 @@ R = TypeVar("R")
 
 
 def _op(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    name = f"fuse.{func.__name__}"
+
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        stats: Stats = args[0].stats  # type: ignore[attr-defined]
+        start = trio.current_time()
         try:
             return await func(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except pyfuse3.FUSEError as exc:
+            stats.count(f"{name}.{errno.errorcode.get(exc.errno, exc.errno)}")
             raise
         except PrismError as exc:
+            code = errno.EIO if exc.transient else exc.errno or errno.EIO
+            stats.count(f"{name}.{errno.errorcode.get(code, code)}")
             if exc.transient:
                 log.warning("%s: cluster unavailable: %s", func.__name__, exc.message)
-                raise pyfuse3.FUSEError(errno.EIO) from None
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+            raise pyfuse3.FUSEError(code) from None
         except Exception:
+            stats.count(f"{name}.EIO")
             log.exception("%s failed; answering EIO", func.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            stats.observe(name, trio.current_time() - start)
 
     return wrapper
 
@@ -138,6 +149,8 @@ class PrismOperations(pyfuse3.Operations):
         self.meta = meta
         self.data = data
         self.opts = options
+        # FUSE requests answered (`_op`) and RPCs made: `prismfs mount stats`
+        self.stats = meta.pool.stats
         self._open: dict[int, _Handle] = {}  # by inode
         # file handle -> its inode's handle (the one current when it was opened:
         # after a session loss a new open gets a new one, the old stay stale)
@@ -828,6 +841,9 @@ class PrismOperations(pyfuse3.Operations):
         if name == SYNC_XATTR:
             await self.sync_all()  # `prismfs sync PATH`: nothing is stored
             return
+        if name == STATS_XATTR:
+            self.stats.reset()  # `prismfs mount stats --reset`
+            return
         self._writable()
         await self._settle()
         try:
@@ -839,6 +855,8 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        if name == STATS_XATTR:
+            return json.dumps(self.stats.to_dict(), separators=(",", ":")).encode()
         if self._deferred(inode) is not None:
             # A deferred create has no attributes yet (a setxattr settles it).
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -898,6 +916,9 @@ MOUNT_LAYOUT_XATTR = b"user." + LAYOUT_XATTR
 SYNC_XATTR = b"user.prismfs.sync"
 """Setting it on any path of a mount runs `PrismOperations.sync_all` (`prismfs sync`):
 Linux sends a FUSE file system nothing on sync(2) or syncfs(2)."""
+STATS_XATTR = b"user.prismfs.stats"
+"""Reading it on any path of a mount gives the mount's counters as JSON (`prismfs.stats`);
+setting it resets them (`prismfs mount stats`)."""
 
 
 def _dot_entry(ino: int) -> pyfuse3.EntryAttributes:

@@ -7,6 +7,11 @@ chunks healthy / degraded / unavailable and every node's capacity, usage and
 state. Repair and shard-move counters are the leader's (zero elsewhere: the
 leader does that work). Cluster-wide figures from a follower's replica may
 trail the leader's by the replication lag.
+
+And the node's own costs (`prismfs.stats`): ``prismfs_events_total{event}``
+counts RPCs served and sent, Readys, the Raft messages by type, thread hops,
+fsyncs and entries applied; ``prismfs_latency_seconds{what}`` histograms the
+time of RPCs served and made, of each Ready's apply and of each query.
 """
 
 from __future__ import annotations
@@ -21,8 +26,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from prismfs.stats import Stats
 
 if TYPE_CHECKING:
     from prismfs.data.rebalance import Mover
@@ -107,6 +119,36 @@ class NodeCollector(Collector):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
+        yield from stats_metrics(self.consensus.stats)
+
+
+def stats_metrics(stats: Stats) -> Iterator[Metric]:
+    """A process's `Stats` as Prometheus families."""
+    events = CounterMetricFamily(
+        "prismfs_events",
+        "RPCs served (served.TYPE) and made (rpc.TYPE), Readys, Raft messages sent and "
+        "received by type, thread hops, fsyncs, entries applied.",
+        labels=["event"],
+    )
+    for name, n in sorted(stats.counts.items()):
+        events.add_metric([name], n)
+    for name, h in sorted(stats.latency.items()):
+        events.add_metric([name], h.count)
+    yield events
+    latency = HistogramMetricFamily(
+        "prismfs_latency_seconds",
+        "Time of RPCs served and made, of each Ready's apply, of each query.",
+        labels=["what"],
+    )
+    for name, h in sorted(stats.latency.items()):
+        buckets, seen = [], 0
+        for i, n in enumerate(h.buckets):
+            seen += n
+            if n or i == len(h.buckets) - 1:
+                buckets.append((f"{(1 << i) / 1e6:g}", seen))
+        buckets[-1] = ("+Inf", h.count)
+        latency.add_metric([name], buckets, h.total_s)
+    yield latency
 
 
 class Metrics:

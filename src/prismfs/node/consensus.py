@@ -73,6 +73,7 @@ from prismfs.raft.state_machine import (
     StateMachine,
     client_command,
 )
+from prismfs.stats import Stats
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import encode_message
 from prismfs.wire.server import Call, RpcServer
@@ -153,6 +154,7 @@ class Consensus:
         self._term_vote: tuple[int, str] = (0, "")  # as last persisted
         self._forwarding: set[trio.CancelScope] = set()  # cancelled when the leader changes
         self._learned_addresses: dict[str, str] = {}
+        self.stats = Stats()  # per Ready: messages, thread hops, fsyncs, apply time
 
     # --- start ---------------------------------------------------------------
 
@@ -238,6 +240,7 @@ class Consensus:
                 if not core.has_ready():
                     break
                 rd = core.ready()
+                self.stats.count("raft.ready")
                 # A leader may send its Appends while it writes the same
                 # entries to its own disk (thesis 10.2.1): its own copy
                 # counts towards commitment only after `advance`, so nothing
@@ -248,7 +251,10 @@ class Consensus:
                     for m in rd.messages:
                         self._send(m)
                 if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+                    fsyncs = self.log.fsyncs
                     await trio.to_thread.run_sync(self.log.save, rd)
+                    self.stats.count("raft.persist_hop")
+                    self.stats.count("raft.fsync", self.log.fsyncs - fsyncs)
                     if rd.hard_state is not None:
                         self._term_vote = (rd.hard_state.term, rd.hard_state.vote)
                 if not early:
@@ -278,20 +284,11 @@ class Consensus:
             )
         # One state-machine transaction for all entries of this Ready, if the
         # state machine offers it (the namespace does: one WAL write per batch).
-        batch = getattr(self.sm, "batch", None)
-        with batch() if batch is not None and rd.committed else contextlib.nullcontext():
-            for entry in rd.committed:
-                result = b""
-                if entry.kind == "normal":
-                    result = self._apply_entry(entry)
-                waiter = self._waiters.pop(entry.index, None)
-                if waiter is not None:
-                    if waiter.term == entry.term:
-                        waiter.finish(result)
-                    else:
-                        waiter.finish(
-                            error=NotLeader("the proposal was replaced after a leader change")
-                        )
+        if rd.committed:
+            start = trio.current_time()
+            self._apply_committed(rd)
+            self.stats.observe("raft.apply", trio.current_time() - start)
+            self.stats.count("raft.applied_entries", len(rd.committed))
         for rs in rd.read_states:
             waiter = self._reads.pop(rs.context, None)
             if waiter is not None:
@@ -308,6 +305,22 @@ class Consensus:
             else:
                 still.append(waiter)
         self._read_waiting = still
+
+    def _apply_committed(self, rd: Ready) -> None:
+        batch = getattr(self.sm, "batch", None)
+        with batch() if batch is not None else contextlib.nullcontext():
+            for entry in rd.committed:
+                result = b""
+                if entry.kind == "normal":
+                    result = self._apply_entry(entry)
+                waiter = self._waiters.pop(entry.index, None)
+                if waiter is not None:
+                    if waiter.term == entry.term:
+                        waiter.finish(result)
+                    else:
+                        waiter.finish(
+                            error=NotLeader("the proposal was replaced after a leader change")
+                        )
 
     def _apply_entry(self, entry: Entry) -> bytes:
         """One committed entry into the state machine. Only a refusal every
@@ -357,6 +370,7 @@ class Consensus:
     # --- transport -------------------------------------------------------------------
 
     def _send(self, m: RaftMessage) -> None:
+        self.stats.count(f"raft.sent.{type(m).__name__}")
         channel = self._peers.get(m.to)
         if channel is None:
             assert self._nursery is not None
@@ -396,6 +410,8 @@ class Consensus:
 
     async def _on_batch(self, request: RaftBatch, call: Call) -> RaftBatchAck:
         messages = request.messages
+        for m in messages:
+            self.stats.count(f"raft.received.{type(m).__name__}")
         if messages and request.sender_address:
             self._learned_addresses[messages[0].frm] = request.sender_address
 
@@ -469,7 +485,10 @@ class Consensus:
             self._reads.pop(context, None)
         if self._query is None:
             raise InvalidArgument("this state machine serves no queries")
-        return QueryResult(waiter.index, self._query(op))
+        start = trio.current_time()
+        result = self._query(op)
+        self.stats.observe("raft.query", trio.current_time() - start)
+        return QueryResult(waiter.index, result)
 
     async def change_membership(
         self, change: ChangeMembership, timeout: float | None = None

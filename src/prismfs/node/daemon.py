@@ -138,6 +138,7 @@ async def serve_node(
             trio.open_nursery() as nursery,
         ):
             pool.unreachable = faults.partition(config.data_dir)
+            pool.stats = service.server.stats  # one set of counters per node (`/metrics`)
             try:
                 addresses = await nursery.start(service.server.serve, host, port)
             except OSError as exc:
@@ -155,6 +156,7 @@ async def serve_node(
                 namespace,
                 config.consensus_config(),
             )
+            consensus.stats = service.server.stats
             consensus.register(service.server)
             service.consensus = consensus
             health = Health()

@@ -104,6 +104,7 @@ class DurableLog:
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # open fd of the last segment
         self._term_vote: tuple[int, str] | None = None  # last written to "hardstate"
+        self.fsyncs = 0  # made by `save` (log records, segment directory, hard state)
 
     # --- recovery ------------------------------------------------------------
 
@@ -310,6 +311,7 @@ class DurableLog:
             # leader after a restart (as etcd's MustSync decides), which saves
             # a create + fsync + rename + fsync(dir) in nearly every Ready.
             write_atomic(self.dir / "hardstate", encode_message(hs), mode=FILE_MODE)
+            self.fsyncs += 2
             self._term_vote = (hs.term, hs.vote)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
@@ -343,6 +345,7 @@ class DurableLog:
         assert self._fd is not None
         write_all(self._fd, pending)
         os.fsync(self._fd)
+        self.fsyncs += 1
         self._segments[-1].size += len(pending)
 
     def _new_segment(self, first: int) -> None:
@@ -352,6 +355,7 @@ class DurableLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
         write_all(self._fd, SEGMENT_MAGIC)  # made durable by the batch's fsync
         fsync_dir(self.dir)
+        self.fsyncs += 1
         self._segments.append(_Segment(path, first, size=len(SEGMENT_MAGIC)))
 
     def _drop_from(self, index: int) -> None:

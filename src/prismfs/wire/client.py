@@ -31,6 +31,7 @@ import trio
 
 from prismfs.errors import DeadlineExceeded, PrismError, ProtocolError, Unavailable
 from prismfs.exception_groups import single_exception
+from prismfs.stats import Stats
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials, client_handshake
 from prismfs.wire.codec import Message, decode_message
@@ -252,6 +253,7 @@ class RpcPool:
         self.client_name = client_name
         # Fault injection (tests, `prismfs.faults`): addresses this process cannot reach.
         self.unreachable: Callable[[str], bool] | None = None
+        self.stats = Stats()  # calls made, by request type (the owner may share its own)
         self._conns: dict[str, RpcConnection] = {}
         self._dials: dict[str, _DialAttempt] = {}
 
@@ -315,11 +317,17 @@ class RpcPool:
         if self.unreachable is not None and self.unreachable(address):
             raise Unavailable(f"{address} is unreachable (injected network partition)")
         seconds = self.call_timeout if isinstance(timeout, _Default) else timeout
-        deadline = math.inf if seconds is None else trio.current_time() + seconds
+        start = trio.current_time()
+        deadline = math.inf if seconds is None else start + seconds
+        name = f"rpc.{type(request).__name__}"
         with trio.move_on_at(deadline):
             conn = await self.connection(address)
             remaining = None if seconds is None else max(0.0, deadline - trio.current_time())
-            return await conn.call(request, payload, timeout=remaining)
+            try:
+                return await conn.call(request, payload, timeout=remaining)
+            finally:
+                self.stats.observe(name, trio.current_time() - start)
+        self.stats.count(f"{name}.no-connection")
         raise DeadlineExceeded(
             f"{type(request).__name__} to {address}: no connection within {seconds:g}s"
         )

@@ -48,6 +48,7 @@ from prismfs.errors import (
 )
 from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
+from prismfs.stats import Stats
 from prismfs.wire.address import format_address
 from prismfs.wire.auth import ClusterCredentials, server_handshake
 from prismfs.wire.codec import Message, decode_message
@@ -118,6 +119,7 @@ class RpcServer:
         self._streams: set[FramedStream] = set()
         self._accept_scope = trio.CancelScope()
         self._conn_scope = trio.CancelScope()
+        self.stats = Stats()  # calls served, by request type (the node shares its own)
 
     def register(
         self, message_type: type[M], handler: Callable[[M, Call], Awaitable[Message | Reply]]
@@ -350,6 +352,7 @@ class RpcServer:
         self, request: Message, call: Call, state: _ConnectionState, scope: trio.CancelScope
     ) -> None:
         conn = state.conn
+        start = trio.current_time()
         try:
             with scope:
                 handler = self._handlers[type(request)]
@@ -383,6 +386,7 @@ class RpcServer:
         except Unavailable:
             pass  # the connection closed under us; nobody is left to answer
         finally:
+            self.stats.observe(f"served.{type(request).__name__}", trio.current_time() - start)
             state.active.pop(call.request_id, None)
             state.payload_bytes -= len(call.payload)
             state.notify()
