@@ -152,10 +152,12 @@ class Network:
         for other in self.nodes.values():
             if other is not node and other.role != Role.LEADER:
                 other._election_elapsed = max(other._election_elapsed, other.cfg.election_ticks)
+                other._quiet_ticks = 0  # (a restart's quiet period is over by then too)
         for _ in range(10 * node.cfg.election_ticks):
             node.tick()
             self.stabilize()
             if node.role == Role.LEADER:
+                self.spread_commit(node_id)
                 return node
         raise AssertionError(f"{node_id} did not become leader: {node.status()}")
 
@@ -181,4 +183,12 @@ class Network:
     def propose(self, node_id: str, *commands: bytes) -> list[int]:
         indexes = [self.nodes[node_id].propose(c) for c in commands]
         self.stabilize()
+        self.spread_commit(node_id)
         return indexes
+
+    def spread_commit(self, leader_id: str) -> None:
+        """Tick the leader to its next heartbeat: followers learn a new commit
+        index from the next Append or heartbeat, not from a round of its own."""
+        leader = self.nodes[leader_id]
+        if leader.role == Role.LEADER:
+            self.tick([leader_id], times=leader.cfg.heartbeat_ticks)

@@ -385,3 +385,39 @@ async def test_cancel_is_not_lost_when_the_send_queue_is_full() -> None:
                 kinds.append(frame.kind)
         conn.close_writer()
     assert kinds == [FrameKind.REQUEST, FrameKind.CANCEL]
+
+
+async def test_notifications_arrive_in_order_without_replies(
+    rpc_server: ServerUnderTest,
+) -> None:
+    """NOTIFY frames run their handler in the reader, in order, and get no
+    reply; one of a type nobody handles is dropped (and counted); calls on the
+    same connection keep working."""
+    got: list[int] = []
+    rpc_server.server.register_notification(Square, lambda m, peer: got.append(m.value))
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        for i in range(200):
+            await pool.notify(rpc_server.address, Square(i), timeout=5)
+        await pool.notify(rpc_server.address, NotServed(), timeout=5)
+        reply = await pool.call(rpc_server.address, Square(3))  # same connection, after them
+        assert isinstance(reply.message, Squared) and reply.message.value == 9
+        assert got == list(range(200))
+        counts = rpc_server.server.stats.counts
+        assert counts["notified.Square"] == 200 and counts["dropped.NotServed"] == 1
+        assert pool.stats.counts["notify.Square"] == 200
+        assert rpc_server.server.connections == 1
+
+
+async def test_a_failing_notification_handler_is_logged_and_the_connection_lives(
+    rpc_server: ServerUnderTest, logs
+) -> None:  # type: ignore[no-untyped-def]
+    logs.allow("notification handler for Square")
+
+    def boom(m: Square, peer: str) -> None:
+        raise RuntimeError("bug")
+
+    rpc_server.server.register_notification(Square, boom)
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        await pool.notify(rpc_server.address, Square(1), timeout=5)
+        reply = await pool.call(rpc_server.address, Ping())
+        assert isinstance(reply.message, Pong)

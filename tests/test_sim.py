@@ -15,8 +15,9 @@ import pytest
 from prismfs.meta.namespace import Namespace
 from prismfs.raft import core, state_machine
 from prismfs.raft.core import RaftNode
+from prismfs.raft.lease import LeaderLease
 from prismfs.sim.__main__ import main as sim_main
-from prismfs.sim.simulator import Simulation, Violation, run_seed
+from prismfs.sim.simulator import Faults, Simulation, Violation, run_seed
 
 SEEDS_PER_SIZE = 300
 
@@ -43,8 +44,12 @@ def test_many_seeds_keep_every_invariant(nodes: int) -> None:
         seen["snapshot"] += sim.delivered["InstallSnapshot"] > 0
         seen["snapshot_chunks"] += sim.delivered["InstallSnapshot chunk > 0"] > 0
         seen["namespace"] += sim.workload.name == "namespace"
+        seen["lease_reads"] += sim.lease_reads > 0
+        seen["pause"] += sim.pauses > 0
+        seen["clock_skew"] += len(set(sim.rates.values())) > 1
     # Every kind of fault was exercised by a good share of the seeds.
     kinds = ["crash", "torn", "drop", "duplicate", "partition", "membership", "namespace"]
+    kinds += ["lease_reads", "pause", "clock_skew"]
     if nodes > 1:
         kinds += ["no_check_quorum", "transfer", "snapshot", "snapshot_chunks"]
     for kind in kinds:
@@ -152,6 +157,30 @@ def test_harness_catches_reads_without_quorum(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(Violation, match="not linearizable"):
         for seed in range(300):
             run_seed(seed, (1, 3, 5)[seed % 3])
+
+
+@pytest.mark.timeout(600)
+def test_harness_catches_a_lease_that_never_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plant a bug (the leader trusts its lease forever): stale reads appear
+    under pauses and partitions."""
+    monkeypatch.setattr(LeaderLease, "valid", lambda self, term, seq, now: True)
+    faults = Faults(pause_every=300, max_delay=40, partition_every=300)
+    with pytest.raises(Violation, match="not linearizable"):
+        for seed in range(200):
+            Simulation(seed, 3, faults=faults, clients=6, think_ms=20, workload="kv").run()
+
+
+@pytest.mark.timeout(600)
+def test_lease_reads_stay_linearizable_under_pauses_and_partitions() -> None:
+    """The same heavy faults with the real lease: every seed linearizable, and
+    most reads served from the lease."""
+    faults = Faults(pause_every=300, max_delay=40, partition_every=300)
+    lease_reads = 0
+    for seed in range(60):
+        sim = Simulation(seed, 3, faults=faults, clients=6, think_ms=20, workload="kv")
+        assert sim.run().linearizable
+        lease_reads += sim.lease_reads
+    assert lease_reads > 500
 
 
 def test_cli_prints_the_replay_command(

@@ -81,6 +81,7 @@ class RaftSection(_Section):
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     snapshot_every: int = 10_000
+    lease_reads: bool = True
 
 
 class StoreSection(_Section):
@@ -165,6 +166,7 @@ class NodeConfig(_Section):
             election_ticks=self.raft.election_ticks,
             heartbeat_ticks=self.raft.heartbeat_ticks,
             snapshot_every=self.raft.snapshot_every,
+            lease_reads=self.raft.lease_reads,
         )
 
     @property

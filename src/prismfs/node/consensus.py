@@ -6,9 +6,11 @@ small function queued in ``_inbox`` and run by the loop between two Readys,
 so nothing touches the core between `ready()` and `advance()`. Per Ready the
 loop does, in Raft's order:
 
-1. **persist**: `DurableLog.save` in a worker thread (fsync). Inputs that
-   arrive meanwhile pile up in the inbox and go into the *next* Ready: many
-   proposals, one append, one fsync (group commit);
+1. **persist**: `DurableLog.save` in a worker thread (fsync), if the Ready
+   holds entries, a snapshot or a new term or vote (a commit index alone is
+   not written: no thread hop). Inputs that arrive meanwhile pile up in the
+   inbox and go into the *next* Ready: many proposals, one append, one fsync
+   (group commit);
 2. **send**: messages are handed to per-peer sender tasks (bounded queues;
    Raft tolerates loss, so a full queue drops). A leader whose term and
    vote did not change sends *before* persisting, overlapping its fsync
@@ -20,6 +22,13 @@ loop does, in Raft's order:
    answered once applied. An entry this replica cannot apply for a reason
    of its own stops the node (`ReplicaHalted`): fail-stop, never a skip;
 4. **advance**.
+
+Reads (`query`): a leader whose lease holds (`prismfs.raft.lease`: a quorum
+acknowledged a heartbeat that left less than about an election timeout ago)
+answers from its state once it applied its commit index, and checks the
+lease again after reading; otherwise the read waits for a heartbeat round
+that confirms leadership (ReadIndex), one round for all reads waiting. The
+followers learn a new commit index from the next Append or heartbeat.
 
 Proposals made on a follower are forwarded to the leader over RPC, so any
 node accepts client requests. A proposer whose entry is overwritten (leader
@@ -66,7 +75,15 @@ from prismfs.node.consensus_messages import (
 )
 from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role
 from prismfs.raft.durable_log import DurableLog
-from prismfs.raft.messages import ConfChange, ConfState, Entry, HardState, RaftMessage
+from prismfs.raft.lease import LeaderLease, lease_seconds
+from prismfs.raft.messages import (
+    ConfChange,
+    ConfState,
+    Entry,
+    HardState,
+    Heartbeat,
+    RaftMessage,
+)
 from prismfs.raft.state_machine import (
     CommandRejected,
     ExactlyOnce,
@@ -92,6 +109,7 @@ class ConsensusConfig:
     snapshot_every: int = 10_000
     max_batch_bytes: int = 512 * 1024
     call_timeout: float = 10.0
+    lease_reads: bool = True
 
 
 @dataclass(eq=False)
@@ -154,12 +172,14 @@ class Consensus:
         self._term_vote: tuple[int, str] = (0, "")  # as last persisted
         self._forwarding: set[trio.CancelScope] = set()  # cancelled when the leader changes
         self._learned_addresses: dict[str, str] = {}
+        self._lease = LeaderLease(lease_seconds(self.cfg.election_ticks, self.cfg.tick_s))
         self.stats = Stats()  # per Ready: messages, thread hops, fsyncs, apply time
 
     # --- start ---------------------------------------------------------------
 
     def register(self, server: RpcServer) -> None:
-        server.register(RaftBatch, self._on_batch)
+        server.register(RaftBatch, self._on_batch)  # from nodes that still await an ack
+        server.register_notification(RaftBatch, self._on_batch_notice)
         server.register(Propose, self._on_propose)
         server.register(Query, self._on_query)
         server.register(ChangeMembership, self._on_membership)
@@ -192,6 +212,7 @@ class Consensus:
                 heartbeat_ticks=self.cfg.heartbeat_ticks,
                 max_append_bytes=self.cfg.max_batch_bytes // 2,
                 snapshot_chunk_bytes=self.cfg.max_batch_bytes // 2,
+                lease=self.cfg.lease_reads,
             ),
             random.Random(secrets.randbits(64)),
             conf=ConfState(),
@@ -241,6 +262,7 @@ class Consensus:
                     break
                 rd = core.ready()
                 self.stats.count("raft.ready")
+                self._note_heartbeats(core, rd)
                 # A leader may send its Appends while it writes the same
                 # entries to its own disk (thesis 10.2.1): its own copy
                 # counts towards commitment only after `advance`, so nothing
@@ -250,7 +272,9 @@ class Consensus:
                 if early:
                     for m in rd.messages:
                         self._send(m)
-                if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+                # A Ready whose hard state only moves the commit index writes
+                # nothing (`DurableLog.save`): no thread hop for it.
+                if rd.entries or rd.snapshot is not None or self._new_term_or_vote(rd):
                     fsyncs = self.log.fsyncs
                     await trio.to_thread.run_sync(self.log.save, rd)
                     self.stats.count("raft.persist_hop")
@@ -270,6 +294,21 @@ class Consensus:
                     for scope in self._forwarding:
                         scope.cancel()
                 await self._maybe_snapshot(core)
+
+    def _note_heartbeats(self, core: RaftNode, rd: Ready) -> None:
+        """When each heartbeat broadcast leaves: the leader lease is timed from it."""
+        now = trio.current_time()
+        for m in rd.messages:
+            if isinstance(m, Heartbeat) and m.seq:
+                self._lease.sent(core.term, m.seq, now)
+
+    def _lease_valid(self) -> bool:
+        core = self.core
+        return (
+            core is not None
+            and core.role == Role.LEADER
+            and self._lease.valid(core.term, core.lease_seq, trio.current_time())
+        )
 
     def _new_term_or_vote(self, rd: Ready) -> bool:
         hs = rd.hard_state
@@ -397,7 +436,9 @@ class Consensus:
                 continue
             request = RaftBatch(tuple(batch), self.address)  # type: ignore[arg-type]
             try:
-                await self.pool.call(address, request, timeout=self.cfg.call_timeout)
+                # One-way: the next batch goes as soon as this one is queued
+                # on the connection (whose queue bounds what is in flight).
+                await self.pool.notify(address, request, timeout=self.cfg.call_timeout)
                 backoff = 0.05
             except PrismError as exc:
                 log.debug("raft messages to %s (%s) lost: %s", peer, address, exc.message)
@@ -409,6 +450,10 @@ class Consensus:
         return conf_address or self._learned_addresses.get(node, "")
 
     async def _on_batch(self, request: RaftBatch, call: Call) -> RaftBatchAck:
+        self._on_batch_notice(request, call.peer)
+        return RaftBatchAck()
+
+    def _on_batch_notice(self, request: RaftBatch, peer: str) -> None:
         messages = request.messages
         for m in messages:
             self.stats.count(f"raft.received.{type(m).__name__}")
@@ -420,7 +465,6 @@ class Consensus:
                 core.step(m)
 
         self._submit(step)
-        return RaftBatchAck()
 
     # --- services ------------------------------------------------------------------------
 
@@ -464,9 +508,28 @@ class Consensus:
         return waiter
 
     async def query(self, op: bytes, timeout: float | None = None) -> QueryResult:
-        """A linearizable read: ReadIndex, wait until applied, then ask the state machine."""
+        """A linearizable read: under the leader lease, from this state as soon as it
+        applied the commit index; otherwise after a ReadIndex round."""
         if self._check_query is not None:
             self._check_query(op)
+        if self._query is None:
+            raise InvalidArgument("this state machine serves no queries")
+        core = self.core
+        if core is not None and self._lease_valid():
+            index = core.commit
+            if core.applied < index:
+                waiter = _Waiter(index=index)
+                self._read_waiting.append(waiter)
+                await self._wait(waiter, timeout, "read")
+            start = trio.current_time()
+            result = self._query(op)
+            self.stats.observe("raft.query", trio.current_time() - start)
+            # Checked after reading, right before replying: if this process
+            # stalled past the lease meanwhile, the answer may be stale.
+            if self._lease_valid():
+                self.stats.count("raft.lease_read")
+                return QueryResult(index, result)
+        self.stats.count("raft.read_index")
         waiter = _Waiter()
         context = secrets.randbits(62) + 1
 
@@ -483,8 +546,6 @@ class Consensus:
             await self._wait(waiter, timeout, "read")
         finally:
             self._reads.pop(context, None)
-        if self._query is None:
-            raise InvalidArgument("this state machine serves no queries")
         start = trio.current_time()
         result = self._query(op)
         self.stats.observe("raft.query", trio.current_time() - start)

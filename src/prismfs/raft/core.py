@@ -91,6 +91,12 @@ class RaftConfig:
     max_append_bytes: int = 1 << 20
     max_inflight: int = 64
     snapshot_chunk_bytes: int = 1 << 20
+    lease: bool = False
+    """Count heartbeat acknowledgements for the driver's leader lease (`lease_seq`),
+    and refuse votes for an election timeout after a (re)start, as a follower
+    does while it hears from a leader: a node that acknowledged a lease before
+    it restarted must not help elect another leader before that lease ends.
+    Needs ``check_quorum`` (which makes followers refuse votes under a leader)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,10 @@ class RaftNode:
         self._msgs: list[RaftMessage] = []
         self._read_states: list[ReadState] = []
         self._append_dirty = False
+        self._read_round = False  # reads wait for a heartbeat round (one for all of them)
+        self._heartbeat_seq = 0  # heartbeat broadcasts of this leadership
+        self._lease_void = False  # a TimeoutNow went out in this term: no lease any more
+        self._quiet_ticks = config.election_ticks if config.lease else 0
 
     # --- views -------------------------------------------------------------
 
@@ -221,6 +231,33 @@ class RaftNode:
     def _committed_in_term(self) -> bool:
         return self.log.term(self.commit) == self.term
 
+    @property
+    def lease_seq(self) -> int:
+        """The latest heartbeat broadcast (its ``seq``) that a quorum of voters
+        acknowledged, while a lease may rest on it; 0 when none may.
+
+        The driver keeps when it sent each broadcast; a leader whose newest
+        acknowledged broadcast left less than a lease ago (an election
+        timeout, less the clock-rate drift allowed) may answer reads from its
+        state without a round (thesis 6.4.1): every voter that acknowledged
+        refuses to vote for another candidate until an election timeout after
+        it heard from this leader, so no other leader can exist yet. Not
+        before this leader committed an entry of its term (its commit index
+        is current only then), not while a membership change is uncommitted,
+        and never again in this term once it sent TimeoutNow (a transfer
+        campaign is exempt from that refusal)."""
+        if (
+            not self.cfg.lease
+            or self._role != Role.LEADER
+            or self._lease_void
+            or not self._committed_in_term()
+            or self._conf_history[-1][0] > self.commit
+        ):
+            return 0
+        acked = {peer: pr.heartbeat_acked for peer, pr in self.progress.items()}
+        acked[self.id] = self._heartbeat_seq
+        return committed_index(self.conf.voters, acked)
+
     def conf_at(self, index: int) -> ConfState:
         found = self._conf_history[0][1]
         for at, conf in self._conf_history:
@@ -231,6 +268,8 @@ class RaftNode:
     # --- driver inputs ---------------------------------------------------------
 
     def tick(self) -> None:
+        if self._quiet_ticks:
+            self._quiet_ticks -= 1
         if self._role == Role.LEADER:
             self._tick_leader()
             return
@@ -248,7 +287,7 @@ class RaftNode:
                     self.cfg.check_quorum
                     and self.leader != ""
                     and self._election_elapsed < self.cfg.election_ticks
-                )
+                ) or self._quiet_ticks > 0
                 if in_lease and not m.transfer:
                     return  # a live leader exists: do not let a stray candidate disrupt it
             if isinstance(m, Vote) and m.pre:
@@ -316,7 +355,7 @@ class RaftNode:
         self._election_elapsed = 0  # the transfer must finish within one election timeout
         pr = self.progress[target]
         if pr.match == self.log.last_index:
-            self._send(TimeoutNow(self.id, target, self.term))
+            self._send_timeout_now(target)
         else:
             self._send_append(target)
 
@@ -339,6 +378,7 @@ class RaftNode:
     def has_ready(self) -> bool:
         return bool(
             self._msgs
+            or self._read_round
             or self._read_states
             or self._pending_snapshot
             or self._append_dirty
@@ -348,6 +388,11 @@ class RaftNode:
         )
 
     def ready(self) -> Ready:
+        if self._read_round:
+            # One heartbeat round confirms leadership for every read registered so far.
+            self._read_round = False
+            if self._role == Role.LEADER and self._reads:
+                self._broadcast_heartbeat(self._reads[-1].context)
         if self._append_dirty:
             self._append_dirty = False
             if self._role == Role.LEADER:
@@ -388,8 +433,10 @@ class RaftNode:
             self._persisted_hs = rd.hard_state
         if rd.committed:
             self.applied = max(self.applied, rd.committed[-1].index)
-        if self._role == Role.LEADER and self._maybe_commit():
-            self._broadcast_append()
+        if self._role == Role.LEADER:
+            # The followers learn the new commit index from the next Append or
+            # heartbeat (at most ``heartbeat_ticks`` later): no round of its own.
+            self._maybe_commit()
 
     # --- roles -------------------------------------------------------------------
 
@@ -416,6 +463,9 @@ class RaftNode:
         self._transferee = ""
         self._reads = []
         self._reads_waiting = []
+        self._read_round = False
+        self._heartbeat_seq = 0
+        self._lease_void = False
 
     def _become_follower(self, term: int, leader: str) -> None:
         self._become(Role.FOLLOWER)
@@ -492,7 +542,9 @@ class RaftNode:
                 self._handle_append(m)
             elif isinstance(m, Heartbeat):
                 self.commit = max(self.commit, min(m.commit, self.log.last_index))
-                self._send(HeartbeatResponse(self.id, m.frm, self.term, context=m.context))
+                self._send(
+                    HeartbeatResponse(self.id, m.frm, self.term, context=m.context, seq=m.seq)
+                )
             else:
                 self._handle_snapshot(m)
         elif isinstance(m, TimeoutNow):
@@ -531,6 +583,7 @@ class RaftNode:
         if isinstance(m, AppendResponse):
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):
+            pr.heartbeat_acked = max(pr.heartbeat_acked, m.seq)
             if pr.state == "probe":
                 pr.probe_sent = False
             elif pr.state == "replicate" and pr.paused(self.cfg.max_inflight):
@@ -609,14 +662,12 @@ class RaftNode:
             pr.become_replicate()
         elif pr.state == "snapshot" and pr.match >= pr.snapshot_index:
             pr.become_probe()
-        if self._maybe_commit():
-            self._broadcast_append()
-        elif was_paused:
-            # The commit broadcast may have skipped this follower while it was
-            # paused: bring it the current commit index now.
+        # A new commit index travels with the next Append or heartbeat.
+        self._maybe_commit()
+        if was_paused and pr.match < self.log.last_index:
             self._send_append(m.frm)
         if m.frm == self._transferee and pr.match == self.log.last_index:
-            self._send(TimeoutNow(self.id, m.frm, self.term))
+            self._send_timeout_now(m.frm)
         while self._send_append(m.frm, allow_empty=False):
             pass
 
@@ -771,9 +822,25 @@ class RaftNode:
             self._broadcast_heartbeat(self._reads[-1].context if self._reads else 0)
 
     def _broadcast_heartbeat(self, context: int) -> None:
+        self._heartbeat_seq += 1
+        if context:
+            self._read_round = False  # this round serves the reads waiting for one
         for peer, pr in self.progress.items():
             commit = min(pr.match, self.commit)
-            self._send(Heartbeat(self.id, peer, self.term, commit=commit, context=context))
+            self._send(
+                Heartbeat(
+                    self.id,
+                    peer,
+                    self.term,
+                    commit=commit,
+                    context=context,
+                    seq=self._heartbeat_seq,
+                )
+            )
+
+    def _send_timeout_now(self, to: str) -> None:
+        self._lease_void = True  # the transferee's campaign ignores the followers' refusal
+        self._send(TimeoutNow(self.id, to, self.term))
 
     def _leader_read(self, context: int, requester: str) -> None:
         if not self._committed_in_term():
@@ -783,7 +850,7 @@ class RaftNode:
             self._release_read(context, self.commit, requester)
             return
         self._reads.append(_PendingRead(context, self.commit, requester, {self.id}))
-        self._broadcast_heartbeat(context)
+        self._read_round = True
 
     def _ack_read(self, context: int, frm: str) -> None:
         for pos, read in enumerate(self._reads):
@@ -804,6 +871,13 @@ class RaftNode:
             self._send(
                 ReadIndexResponse(self.id, requester, self.term, context=context, index=index)
             )
+            # The follower waits to apply ``index``; the commit index it needs
+            # for that would otherwise come with the next heartbeat.
+            pr = self.progress.get(requester)
+            if pr is not None and min(pr.match, self.commit) >= index:
+                self._send(
+                    Heartbeat(self.id, requester, self.term, commit=min(pr.match, self.commit))
+                )
 
     def _propose_entry(self, kind: EntryKind, data: bytes) -> int:
         if self._role != Role.LEADER:

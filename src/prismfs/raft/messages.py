@@ -134,14 +134,17 @@ class AppendResponse(RaftMessage, frozen=True):
 
 
 class Heartbeat(RaftMessage, frozen=True):
-    """Leader liveness; ``context`` ties acknowledgements to ReadIndex requests."""
+    """Leader liveness; ``context`` ties acknowledgements to ReadIndex requests,
+    ``seq`` (one per broadcast in a term) to the leader's lease."""
 
     commit: U64
     context: U64 = 0
+    seq: U64 = 0
 
 
 class HeartbeatResponse(RaftMessage, frozen=True):
     context: U64 = 0
+    seq: U64 = 0
 
 
 class InstallSnapshot(RaftMessage, frozen=True):

@@ -30,6 +30,7 @@ class Progress:
     snapshot_index: int = 0
     snapshot_offset: int = 0
     snapshot_idle_ticks: int = 0
+    heartbeat_acked: int = 0  # the latest heartbeat ``seq`` of this term it answered
 
     def become_probe(self) -> None:
         self.state = "probe"

@@ -19,6 +19,13 @@ the leader to hand over leadership now and then, and snapshots go out in
 chunks as small as 48 bytes, so InstallSnapshot takes many rounds that the
 faults can interrupt.
 
+Most runs with CheckQuorum also serve reads from the leader's lease
+(`prismfs.raft.lease`): each node's clock runs at its own rate (within the
+drift the lease allows for), ticks come at that rate, the lease is measured
+on the leader's clock, and processes pause (a node handles nothing, not even
+ticks, for up to four election timeouts; what is sent to it waits), so a
+leader resumes with a lease that ran out while it slept.
+
 Clients issue put/append/get on a few keys. Writes go through the log as
 `ClientCommand`s (exactly-once by client id and sequence); reads use
 ReadIndex. A client that times out retries the same operation, possibly at
@@ -54,11 +61,13 @@ from prismfs.check.linearizability import check
 from prismfs.check.models import UNKNOWN, Operation
 from prismfs.errors import PrismError
 from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role, Snapshot
+from prismfs.raft.lease import LeaderLease, lease_seconds
 from prismfs.raft.messages import (
     ConfChange,
     ConfState,
     Entry,
     HardState,
+    Heartbeat,
     InstallSnapshot,
     RaftMessage,
 )
@@ -81,6 +90,7 @@ class Faults:
     partition_every: int = 0  # mean ms between partition changes; 0 = never
     crash_every: int = 0  # mean ms between crashes; 0 = never
     torn_crash: float = 0.0  # chance a crash strikes in the middle of a Ready
+    pause_every: int = 0  # mean ms between process pauses; 0 = never
 
     @classmethod
     def random(cls, rng: random.Random) -> Faults:
@@ -91,6 +101,7 @@ class Faults:
             partition_every=rng.choice([0, 300, 1000]),
             crash_every=rng.choice([0, 500, 2000]),
             torn_crash=rng.choice([0.0, 0.3, 0.7]),
+            pause_every=rng.choice([0, 0, 400, 1500]),
         )
 
 
@@ -132,6 +143,8 @@ class SimNode:
     applied: int = 0
     last_commit: int = 0
     checked_term: int = -1
+    lease: LeaderLease | None = None
+    paused_until: int = 0
 
 
 @dataclass
@@ -189,8 +202,17 @@ class Simulation:
         self.membership = membership if membership is not None else self.rng.random() < 0.5
         if self.membership:
             self.check_quorum = True
+        # Leader leases rest on CheckQuorum's vote refusal.
+        self.lease = self.check_quorum and self.rng.random() < 0.75
+        skew = self.rng.choice([0.0, 0.01, 0.03])
         voters = [f"n{i}" for i in range(1, n_nodes + 1)]
         self.ids = voters + ([f"n{n_nodes + 1}"] if self.membership else [])
+        # Each node's clock rate: its ticks come at that rate and its lease is
+        # measured by it. The spread stays inside the lease's drift allowance.
+        self.rates = {i: 1.0 + self.rng.uniform(-skew, skew) for i in self.ids}
+        self._next_tick: dict[str, float] = {}
+        self.lease_reads = 0
+        self.pauses = 0
         self.conf = ConfState(tuple(voters))
         self.min_voters = max(1, n_nodes - 1)
         # A third of the runs replicate the real namespace state machine.
@@ -215,15 +237,22 @@ class Simulation:
         self.history: dict[tuple[str, int], Operation] = {}
         self.leaders: dict[int, str] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}
+        # index -> the lowest term a node was in when it applied it: the entry
+        # was committed in that term or earlier
+        self.committed_by: dict[int, int] = {}
         self._ctx = 0
         for node_id in self.ids:
-            self._at(self.rng.randint(1, TICK_MS), "tick", node_id)
+            first = self.rng.randint(1, TICK_MS)
+            self._next_tick[node_id] = float(first)
+            self._at(first, "tick", node_id)
         for client in self.clients.values():
             self._at(self.rng.randint(1, 50), "client", client.id)
         if self.faults.partition_every:
             self._at(self.rng.randint(1, self.faults.partition_every), "partition", None)
         if self.faults.crash_every:
             self._at(self.rng.randint(1, self.faults.crash_every), "crash", None)
+        if self.faults.pause_every:
+            self._at(self.rng.randint(1, self.faults.pause_every), "pause", None)
         if self.membership:
             self._at(self.rng.randint(100, 800), "member", None)
         self._at(self.rng.randint(200, 2000), "transfer", None)
@@ -249,6 +278,7 @@ class Simulation:
             check_quorum=self.check_quorum,
             max_inflight=self.max_inflight,
             snapshot_chunk_bytes=self.snapshot_chunk,
+            lease=self.lease,
         )
         raft = RaftNode(
             cfg,
@@ -262,8 +292,19 @@ class Simulation:
         if disk.snapshot is not None:
             sm.restore(disk.snapshot.data)
         return SimNode(
-            node_id, raft, sm, store, disk, last_commit=raft.commit, applied=raft.applied
+            node_id,
+            raft,
+            sm,
+            store,
+            disk,
+            last_commit=raft.commit,
+            applied=raft.applied,
+            lease=LeaderLease(lease_seconds(cfg.election_ticks, TICK_MS)) if self.lease else None,
         )
+
+    def _clock(self, node: SimNode) -> float:
+        """``node``'s own clock (ms): it runs at the node's rate."""
+        return self.now * self.rates[node.id]
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -287,11 +328,18 @@ class Simulation:
     def _dispatch(self, kind: str, payload: Any, *, faults_on: bool) -> None:
         if kind == "tick":
             node = self.nodes[payload]
+            if node.paused_until > self.now:
+                # Asleep: no tick fires; the next comes when it wakes up.
+                self._next_tick[node.id] = float(node.paused_until)
+                self._at(node.paused_until, "tick", payload)
+                return
             if node.alive:
                 node.raft.tick()
                 self._process(node)
                 self._maybe_snapshot(node)
-            self._at(self.now + TICK_MS, "tick", payload)
+            nxt = self._next_tick[node.id] + TICK_MS / self.rates[node.id]
+            self._next_tick[node.id] = nxt
+            self._at(max(self.now + 1, round(nxt)), "tick", payload)
         elif kind == "msg":
             self._deliver(payload)
         elif kind == "client":
@@ -307,6 +355,13 @@ class Simulation:
                 self._crash(victim)
                 self._at(self.now + self.rng.randint(50, 800), "restart", victim.id)
             self._at(self.now + self.rng.randint(1, 2 * self.faults.crash_every), "crash", None)
+        elif kind == "pause" and faults_on:
+            victim = self.nodes[self.rng.choice(self.ids)]
+            if victim.alive and victim.paused_until <= self.now:
+                victim.paused_until = self.now + self.rng.randint(20, 400)
+                self.pauses += 1
+                self._record("pause", victim.id, victim.paused_until)
+            self._at(self.now + self.rng.randint(1, 2 * self.faults.pause_every), "pause", None)
         elif kind == "member" and faults_on:
             self._change_membership()
             self._at(self.now + self.rng.randint(100, 1200), "member", None)
@@ -323,6 +378,10 @@ class Simulation:
     def _process(self, node: SimNode) -> None:
         while node.alive and node.raft.has_ready():
             rd = node.raft.ready()
+            if node.lease is not None:
+                for m in rd.messages:
+                    if isinstance(m, Heartbeat) and m.seq:
+                        node.lease.sent(node.raft.term, m.seq, self._clock(node))
             # As the node driver: a leader whose term and vote did not change
             # sends before it persists (thesis 10.2.1), so a crash can strike
             # after its Appends left but before its own copy is on disk.
@@ -370,6 +429,9 @@ class Simulation:
             node.sm.restore(rd.snapshot.data)
             node.applied = rd.snapshot.meta.index
         for entry in rd.committed:
+            self.committed_by[entry.index] = min(
+                node.raft.term, self.committed_by.get(entry.index, node.raft.term)
+            )
             known = self.committed.get(entry.index)
             if known is None:
                 self.committed[entry.index] = (entry.term, entry.data)
@@ -423,6 +485,11 @@ class Simulation:
                     f"election safety: {holder} and {node.id} both lead term {raft.term}"
                 )
             for index, (term, data) in self.committed.items():
+                if self.committed_by[index] >= raft.term:
+                    # Leader completeness speaks of leaders of later terms; a
+                    # stale leader (a paused node may win an old election
+                    # late) need not hold what was committed since.
+                    continue
                 if index <= raft.log.offset or index > raft.log.last_index:
                     if index > raft.log.last_index:
                         raise Violation(f"leader completeness: {node.id} lacks committed {index}")
@@ -507,6 +574,10 @@ class Simulation:
         self.delivered[type(m).__name__] += 1
         if isinstance(m, InstallSnapshot) and m.offset > 0:
             self.delivered["InstallSnapshot chunk > 0"] += 1
+        to = m.to if isinstance(m, (RaftMessage, ClientRequest)) else ""
+        if to and self.nodes[to].paused_until > self.now:
+            self._at(self.nodes[to].paused_until, "msg", m)  # waits in its socket
+            return
         if isinstance(m, RaftMessage):
             node = self.nodes[m.to]
             if node.alive:
@@ -576,6 +647,8 @@ class Simulation:
             return
         raft = node.raft
         try:
+            if self.workload.is_read(req.op) and self._lease_read(node, req):
+                return
             if self.workload.is_read(req.op):
                 self._ctx += 1
                 node.reads[self._ctx] = (req.client, req.seq, req.op)
@@ -588,6 +661,20 @@ class Simulation:
             self._reply(node.id, ClientResponse(req.client, req.seq, False, leader=raft.leader))
             return
         self._process(node)
+
+    def _lease_read(self, node: SimNode, req: ClientRequest) -> bool:
+        """Answer a read from the leader's state under its lease, as the node
+        driver does: read, then check the lease on the leader's clock."""
+        raft = node.raft
+        if node.lease is None or raft.role != Role.LEADER or node.applied < raft.commit:
+            return False
+        output = self.workload.read(node.store, req.op)
+        if not node.lease.valid(raft.term, raft.lease_seq, self._clock(node)):
+            return False
+        self.lease_reads += 1
+        self._record("lease read", node.id)
+        self._reply(node.id, ClientResponse(req.client, req.seq, True, output))
+        return True
 
     def _reply(self, node_id: str, resp: ClientResponse) -> None:
         self._transmit(node_id, resp.client, resp)

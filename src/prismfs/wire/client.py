@@ -223,6 +223,13 @@ class RpcConnection:
         assert slot.response is not None
         return slot.response
 
+    async def notify(self, request: Message, payload: Payload = b"") -> None:
+        """Send one request that gets no reply; returns once it is queued for the
+        socket (waits only while the writer's queue is full)."""
+        if self._broken is not None:
+            raise Unavailable(f"connection to {self.address} is closed: {self._broken.message}")
+        await self._conn.send(FrameKind.NOTIFY, 0, request, payload)
+
     def close(self) -> None:
         self._conn.close_writer()
 
@@ -331,6 +338,18 @@ class RpcPool:
         raise DeadlineExceeded(
             f"{type(request).__name__} to {address}: no connection within {seconds:g}s"
         )
+
+    async def notify(self, address: str, request: Message, *, timeout: float | None = None) -> None:
+        """One request without a reply (`RpcConnection.notify`); the deadline
+        covers connecting and waiting for room in the send queue."""
+        if self.unreachable is not None and self.unreachable(address):
+            raise Unavailable(f"{address} is unreachable (injected network partition)")
+        self.stats.count(f"notify.{type(request).__name__}")
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            conn = await self.connection(address)
+            await conn.notify(request)
+            return
+        raise DeadlineExceeded(f"{type(request).__name__} to {address}: not sent in {timeout:g}s")
 
     async def aclose(self) -> None:
         for conn in list(self._conns.values()):

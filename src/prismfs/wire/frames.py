@@ -51,6 +51,9 @@ class FrameKind(enum.IntEnum):
     RESPONSE = 5
     ERROR = 6
     CANCEL = 7
+    NOTIFY = 8
+    """A request that gets no reply, not even an error (Raft messages: Raft
+    tolerates loss, so an acknowledgement would carry nothing)."""
 
 
 _KINDS = frozenset(int(k) for k in FrameKind)

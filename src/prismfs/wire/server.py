@@ -7,7 +7,10 @@ Theory of operation. Each accepted connection runs in its own nursery:
 2. A writer task (`FramedStream.run_writer`) and a reader loop. The reader
    decodes each REQUEST header into a typed message and starts one handler
    task per request, each inside its own cancel scope kept in ``active`` by
-   request id. A CANCEL frame cancels that scope; no reply follows.
+   request id. A CANCEL frame cancels that scope; no reply follows. A
+   NOTIFY frame goes to its notification handler, a plain function run
+   right in the reader (no task, no reply): it must be short and must not
+   block.
 3. Any malformed frame, unknown frame kind or broken stream ends *this*
    connection only: it is logged with the peer address and closed, and every
    handler still running for it is cancelled. Other connections never notice.
@@ -120,6 +123,7 @@ class RpcServer:
         self._accept_scope = trio.CancelScope()
         self._conn_scope = trio.CancelScope()
         self.stats = Stats()  # calls served, by request type (the node shares its own)
+        self._notices: dict[type[Message], Callable[[Any, str], None]] = {}
 
     def register(
         self, message_type: type[M], handler: Callable[[M, Call], Awaitable[Message | Reply]]
@@ -127,6 +131,14 @@ class RpcServer:
         if message_type in self._handlers:
             raise ValueError(f"a handler for {message_type.__name__} is already registered")
         self._handlers[message_type] = handler
+
+    def register_notification(
+        self, message_type: type[M], handler: Callable[[M, str], None]
+    ) -> None:
+        """``handler(message, peer)`` for each NOTIFY frame of ``message_type``."""
+        if message_type in self._notices:
+            raise ValueError(f"a notification handler for {message_type.__name__} exists")
+        self._notices[message_type] = handler
 
     @property
     def inflight(self) -> int:
@@ -323,6 +335,9 @@ class RpcServer:
             if scope is not None:
                 scope.cancel()
             return
+        if frame.kind == FrameKind.NOTIFY:
+            self._on_notice(frame, state)
+            return
         if frame.kind != FrameKind.REQUEST:
             raise ProtocolError(f"unexpected {frame.kind.name} frame from a client")
         request = decode_message(frame.header)
@@ -347,6 +362,19 @@ class RpcServer:
         state.payload_bytes += len(frame.payload)
         call = Call(rid, frame.payload, state.peer, state.client_name)
         nursery.start_soon(self._run_handler, request, call, state, scope)
+
+    def _on_notice(self, frame: Frame, state: _ConnectionState) -> None:
+        notice = decode_message(frame.header)  # malformed: ProtocolError ends the connection
+        handler = self._notices.get(type(notice))
+        name = type(notice).__name__
+        if handler is None or self._closing_since is not None:
+            self.stats.count(f"dropped.{name}")  # nobody to tell: there is no reply
+            return
+        self.stats.count(f"notified.{name}")
+        try:
+            handler(notice, state.peer)
+        except Exception:
+            log.exception("notification handler for %s from %s failed", name, state.peer)
 
     async def _run_handler(
         self, request: Message, call: Call, state: _ConnectionState, scope: trio.CancelScope
