@@ -127,7 +127,8 @@ def summary(row: dict[str, object]) -> dict[str, float]:
         "R": mount.get("rpc.Query", 0.0),
         "W": mount.get("rpc.Propose", 0.0),
         "mount rpcs": total(mount, "rpc."),
-        "raft rpcs": nodes.get("rpc.RaftBatch", 0.0),
+        # RaftBatch requests awaiting an ack (before one-way batches) or notifications
+        "raft batches": nodes.get("rpc.RaftBatch", 0.0) + nodes.get("notify.RaftBatch", 0.0),
         "raft msgs": total(nodes, "raft.sent."),
         "readys": nodes.get("raft.ready", 0.0),
         "hops": nodes.get("raft.persist_hop", 0.0),
