@@ -327,3 +327,31 @@ def test_move_shards_follows_the_record_and_refuses_stale_moves(d: Driver) -> No
     assert d.errno_of(MoveShards(4, rec.id, ((1, "n4", "n1"),))) == errno.ENOENT
     assert d.errno_of(MoveShards(4, b"x" * 16, ((0, "n1", "n5"),))) == errno.ENOENT
     assert d.ns.chunk_map(f.ino).chunks == ((0, moved),)
+
+
+def test_results_carry_the_directories_they_changed(d: Driver) -> None:
+    """A mount answers the kernel's next getattr of these itself."""
+
+    def parents(command: MetaCommand) -> tuple[Attr, ...]:
+        d.index += 1
+        result = decode_message(d.ns.apply(d.index, encode_message(command)))
+        assert isinstance(result, MetaOk)
+        return result.parents
+
+    (root,) = parents(Mkdir(100, ROOT_INO, b"a", 0o755, 0, 0))
+    assert (root.ino, root.nlink, root.mtime_ns, root.ctime_ns) == (ROOT_INO, 3, 100, 100)
+    a = d.ns.lookup(ROOT_INO, b"a").ino
+    (dir_a,) = parents(Mknod(200, a, b"f", stat.S_IFREG | 0o644, 0, 0))
+    assert (dir_a.ino, dir_a.mtime_ns) == (a, 200)
+    moved = parents(Rename(300, a, b"f", ROOT_INO, b"g"))
+    assert {p.ino: p.mtime_ns for p in moved} == {a: 300, ROOT_INO: 300}
+    assert parents(SetAttr(400, a, mode=0o700)) == ()  # no entry changed
+    batch = decode_message(
+        d.ns.apply(
+            d.index + 1, encode_message(Batch(500, (encode_message(Unlink(500, ROOT_INO, b"g")),)))
+        )
+    )
+    assert isinstance(batch, BatchResults)
+    (inner,) = batch.results
+    ok = decode_message(inner)
+    assert isinstance(ok, MetaOk) and [p.ino for p in ok.parents] == [ROOT_INO]

@@ -59,16 +59,22 @@ import trio
 from prismfs.client.data import DataClient
 from prismfs.client.files import OpenFile, layout_for
 from prismfs.data.layout import LAYOUT_XATTR, Layout
-from prismfs.errors import NoAttribute, PrismError
+from prismfs.errors import NoAttribute, NotFound, PrismError
 from prismfs.exception_groups import single_exception
+from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     MAX_BATCH,
     Attr,
+    Link,
     MetaCommand,
+    Mkdir,
     Mknod,
     Release,
+    Rename,
+    Rmdir,
     SetAttr,
+    Symlink,
     Unlink,
     UpdateAtime,
 )
@@ -175,7 +181,13 @@ class PrismOperations(pyfuse3.Operations):
         self._unlink_lock = trio.Lock()
         self._releases: list[tuple[str, int]] = []  # (session, inode) releases not sent yet
         self._atimes: dict[int, int] = {}  # atime updates not sent yet
-        self._dir_attrs: dict[int, Attr] = {}  # a directory's attributes at its opendir
+        # within the kernel's timeouts (see `prismfs.fuse.caches`)
+        self._recent = RecentAttrs(options.attr_timeout)
+        self._changed = DirChanges()
+        self._dirs: dict[int, DirHandle] = {}  # open directories by handle
+        self._next_dh = 1
+        self._held = HeldAttrs()
+        meta.on_parents = self._note_parents
         # inode -> (size, mtime, ctime) last given to the kernel (`_entry`)
         self._told: dict[int, tuple[int, int, int]] = {}
 
@@ -202,7 +214,23 @@ class PrismOperations(pyfuse3.Operations):
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _note_parents(self, parents: tuple[Attr, ...]) -> None:
+        """Directories a change of this mount changed, as they are now."""
+        now = trio.current_time()
+        for attr in parents:
+            self._recent.put(attr, now)
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        """No such name, and the kernel may remember that for ``entry_timeout``
+        (a create through this mount replaces its negative entry)."""
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.opts.entry_timeout
+        return e
+
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        if a.ino in self._held:
+            a = self._held.apply(a)
         unlinked_at = self._unlink_dirs.get(a.ino)
         if unlinked_at is not None and unlinked_at > min(a.mtime_ns, a.ctime_ns):
             # Deferred unlinks in this directory: it shows the times they will set.
@@ -262,12 +290,55 @@ class PrismOperations(pyfuse3.Operations):
         handle = self._open.get(inode)
         return handle if handle is not None and handle.pending else None
 
-    async def _settle(self, parent: int | None = None) -> None:
+    async def _settle(self, parent: int | None = None, *, held: bool = True) -> None:
         """Send every deferred unlink, then the deferred creates (in ``parent``
-        only, if given) to the cluster. A create the cluster refuses (another
-        mount took the name) is logged here and fails the file's close; a
-        transient error fails the caller."""
+        only, if given), then (with ``held``) the held attribute changes to the
+        cluster. A create the cluster refuses (another mount took the name) is
+        logged here and fails the file's close; a transient error fails the
+        caller."""
         await self._settle_unlinks()
+        await self._settle_creates(parent)
+        if held and self._held:
+            await self._send_held()
+
+    async def _send_held(self) -> None:
+        """The held chown/chmod/utimens of directories and symlinks, in order."""
+        ops = self._held.take()
+        try:
+            for start in range(0, len(ops), MAX_BATCH):
+                results = await self.meta.batch(ops[start : start + MAX_BATCH])
+                for op, result in zip(ops[start : start + MAX_BATCH], results, strict=True):
+                    self._log_held_failure(op, result)
+        except BaseException:
+            self._held.put_back(ops, trio.current_time())
+            raise
+
+    @staticmethod
+    def _log_held_failure(op: SetAttr, result: Attr | PrismError | None) -> None:
+        if isinstance(result, PrismError):  # e.g. another mount removed it meanwhile
+            log.info("held attribute change of inode %d: %s", op.ino, result.message)
+
+    async def _change(self, op: MetaCommand) -> Attr | None:
+        """Send one namespace change; the held attribute changes go in front of
+        it, in the same Raft entry."""
+        if len(self._held.ops) >= MAX_BATCH:
+            await self._send_held()
+        if not self._held:
+            return await self.meta.propose(op)
+        ops = self._held.take()
+        try:
+            results = await self.meta.batch([*ops, op])
+        except BaseException:
+            self._held.put_back(ops, trio.current_time())
+            raise
+        for held_op, result in zip(ops, results, strict=False):
+            self._log_held_failure(held_op, result)
+        last = results[-1]
+        if isinstance(last, PrismError):
+            raise last
+        return last
+
+    async def _settle_creates(self, parent: int | None) -> None:
         todo: list[_Handle] = []
         for key, ino in list(self._pending.items()):
             handle = self._deferred(ino)
@@ -378,6 +449,9 @@ class PrismOperations(pyfuse3.Operations):
                         for h in self._open.values()
                     ) or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values()):
                         await self._settle()
+                    since = self._held.since
+                    if since is not None and now - since > self.opts.settle_s:
+                        await self._send_held()
                     for handle in list(self._open.values()):
                         f = handle.file
                         if (
@@ -430,7 +504,12 @@ class PrismOperations(pyfuse3.Operations):
         handle = self._deferred(self._pending.get((parent_inode, name), 0))
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
-        attr = await self.meta.lookup(parent_inode, name)
+        try:
+            attr = await self.meta.lookup(parent_inode, name)
+        except NotFound:
+            self.stats.count("fuse.lookup.negative")
+            return self._negative()
+        self._recent.put(attr, trio.current_time())
         if attr.ino in self._unlinked:
             # Another name of it was unlinked here and the cluster does not know
             # yet: its link count and ctime are about to change.
@@ -448,7 +527,14 @@ class PrismOperations(pyfuse3.Operations):
             return self._entry(handle.attr)
         if inode in self._unlinked:  # its link count is about to change
             await self._settle_unlinks()
-        return self._entry(await self.meta.getattr(inode))
+        now = trio.current_time()
+        recent = self._recent.get(inode, now)
+        if recent is not None:
+            self.stats.count("fuse.getattr.cached")
+            return self._entry(recent)
+        attr = await self.meta.getattr(inode)
+        self._recent.put(attr, now)
+        return self._entry(attr)
 
     @_op
     async def setattr(
@@ -486,6 +572,23 @@ class PrismOperations(pyfuse3.Operations):
                 changes["mode"] = stat.S_IFMT(handle.attr.mode) | mode
             handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=now, **changes)
             return self._entry(handle.attr)
+        base = self._recent.get(inode, trio.current_time())
+        if (
+            self.opts.batch_meta
+            and handle is None
+            and base is not None
+            and changes
+            and not fields.update_size
+            and inode not in self._unlinked
+        ):
+            # A directory's or symlink's chown, chmod, utimens (cp -a, tar):
+            # held, sent with the next namespace change.
+            op = SetAttr(now_ns(), inode, **changes)
+            self._held.hold(
+                op, {k: v for k, v in changes.items() if v is not None}, trio.current_time()
+            )
+            self.stats.count("fuse.setattr.held")
+            return self._entry(base)
         if fields.update_size:
             if handle is not None:
                 await handle.file.truncate(attr.st_size)
@@ -499,7 +602,10 @@ class PrismOperations(pyfuse3.Operations):
             assert result is not None
             return self._entry(result)
         if changes or not fields.update_size:
-            return self._entry(await self.meta.setattr(inode, **changes))
+            result = await self._change(SetAttr(now_ns(), inode, **changes))
+            assert result is not None
+            self._recent.put(result, trio.current_time())
+            return self._entry(result)
         return self._entry(await self.meta.getattr(inode))
 
     @_op
@@ -511,11 +617,22 @@ class PrismOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle()
+        await self._settle(held=False)
         layout, _ = await self._layout(parent_inode)
-        attr = await self.meta.mknod(
-            parent_inode, name, mode, ctx.uid, ctx.gid, rdev, chunk_size=layout.chunk_size
+        self._changed.bump(parent_inode)
+        attr = await self._change(
+            Mknod(
+                now_ns(),
+                parent_inode,
+                name,
+                mode,
+                ctx.uid,
+                ctx.gid,
+                rdev,
+                chunk_size=layout.chunk_size,
+            )
         )
+        assert attr is not None
         return self._entry(self._known(parent_inode, name, attr))
 
     @_op
@@ -523,8 +640,11 @@ class PrismOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle()
-        attr = await self.meta.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        await self._settle(held=False)
+        self._changed.bump(parent_inode)
+        attr = await self._change(Mkdir(now_ns(), parent_inode, name, mode, ctx.uid, ctx.gid))
+        assert attr is not None
+        self._recent.put(attr, trio.current_time())
         return self._entry(self._known(parent_inode, name, attr))
 
     @_op
@@ -532,6 +652,11 @@ class PrismOperations(pyfuse3.Operations):
         self._writable()
         key = (parent_inode, name)
         ino = self._names.pop(key, None)
+        self._changed.bump(parent_inode)
+        if ino is not None:
+            self._recent.drop(ino)  # its link count and ctime change
+        if parent_inode in self._held:
+            await self._send_held()  # their times first, as they were made
         if (
             self.opts.batch_meta
             and ino is not None
@@ -546,22 +671,26 @@ class PrismOperations(pyfuse3.Operations):
             self._unlinked[ino] = self._unlinked.get(ino, 0) + 1
             self._unlink_dirs[parent_inode] = ns
             return
-        await self._settle()
-        await self.meta.unlink(parent_inode, name)
+        await self._settle(held=False)
+        await self._change(Unlink(now_ns(), parent_inode, name))
 
     @_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
-        await self._settle()
-        await self.meta.rmdir(parent_inode, name)
+        await self._settle(held=False)
+        self._changed.bump(parent_inode)
+        await self._change(Rmdir(now_ns(), parent_inode, name))
 
     @_op
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle()
-        attr = await self.meta.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        await self._settle(held=False)
+        self._changed.bump(parent_inode)
+        attr = await self._change(Symlink(now_ns(), parent_inode, name, target, ctx.uid, ctx.gid))
+        assert attr is not None
+        self._recent.put(attr, trio.current_time())
         return self._entry(self._known(parent_inode, name, attr))
 
     @_op
@@ -575,18 +704,28 @@ class PrismOperations(pyfuse3.Operations):
         ctx: Any,
     ) -> None:
         self._writable()
-        await self._settle()
-        self._names.pop((parent_inode_old, name_old), None)
-        self._names.pop((parent_inode_new, name_new), None)
-        await self.meta.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        await self._settle(held=False)
+        for ino in (
+            self._names.pop((parent_inode_old, name_old), None),
+            self._names.pop((parent_inode_new, name_new), None),
+        ):
+            if ino is not None:
+                self._recent.drop(ino)  # its ctime (and a directory's "..") change
+        self._changed.bump(parent_inode_old, parent_inode_new)
+        await self._change(
+            Rename(now_ns(), parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        )
 
     @_op
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle()
-        attr = await self.meta.link(inode, new_parent_inode, new_name)
+        await self._settle(held=False)
+        self._changed.bump(new_parent_inode)
+        self._recent.drop(inode)
+        attr = await self._change(Link(now_ns(), inode, new_parent_inode, new_name))
+        assert attr is not None
         return self._entry(self._known(new_parent_inode, new_name, attr))
 
     # --- files -----------------------------------------------------------------------------
@@ -675,8 +814,13 @@ class PrismOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
+        if parent_inode in self._held:
+            # The directory's held changes go first: its times, and a mode
+            # (setgid) or group its new files inherit.
+            await self._send_held()
         layout, parent = await self._layout(parent_inode)
         mode = stat.S_IFREG | stat.S_IMODE(mode)
+        self._changed.bump(parent_inode)
         if not self.opts.batch_meta:
             attr = await self.meta.mknod(
                 parent_inode,
@@ -773,47 +917,74 @@ class PrismOperations(pyfuse3.Operations):
 
     @_op
     async def opendir(self, inode: int, ctx: Any) -> int:
-        attr = await self.meta.getattr(inode)
-        if len(self._dir_attrs) > 10_000:
-            self._dir_attrs.clear()
-        self._dir_attrs[inode] = attr
-        return inode
+        now = trio.current_time()
+        attr = self._recent.get(inode, now)  # only for relatime
+        if attr is None:
+            attr = await self.meta.getattr(inode)
+            self._recent.put(attr, now)
+        fh = self._next_dh
+        self._next_dh += 1
+        self._dirs[fh] = DirHandle(inode, attr)
+        return fh
 
     @_op
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         # Offsets: 1 after ".", 2 after "..", then the namespace's cookie + 2.
-        await self._settle(fh)
-        if start_id == 0 and fh in self._dir_attrs:
-            self._note_access(self._dir_attrs[fh])
+        # A page of entries read from the cluster is kept with the handle and
+        # serves the kernel's next requests (each takes about 22 entries),
+        # unless this mount changed the directory since; a listing from the
+        # start (opendir, rewinddir) always reads afresh.
+        dh = self._dirs[fh]
+        ino = dh.ino
+        await self._settle(ino)
+        if start_id == 0 and dh.attr is not None:
+            self._note_access(dh.attr)
         cookie = max(0, start_id - 2)
         while True:
-            page = await self.meta.readdir_page(fh, cookie, 500)
+            now = trio.current_time()
+            version = self._changed.of(ino)
+            kept = (
+                dh.entries_after(cookie, now, self.opts.attr_timeout, version)
+                if start_id > 0
+                else None
+            )
+            if kept is not None:
+                entries, more = kept
+                self.stats.count("fuse.readdir.kept")
+                read_at = dh.page_at
+                parent = dh.page.parent if dh.page is not None else 0
+            else:
+                page = await self.meta.readdir_page(ino, cookie, 500)
+                dh.keep(cookie, page, now, version)
+                entries, more, read_at, parent = page.entries, page.more, now, page.parent
             if cookie == 0 and start_id < 2:
-                dots = ((b".", fh, 1), (b"..", page.parent or fh, 2))
-                for name, ino, after in dots[start_id:]:
-                    if not pyfuse3.readdir_reply(token, name, _dot_entry(ino), after):
+                dots = ((b".", ino, 1), (b"..", parent or ino, 2))
+                for name, dot_ino, after in dots[start_id:]:
+                    if not pyfuse3.readdir_reply(token, name, _dot_entry(dot_ino), after):
                         return
-            for entry in page.entries:
+            for entry in entries:
+                self._recent.put(entry.attr, read_at)
                 if not pyfuse3.readdir_reply(
                     token,
                     entry.name,
-                    self._entry(self._known(fh, entry.name, entry.attr)),
+                    self._entry(self._known(ino, entry.name, entry.attr)),
                     entry.cookie + 2,
                 ):
                     return
                 cookie = entry.cookie
-            if not page.more:
+            if not more:
                 return
             start_id = 2
 
     async def releasedir(self, fh: int) -> None:
-        return None
+        self._dirs.pop(fh, None)
 
     @_op
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Namespace changes that returned are durable, except the deferred ones:
-        # the unlinks (all of them) and the creates in this directory go now.
-        await self._settle(fh)
+        # the unlinks (all of them), the held attribute changes and the creates
+        # in this directory go now.
+        await self._settle(self._dirs[fh].ino)
 
     @_op
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
@@ -907,9 +1078,13 @@ class PrismOperations(pyfuse3.Operations):
             self._releases.append((handle.file.session, inode))
         try:
             await self._settle_unlinks()
+            if self._held:
+                await self._send_held()
             await self._send_releases()
         except PrismError as exc:  # the session's close releases them as well
-            log.warning("unmount: could not send unlinks or releases: %s", exc.message)
+            log.warning(
+                "unmount: could not send unlinks, attribute changes or releases: %s", exc.message
+            )
 
 
 MOUNT_LAYOUT_XATTR = b"user." + LAYOUT_XATTR

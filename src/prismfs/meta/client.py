@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -147,6 +147,9 @@ class MetaClient:
         self.lease_s = 0.0  # the session's lease, once opened (0: no session)
         self.sessions_lost = 0
         self._unopened = False  # a new session could not be started yet
+        # Told the directories each applied command changed (`MetaOk.parents`):
+        # a mount keeps them to answer the kernel's next getattr of them.
+        self.on_parents: Callable[[tuple[Attr, ...]], None] | None = None
         self._lanes = lanes
         self._new_session(session or f"c-{secrets.token_hex(8)}")
 
@@ -163,7 +166,13 @@ class MetaClient:
 
     async def propose(self, command: MetaCommand) -> Attr | None:
         """Apply one namespace command exactly once; its attributes or a PrismError."""
-        return _ok(await self._propose(command)).attr
+        return self._ok(await self._propose(command)).attr
+
+    def _ok(self, raw: bytes) -> MetaOk:
+        ok = _ok(raw)
+        if ok.parents and self.on_parents is not None:
+            self.on_parents(ok.parents)
+        return ok
 
     async def _propose(self, command: MetaCommand) -> bytes:
         lane = await self._free.receive()
@@ -210,7 +219,7 @@ class MetaClient:
         out: list[Attr | PrismError | None] = []
         for result in raw.results:
             try:
-                out.append(_ok(result).attr)
+                out.append(self._ok(result).attr)
             except PrismError as exc:
                 out.append(exc)
         return out

@@ -346,11 +346,14 @@ class Attr(Message, frozen=True):
 
 
 class MetaOk(Message, frozen=True):
-    """A command's result: the attributes of the inode it made or changed, if any."""
+    """A command's result: the attributes of the inode it made or changed, if
+    any, and those of the directories whose entries it changed, after the
+    change (a mount answers the kernel's next getattr of them itself)."""
 
     family: ClassVar[str] = "meta"
 
     attr: Attr | None = None
+    parents: tuple[Attr, ...] = ()
 
 
 class Reserved(Message, frozen=True):

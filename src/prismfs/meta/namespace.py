@@ -284,6 +284,7 @@ class Namespace:
         path = os.fspath(path)
         self.duplicates = 0
         self.halted: int | None = None  # the entry this replica could not apply
+        self._touched: list[int] = []  # directories the command being applied changed
         self._in_batch = False
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         if path != ":memory:":
@@ -435,7 +436,8 @@ class Namespace:
             return self._refuse(index, wrapper, refusal)
         self._begin()
         try:
-            result = encode_message(_result(handler(cmd)))
+            self._touched = []
+            result = encode_message(self._result(handler(cmd)))
         except PrismError as exc:
             self._undo()
             result = encode_message(MetaFailed(exc.code, exc.message))
@@ -789,7 +791,17 @@ class Namespace:
         if not stat.S_ISDIR(self._mode(ino)):
             raise NotADirectory(f"inode {ino} is not a directory")
 
+    def _result(self, out: Attr | Message | None) -> Message:
+        if isinstance(out, (Reserved, BatchResults)):
+            return out
+        parents = []
+        for ino in dict.fromkeys(self._touched):
+            with contextlib.suppress(NotFound):
+                parents.append(self.getattr(ino))
+        return MetaOk(out, tuple(parents))  # type: ignore[arg-type]
+
     def _touch_dir(self, ino: int, now: int, nlink_delta: int = 0) -> None:
+        self._touched.append(ino)
         self.db.execute(
             "UPDATE inodes SET mtime_ns = ?, ctime_ns = ?, nlink = nlink + ? WHERE ino = ?",
             (now, now, nlink_delta, ino),
@@ -902,7 +914,8 @@ class Namespace:
                 raise InvalidArgument(f"not a command for a batch: {type(op).__name__}")
             self.db.execute("SAVEPOINT op")
             try:
-                results.append(encode_message(_result(handler(op))))
+                self._touched = []
+                results.append(encode_message(self._result(handler(op))))
             except PrismError as exc:
                 self.db.execute("ROLLBACK TO op")
                 results.append(encode_message(MetaFailed(exc.code, exc.message)))
@@ -1597,10 +1610,6 @@ def _well_formed(rec: ChunkRecord) -> bool:
         and not rec.inline
         and len(rec.block_sums) in (0, rec.k)
     )
-
-
-def _result(out: Attr | Message | None) -> Message:
-    return out if isinstance(out, (Reserved, BatchResults)) else MetaOk(out)  # type: ignore[arg-type]
 
 
 def _id_and_length(blob: bytes) -> tuple[bytes, int]:

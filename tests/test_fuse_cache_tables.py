@@ -1,0 +1,56 @@
+"""`prismfs.fuse.caches` without a kernel: freshness, kept pages, held changes."""
+
+from __future__ import annotations
+
+import stat
+
+from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
+from prismfs.meta.commands import Attr, DirEntry, DirPage, SetAttr
+
+
+def attr(ino: int, mode: int = stat.S_IFDIR | 0o755) -> Attr:
+    return Attr(ino, mode, 2, 0, 0, 0, 1, 1, 1)
+
+
+def test_recent_attrs_keep_directories_and_symlinks_for_the_ttl() -> None:
+    r = RecentAttrs(1.0)
+    r.put(attr(5), now=10.0)
+    r.put(attr(6, stat.S_IFREG | 0o644), now=10.0)  # files: never (close-to-open)
+    r.put(attr(7, stat.S_IFLNK | 0o777), now=10.0)
+    assert r.get(5, 10.9) is not None and r.get(7, 10.9) is not None
+    assert r.get(6, 10.0) is None
+    assert r.get(5, 11.0) is None
+    r.drop(7)
+    assert r.get(7, 10.5) is None
+
+
+def test_a_kept_page_serves_positions_it_covers_while_the_directory_is_unchanged() -> None:
+    changes = DirChanges()
+    entries = tuple(DirEntry(f"n{i}".encode(), i, attr(i + 10)) for i in range(1, 6))
+    page = DirPage(entries=entries, more=True)
+    dh = DirHandle(3)
+    dh.keep(0, page, now=5.0, version=changes.of(3))
+    last = entries[-1].cookie
+    got = dh.entries_after(entries[1].cookie, 5.5, 1.0, changes.of(3))
+    assert got is not None and got[0] == entries[2:] and got[1] is True
+    assert dh.entries_after(last + 1, 5.5, 1.0, changes.of(3)) is None  # beyond: next page
+    assert dh.entries_after(0, 6.0, 1.0, changes.of(3)) is None  # too old
+    changes.bump(3)
+    assert dh.entries_after(0, 5.5, 1.0, changes.of(3)) is None  # changed here since
+
+
+def test_held_changes_merge_apply_and_go_back_in_order() -> None:
+    held = HeldAttrs()
+    a = attr(9)
+    held.hold(SetAttr(100, 9, uid=5), {"uid": 5}, now=1.0)
+    held.hold(SetAttr(200, 9, mode=0o700), {"mode": 0o700}, now=2.0)
+    assert 9 in held and held.since == 1.0
+    shown = held.apply(a)
+    assert (shown.uid, shown.mode, shown.ctime_ns) == (5, stat.S_IFDIR | 0o700, 200)
+    ops = held.take()
+    assert [op.now_ns for op in ops] == [100, 200] and not held
+    held.hold(SetAttr(300, 9, gid=7), {"gid": 7}, now=3.0)
+    held.put_back(ops, now=4.0)
+    assert [op.now_ns for op in held.ops] == [100, 200, 300]
+    again = held.apply(a)
+    assert (again.uid, again.gid, again.mode, again.ctime_ns) == (5, 7, stat.S_IFDIR | 0o700, 300)
