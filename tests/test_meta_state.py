@@ -541,3 +541,20 @@ def test_a_reduced_chunk_is_reencoded_unless_it_changed(d: Driver) -> None:
     assert d.ns.reduced_count() == 0
     assert [r.id for _, r in d.ns.gc_pending()] == [b"r1"]
     assert d.ns.chunk_health(set())[1] == 1
+
+
+def test_checkpoints_run_beside_the_writer_not_inside_commits(tmp_path: Path) -> None:
+    """The WAL only grows while entries apply (no checkpoint inside a commit);
+    `checkpoint` (the node runs it in a worker thread) copies it into the
+    database, and the next commit starts the WAL over."""
+    ns = Namespace(tmp_path / "ns.db")
+    for i in range(300):
+        ns.apply(i + 1, encode_message(Mkdir(i, ROOT_INO, f"d{i}".encode(), 0o755, 0, 0)))
+    grown = ns.wal_bytes()
+    assert grown > 1_000_000  # past SQLite's own autocheckpoint point: none ran
+    ns.checkpoint()
+    ns.apply(301, encode_message(Mkdir(301, ROOT_INO, b"after", 0o755, 0, 0)))
+    ns.apply(302, encode_message(Mkdir(302, ROOT_INO, b"after2", 0o755, 0, 0)))
+    assert ns.wal_bytes() == grown  # the file stays, its frames are reused from the start
+    again = Namespace(tmp_path / "ns.db")  # everything reads back
+    assert again.lookup(ROOT_INO, b"d299").ino and again.lookup(ROOT_INO, b"after2").ino

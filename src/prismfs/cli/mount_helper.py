@@ -64,8 +64,8 @@ def parse_options(text: str) -> dict[str, str | None]:
 
 
 def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # type: ignore[no-untyped-def]
+    from prismfs.fuse.deferred import MountOptions
     from prismfs.fuse.mount import MountSpec
-    from prismfs.fuse.ops import MountOptions
 
     options = parse_options(text)
     if source.endswith(".toml"):

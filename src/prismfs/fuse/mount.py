@@ -25,7 +25,8 @@ import trio
 
 from prismfs.client.data import DataClient
 from prismfs.errors import ConfigError
-from prismfs.fuse.ops import MountOptions, PrismOperations
+from prismfs.fuse.deferred import MountOptions
+from prismfs.fuse.ops import PrismOperations
 from prismfs.meta.client import MetaClient, keep_session
 from prismfs.procs import raise_open_file_limit
 from prismfs.wire.auth import ClusterCredentials

@@ -286,6 +286,8 @@ class Namespace:
         self.halted: int | None = None  # the entry this replica could not apply
         self._touched: list[int] = []  # directories the command being applied changed
         self._in_batch = False
+        self.path = path
+        self._checkpointer: sqlite3.Connection | None = None
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         if path != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -293,6 +295,11 @@ class Namespace:
             # may lose its last transactions but never its consistency, and
             # replay from the stored applied index redoes them.
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # No checkpoint inside a commit (it would stall the event loop
+            # for milliseconds every few hundred entries): `checkpoint` runs
+            # in a worker thread instead.
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+            self.db.execute("PRAGMA busy_timeout=2000")
         self.db.executescript(SCHEMA)
         if self.db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone() is None:
             self.db.execute("BEGIN")
@@ -550,6 +557,25 @@ class Namespace:
             return encode_message(handler(q))
         except PrismError as exc:
             return encode_message(MetaFailed(exc.code, exc.message))
+
+    def wal_bytes(self) -> int:
+        """Size of the write-ahead log not yet copied into the database file."""
+        try:
+            return os.path.getsize(f"{self.path}-wal") if self.path != ":memory:" else 0
+        except OSError:
+            return 0
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file (PASSIVE: it neither
+        waits for nor blocks the writer). Blocking: call it in a worker thread,
+        one call at a time."""
+        if self.path == ":memory:":
+            return
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def snapshot(self) -> bytes:
         image = bytearray(self.db.serialize())

@@ -1,0 +1,341 @@
+"""What a mount holds back and sends later, in batches: the base class of
+`prismfs.fuse.ops.PrismOperations`.
+
+Deferred creates (metadata batching). ``create`` answers at once with an
+inode number from a range this mount reserved (`ReserveInodes`, one Raft
+commit per `RESERVE` creates) and puts the `Mknod` into the new file's
+prelude; attribute changes (``fchmod``, ``fchown``) join it. The close that
+follows sends prelude, data commit and any ``utimens`` as one `Batch`: a
+small file written by ``cp``/``tar`` costs one Raft round trip, not four.
+Until then the file exists only in this mount: it answers lookups and
+getattr for it itself, and every other namespace change (and a readdir of
+its directory) first *settles* the pending creates, so nothing here can see
+an order the cluster does not have. Another mount sees the name once it is
+closed, or at most ``settle_s`` (1 s) after the create. Releases are
+sent in batches in the background. Unlinks of files not open here are
+deferred the same way (``rm -rf`` sends a directory's unlinks as one batch
+when it removes the directory): the name answers ENOENT here at once, and
+each `Unlink` names its inode, so it never removes a file another mount put
+in the name's place. ``-o sync_meta`` turns deferral off
+(an ``O_EXCL`` create is then exclusive across mounts too; deferred, it is
+exclusive within the mount, and a name another mount took meanwhile makes
+the close fail with EEXIST).
+
+Held attribute changes (`prismfs.fuse.caches.HeldAttrs`): ``chown``,
+``chmod`` and ``utimens`` of a directory or symlink whose attributes this
+mount got within ``attr_timeout`` are answered at once and sent in front of
+the next namespace change, in its Raft entry (``cp -a``/``tar x`` make a
+directory, then set its owner, mode and times: one entry, not four), or
+when settled. A create or unlink in a directory with held changes sends them
+first, so the directory's times end as POSIX orders them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from prismfs.client.data import DataClient
+from prismfs.client.files import OpenFile
+from prismfs.data.layout import Layout
+from prismfs.errors import PrismError
+from prismfs.exception_groups import single_exception
+from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
+from prismfs.meta.client import MetaClient, now_ns
+from prismfs.meta.commands import (
+    MAX_BATCH,
+    Attr,
+    MetaCommand,
+    Release,
+    SetAttr,
+    Unlink,
+    UpdateAtime,
+)
+
+log = logging.getLogger("prismfs.fuse")
+
+RESERVE = 1024  # inode numbers reserved per ReserveInodes
+RELEASE_EVERY = 0.2  # seconds between batches of releases
+DAY_NS = 86_400 * 10**9
+
+
+@dataclass
+class MountOptions:
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    writeback_mb: int = 64
+    read_only: bool = False
+    batch_meta: bool = True
+    atime: bool = True  # relatime; False: noatime
+    settle_s: float = 1.0  # how long a deferred create may stay unknown to other mounts
+    writeback_s: float = 30.0  # how long written data may stay buffered in an open file
+
+
+@dataclass
+class Handle:
+    file: OpenFile
+    refs: int = 1
+    attr: Attr | None = None  # while its create is deferred: the attributes known here
+    created: float = 0.0  # trio time of a deferred create
+    name: tuple[int, bytes] = (0, b"")  # (parent, name) of a deferred create
+    read_noted: bool = False  # a read through this open was seen (relatime)
+
+    @property
+    def pending(self) -> bool:
+        return self.attr is not None and bool(self.file.prelude)
+
+
+class DeferredWork(pyfuse3.Operations):
+    """The mount's state, and the work it holds back (see the module docstring)."""
+
+    def __init__(self, meta: MetaClient, data: DataClient, options: MountOptions) -> None:
+        super().__init__()
+        self.meta = meta
+        self.data = data
+        self.opts = options
+        # FUSE requests answered (`_op`) and RPCs made: `prismfs mount stats`
+        self.stats = meta.pool.stats
+        self._open: dict[int, Handle] = {}  # by inode
+        # file handle -> its inode's handle (the one current when it was opened:
+        # after a session loss a new open gets a new one, the old stay stale)
+        self._fh: dict[int, Handle] = {}
+        self._next_fh = 1
+        # directory -> (read at, layout for new files, its attributes)
+        self._layouts: dict[int, tuple[float, Layout, Attr]] = {}
+        self._locks: dict[int, trio.Lock] = {}
+        self._seen: dict[int, tuple[int, int]] = {}  # inode -> (mtime, size) at its last open
+        # (inode, name) -> (read at, value or None for "no such attribute"), kept
+        # for attr_timeout: the kernel asks for security.capability before every write.
+        self._xattrs: dict[tuple[int, bytes], tuple[float, bytes | None]] = {}
+        self._inos: range = range(0)  # reserved inode numbers not used yet
+        self._reserving = trio.Lock()
+        self._pending: dict[tuple[int, bytes], int] = {}  # (parent, name) -> deferred inode
+        # (parent, name) -> inode, of the entries this mount told the kernel about
+        self._names: dict[tuple[int, bytes], int] = {}
+        # (parent, name) -> (inode, queued at (trio clock), time of the unlink (ns))
+        self._unlinks: dict[tuple[int, bytes], tuple[int, float, int]] = {}
+        self._unlink_dirs: dict[int, int] = {}  # parent -> time of its latest pending unlink
+        self._unlinked: dict[int, int] = {}  # inode -> its names in _unlinks
+        self._unlink_lock = trio.Lock()
+        self._releases: list[tuple[str, int]] = []  # (session, inode) releases not sent yet
+        self._atimes: dict[int, int] = {}  # atime updates not sent yet
+        # within the kernel's timeouts (see `prismfs.fuse.caches`)
+        self._recent = RecentAttrs(options.attr_timeout)
+        self._changed = DirChanges()
+        self._dirs: dict[int, DirHandle] = {}  # open directories by handle
+        self._next_dh = 1
+        self._held = HeldAttrs()
+        # inode -> (size, mtime, ctime) last given to the kernel (`_entry`)
+        self._told: dict[int, tuple[int, int, int]] = {}
+
+    # --- deferred creates (see the module's docstring) -------------------------------------
+
+    def _deferred(self, inode: int) -> Handle | None:
+        handle = self._open.get(inode)
+        return handle if handle is not None and handle.pending else None
+
+    async def _settle(self, parent: int | None = None, *, held: bool = True) -> None:
+        """Send every deferred unlink, then the deferred creates (in ``parent``
+        only, if given), then (with ``held``) the held attribute changes to the
+        cluster. A create the cluster refuses (another mount took the name) is
+        logged here and fails the file's close; a transient error fails the
+        caller."""
+        await self._settle_unlinks()
+        await self._settle_creates(parent)
+        if held and self._held:
+            await self._send_held()
+
+    async def _send_held(self) -> None:
+        """The held chown/chmod/utimens of directories and symlinks, in order."""
+        ops = self._held.take()
+        try:
+            for start in range(0, len(ops), MAX_BATCH):
+                results = await self.meta.batch(ops[start : start + MAX_BATCH])
+                for op, result in zip(ops[start : start + MAX_BATCH], results, strict=True):
+                    self._log_held_failure(op, result)
+        except BaseException:
+            self._held.put_back(ops, trio.current_time())
+            raise
+
+    @staticmethod
+    def _log_held_failure(op: SetAttr, result: Attr | PrismError | None) -> None:
+        if isinstance(result, PrismError):  # e.g. another mount removed it meanwhile
+            log.info("held attribute change of inode %d: %s", op.ino, result.message)
+
+    async def _change(self, op: MetaCommand) -> Attr | None:
+        """Send one namespace change; the held attribute changes go in front of
+        it, in the same Raft entry."""
+        if len(self._held.ops) >= MAX_BATCH:
+            await self._send_held()
+        if not self._held:
+            return await self.meta.propose(op)
+        ops = self._held.take()
+        try:
+            results = await self.meta.batch([*ops, op])
+        except BaseException:
+            self._held.put_back(ops, trio.current_time())
+            raise
+        for held_op, result in zip(ops, results, strict=False):
+            self._log_held_failure(held_op, result)
+        last = results[-1]
+        if isinstance(last, PrismError):
+            raise last
+        return last
+
+    async def _settle_creates(self, parent: int | None) -> None:
+        todo: list[Handle] = []
+        for key, ino in list(self._pending.items()):
+            handle = self._deferred(ino)
+            if handle is None:
+                del self._pending[key]
+            elif parent is None or key[0] == parent:
+                todo.append(handle)
+        if not todo:
+            return
+
+        async def one(handle: Handle) -> None:
+            try:
+                await handle.file.settle()
+            except PrismError as exc:
+                if exc.transient:
+                    raise
+                self._lost(handle)
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                for handle in todo:
+                    nursery.start_soon(one, handle)
+
+    async def _settle_unlinks(self) -> None:
+        """Send the deferred unlinks, in batches. One that fails (another mount
+        removed or replaced the name meanwhile) only gets a log line."""
+        async with self._unlink_lock:
+            while self._unlinks:
+                items = list(self._unlinks.items())[:MAX_BATCH]
+                results = await self.meta.batch(
+                    [Unlink(ns, parent, name, ino=ino) for (parent, name), (ino, _, ns) in items]
+                )
+                for (key, (ino, _, _)), result in zip(items, results, strict=True):
+                    del self._unlinks[key]
+                    left = self._unlinked.pop(ino) - 1
+                    if left:
+                        self._unlinked[ino] = left
+                    if isinstance(result, PrismError):
+                        log.info("deferred unlink of %r: %s", key[1], result.message)
+                self._unlink_dirs = {}
+                for (parent, _), (_, _, ns) in self._unlinks.items():
+                    self._unlink_dirs[parent] = max(ns, self._unlink_dirs.get(parent, 0))
+
+    def _known(self, parent: int, name: bytes, attr: Attr) -> Attr:
+        """Remember which inode a name the kernel now knows refers to."""
+        if len(self._names) > 200_000:
+            self._names.clear()
+        self._names[(parent, name)] = attr.ino
+        return attr
+
+    def _lost(self, handle: Handle) -> None:
+        """A deferred create the cluster refused: the kernel forgets its name."""
+        assert handle.file.lost is not None
+        log.warning("deferred create of %r failed: %s", handle.name[1], handle.file.lost.message)
+        self._pending.pop(handle.name, None)
+        pyfuse3.invalidate_entry_async(handle.name[0], handle.name[1], ignore_enoent=True)
+
+    async def _reserve(self) -> int:
+        async with self._reserving:
+            if not self._inos:
+                self._inos = await self.meta.reserve_inodes(RESERVE)
+            ino, self._inos = self._inos[0], self._inos[1:]
+            return ino
+
+    def _note_access(self, attr: Attr) -> None:
+        """relatime: atime moves on a read if it is not after mtime and ctime,
+        or is a day old; sent with the next batch of releases."""
+        if not self.opts.atime:
+            return
+        now = now_ns()
+        if attr.atime_ns <= max(attr.mtime_ns, attr.ctime_ns) or now - attr.atime_ns >= DAY_NS:
+            self._atimes[attr.ino] = now
+
+    async def _send_releases(self) -> None:
+        """Send the queued releases and atime updates, in batches."""
+        while self._releases or self._atimes:
+            ops: list[MetaCommand] = []
+            while self._atimes and len(ops) < MAX_BATCH:
+                ino, ns = self._atimes.popitem()
+                ops.append(UpdateAtime(ns, ino, ns))
+            todo, self._releases = (
+                self._releases[: MAX_BATCH - len(ops)],
+                self._releases[MAX_BATCH - len(ops) :],
+            )
+            # The opens of a session the cluster ended went with it.
+            ops += [Release(now_ns(), s, i) for s, i in todo if s == self.meta.session]
+            if not ops:
+                continue
+            try:
+                await self.meta.batch(ops)
+            except BaseException:
+                self._releases[:0] = todo
+                raise
+
+    async def background(self) -> None:
+        """For the mount's lifetime: send releases in batches, settle the
+        deferred creates and unlinks older than ``settle_s`` (so other mounts
+        see them), and commit data buffered in open files for longer than
+        ``writeback_s`` (the kernel never tells a FUSE daemon of ``sync``)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(RELEASE_EVERY)
+                try:
+                    await self._send_releases()
+                    now = trio.current_time()
+                    if any(
+                        h.pending and now - h.created > self.opts.settle_s
+                        for h in self._open.values()
+                    ) or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values()):
+                        await self._settle()
+                    since = self._held.since
+                    if since is not None and now - since > self.opts.settle_s:
+                        await self._send_held()
+                    for handle in list(self._open.values()):
+                        f = handle.file
+                        if (
+                            f.dirty_since is not None
+                            and now - f.dirty_since > self.opts.writeback_s
+                        ):
+                            f.dirty_since = None  # one writeback at a time per file
+                            nursery.start_soon(self._write_back, handle)
+                except PrismError as exc:
+                    log.warning("background namespace work failed, will retry: %s", exc.message)
+                except Exception:
+                    log.exception("background namespace work failed, will retry")
+
+    async def _write_back(self, handle: Handle) -> None:
+        try:
+            await handle.file.flush()
+        except PrismError as exc:  # kept dirty: the next writeback, fsync or close retries
+            log.warning(
+                "writeback of inode %d failed, will retry: %s", handle.file.ino, exc.message
+            )
+
+    async def sync_all(self) -> None:
+        """``prismfs sync``: everything this mount holds back reaches the cluster
+        (deferred unlinks and creates, data buffered in open files) and is
+        durable when this returns."""
+        await self._settle()
+        failures: list[PrismError] = []
+
+        async def flush(handle: Handle) -> None:
+            try:
+                await handle.file.flush()
+            except PrismError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for handle in list(self._open.values()):
+                if not handle.file.stale:
+                    nursery.start_soon(flush, handle)
+        if failures:
+            raise failures[0]
