@@ -421,3 +421,36 @@ async def test_a_failing_notification_handler_is_logged_and_the_connection_lives
         await pool.notify(rpc_server.address, Square(1), timeout=5)
         reply = await pool.call(rpc_server.address, Ping())
         assert isinstance(reply.message, Pong)
+
+
+async def test_direct_sends_that_the_socket_takes_in_part_stay_whole_and_in_order() -> None:
+    """The writer bypass: with a tiny socket buffer and a peer that is not
+    reading yet, a frame goes out in part; its rest is queued ahead of every
+    later frame, and the peer decodes each frame whole, in order."""
+    import socket as stdlib_socket
+
+    from prismfs.wire.frames import FrameDecoder
+    from prismfs.wire.stream import FramedStream
+
+    a, b = stdlib_socket.socketpair()
+    a.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4096)
+    b.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+    left = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    right = trio.SocketStream(trio.socket.from_stdlib_socket(b))
+    conn = FramedStream(left)
+    sizes = [10_000, 3, 12_000, 0, 15_000, 7, 9_000]
+    for i, size in enumerate(sizes):
+        await conn.send(FrameKind.REQUEST, i + 1, Echo(), bytes([i]) * size)
+    assert conn.unsent > 0  # the socket did not take everything: the writer has the rest
+    decoder = FrameDecoder()
+    got: list[tuple[int, bytes]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run_writer)
+        while len(got) < len(sizes):
+            decoder.feed(await right.receive_some(65536))
+            while (frame := decoder.next_frame()) is not None:
+                got.append((frame.request_id, bytes(frame.payload)))
+        conn.close_writer()
+    assert got == [(i + 1, bytes([i]) * size) for i, size in enumerate(sizes)]
+    await left.aclose()
+    await right.aclose()
