@@ -454,3 +454,37 @@ async def test_direct_sends_that_the_socket_takes_in_part_stay_whole_and_in_orde
     assert got == [(i + 1, bytes([i]) * size) for i, size in enumerate(sizes)]
     await left.aclose()
     await right.aclose()
+
+
+class Halve(Message, frozen=True):
+    value: int
+
+
+async def test_a_fast_handler_answers_in_the_reader_or_hands_over(
+    rpc_server: ServerUnderTest,
+) -> None:
+    """``register(fast=...)``: an answer given at once needs no task; None hands
+    the call to the usual handler; a typed error arrives as itself."""
+    slow_calls: list[int] = []
+
+    async def slow(request: Halve, call: object) -> Squared:
+        slow_calls.append(request.value)
+        await trio.lowlevel.checkpoint()
+        return Squared(request.value // 2)
+
+    def fast(request: Halve, call: object) -> Squared | None:
+        if request.value < 0:
+            raise NotFound("negative")
+        return Squared(request.value // 2) if request.value % 2 == 0 else None
+
+    rpc_server.server.register(Halve, slow, fast=fast)  # type: ignore[arg-type]
+    async with open_rpc_pool(rpc_server.creds) as pool:
+        even = await pool.call(rpc_server.address, Halve(10))
+        odd = await pool.call(rpc_server.address, Halve(7))
+        with pytest.raises(NotFound, match="negative"):
+            await pool.call(rpc_server.address, Halve(-1))
+    assert isinstance(even.message, Squared) and even.message.value == 5
+    assert isinstance(odd.message, Squared) and odd.message.value == 3
+    assert slow_calls == [7]
+    counts = rpc_server.server.stats.counts
+    assert counts["served.Halve.at_once"] == 2

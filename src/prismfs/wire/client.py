@@ -200,6 +200,17 @@ class RpcConnection:
         self, request: Message, payload: Payload = b"", *, timeout: float | None = None
     ) -> Response:
         """Send one request and wait for its reply; a server error is re-raised as itself."""
+        seconds = math.inf if timeout is None else max(0.0, timeout)
+        return await self.call_until(request, payload, trio.current_time() + seconds, timeout)
+
+    async def call_until(
+        self,
+        request: Message,
+        payload: Payload,
+        deadline: float,
+        seconds: float | None = None,
+    ) -> Response:
+        """`call` with an absolute (trio clock) deadline: one cancel scope."""
         if self._broken is not None:
             raise Unavailable(f"connection to {self.address} is closed: {self._broken.message}")
         rid = next(self._ids)
@@ -207,7 +218,7 @@ class RpcConnection:
         self._pending[rid] = slot
         finished = False
         try:
-            with trio.move_on_after(math.inf if timeout is None else max(0.0, timeout)) as scope:
+            with trio.move_on_at(deadline) as scope:
                 await self._conn.send(FrameKind.REQUEST, rid, request, payload)
                 await slot.done.wait()
                 finished = True
@@ -216,7 +227,7 @@ class RpcConnection:
                 self._conn.send_control(FrameKind.CANCEL, rid, Cancel())
         if scope.cancelled_caught:
             raise DeadlineExceeded(
-                f"{type(request).__name__} to {self.address} did not finish within {timeout:g}s"
+                f"{type(request).__name__} to {self.address} did not finish within {seconds:g}s"
             )
         if slot.error is not None:
             raise slot.error
@@ -327,17 +338,20 @@ class RpcPool:
         start = trio.current_time()
         deadline = math.inf if seconds is None else start + seconds
         name = f"rpc.{type(request).__name__}"
-        with trio.move_on_at(deadline):
-            conn = await self.connection(address)
-            remaining = None if seconds is None else max(0.0, deadline - trio.current_time())
-            try:
-                return await conn.call(request, payload, timeout=remaining)
-            finally:
-                self.stats.observe(name, trio.current_time() - start)
-        self.stats.count(f"{name}.no-connection")
-        raise DeadlineExceeded(
-            f"{type(request).__name__} to {address}: no connection within {seconds:g}s"
-        )
+        conn = self._conns.get(address)
+        if conn is None or not conn.is_open:
+            conn = None
+            with trio.move_on_at(deadline):
+                conn = await self.connection(address)
+            if conn is None:
+                self.stats.count(f"{name}.no-connection")
+                raise DeadlineExceeded(
+                    f"{type(request).__name__} to {address}: no connection within {seconds:g}s"
+                )
+        try:
+            return await conn.call_until(request, payload, deadline, seconds)
+        finally:
+            self.stats.observe(name, trio.current_time() - start)
 
     async def notify(self, address: str, request: Message, *, timeout: float | None = None) -> None:
         """One request without a reply (`RpcConnection.notify`); the deadline
