@@ -318,3 +318,17 @@ def test_prismfs_mount_stats(two: tuple[Mount, Path, Path], tmp_path: Path) -> N
     wrong = prismfs("mount", "stats", str(tmp_path))
     assert wrong.returncode != 0 and "not on a PrismFS mount" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+def test_a_name_this_mount_just_made_is_looked_up_without_the_cluster_until_rmdir(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    _, a, _ = two
+    d = a / "named"
+    d.mkdir()
+    os.utime(d, ns=(T0, T0))  # cp -a's order: the kernel looks the name up again here
+    assert os.stat(d).st_mtime_ns == T0
+    d.rmdir()
+    assert not exists(d)  # the name this mount knew is gone with it
+    d.mkdir()
+    assert stat.S_IMODE(os.stat(d).st_mode) and exists(d)

@@ -45,10 +45,15 @@ class RecentAttrs:
             self._attrs[attr.ino] = (now, attr)
 
     def get(self, ino: int, now: float) -> Attr | None:
+        found = self.get_dated(ino, now)
+        return None if found is None else found[1]
+
+    def get_dated(self, ino: int, now: float) -> tuple[float, Attr] | None:
+        """(when the cluster gave it, the attributes), if still fresh."""
         found = self._attrs.get(ino)
         if found is None or now - found[0] >= self.ttl:
             return None
-        return found[1]
+        return found
 
     def drop(self, ino: int) -> None:
         self._attrs.pop(ino, None)

@@ -115,6 +115,7 @@ class DeferredWork(pyfuse3.Operations):
         self._pending: dict[tuple[int, bytes], int] = {}  # (parent, name) -> deferred inode
         # (parent, name) -> inode, of the entries this mount told the kernel about
         self._names: dict[tuple[int, bytes], int] = {}
+        self._named_at: dict[tuple[int, bytes], float] = {}  # when the cluster said so
         # (parent, name) -> (inode, queued at (trio clock), time of the unlink (ns))
         self._unlinks: dict[tuple[int, bytes], tuple[int, float, int]] = {}
         self._unlink_dirs: dict[int, int] = {}  # parent -> time of its latest pending unlink
@@ -229,12 +230,19 @@ class DeferredWork(pyfuse3.Operations):
                 for (parent, _), (_, _, ns) in self._unlinks.items():
                     self._unlink_dirs[parent] = max(ns, self._unlink_dirs.get(parent, 0))
 
-    def _known(self, parent: int, name: bytes, attr: Attr) -> Attr:
-        """Remember which inode a name the kernel now knows refers to."""
+    def _known(self, parent: int, name: bytes, attr: Attr, at: float | None = None) -> Attr:
+        """Remember which inode a name the kernel now knows refers to, and when
+        the cluster said so (``at``, trio time; default now)."""
         if len(self._names) > 200_000:
             self._names.clear()
+            self._named_at.clear()
         self._names[(parent, name)] = attr.ino
+        self._named_at[(parent, name)] = trio.current_time() if at is None else at
         return attr
+
+    def _forget_name(self, parent: int, name: bytes) -> int | None:
+        self._named_at.pop((parent, name), None)
+        return self._names.pop((parent, name), None)
 
     def _lost(self, handle: Handle) -> None:
         """A deferred create the cluster refused: the kernel forgets its name."""

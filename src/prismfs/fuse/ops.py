@@ -209,6 +209,9 @@ class PrismOperations(DeferredWork):
         handle = self._deferred(self._pending.get((parent_inode, name), 0))
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
+        known = self._recently_named(parent_inode, name)
+        if known is not None:
+            return known
         try:
             attr = await self.meta.lookup(parent_inode, name)
         except NotFound:
@@ -222,6 +225,25 @@ class PrismOperations(DeferredWork):
             attr = await self.meta.getattr(attr.ino)
         return self._entry(self._known(parent_inode, name, attr))
 
+    def _recently_named(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes | None:
+        """A directory or symlink the cluster named ``name`` in ``parent`` less
+        than ``entry_timeout`` ago, with its attributes of less than
+        ``attr_timeout`` ago: the answer the kernel itself could have kept.
+        The kernel may keep it only for what is left of those timeouts."""
+        key = (parent, name)
+        at = self._named_at.get(key)
+        now = trio.current_time()
+        if at is None or now - at >= self.opts.entry_timeout:
+            return None
+        dated = self._recent.get_dated(self._names[key], now)
+        if dated is None:
+            return None
+        self.stats.count("fuse.lookup.cached")
+        e = self._entry(dated[1])
+        e.entry_timeout = max(0.0, self.opts.entry_timeout - (now - at))
+        e.attr_timeout = max(0.0, self.opts.attr_timeout - (now - dated[0]))
+        return e
+
     async def forget(self, inode_list: Any) -> None:
         return None
 
@@ -233,10 +255,12 @@ class PrismOperations(DeferredWork):
         if inode in self._unlinked:  # its link count is about to change
             await self._settle_unlinks()
         now = trio.current_time()
-        recent = self._recent.get(inode, now)
+        recent = self._recent.get_dated(inode, now)
         if recent is not None:
             self.stats.count("fuse.getattr.cached")
-            return self._entry(recent)
+            e = self._entry(recent[1])
+            e.attr_timeout = max(0.0, self.opts.attr_timeout - (now - recent[0]))
+            return e
         attr = await self.meta.getattr(inode)
         self._recent.put(attr, now)
         return self._entry(attr)
@@ -356,7 +380,7 @@ class PrismOperations(DeferredWork):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         key = (parent_inode, name)
-        ino = self._names.pop(key, None)
+        ino = self._forget_name(*key)
         self._changed.bump(parent_inode)
         if ino is not None:
             self._recent.drop(ino)  # its link count and ctime change
@@ -384,6 +408,9 @@ class PrismOperations(DeferredWork):
         self._writable()
         await self._settle(held=False)
         self._changed.bump(parent_inode)
+        ino = self._forget_name(parent_inode, name)
+        if ino is not None:
+            self._recent.drop(ino)
         await self._change(Rmdir(now_ns(), parent_inode, name))
 
     @_op
@@ -411,8 +438,8 @@ class PrismOperations(DeferredWork):
         self._writable()
         await self._settle(held=False)
         for ino in (
-            self._names.pop((parent_inode_old, name_old), None),
-            self._names.pop((parent_inode_new, name_new), None),
+            self._forget_name(parent_inode_old, name_old),
+            self._forget_name(parent_inode_new, name_new),
         ):
             if ino is not None:
                 self._recent.drop(ino)  # its ctime (and a directory's "..") change
@@ -672,7 +699,7 @@ class PrismOperations(DeferredWork):
                 if not pyfuse3.readdir_reply(
                     token,
                     entry.name,
-                    self._entry(self._known(ino, entry.name, entry.attr)),
+                    self._entry(self._known(ino, entry.name, entry.attr, read_at)),
                     entry.cookie + 2,
                 ):
                     return
