@@ -11,6 +11,7 @@ count. A workload ends with ``prismfs sync`` of the mount, so deferred
 creates and unlinks are counted in the workload that made them.
 
     .venv/bin/python benchmarks/bench_ops.py [--count 300] [--nodes 3] [--src DIR] [--json F]
+    .venv/bin/python benchmarks/bench_ops.py --report BEFORE.json AFTER.json   # markdown
 
 Workloads (``cp -a`` and ``tar x`` do what ``mkdir-cp-a`` and ``symlink-cp-a`` do):
 
@@ -203,13 +204,30 @@ def workloads(root: Path, count: int) -> list[tuple[str, Callable[[], None], boo
     ]
 
 
+def report(before_file: Path, after_file: Path) -> None:
+    """A markdown table: per workload, each summary column before -> after."""
+    before = {r["workload"]: summary(r) for r in json.loads(before_file.read_text())}
+    after = {r["workload"]: summary(r) for r in json.loads(after_file.read_text())}
+    columns = list(next(iter(after.values())))
+    print("| workload | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name, row in after.items():
+        old = before.get(name, {})
+        cells = [f"{old.get(c, float('nan')):.2f} → {row[c]:.2f}" for c in columns]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=300)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--src", type=Path, help="run PrismFS from this source tree")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--report", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     args = ap.parse_args()
+    if args.report:
+        report(*args.report)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-ops-") as tmp:
         base = Path(tmp)
         env = {**os.environ, "PRISMFS_STATE_DIR": str(base / "state"), "PRISMFS_CONFIG": ""}
