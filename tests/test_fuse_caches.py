@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from fuse_mount import Mount, fuse_available
+from prismfs.errors import NotFound
 from prismfs.meta.commands import ROOT_INO
 
 pytestmark = pytest.mark.timeout(300)
@@ -332,3 +333,43 @@ def test_a_name_this_mount_just_made_is_looked_up_without_the_cluster_until_rmdi
     assert not exists(d)  # the name this mount knew is gone with it
     d.mkdir()
     assert stat.S_IMODE(os.stat(d).st_mode) and exists(d)
+
+
+# --- lazily registered opens -----------------------------------------------------------------
+
+
+def test_reading_existing_files_costs_no_raft_write(two: tuple[Mount, Path, Path]) -> None:
+    _, a, _ = two
+    d = a / "opens"
+    d.mkdir()
+    for i in range(20):
+        (d / f"f{i}").write_bytes(b"%d" % i * 1000)
+    sync(a)
+    time.sleep(1.3)  # past the kernel's timeouts: every open reaches the mount
+    reset(a)
+    for i in range(20):
+        assert (d / f"f{i}").read_bytes() == b"%d" % i * 1000
+    time.sleep(0.6)  # a few background batches
+    counts = stats(a)
+    assert counts["fuse.open"] == 20
+    # Each open and its release never left the mount (they cancelled out);
+    # what is left is one batch of relatime updates for all 20.
+    assert counts.get("rpc.Propose", 0) <= 1
+
+
+def test_a_file_open_here_and_unlinked_elsewhere_stays_readable(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    cluster, a, b = two
+    data = os.urandom(3 << 20)  # in shards, not inline
+    (a / "held-open").write_bytes(data)
+    sync(a)
+    eventually(lambda: exists(b / "held-open"), 3)
+    with open(b / "held-open", "rb") as f:  # registered in B's next batch
+        os.unlink(a / "held-open")
+        sync(a)
+        # Past the leader's sweeps and their grace: an inode nobody held would be gone.
+        time.sleep(11)
+        assert f.read() == data
+    with pytest.raises(NotFound):
+        cluster_attr(cluster, b"held-open")

@@ -34,7 +34,7 @@ from prismfs.meta.commands import (
     StatFs,
     Unlink,
 )
-from prismfs.meta.namespace import Namespace
+from prismfs.meta.namespace import ORPHAN_GRACE_NS, Namespace
 from prismfs.raft.state_machine import client_command
 from prismfs.wire.codec import decode_message, encode_message
 from test_meta_namespace import Driver
@@ -51,6 +51,13 @@ SECOND = 1_000_000_000
 
 def rec(tag: str, length: int = 100, nodes: tuple[str, ...] = ("a", "b", "c")) -> ChunkRecord:
     return ChunkRecord(tag.encode(), length, 50, 2, len(nodes), nodes)
+
+
+def sweep(d: Driver, at_ns: int) -> None:
+    """Two of the leader's sweeps a grace apart: inodes with no name and no
+    open left are freed (the first sweep only notes them)."""
+    d.run(ExpireSessions(at_ns))
+    d.run(ExpireSessions(at_ns + ORPHAN_GRACE_NS))
 
 
 def make_file(d: Driver, name: bytes = b"f", **kw: object) -> int:
@@ -103,8 +110,11 @@ def test_unlinked_open_file_stays_until_released(d: Driver) -> None:
         d.ns.lookup(ROOT_INO, b"f")
     assert d.ns.statfs().files == 2 and d.ns.gc_pending() == []
     d.run(Release(4, "s1", ino))
+    assert d.ns.getattr(ino).nlink == 0 and d.ns.orphans() == 1  # a grace for lazy opens
+    sweep(d, 100 * SECOND)
     with pytest.raises(NotFound):
         d.ns.getattr(ino)
+    assert d.ns.orphans() == 0
     assert [r.id for _, r in d.ns.gc_pending()] == [b"c0"]
     assert d.ns.statfs().files == 1 and d.ns.statfs().bytes == 0
 
@@ -118,6 +128,7 @@ def test_two_opens_need_two_releases(d: Driver) -> None:
     d.run(Release(3, "s1", ino))
     assert d.ns.getattr(ino).nlink == 0
     d.run(Release(3, "s1", ino))
+    sweep(d, 100 * SECOND)
     with pytest.raises(NotFound):
         d.ns.getattr(ino)
     d.run(Release(3, "s1", ino))  # a retried release changes nothing
@@ -133,12 +144,14 @@ def test_expired_session_releases_its_files(d: Driver) -> None:
     d.run(ExpireSessions(9 * SECOND))  # the leader names no session: nothing ends
     assert d.ns.getattr(a).nlink == 0
     d.run(ExpireSessions(11 * SECOND, ("crashed",)))  # its lease ran out on the leader's clock
+    sweep(d, 11 * SECOND)
     with pytest.raises(NotFound):
         d.ns.getattr(a)
     assert d.ns.getattr(b).nlink == 0  # the other session keeps its file
     with pytest.raises(SessionExpired):
         d.run(Open(12 * SECOND, "crashed", b))
     d.run(CloseSession(13 * SECOND, "alive"))
+    sweep(d, 14 * SECOND)
     with pytest.raises(NotFound):
         d.ns.getattr(b)
     assert [s for s, _ in d.ns.session_leases()] == []
@@ -303,7 +316,28 @@ def test_statfs_counts_files_and_bytes(d: Driver) -> None:
     d.run(SetAttr(2, ino, size=123))
     assert (d.ns.statfs().files, d.ns.statfs().bytes) == (3, 123)
     d.run(Unlink(3, ROOT_INO, b"f"))
+    sweep(d, 10 * SECOND)
     assert (d.ns.statfs().files, d.ns.statfs().bytes) == (2, 0)
+
+
+def test_an_unlinked_inode_waits_a_grace_for_opens_still_on_their_way(d: Driver) -> None:
+    """A mount registers the open of an existing file in its next batch: an
+    unlink by another mount meanwhile must not free the inode under it."""
+    d.run(OpenSession(0, "s1", 60 * SECOND))
+    ino = make_file(d)
+    d.run(CommitChunks(1, ino, ((0, rec("c0")),), 100))
+    d.run(Unlink(2, ROOT_INO, b"f"))
+    d.run(ExpireSessions(10 * SECOND))  # a sweep notes it
+    d.run(ExpireSessions(10 * SECOND + ORPHAN_GRACE_NS - 1))  # not a grace yet
+    assert d.ns.getattr(ino).nlink == 0 and d.ns.gc_pending() == []
+    d.run(Open(3, "s1", ino))  # the late open: the inode is held again
+    sweep(d, 20 * SECOND)
+    assert d.ns.chunk_map(ino).chunks[0][1].id == b"c0" and d.ns.orphans() == 0
+    d.run(Release(4, "s1", ino))
+    sweep(d, 30 * SECOND)
+    with pytest.raises(NotFound):
+        d.ns.getattr(ino)
+    assert [r.id for _, r in d.ns.gc_pending()] == [b"c0"]
 
 
 # --- readdir cookies ------------------------------------------------------------------------

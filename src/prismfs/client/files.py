@@ -155,12 +155,21 @@ class OpenFile:
 
     @classmethod
     async def open(
-        cls, meta: MetaClient, data: DataClient, ino: int, *, layout: Layout | None = None
+        cls,
+        meta: MetaClient,
+        data: DataClient,
+        ino: int,
+        *,
+        layout: Layout | None = None,
+        register: bool = True,
     ) -> OpenFile:
+        """Open an existing file. ``register=False``: do not register the open
+        (a Raft write); the caller does, soon (the mount batches them)."""
         session = meta.session
-        attr = await meta.open(ino)
+        attr = await meta.open(ino) if register else await meta.getattr(ino)
         if stat.S_ISDIR(attr.mode):
-            await meta.release(ino)
+            if register:
+                await meta.release(ino)
             raise IsADirectory(f"inode {ino} is a directory")
         f = cls(meta, data, ino, layout or Layout())
         f.session = session

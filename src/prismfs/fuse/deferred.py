@@ -49,6 +49,7 @@ from prismfs.meta.commands import (
     MAX_BATCH,
     Attr,
     MetaCommand,
+    Open,
     Release,
     SetAttr,
     Unlink,
@@ -122,6 +123,7 @@ class DeferredWork(pyfuse3.Operations):
         self._unlinked: dict[int, int] = {}  # inode -> its names in _unlinks
         self._unlink_lock = trio.Lock()
         self._releases: list[tuple[str, int]] = []  # (session, inode) releases not sent yet
+        self._opens: dict[tuple[str, int], int] = {}  # (session, inode) opens not sent yet
         self._atimes: dict[int, int] = {}  # atime updates not sent yet
         # within the kernel's timeouts (see `prismfs.fuse.caches`)
         self._recent = RecentAttrs(options.attr_timeout)
@@ -267,8 +269,48 @@ class DeferredWork(pyfuse3.Operations):
         if attr.atime_ns <= max(attr.mtime_ns, attr.ctime_ns) or now - attr.atime_ns >= DAY_NS:
             self._atimes[attr.ino] = now
 
+    def _queue_open(self, session: str, ino: int) -> None:
+        key = (session, ino)
+        self._opens[key] = self._opens.get(key, 0) + 1
+
+    def _queue_release(self, session: str, ino: int) -> None:
+        key = (session, ino)
+        pending = self._opens.get(key, 0)
+        if pending:  # never sent: the open and its release cancel out
+            if pending == 1:
+                del self._opens[key]
+            else:
+                self._opens[key] = pending - 1
+            return
+        self._releases.append(key)
+
+    async def _send_opens(self) -> None:
+        """Register the opens of existing files made since the last batch."""
+        while self._opens:
+            todo = list(self._opens.items())[:MAX_BATCH]
+            for key, _ in todo:
+                del self._opens[key]
+            opens = [
+                Open(now_ns(), s, i)
+                for (s, i), n in todo
+                for _ in range(n)
+                if s == self.meta.session
+            ]
+            if not opens:
+                continue
+            try:
+                results = await self.meta.batch(opens)
+            except BaseException:
+                for key, n in todo:
+                    self._opens[key] = self._opens.get(key, 0) + n
+                raise
+            for op, result in zip(opens, results, strict=True):
+                if isinstance(result, PrismError):  # its last name went long ago
+                    log.info("open of inode %d not registered: %s", op.ino, result.message)
+
     async def _send_releases(self) -> None:
-        """Send the queued releases and atime updates, in batches."""
+        """Send the queued opens, then the releases and atime updates, in batches."""
+        await self._send_opens()
         while self._releases or self._atimes:
             ops: list[MetaCommand] = []
             while self._atimes and len(ops) < MAX_BATCH:

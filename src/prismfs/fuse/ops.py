@@ -505,8 +505,14 @@ class PrismOperations(DeferredWork):
                 self.meta, self.data, inode, created, max_dirty=self.opts.writeback_mb << 20
             )
         else:
-            f = await OpenFile.open(self.meta, self.data, inode)
+            # The open is registered in the next batch (`_queue_open`), not
+            # by a Raft write of its own: the namespace keeps an unlinked
+            # inode for a grace longer than that (`ORPHAN_GRACE_NS`).
+            lazy = self.opts.batch_meta
+            f = await OpenFile.open(self.meta, self.data, inode, register=not lazy)
             f.max_dirty = self.opts.writeback_mb << 20
+            if lazy:
+                self._queue_open(f.session, inode)
         handle = self._open[inode] = Handle(f)
         return handle
 
@@ -643,7 +649,7 @@ class PrismOperations(DeferredWork):
                     await handle.file.close(release=False)
                 finally:
                     # sent in the next batch of releases
-                    self._releases.append((handle.file.session, inode))
+                    self._queue_release(handle.file.session, inode)
 
     # --- directories -------------------------------------------------------------------------
 
@@ -807,7 +813,7 @@ class PrismOperations(DeferredWork):
                 await handle.file.close(release=False)
             except PrismError as exc:
                 log.error("unmount: could not flush inode %d: %s", inode, exc.message)
-            self._releases.append((handle.file.session, inode))
+            self._queue_release(handle.file.session, inode)
         try:
             await self._settle_unlinks()
             if self._held:

@@ -148,7 +148,13 @@ LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
 CHUNK_PAGE = 500  # chunk records per page of `chunks_on` and `coded_chunks`
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+ORPHAN_GRACE_NS = 2 * 10**9
+"""An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
+every few seconds) once a whole sweep interval and this much of the leader's
+clock passed since a sweep first saw it: a mount registers the opens of
+existing files lazily, in its next batch (every 0.2 s), and an open that was
+read but not yet registered must find its inode still there."""
 INDEXES = """
 CREATE INDEX IF NOT EXISTS chunks_reduced ON chunks (chunk_id) WHERE reduced = 1;
 """
@@ -214,6 +220,10 @@ CREATE TABLE IF NOT EXISTS opens (
     PRIMARY KEY (session, ino)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS opens_by_ino ON opens (ino);
+CREATE TABLE IF NOT EXISTS orphans (
+    ino INTEGER PRIMARY KEY,
+    seen_ns INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY,
     address TEXT NOT NULL,
@@ -382,6 +392,9 @@ class Namespace:
             self.db.execute("ALTER TABLE sessions RENAME COLUMN expires_ns TO lease_ns")
             self.db.execute("UPDATE sessions SET lease_ns = ?", (DEFAULT_LEASE_NS,))
         self.db.execute("INSERT OR IGNORE INTO state VALUES ('clock_ns', 0)")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, seen_ns INTEGER NOT NULL)"
+        )
         if "reduced" not in self._columns("chunks"):
             # Chunks written with a reduced layout are marked (and indexed).
             self.db.execute("ALTER TABLE chunks ADD COLUMN reduced INTEGER NOT NULL DEFAULT 0")
@@ -620,6 +633,7 @@ class Namespace:
             ("sessions", "session"),
             ("ended_sessions", "session"),
             ("opens", "session, ino"),
+            ("orphans", "ino"),
             ("clients", "client"),
             ("nodes", "node"),
             ("tokens", "token_id"),
@@ -868,8 +882,10 @@ class Namespace:
             "UPDATE inodes SET nlink = nlink - 1, ctime_ns = ? WHERE ino = ?", (now, ino)
         )
         (nlink,) = self.db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
-        if stat.S_ISDIR(self._mode(ino)) or (nlink <= 0 and not self._is_open(ino)):
+        if stat.S_ISDIR(self._mode(ino)):
             self._free(ino)
+        elif nlink <= 0 and not self._is_open(ino):
+            self._orphan(ino)
 
     def _is_ancestor(self, ancestor: int, ino: int) -> bool:
         """Is ``ancestor`` on the path from ``ino`` up to the root (or ino itself)?"""
@@ -1219,6 +1235,7 @@ class Namespace:
             "DELETE FROM ended_sessions WHERE ended_ns < ?", (clock - SESSION_TOMBSTONE_NS,)
         )
         self._end_sessions(sorted(set(c.sessions)))
+        self._sweep_orphans(clock)
 
     def _end_sessions(self, sessions: list[str]) -> None:
         for session in sessions:
@@ -1259,7 +1276,27 @@ class Namespace:
     def _free_if_orphan(self, ino: int) -> None:
         row = self.db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
         if row is not None and row[0] <= 0 and not self._is_open(ino):
-            self._free(ino)
+            self._orphan(ino)
+
+    def _orphan(self, ino: int) -> None:
+        """No name and no open left: freed by a later sweep (`ORPHAN_GRACE_NS`)."""
+        self.db.execute("INSERT OR IGNORE INTO orphans VALUES (?, 0)", (ino,))
+
+    def _sweep_orphans(self, clock: int) -> None:
+        rows = self.db.execute("SELECT ino, seen_ns FROM orphans ORDER BY ino").fetchall()
+        for ino, seen in rows:
+            row = self.db.execute("SELECT nlink FROM inodes WHERE ino = ?", (ino,)).fetchone()
+            if row is None or row[0] > 0 or self._is_open(ino):
+                self.db.execute("DELETE FROM orphans WHERE ino = ?", (ino,))
+            elif seen == 0:
+                self.db.execute("UPDATE orphans SET seen_ns = ? WHERE ino = ?", (clock, ino))
+            elif clock - seen >= ORPHAN_GRACE_NS:
+                self.db.execute("DELETE FROM orphans WHERE ino = ?", (ino,))
+                self._free(ino)
+
+    def orphans(self) -> int:
+        """Inodes waiting for a sweep to free them."""
+        return int(self.db.execute("SELECT count(*) FROM orphans").fetchone()[0])
 
     def _open(self, c: Open) -> Attr:
         self._live_session(c.session)
