@@ -134,14 +134,19 @@ async def test_open_file_survives_unlink_by_another_client(cluster: Cluster) -> 
         # Freed by the leader's sweeps (every 5 s) once a grace passed: an open
         # another mount read but has not registered yet finds it meanwhile.
         assert (await b.getattr(f.ino)).nlink == 0
-        with trio.fail_after(30):
-            while True:
-                try:
-                    await b.getattr(f.ino)
-                except NotFound:
-                    break
-                await trio.sleep(0.5)
+        await wait_freed(b, f.ino)
         assert (await b.statfs()).files == 1
+
+
+async def wait_freed(meta: MetaClient, ino: int) -> None:
+    """Until the leader's sweeps (every 5 s) freed ``ino``."""
+    with trio.fail_after(30):
+        while True:
+            try:
+                await meta.getattr(ino)
+            except NotFound:
+                return
+            await trio.sleep(0.2)
 
 
 async def test_vanished_client_loses_its_open_files_after_the_lease(cluster: Cluster) -> None:
@@ -154,14 +159,7 @@ async def test_vanished_client_loses_its_open_files_after_the_lease(cluster: Clu
         other = MetaClient(pool, addresses)
         await other.unlink(ROOT_INO, b"f")
         assert (await other.getattr(f.ino)).nlink == 0
-        # The leader sweeps expired sessions every 5 s.
-        with trio.fail_after(30):
-            while True:
-                try:
-                    await other.getattr(f.ino)
-                except NotFound:
-                    break
-                await trio.sleep(0.2)
+        await wait_freed(other, f.ino)  # its session expires, then the inode goes
         assert (await other.statfs()).files == 1
         # The vanished client comes back: it is told its session ended, and
         # carries on in a new one (its files opened before are stale).
