@@ -355,3 +355,28 @@ def test_results_carry_the_directories_they_changed(d: Driver) -> None:
     (inner,) = batch.results
     ok = decode_message(inner)
     assert isinstance(ok, MetaOk) and [p.ino for p in ok.parents] == [ROOT_INO]
+
+
+def test_a_checked_command_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader checks a command before it enters the log, then applies it:
+    the op (and each op of a batch) is decoded by the check only."""
+    from prismfs.meta import namespace as module
+    from prismfs.raft.state_machine import client_command
+
+    ns = Namespace()
+    decoded: list[bytes] = []
+    real = module.decode_message
+
+    def counting(raw: bytes) -> object:
+        decoded.append(bytes(raw))
+        return real(raw)
+
+    monkeypatch.setattr(module, "decode_message", counting)
+    mkdir = encode_message(Mkdir(1, ROOT_INO, b"a", 0o755, 0, 0))
+    inner = encode_message(Mkdir(2, ROOT_INO, b"b", 0o755, 0, 0))
+    batch = encode_message(Batch(2, (inner,)))
+    for i, op in enumerate((mkdir, batch), start=1):
+        ns.check_command(op)
+        ns.apply(i, client_command("c", i, op))
+    assert decoded.count(mkdir) == decoded.count(batch) == decoded.count(inner) == 1
+    assert ns.lookup(ROOT_INO, b"a").ino and ns.lookup(ROOT_INO, b"b").ino

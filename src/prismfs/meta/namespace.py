@@ -295,6 +295,9 @@ class Namespace:
         self.duplicates = 0
         self.halted: int | None = None  # the entry this replica could not apply
         self._touched: list[int] = []  # directories the command being applied changed
+        # op bytes -> the message `check_command`/`check_query` decoded from
+        # them: the leader then applies (or answers) without decoding again
+        self._decoded: dict[bytes, Any] = {}
         self._in_batch = False
         self.path = path
         self._checkpointer: sqlite3.Connection | None = None
@@ -447,7 +450,7 @@ class Namespace:
                 # client already has its answer and moved on.
                 return bytes(row[1]) if cmd.seq == row[0] else b""
             try:
-                cmd = decode_message(cmd.op)
+                cmd = self._decode(cmd.op)
             except ProtocolError as exc:
                 return self._refuse(index, wrapper, exc)
         handler = self._handlers.get(type(cmd))  # type: ignore[arg-type]
@@ -542,28 +545,40 @@ class Namespace:
         self._set_applied(index)
         self._commit()
 
-    def check_command(self, op: bytes) -> None:
+    def check_command(self, op: bytes, *, inner: bool = False) -> None:
         """Refuse, before it reaches the log, an op that is not a namespace command."""
         cmd = decode_message(op)  # ProtocolError for bytes that are no message
         if type(cmd) not in self._handlers:
             raise InvalidArgument(f"not a namespace command: {type(cmd).__name__}")
         if isinstance(cmd, Batch):
+            if inner:
+                raise InvalidArgument("a batch inside a batch")
             if len(cmd.ops) > MAX_BATCH:
                 raise InvalidArgument(f"a batch of {len(cmd.ops)} commands (at most {MAX_BATCH})")
-            for inner in cmd.ops:
-                if isinstance(decode_message(inner), Batch):
-                    raise InvalidArgument("a batch inside a batch")
-                self.check_command(inner)
+            for raw in cmd.ops:
+                self.check_command(raw, inner=True)
+        self._remember(op, cmd)
 
     def check_query(self, op: bytes) -> None:
         q = decode_message(op)
         if type(q) not in self._queries:
             raise InvalidArgument(f"not a namespace query: {type(q).__name__}")
+        self._remember(op, q)
+
+    def _remember(self, raw: bytes, message: Any) -> None:
+        if len(self._decoded) >= 4096:  # checked here but applied elsewhere (forwarded)
+            self._decoded.clear()
+        self._decoded[raw] = message
+
+    def _decode(self, raw: bytes) -> Any:
+        """The message in ``raw``, decoded once: by a check on this node, or now."""
+        message = self._decoded.pop(raw, None)
+        return decode_message(raw) if message is None else message
 
     def query(self, op: bytes) -> bytes:
         """A read, served after a ReadIndex round: `MetaFailed` for a POSIX error."""
-        q = decode_message(op)
-        handler = self._queries.get(type(q))  # type: ignore[arg-type]
+        q = self._decode(op)
+        handler = self._queries.get(type(q))
         if handler is None:
             raise InvalidArgument(f"not a namespace query: {type(q).__name__}")
         try:
@@ -950,8 +965,8 @@ class Namespace:
     def _batch(self, c: Batch) -> BatchResults:
         results = []
         for raw in c.ops:
-            op = decode_message(raw)
-            handler = self._handlers.get(type(op))  # type: ignore[arg-type]
+            op = self._decode(raw)
+            handler = self._handlers.get(type(op))
             if handler is None or isinstance(op, Batch):
                 raise InvalidArgument(f"not a command for a batch: {type(op).__name__}")
             self.db.execute("SAVEPOINT op")
