@@ -54,3 +54,16 @@ def test_held_changes_merge_apply_and_go_back_in_order() -> None:
     assert [op.now_ns for op in held.ops] == [100, 200, 300]
     again = held.apply(a)
     assert (again.uid, again.gid, again.mode, again.ctime_ns) == (5, 7, stat.S_IFDIR | 0o700, 300)
+
+
+def test_held_changes_stay_shown_while_they_are_on_their_way() -> None:
+    """Between `take` and the cluster's answer a getattr must not fall back to
+    the attributes from before them (tar x then tar -d found a mode wrong)."""
+    held = HeldAttrs()
+    a = attr(9)
+    held.hold(SetAttr(100, 9, mode=0o711), {"mode": 0o711}, now=1.0)
+    ops = held.take()
+    assert not held and 9 in held
+    assert held.apply(a).mode == stat.S_IFDIR | 0o711
+    held.done(ops)
+    assert 9 not in held and held.apply(a) == a

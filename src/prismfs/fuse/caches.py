@@ -109,9 +109,11 @@ class HeldAttrs:
     ops: list[SetAttr] = field(default_factory=list)
     since: float | None = None  # when the oldest held op was held
     _changes: dict[int, dict[str, int]] = field(default_factory=dict)
+    # ops taken to be sent whose answer has not come: still shown (`apply`)
+    _sending: list[list[SetAttr]] = field(default_factory=list)
 
     def __contains__(self, ino: int) -> bool:
-        return ino in self._changes
+        return ino in self._changes or any(op.ino == ino for ops in self._sending for op in ops)
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -126,26 +128,42 @@ class HeldAttrs:
 
     def apply(self, attr: Attr) -> Attr:
         """``attr`` as it will be once the held changes of its inode land."""
-        changes = self._changes.get(attr.ino)
+        changes: dict[str, int] = {}
+        for ops in self._sending:
+            for op in ops:
+                if op.ino == attr.ino:
+                    changes.update(_fields(op))
+                    changes["ctime_ns"] = op.now_ns
+        changes.update(self._changes.get(attr.ino, {}))
         if not changes:
             return attr
-        changes = dict(changes)
         if "mode" in changes:
             changes["mode"] = stat.S_IFMT(attr.mode) | (changes["mode"] & 0o7777)
         changes["ctime_ns"] = max(attr.ctime_ns, changes["ctime_ns"])
         return msgspec.structs.replace(attr, **changes)
 
     def take(self) -> list[SetAttr]:
+        """The held ops, to be sent; shown until `done` or `put_back`."""
         ops, self.ops, self._changes, self.since = self.ops, [], {}, None
+        if ops:
+            self._sending.append(ops)
         return ops
+
+    def done(self, ops: list[SetAttr]) -> None:
+        """The cluster applied ``ops`` (the list `take` returned)."""
+        self._sending = [sent for sent in self._sending if sent is not ops]
 
     def put_back(self, ops: list[SetAttr], now: float) -> None:
         """Held again, before anything held since (their send failed)."""
-        later = self.take()
+        self.done(ops)
+        later, self.ops, self._changes, self.since = self.ops, [], {}, None
         for op in [*ops, *later]:
-            changes = {
-                k: v
-                for k in ("mode", "uid", "gid", "atime_ns", "mtime_ns")
-                if (v := getattr(op, k)) is not None
-            }
-            self.hold(op, changes, now)
+            self.hold(op, _fields(op), now)
+
+
+def _fields(op: SetAttr) -> dict[str, int]:
+    return {
+        k: v
+        for k in ("mode", "uid", "gid", "atime_ns", "mtime_ns")
+        if (v := getattr(op, k)) is not None
+    }

@@ -158,15 +158,17 @@ class DeferredWork(pyfuse3.Operations):
             for start in range(0, len(ops), MAX_BATCH):
                 results = await self.meta.batch(ops[start : start + MAX_BATCH])
                 for op, result in zip(ops[start : start + MAX_BATCH], results, strict=True):
-                    self._log_held_failure(op, result)
+                    self._held_result(op, result)
         except BaseException:
             self._held.put_back(ops, trio.current_time())
             raise
+        self._held.done(ops)
 
-    @staticmethod
-    def _log_held_failure(op: SetAttr, result: Attr | PrismError | None) -> None:
+    def _held_result(self, op: SetAttr, result: Attr | PrismError | None) -> None:
         if isinstance(result, PrismError):  # e.g. another mount removed it meanwhile
             log.info("held attribute change of inode %d: %s", op.ino, result.message)
+        elif result is not None:
+            self._recent.put(result, trio.current_time())  # never the attributes before it
 
     async def _change(self, op: MetaCommand) -> Attr | None:
         """Send one namespace change; the held attribute changes go in front of
@@ -182,7 +184,8 @@ class DeferredWork(pyfuse3.Operations):
             self._held.put_back(ops, trio.current_time())
             raise
         for held_op, result in zip(ops, results, strict=False):
-            self._log_held_failure(held_op, result)
+            self._held_result(held_op, result)
+        self._held.done(ops)
         last = results[-1]
         if isinstance(last, PrismError):
             raise last
@@ -348,7 +351,10 @@ class DeferredWork(pyfuse3.Operations):
                         await self._settle()
                     since = self._held.since
                     if since is not None and now - since > self.opts.settle_s:
-                        await self._send_held()
+                        # In the order they were made: deferred unlinks and
+                        # creates (whose directory times the held utimens of
+                        # that directory, made later, must override) first.
+                        await self._settle()
                     for handle in list(self._open.values()):
                         f = handle.file
                         if (

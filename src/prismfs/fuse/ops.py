@@ -385,7 +385,7 @@ class PrismOperations(DeferredWork):
         if ino is not None:
             self._recent.drop(ino)  # its link count and ctime change
         if parent_inode in self._held:
-            await self._send_held()  # their times first, as they were made
+            await self._settle()  # its held times first, as they were made
         if (
             self.opts.batch_meta
             and ino is not None
@@ -553,9 +553,10 @@ class PrismOperations(DeferredWork):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
         if parent_inode in self._held:
-            # The directory's held changes go first: its times, and a mode
-            # (setgid) or group its new files inherit.
-            await self._send_held()
+            # The directory's held changes go first (after what was deferred
+            # before them): its times, and a mode (setgid) or group its new
+            # files inherit.
+            await self._settle()
         layout, parent = await self._layout(parent_inode)
         mode = stat.S_IFREG | stat.S_IMODE(mode)
         self._changed.bump(parent_inode)
