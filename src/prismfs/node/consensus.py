@@ -276,7 +276,9 @@ class Consensus:
                 # nothing (`DurableLog.save`): no thread hop for it.
                 if rd.entries or rd.snapshot is not None or self._new_term_or_vote(rd):
                     fsyncs = self.log.fsyncs
+                    start = trio.current_time()
                     await trio.to_thread.run_sync(self.log.save, rd)
+                    self.stats.observe("raft.persist", trio.current_time() - start)
                     self.stats.count("raft.persist_hop")
                     self.stats.count("raft.fsync", self.log.fsyncs - fsyncs)
                     if rd.hard_state is not None:
