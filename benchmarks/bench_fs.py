@@ -74,6 +74,12 @@ def prismfs(
         env["PYTHONPATH"] = str(src)
     cluster, point = base / "cluster", base / "prism-mnt"
     cli = [sys.executable, "-m", "prismfs", "dev"]
+    extra: list[str] = []
+    if nodes == 1:
+        # One node cannot hold 2-of-3 shards, nor survive a loss: one copy.
+        config = base / "one-node.toml"
+        config.write_text('[data]\ndefault_layout = "k=1,m=1"\nmin_redundancy = 0\n')
+        extra = ["--node-config", str(config)]
     try:
         # inside the try: nodes that started before a failed mount are stopped too
         subprocess.run(
@@ -87,12 +93,24 @@ def prismfs(
                 "--mount",
                 str(point),
                 *(["--http"] if http else []),
+                *extra,
             ],
             env=env,
             check=True,
             timeout=180,
             stdout=subprocess.DEVNULL,
         )
+        if nodes == 1:
+            # The node gives the root its default layout shortly after it starts.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    os.getxattr(point, "user.prismfs.layout")
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         yield point
     finally:
         subprocess.run(
