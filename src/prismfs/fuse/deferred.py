@@ -134,6 +134,12 @@ class DeferredWork(pyfuse3.Operations):
         # inode -> (size, mtime, ctime) last given to the kernel (`_entry`)
         self._told: dict[int, tuple[int, int, int]] = {}
 
+    def _note_parents(self, parents: tuple[Attr, ...]) -> None:
+        """Directories a change of this mount changed, as they are now."""
+        now = trio.current_time()
+        for attr in parents:
+            self._recent.put(attr, now)
+
     # --- deferred creates (see the module's docstring) -------------------------------------
 
     def _deferred(self, inode: int) -> Handle | None:
@@ -178,13 +184,16 @@ class DeferredWork(pyfuse3.Operations):
         if not self._held:
             return await self.meta.propose(op)
         ops = self._held.take()
+        parents: list[Attr] = []
         try:
-            results = await self.meta.batch([*ops, op])
+            results = await self.meta.batch([*ops, op], parents=parents)
         except BaseException:
             self._held.put_back(ops, trio.current_time())
             raise
         for held_op, result in zip(ops, results, strict=False):
             self._held_result(held_op, result)
+        # After the held results: a directory the op changed is newer there.
+        self._note_parents(tuple(parents))
         self._held.done(ops)
         last = results[-1]
         if isinstance(last, PrismError):

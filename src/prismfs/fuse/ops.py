@@ -128,12 +128,6 @@ class PrismOperations(DeferredWork):
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _note_parents(self, parents: tuple[Attr, ...]) -> None:
-        """Directories a change of this mount changed, as they are now."""
-        now = trio.current_time()
-        for attr in parents:
-            self._recent.put(attr, now)
-
     def _negative(self) -> pyfuse3.EntryAttributes:
         """No such name, and the kernel may remember that for ``entry_timeout``
         (a create through this mount replaces its negative entry)."""

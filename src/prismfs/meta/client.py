@@ -208,10 +208,14 @@ class MetaClient:
             pass
         return reply.result
 
-    async def batch(self, ops: Sequence[MetaCommand]) -> list[Attr | PrismError | None]:
+    async def batch(
+        self, ops: Sequence[MetaCommand], *, parents: list[Attr] | None = None
+    ) -> list[Attr | PrismError | None]:
         """Apply ``ops`` in order in one log entry (one round trip, one fsync),
         exactly once as a whole; per op its attributes or its error (a failed
-        op changed nothing, the others still applied)."""
+        op changed nothing, the others still applied). With ``parents``, the
+        directories the ops changed go there instead of to `on_parents` (the
+        caller notes them after its own use of the results)."""
         batch = Batch(now_ns(), tuple(encode_message(op) for op in ops))
         raw = decode_result(await self._propose(batch))
         if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):
@@ -219,7 +223,12 @@ class MetaClient:
         out: list[Attr | PrismError | None] = []
         for result in raw.results:
             try:
-                out.append(self._ok(result).attr)
+                if parents is None:
+                    out.append(self._ok(result).attr)
+                else:
+                    ok = _ok(result)
+                    parents.extend(ok.parents)
+                    out.append(ok.attr)
             except PrismError as exc:
                 out.append(exc)
         return out
