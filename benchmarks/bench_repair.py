@@ -139,9 +139,14 @@ def measure(size_mib: int = 1024) -> dict[str, float]:
         leader = health["leader"]
         victim = next(n for n in nodes if n["id"] != leader)
         chunks = health["chunks"]
+        repaired_before = health["repaired_bytes"]
         t0 = time.monotonic()
         os.kill(int(victim["pid"]), signal.SIGKILL)
         down_at = 0.0
+        # "Done" only after repair was seen to have work: the first status
+        # that shows the node down may come before the health scan counted
+        # its chunks as degraded (0 degraded then means "not counted yet").
+        seen_work = False
         while True:
             time.sleep(0.2)
             h = _health(env)
@@ -149,9 +154,11 @@ def measure(size_mib: int = 1024) -> dict[str, float]:
                 continue
             if not down_at and _state_of(h, victim["id"]) == "down":
                 down_at = time.monotonic() - t0
-            if down_at and h["degraded"] == 0 and h["unavailable"] == 0:
+            if down_at and (h["degraded"] > 0 or h["repaired_bytes"] > repaired_before):
+                seen_work = True
+            if seen_work and h["degraded"] == 0 and h["unavailable"] == 0:
                 done = time.monotonic() - t0
-                rebuilt = h["repaired_bytes"]
+                rebuilt = h["repaired_bytes"] - repaired_before
                 break
             if time.monotonic() - t0 > REPAIR_TIMEOUT_S:
                 raise RuntimeError("not fully redundant after 30 minutes")

@@ -1105,6 +1105,29 @@ def test_layout_xattr_is_validated(d: Path) -> None:
     assert errno_of(os.setxattr, d / "f", "user.prismfs.layout", b"k=1,m=2") == errno.EINVAL
 
 
+def test_a_file_created_empty_and_written_later_keeps_its_directorys_layout(
+    d: Path, mounted: Mount
+) -> None:
+    # fio, `truncate -s` + write, a log opened for append: the first shard
+    # write comes after a reopen, where no chunk tells the file's layout yet.
+    os.setxattr(d, "user.prismfs.layout", b"k=1,m=2,chunk=64K")
+    write(d / "empty", b"")
+    write(d / "sized", b"")
+    os.truncate(d / "sized", 3 * CHUNK)
+    for name in ("empty", "sized"):
+        body = os.urandom(2 * CHUNK + 100)
+        write(d / name, body, os.O_WRONLY)
+        assert (d / name).read_bytes()[: len(body)] == body
+    inos = [(d / name).stat().st_ino for name in ("empty", "sized")]
+
+    async def layouts(meta, ino):  # type: ignore[no-untyped-def]
+        cmap = await meta.chunk_map(ino)
+        return {r.layout for _, r in cmap.chunks if not r.is_inline}
+
+    for ino in inos:
+        assert trio.run(mounted.library, layouts, ino) == {(1, 2)}
+
+
 def test_statvfs(mount: Path) -> None:
     s = os.statvfs(mount)
     assert s.f_bsize > 0 and s.f_blocks > 0 and s.f_bavail <= s.f_blocks

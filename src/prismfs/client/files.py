@@ -36,7 +36,7 @@ import os
 import secrets
 import stat
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
@@ -133,6 +133,10 @@ class OpenFile:
         self.data = data
         self.ino = ino
         self.layout = layout
+        # False for an open of an existing file with no coded chunk yet: its
+        # layout is then its directory's, asked for before its first shard
+        # write (`_known_layout`), not the built-in default.
+        self.layout_known = True
         self.chunk_size = layout.chunk_size
         self.size = 0
         self.max_dirty = max_dirty
@@ -172,6 +176,7 @@ class OpenFile:
                 await meta.release(ino)
             raise IsADirectory(f"inode {ino} is a directory")
         f = cls(meta, data, ino, layout or Layout())
+        f.layout_known = layout is not None
         f.session = session
         f.opened_as = (attr.mtime_ns, attr.size)
         f.attr_at_open = attr
@@ -212,6 +217,7 @@ class OpenFile:
             k, m = coded[0].layout
             if (k, m) != (self.layout.k, self.layout.m):
                 self.layout = Layout(k, m, self.chunk_size)
+            self.layout_known = True
         elif self.layout.chunk_size != self.chunk_size:
             self.layout = Layout(self.layout.k, self.layout.m, self.chunk_size)
         self._cache.clear()
@@ -445,8 +451,19 @@ class OpenFile:
                 self.opened_as = (attr.mtime_ns, attr.size)
             return results[1:]
 
+    async def _known_layout(self, bodies: Iterable[bytes]) -> Layout:
+        """The layout to code these bodies with: the file's own, once it is
+        known (its chunks, or the directory it was created in); else, if any
+        body is too big to go inline, its directory's, asked for now."""
+        if not self.layout_known and any(len(b) > self.data.inline_max for b in bodies):
+            found = await layout_for(self.meta, self.ino)
+            self.layout = Layout(found.k, found.m, self.chunk_size)
+            self.layout_known = True
+        return self.layout
+
     async def _upload(self, bodies: dict[int, bytes]) -> dict[int, ChunkRecord]:
         """Each body as a new chunk (several at once); their records."""
+        await self._known_layout(bodies.values())
         records: dict[int, ChunkRecord] = {}
         limiter = trio.Semaphore(PARALLEL_CHUNKS)
 
@@ -499,7 +516,8 @@ class OpenFile:
                 content = b"" if now is None else await self._read(idx, now, self.data.read_chunk)
                 bodies[idx] = dirty[idx].merged_onto(content)
                 bases[idx] = current
-                records[idx] = await self.data.write_chunk(bodies[idx], self.layout)
+                layout = await self._known_layout([bodies[idx]])
+                records[idx] = await self.data.write_chunk(bodies[idx], layout)
         raise WriteConflict(
             f"inode {self.ino}: other clients kept changing the chunks written here; "
             f"gave up after {COMMIT_ATTEMPTS} merges"
