@@ -9,7 +9,10 @@ table gives each workload's median per revision and the ratio B / A (above 1:
 B is better; times are inverted). The machine is shared, so only the ratio of
 one run means anything.
 
-    .venv/bin/python benchmarks/bench_ab.py REV_A REV_B [--runs 2] [--size-mib 256]
+    .venv/bin/python benchmarks/bench_ab.py REV_A REV_B [--runs 2] [--size-mib 256] [--tools]
+
+``--tools`` runs ``toolsbench.sh`` instead (``cp -a /usr/share/doc``, ``tar x``
+and ``rsync -a`` of the Python standard library, ``rm -rf``: seconds each).
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rev_b")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--tools", action="store_true", help="run toolsbench.sh, not fsbench.sh")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="prismfs-bench-ab-"))
     trees: dict[str, Path] = {}
+    script = "toolsbench.sh" if args.tools else "fsbench.sh"
     results: dict[str, list[dict[str, tuple[float, str]]]] = {}
     try:
         for label, rev in (("A", args.rev_a), ("B", args.rev_b)):
@@ -52,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 work = base / f"run-{run}-{label}"
                 work.mkdir()
                 with prismfs(work, trees[label] / "src") as point:
-                    results[label].append(run_fsbench(point, label, args.size_mib))
+                    results[label].append(run_fsbench(point, label, args.size_mib, script))
                 shutil.rmtree(work, ignore_errors=True)
     finally:
         for tree in trees.values():

@@ -122,9 +122,12 @@ def prismfs(
         )
 
 
-def run_fsbench(point: Path, label: str, size: int) -> dict[str, tuple[float, str]]:
+def run_fsbench(
+    point: Path, label: str, size: int, script: str = "fsbench.sh"
+) -> dict[str, tuple[float, str]]:
+    """Run ``script`` (``fsbench.sh`` or ``toolsbench.sh``) on ``point``; its rows."""
     out = subprocess.run(
-        ["bash", str(HERE / "fsbench.sh"), str(point), label, str(size)],
+        ["bash", str(HERE / script), str(point), label, str(size)],
         capture_output=True,
         text=True,
         timeout=3600,
