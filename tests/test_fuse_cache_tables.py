@@ -1,11 +1,28 @@
-"""`prismfs.fuse.caches` without a kernel: freshness, kept pages, held changes."""
+"""`prismfs.fuse.caches` without a kernel: freshness, kept pages, held changes; and
+what the mount puts in one batch (against a fake cluster)."""
 
 from __future__ import annotations
 
 import stat
+from types import SimpleNamespace
 
+import pytest
+import trio
+
+from prismfs.errors import Unavailable
 from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
-from prismfs.meta.commands import Attr, DirEntry, DirPage, SetAttr
+from prismfs.fuse.deferred import DeferredWork, MountOptions
+from prismfs.meta.commands import (
+    Attr,
+    DirEntry,
+    DirPage,
+    MetaCommand,
+    Mkdir,
+    Open,
+    SetAttr,
+    Unlink,
+)
+from prismfs.stats import Stats
 
 
 def attr(ino: int, mode: int = stat.S_IFDIR | 0o755) -> Attr:
@@ -67,3 +84,51 @@ def test_held_changes_stay_shown_while_they_are_on_their_way() -> None:
     assert held.apply(a).mode == stat.S_IFDIR | 0o711
     held.done(ops)
     assert 9 not in held and held.apply(a) == a
+
+
+# --- what travels with a namespace change (`DeferredWork._change`), with a fake cluster ----------
+
+
+class FakeMeta:
+    """Records what the mount sends; ``fail`` makes the next send fail."""
+
+    def __init__(self) -> None:
+        self.session = "s"
+        self.pool = SimpleNamespace(stats=Stats())
+        self.sent: list[list[MetaCommand]] = []
+        self.fail = False
+
+    async def propose(self, op: MetaCommand) -> None:
+        await self.batch([op])
+
+    async def batch(self, ops: list[MetaCommand], **_: object) -> list[None]:
+        if self.fail:
+            self.fail = False
+            raise Unavailable("no leader")
+        self.sent.append(list(ops))
+        return [None] * len(ops)
+
+
+def test_an_unlink_or_rename_carries_the_queued_opens_in_its_entry() -> None:
+    # A file opened here (its open queued, not yet registered) and then
+    # unlinked here: the open must reach the cluster no later than the unlink,
+    # or the file is an orphan without an open (freed after the grace).
+    meta = FakeMeta()
+    work = DeferredWork(meta, None, MountOptions())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        work._queue_open("s", 42)
+        work._queue_open("old-session", 43)  # a lost session's: never sent
+        meta.fail = True
+        with pytest.raises(Unavailable):
+            await work._change(Unlink(1, 1, b"f"), opens=True)
+        assert work._opens == {("s", 42): 1}  # kept for the retry
+        await work._change(Unlink(2, 1, b"f"), opens=True)
+        ((open_op, unlink),) = meta.sent
+        assert isinstance(open_op, Open) and open_op.ino == 42 and isinstance(unlink, Unlink)
+        assert work._opens == {}
+        work._queue_open("s", 44)
+        await work._change(Mkdir(3, 1, b"d", 0o755, 0, 0))  # not one that frees a file
+        assert meta.sent[-1] == [Mkdir(3, 1, b"d", 0o755, 0, 0)] and work._opens
+
+    trio.run(main)

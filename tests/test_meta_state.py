@@ -119,6 +119,31 @@ def test_unlinked_open_file_stays_until_released(d: Driver) -> None:
     assert d.ns.statfs().files == 1 and d.ns.statfs().bytes == 0
 
 
+def test_a_new_leaders_first_sweep_starts_every_orphans_grace_again(d: Driver) -> None:
+    # An open a mount read but could not register while there was no leader
+    # must still find its inode after the election.
+    d.run(OpenSession(0, "s1", 60 * SECOND))
+    ino = make_file(d)
+    d.run(Unlink(1, ROOT_INO, b"f"))
+    d.run(ExpireSessions(100 * SECOND))  # the old leader's sweep sees it first
+    d.run(ExpireSessions(110 * SECOND, new_leader=True))  # long after: a grace again
+    assert d.ns.orphans() == 1 and d.ns.getattr(ino).nlink == 0
+    d.run(Open(111 * SECOND, "s1", ino))  # the queued open lands: kept while open
+    d.run(ExpireSessions(120 * SECOND))
+    assert d.ns.getattr(ino).nlink == 0
+    d.run(Release(121 * SECOND, "s1", ino))
+    sweep(d, 130 * SECOND)
+    with pytest.raises(NotFound):
+        d.ns.getattr(ino)
+    # Without the new leader's flag, the same gap frees it at once.
+    ino = make_file(d, b"g")
+    d.run(Unlink(200 * SECOND, ROOT_INO, b"g"))
+    d.run(ExpireSessions(200 * SECOND))
+    d.run(ExpireSessions(210 * SECOND))
+    with pytest.raises(NotFound):
+        d.ns.getattr(ino)
+
+
 def test_two_opens_need_two_releases(d: Driver) -> None:
     d.run(OpenSession(0, "s1", 60 * SECOND))
     ino = make_file(d)

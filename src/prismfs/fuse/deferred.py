@@ -176,22 +176,31 @@ class DeferredWork(pyfuse3.Operations):
         elif result is not None:
             self._recent.put(result, trio.current_time())  # never the attributes before it
 
-    async def _change(self, op: MetaCommand) -> Attr | None:
+    async def _change(self, op: MetaCommand, *, opens: bool = False) -> Attr | None:
         """Send one namespace change; the held attribute changes go in front of
-        it, in the same Raft entry."""
+        it, in the same Raft entry. With ``opens`` (an unlink or rename, which
+        may take a file's last name), so do the queued opens: an open file
+        must never be an orphan without its open (the namespace would free it
+        once the orphan grace, counted from the change's own time, is over)."""
         if len(self._held.ops) >= MAX_BATCH:
             await self._send_held()
-        if not self._held:
+        while opens and len(self._held.ops) + sum(self._opens.values()) >= MAX_BATCH:
+            await self._send_opens()
+        todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
+        if not self._held and not open_ops:
             return await self.meta.propose(op)
         ops = self._held.take()
         parents: list[Attr] = []
         try:
-            results = await self.meta.batch([*ops, op], parents=parents)
+            results = await self.meta.batch([*ops, *open_ops, op], parents=parents)
         except BaseException:
             self._held.put_back(ops, trio.current_time())
+            self._put_back_opens(todo)
             raise
         for held_op, result in zip(ops, results, strict=False):
             self._held_result(held_op, result)
+        for open_op, result in zip(open_ops, results[len(ops) :], strict=False):
+            self._opens_result(open_op, result)
         # After the held results: a directory the op changed is newer there.
         self._note_parents(tuple(parents))
         self._held.done(ops)
@@ -296,29 +305,40 @@ class DeferredWork(pyfuse3.Operations):
             return
         self._releases.append(key)
 
+    def _take_opens(self, limit: int) -> tuple[list[tuple[tuple[str, int], int]], list[Open]]:
+        """Up to ``limit`` queued opens, taken to be sent: (what to put back if
+        the send fails, the ops)."""
+        todo = list(self._opens.items())[:limit]
+        for key, _ in todo:
+            del self._opens[key]
+        opens = [
+            Open(now_ns(), s, i) for (s, i), n in todo for _ in range(n) if s == self.meta.session
+        ]
+        return todo, opens
+
+    def _put_back_opens(self, todo: list[tuple[tuple[str, int], int]]) -> None:
+        """Queued again (their send failed); a lost session's are dropped."""
+        for key, n in todo:
+            if key[0] == self.meta.session:
+                self._opens[key] = self._opens.get(key, 0) + n
+
+    def _opens_result(self, op: Open, result: Attr | PrismError | None) -> None:
+        if isinstance(result, PrismError):  # its last name went long ago
+            log.info("open of inode %d not registered: %s", op.ino, result.message)
+
     async def _send_opens(self) -> None:
         """Register the opens of existing files made since the last batch."""
         while self._opens:
-            todo = list(self._opens.items())[:MAX_BATCH]
-            for key, _ in todo:
-                del self._opens[key]
-            opens = [
-                Open(now_ns(), s, i)
-                for (s, i), n in todo
-                for _ in range(n)
-                if s == self.meta.session
-            ]
+            todo, opens = self._take_opens(MAX_BATCH)
             if not opens:
                 continue
             try:
                 results = await self.meta.batch(opens)
             except BaseException:
-                for key, n in todo:
-                    self._opens[key] = self._opens.get(key, 0) + n
+                self._put_back_opens(todo)
                 raise
             for op, result in zip(opens, results, strict=True):
-                if isinstance(result, PrismError):  # its last name went long ago
-                    log.info("open of inode %d not registered: %s", op.ino, result.message)
+                self._opens_result(op, result)
 
     async def _send_releases(self) -> None:
         """Send the queued opens, then the releases and atime updates, in batches."""

@@ -395,7 +395,7 @@ class PrismOperations(DeferredWork):
             self._unlink_dirs[parent_inode] = ns
             return
         await self._settle(held=False)
-        await self._change(Unlink(now_ns(), parent_inode, name))
+        await self._change(Unlink(now_ns(), parent_inode, name), opens=True)
 
     @_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -439,7 +439,8 @@ class PrismOperations(DeferredWork):
                 self._recent.drop(ino)  # its ctime (and a directory's "..") change
         self._changed.bump(parent_inode_old, parent_inode_new)
         await self._change(
-            Rename(now_ns(), parent_inode_old, name_old, parent_inode_new, name_new, flags)
+            Rename(now_ns(), parent_inode_old, name_old, parent_inode_new, name_new, flags),
+            opens=True,
         )
 
     @_op

@@ -173,9 +173,12 @@ class ExpireSessions(MetaCommand, frozen=True):
     """Proposed by the leader: these sessions' leases ran out on its monotonic
     clock, so they lose their open files (a crashed client's are reclaimed).
     ``now_ns`` is the leader's wall clock, used only to forget ended sessions
-    after a day (`SESSION_TOMBSTONE_NS`)."""
+    after a day (`SESSION_TOMBSTONE_NS`). ``new_leader``: the first sweep of
+    a leader's term; every orphan's grace starts again (opens the mounts
+    queued while there was no leader still have to land)."""
 
     sessions: tuple[str, ...] = ()
+    new_leader: bool = False
 
 
 SESSION_TOMBSTONE_NS = 86_400 * 10**9

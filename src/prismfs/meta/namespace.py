@@ -154,7 +154,10 @@ ORPHAN_GRACE_NS = 2 * 10**9
 every few seconds) once a whole sweep interval and this much of the leader's
 clock passed since a sweep first saw it: a mount registers the opens of
 existing files lazily, in its next batch (every 0.2 s), and an open that was
-read but not yet registered must find its inode still there."""
+read but not yet registered must find its inode still there. A new leader's
+first sweep counts as the first sighting of every orphan (the batches of
+opens wait while there is no leader); a mount's own unlink or rename carries
+its queued opens in the same entry."""
 INDEXES = """
 CREATE INDEX IF NOT EXISTS chunks_reduced ON chunks (chunk_id) WHERE reduced = 1;
 """
@@ -1250,6 +1253,8 @@ class Namespace:
             "DELETE FROM ended_sessions WHERE ended_ns < ?", (clock - SESSION_TOMBSTONE_NS,)
         )
         self._end_sessions(sorted(set(c.sessions)))
+        if c.new_leader:
+            self.db.execute("UPDATE orphans SET seen_ns = 0")  # first seen at this sweep
         self._sweep_orphans(clock)
 
     def _end_sessions(self, sessions: list[str]) -> None:

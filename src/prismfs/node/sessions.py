@@ -57,23 +57,25 @@ class SessionLeases:
 
 async def expire_sessions(consensus: Consensus, leases: SessionLeases) -> None:
     """On the leader, every `SESSION_SWEEP_S`: end the sessions whose lease ran out."""
-    led_term = 0
+    led_term = swept_term = 0
     while True:
         await trio.sleep(SESSION_SWEEP_S)
         if consensus.role != "leader":
-            led_term = 0
+            led_term = swept_term = 0
             continue
         term = consensus.status().term
         if term != led_term:
             leases.start_leading()
             led_term = term
+        new_leader = term != swept_term
         expired = leases.expired()
         if expired:
             log.info("client sessions whose lease ran out: %s", ", ".join(expired))
         try:
             await consensus.propose_internal(
-                encode_message(ExpireSessions(wall_ns(), tuple(expired))),
+                encode_message(ExpireSessions(wall_ns(), tuple(expired), new_leader)),
                 timeout=SESSION_SWEEP_S,
             )
+            swept_term = term  # a sweep of this term applied
         except PrismError as exc:
             log.debug("session sweep skipped: %s", exc.message)
