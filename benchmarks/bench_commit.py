@@ -17,32 +17,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from bench_fs import prismfs  # scripts beside this one
 from bench_ops import Cluster
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def node_latency(cluster: Cluster) -> dict[str, list[float]]:
     """(sum of seconds, count) per histogram, summed over the nodes."""
     out: dict[str, list[float]] = {}
-    for address in cluster.http:
-        request = urllib.request.Request(
-            f"http://{address}/metrics", headers={"Authorization": f"Bearer {cluster.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            text = reply.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name != "prismfs_latency_seconds":
-                continue
-            for sample in family.samples:
-                slot = out.setdefault(sample.labels["what"], [0.0, 0.0])
-                if sample.name.endswith("_sum"):
-                    slot[0] += sample.value
-                elif sample.name.endswith("_count"):
-                    slot[1] += sample.value
+    for family in cluster.node_families("prismfs_latency_seconds"):
+        for sample in family.samples:
+            slot = out.setdefault(sample.labels["what"], [0.0, 0.0])
+            if sample.name.endswith("_sum"):
+                slot[0] += sample.value
+            elif sample.name.endswith("_count"):
+                slot[1] += sample.value
     return out
 
 

@@ -36,10 +36,11 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench_fs import prismfs  # scripts beside this one
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 EXPIRE_S = 1.3  # past the mount's 1 s entry and attribute timeouts
@@ -61,9 +62,8 @@ class Cluster:
         ).stdout
         self.token = json.loads(out)["token"]
 
-    def node_counts(self) -> Counter[str]:
-        """Every node's ``prismfs_events_total``, summed over the nodes."""
-        total: Counter[str] = Counter()
+    def node_families(self, name: str) -> Iterator[Metric]:
+        """The metric family ``name`` of each node's ``/metrics``, node by node."""
         for address in self.http:
             request = urllib.request.Request(
                 f"http://{address}/metrics", headers={"Authorization": f"Bearer {self.token}"}
@@ -71,10 +71,16 @@ class Cluster:
             with urllib.request.urlopen(request, timeout=30) as reply:
                 text = reply.read().decode()
             for family in text_string_to_metric_families(text):
-                if family.name == "prismfs_events":
-                    for sample in family.samples:
-                        if sample.name == "prismfs_events_total":
-                            total[sample.labels["event"]] += int(sample.value)
+                if family.name == name:
+                    yield family
+
+    def node_counts(self) -> Counter[str]:
+        """Every node's ``prismfs_events_total``, summed over the nodes."""
+        total: Counter[str] = Counter()
+        for family in self.node_families("prismfs_events"):
+            for sample in family.samples:
+                if sample.name == "prismfs_events_total":
+                    total[sample.labels["event"]] += int(sample.value)
         return total
 
     def mount_counts(self) -> Counter[str]:
