@@ -13,8 +13,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from prismfs.raft.core import RaftConfig, RaftNode, ReadState, Ready, Role, Snapshot
+from prismfs.raft.core import RaftNode
 from prismfs.raft.messages import ConfState, Entry, HardState, RaftMessage
+from prismfs.raft.ready import RaftConfig, ReadState, Ready, Role, Snapshot
 
 
 @dataclass

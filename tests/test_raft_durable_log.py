@@ -10,9 +10,9 @@ import pytest
 
 from prismfs.errors import LogCorrupt
 from prismfs.raft import durable_log
-from prismfs.raft.core import Ready, Snapshot
 from prismfs.raft.durable_log import DurableLog
 from prismfs.raft.messages import ConfState, Entry, HardState, SnapshotMeta
+from prismfs.raft.ready import Ready, Snapshot
 
 
 def entries(first: int, last: int, term: int = 1, size: int = 10) -> list[Entry]:

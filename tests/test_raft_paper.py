@@ -11,7 +11,7 @@ import random
 import pytest
 
 from prismfs.errors import NotLeader
-from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role
+from prismfs.raft.core import RaftNode
 from prismfs.raft.messages import (
     Append,
     AppendResponse,
@@ -23,6 +23,7 @@ from prismfs.raft.messages import (
     Vote,
     VoteResponse,
 )
+from prismfs.raft.ready import RaftConfig, Ready, Role
 from raft_network import Network
 
 ABC = ("a", "b", "c")

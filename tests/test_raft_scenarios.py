@@ -10,8 +10,8 @@ import pathlib
 import pytest
 
 from prismfs.errors import ConfChangeInProgress, InvalidArgument, LeadershipTransfer, NotLeader
-from prismfs.raft.core import TRANSITIONS, Role
 from prismfs.raft.messages import Append, ConfChange, Entry, InstallSnapshot, TimeoutNow, Vote
+from prismfs.raft.ready import TRANSITIONS, Role
 from raft_network import Network
 
 ABC = ("a", "b", "c")

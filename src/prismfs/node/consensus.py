@@ -73,7 +73,7 @@ from prismfs.node.consensus_messages import (
     RaftStatusReply,
     TransferLeadership,
 )
-from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role
+from prismfs.raft.core import RaftNode
 from prismfs.raft.durable_log import DurableLog
 from prismfs.raft.lease import LeaderLease, lease_seconds
 from prismfs.raft.messages import (
@@ -84,6 +84,7 @@ from prismfs.raft.messages import (
     Heartbeat,
     RaftMessage,
 )
+from prismfs.raft.ready import RaftConfig, Ready, Role
 from prismfs.raft.state_machine import (
     CommandRejected,
     ExactlyOnce,

@@ -53,8 +53,8 @@ import xxhash
 
 from prismfs.durable import fsync_dir, write_all, write_atomic
 from prismfs.errors import LogCorrupt, ProtocolError
-from prismfs.raft.core import Ready, Snapshot
 from prismfs.raft.messages import Entry, HardState, SnapshotMeta, image_checksum
+from prismfs.raft.ready import Ready, Snapshot
 from prismfs.wire.codec import decode_message, encode_message
 
 log = logging.getLogger("prismfs.raft.log")

@@ -60,7 +60,7 @@ import xxhash
 from prismfs.check.linearizability import check
 from prismfs.check.models import UNKNOWN, Operation
 from prismfs.errors import PrismError
-from prismfs.raft.core import RaftConfig, RaftNode, Ready, Role, Snapshot
+from prismfs.raft.core import RaftNode
 from prismfs.raft.lease import LeaderLease, lease_seconds
 from prismfs.raft.messages import (
     ConfChange,
@@ -71,6 +71,7 @@ from prismfs.raft.messages import (
     InstallSnapshot,
     RaftMessage,
 )
+from prismfs.raft.ready import RaftConfig, Ready, Role, Snapshot
 from prismfs.raft.state_machine import ClientCommand, StateMachine, client_command
 from prismfs.sim.workloads import WORKLOADS, Workload
 from prismfs.wire.codec import decode_message
