@@ -802,8 +802,9 @@ def main(argv: list[str] | None = None) -> int:
             peers_report.RECOVERY_DETAIL = (
                 f"{recovery['chunks']} chunks; node marked down after "
                 f"{recovery['down_after_s']:g} s (node_down_after_s = 10), "
-                f"{recovery['rebuilt_mb']:g} MB of shards rebuilt at "
-                f"{recovery['repair_mb_per_s']:g} MB/s"
+                f"{recovery['rebuilt_mb']:g} MB of shards rebuilt within "
+                f"{recovery['repair_window_s']:g} s of the last status that showed it up "
+                f"(at least {recovery['repair_mb_per_s_at_least']:g} MB/s)"
             )
     except KeyboardInterrupt as exc:
         say(f"interrupted ({exc or 'Ctrl-C'}); what was started is torn down, no report")
