@@ -1,0 +1,233 @@
+"""Shared read leases with recall: the leader's table and a mount's held leases.
+
+Theory of operation. With the answer to a read of an object (a directory's
+listing, an inode's attributes: a *key* here) the metadata leader may grant
+the reader a lease of ``seconds``: while it lasts, the reader answers reads
+of that key from its own copy. Before a change to a key is applied and
+acknowledged, the leader *recalls* every other holder's lease on it and
+waits until each has acknowledged the recall or its lease has surely ended.
+So a read that starts after a change was acknowledged never returns what
+was there before (linearizable across mounts), and a reader cut off from
+the leader stops using its copy when its lease ends.
+
+Clocks. Each side times leases on its own monotonic clock; clock *rates*
+may differ by up to ``drift`` (as for the Raft leader lease). The holder
+counts its lease from the moment it *sent* the read (before the leader
+granted it) and shortens it by ``drift``: it stops within ``seconds`` of
+real time after the grant. The leader counts ``seconds * (1 + drift)`` of
+its own clock from the grant: at least ``seconds`` of real time.
+
+Three rules close the races:
+
+* A change waits for every holder the table knows when it is ready to be
+  applied, not only those recalled when it began. While it is pending the
+  leader grants no lease on its key (a read in that window gets the current
+  value without one): each new grant would hold the change back by another
+  lease, and readers could starve it.
+* Every grant carries an id, increasing for the leader's term, and a recall
+  names the highest id it recalls. A holder remembers, per key, the highest
+  id recalled and installs no grant at or below it: a read reply that
+  arrives after the recall that superseded it (messages are reordered) is
+  used for that one read only.
+* A new leader does not know which leases the old one granted: it applies no
+  change until ``seconds * (1 + drift)`` of its clock have passed since it
+  took over (`LeaseTable.blind_until`).
+* A mount's own change is not recalled from it: it drops its copy when it
+  starts the change (`HeldLeases.changing`), and keeps no grant from a read
+  that overlapped a change of its own to the same key (`mark` at the read's
+  start, checked by `granted`): the leader may have answered that read just
+  before the change, and the change's acknowledgement may be lost and come
+  again from a new leader that knows nothing of the grant. (The model found
+  this race: a mount's second process read the old value while the first
+  one's change was on its way.)
+
+Both classes are pure: the caller passes the time and carries the messages.
+The deterministic simulation in `prismfs.sim.leases` drives them through
+delays, reordering, loss, partitions, pauses, clock-rate skew and leader
+changes, and checks every history for linearizability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+DRIFT = 0.1
+"""The largest relative difference of clock rates allowed for (as `prismfs.raft.lease`)."""
+
+GrantId = tuple[int, int]
+"""(leader term, sequence within the term): ordered across leaders."""
+
+
+@dataclass
+class _Key:
+    holders: dict[str, tuple[GrantId, float]] = field(default_factory=dict)
+    # holder -> (its latest grant's id, the leader time by which it surely ended)
+    pending: int = 0  # changes waiting for recalls
+
+
+class LeaseTable:
+    """The leader's side: who holds a lease on which key (soft state, lost with
+    the leader: a new leader starts blind, see `start`)."""
+
+    def __init__(self, seconds: float, drift: float = DRIFT) -> None:
+        if seconds <= 0 or not 0 <= drift < 1:
+            raise ValueError("a lease lasts a positive time and drift is in [0, 1)")
+        self.seconds = seconds
+        self.drift = drift
+        self.term = 0
+        self.blind_until = 0.0
+        self._seq = 0
+        self._keys: dict[Hashable, _Key] = {}
+
+    def start(self, term: int, now: float) -> None:
+        """This node became leader of ``term`` at ``now``: it knows no lease,
+        and every lease the old leader granted may run for ``seconds`` more."""
+        self.term = term
+        self._seq = 0
+        self._keys.clear()
+        self.blind_until = now + self.seconds * (1 + self.drift)
+
+    def grant(self, key: Hashable, holder: str, now: float) -> GrantId | None:
+        """A lease on ``key`` for ``holder``, given with a read answered at
+        ``now``; None while a change to ``key`` is pending."""
+        state = self._keys.setdefault(key, _Key())
+        if state.pending:
+            return None
+        self._seq += 1
+        gid = (self.term, self._seq)
+        state.holders[holder] = (gid, now + self.seconds * (1 + self.drift))
+        return gid
+
+    def begin_change(self, key: Hashable, writer: str, now: float) -> dict[str, GrantId]:
+        """A change to ``key`` by ``writer`` starts: no grants on it until
+        `end_change`. Returns the holders to recall, each with the highest
+        grant id to recall (the writer's own lease is dropped: its change
+        makes its copy old, and it knows)."""
+        state = self._keys.setdefault(key, _Key())
+        state.pending += 1
+        state.holders.pop(writer, None)
+        recall = {}
+        for holder, (gid, until) in list(state.holders.items()):
+            if until > now:
+                recall[holder] = gid
+            else:
+                del state.holders[holder]
+        return recall
+
+    def recalled(self, key: Hashable, holder: str, gid: GrantId) -> None:
+        """``holder`` acknowledged the recall of its grants up to ``gid``."""
+        state = self._keys.get(key)
+        if state is None:
+            return
+        held = state.holders.get(holder)
+        if held is not None and held[0] <= gid:
+            del state.holders[holder]
+
+    def ready_at(self, key: Hashable, now: float) -> float:
+        """When a pending change to ``key`` may be applied: ``now`` once every
+        other holder acknowledged its recall (and the leader is not blind),
+        else the time its last lease surely ends."""
+        until = self.blind_until
+        state = self._keys.get(key)
+        if state is not None:
+            until = max([until, *(u for _, u in state.holders.values())])
+        return max(now, until)
+
+    def end_change(self, key: Hashable) -> None:
+        """The change was applied (or abandoned): grants on ``key`` resume."""
+        state = self._keys.get(key)
+        if state is None:
+            return
+        state.pending = max(0, state.pending - 1)
+        if not state.pending and not state.holders:
+            del self._keys[key]
+
+    def holders(self, key: Hashable) -> set[str]:
+        state = self._keys.get(key)
+        return set(state.holders) if state else set()
+
+
+@dataclass
+class _Held:
+    value: object
+    gid: GrantId
+    until: float  # on the holder's clock
+
+
+class HeldLeases:
+    """A mount's side: the keys it may answer reads of from its own copy."""
+
+    def __init__(self, drift: float = DRIFT) -> None:
+        self.drift = drift
+        self._held: dict[Hashable, _Held] = {}
+        self._recalled: dict[Hashable, GrantId] = {}
+        self._changes: dict[Hashable, int] = {}  # key -> changes of it started or ended here
+        self._changing: dict[Hashable, int] = {}  # key -> changes of it in flight from here
+
+    def mark(self, key: Hashable) -> int:
+        """Taken when a read of ``key`` is sent, passed to `granted`."""
+        return self._changes.get(key, 0)
+
+    def changing(self, key: Hashable) -> None:
+        """This mount starts a change of ``key``: its copy is old from now on."""
+        self._held.pop(key, None)
+        self._changes[key] = self._changes.get(key, 0) + 1
+        self._changing[key] = self._changing.get(key, 0) + 1
+
+    def changed(self, key: Hashable) -> None:
+        """That change was acknowledged (or given up)."""
+        self._changes[key] = self._changes.get(key, 0) + 1
+        left = self._changing.get(key, 0) - 1
+        if left > 0:
+            self._changing[key] = left
+        else:
+            self._changing.pop(key, None)
+
+    def granted(
+        self,
+        key: Hashable,
+        value: object,
+        gid: GrantId,
+        seconds: float,
+        sent_at: float,
+        mark: int,
+    ) -> bool:
+        """Keep ``value`` under the lease ``gid`` from a read sent at ``sent_at``
+        (this clock) with `mark` ``mark``, unless a recall already covered it
+        or a change of this mount overlapped the read; True if kept."""
+        if self._changing.get(key) or self._changes.get(key, 0) != mark:
+            return False
+        recalled = self._recalled.get(key)
+        if recalled is not None and gid <= recalled:
+            return False
+        held = self._held.get(key)
+        if held is not None and held.gid > gid:
+            return False  # a newer grant is here already
+        self._held[key] = _Held(value, gid, sent_at + seconds * (1 - self.drift))
+        return True
+
+    def get(self, key: Hashable, now: float) -> tuple[bool, object]:
+        """(True, the value) while the lease on ``key`` lasts; else (False, None)."""
+        held = self._held.get(key)
+        if held is None:
+            return False, None
+        if now >= held.until:
+            del self._held[key]
+            return False, None
+        return True, held.value
+
+    def recall(self, key: Hashable, gid: GrantId) -> None:
+        """The leader recalls this mount's grants on ``key`` up to ``gid``."""
+        if gid > self._recalled.get(key, (0, 0)):
+            self._recalled[key] = gid
+        held = self._held.get(key)
+        if held is not None and held.gid <= gid:
+            del self._held[key]
+
+    def clear(self) -> None:
+        """Forget everything (a restart)."""
+        self._held.clear()
+        self._recalled.clear()
+        self._changes.clear()
+        self._changing.clear()
