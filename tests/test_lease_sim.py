@@ -104,24 +104,92 @@ def test_a_read_that_overlapped_a_change_of_the_same_mount_leaves_no_copy() -> N
     assert held.granted("k", "v1", (1, 5), D, sent_at=0.3, mark=held.mark("k"))
 
 
+def test_a_holder_asking_again_keeps_its_grant_until_a_change() -> None:
+    t = LeaseTable(D)
+    t.start(term=1, now=0.0)
+    t.blind_until = 0.0
+    g1 = t.grant("k", "a", now=1.0)
+    assert t.grant("k", "a", now=1.5) == g1  # nothing changed: the same lease, longer
+    assert t.ready_at("k", now=1.6) == pytest.approx(1.5 + D * (1 + DRIFT))
+    t.begin_change("k", "w", now=1.7)
+    t.recalled("k", "a", g1)  # type: ignore[arg-type]
+    t.end_change("k", "w", now=1.8)
+    g2 = t.grant("k", "a", now=1.9)
+    assert g2 is not None and g1 is not None and g2 > g1
+    # the holder adds what it learns under one id to what it holds
+    held = HeldLeases()
+    assert held.granted("k", {"x": 1}, g2, D, 1.85, held.mark("k"))
+    assert held.granted("k", {"y": 2}, g2, D, 1.95, held.mark("k"), merge=lambda a, b: {**a, **b})  # type: ignore[dict-item]
+    assert held.get("k", 2.0) == (True, {"x": 1, "y": 2})
+
+
+def test_a_writer_keeps_its_lease_through_its_change_only_if_nothing_came_between() -> None:
+    t = LeaseTable(D)
+    t.start(term=1, now=0.0)
+    t.blind_until = 0.0
+    g1 = t.grant("k", "w", now=1.0)
+    assert g1 is not None
+    assert t.begin_change("k", "w", now=1.1) == {}
+    continued = t.end_change("k", "w", now=1.2)
+    assert continued is not None and continued[0] == g1 and continued[1] > g1
+    assert t.holders("k") == {"w"}
+    # expired before the change began: nothing to continue
+    t.begin_change("k", "w", now=1.2 + D * (1 + DRIFT) + 0.1)
+    assert t.end_change("k", "w", now=5.0) is None
+    # another change pending when it began: that one may have changed the key
+    t.grant("k", "w", now=6.0)
+    t.begin_change("k", "other", now=6.1)
+    t.begin_change("k", "w", now=6.2)
+    t.end_change("k", "other", now=6.3)
+    assert t.end_change("k", "w", now=6.4) is None
+    # an abandoned change continues nothing
+    t.grant("k", "w", now=7.0)
+    t.begin_change("k", "w", now=7.1)
+    assert t.end_change("k") is None
+
+
+def test_a_writer_applies_its_change_only_to_the_copy_of_the_continued_grant() -> None:
+    append = lambda old: old + "+1"  # noqa: E731
+    held = HeldLeases()
+    held.granted("k", "v", (1, 1), D, sent_at=0.0, mark=held.mark("k"))
+    held.changing("k")
+    assert held.get("k", 0.1) == (False, None)  # not used while the change is on its way
+    assert held.changed("k", ((1, 1), (1, 2)), append, D, sent_at=0.1)
+    assert held.get("k", 0.2) == (True, "v+1")
+    # a continuation of another grant than the one held drops the copy
+    held.changing("k")
+    assert not held.changed("k", ((1, 9), (1, 10)), append, D, sent_at=0.2)
+    assert held.get("k", 0.3) == (False, None)
+    # so does a continuation a recall already covered (messages reordered)
+    held.granted("k", "w", (1, 11), D, sent_at=0.3, mark=held.mark("k"))
+    held.changing("k")
+    held.recall("k", (1, 12))
+    assert not held.changed("k", ((1, 11), (1, 12)), append, D, sent_at=0.3)
+    assert held.get("k", 0.4) == (False, None)
+
+
 # --- the simulation ---------------------------------------------------------------------
 
 
 def test_many_seeds_stay_linearizable_under_every_fault() -> None:
-    local = recalls = changes = crashed = 0
+    local = recalls = changes = crashed = continued = 0
     for seed in range(SEEDS):
         result = run_seed(seed)
         assert result.linearizable, f"seed {seed}: not linearizable"
         local += result.local_reads
         recalls += result.recalls
+        continued += result.continued
         changes += result.leader_changes
         crashed += sum(1 for op in result.history if op.ret == math.inf)
     # The runs exercised what they are about.
-    assert local > 10 * SEEDS and recalls > 10 * SEEDS
+    assert local > 10 * SEEDS and recalls > 10 * SEEDS and continued > 10 * SEEDS
     assert changes > SEEDS and crashed > SEEDS
 
 
-@pytest.mark.parametrize("bug", ["no_recall", "no_grant_ids", "own_change_race", "no_blind"])
+@pytest.mark.parametrize(
+    "bug",
+    ["no_recall", "no_grant_ids", "own_change_race", "no_blind", "continue_any_copy"],
+)
 def test_each_planted_violation_is_caught(bug: str) -> None:
     caught = [s for s in range(40) if not run_seed(s, bugs=frozenset({bug})).linearizable]
     assert caught, f"{bug}: no seed of 40 caught it"

@@ -32,14 +32,27 @@ Three rules close the races:
 * A new leader does not know which leases the old one granted: it applies no
   change until ``seconds * (1 + drift)`` of its clock have passed since it
   took over (`LeaseTable.blind_until`).
-* A mount's own change is not recalled from it: it drops its copy when it
-  starts the change (`HeldLeases.changing`), and keeps no grant from a read
-  that overlapped a change of its own to the same key (`mark` at the read's
-  start, checked by `granted`): the leader may have answered that read just
-  before the change, and the change's acknowledgement may be lost and come
-  again from a new leader that knows nothing of the grant. (The model found
-  this race: a mount's second process read the old value while the first
-  one's change was on its way.)
+* A mount's own change is not recalled from it: it stops answering from its
+  copy when it starts the change (`HeldLeases.changing`), and keeps no grant
+  from a read that overlapped a change of its own to the same key (`mark` at
+  the read's start, checked by `granted`): the leader may have answered that
+  read just before the change, and the change's acknowledgement may be lost
+  and come again from a new leader that knows nothing of the grant. (The
+  model found this race: a mount's second process read the old value while
+  the first one's change was on its way.)
+* The writer keeps its lease through its own change when it can (so a mount
+  working alone in a directory keeps answering its lookups itself): if its
+  grant was still good when the change began and no other change was
+  pending, nothing changed the key between that grant and this change, so
+  the leader *continues* the grant under a new id once the change is
+  applied (`end_change`), and the writer applies the change to its copy
+  (`HeldLeases.changed`) if the copy it holds is that very grant. Anything
+  else (another grant, a recall, a lost acknowledgement answered again
+  without the continuation) drops the copy.
+
+A repeated grant to a holder whose lease the leader still counts, with no
+change since, keeps the grant's id (`grant`): the holder may then add what
+it learns to what it already holds under that id.
 
 Both classes are pure: the caller passes the time and carries the messages.
 The deterministic simulation in `prismfs.sim.leases` drives them through
@@ -49,7 +62,7 @@ changes, and checks every history for linearizability.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 DRIFT = 0.1
@@ -64,6 +77,8 @@ class _Key:
     holders: dict[str, tuple[GrantId, float]] = field(default_factory=dict)
     # holder -> (its latest grant's id, the leader time by which it surely ended)
     pending: int = 0  # changes waiting for recalls
+    continuing: dict[str, GrantId] = field(default_factory=dict)
+    # writer -> its grant, still good when its change began with none pending
 
 
 class LeaseTable:
@@ -94,9 +109,14 @@ class LeaseTable:
         state = self._keys.setdefault(key, _Key())
         if state.pending:
             return None
-        self._seq += 1
-        gid = (self.term, self._seq)
-        state.holders[holder] = (gid, now + self.seconds * (1 + self.drift))
+        until = now + self.seconds * (1 + self.drift)
+        held = state.holders.get(holder)
+        if held is not None and held[1] > now:
+            gid = held[0]  # nothing changed since: the same lease, longer
+        else:
+            self._seq += 1
+            gid = (self.term, self._seq)
+        state.holders[holder] = (gid, until)
         return gid
 
     def begin_change(self, key: Hashable, writer: str, now: float) -> dict[str, GrantId]:
@@ -105,8 +125,10 @@ class LeaseTable:
         grant id to recall (the writer's own lease is dropped: its change
         makes its copy old, and it knows)."""
         state = self._keys.setdefault(key, _Key())
+        own = state.holders.pop(writer, None)
+        if own is not None and own[1] > now and not state.pending:
+            state.continuing[writer] = own[0]
         state.pending += 1
-        state.holders.pop(writer, None)
         recall = {}
         for holder, (gid, until) in list(state.holders.items()):
             if until > now:
@@ -134,14 +156,28 @@ class LeaseTable:
             until = max([until, *(u for _, u in state.holders.values())])
         return max(now, until)
 
-    def end_change(self, key: Hashable) -> None:
-        """The change was applied (or abandoned): grants on ``key`` resume."""
+    def end_change(
+        self, key: Hashable, writer: str | None = None, now: float | None = None
+    ) -> tuple[GrantId, GrantId] | None:
+        """The change by ``writer`` was applied at ``now`` (or abandoned: no
+        writer): grants on ``key`` resume. Returns (the writer's grant, its
+        continuation) when the writer keeps its lease through the change."""
         state = self._keys.get(key)
         if state is None:
-            return
+            return None
         state.pending = max(0, state.pending - 1)
-        if not state.pending and not state.holders:
-            del self._keys[key]
+        own = state.continuing.pop(writer, None) if writer is not None else None
+        continued = None
+        if own is not None and now is not None and not state.pending:
+            self._seq += 1
+            gid = (self.term, self._seq)
+            state.holders[writer] = (gid, now + self.seconds * (1 + self.drift))  # type: ignore[index]
+            continued = (own, gid)
+        if not state.pending:
+            state.continuing.clear()
+            if not state.holders:
+                del self._keys[key]
+        return continued
 
     def holders(self, key: Hashable) -> set[str]:
         state = self._keys.get(key)
@@ -170,19 +206,46 @@ class HeldLeases:
         return self._changes.get(key, 0)
 
     def changing(self, key: Hashable) -> None:
-        """This mount starts a change of ``key``: its copy is old from now on."""
-        self._held.pop(key, None)
+        """This mount starts a change of ``key``: its copy is not used until
+        the change is acknowledged (and then only if the lease continues)."""
         self._changes[key] = self._changes.get(key, 0) + 1
         self._changing[key] = self._changing.get(key, 0) + 1
 
-    def changed(self, key: Hashable) -> None:
-        """That change was acknowledged (or given up)."""
+    def changed(
+        self,
+        key: Hashable,
+        continued: tuple[GrantId, GrantId] | None = None,
+        apply: Callable[[object], object] | None = None,
+        seconds: float = 0.0,
+        sent_at: float = 0.0,
+    ) -> bool:
+        """That change was acknowledged (or given up: no ``continued``). With
+        the leader's continuation of this mount's grant, ``apply`` turns the
+        copy held under that grant into the value after the change, kept
+        under the new grant until ``seconds`` after ``sent_at`` (when the
+        change was first sent) at the latest; True if kept."""
         self._changes[key] = self._changes.get(key, 0) + 1
         left = self._changing.get(key, 0) - 1
         if left > 0:
             self._changing[key] = left
         else:
             self._changing.pop(key, None)
+        held = self._held.get(key)
+        if held is None:
+            return False
+        recalled = self._recalled.get(key)
+        if (
+            continued is None
+            or apply is None
+            or held.gid != continued[0]
+            or (recalled is not None and continued[1] <= recalled)
+        ):
+            del self._held[key]
+            return False
+        held.value = apply(held.value)
+        held.gid = continued[1]
+        held.until = max(held.until, sent_at + seconds * (1 - self.drift))
+        return True
 
     def granted(
         self,
@@ -192,25 +255,35 @@ class HeldLeases:
         seconds: float,
         sent_at: float,
         mark: int,
+        merge: Callable[[object, object], object] | None = None,
     ) -> bool:
         """Keep ``value`` under the lease ``gid`` from a read sent at ``sent_at``
         (this clock) with `mark` ``mark``, unless a recall already covered it
-        or a change of this mount overlapped the read; True if kept."""
+        or a change of this mount overlapped the read; True if kept. A grant
+        with the id of the one held renews it, and ``merge(held, value)``
+        (if given) becomes the value: both describe the same state."""
         if self._changing.get(key) or self._changes.get(key, 0) != mark:
             return False
         recalled = self._recalled.get(key)
         if recalled is not None and gid <= recalled:
             return False
+        until = sent_at + seconds * (1 - self.drift)
         held = self._held.get(key)
         if held is not None and held.gid > gid:
             return False  # a newer grant is here already
-        self._held[key] = _Held(value, gid, sent_at + seconds * (1 - self.drift))
+        if held is not None and held.gid == gid:
+            held.until = max(held.until, until)  # the same lease, renewed
+            if merge is not None:
+                held.value = merge(held.value, value)
+            return True
+        self._held[key] = _Held(value, gid, until)
         return True
 
     def get(self, key: Hashable, now: float) -> tuple[bool, object]:
-        """(True, the value) while the lease on ``key`` lasts; else (False, None)."""
+        """(True, the value) while the lease on ``key`` lasts and no change of
+        this mount to it is on its way; else (False, None)."""
         held = self._held.get(key)
-        if held is None:
+        if held is None or self._changing.get(key):
             return False, None
         if now >= held.until:
             del self._held[key]

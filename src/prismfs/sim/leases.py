@@ -56,6 +56,7 @@ BUGS = frozenset(
         "lease_from_receipt",  # a client counts its lease from the reply, not the request
         "no_drift",  # neither side allows for clock-rate differences
         "own_change_race",  # a mount keeps a grant from a read that overlapped its own change
+        "continue_any_copy",  # a writer applies its change to whatever copy it holds
     }
 )
 
@@ -75,6 +76,7 @@ class LeaseSimResult:
     ops: int
     local_reads: int
     recalls: int
+    continued: int  # changes after which the writer kept its lease
     leader_changes: int
     linearizable: bool
     history: list[Operation] = field(default_factory=list)
@@ -95,11 +97,12 @@ class _Clock:
 
 @dataclass
 class _Op:
-    kind: str  # "get" | "put"
+    kind: str  # "get" | "put" | "append"
     key: int
     value: str | None
     call: float
-    reqid: str  # a put's id (kept across retries)
+    reqid: str  # a change's id (kept across retries)
+    first_sent: float = math.nan  # a change's first send, on the client's clock
     # read id -> (sent at on the client's clock, the leases' mark then)
     attempts: dict[str, tuple[float, int]] = field(default_factory=dict)
 
@@ -121,6 +124,27 @@ class _NoIdsLeases(HeldLeases):
     ) -> bool:
         self._recalled.pop(key, None)
         return super().granted(key, value, gid, seconds, sent_at, mark)
+
+
+class _AnyCopyLeases(HeldLeases):
+    def changed(
+        self,
+        key: Any,
+        continued: tuple[GrantId, GrantId] | None = None,
+        apply: Callable[[object], object] | None = None,
+        seconds: float = 0.0,
+        sent_at: float = 0.0,
+    ) -> bool:
+        held = self._held.get(key)
+        if held is not None and continued is not None:
+            continued = (held.gid, continued[1])
+        return super().changed(key, continued, apply, seconds, sent_at)
+
+
+def _apply(kind: str, value: str | None) -> Callable[[Any], Any]:
+    if kind == "put":
+        return lambda _old: value
+    return lambda old: (old or "") + (value or "")
 
 
 class _RacyLeases(HeldLeases):
@@ -145,6 +169,7 @@ class LeaseSim:
         self.history: list[Operation] = []
         self.local_reads = 0
         self.recalls = 0
+        self.continued = 0
         # the leader: applied state (survives a change of leader) and soft state
         self.state: dict[int, str | None] = {}
         self.applied: set[str] = set()  # put ids applied (exactly once)
@@ -153,7 +178,8 @@ class LeaseSim:
         self.leader_paused_until = 0.0
         self.leader_clock = _Clock(1.0, 0.0)
         self.table = LeaseTable(LEASE_S, self.drift)
-        self.queue: dict[int, list[tuple[str, str, str]]] = {}  # key -> (client, put id, value)
+        # key -> (client, change id, kind, value)
+        self.queue: dict[int, list[tuple[str, str, str, str]]] = {}
         self.leader_changes = 0
         self.clients = [self._new_client(f"c{i}") for i in range(cfg.clients)]
         self._values = 0
@@ -178,6 +204,8 @@ class LeaseSim:
             c.leases = _NoIdsLeases(drift)
         elif "own_change_race" in self.cfg.bugs:
             c.leases = _RacyLeases(drift)
+        elif "continue_any_copy" in self.cfg.bugs:
+            c.leases = _AnyCopyLeases(drift)
         return c
 
     def _faulty(self) -> bool:
@@ -236,19 +264,22 @@ class LeaseSim:
             to_leader=False,
         )
 
-    def _on_write(self, client: _Client, key: int, pid: str, value: str) -> None:
+    def _on_write(self, client: _Client, key: int, pid: str, kind: str, value: str) -> None:
         if pid in self.applied:
-            self._send(lambda: self._on_write_ack(client, pid), client=client, to_leader=False)
+            # answered again, as Raft's session table does: without the lease
+            self._send(
+                lambda: self._on_write_ack(client, pid, None), client=client, to_leader=False
+            )
             return
         waiting = self.queue.setdefault(key, [])
-        if any(p == pid for _, p, _ in waiting):
+        if any(p == pid for _, p, _, _ in waiting):
             return  # a retry of a write that waits already
-        waiting.append((client.name, pid, value))
+        waiting.append((client.name, pid, kind, value))
         if len(waiting) == 1:
             self._begin(key)
 
     def _begin(self, key: int) -> None:
-        writer, _, _ = self.queue[key][0]
+        writer = self.queue[key][0][0]
         recall = self.table.begin_change(key, writer, self._leader_now())
         if "no_recall" in self.cfg.bugs:
             for holder in recall:
@@ -280,14 +311,16 @@ class LeaseSim:
             at = max(self.leader_clock.real(ready), self.now + 1e-6)
             self._at(at, lambda: self._try_apply(key, term))
             return
-        writer, pid, value = self.queue[key].pop(0)
-        self.state[key] = value
+        writer, pid, kind, value = self.queue[key].pop(0)
+        self.state[key] = _apply(kind, value)(self.state.get(key))
         self.applied.add(pid)
-        self.table.end_change(key)
+        continued = self.table.end_change(key, writer, now)
         by_name = {c.name: c for c in self.clients}
         target = by_name.get(writer)
         if target is not None:
-            self._send(lambda: self._on_write_ack(target, pid), client=target, to_leader=False)
+            self._send(
+                lambda: self._on_write_ack(target, pid, continued), client=target, to_leader=False
+            )
         if self.queue[key]:
             self._begin(key)
 
@@ -319,8 +352,9 @@ class LeaseSim:
         key = self.rng.randrange(self.cfg.keys)
         if self.rng.random() < 0.35:
             self._values += 1
-            value = f"v{self._values}"
-            c.ops[w] = _Op("put", key, value, self.now, f"{c.name}/{self._values}")
+            kind = "append" if self.rng.random() < 0.3 else "put"
+            value = f"v{self._values}" if kind == "put" else f"+{self._values}"
+            c.ops[w] = _Op(kind, key, value, self.now, f"{c.name}/{self._values}")
             c.leases.changing(key)
             self._send_write(c, w, c.generation)
         else:
@@ -348,11 +382,15 @@ class LeaseSim:
 
     def _send_write(self, c: _Client, w: int, generation: int) -> None:
         op = c.ops.get(w)
-        if op is None or op.kind != "put" or generation != c.generation:
+        if op is None or op.kind == "get" or generation != c.generation:
             return
         assert op.value is not None
-        value = op.value
-        self._send(lambda: self._on_write(c, op.key, op.reqid, value), client=c, to_leader=True)
+        kind, value = op.kind, op.value
+        if math.isnan(op.first_sent):
+            op.first_sent = self._client_now(c)
+        self._send(
+            lambda: self._on_write(c, op.key, op.reqid, kind, value), client=c, to_leader=True
+        )
         self._client_at(
             c,
             c.clock.real(self._client_now(c) + WRITE_TIMEOUT_S),
@@ -383,10 +421,16 @@ class LeaseSim:
             c.leases.granted(key, value, gid, LEASE_S, sent_at, mark)
         self._finish(c, w, value)
 
-    def _on_write_ack(self, c: _Client, pid: str) -> None:
-        w = next((w for w, op in c.ops.items() if op.kind == "put" and op.reqid == pid), None)
+    def _on_write_ack(
+        self, c: _Client, pid: str, continued: tuple[GrantId, GrantId] | None
+    ) -> None:
+        w = next((w for w, op in c.ops.items() if op.kind != "get" and op.reqid == pid), None)
         if w is not None:
-            c.leases.changed(c.ops[w].key)
+            op = c.ops[w]
+            if c.leases.changed(
+                op.key, continued, _apply(op.kind, op.value), LEASE_S, op.first_sent
+            ):
+                self.continued += 1
             self._finish(c, w, None)
 
     def _on_recall(self, c: _Client, key: int, gid: GrantId, term: int) -> None:
@@ -394,7 +438,7 @@ class LeaseSim:
         self._send(lambda: self._on_recall_ack(c, key, gid, term), client=c, to_leader=True)
 
     def _record(self, c: _Client, w: int, op: _Op, output: Any, ret: float) -> None:
-        inp = ("put", op.key, op.value) if op.kind == "put" else ("get", op.key)
+        inp = ("get", op.key) if op.kind == "get" else (op.kind, op.key, op.value)
         self.history.append(Operation(f"{c.name}.{w}", inp, output, op.call, ret))
 
     def _finish(self, c: _Client, w: int, output: Any) -> None:
@@ -467,6 +511,7 @@ class LeaseSim:
             len(self.history),
             self.local_reads,
             self.recalls,
+            self.continued,
             self.leader_changes,
             ok,
             self.history,
