@@ -120,10 +120,17 @@ class _Client:
 
 class _NoIdsLeases(HeldLeases):
     def granted(
-        self, key: Any, value: object, gid: GrantId, seconds: float, sent_at: float, mark: int
+        self,
+        key: Any,
+        value: object,
+        gid: GrantId,
+        seconds: float,
+        sent_at: float,
+        mark: int,
+        merge: Callable[[object, object], object] | None = None,
     ) -> bool:
         self._recalled.pop(key, None)
-        return super().granted(key, value, gid, seconds, sent_at, mark)
+        return super().granted(key, value, gid, seconds, sent_at, mark, merge)
 
 
 class _AnyCopyLeases(HeldLeases):
@@ -149,10 +156,17 @@ def _apply(kind: str, value: str | None) -> Callable[[Any], Any]:
 
 class _RacyLeases(HeldLeases):
     def granted(
-        self, key: Any, value: object, gid: GrantId, seconds: float, sent_at: float, mark: int
+        self,
+        key: Any,
+        value: object,
+        gid: GrantId,
+        seconds: float,
+        sent_at: float,
+        mark: int,
+        merge: Callable[[object, object], object] | None = None,
     ) -> bool:
         self._changing.pop(key, None)
-        return super().granted(key, value, gid, seconds, sent_at, self.mark(key))
+        return super().granted(key, value, gid, seconds, sent_at, self.mark(key), merge)
 
 
 class LeaseSim:
