@@ -7,6 +7,7 @@ helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
 Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
 ``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
 ``writeback_s=``, ``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_meta``,
+``no_leases``,
 ``settle_s=``, ``relatime`` (the default) or ``noatime``; the
 fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
 ``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
@@ -45,6 +46,7 @@ KNOWN = {
     "lease",
     "pidfile",
     "sync_meta",
+    "no_leases",
     "settle_s",
     "noatime",
     "relatime",
@@ -95,6 +97,7 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         batch_meta="sync_meta" not in options,
         settle_s=option_number(options, "settle_s", 1.0, 0, 3600),
         atime="noatime" not in options,
+        leases="no_leases" not in options,
     )
     lease = option_number(options, "lease", 60.0, 2, 3600)
     return MountSpec(

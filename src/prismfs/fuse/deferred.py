@@ -44,6 +44,7 @@ from prismfs.data.layout import Layout
 from prismfs.errors import PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
+from prismfs.fuse.leased import DirLeases
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     MAX_BATCH,
@@ -73,6 +74,7 @@ class MountOptions:
     atime: bool = True  # relatime; False: noatime
     settle_s: float = 1.0  # how long a deferred create may stay unknown to other mounts
     writeback_s: float = 30.0  # how long written data may stay buffered in an open file
+    leases: bool = True  # directory leases (`prismfs.fuse.leased`); False: no_leases
 
 
 @dataclass
@@ -133,6 +135,8 @@ class DeferredWork(pyfuse3.Operations):
         self._held = HeldAttrs()
         # inode -> (size, mtime, ctime) last given to the kernel (`_entry`)
         self._told: dict[int, tuple[int, int, int]] = {}
+        self._leases = DirLeases(meta, self.stats) if options.leases else None
+        meta.lease_hooks = self._leases
 
     def _note_parents(self, parents: tuple[Attr, ...]) -> None:
         """Directories a change of this mount changed, as they are now."""
@@ -368,6 +372,8 @@ class DeferredWork(pyfuse3.Operations):
         see them), and commit data buffered in open files for longer than
         ``writeback_s`` (the kernel never tells a FUSE daemon of ``sync``)."""
         async with trio.open_nursery() as nursery:
+            if self._leases is not None:
+                nursery.start_soon(self._leases.run)
             while True:
                 await trio.sleep(RELEASE_EVERY)
                 try:

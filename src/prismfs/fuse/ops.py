@@ -128,12 +128,34 @@ class PrismOperations(DeferredWork):
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _negative(self) -> pyfuse3.EntryAttributes:
+    def _negative(self, parent: int, name: bytes, leased: float = 0.0) -> pyfuse3.EntryAttributes:
         """No such name, and the kernel may remember that for ``entry_timeout``
         (a create through this mount replaces its negative entry)."""
         e = pyfuse3.EntryAttributes()
         e.st_ino = 0
-        e.entry_timeout = self.opts.entry_timeout
+        e.entry_timeout = self._entry_timeout(parent, name, leased)
+        return e
+
+    def _entry_timeout(self, parent: int, name: bytes, leased: float | None = None) -> float:
+        """How long the kernel may keep ``name`` in ``parent``: without leases
+        ``entry_timeout``; with them what is left of this mount's lease on
+        the directory (the name is then invalidated on a recall), else 0."""
+        leases = self._leases
+        if leases is None:
+            return self.opts.entry_timeout
+        now = trio.current_time()
+        left = leases.left(parent, now) if leased is None else leased
+        if left <= 0:
+            return 0.0
+        leases.told(parent, name, now + left)
+        return left
+
+    def _named(
+        self, parent: int, name: bytes, attr: Attr, leased: float | None = None
+    ) -> pyfuse3.EntryAttributes:
+        """The entry of ``name`` in ``parent`` for the kernel (see `_entry_timeout`)."""
+        e = self._entry(attr)
+        e.entry_timeout = self._entry_timeout(parent, name, leased)
         return e
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
@@ -203,6 +225,8 @@ class PrismOperations(DeferredWork):
         handle = self._deferred(self._pending.get((parent_inode, name), 0))
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
+        if self._leases is not None:
+            return await self._leased_lookup(parent_inode, name)
         known = self._recently_named(parent_inode, name)
         if known is not None:
             return known
@@ -210,14 +234,39 @@ class PrismOperations(DeferredWork):
             attr = await self.meta.lookup(parent_inode, name)
         except NotFound:
             self.stats.count("fuse.lookup.negative")
-            return self._negative()
+            return self._negative(parent_inode, name)
         self._recent.put(attr, trio.current_time())
         if attr.ino in self._unlinked:
             # Another name of it was unlinked here and the cluster does not know
             # yet: its link count and ctime are about to change.
             await self._settle_unlinks()
             attr = await self.meta.getattr(attr.ino)
-        return self._entry(self._known(parent_inode, name, attr))
+        return self._named(parent_inode, name, self._known(parent_inode, name, attr))
+
+    async def _leased_lookup(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        """A lookup answered from this mount's copy of the directory while its
+        lease lasts, else by the leader (with a lease, if it grants one)."""
+        leases = self._leases
+        assert leases is not None
+        check_name(name)  # a name too long is ENAMETOOLONG, never "not there"
+        now = trio.current_time()
+        known, attr, left, attr_left = leases.name(parent, name, now, self.opts.attr_timeout)
+        if known and (attr is None or attr.ino not in self._unlinked):
+            self.stats.count("fuse.lookup.leased")
+            if attr is None:
+                return self._negative(parent, name, left)
+            e = self._named(parent, name, self._known(parent, name, attr), left)
+            e.attr_timeout = min(e.attr_timeout, attr_left)
+            return e
+        attr, left = await leases.lookup(parent, name)
+        if attr is None:
+            self.stats.count("fuse.lookup.negative")
+            return self._negative(parent, name, left)
+        self._recent.put(attr, trio.current_time())
+        if attr.ino in self._unlinked:
+            await self._settle_unlinks()
+            attr = await self.meta.getattr(attr.ino)
+        return self._named(parent, name, self._known(parent, name, attr), left)
 
     def _recently_named(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes | None:
         """A directory or symlink the cluster named ``name`` in ``parent`` less
@@ -249,13 +298,22 @@ class PrismOperations(DeferredWork):
         if inode in self._unlinked:  # its link count is about to change
             await self._settle_unlinks()
         now = trio.current_time()
+        leased = self._leases.dir_attr(inode, now) if self._leases is not None else None
+        if leased is not None:
+            self.stats.count("fuse.getattr.leased")
+            e = self._entry(leased[0])
+            e.attr_timeout = min(e.attr_timeout, leased[1])
+            return e
         recent = self._recent.get_dated(inode, now)
         if recent is not None:
             self.stats.count("fuse.getattr.cached")
             e = self._entry(recent[1])
             e.attr_timeout = max(0.0, self.opts.attr_timeout - (now - recent[0]))
             return e
-        attr = await self.meta.getattr(inode)
+        if self._leases is not None:
+            attr, _ = await self._leases.getattr(inode)
+        else:
+            attr = await self.meta.getattr(inode)
         self._recent.put(attr, now)
         return self._entry(attr)
 
@@ -356,7 +414,7 @@ class PrismOperations(DeferredWork):
             )
         )
         assert attr is not None
-        return self._entry(self._known(parent_inode, name, attr))
+        return self._named(parent_inode, name, self._known(parent_inode, name, attr))
 
     @_op
     async def mkdir(
@@ -368,7 +426,7 @@ class PrismOperations(DeferredWork):
         attr = await self._change(Mkdir(now_ns(), parent_inode, name, mode, ctx.uid, ctx.gid))
         assert attr is not None
         self._recent.put(attr, trio.current_time())
-        return self._entry(self._known(parent_inode, name, attr))
+        return self._named(parent_inode, name, self._known(parent_inode, name, attr))
 
     @_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
@@ -417,7 +475,7 @@ class PrismOperations(DeferredWork):
         attr = await self._change(Symlink(now_ns(), parent_inode, name, target, ctx.uid, ctx.gid))
         assert attr is not None
         self._recent.put(attr, trio.current_time())
-        return self._entry(self._known(parent_inode, name, attr))
+        return self._named(parent_inode, name, self._known(parent_inode, name, attr))
 
     @_op
     async def rename(
@@ -453,7 +511,9 @@ class PrismOperations(DeferredWork):
         self._recent.drop(inode)
         attr = await self._change(Link(now_ns(), inode, new_parent_inode, new_name))
         assert attr is not None
-        return self._entry(self._known(new_parent_inode, new_name, attr))
+        return self._named(
+            new_parent_inode, new_name, self._known(new_parent_inode, new_name, attr)
+        )
 
     # --- files -----------------------------------------------------------------------------
 
@@ -567,7 +627,7 @@ class PrismOperations(DeferredWork):
             )
             handle = await self._acquire(attr.ino, created=layout)
             self._known(parent_inode, name, attr)
-            return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._entry(attr)
+            return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._named(parent_inode, name, attr)
         check_name(name)
         if self._deferred(self._pending.get((parent_inode, name), 0)) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
@@ -598,7 +658,7 @@ class PrismOperations(DeferredWork):
         )
         self._pending[(parent_inode, name)] = ino
         self._known(parent_inode, name, attr)
-        return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._entry(attr)
+        return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._named(parent_inode, name, attr)
 
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -688,7 +748,10 @@ class PrismOperations(DeferredWork):
                 read_at = dh.page_at
                 parent = dh.page.parent if dh.page is not None else 0
             else:
-                page = await self.meta.readdir_page(ino, cookie, 500)
+                if self._leases is not None:
+                    page, _ = await self._leases.readdir_page(ino, cookie, 500)
+                else:
+                    page = await self.meta.readdir_page(ino, cookie, 500)
                 dh.keep(cookie, page, now, version)
                 entries, more, read_at, parent = page.entries, page.more, now, page.parent
             if cookie == 0 and start_id < 2:
@@ -701,7 +764,7 @@ class PrismOperations(DeferredWork):
                 if not pyfuse3.readdir_reply(
                     token,
                     entry.name,
-                    self._entry(self._known(ino, entry.name, entry.attr, read_at)),
+                    self._named(ino, entry.name, self._known(ino, entry.name, entry.attr, read_at)),
                     entry.cookie + 2,
                 ):
                     return

@@ -33,7 +33,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -102,6 +102,9 @@ from prismfs.meta.commands import (
     Unlink,
 )
 from prismfs.node.consensus_messages import (
+    LeaseGrant,
+    LeasePoll,
+    LeaseRecalls,
     Propose,
     Proposed,
     Query,
@@ -115,6 +118,22 @@ from prismfs.wire.codec import Message, decode_message, encode_message
 log = logging.getLogger("prismfs.meta.client")
 
 T = TypeVar("T", bound=Message)
+
+
+class LeaseHooks(Protocol):
+    """What a mount holding directory leases is told of its own changes
+    (`prismfs.fuse.leased`)."""
+
+    def changing(self, ops: Sequence[MetaCommand]) -> None: ...
+
+    def changed(
+        self,
+        ops: Sequence[MetaCommand],
+        results: Sequence[bytes] | None,
+        grants: tuple[LeaseGrant, ...],
+        sent_at: float,
+    ) -> None:
+        """``results`` per op, or None when the change failed or its fate is unknown."""
 
 
 @dataclass
@@ -150,6 +169,8 @@ class MetaClient:
         # Told the directories each applied command changed (`MetaOk.parents`):
         # a mount keeps them to answer the kernel's next getattr of them.
         self.on_parents: Callable[[tuple[Attr, ...]], None] | None = None
+        # A mount taking directory leases: reads name it, changes tell it.
+        self.lease_hooks: LeaseHooks | None = None
         self._lanes = lanes
         self._new_session(session or f"c-{secrets.token_hex(8)}")
 
@@ -174,20 +195,38 @@ class MetaClient:
             self.on_parents(ok.parents)
         return ok
 
-    async def _propose(self, command: MetaCommand) -> bytes:
+    async def _propose(
+        self, command: MetaCommand, ops: Sequence[MetaCommand] | None = None
+    ) -> bytes:
         lane = await self._free.receive()
         settled = False
+        hooks = self.lease_hooks
+        told = ops if ops is not None else (command,)
+        if hooks is not None:
+            hooks.changing(told)
+        sent_at = trio.current_time()
+        results: Sequence[bytes] | None = None
+        reply: Proposed | None = None
         try:
             lane.seq += 1
-            request = Propose(lane.client, lane.seq, encode_message(command))
+            request = Propose(
+                lane.client,
+                lane.seq,
+                encode_message(command),
+                self.session if hooks is not None else "",
+            )
             reply = await self._call(request, Proposed, to_leader=True)
             settled = True
+            if hooks is not None:
+                results = _results(reply.result, len(told)) if ops is not None else [reply.result]
         except PrismError as exc:
             # A transient error that outlived the deadline leaves the command's
             # fate open: it may sit in a log and apply later.
             settled = not exc.transient
             raise
         finally:
+            if hooks is not None:
+                hooks.changed(told, results, reply.leases if reply is not None else (), sent_at)
             if lane.session != self.session:
                 pass  # a lane of a session that is gone: never used again
             elif settled:
@@ -217,7 +256,7 @@ class MetaClient:
         directories the ops changed go there instead of to `on_parents` (the
         caller notes them after its own use of the results)."""
         batch = Batch(now_ns(), tuple(encode_message(op) for op in ops))
-        raw = decode_result(await self._propose(batch))
+        raw = decode_result(await self._propose(batch, ops))
         if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):
             raise TypeError(f"expected {len(ops)} batch results, got {raw!r:.200}")
         out: list[Attr | PrismError | None] = []
@@ -239,6 +278,23 @@ class MetaClient:
         if not isinstance(raw, Reserved):
             raise TypeError(f"expected Reserved, got {type(raw).__name__}")
         return range(raw.first, raw.first + raw.count)
+
+    async def query_leased(self, q: MetaQuery) -> tuple[bytes, LeaseGrant | None]:
+        """A read naming this client as a lease holder: the raw result (a
+        `MetaFailed` not raised) and the lease the leader granted with it."""
+        reply = await self._call(
+            Query(encode_message(q), self.session), QueryResult, to_leader=True
+        )
+        return reply.result, reply.lease
+
+    async def poll_recalls(
+        self, acks: Sequence[tuple[int, int, int]], wait_s: float
+    ) -> tuple[tuple[int, int, int], ...]:
+        """Acknowledge recalls handled and wait up to ``wait_s`` for more (at the leader)."""
+        reply = await self._call(
+            LeasePoll(self.session, tuple(acks), wait_s), LeaseRecalls, to_leader=True
+        )
+        return reply.recalls
 
     async def query(self, q: MetaQuery, expect: type[T]) -> T:
         reply = await self._call(
@@ -557,6 +613,17 @@ def decode_result(raw: bytes) -> Message:
     if isinstance(result, MetaFailed):
         raise registered_errors().get(result.code, InternalError)(result.message)
     return result
+
+
+def _results(raw: bytes, count: int) -> list[bytes] | None:
+    """A batch's per-op results (None if it failed as a whole)."""
+    try:
+        result = decode_message(raw)
+    except PrismError:
+        return None
+    if isinstance(result, BatchResults) and len(result.results) == count:
+        return list(result.results)
+    return None
 
 
 def _ok(raw: bytes) -> MetaOk:

@@ -65,8 +65,30 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from prismfs.meta.commands import (
+    Batch,
+    Link,
+    Mkdir,
+    Mknod,
+    RemoveXattr,
+    Rename,
+    Rmdir,
+    SetAttr,
+    SetXattr,
+    Symlink,
+    Unlink,
+    UpdateAtime,
+)
+from prismfs.wire.codec import decode_message
+
 DRIFT = 0.1
 """The largest relative difference of clock rates allowed for (as `prismfs.raft.lease`)."""
+
+
+class CannotApply(Exception):
+    """Raised by a holder's ``apply`` that cannot work out a change's effect
+    on its copy: the copy is dropped instead."""
+
 
 GrantId = tuple[int, int]
 """(leader term, sequence within the term): ordered across leaders."""
@@ -242,7 +264,11 @@ class HeldLeases:
         ):
             del self._held[key]
             return False
-        held.value = apply(held.value)
+        try:
+            held.value = apply(held.value)
+        except CannotApply:
+            del self._held[key]
+            return False
         held.gid = continued[1]
         held.until = max(held.until, sent_at + seconds * (1 - self.drift))
         return True
@@ -290,6 +316,11 @@ class HeldLeases:
             return False, None
         return True, held.value
 
+    def peek(self, key: Hashable) -> tuple[object, float] | None:
+        """The copy held for ``key`` and when its lease ends, used or not."""
+        held = self._held.get(key)
+        return None if held is None else (held.value, held.until)
+
     def recall(self, key: Hashable, gid: GrantId) -> None:
         """The leader recalls this mount's grants on ``key`` up to ``gid``."""
         if gid > self._recalled.get(key, (0, 0)):
@@ -304,3 +335,40 @@ class HeldLeases:
         self._recalled.clear()
         self._changes.clear()
         self._changing.clear()
+
+
+@dataclass
+class Keys:
+    shared: set[int] = field(default_factory=set)
+    exclusive: set[int] = field(default_factory=set)
+    lookups: list[tuple[int, bytes]] = field(default_factory=list)  # names whose inode is a key
+
+    def all(self) -> set[int]:
+        return self.shared | self.exclusive
+
+
+def command_keys(cmd: object) -> Keys:
+    """The directories (keys) a namespace command changes: shared, or
+    exclusive with the names whose inodes are keys too (rmdir, rename)."""
+    keys = Keys()
+    _add_keys(keys, cmd)
+    keys.shared -= keys.exclusive
+    return keys
+
+
+def _add_keys(keys: Keys, cmd: object) -> None:
+    if isinstance(cmd, (Mknod, Mkdir, Symlink, Unlink)):
+        keys.shared.add(cmd.parent)
+    elif isinstance(cmd, Link):
+        keys.shared.update((cmd.new_parent, cmd.ino))
+    elif isinstance(cmd, (SetAttr, SetXattr, RemoveXattr, UpdateAtime)):
+        keys.shared.add(cmd.ino)
+    elif isinstance(cmd, Rmdir):
+        keys.exclusive.add(cmd.parent)
+        keys.lookups.append((cmd.parent, cmd.name))
+    elif isinstance(cmd, Rename):
+        keys.exclusive.update((cmd.parent, cmd.new_parent))
+        keys.lookups += [(cmd.parent, cmd.name), (cmd.new_parent, cmd.new_name)]
+    elif isinstance(cmd, Batch):
+        for raw in cmd.ops:
+            _add_keys(keys, decode_message(raw))

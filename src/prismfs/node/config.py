@@ -84,6 +84,16 @@ class RaftSection(_Section):
     lease_reads: bool = True
 
 
+class MetaSection(_Section):
+    """The metadata leader's service to mounts."""
+
+    dir_lease_s: float = 2.0
+    """Directory leases: how long a mount may answer lookups and listings of a
+    directory from its own copy before asking again (the leader recalls the
+    copy before any change). 0 turns leases off. A new leader applies no
+    directory change for this long (times 1.1) after it takes over."""
+
+
 class StoreSection(_Section):
     """Where this node keeps its shards (see docs/backends.md)."""
 
@@ -157,6 +167,7 @@ class NodeConfig(_Section):
     tls: TlsSection = msgspec.field(default_factory=TlsSection)
     rpc: RpcSection = msgspec.field(default_factory=RpcSection)
     raft: RaftSection = msgspec.field(default_factory=RaftSection)
+    meta: MetaSection = msgspec.field(default_factory=MetaSection)
     store: StoreSection = msgspec.field(default_factory=StoreSection)
     data: DataSection = msgspec.field(default_factory=DataSection)
 
@@ -236,6 +247,8 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("raft.snapshot_every must be at least 1")
     if not 0 < config.rpc.handshake_timeout <= 300:
         raise ConfigError("rpc.handshake_timeout must be more than 0 and at most 300 seconds")
+    if not 0 <= config.meta.dir_lease_s <= 60:
+        raise ConfigError("meta.dir_lease_s must be between 0 (no leases) and 60 seconds")
     data = config.data
     if not 0 < data.rebalance_spread <= 10:
         raise ConfigError("data.rebalance_spread must be more than 0 and at most 10")

@@ -62,6 +62,7 @@ from prismfs.errors import (
 )
 from prismfs.node.consensus_messages import (
     ChangeMembership,
+    LeaseGrant,
     MembershipChanged,
     Propose,
     Proposed,
@@ -73,6 +74,7 @@ from prismfs.node.consensus_messages import (
     RaftStatusReply,
     TransferLeadership,
 )
+from prismfs.node.leases import Change, LeaseService
 from prismfs.raft.core import RaftNode
 from prismfs.raft.durable_log import DurableLog
 from prismfs.raft.lease import LeaderLease, lease_seconds
@@ -174,6 +176,9 @@ class Consensus:
         self._forwarding: set[trio.CancelScope] = set()  # cancelled when the leader changes
         self._learned_addresses: dict[str, str] = {}
         self._lease = LeaderLease(lease_seconds(self.cfg.election_ticks, self.cfg.tick_s))
+        # Directory leases of mounts (`prismfs.node.leases`): grants with reads,
+        # the gate of changes. Set by the node; None: no leases.
+        self.leases: LeaseService | None = None
         self.stats = Stats()  # per Ready: messages, thread hops, fsyncs, apply time
 
     # --- start ---------------------------------------------------------------
@@ -291,6 +296,10 @@ class Consensus:
                 core.advance(rd)
                 if rd.role != Role.LEADER and self._was_leader:
                     self._lost_leadership()
+                    if self.leases is not None:
+                        self.leases.stop()
+                elif rd.role == Role.LEADER and not self._was_leader and self.leases is not None:
+                    self.leases.start(core.term)
                 self._was_leader = rd.role == Role.LEADER
                 if core.leader != self._known_leader:
                     self._known_leader = core.leader
@@ -472,19 +481,53 @@ class Consensus:
     # --- services ------------------------------------------------------------------------
 
     async def propose(
-        self, client: str, seq: int, op: bytes, timeout: float | None = None
+        self, client: str, seq: int, op: bytes, timeout: float | None = None, holder: str = ""
     ) -> Proposed:
-        """Apply ``op`` through the log, on whichever node leads."""
+        """Apply ``op`` through the log, on whichever node leads. On the leader
+        a change of directories passes the lease gate first (recalls)."""
         if self._check_command is not None:
             self._check_command(op)  # bad input never reaches the log
         core = self._require_core()
         if core.role != Role.LEADER:
-            return await self._forward(Propose(client, seq, op), timeout)
+            return await self._forward(Propose(client, seq, op, holder), timeout)
         command = client_command(client, seq, op)
-        waiter = await self._append_and_wait(
-            lambda core: core.propose(command), timeout, "proposal"
-        )
-        return Proposed(waiter.index, waiter.result)
+        change = None
+        if self.leases is not None:
+            seconds = self.cfg.call_timeout if timeout is None else timeout
+            with trio.move_on_after(seconds if seconds > 0 else math.inf) as scope:
+                change = await self.leases.begin(holder, op)
+            if scope.cancelled_caught:
+                raise DeadlineExceeded(f"recalls for a change not done within {seconds:g}s")
+        if change is None:
+            waiter = await self._append_and_wait(
+                lambda core: core.propose(command), timeout, "proposal"
+            )
+            return Proposed(waiter.index, waiter.result)
+        waiter = _Waiter()
+        grants: tuple[LeaseGrant, ...] = ()
+        try:
+            waiter = await self._append_and_wait(
+                lambda core: core.propose(command), timeout, "proposal", waiter
+            )
+        finally:
+            if waiter.done.is_set():
+                if waiter.error is None:
+                    grants = change.finish(waiter.result)
+                else:
+                    change.abandon()
+            else:
+                # Its fate is open (timed out, or the caller went away): the
+                # directories stay locked until the entry applies or is lost.
+                assert self._nursery is not None
+                self._nursery.start_soon(self._finish_later, change, waiter)
+        return Proposed(waiter.index, waiter.result, grants)
+
+    async def _finish_later(self, change: Change, waiter: _Waiter) -> None:
+        await waiter.done.wait()
+        if waiter.error is None:
+            change.finish(waiter.result)
+        else:
+            change.abandon()
 
     async def propose_internal(self, op: bytes, timeout: float | None = None) -> Proposed:
         """Propose a command of the node itself (not a client's): leader only,
@@ -493,10 +536,14 @@ class Consensus:
         return Proposed(waiter.index, waiter.result)
 
     async def _append_and_wait(
-        self, append: Callable[[RaftNode], int], timeout: float | None, what: str
+        self,
+        append: Callable[[RaftNode], int],
+        timeout: float | None,
+        what: str,
+        waiter: _Waiter | None = None,
     ) -> _Waiter:
         """Run ``append`` in the loop (it returns a log index); wait until that entry applies."""
-        waiter = _Waiter()
+        waiter = waiter or _Waiter()
 
         def do(core: RaftNode) -> None:
             try:
@@ -510,9 +557,10 @@ class Consensus:
         await self._wait(waiter, timeout, what)
         return waiter
 
-    async def query(self, op: bytes, timeout: float | None = None) -> QueryResult:
+    async def query(self, op: bytes, timeout: float | None = None, holder: str = "") -> QueryResult:
         """A linearizable read: under the leader lease, from this state as soon as it
-        applied the commit index; otherwise after a ReadIndex round."""
+        applied the commit index; otherwise after a ReadIndex round. With
+        ``holder``, the leader may grant that mount a lease with the answer."""
         if self._check_query is not None:
             self._check_query(op)
         if self._query is None:
@@ -524,7 +572,7 @@ class Consensus:
                 waiter = _Waiter(index=index)
                 self._read_waiting.append(waiter)
                 await self._wait(waiter, timeout, "read")
-            answer = self._lease_read(index, op)
+            answer = self._lease_read(index, op, holder)
             if answer is not None:
                 return answer
         self.stats.count("raft.read_index")
@@ -547,7 +595,15 @@ class Consensus:
         start = trio.current_time()
         result = self._query(op)
         self.stats.observe("raft.query", trio.current_time() - start)
-        return QueryResult(waiter.index, result)
+        return QueryResult(waiter.index, result, self._grant(op, result, holder))
+
+    def _grant(self, op: bytes, result: bytes, holder: str) -> LeaseGrant | None:
+        if not holder or self.leases is None or not self._is_leader():
+            return None
+        return self.leases.grant(op, result, holder)
+
+    def _is_leader(self) -> bool:
+        return self.core is not None and self.core.role == Role.LEADER
 
     async def change_membership(
         self, change: ChangeMembership, timeout: float | None = None
@@ -636,10 +692,10 @@ class Consensus:
     # --- RPC handlers --------------------------------------------------------------------
 
     async def _on_propose(self, request: Propose, call: Call) -> Proposed:
-        return await self.propose(request.client, request.seq, request.op)
+        return await self.propose(request.client, request.seq, request.op, holder=request.holder)
 
     async def _on_query(self, request: Query, call: Call) -> QueryResult:
-        return await self.query(request.op)
+        return await self.query(request.op, holder=request.holder)
 
     def _on_query_now(self, request: Query, call: Call) -> QueryResult | None:
         """A read the leader answers under its lease without waiting for
@@ -651,9 +707,9 @@ class Consensus:
             return None
         if core.applied < core.commit:
             return None
-        return self._lease_read(core.commit, request.op)
+        return self._lease_read(core.commit, request.op, request.holder)
 
-    def _lease_read(self, index: int, op: bytes) -> QueryResult | None:
+    def _lease_read(self, index: int, op: bytes, holder: str = "") -> QueryResult | None:
         assert self._query is not None
         start = trio.current_time()
         result = self._query(op)
@@ -663,7 +719,7 @@ class Consensus:
         if not self._lease_valid():
             return None
         self.stats.count("raft.lease_read")
-        return QueryResult(index, result)
+        return QueryResult(index, result, self._grant(op, result, holder))
 
     async def _on_membership(self, request: ChangeMembership, call: Call) -> MembershipChanged:
         return await self.change_membership(request)

@@ -54,28 +54,64 @@ class RaftBatchAck(ConsensusMessage, frozen=True):
     pass
 
 
+class LeaseGrant(ConsensusMessage, frozen=True):
+    """A shared read lease on directory ``key`` (`prismfs.node.leases`): grant
+    id ``(term, seq)``, good for ``seconds`` from when the request was sent.
+    In a change's answer, ``continues`` names the grant of the writer it
+    continues ((0, 0): a new directory's first grant)."""
+
+    key: U64
+    term: U64
+    seq: U64
+    seconds: float
+    continues: tuple[U64, U64] = (0, 0)
+
+
 class Propose(ConsensusMessage, frozen=True):
-    """Apply ``op`` once (deduplicated by client and seq); answered after it is applied."""
+    """Apply ``op`` once (deduplicated by client and seq); answered after it is
+    applied. ``holder``: the mount (session) whose leases the change keeps."""
 
     client: str
     seq: U64
     op: bytes
+    holder: str = ""
 
 
 class Proposed(ConsensusMessage, frozen=True):
     index: U64
     result: bytes
+    leases: tuple[LeaseGrant, ...] = ()
 
 
 class Query(ConsensusMessage, frozen=True):
-    """A linearizable read of the state machine (ReadIndex; not logged)."""
+    """A linearizable read of the state machine (ReadIndex; not logged).
+    ``holder``: the mount that would take a lease with the answer."""
 
     op: bytes
+    holder: str = ""
 
 
 class QueryResult(ConsensusMessage, frozen=True):
     index: U64
     result: bytes
+    lease: LeaseGrant | None = None
+
+
+class LeasePoll(ConsensusMessage, frozen=True):
+    """A mount's open channel for recalls (long poll at the leader): it
+    acknowledges the recalls it handled, ``(key, term, seq)``, and waits up
+    to ``wait_s`` for more."""
+
+    holder: str
+    acks: tuple[tuple[U64, U64, U64], ...] = ()
+    wait_s: float = 10.0
+
+
+class LeaseRecalls(ConsensusMessage, frozen=True):
+    """Recalls for the polling mount: drop the copies of these directories
+    (grants up to ``(term, seq)``), then acknowledge."""
+
+    recalls: tuple[tuple[U64, U64, U64], ...] = ()
 
 
 class ChangeMembership(ConsensusMessage, frozen=True):

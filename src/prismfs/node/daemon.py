@@ -55,6 +55,7 @@ from prismfs.node.admin import Admin
 from prismfs.node.config import NodeConfig
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
+from prismfs.node.leases import LeaseService
 from prismfs.node.logs import setup_logging
 from prismfs.node.sessions import SessionLeases, expire_sessions
 from prismfs.procs import raise_open_file_limit
@@ -159,6 +160,11 @@ async def serve_node(
             )
             consensus.stats = service.server.stats
             consensus.register(service.server)
+            if config.meta.dir_lease_s > 0:
+                consensus.leases = LeaseService(
+                    namespace, config.meta.dir_lease_s, service.server.stats
+                )
+                consensus.leases.register(service.server)
             service.consensus = consensus
             health = Health()
             health.register(service.server)

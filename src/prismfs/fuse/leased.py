@@ -1,0 +1,424 @@
+"""A mount's directory leases: what it may answer about a directory without
+asking the cluster, and the channel on which the leader recalls that.
+
+Theory of operation. The rules are `prismfs.meta.leases` (`HeldLeases`);
+the leader's side is `prismfs.node.leases`. A lookup, listing page or
+getattr of a directory sent to the leader names this mount (its session)
+as holder; the answer may come with a grant on the directory. Under it the
+mount keeps a `DirCopy`: the names it learned (an inode's attributes, or
+"no such name"), whether it knows every name (a listing read to its end, or
+a directory it created itself), and the directory's own attributes. While
+the lease lasts:
+
+* a lookup of a name the copy knows is answered here: a name that does not
+  exist always (the negative lookup before every create costs nothing), a
+  directory with its own leased attributes, a file or symlink only with
+  attributes younger than ``attr_timeout`` (file attributes are not
+  leased);
+* the kernel may keep the entries it was given for the rest of the lease
+  (``entry_timeout``), and a directory's attributes likewise: the names it
+  was told are remembered, to be invalidated on a recall.
+
+A change this mount makes (`changing`/`changed`, told by `MetaClient`)
+hides the copies of the directories it changes until its answer is back;
+then the leader's continuation lets the mount apply the change to the copy
+(a name created, removed, renamed) and keep it, else the copy is dropped.
+A directory this mount created comes with a first grant, on an empty,
+complete copy: the creates that fill it need no lookups.
+
+Recalls come on a long poll to the leader (`run`). A recalled copy is
+dropped at once, then the kernel forgets what it was told of the directory
+(`pyfuse3.invalidate_entry`/`invalidate_inode` in a worker thread: they
+may block on the kernel's lock of a directory that has a request of this
+mount in flight, so never from a handler), and the recall is acknowledged
+once that is done or the kernel's own timeouts for those entries ran out,
+whichever is first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from prismfs.errors import PrismError
+from prismfs.meta.client import MetaClient, decode_result
+from prismfs.meta.commands import (
+    Attr,
+    DirPage,
+    GetAttr,
+    Link,
+    Lookup,
+    MetaCommand,
+    MetaFailed,
+    MetaOk,
+    Mkdir,
+    Mknod,
+    ReadDir,
+    Rename,
+    Rmdir,
+    Symlink,
+    Unlink,
+)
+from prismfs.meta.leases import CannotApply, HeldLeases, command_keys
+from prismfs.node.consensus_messages import LeaseGrant
+from prismfs.stats import Stats
+from prismfs.wire.codec import decode_message
+
+log = logging.getLogger("prismfs.fuse.leases")
+
+POLL_S = 5.0  # how long one recall poll waits at the leader
+MAX_NAMES = 100_000  # names kept per directory copy (beyond: no longer complete)
+STALE = -math.inf
+"""When a name's attributes from a change of this mount were current: never
+(the rest of its batch, a data commit, may have changed them already)."""
+
+
+@dataclass
+class DirCopy:
+    """What this mount knows of one directory under its lease."""
+
+    names: dict[bytes, tuple[Attr, float] | None] = field(default_factory=dict)
+    # name -> (its attributes, when the cluster gave them (trio clock)) or None: no such name
+    complete: bool = False  # every name of the directory is in ``names``
+    listed_to: int | None = None  # a listing read from its start up to this cookie
+    attr: Attr | None = None  # the directory's own attributes
+    told: set[bytes] = field(default_factory=set)  # names the kernel was given
+    told_until: float = 0.0  # when the kernel's entries of them surely expired
+
+    def absorb(self, other: DirCopy) -> DirCopy:
+        """Facts learned under the same grant (the same state): one copy."""
+        self.names.update(other.names)
+        self.complete = self.complete or other.complete
+        if other.attr is not None:
+            self.attr = other.attr
+        if other.listed_to is not None and self.listed_to is None:
+            self.listed_to = other.listed_to
+        return self
+
+
+class DirLeases:
+    """The leases this mount holds (see the module docstring)."""
+
+    def __init__(self, meta: MetaClient, stats: Stats) -> None:
+        self.meta = meta
+        self.stats = stats
+        self.held = HeldLeases()
+        self._session = meta.session
+        self.recalls = 0
+
+    # --- answers from the copies ------------------------------------------------------
+
+    def _copy(self, key: int, now: float) -> tuple[DirCopy, float] | None:
+        """The copy of directory ``key`` and the seconds its lease has left."""
+        if self.meta.session != self._session:
+            self._forget_all()
+        found, value = self.held.get(key, now)
+        if not found or not isinstance(value, DirCopy):
+            return None
+        peek = self.held.peek(key)
+        return value, (peek[1] - now if peek is not None else 0.0)
+
+    def name(
+        self, parent: int, name: bytes, now: float, ttl: float
+    ) -> tuple[bool, Attr | None, float, float]:
+        """(known, its attributes or None for no such name, lease seconds
+        left, seconds its attributes may still be used). Attributes of a
+        non-directory count only while younger than ``ttl``; a directory's
+        while this mount holds a lease on it."""
+        got = self._copy(parent, now)
+        if got is None:
+            return False, None, 0.0, 0.0
+        copy, left = got
+        if name in copy.names:
+            fact = copy.names[name]
+            if fact is None:
+                return True, None, left, 0.0
+            attr, at = fact
+            if stat.S_ISDIR(attr.mode):
+                sub = self._copy(attr.ino, now)
+                if sub is not None and sub[0].attr is not None:
+                    return True, sub[0].attr, left, sub[1]
+            if now - at < ttl:
+                return True, attr, left, ttl - (now - at)
+            return False, None, 0.0, 0.0
+        if copy.complete:
+            return True, None, left, 0.0
+        return False, None, 0.0, 0.0
+
+    def left(self, key: int, now: float) -> float:
+        """Seconds left of this mount's lease on directory ``key`` (0: none)."""
+        got = self._copy(key, now)
+        return 0.0 if got is None else max(0.0, got[1])
+
+    def dir_attr(self, ino: int, now: float) -> tuple[Attr, float] | None:
+        got = self._copy(ino, now)
+        if got is None or got[0].attr is None:
+            return None
+        return got[0].attr, got[1]
+
+    def told(self, parent: int, name: bytes, until: float) -> None:
+        """The kernel was given ``name`` in ``parent`` (an entry, or its absence)."""
+        peek = self.held.peek(parent)
+        if peek is not None and isinstance(peek[0], DirCopy):
+            peek[0].told.add(name)
+            peek[0].told_until = max(peek[0].told_until, until)
+
+    # --- reads at the leader ---------------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> tuple[Attr | None, float]:
+        """Ask the leader: the attributes (None: no such name) and the lease
+        seconds the answer carries (0: none). Other errors are raised."""
+        mark, sent = self.held.mark(parent), trio.current_time()
+        raw, grant = await self.meta.query_leased(Lookup(parent, name))
+        result = decode_message(raw)
+        attr: Attr | None = None
+        if not (isinstance(result, MetaFailed) and result.code == "not_found"):
+            attr = _attr(decode_result(raw))
+        left = self._keep(
+            parent, grant, DirCopy(names={name: None if attr is None else (attr, sent)}), sent, mark
+        )
+        return attr, left
+
+    async def getattr(self, ino: int) -> tuple[Attr, float]:
+        mark, sent = self.held.mark(ino), trio.current_time()
+        raw, grant = await self.meta.query_leased(GetAttr(ino))
+        attr = _attr(decode_result(raw))
+        left = self._keep(ino, grant, DirCopy(attr=attr), sent, mark)
+        return attr, left
+
+    async def readdir_page(self, ino: int, cookie: int, limit: int) -> tuple[DirPage, float]:
+        mark, sent = self.held.mark(ino), trio.current_time()
+        raw, grant = await self.meta.query_leased(ReadDir(ino, cookie, limit))
+        page = decode_result(raw)
+        if not isinstance(page, DirPage):
+            raise TypeError(f"expected DirPage, got {type(page).__name__}")
+        copy = DirCopy(names={e.name: (e.attr, sent) for e in page.entries})
+        last = page.entries[-1].cookie if page.entries else cookie
+        held = self.held.peek(ino)
+        start = cookie == 0 or (
+            held is not None
+            and isinstance(held[0], DirCopy)
+            and held[0].listed_to == cookie
+            and grant is not None
+        )
+        if start:
+            copy.listed_to = last
+            copy.complete = not page.more and len(copy.names) <= MAX_NAMES
+        left = self._keep(ino, grant, copy, sent, mark)
+        if left and start and cookie:  # a later page of a listing under the same grant
+            kept = self.held.peek(ino)
+            if kept is not None and isinstance(kept[0], DirCopy):
+                kept[0].listed_to = last
+                kept[0].complete = not page.more and len(kept[0].names) <= MAX_NAMES
+        return page, left
+
+    def _keep(
+        self, key: int, grant: LeaseGrant | None, copy: DirCopy, sent: float, mark: int
+    ) -> float:
+        if grant is None or grant.key != key:
+            return 0.0
+        if self.meta.session != self._session:
+            self._forget_all()
+            return 0.0
+        kept = self.held.granted(
+            key,
+            copy,
+            (grant.term, grant.seq),
+            grant.seconds,
+            sent,
+            mark,
+            merge=lambda held, new: held.absorb(new),  # type: ignore[attr-defined]
+        )
+        if not kept:
+            return 0.0
+        self.stats.count("leases.kept")
+        peek = self.held.peek(key)
+        return max(0.0, peek[1] - trio.current_time()) if peek is not None else 0.0
+
+    def _forget_all(self) -> None:
+        """A new session: the leases of the old one are not ours any more."""
+        self.held.clear()
+        self._session = self.meta.session
+
+    # --- own changes (`prismfs.meta.client.LeaseHooks`) --------------------------------------
+
+    def changing(self, ops: Sequence[MetaCommand]) -> None:
+        for key in self._keys(ops):
+            self.held.changing(key)
+
+    def changed(
+        self,
+        ops: Sequence[MetaCommand],
+        results: Sequence[bytes] | None,
+        grants: tuple[LeaseGrant, ...],
+        sent_at: float,
+    ) -> None:
+        by_key = {g.key: g for g in grants}
+        decoded = [_decode(r) for r in results] if results is not None else None
+        for key in self._keys(ops) | set(by_key):
+            grant = by_key.get(key)
+            if grant is None or grant.continues == (0, 0) or decoded is None:
+                self.held.changed(key)
+                continue
+            kept = self.held.changed(
+                key,
+                (grant.continues, (grant.term, grant.seq)),
+                lambda copy, key=key: _apply(copy, key, ops, decoded, sent_at),  # type: ignore[misc]
+                grant.seconds,
+                sent_at,
+            )
+            self.stats.count("leases.continued" if kept else "leases.dropped")
+        if decoded is None:
+            return
+        for grant in grants:  # directories this change created: empty, every name known
+            if grant.continues != (0, 0):
+                continue
+            attr = _created_attr(grant.key, decoded)
+            if attr is not None:
+                self.held.granted(
+                    grant.key,
+                    DirCopy(complete=True, listed_to=0, attr=attr),
+                    (grant.term, grant.seq),
+                    grant.seconds,
+                    sent_at,
+                    self.held.mark(grant.key),
+                )
+
+    def _keys(self, ops: Sequence[MetaCommand]) -> set[int]:
+        keys: set[int] = set()
+        for op in ops:
+            found = command_keys(op)
+            keys |= found.all()
+            for parent, name in found.lookups:  # a directory renamed or removed here
+                peek = self.held.peek(parent)
+                if peek is not None and isinstance(peek[0], DirCopy):
+                    fact = peek[0].names.get(name)
+                    if fact is not None:
+                        keys.add(fact[0].ino)
+        return keys
+
+    # --- recalls -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The recall channel: poll the leader, drop and invalidate, acknowledge."""
+        acks: list[tuple[int, int, int]] = []
+        delay = 0.1
+        while True:
+            try:
+                recalls = await self.meta.poll_recalls(acks, POLL_S)
+            except PrismError as exc:
+                log.debug("lease poll: %s", exc.message)
+                await trio.sleep(delay)
+                delay = min(2 * delay, 2.0)
+                continue
+            delay = 0.1
+            acks = []
+            if not recalls:
+                continue
+            now = trio.current_time()
+            todo: list[tuple[int, DirCopy]] = []
+            until = now
+            for key, term, seq in recalls:
+                peek = self.held.peek(key)
+                self.held.recall(key, (term, seq))
+                self.recalls += 1
+                self.stats.count("leases.recalls")
+                if peek is not None and isinstance(peek[0], DirCopy):
+                    todo.append((key, peek[0]))
+                    until = max(until, peek[0].told_until)
+                acks.append((key, term, seq))
+            if todo:
+                # Done, or the kernel's entries expired by themselves meanwhile.
+                with trio.move_on_after(max(0.0, until - trio.current_time())):
+                    await trio.to_thread.run_sync(_invalidate, todo, abandon_on_cancel=True)
+
+
+def _invalidate(todo: list[tuple[int, DirCopy]]) -> None:
+    for key, copy in todo:
+        for name in list(copy.told):
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_entry(key, _to_mount(name))
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(key, attr_only=True)
+
+
+def _to_mount(name: bytes) -> bytes:
+    return name  # the namespace's names are the mount's (see `prismfs.fuse.ops`)
+
+
+def _decode(raw: bytes) -> object:
+    try:
+        return decode_message(raw)
+    except Exception:
+        return None
+
+
+def _attr(result: object) -> Attr:
+    if not isinstance(result, MetaOk) or result.attr is None:
+        raise TypeError(f"expected attributes, got {type(result).__name__}")
+    return result.attr
+
+
+def _parents(op: Rename | Rmdir) -> tuple[int, ...]:
+    return (op.parent, op.new_parent) if isinstance(op, Rename) else (op.parent,)
+
+
+def _created_attr(ino: int, decoded: Sequence[object]) -> Attr | None:
+    for result in decoded:
+        attr = result.attr if isinstance(result, MetaOk) else None
+        if attr is not None and attr.ino == ino and stat.S_ISDIR(attr.mode):
+            return attr
+    return None
+
+
+def _apply(
+    copy: object, key: int, ops: Sequence[MetaCommand], results: Sequence[object], at: float
+) -> object:
+    """``copy`` of directory ``key`` after this mount's ``ops`` applied with
+    ``results`` (the continuation says nothing else changed it meanwhile)."""
+    if not isinstance(copy, DirCopy):
+        raise CannotApply
+    for op, result in zip(ops, results, strict=True):
+        ok = result if isinstance(result, MetaOk) else None
+        if ok is None and isinstance(result, MetaFailed):
+            continue  # a failed op changed nothing
+        if ok is None:
+            raise CannotApply
+        for parent in ok.parents:
+            if parent.ino == key:
+                copy.attr = parent
+        if isinstance(op, (Mknod, Mkdir, Symlink)) and op.parent == key:
+            if ok.attr is None:
+                raise CannotApply
+            copy.names[op.name] = (ok.attr, STALE)
+        elif isinstance(op, Link) and op.new_parent == key:
+            if ok.attr is None:
+                raise CannotApply
+            copy.names[op.new_name] = (ok.attr, STALE)
+        elif isinstance(op, (Unlink, Rmdir)) and op.parent == key:
+            copy.names[op.name] = None
+        elif isinstance(op, (Rename, Rmdir)) and key not in (
+            op.parent,
+            getattr(op, "new_parent", 0),
+        ):
+            raise CannotApply  # the directory moved or removed itself
+        elif isinstance(op, Rename):
+            moved = copy.names.get(op.name) if op.parent == key else None
+            if op.parent == key:
+                copy.names[op.name] = None
+            if op.new_parent == key:
+                if moved is None:
+                    raise CannotApply
+                copy.names[op.new_name] = moved
+        if getattr(op, "ino", None) == key and not isinstance(op, (Mknod, Unlink)):
+            copy.attr = ok.attr if ok.attr is not None and ok.attr.ino == key else None
+    if len(copy.names) > MAX_NAMES:
+        raise CannotApply
+    return copy

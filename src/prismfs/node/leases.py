@@ -1,0 +1,308 @@
+"""Shared directory leases on the metadata leader: grants, recalls, the gate
+every namespace change passes.
+
+Theory of operation. The rules are `prismfs.meta.leases` (modelled and
+checked in `prismfs.sim.leases`); this module runs them on the leader, on
+trio's monotonic clock. A *key* is a directory's inode number: a lease on it
+covers the directory's names (which inode each one is, and which names do
+not exist) and the directory's own attributes. File attributes are not
+leased (close-to-open and ``attr_timeout`` as before).
+
+* **Grants.** A lookup, a listing or a getattr of a directory answered by
+  the leader to a mount that names itself (``holder``) comes with a grant
+  (`grant`), unless a change of that directory is pending.
+* **The gate.** Every client command that changes a directory passes
+  `begin` before it is appended to the log: the keys it changes are
+  locked (shared: many changes of a directory may be pending together;
+  exclusive for rmdir and rename, whose keys depend on what a name refers
+  to, looked up under the lock), the other holders are recalled (queued
+  for their `LeasePoll`), and the change waits until every one acknowledged
+  or its lease surely ended, and until a new leader's blind time is over.
+  `Change.finish` (after the entry applied) ends the change: the writer's
+  lease continues under a new id if it can (`LeaseTable.end_change`), and
+  a directory it created comes with a first grant. A change whose fate is
+  unknown (it timed out, its caller went away) holds its keys until its
+  entry applied or leadership moved on, so no grant is given on a state
+  about to change.
+* **The channel.** A mount keeps one `LeasePoll` open at the leader; it
+  returns as soon as a recall for that mount is queued (or after
+  ``wait_s``), and the next poll carries the acknowledgements.
+
+All of it is soft state: a new leader starts blind (`start`) and a former
+leader fails its waiting changes and polls with `NotLeader` (`stop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from collections.abc import Iterable
+
+import trio
+
+from prismfs.errors import NotLeader
+from prismfs.meta.commands import (
+    Attr,
+    Batch,
+    BatchResults,
+    GetAttr,
+    Lookup,
+    MetaFailed,
+    MetaOk,
+    Mkdir,
+    ReadDir,
+)
+from prismfs.meta.leases import LeaseTable, command_keys
+from prismfs.node.consensus_messages import LeaseGrant, LeasePoll, LeaseRecalls
+from prismfs.stats import Stats
+from prismfs.wire.codec import decode_message
+from prismfs.wire.server import Call, RpcServer
+
+log = logging.getLogger("prismfs.leases")
+
+MAX_QUEUED = 100_000  # recalls queued for one mount that does not poll: dropped beyond
+MAX_POLL_S = 30.0
+
+
+class Change:
+    """One command between `LeaseService.begin` and its end."""
+
+    def __init__(self, service: LeaseService, holder: str, keys: set[int], cmd: object) -> None:
+        self._service = service
+        self.holder = holder
+        self.keys = keys
+        self._cmd = cmd
+        self._term = service.table.term
+        self._done = False
+
+    def finish(self, result: bytes) -> tuple[LeaseGrant, ...]:
+        """The entry applied with ``result``: grants resume; the writer's
+        continued leases and its new directories' first grants."""
+        if self._done:
+            return ()
+        self._done = True
+        service = self._service
+        service.unlock(self.keys)
+        if not service.leading or service.table.term != self._term:
+            return ()
+        table, now = service.table, trio.current_time()
+        grants = []
+        for key in sorted(self.keys):
+            continued = table.end_change(key, self.holder or None, now)
+            if continued is not None:
+                (term, seq), (old_term, old_seq) = continued[1], continued[0]
+                grants.append(LeaseGrant(key, term, seq, table.seconds, (old_term, old_seq)))
+        if self.holder:
+            for ino in _new_directories(self._cmd, result):
+                gid = table.grant(ino, self.holder, now)
+                if gid is not None:
+                    grants.append(LeaseGrant(ino, gid[0], gid[1], table.seconds))
+        return tuple(grants)
+
+    def abandon(self) -> None:
+        """The entry will not apply (leadership moved on): end the change."""
+        if self._done:
+            return
+        self._done = True
+        self._service.unlock(self.keys)
+        if self._service.table.term == self._term:
+            for key in self.keys:
+                self._service.table.end_change(key)
+
+
+def _new_directories(cmd: object, result: bytes) -> list[int]:
+    if isinstance(cmd, Mkdir):
+        ok = _decode(result)
+        return [ok.attr.ino] if isinstance(ok, MetaOk) and ok.attr is not None else []
+    if isinstance(cmd, Batch):
+        results = _decode(result)
+        if not isinstance(results, BatchResults):
+            return []
+        out = []
+        for raw, one in zip(cmd.ops, results.results, strict=False):
+            out += _new_directories(decode_message(raw), one)
+        return out
+    return []
+
+
+def _decode(raw: bytes) -> object:
+    try:
+        return decode_message(raw)
+    except Exception:
+        return None
+
+
+class LeaseService:
+    def __init__(self, namespace: object, seconds: float, stats: Stats | None = None) -> None:
+        self.ns = namespace
+        self.table = LeaseTable(seconds if seconds > 0 else 1.0)
+        self.enabled = seconds > 0
+        self.leading = False
+        self.stats = stats or Stats()
+        self._locks: dict[int, int] = {}  # key -> shared holders (> 0) or -1: exclusive
+        self._unlocked = trio.Event()
+        self._acked = trio.Event()  # set (and replaced) when a recall is acknowledged
+        self._recalls: dict[str, dict[int, tuple[int, int]]] = {}  # holder -> key -> gid
+        self._polls: dict[str, trio.Event] = {}
+
+    def register(self, server: RpcServer) -> None:
+        server.register(LeasePoll, self._on_poll)
+
+    # --- leadership ---------------------------------------------------------------------
+
+    def start(self, term: int) -> None:
+        """This node became leader of ``term``: blind for one lease."""
+        self.table.start(term, trio.current_time())
+        self.leading = True
+        self._recalls.clear()
+        self._wake_all()
+
+    def stop(self) -> None:
+        """This node no longer leads: waiting changes and polls end (NotLeader)."""
+        self.leading = False
+        self._recalls.clear()
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for event in self._polls.values():
+            event.set()
+        self._acked.set()
+        self._acked = trio.Event()
+
+    # --- reads --------------------------------------------------------------------------
+
+    def grant(self, op: bytes, result: bytes, holder: str) -> LeaseGrant | None:
+        """The lease that goes with the answer ``result`` to the query ``op``, if any."""
+        if not (self.enabled and self.leading and holder):
+            return None
+        q = _decode(op)
+        if isinstance(q, (Lookup, ReadDir, GetAttr)):
+            answer = _decode(result)
+            if isinstance(q, Lookup):
+                key = q.parent
+                ok = isinstance(answer, MetaOk) or (
+                    isinstance(answer, MetaFailed) and answer.code == "not_found"
+                )
+            elif isinstance(q, ReadDir):
+                key, ok = q.ino, not isinstance(answer, MetaFailed)
+            else:
+                key = q.ino
+                ok = (
+                    isinstance(answer, MetaOk)
+                    and isinstance(answer.attr, Attr)
+                    and stat.S_ISDIR(answer.attr.mode)
+                )
+            if ok:
+                gid = self.table.grant(key, holder, trio.current_time())
+                if gid is not None:
+                    self.stats.count("leases.granted")
+                    return LeaseGrant(key, gid[0], gid[1], self.table.seconds)
+                self.stats.count("leases.withheld")
+        return None
+
+    # --- changes ------------------------------------------------------------------------
+
+    async def begin(self, holder: str, op: bytes) -> Change | None:
+        """Lock what ``op`` changes, recall the other holders and wait until the
+        change may be applied; None for a command that changes no directory."""
+        if not self.enabled:
+            return None
+        cmd = _decode(op)
+        keys = command_keys(cmd)
+        if not keys.all():
+            return None
+        while True:
+            self._check_leading()
+            if self._free(keys.shared, keys.exclusive):
+                self._lock(keys.shared, keys.exclusive)
+                targets = self._targets(keys.lookups) - keys.all()
+                if not targets or self._free((), targets):
+                    self._lock((), targets)
+                    keys.exclusive |= targets
+                    break
+                self.unlock(keys.all())
+            await self._unlocked.wait()
+        change = Change(self, holder, keys.all(), cmd)
+        try:
+            await self._recall_and_wait(holder, change.keys)
+        except BaseException:
+            change.abandon()
+            raise
+        return change
+
+    def _targets(self, lookups: Iterable[tuple[int, bytes]]) -> set[int]:
+        child = getattr(self.ns, "_child", None)
+        if child is None:
+            return set()
+        return {ino for parent, name in lookups if (ino := child(parent, name)) is not None}
+
+    def _free(self, shared: Iterable[int], exclusive: Iterable[int]) -> bool:
+        return all(self._locks.get(k, 0) >= 0 for k in shared) and all(
+            k not in self._locks for k in exclusive
+        )
+
+    def _lock(self, shared: Iterable[int], exclusive: Iterable[int]) -> None:
+        for k in shared:
+            self._locks[k] = self._locks.get(k, 0) + 1
+        for k in exclusive:
+            self._locks[k] = -1
+
+    def unlock(self, keys: Iterable[int]) -> None:
+        for k in keys:
+            held = self._locks.get(k, 0)
+            if held > 1:
+                self._locks[k] = held - 1
+            else:
+                self._locks.pop(k, None)
+        self._unlocked.set()
+        self._unlocked = trio.Event()
+
+    async def _recall_and_wait(self, holder: str, keys: set[int]) -> None:
+        table = self.table
+        now = trio.current_time()
+        for key in keys:
+            for other, gid in table.begin_change(key, holder, now).items():
+                queued = self._recalls.setdefault(other, {})
+                if len(queued) >= MAX_QUEUED:
+                    queued.clear()  # it has not polled for long: its leases end anyway
+                queued[key] = max(gid, queued.get(key, gid))
+                self.stats.count("leases.recalled")
+                event = self._polls.get(other)
+                if event is not None:
+                    event.set()
+        waited = False
+        while True:
+            self._check_leading()
+            now = trio.current_time()
+            ready = max(table.ready_at(key, now) for key in keys)
+            if ready <= now:
+                break
+            waited = True
+            with trio.move_on_after(ready - now):
+                await self._acked.wait()
+        if waited:
+            self.stats.observe("leases.recall_wait", trio.current_time() - now)
+
+    def _check_leading(self) -> None:
+        if not self.leading:
+            raise NotLeader("leadership changed while a change waited for recalls")
+
+    # --- the channel --------------------------------------------------------------------
+
+    async def _on_poll(self, request: LeasePoll, call: Call) -> LeaseRecalls:
+        self._check_leading()
+        holder = request.holder
+        if request.acks:
+            for key, term, seq in request.acks:
+                self.table.recalled(key, holder, (term, seq))
+            self._acked.set()
+            self._acked = trio.Event()
+        if not self._recalls.get(holder):
+            event = self._polls[holder] = trio.Event()
+            with trio.move_on_after(max(0.0, min(request.wait_s, MAX_POLL_S))):
+                await event.wait()
+            if self._polls.get(holder) is event:
+                del self._polls[holder]
+            self._check_leading()
+        queued = self._recalls.pop(holder, {})
+        return LeaseRecalls(tuple((key, gid[0], gid[1]) for key, gid in queued.items()))

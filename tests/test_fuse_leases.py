@@ -1,0 +1,149 @@
+"""Directory leases on a real 3-node cluster with two real mounts: a mount
+answers lookups of a directory it holds a lease on by itself (the negative
+lookup before each create costs nothing), and another mount's change
+recalls that lease first, so the change is seen at once, never a second
+later (`prismfs.fuse.leased`, `prismfs.node.leases`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fuse_mount import Mount, fuse_available
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, Path, Path]]:
+    assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
+    base = tmp_path_factory.mktemp("leases")
+    cluster = Mount(base, "a")
+    other = Mount(base, "b")
+    other.dir = cluster.dir
+    try:
+        cluster.up()
+        a = cluster.mount()
+        b = other.mount()
+        yield cluster, a, b
+    finally:
+        other.unmount()
+        cluster.cleanup()
+
+
+def stats(point: Path) -> dict[str, int]:
+    raw = json.loads(os.getxattr(point, "user.prismfs.stats"))
+    counts = dict(raw["counts"])
+    for name, h in raw["latency"].items():
+        counts[name] = counts.get(name, 0) + h["count"]
+    return counts
+
+
+def reset(point: Path) -> None:
+    os.setxattr(point, "user.prismfs.sync", b"1")
+    time.sleep(0.3)
+    os.setxattr(point, "user.prismfs.stats", b"reset")
+
+
+def exists(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_mount_alone_in_a_directory_answers_its_lookups_itself(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    _, a, _ = two
+    d = a / "alone"
+    d.mkdir()  # created here: a lease on an empty directory comes with it
+    reset(a)
+    for n in range(40):
+        (d / f"f{n}").write_bytes(b"x" * n)
+    sub = d / "sub"
+    sub.mkdir()
+    for n in range(10):
+        (sub / f"g{n}").write_bytes(b"y")
+        assert not exists(sub / f"missing{n}")
+    counts = stats(a)
+    # Every name was new: each create's lookup was answered from the lease.
+    assert counts.get("fuse.lookup.leased", 0) >= 60
+    assert counts.get("fuse.lookup.negative", 0) == 0, counts
+    assert counts.get("leases.continued", 0) >= 50
+    assert sorted(os.listdir(d)) == sorted([f"f{n}" for n in range(40)] + ["sub"])
+    assert (d / "f7").read_bytes() == b"x" * 7
+
+
+def test_another_mounts_changes_are_seen_at_once(two: tuple[Mount, Path, Path]) -> None:
+    _, a, b = two
+    (a / "shared").mkdir()
+    da, db = a / "shared", b / "shared"
+    assert exists(db)
+    reset(a)
+    for n in range(15):
+        name = f"x{n}"
+        assert not exists(da / name)  # a holds the answer "no such name"
+        assert not exists(da / name)
+        with open(db / name, "wb") as f:  # b's close sends the create
+            f.write(b"data")
+        assert exists(da / name), f"round {n}: a create on b is not seen on a"
+        assert (da / name).read_bytes() == b"data"
+        os.unlink(db / name)
+        fsync_dir(db)  # b's unlink reaches the cluster
+        assert not exists(da / name), f"round {n}: an unlink on b is not seen on a"
+        (db / f"d{n}").mkdir()
+        assert (da / f"d{n}").is_dir()
+        os.rename(db / f"d{n}", db / f"e{n}")
+        assert not exists(da / f"d{n}") and exists(da / f"e{n}")
+    assert stats(a).get("leases.recalls", 0) >= 15
+
+
+def test_a_listing_read_to_its_end_answers_lookups_until_another_mount_changes_it(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    _, a, b = two
+    (b / "listed").mkdir()
+    for n in range(30):
+        (b / "listed" / f"n{n}").write_bytes(b"")
+    fsync_dir(b / "listed")
+    d = a / "listed"
+    assert len(os.listdir(d)) == 30  # read to its end: a complete copy
+    reset(a)
+    for n in range(30):
+        assert not exists(d / f"absent{n}")
+    assert stats(a).get("fuse.lookup.negative", 0) == 0
+    (b / "listed" / "absent3").write_bytes(b"now")
+    assert (d / "absent3").read_bytes() == b"now"
+
+
+def test_without_leases_a_mount_asks_the_cluster(two: tuple[Mount, Path, Path]) -> None:
+    cluster, _, _ = two
+    plain = Mount(cluster.base, "plain")
+    plain.dir = cluster.dir
+    point = plain.mount("no_leases")
+    try:
+        d = point / "plain"
+        d.mkdir()
+        reset(point)
+        for n in range(10):
+            (d / f"f{n}").write_bytes(b"")
+        counts = stats(point)
+        assert counts.get("fuse.lookup.leased", 0) == 0
+        assert counts.get("fuse.lookup.negative", 0) == 10
+    finally:
+        plain.unmount()
