@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from fuse_mount import Mount, fuse_available
 
 pytestmark = pytest.mark.timeout(300)
@@ -147,3 +149,57 @@ def test_without_leases_a_mount_asks_the_cluster(two: tuple[Mount, Path, Path]) 
         assert counts.get("fuse.lookup.negative", 0) == 10
     finally:
         plain.unmount()
+
+
+def test_a_holder_that_stops_answering_delays_a_change_by_at_most_its_lease(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    _, a, b = two
+    (a / "frozen").mkdir()
+    assert not exists(a / "frozen" / "new")  # a holds the directory's lease
+    pid = int((a.parent / "a.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # a cannot answer the recall (nothing may touch a now)
+    try:
+        start = time.monotonic()
+        with open(b / "frozen" / "new", "wb") as f:
+            f.write(b"late")
+        took = time.monotonic() - start
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # b's create waited for a's lease to run out (2 s, plus the clock-drift
+    # margin), not for a; a's copy ended before the leader stopped waiting.
+    assert 0.5 < took < 2 * 1.1 + 2.0, took
+    assert (a / "frozen" / "new").read_bytes() == b"late"
+
+
+def test_after_the_leader_is_killed_no_mount_answers_from_an_old_lease(
+    tmp_path: Path,
+) -> None:
+    cluster = Mount(tmp_path, "a")
+    other = Mount(tmp_path, "b")
+    other.dir = cluster.dir
+    try:
+        nodes = cluster.up()
+        a, b = cluster.mount(), other.mount()
+        (a / "kept").mkdir()
+        assert exists(b / "kept")
+        assert not exists(a / "kept" / "x")  # a holds the answer, from this leader
+        status = run_cli(
+            "cluster",
+            "status",
+            "--json",
+            "--config",
+            str(cluster.dir / "client.toml"),
+            env=cluster.env,
+            timeout=60,
+        )
+        leader = json.loads(status.stdout)["health"]["leader"]
+        victim = next(n for n in nodes if n["id"] == leader)
+        os.kill(int(victim["pid"]), signal.SIGKILL)  # the grant dies with it
+        (b / "kept" / "x").write_bytes(b"after")  # through the new leader
+        # The new leader waited out every lease the old one may have granted.
+        assert (a / "kept" / "x").read_bytes() == b"after"
+        assert sorted(os.listdir(a / "kept")) == ["x"]
+    finally:
+        other.unmount()
+        cluster.cleanup()

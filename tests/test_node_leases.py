@@ -1,0 +1,214 @@
+"""The leader's lease service (`prismfs.node.leases`) on trio's mock clock:
+grants with reads, recalls over the poll, a change waiting for each holder's
+acknowledgement or its lease's end, the writer's continuation, a new
+directory's first grant, exclusive keys for rename, and a new leader's blind
+time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from prismfs.errors import NotLeader
+from prismfs.meta.commands import (
+    Attr,
+    GetAttr,
+    Lookup,
+    MetaFailed,
+    MetaOk,
+    Mkdir,
+    Mknod,
+    ReadDir,
+    Rename,
+    SetAttr,
+)
+from prismfs.meta.leases import DRIFT, command_keys
+from prismfs.node.consensus_messages import LeasePoll
+from prismfs.node.leases import LeaseService
+from prismfs.wire.codec import encode_message
+
+S = 2.0
+DIR = 0o040755
+FILE = 0o100644
+
+
+class FakeNamespace:
+    def __init__(self) -> None:
+        self.children: dict[tuple[int, bytes], int] = {}
+
+    def _child(self, parent: int, name: bytes) -> int | None:
+        return self.children.get((parent, name))
+
+
+def attr(ino: int, mode: int = DIR) -> Attr:
+    return Attr(ino, mode, 2, 0, 0, 0, 0, 0, 0)
+
+
+def lookup(parent: int, name: bytes = b"x") -> bytes:
+    return encode_message(Lookup(parent, name))
+
+
+def ok(a: Attr | None = None) -> bytes:
+    return encode_message(MetaOk(a))
+
+
+NOT_FOUND = encode_message(MetaFailed("not_found", "no"))
+
+
+def run(fn: Any) -> None:
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def leader(ns: FakeNamespace | None = None) -> LeaseService:
+    service = LeaseService(ns or FakeNamespace(), S)
+    service.start(term=1)
+    service.table.blind_until = 0.0  # (blindness has its own test)
+    return service
+
+
+def test_the_keys_of_each_change() -> None:
+    assert command_keys(Mknod(0, 5, b"a", FILE, 0, 0)).all() == {5}
+    keys = command_keys(Rename(0, 5, b"a", 6, b"b"))
+    assert keys.exclusive == {5, 6} and keys.lookups == [(5, b"a"), (6, b"b")]
+    assert command_keys(SetAttr(0, 9, mode=0o700)).all() == {9}
+
+
+def test_reads_of_directories_come_with_a_lease_and_files_do_not() -> None:
+    async def main() -> None:
+        s = leader()
+        assert s.grant(lookup(1), ok(attr(2, FILE)), "m") is not None
+        assert s.grant(lookup(1), NOT_FOUND, "m") is not None  # "no such name" too
+        assert s.grant(encode_message(GetAttr(2)), ok(attr(2, FILE)), "m") is None
+        assert s.grant(encode_message(GetAttr(3)), ok(attr(3)), "m") is not None
+        assert s.grant(encode_message(ReadDir(3)), encode_message(MetaFailed("x", "")), "m") is None
+        assert s.grant(lookup(1), ok(attr(2)), "") is None  # nobody to hold it
+        s.stop()
+        assert s.grant(lookup(1), ok(attr(2)), "m") is None  # not the leader
+
+    run(main)
+
+
+def test_a_change_recalls_the_other_holders_and_waits_for_their_acknowledgement() -> None:
+    async def main() -> None:
+        s = leader()
+        g = s.grant(lookup(7), NOT_FOUND, "reader")
+        assert g is not None
+        op = encode_message(Mknod(0, 7, b"x", FILE, 0, 0))
+        done: list[float] = []
+
+        async def writer() -> None:
+            change = await s.begin("writer", op)
+            assert change is not None
+            done.append(trio.current_time())
+            change.finish(ok(attr(8, FILE)))
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            recalls = await s._on_poll(LeasePoll("reader", (), 5.0), None)  # type: ignore[arg-type]
+            assert recalls.recalls == ((7, g.term, g.seq),)
+            await trio.sleep(0.3)
+            assert not done  # not before the acknowledgement
+            assert s.grant(lookup(7), NOT_FOUND, "other") is None  # none while pending
+            with trio.move_on_after(1):  # the next poll carries the ack, then waits
+                await s._on_poll(LeasePoll("reader", recalls.recalls, 5.0), None)  # type: ignore[arg-type]
+        assert done and done[0] - start == pytest.approx(0.3, abs=0.01)
+        assert s.grant(lookup(7), ok(attr(8, FILE)), "other") is not None
+
+    run(main)
+
+
+def test_a_holder_that_never_answers_holds_a_change_back_until_its_lease_ended() -> None:
+    async def main() -> None:
+        s = leader()
+        assert s.grant(lookup(7), NOT_FOUND, "gone") is not None
+        start = trio.current_time()
+        change = await s.begin("writer", encode_message(Mknod(0, 7, b"x", FILE, 0, 0)))
+        assert change is not None
+        assert trio.current_time() - start == pytest.approx(S * (1 + DRIFT), abs=0.01)
+        change.finish(ok(attr(8, FILE)))
+
+    run(main)
+
+
+def test_the_writer_keeps_its_lease_and_a_new_directory_comes_with_one() -> None:
+    async def main() -> None:
+        s = leader()
+        g = s.grant(lookup(7), NOT_FOUND, "w")
+        assert g is not None
+        change = await s.begin("w", encode_message(Mkdir(0, 7, b"sub", DIR, 0, 0)))
+        assert change is not None
+        grants = {x.key: x for x in change.finish(ok(attr(9)))}
+        assert grants[7].continues == (g.term, g.seq) and grants[7].seq > g.seq
+        assert grants[9].continues == (0, 0)
+        assert s.table.holders(9) == {"w"}
+
+    run(main)
+
+
+def test_a_rename_locks_its_directories_and_the_one_it_moves_exclusively() -> None:
+    async def main() -> None:
+        ns = FakeNamespace()
+        ns.children[(5, b"dir")] = 11
+        s = leader(ns)
+        assert s.grant(encode_message(GetAttr(11)), ok(attr(11)), "h") is not None
+        rename = encode_message(Rename(0, 5, b"dir", 6, b"moved"))
+        change = await s.begin("w", rename)
+        assert change is not None and change.keys == {5, 6, 11}
+        assert set(s._recalls["h"]) == {11}  # the moved directory's holder is recalled
+        order: list[str] = []
+
+        async def create() -> None:
+            c = await s.begin("w2", encode_message(Mknod(0, 5, b"f", FILE, 0, 0)))
+            assert c is not None
+            order.append("create")
+            c.finish(ok(attr(12, FILE)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create)
+            await trio.sleep(0.5)
+            order.append("rename")
+            change.finish(ok())
+        assert order == ["rename", "create"]
+
+    run(main)
+
+
+def test_a_new_leader_applies_no_directory_change_for_a_lease() -> None:
+    async def main() -> None:
+        s = LeaseService(FakeNamespace(), S)
+        s.start(term=2)
+        start = trio.current_time()
+        change = await s.begin("w", encode_message(Mknod(0, 7, b"x", FILE, 0, 0)))
+        assert change is not None
+        assert trio.current_time() - start == pytest.approx(S * (1 + DRIFT), abs=0.01)
+        # commands that change no directory pass at once
+        assert await s.begin("w", encode_message(Lookup(1, b"x"))) is None
+
+    run(main)
+
+
+def test_a_change_waiting_for_recalls_fails_when_leadership_moves_on() -> None:
+    async def main() -> None:
+        s = leader()
+        s.grant(lookup(7), NOT_FOUND, "silent")
+        failed: list[BaseException] = []
+
+        async def writer() -> None:
+            try:
+                await s.begin("w", encode_message(Mknod(0, 7, b"x", FILE, 0, 0)))
+            except NotLeader as exc:
+                failed.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            await trio.sleep(0.5)
+            s.stop()
+        assert failed
+        with pytest.raises(NotLeader):
+            await s._on_poll(LeasePoll("silent", (), 1.0), None)  # type: ignore[arg-type]
+
+    run(main)
