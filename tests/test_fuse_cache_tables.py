@@ -51,6 +51,9 @@ def test_a_kept_page_serves_positions_it_covers_while_the_directory_is_unchanged
     got = dh.entries_after(entries[1].cookie, 5.5, 1.0, changes.of(3))
     assert got is not None and got[0] == entries[2:] and got[1] is True
     assert dh.entries_after(last + 1, 5.5, 1.0, changes.of(3)) is None  # beyond: next page
+    # right after the last kept entry, with more to come: the next page (an
+    # empty answer here made readdir spin until the page grew old, 1 s a page)
+    assert dh.entries_after(last, 5.5, 1.0, changes.of(3)) is None
     assert dh.entries_after(0, 6.0, 1.0, changes.of(3)) is None  # too old
     changes.bump(3)
     assert dh.entries_after(0, 5.5, 1.0, changes.of(3)) is None  # changed here since

@@ -133,6 +133,34 @@ def test_a_listing_read_to_its_end_answers_lookups_until_another_mount_changes_i
     assert (d / "absent3").read_bytes() == b"now"
 
 
+def test_a_listing_of_several_pages_and_lookups_that_keep_missing_fill_the_copy(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    _, a, b = two
+    big, small = b / "big", b / "small"
+    big.mkdir()
+    small.mkdir()
+    for n in range(1100):  # three pages of 500
+        os.close(os.open(big / f"n{n}", os.O_CREAT | os.O_WRONLY, 0o644))
+    for n in range(50):
+        os.close(os.open(small / f"n{n}", os.O_CREAT | os.O_WRONLY, 0o644))
+    fsync_dir(big)
+    fsync_dir(small)
+    assert len(os.listdir(a / "big")) == 1100
+    reset(a)
+    for n in range(20):
+        assert not exists(a / "big" / f"absent{n}")
+    assert stats(a).get("fuse.lookup.negative", 0) == 0  # all three pages, one lease
+    # a directory never listed: after a few lookups the mount reads its listing
+    for n in range(6):
+        assert exists(a / "small" / f"n{n}")
+    time.sleep(0.3)
+    reset(a)
+    for n in range(20):
+        assert not exists(a / "small" / f"absent{n}")
+    assert stats(a).get("fuse.lookup.negative", 0) == 0
+
+
 def test_without_leases_a_mount_asks_the_cluster(two: tuple[Mount, Path, Path]) -> None:
     cluster, _, _ = two
     plain = Mount(cluster.base, "plain")

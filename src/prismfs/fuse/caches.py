@@ -99,7 +99,7 @@ class DirHandle:
         if page is None or version != self.page_version or now - self.page_at >= ttl:
             return None
         last = page.entries[-1].cookie if page.entries else self.page_after
-        if cookie < self.page_after or (cookie > last and page.more):
+        if cookie < self.page_after or (cookie >= last and page.more):
             return None
         return tuple(e for e in page.entries if e.cookie > cookie), page.more
 

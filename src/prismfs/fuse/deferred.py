@@ -374,6 +374,7 @@ class DeferredWork(pyfuse3.Operations):
         async with trio.open_nursery() as nursery:
             if self._leases is not None:
                 nursery.start_soon(self._leases.run)
+                nursery.start_soon(self._leases.renew)
             while True:
                 await trio.sleep(RELEASE_EVERY)
                 try:

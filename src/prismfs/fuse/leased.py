@@ -50,6 +50,7 @@ import trio
 from prismfs.errors import PrismError
 from prismfs.meta.client import MetaClient, decode_result
 from prismfs.meta.commands import (
+    RENAME_EXCHANGE,
     Attr,
     DirPage,
     GetAttr,
@@ -74,6 +75,10 @@ from prismfs.wire.codec import decode_message
 log = logging.getLogger("prismfs.fuse.leases")
 
 POLL_S = 5.0  # how long one recall poll waits at the leader
+RENEW_EVERY = 0.2  # seconds between looks for leases to renew
+RENEW_LEFT = 0.6  # a complete copy in use is renewed when less than this is left
+LIST_AFTER = 4  # lookups a copy could not answer before the whole listing is read
+LIST_MAX = 5000  # names read that way at most
 MAX_NAMES = 100_000  # names kept per directory copy (beyond: no longer complete)
 STALE = -math.inf
 """When a name's attributes from a change of this mount were current: never
@@ -91,6 +96,9 @@ class DirCopy:
     attr: Attr | None = None  # the directory's own attributes
     told: set[bytes] = field(default_factory=set)  # names the kernel was given
     told_until: float = 0.0  # when the kernel's entries of them surely expired
+    told_all: bool = True  # False: too many names to track, a recall waits told_until
+    used_at: float = -math.inf  # when it last answered something (trio clock)
+    misses: int = 0  # lookups it could not answer
 
     def absorb(self, other: DirCopy) -> DirCopy:
         """Facts learned under the same grant (the same state): one copy."""
@@ -98,8 +106,8 @@ class DirCopy:
         self.complete = self.complete or other.complete
         if other.attr is not None:
             self.attr = other.attr
-        if other.listed_to is not None and self.listed_to is None:
-            self.listed_to = other.listed_to
+        if other.listed_to is not None:
+            self.listed_to = max(self.listed_to or 0, other.listed_to)
         return self
 
 
@@ -112,6 +120,7 @@ class DirLeases:
         self.held = HeldLeases()
         self._session = meta.session
         self.recalls = 0
+        self._nursery: trio.Nursery | None = None
 
     # --- answers from the copies ------------------------------------------------------
 
@@ -122,6 +131,7 @@ class DirLeases:
         found, value = self.held.get(key, now)
         if not found or not isinstance(value, DirCopy):
             return None
+        value.used_at = now
         peek = self.held.peek(key)
         return value, (peek[1] - now if peek is not None else 0.0)
 
@@ -152,6 +162,12 @@ class DirLeases:
             return True, None, left, 0.0
         return False, None, 0.0, 0.0
 
+    def ino_of(self, parent: int, name: bytes, now: float) -> int | None:
+        """The inode ``name`` refers to, if the leased copy of ``parent`` knows."""
+        got = self._copy(parent, now)
+        fact = got[0].names.get(name) if got is not None else None
+        return None if fact is None else fact[0].ino
+
     def left(self, key: int, now: float) -> float:
         """Seconds left of this mount's lease on directory ``key`` (0: none)."""
         got = self._copy(key, now)
@@ -167,8 +183,13 @@ class DirLeases:
         """The kernel was given ``name`` in ``parent`` (an entry, or its absence)."""
         peek = self.held.peek(parent)
         if peek is not None and isinstance(peek[0], DirCopy):
-            peek[0].told.add(name)
-            peek[0].told_until = max(peek[0].told_until, until)
+            copy = peek[0]
+            if copy.told_all:
+                copy.told.add(name)
+                if len(copy.told) > MAX_NAMES:
+                    copy.told.clear()
+                    copy.told_all = False
+            copy.told_until = max(copy.told_until, until)
 
     # --- reads at the leader ---------------------------------------------------------------
 
@@ -184,7 +205,26 @@ class DirLeases:
         left = self._keep(
             parent, grant, DirCopy(names={name: None if attr is None else (attr, sent)}), sent, mark
         )
+        peek = self.held.peek(parent) if left else None
+        if peek is not None and isinstance(peek[0], DirCopy) and not peek[0].complete:
+            peek[0].misses += 1
+            if peek[0].misses == LIST_AFTER and self._nursery is not None:
+                # Lookups keep missing: read the listing once (every name known)
+                self._nursery.start_soon(self._list, parent)
         return attr, left
+
+    async def _list(self, ino: int) -> None:
+        cookie, read = 0, 0
+        try:
+            while read < LIST_MAX:
+                page, left = await self.readdir_page(ino, cookie, 500)
+                read += len(page.entries)
+                if not left or not page.more:
+                    break
+                cookie = page.entries[-1].cookie
+            self.stats.count("leases.listed")
+        except PrismError as exc:
+            log.debug("listing directory %d for its lease: %s", ino, exc.message)
 
     async def getattr(self, ino: int) -> tuple[Attr, float]:
         mark, sent = self.held.mark(ino), trio.current_time()
@@ -201,20 +241,15 @@ class DirLeases:
             raise TypeError(f"expected DirPage, got {type(page).__name__}")
         copy = DirCopy(names={e.name: (e.attr, sent) for e in page.entries})
         last = page.entries[-1].cookie if page.entries else cookie
-        held = self.held.peek(ino)
-        start = cookie == 0 or (
-            held is not None
-            and isinstance(held[0], DirCopy)
-            and held[0].listed_to == cookie
-            and grant is not None
-        )
-        if start:
+        before = self.held.gid_of(ino)
+        if cookie == 0:
             copy.listed_to = last
             copy.complete = not page.more and len(copy.names) <= MAX_NAMES
         left = self._keep(ino, grant, copy, sent, mark)
-        if left and start and cookie:  # a later page of a listing under the same grant
+        if left and cookie and grant is not None and before == (grant.term, grant.seq):
+            # the next page of a listing read under this very lease
             kept = self.held.peek(ino)
-            if kept is not None and isinstance(kept[0], DirCopy):
+            if kept is not None and isinstance(kept[0], DirCopy) and kept[0].listed_to == cookie:
                 kept[0].listed_to = last
                 kept[0].complete = not page.more and len(kept[0].names) <= MAX_NAMES
         return page, left
@@ -240,6 +275,8 @@ class DirLeases:
             return 0.0
         self.stats.count("leases.kept")
         peek = self.held.peek(key)
+        if peek is not None and isinstance(peek[0], DirCopy):
+            peek[0].used_at = trio.current_time()
         return max(0.0, peek[1] - trio.current_time()) if peek is not None else 0.0
 
     def _forget_all(self) -> None:
@@ -304,6 +341,33 @@ class DirLeases:
                         keys.add(fact[0].ino)
         return keys
 
+    async def renew(self) -> None:
+        """Keep the leases of complete copies in use: a lease that ran out
+        would come back as a new grant, and the copy would no longer know
+        every name. Asked again before it ends, the leader answers with the
+        same grant if nothing changed (one read a second per busy directory).
+        Listings (after repeated lookup misses) run here too."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._renew()
+
+    async def _renew(self) -> None:
+        while True:
+            await trio.sleep(RENEW_EVERY)
+            now = trio.current_time()
+            for key in self.held.held_keys():
+                peek = self.held.peek(key)
+                copy = peek[0] if peek is not None else None
+                if peek is None or not isinstance(copy, DirCopy) or not isinstance(key, int):
+                    continue
+                until = peek[1]
+                if copy.complete and 0 < until - now < RENEW_LEFT and now - copy.used_at < 1.0:
+                    try:
+                        await self.getattr(key)
+                        self.stats.count("leases.renewed")
+                    except PrismError as exc:
+                        log.debug("lease renewal of directory %d: %s", key, exc.message)
+
     # --- recalls -------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -324,7 +388,7 @@ class DirLeases:
                 continue
             now = trio.current_time()
             todo: list[tuple[int, DirCopy]] = []
-            until = now
+            until = forgotten = now
             for key, term, seq in recalls:
                 peek = self.held.peek(key)
                 self.held.recall(key, (term, seq))
@@ -333,11 +397,15 @@ class DirLeases:
                 if peek is not None and isinstance(peek[0], DirCopy):
                     todo.append((key, peek[0]))
                     until = max(until, peek[0].told_until)
+                    if not peek[0].told_all:
+                        forgotten = max(forgotten, peek[0].told_until)
                 acks.append((key, term, seq))
             if todo:
                 # Done, or the kernel's entries expired by themselves meanwhile.
                 with trio.move_on_after(max(0.0, until - trio.current_time())):
                     await trio.to_thread.run_sync(_invalidate, todo, abandon_on_cancel=True)
+                # Names not tracked: only their kernel timeouts can end them.
+                await trio.sleep_until(forgotten)
 
 
 def _invalidate(todo: list[tuple[int, DirCopy]]) -> None:
@@ -409,6 +477,8 @@ def _apply(
             getattr(op, "new_parent", 0),
         ):
             raise CannotApply  # the directory moved or removed itself
+        elif isinstance(op, Rename) and op.flags & RENAME_EXCHANGE:
+            raise CannotApply  # (rare: not worked out here)
         elif isinstance(op, Rename):
             moved = copy.names.get(op.name) if op.parent == key else None
             if op.parent == key:

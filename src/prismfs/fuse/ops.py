@@ -48,6 +48,7 @@ from prismfs.fuse.caches import DirHandle
 from prismfs.fuse.deferred import DeferredWork, Handle, MountOptions
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
+    RENAME_EXCHANGE,
     Attr,
     Link,
     Mkdir,
@@ -209,6 +210,14 @@ class PrismOperations(DeferredWork):
             # the kernel drops a GETATTR answer older than this notice.
             with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing
                 pyfuse3.invalidate_inode(attr.ino, attr_only=True)
+
+    def _names_ino(self, parent: int, name: bytes) -> int | None:
+        """The inode ``name`` in ``parent`` refers to, as far as this mount
+        knows: what it told the kernel, or its leased copy of the directory."""
+        ino = self._names.get((parent, name))
+        if ino is None and self._leases is not None:
+            ino = self._leases.ino_of(parent, name, trio.current_time())
+        return ino
 
     def _writable(self) -> None:
         if self.opts.read_only:
@@ -432,7 +441,8 @@ class PrismOperations(DeferredWork):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
         key = (parent_inode, name)
-        ino = self._forget_name(*key)
+        ino = self._names_ino(*key)
+        self._forget_name(*key)
         self._changed.bump(parent_inode)
         if ino is not None:
             self._recent.drop(ino)  # its link count and ctime change
@@ -489,6 +499,7 @@ class PrismOperations(DeferredWork):
     ) -> None:
         self._writable()
         await self._settle(held=False)
+        moved = self._names_ino(parent_inode_old, name_old)
         for ino in (
             self._forget_name(parent_inode_old, name_old),
             self._forget_name(parent_inode_new, name_new),
@@ -500,6 +511,10 @@ class PrismOperations(DeferredWork):
             Rename(now_ns(), parent_inode_old, name_old, parent_inode_new, name_new, flags),
             opens=True,
         )
+        if moved is not None and not flags & RENAME_EXCHANGE:
+            # The kernel moved its entry: the new name is known to refer to it.
+            self._names[(parent_inode_new, name_new)] = moved
+            self._named_at[(parent_inode_new, name_new)] = trio.current_time()
 
     @_op
     async def link(

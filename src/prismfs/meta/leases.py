@@ -316,6 +316,15 @@ class HeldLeases:
             return False, None
         return True, held.value
 
+    def held_keys(self) -> list[Hashable]:
+        """The keys a copy is held for (some may have expired)."""
+        return list(self._held)
+
+    def gid_of(self, key: Hashable) -> GrantId | None:
+        """The grant the copy of ``key`` is held under, if any."""
+        held = self._held.get(key)
+        return None if held is None else held.gid
+
     def peek(self, key: Hashable) -> tuple[object, float] | None:
         """The copy held for ``key`` and when its lease ends, used or not."""
         held = self._held.get(key)
