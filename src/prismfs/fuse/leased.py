@@ -120,7 +120,6 @@ class DirLeases:
         self.held = HeldLeases()
         self._session = meta.session
         self.recalls = 0
-        self._nursery: trio.Nursery | None = None
 
     # --- answers from the copies ------------------------------------------------------
 
@@ -208,9 +207,12 @@ class DirLeases:
         peek = self.held.peek(parent) if left else None
         if peek is not None and isinstance(peek[0], DirCopy) and not peek[0].complete:
             peek[0].misses += 1
-            if peek[0].misses == LIST_AFTER and self._nursery is not None:
-                # Lookups keep missing: read the listing once (every name known)
-                self._nursery.start_soon(self._list, parent)
+            if peek[0].misses == LIST_AFTER:
+                # Lookups keep missing: read the listing once (every name known).
+                # Here, not in the background: while the kernel is in a lookup
+                # of this directory, no change of this mount to it is on its
+                # way (that would make the listing's grant unusable).
+                await self._list(parent)
         return attr, left
 
     async def _list(self, ino: int) -> None:
@@ -346,12 +348,7 @@ class DirLeases:
         would come back as a new grant, and the copy would no longer know
         every name. Asked again before it ends, the leader answers with the
         same grant if nothing changed (one read a second per busy directory).
-        Listings (after repeated lookup misses) run here too."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self._renew()
-
-    async def _renew(self) -> None:
+        """
         while True:
             await trio.sleep(RENEW_EVERY)
             now = trio.current_time()
