@@ -44,6 +44,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import pyfuse3
 import trio
 
@@ -66,6 +67,7 @@ from prismfs.meta.commands import (
     Rmdir,
     Symlink,
     Unlink,
+    UpdateAtime,
 )
 from prismfs.meta.leases import CannotApply, HeldLeases, command_keys
 from prismfs.node.consensus_messages import LeaseGrant
@@ -301,6 +303,13 @@ class DirLeases:
     ) -> None:
         by_key = {g.key: g for g in grants}
         decoded = [_decode(r) for r in results] if results is not None else None
+        for op in ops:
+            if isinstance(op, UpdateAtime):  # not leased: kept right in this mount's copy
+                peek = self.held.peek(op.ino)
+                copy = peek[0] if peek is not None else None
+                if isinstance(copy, DirCopy) and copy.attr is not None:
+                    atime = max(copy.attr.atime_ns, op.atime_ns)
+                    copy.attr = msgspec.structs.replace(copy.attr, atime_ns=atime)
         for key in self._keys(ops) | set(by_key):
             grant = by_key.get(key)
             if grant is None or grant.continues == (0, 0) or decoded is None:

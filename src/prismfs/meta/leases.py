@@ -77,7 +77,6 @@ from prismfs.meta.commands import (
     SetXattr,
     Symlink,
     Unlink,
-    UpdateAtime,
 )
 from prismfs.wire.codec import decode_message
 
@@ -370,8 +369,10 @@ def _add_keys(keys: Keys, cmd: object) -> None:
         keys.shared.add(cmd.parent)
     elif isinstance(cmd, Link):
         keys.shared.update((cmd.new_parent, cmd.ino))
-    elif isinstance(cmd, (SetAttr, SetXattr, RemoveXattr, UpdateAtime)):
+    elif isinstance(cmd, (SetAttr, SetXattr, RemoveXattr)):
         keys.shared.add(cmd.ino)
+    # UpdateAtime changes no key: a lease does not cover atime (relatime is
+    # approximate anyway), so a listing on one mount recalls nobody's lease.
     elif isinstance(cmd, Rmdir):
         keys.exclusive.add(cmd.parent)
         keys.lookups.append((cmd.parent, cmd.name))
