@@ -212,3 +212,18 @@ def test_a_change_waiting_for_recalls_fails_when_leadership_moves_on() -> None:
             await s._on_poll(LeasePoll("silent", (), 1.0), None)  # type: ignore[arg-type]
 
     run(main)
+
+
+def test_recalls_are_not_kept_for_a_mount_that_stopped_polling() -> None:
+    async def main() -> None:
+        s = leader()
+        await s._on_poll(LeasePoll("gone", (), 0.0), None)  # type: ignore[arg-type]
+        await trio.sleep(100)  # no poll since
+        assert s.grant(lookup(7), NOT_FOUND, "gone") is not None
+        start = trio.current_time()
+        change = await s.begin("w", encode_message(Mknod(0, 7, b"x", FILE, 0, 0)))
+        assert change is not None
+        assert "gone" not in s._recalls  # nothing queued that nobody fetches
+        assert trio.current_time() - start == pytest.approx(S * (1 + DRIFT), abs=0.01)
+
+    run(main)

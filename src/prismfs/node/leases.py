@@ -144,6 +144,7 @@ class LeaseService:
         self._acked = trio.Event()  # set (and replaced) when a recall is acknowledged
         self._recalls: dict[str, dict[int, tuple[int, int]]] = {}  # holder -> key -> gid
         self._polls: dict[str, trio.Event] = {}
+        self._polled: dict[str, float] = {}  # holder -> when its last poll came
 
     def register(self, server: RpcServer) -> None:
         server.register(LeasePoll, self._on_poll)
@@ -155,6 +156,7 @@ class LeaseService:
         self.table.start(term, trio.current_time())
         self.leading = True
         self._recalls.clear()
+        self._polled.clear()
         self._wake_all()
 
     def stop(self) -> None:
@@ -262,6 +264,13 @@ class LeaseService:
         now = trio.current_time()
         for key in keys:
             for other, gid in table.begin_change(key, holder, now).items():
+                if now - self._polled.get(other, now) > 2 * MAX_POLL_S:
+                    # Gone (a mount that stopped, a session replaced): nobody
+                    # will fetch this; its lease just runs out.
+                    self._recalls.pop(other, None)
+                    self._polled.pop(other, None)
+                    continue
+                self._polled.setdefault(other, now)
                 queued = self._recalls.setdefault(other, {})
                 if len(queued) >= MAX_QUEUED:
                     queued.clear()  # it has not polled for long: its leases end anyway
@@ -292,6 +301,7 @@ class LeaseService:
     async def _on_poll(self, request: LeasePoll, call: Call) -> LeaseRecalls:
         self._check_leading()
         holder = request.holder
+        self._polled[holder] = trio.current_time()
         if request.acks:
             for key, term, seq in request.acks:
                 self.table.recalled(key, holder, (term, seq))
