@@ -113,6 +113,7 @@ class DeferredWork(pyfuse3.Operations):
         # (inode, name) -> (read at, value or None for "no such attribute"), kept
         # for attr_timeout: the kernel asks for security.capability before every write.
         self._xattrs: dict[tuple[int, bytes], tuple[float, bytes | None]] = {}
+        self._bare: dict[int, float] = {}  # inodes made here, without xattrs: when
         self._inos: range = range(0)  # reserved inode numbers not used yet
         self._reserving = trio.Lock()
         self._pending: dict[tuple[int, bytes], int] = {}  # (parent, name) -> deferred inode

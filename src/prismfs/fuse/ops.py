@@ -435,6 +435,7 @@ class PrismOperations(DeferredWork):
         attr = await self._change(Mkdir(now_ns(), parent_inode, name, mode, ctx.uid, ctx.gid))
         assert attr is not None
         self._recent.put(attr, trio.current_time())
+        self._bare_now(attr.ino)
         return self._named(parent_inode, name, self._known(parent_inode, name, attr))
 
     @_op
@@ -485,6 +486,7 @@ class PrismOperations(DeferredWork):
         attr = await self._change(Symlink(now_ns(), parent_inode, name, target, ctx.uid, ctx.gid))
         assert attr is not None
         self._recent.put(attr, trio.current_time())
+        self._bare_now(attr.ino)
         return self._named(parent_inode, name, self._known(parent_inode, name, attr))
 
     @_op
@@ -844,6 +846,9 @@ class PrismOperations(DeferredWork):
             # A deferred create has no attributes yet (a setxattr settles it).
             raise pyfuse3.FUSEError(errno.ENODATA)
         now = trio.current_time()
+        bare = self._bare.get(inode)
+        if bare is not None and now - bare < self.opts.attr_timeout:
+            raise pyfuse3.FUSEError(errno.ENODATA)  # made here just now, with none
         cached = self._xattrs.get((inode, name))
         if cached is None or now - cached[0] >= self.opts.attr_timeout:
             try:
@@ -873,8 +878,17 @@ class PrismOperations(DeferredWork):
             self._forget_xattrs(inode)
 
     def _forget_xattrs(self, inode: int) -> None:
+        self._bare.pop(inode, None)
         for key in [key for key in self._xattrs if key[0] == inode]:
             del self._xattrs[key]
+
+    def _bare_now(self, inode: int) -> None:
+        """``inode`` was just made here and has no extended attributes: its
+        getxattr answers (``security.capability`` before every write, ``cp
+        -a``'s copies) need no read for ``attr_timeout``, like a cached answer."""
+        if len(self._bare) > 10_000:
+            self._bare.clear()
+        self._bare[inode] = trio.current_time()
 
     async def access(self, inode: int, mode: int, ctx: Any) -> bool:
         return True  # default_permissions: the kernel checks modes itself
