@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from conftest import run_cli
@@ -25,6 +25,41 @@ def errno_of(fn, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
     except OSError as exc:
         return exc.errno or 0
     return 0
+
+
+def mount_stats(point: Path) -> dict[str, int]:
+    """The mount's counters (`prismfs mount stats`), a histogram as its count."""
+    raw = json.loads(os.getxattr(point, "user.prismfs.stats"))
+    counts = dict(raw["counts"])
+    for name, h in raw["latency"].items():
+        counts[name] = counts.get(name, 0) + h["count"]
+    return counts
+
+
+def path_exists(path: Path) -> bool:
+    """lstat succeeds (unlike Path.exists, any error but ENOENT is raised)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def two_mounts(base: Path) -> Iterator[tuple[Mount, Path, Path]]:
+    """A 3-node dev cluster in ``base`` with two mounts, "a" and "b"."""
+    assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
+    cluster = Mount(base, "a")
+    other = Mount(base, "b")
+    other.dir = cluster.dir
+    try:
+        cluster.up()
+        a = cluster.mount()
+        b = other.mount()
+        yield cluster, a, b
+    finally:
+        other.unmount()
+        cluster.cleanup()
 
 
 def fuse_available() -> bool:

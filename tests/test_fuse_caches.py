@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from fuse_mount import Mount, fuse_available
+from fuse_mount import Mount, two_mounts
+from fuse_mount import mount_stats as stats
+from fuse_mount import path_exists as exists
 from prismfs.errors import NotFound
 from prismfs.meta.commands import ROOT_INO
 
@@ -32,27 +34,8 @@ SYS_GETDENTS64 = 217  # x86_64
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, Path, Path]]:
-    assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
-    base = tmp_path_factory.mktemp("caches")
-    cluster = Mount(base, "a")
-    other = Mount(base, "b")
-    other.dir = cluster.dir
-    try:
-        cluster.up()
-        a = cluster.mount()
-        b = other.mount()
-        yield cluster, a, b
-    finally:
-        other.unmount()
-        cluster.cleanup()
-
-
-def stats(point: Path) -> dict[str, int]:
-    raw = json.loads(os.getxattr(point, "user.prismfs.stats"))
-    counts = dict(raw["counts"])
-    for name, h in raw["latency"].items():
-        counts[name] = counts.get(name, 0) + h["count"]
-    return counts
+    with two_mounts(tmp_path_factory.mktemp("caches")) as mounts:
+        yield mounts
 
 
 def reset(point: Path) -> None:
@@ -86,14 +69,6 @@ def eventually(check, seconds: float) -> float:  # type: ignore[no-untyped-def]
         assert time.monotonic() - start < seconds, "not within the bound"
         time.sleep(0.05)
     return time.monotonic() - start
-
-
-def exists(path: Path) -> bool:
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 # --- negative entries --------------------------------------------------------------------

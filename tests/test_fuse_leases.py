@@ -16,56 +16,24 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from fuse_mount import Mount, fuse_available
+from crash_workload import fsync_dir
+from fuse_mount import Mount, two_mounts
+from fuse_mount import mount_stats as stats
+from fuse_mount import path_exists as exists
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, Path, Path]]:
-    assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
-    base = tmp_path_factory.mktemp("leases")
-    cluster = Mount(base, "a")
-    other = Mount(base, "b")
-    other.dir = cluster.dir
-    try:
-        cluster.up()
-        a = cluster.mount()
-        b = other.mount()
-        yield cluster, a, b
-    finally:
-        other.unmount()
-        cluster.cleanup()
-
-
-def stats(point: Path) -> dict[str, int]:
-    raw = json.loads(os.getxattr(point, "user.prismfs.stats"))
-    counts = dict(raw["counts"])
-    for name, h in raw["latency"].items():
-        counts[name] = counts.get(name, 0) + h["count"]
-    return counts
+    with two_mounts(tmp_path_factory.mktemp("leases")) as mounts:
+        yield mounts
 
 
 def reset(point: Path) -> None:
     os.setxattr(point, "user.prismfs.sync", b"1")
     time.sleep(0.3)
     os.setxattr(point, "user.prismfs.stats", b"reset")
-
-
-def exists(path: Path) -> bool:
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def test_a_mount_alone_in_a_directory_answers_its_lookups_itself(
@@ -223,7 +191,7 @@ def test_after_the_leader_is_killed_no_mount_answers_from_an_old_lease(
         )
         leader = json.loads(status.stdout)["health"]["leader"]
         victim = next(n for n in nodes if n["id"] == leader)
-        os.kill(int(victim["pid"]), signal.SIGKILL)  # the grant dies with it
+        os.kill(int(str(victim["pid"])), signal.SIGKILL)  # the grant dies with it
         (b / "kept" / "x").write_bytes(b"after")  # through the new leader
         # The new leader waited out every lease the old one may have granted.
         assert (a / "kept" / "x").read_bytes() == b"after"
