@@ -382,7 +382,8 @@ class DirLeases:
         delay = 0.1
         while True:
             try:
-                recalls = await self.meta.poll_recalls(acks, POLL_S)
+                wait = min(POLL_S, self.meta.attempt_timeout / 2)  # answered within an attempt
+                recalls = await self.meta.poll_recalls(acks, wait)
             except PrismError as exc:
                 log.debug("lease poll: %s", exc.message)
                 await trio.sleep(delay)
