@@ -293,6 +293,8 @@ class DirLeases:
     def changing(self, ops: Sequence[MetaCommand]) -> None:
         for key in self._keys(ops):
             self.held.changing(key)
+        # (`changed` computes the same keys again: the copies it looks at
+        # are hidden meanwhile, so the answer is the same)
 
     def changed(
         self,
@@ -302,6 +304,9 @@ class DirLeases:
         sent_at: float,
     ) -> None:
         by_key = {g.key: g for g in grants}
+        keys = self._keys(ops)
+        if not keys and not by_key and not any(isinstance(op, UpdateAtime) for op in ops):
+            return  # (opens, releases, data commits: nothing leased)
         decoded = [_decode(r) for r in results] if results is not None else None
         for op in ops:
             if isinstance(op, UpdateAtime):  # not leased: kept right in this mount's copy
@@ -310,7 +315,7 @@ class DirLeases:
                 if isinstance(copy, DirCopy) and copy.attr is not None:
                     atime = max(copy.attr.atime_ns, op.atime_ns)
                     copy.attr = msgspec.structs.replace(copy.attr, atime_ns=atime)
-        for key in self._keys(ops) | set(by_key):
+        for key in keys | set(by_key):
             grant = by_key.get(key)
             if grant is None or grant.continues == (0, 0) or decoded is None:
                 self.held.changed(key)

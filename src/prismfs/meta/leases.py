@@ -350,6 +350,7 @@ class Keys:
     shared: set[int] = field(default_factory=set)
     exclusive: set[int] = field(default_factory=set)
     lookups: list[tuple[int, bytes]] = field(default_factory=list)  # names whose inode is a key
+    mkdirs: bool = False  # it makes directories (each comes with a first grant)
 
     def all(self) -> set[int]:
         return self.shared | self.exclusive
@@ -367,6 +368,7 @@ def command_keys(cmd: object) -> Keys:
 def _add_keys(keys: Keys, cmd: object) -> None:
     if isinstance(cmd, (Mknod, Mkdir, Symlink, Unlink)):
         keys.shared.add(cmd.parent)
+        keys.mkdirs = keys.mkdirs or isinstance(cmd, Mkdir)
     elif isinstance(cmd, Link):
         keys.shared.update((cmd.new_parent, cmd.ino))
     elif isinstance(cmd, (SetAttr, SetXattr, RemoveXattr)):

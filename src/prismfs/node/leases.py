@@ -67,11 +67,14 @@ MAX_POLL_S = 30.0
 class Change:
     """One command between `LeaseService.begin` and its end."""
 
-    def __init__(self, service: LeaseService, holder: str, keys: set[int], cmd: object) -> None:
+    def __init__(
+        self, service: LeaseService, holder: str, keys: set[int], cmd: object, mkdirs: bool
+    ) -> None:
         self._service = service
         self.holder = holder
         self.keys = keys
         self._cmd = cmd
+        self._mkdirs = mkdirs
         self._term = service.table.term
         self._done = False
 
@@ -92,7 +95,7 @@ class Change:
             if continued is not None:
                 (term, seq), (old_term, old_seq) = continued[1], continued[0]
                 grants.append(LeaseGrant(key, term, seq, table.seconds, (old_term, old_seq)))
-        if self.holder:
+        if self.holder and self._mkdirs:
             for ino in _new_directories(self._cmd, result):
                 gid = table.grant(ino, self.holder, now)
                 if gid is not None:
@@ -123,6 +126,14 @@ def _new_directories(cmd: object, result: bytes) -> list[int]:
             out += _new_directories(decode_message(raw), one)
         return out
     return []
+
+
+_REFUSED = b"\xa1t\xaaMetaFailed"  # the tag of `MetaFailed`, first in its encoding
+
+
+def _refused(result: bytes) -> bool:
+    """Whether ``result`` is a `MetaFailed`, from its first bytes."""
+    return result[1:14] == _REFUSED
 
 
 def _decode(raw: bytes) -> object:
@@ -179,14 +190,14 @@ class LeaseService:
             return None
         q = _decode(op)
         if isinstance(q, (Lookup, ReadDir, GetAttr)):
-            answer = _decode(result)
+            answer = None if isinstance(q, ReadDir) else _decode(result)
             if isinstance(q, Lookup):
                 key = q.parent
                 ok = isinstance(answer, MetaOk) or (
                     isinstance(answer, MetaFailed) and answer.code == "not_found"
                 )
             elif isinstance(q, ReadDir):
-                key, ok = q.ino, not isinstance(answer, MetaFailed)
+                key, ok = q.ino, not _refused(result)  # (a page is not decoded again)
             else:
                 key = q.ino
                 ok = (
@@ -224,7 +235,7 @@ class LeaseService:
                     break
                 self.unlock(keys.all())
             await self._unlocked.wait()
-        change = Change(self, holder, keys.all(), cmd)
+        change = Change(self, holder, keys.all(), cmd, keys.mkdirs)
         try:
             await self._recall_and_wait(holder, change.keys)
         except BaseException:
