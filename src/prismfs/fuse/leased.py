@@ -122,6 +122,7 @@ class DirLeases:
         self.held = HeldLeases()
         self._session = meta.session
         self.recalls = 0
+        self._dirs: set[int] = set()  # inodes seen to be directories
 
     # --- answers from the copies ------------------------------------------------------
 
@@ -174,6 +175,17 @@ class DirLeases:
         got = self._copy(key, now)
         return 0.0 if got is None else max(0.0, got[1])
 
+    def is_dir(self, ino: int) -> bool:
+        """Whether ``ino`` was seen to be a directory (a getattr of anything
+        else asks without naming this mount: files are not leased)."""
+        return ino in self._dirs
+
+    def saw(self, attr: Attr) -> None:
+        if stat.S_ISDIR(attr.mode):
+            if len(self._dirs) > MAX_NAMES:
+                self._dirs.clear()
+            self._dirs.add(attr.ino)
+
     def dir_attr(self, ino: int, now: float) -> tuple[Attr, float] | None:
         got = self._copy(ino, now)
         if got is None or got[0].attr is None:
@@ -203,6 +215,7 @@ class DirLeases:
         attr: Attr | None = None
         if not (isinstance(result, MetaFailed) and result.code == "not_found"):
             attr = _attr(decode_result(raw))
+            self.saw(attr)
         left = self._keep(
             parent, grant, DirCopy(names={name: None if attr is None else (attr, sent)}), sent, mark
         )
@@ -244,6 +257,8 @@ class DirLeases:
         if not isinstance(page, DirPage):
             raise TypeError(f"expected DirPage, got {type(page).__name__}")
         copy = DirCopy(names={e.name: (e.attr, sent) for e in page.entries})
+        for e in page.entries:
+            self.saw(e.attr)
         last = page.entries[-1].cookie if page.entries else cookie
         before = self.held.gid_of(ino)
         if cookie == 0:
@@ -335,6 +350,7 @@ class DirLeases:
                 continue
             attr = _created_attr(grant.key, decoded)
             if attr is not None:
+                self.saw(attr)
                 self.held.granted(
                     grant.key,
                     DirCopy(complete=True, listed_to=0, attr=attr),

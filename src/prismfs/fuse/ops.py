@@ -319,10 +319,12 @@ class PrismOperations(DeferredWork):
             e = self._entry(recent[1])
             e.attr_timeout = max(0.0, self.opts.attr_timeout - (now - recent[0]))
             return e
-        if self._leases is not None:
+        if self._leases is not None and self._leases.is_dir(inode):
             attr, _ = await self._leases.getattr(inode)
         else:
             attr = await self.meta.getattr(inode)
+            if self._leases is not None:
+                self._leases.saw(attr)
         self._recent.put(attr, now)
         return self._entry(attr)
 

@@ -136,6 +136,11 @@ def _refused(result: bytes) -> bool:
     return result[1:14] == _REFUSED
 
 
+def _not_found(result: bytes) -> bool:
+    answer = _decode(result)
+    return isinstance(answer, MetaFailed) and answer.code == "not_found"
+
+
 def _decode(raw: bytes) -> object:
     try:
         return decode_message(raw)
@@ -190,15 +195,14 @@ class LeaseService:
             return None
         q = _decode(op)
         if isinstance(q, (Lookup, ReadDir, GetAttr)):
-            answer = None if isinstance(q, ReadDir) else _decode(result)
+            # (answers are decoded only where their first bytes cannot tell)
             if isinstance(q, Lookup):
                 key = q.parent
-                ok = isinstance(answer, MetaOk) or (
-                    isinstance(answer, MetaFailed) and answer.code == "not_found"
-                )
+                ok = not _refused(result) or _not_found(result)
             elif isinstance(q, ReadDir):
-                key, ok = q.ino, not _refused(result)  # (a page is not decoded again)
+                key, ok = q.ino, not _refused(result)
             else:
+                answer = _decode(result)
                 key = q.ino
                 ok = (
                     isinstance(answer, MetaOk)
