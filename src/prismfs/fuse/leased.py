@@ -121,7 +121,6 @@ class DirLeases:
         self.stats = stats
         self.held = HeldLeases()
         self._session = meta.session
-        self.recalls = 0
         self._dirs: set[int] = set()  # inodes seen to be directories
 
     # --- answers from the copies ------------------------------------------------------
@@ -420,7 +419,6 @@ class DirLeases:
             for key, term, seq in recalls:
                 peek = self.held.peek(key)
                 self.held.recall(key, (term, seq))
-                self.recalls += 1
                 self.stats.count("leases.recalls")
                 if peek is not None and isinstance(peek[0], DirCopy):
                     todo.append((key, peek[0]))
@@ -440,13 +438,9 @@ def _invalidate(todo: list[tuple[int, DirCopy]]) -> None:
     for key, copy in todo:
         for name in list(copy.told):
             with contextlib.suppress(OSError):
-                pyfuse3.invalidate_entry(key, _to_mount(name))
+                pyfuse3.invalidate_entry(key, name)
         with contextlib.suppress(OSError):
             pyfuse3.invalidate_inode(key, attr_only=True)
-
-
-def _to_mount(name: bytes) -> bytes:
-    return name  # the namespace's names are the mount's (see `prismfs.fuse.ops`)
 
 
 def _decode(raw: bytes) -> object:
