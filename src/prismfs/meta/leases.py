@@ -54,6 +54,33 @@ A repeated grant to a holder whose lease the leader still counts, with no
 change since, keeps the grant's id (`grant`): the holder may then add what
 it learns to what it already holds under that id.
 
+Exclusive leases (*delegations*, for write-back). A holder that asks for it
+and would be the key's only holder gets its lease exclusive: it may then
+change the key in its own copy, answer at once, and send the changes later
+(*flush*). Four more rules keep that linearizable for everybody else:
+
+* Nobody else reads the key at the leader while it is delegated: such a
+  read first recalls the delegate (`begin_read`, the same wait as a change's)
+  and the delegate flushes before it acknowledges, so the read sees every
+  change the delegate acknowledged to its own callers.
+* A flush is applied only while the leader still counts the delegation it
+  was made under (`delegation`: the same grant id; a recalled delegate
+  counts until it acknowledged), in the
+  delegate's order and without waiting behind the change that recalled it
+  (that one waits for the acknowledgement, which comes after the flush).
+  A flush the leader refuses is lost with everything queued after it: the
+  delegate lost a suffix of its acknowledged changes, as a local file system
+  loses what was not fsynced in a crash, and says so (EIO on fsync). A late
+  flush applied anyway would be worse: others would have read the key
+  without it after it was acknowledged.
+* A new leader knows no delegation, so it refuses every flush of one the old
+  leader granted (the rule above): what a delegate had not flushed when
+  the leader changed is lost, and reads need not wait for it.
+* A delegation recalled for someone else's read or change makes the key
+  shared for ``pingpong_s`` (no exclusive grants): two mounts working in one
+  directory fall back to the synchronous way instead of trading the
+  delegation back and forth.
+
 Both classes are pure: the caller passes the time and carries the messages.
 The deterministic simulation in `prismfs.sim.leases` drives them through
 delays, reordering, loss, partitions, pauses, clock-rate skew and leader
@@ -100,17 +127,22 @@ class _Key:
     pending: int = 0  # changes waiting for recalls
     continuing: dict[str, GrantId] = field(default_factory=dict)
     # writer -> its grant, still good when its change began with none pending
+    delegate: str | None = None  # the holder whose grant is exclusive
+    shared_until: float = 0.0  # no exclusive grants before (ping-pong fallback)
 
 
 class LeaseTable:
     """The leader's side: who holds a lease on which key (soft state, lost with
     the leader: a new leader starts blind, see `start`)."""
 
-    def __init__(self, seconds: float, drift: float = DRIFT) -> None:
+    def __init__(
+        self, seconds: float, drift: float = DRIFT, pingpong_s: float | None = None
+    ) -> None:
         if seconds <= 0 or not 0 <= drift < 1:
             raise ValueError("a lease lasts a positive time and drift is in [0, 1)")
         self.seconds = seconds
         self.drift = drift
+        self.pingpong_s = 2 * seconds if pingpong_s is None else pingpong_s
         self.term = 0
         self.blind_until = 0.0
         self._seq = 0
@@ -124,11 +156,20 @@ class LeaseTable:
         self._keys.clear()
         self.blind_until = now + self.seconds * (1 + self.drift)
 
-    def grant(self, key: Hashable, holder: str, now: float) -> GrantId | None:
+    def grant(
+        self, key: Hashable, holder: str, now: float, exclusive: bool = False
+    ) -> GrantId | None:
         """A lease on ``key`` for ``holder``, given with a read answered at
-        ``now``; None while a change to ``key`` is pending."""
+        ``now``; None while a change to ``key`` is pending or another holder
+        has it delegated (`begin_read` first). With ``exclusive`` the lease
+        is a delegation if ``holder`` is the only holder and the key is not
+        in its ping-pong time (`delegate_of` tells); a delegation stays one
+        when renewed."""
         state = self._keys.setdefault(key, _Key())
         if state.pending:
+            return None
+        delegate = self.delegate_of(key, now)
+        if delegate is not None and delegate != holder:
             return None
         until = now + self.seconds * (1 + self.drift)
         held = state.holders.get(holder)
@@ -138,7 +179,47 @@ class LeaseTable:
             self._seq += 1
             gid = (self.term, self._seq)
         state.holders[holder] = (gid, until)
+        if (
+            exclusive
+            and delegate is None
+            and now >= state.shared_until
+            and all(u <= now for h, (_, u) in state.holders.items() if h != holder)
+        ):
+            state.delegate = holder
         return gid
+
+    def delegate_of(self, key: Hashable, now: float) -> str | None:
+        """The holder ``key`` is delegated to (its lease exclusive and, as
+        far as this leader knows, not over: a recalled delegate counts until
+        it acknowledged), if any."""
+        state = self._keys.get(key)
+        if state is None or state.delegate is None:
+            return None
+        held = state.holders.get(state.delegate)
+        if held is None or held[1] <= now:
+            state.delegate = None
+            return None
+        return state.delegate
+
+    def delegation(self, key: Hashable, now: float) -> tuple[str, GrantId] | None:
+        """(delegate, its grant's id) of ``key``, as `delegate_of`. A flush is
+        applied only under the grant it was made under: a new delegation
+        to the same holder (after a leader change, say) may come after
+        others read the key without the flushed changes."""
+        delegate = self.delegate_of(key, now)
+        if delegate is None:
+            return None
+        return delegate, self._keys[key].holders[delegate][0]
+
+    def begin_read(self, key: Hashable, reader: str, now: float) -> dict[str, GrantId] | None:
+        """A read of ``key`` by ``reader`` (a mount, or "" for anyone else)
+        at the leader. None if it may be answered at once; else the key is
+        delegated to another holder: the holders to recall, and the read
+        waits (`ready_at`) and ends with `end_change` like a change."""
+        delegate = self.delegate_of(key, now)
+        if delegate is None or delegate == reader:
+            return None
+        return self.begin_change(key, reader, now)
 
     def begin_change(self, key: Hashable, writer: str, now: float) -> dict[str, GrantId]:
         """A change to ``key`` by ``writer`` starts: no grants on it until
@@ -146,7 +227,11 @@ class LeaseTable:
         grant id to recall (the writer's own lease is dropped: its change
         makes its copy old, and it knows)."""
         state = self._keys.setdefault(key, _Key())
+        if self.delegate_of(key, now) not in (None, writer):
+            state.shared_until = now + self.pingpong_s  # a conflict: shared for a while
         own = state.holders.pop(writer, None)
+        if state.delegate == writer:
+            state.delegate = None
         if own is not None and own[1] > now and not state.pending:
             state.continuing[writer] = own[0]
         state.pending += 1
@@ -166,6 +251,8 @@ class LeaseTable:
         held = state.holders.get(holder)
         if held is not None and held[0] <= gid:
             del state.holders[holder]
+            if state.delegate == holder:
+                state.delegate = None
 
     def ready_at(self, key: Hashable, now: float) -> float:
         """When a pending change to ``key`` may be applied: ``now`` once every
@@ -196,7 +283,7 @@ class LeaseTable:
             continued = (own, gid)
         if not state.pending:
             state.continuing.clear()
-            if not state.holders:
+            if not state.holders and state.shared_until <= (now or 0.0):
                 del self._keys[key]
         return continued
 
@@ -210,6 +297,7 @@ class _Held:
     value: object
     gid: GrantId
     until: float  # on the holder's clock
+    exclusive: bool = False  # a delegation: this mount may change the copy
 
 
 class HeldLeases:
@@ -270,6 +358,7 @@ class HeldLeases:
             return False
         held.gid = continued[1]
         held.until = max(held.until, sent_at + seconds * (1 - self.drift))
+        held.exclusive = False  # a continuation is shared
         return True
 
     def granted(
@@ -281,12 +370,14 @@ class HeldLeases:
         sent_at: float,
         mark: int,
         merge: Callable[[object, object], object] | None = None,
+        exclusive: bool = False,
     ) -> bool:
         """Keep ``value`` under the lease ``gid`` from a read sent at ``sent_at``
         (this clock) with `mark` ``mark``, unless a recall already covered it
         or a change of this mount overlapped the read; True if kept. A grant
         with the id of the one held renews it, and ``merge(held, value)``
-        (if given) becomes the value: both describe the same state."""
+        (if given) becomes the value: both describe the same state.
+        ``exclusive``: the leader delegated the key (`LeaseTable.grant`)."""
         if self._changing.get(key) or self._changes.get(key, 0) != mark:
             return False
         recalled = self._recalled.get(key)
@@ -298,11 +389,34 @@ class HeldLeases:
             return False  # a newer grant is here already
         if held is not None and held.gid == gid:
             held.until = max(held.until, until)  # the same lease, renewed
+            held.exclusive = held.exclusive or exclusive  # (a delegation stays one)
             if merge is not None:
                 held.value = merge(held.value, value)
             return True
-        self._held[key] = _Held(value, gid, until)
+        self._held[key] = _Held(value, gid, until, exclusive)
         return True
+
+    def delegated(self, key: Hashable, now: float, margin: float = 0.0) -> bool:
+        """Whether this mount may change ``key`` in its copy now (write-back):
+        its lease is exclusive and lasts ``margin`` longer (time to flush
+        before the leader stops counting it), and no change of its own to
+        it is on its way the synchronous way."""
+        held = self._held.get(key)
+        return (
+            held is not None
+            and held.exclusive
+            and now + margin < held.until
+            and not self._changing.get(key)
+        )
+
+    def write_local(self, key: Hashable, apply: Callable[[object], object]) -> None:
+        """A change of this mount under its delegation of ``key``: its copy
+        becomes ``apply(copy)`` (the change itself is flushed later)."""
+        held = self._held[key]
+        held.value = apply(held.value)
+        # A read in flight was answered without it: its grant must not
+        # replace this copy (the model found this one).
+        self._changes[key] = self._changes.get(key, 0) + 1
 
     def get(self, key: Hashable, now: float) -> tuple[bool, object]:
         """(True, the value) while the lease on ``key`` lasts and no change of
