@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from prismfs.errors import NotLeader
+from prismfs.errors import DelegationLost, NotLeader
 from prismfs.meta.commands import (
     Attr,
     GetAttr,
@@ -225,5 +225,102 @@ def test_recalls_are_not_kept_for_a_mount_that_stopped_polling() -> None:
         assert change is not None
         assert "gone" not in s._recalls  # nothing queued that nobody fetches
         assert trio.current_time() - start == pytest.approx(S * (1 + DRIFT), abs=0.01)
+
+    run(main)
+
+
+# --- delegations ---------------------------------------------------------------------------
+
+
+def test_a_read_of_a_delegated_directory_waits_for_the_delegate_to_flush() -> None:
+    async def main() -> None:
+        s = leader()
+        g = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)
+        assert g is not None and g.exclusive
+        # a second holder's grant is never exclusive while the first one counts
+        assert s.grant(encode_message(GetAttr(7)), ok(attr(7)), "owner", True).exclusive  # type: ignore[union-attr]
+        op = lookup(7)
+        assert not s.read_blocked(op, "owner") and s.read_blocked(op, "reader")
+        assert s.read_blocked(encode_message(ReadDir(7)), "")  # the CLI too
+        flushed: list[float] = []
+        read: list[float] = []
+
+        async def reader() -> None:
+            await s.before_read(op, "reader")
+            read.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            recalls = await s._on_poll(LeasePoll("owner", (), 5.0), None)  # type: ignore[arg-type]
+            assert recalls.recalls == ((7, g.term, g.seq),)
+            # Recalled, the owner flushes: its delegation still counts for that.
+            delegated = ((7, g.term, g.seq),)
+            flush = encode_message(Mknod(0, 7, b"new", FILE, 0, 0))
+            assert await s.begin("owner", flush, delegated) is None  # passes at once
+            flushed.append(trio.current_time())
+            await trio.sleep(0.2)
+            assert not read
+            with trio.move_on_after(1):
+                await s._on_poll(LeasePoll("owner", recalls.recalls, 5.0), None)  # type: ignore[arg-type]
+        assert read and read[0] >= flushed[0] + 0.2
+        # the conflict made the directory shared for a while: no ping-pong
+        again = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)
+        assert again is not None and not again.exclusive
+
+    run(main)
+
+
+def test_a_flush_under_a_delegation_that_ended_is_refused() -> None:
+    async def main() -> None:
+        s = leader()
+        g = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)
+        assert g is not None and g.exclusive
+        flush = encode_message(Mknod(0, 7, b"new", FILE, 0, 0))
+        await trio.sleep(S * (1 + DRIFT) + 0.1)  # its lease surely ended
+        with pytest.raises(DelegationLost):
+            await s.begin("owner", flush, ((7, g.term, g.seq),))
+        # a new delegation to the same mount does not take the old one's flush
+        g2 = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)
+        assert g2 is not None and g2.exclusive and (g2.term, g2.seq) != (g.term, g.seq)
+        with pytest.raises(DelegationLost):
+            await s.begin("owner", flush, ((7, g.term, g.seq),))
+        assert await s.begin("owner", flush, ((7, g2.term, g2.seq),)) is None
+        # nor does another mount's
+        with pytest.raises(DelegationLost):
+            await s.begin("other", flush, ((7, g2.term, g2.seq),))
+        # a new leader knows no delegation
+        s.start(term=2)
+        with pytest.raises(DelegationLost):
+            await s.begin("owner", flush, ((7, g2.term, g2.seq),))
+
+    run(main)
+
+
+def test_a_delegates_flush_passes_a_rename_that_locked_its_directory_and_waits_for_it() -> None:
+    async def main() -> None:
+        ns = FakeNamespace()
+        s = leader(ns)
+        g = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)
+        assert g is not None and g.exclusive
+        renamed: list[float] = []
+
+        async def rename() -> None:
+            change = await s.begin("other", encode_message(Rename(0, 7, b"a", 8, b"b")))
+            assert change is not None
+            renamed.append(trio.current_time())
+            change.finish(ok())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rename)
+            recalls = await s._on_poll(LeasePoll("owner", (), 5.0), None)  # type: ignore[arg-type]
+            # directory 7 is locked exclusively by the waiting rename; the
+            # owner's flush must not wait behind it (it would wait for itself)
+            flush = encode_message(Mknod(0, 7, b"a", FILE, 0, 0))
+            with trio.fail_after(0.1):
+                assert await s.begin("owner", flush, ((7, g.term, g.seq),)) is None
+            assert not renamed
+            with trio.move_on_after(1):
+                await s._on_poll(LeasePoll("owner", recalls.recalls, 5.0), None)  # type: ignore[arg-type]
+        assert renamed
 
     run(main)

@@ -321,6 +321,14 @@ class CorruptShard(PrismError):
     errno = _errno.EIO
 
 
+class DelegationLost(PrismError):
+    """Changes this mount acknowledged under a directory delegation reached the
+    leader after the delegation ended, and were not applied (EIO)."""
+
+    code = "delegation_lost"
+    errno = _errno.EIO
+
+
 class SessionExpired(PrismError):
     """The client session is unknown or its lease ran out; open files were released."""
 

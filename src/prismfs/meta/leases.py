@@ -147,6 +147,7 @@ class LeaseTable:
         self.blind_until = 0.0
         self._seq = 0
         self._keys: dict[Hashable, _Key] = {}
+        self.delegations = 0  # keys delegated now (or until `delegate_of` sees them end)
 
     def start(self, term: int, now: float) -> None:
         """This node became leader of ``term`` at ``now``: it knows no lease,
@@ -154,6 +155,7 @@ class LeaseTable:
         self.term = term
         self._seq = 0
         self._keys.clear()
+        self.delegations = 0
         self.blind_until = now + self.seconds * (1 + self.drift)
 
     def grant(
@@ -185,6 +187,8 @@ class LeaseTable:
             and now >= state.shared_until
             and all(u <= now for h, (_, u) in state.holders.items() if h != holder)
         ):
+            if state.delegate is None:
+                self.delegations += 1
             state.delegate = holder
         return gid
 
@@ -198,6 +202,7 @@ class LeaseTable:
         held = state.holders.get(state.delegate)
         if held is None or held[1] <= now:
             state.delegate = None
+            self.delegations -= 1
             return None
         return state.delegate
 
@@ -230,8 +235,9 @@ class LeaseTable:
         if self.delegate_of(key, now) not in (None, writer):
             state.shared_until = now + self.pingpong_s  # a conflict: shared for a while
         own = state.holders.pop(writer, None)
-        if state.delegate == writer:
+        if state.delegate is not None and state.delegate == writer:
             state.delegate = None
+            self.delegations -= 1
         if own is not None and own[1] > now and not state.pending:
             state.continuing[writer] = own[0]
         state.pending += 1
@@ -251,8 +257,9 @@ class LeaseTable:
         held = state.holders.get(holder)
         if held is not None and held[0] <= gid:
             del state.holders[holder]
-            if state.delegate == holder:
+            if state.delegate is not None and state.delegate == holder:
                 state.delegate = None
+                self.delegations -= 1
 
     def ready_at(self, key: Hashable, now: float) -> float:
         """When a pending change to ``key`` may be applied: ``now`` once every

@@ -49,11 +49,13 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from prismfs.errors import (
     DeadlineExceeded,
+    DelegationLost,
     InvalidArgument,
     NotLeader,
     PrismError,
@@ -74,7 +76,7 @@ from prismfs.node.consensus_messages import (
     RaftStatusReply,
     TransferLeadership,
 )
-from prismfs.node.leases import Change, LeaseService
+from prismfs.node.leases import Change, LeaseService, is_lookup
 from prismfs.raft.core import RaftNode
 from prismfs.raft.durable_log import DurableLog
 from prismfs.raft.lease import LeaderLease, lease_seconds
@@ -481,34 +483,50 @@ class Consensus:
     # --- services ------------------------------------------------------------------------
 
     async def propose(
-        self, client: str, seq: int, op: bytes, timeout: float | None = None, holder: str = ""
+        self,
+        client: str,
+        seq: int,
+        op: bytes,
+        timeout: float | None = None,
+        holder: str = "",
+        delegated: tuple[tuple[int, int, int], ...] = (),
     ) -> Proposed:
         """Apply ``op`` through the log, on whichever node leads. On the leader
-        a change of directories passes the lease gate first (recalls)."""
+        a change of directories passes the lease gate first (recalls); a
+        flush made under ``delegated`` is appended only while those
+        delegations hold (checked again right before the append)."""
         if self._check_command is not None:
             self._check_command(op)  # bad input never reaches the log
         core = self._require_core()
         if core.role != Role.LEADER:
-            return await self._forward(Propose(client, seq, op, holder), timeout)
+            forwarded: Proposed = await self._forward(
+                Propose(client, seq, op, holder, delegated), timeout
+            )
+            return forwarded
         command = client_command(client, seq, op)
         change = None
+        if delegated and (self.leases is None or not self.leases.enabled):
+            raise DelegationLost("this cluster grants no delegations (leases are off)")
         if self.leases is not None:
             seconds = self.cfg.call_timeout if timeout is None else timeout
             with trio.move_on_after(seconds if seconds > 0 else math.inf) as scope:
-                change = await self.leases.begin(holder, op)
+                change = await self.leases.begin(holder, op, delegated)
             if scope.cancelled_caught:
                 raise DeadlineExceeded(f"recalls for a change not done within {seconds:g}s")
+        leases = self.leases
+
+        def append(core: RaftNode) -> int:
+            if delegated and leases is not None:
+                leases.check_delegated(holder, delegated)
+            return core.propose(command)
+
         if change is None:
-            waiter = await self._append_and_wait(
-                lambda core: core.propose(command), timeout, "proposal"
-            )
+            waiter = await self._append_and_wait(append, timeout, "proposal")
             return Proposed(waiter.index, waiter.result)
         waiter = _Waiter()
         grants: tuple[LeaseGrant, ...] = ()
         try:
-            waiter = await self._append_and_wait(
-                lambda core: core.propose(command), timeout, "proposal", waiter
-            )
+            waiter = await self._append_and_wait(append, timeout, "proposal", waiter)
         finally:
             if waiter.done.is_set():
                 if waiter.error is None:
@@ -557,14 +575,39 @@ class Consensus:
         await self._wait(waiter, timeout, what)
         return waiter
 
-    async def query(self, op: bytes, timeout: float | None = None, holder: str = "") -> QueryResult:
+    async def query(
+        self, op: bytes, timeout: float | None = None, holder: str = "", exclusive: bool = False
+    ) -> QueryResult:
         """A linearizable read: under the leader lease, from this state as soon as it
         applied the commit index; otherwise after a ReadIndex round. With
-        ``holder``, the leader may grant that mount a lease with the answer."""
+        ``holder``, the leader may grant that mount a lease with the answer
+        (a delegation, with ``exclusive``). A read of a directory another
+        mount holds delegated first recalls it (the holder flushes)."""
         if self._check_query is not None:
             self._check_query(op)
         if self._query is None:
             raise InvalidArgument("this state machine serves no queries")
+        core = self.core
+        leases = self.leases
+        if leases is not None and leases.enabled:
+            if core is not None and core.role != Role.LEADER:
+                # Only the leader knows which directories are delegated.
+                result: QueryResult = await self._forward(Query(op, holder, exclusive), timeout)
+                return result
+            if leases.read_blocked(op, holder):
+                await leases.before_read(op, holder)
+        answer = await self._query_now(op, timeout, holder, exclusive)
+        if leases is not None and leases.enabled:
+            ino = leases.blocked_inode(answer.result, holder) if is_lookup(op) else None
+            if ino is not None:
+                await leases.before_read(op, holder, (ino,))
+                answer = await self._query_now(op, timeout, holder, exclusive)
+        return answer
+
+    async def _query_now(
+        self, op: bytes, timeout: float | None, holder: str, exclusive: bool
+    ) -> QueryResult:
+        assert self._query is not None
         core = self.core
         if core is not None and self._lease_valid():
             index = core.commit
@@ -572,7 +615,7 @@ class Consensus:
                 waiter = _Waiter(index=index)
                 self._read_waiting.append(waiter)
                 await self._wait(waiter, timeout, "read")
-            answer = self._lease_read(index, op, holder)
+            answer = self._lease_read(index, op, holder, exclusive)
             if answer is not None:
                 return answer
         self.stats.count("raft.read_index")
@@ -595,12 +638,14 @@ class Consensus:
         start = trio.current_time()
         result = self._query(op)
         self.stats.observe("raft.query", trio.current_time() - start)
-        return QueryResult(waiter.index, result, self._grant(op, result, holder))
+        return QueryResult(waiter.index, result, self._grant(op, result, holder, exclusive))
 
-    def _grant(self, op: bytes, result: bytes, holder: str) -> LeaseGrant | None:
+    def _grant(
+        self, op: bytes, result: bytes, holder: str, exclusive: bool = False
+    ) -> LeaseGrant | None:
         if not holder or self.leases is None or not self._is_leader():
             return None
-        return self.leases.grant(op, result, holder)
+        return self.leases.grant(op, result, holder, exclusive)
 
     def _is_leader(self) -> bool:
         return self.core is not None and self.core.role == Role.LEADER
@@ -659,8 +704,8 @@ class Consensus:
             raise waiter.error
 
     async def _forward(
-        self, request: Propose | ChangeMembership, timeout: float | None
-    ) -> Proposed:
+        self, request: Propose | ChangeMembership | Query, timeout: float | None
+    ) -> Any:
         core = self._require_core()
         leader = core.leader
         address = self._address_of(leader) if leader else ""
@@ -682,7 +727,7 @@ class Consensus:
                 f"leader {leader} was replaced while the request was forwarded; retry",
                 leader=self._known_leader or None,
             )
-        return reply.message  # type: ignore[return-value]
+        return reply.message
 
     def _require_core(self) -> RaftNode:
         if self.core is None:
@@ -692,10 +737,16 @@ class Consensus:
     # --- RPC handlers --------------------------------------------------------------------
 
     async def _on_propose(self, request: Propose, call: Call) -> Proposed:
-        return await self.propose(request.client, request.seq, request.op, holder=request.holder)
+        return await self.propose(
+            request.client,
+            request.seq,
+            request.op,
+            holder=request.holder,
+            delegated=request.delegated,
+        )
 
     async def _on_query(self, request: Query, call: Call) -> QueryResult:
-        return await self.query(request.op, holder=request.holder)
+        return await self.query(request.op, holder=request.holder, exclusive=request.exclusive)
 
     def _on_query_now(self, request: Query, call: Call) -> QueryResult | None:
         """A read the leader answers under its lease without waiting for
@@ -707,9 +758,22 @@ class Consensus:
             return None
         if core.applied < core.commit:
             return None
-        return self._lease_read(core.commit, request.op, request.holder)
+        leases = self.leases
+        if leases is not None and leases.read_blocked(request.op, request.holder):
+            return None  # a recall first: the usual way
+        answer = self._lease_read(core.commit, request.op, request.holder, request.exclusive)
+        if (
+            answer is not None
+            and leases is not None
+            and is_lookup(request.op)
+            and leases.blocked_inode(answer.result, request.holder) is not None
+        ):
+            return None
+        return answer
 
-    def _lease_read(self, index: int, op: bytes, holder: str = "") -> QueryResult | None:
+    def _lease_read(
+        self, index: int, op: bytes, holder: str = "", exclusive: bool = False
+    ) -> QueryResult | None:
         assert self._query is not None
         start = trio.current_time()
         result = self._query(op)
@@ -719,7 +783,7 @@ class Consensus:
         if not self._lease_valid():
             return None
         self.stats.count("raft.lease_read")
-        return QueryResult(index, result, self._grant(op, result, holder))
+        return QueryResult(index, result, self._grant(op, result, holder, exclusive))
 
     async def _on_membership(self, request: ChangeMembership, call: Call) -> MembershipChanged:
         return await self.change_membership(request)

@@ -58,23 +58,29 @@ class LeaseGrant(ConsensusMessage, frozen=True):
     """A shared read lease on directory ``key`` (`prismfs.node.leases`): grant
     id ``(term, seq)``, good for ``seconds`` from when the request was sent.
     In a change's answer, ``continues`` names the grant of the writer it
-    continues ((0, 0): a new directory's first grant)."""
+    continues ((0, 0): a new directory's first grant). ``exclusive``: a
+    delegation (the mount may change the directory and flush later)."""
 
     key: U64
     term: U64
     seq: U64
     seconds: float
     continues: tuple[U64, U64] = (0, 0)
+    exclusive: bool = False
 
 
 class Propose(ConsensusMessage, frozen=True):
     """Apply ``op`` once (deduplicated by client and seq); answered after it is
-    applied. ``holder``: the mount (session) whose leases the change keeps."""
+    applied. ``holder``: the mount (session) whose leases the change keeps.
+    ``delegated``: ``(key, term, seq)`` of the delegations the change was
+    made under (a flush of write-back): applied only while each still holds,
+    else refused with `DelegationLost`."""
 
     client: str
     seq: U64
     op: bytes
     holder: str = ""
+    delegated: tuple[tuple[U64, U64, U64], ...] = ()
 
 
 class Proposed(ConsensusMessage, frozen=True):
@@ -85,10 +91,12 @@ class Proposed(ConsensusMessage, frozen=True):
 
 class Query(ConsensusMessage, frozen=True):
     """A linearizable read of the state machine (ReadIndex; not logged).
-    ``holder``: the mount that would take a lease with the answer."""
+    ``holder``: the mount that would take a lease with the answer. A read
+    of a directory another mount holds delegated waits for its recall."""
 
     op: bytes
     holder: str = ""
+    exclusive: bool = False  # the holder would take a delegation
 
 
 class QueryResult(ConsensusMessage, frozen=True):

@@ -40,12 +40,14 @@ from collections.abc import Iterable
 
 import trio
 
-from prismfs.errors import NotLeader
+from prismfs.errors import DelegationLost, NotLeader
 from prismfs.meta.commands import (
     Attr,
     Batch,
     BatchResults,
     GetAttr,
+    GetXattr,
+    ListXattr,
     Lookup,
     MetaFailed,
     MetaOk,
@@ -131,6 +133,14 @@ def _new_directories(cmd: object, result: bytes) -> list[int]:
 _REFUSED = b"\xa1t\xaaMetaFailed"  # the tag of `MetaFailed`, first in its encoding
 
 
+_LOOKUP = b"\xa1t\xa6Lookup"  # the tag of `Lookup`, first in its encoding
+
+
+def is_lookup(op: bytes) -> bool:
+    """Whether the query ``op`` is a `Lookup`, from its first bytes."""
+    return op[1:10] == _LOOKUP
+
+
 def _refused(result: bytes) -> bool:
     """Whether ``result`` is a `MetaFailed`, from its first bytes."""
     return result[1:14] == _REFUSED
@@ -139,6 +149,16 @@ def _refused(result: bytes) -> bool:
 def _not_found(result: bytes) -> bool:
     answer = _decode(result)
     return isinstance(answer, MetaFailed) and answer.code == "not_found"
+
+
+def _read_keys(q: object) -> tuple[int, ...]:
+    """The directories a read covers (a delegation of them must be recalled
+    first): the one looked up in, listed, or asked about by inode."""
+    if isinstance(q, Lookup):
+        return (q.parent,)
+    if isinstance(q, (ReadDir, GetAttr, GetXattr, ListXattr)):
+        return (q.ino,)
+    return ()
 
 
 def _decode(raw: bytes) -> object:
@@ -189,8 +209,11 @@ class LeaseService:
 
     # --- reads --------------------------------------------------------------------------
 
-    def grant(self, op: bytes, result: bytes, holder: str) -> LeaseGrant | None:
-        """The lease that goes with the answer ``result`` to the query ``op``, if any."""
+    def grant(
+        self, op: bytes, result: bytes, holder: str, exclusive: bool = False
+    ) -> LeaseGrant | None:
+        """The lease that goes with the answer ``result`` to the query ``op``,
+        if any; with ``exclusive``, a delegation where the rules allow one."""
         if not (self.enabled and self.leading and holder):
             return None
         q = _decode(op)
@@ -210,29 +233,106 @@ class LeaseService:
                     and stat.S_ISDIR(answer.attr.mode)
                 )
             if ok:
-                gid = self.table.grant(key, holder, trio.current_time())
+                now = trio.current_time()
+                gid = self.table.grant(key, holder, now, exclusive)
                 if gid is not None:
                     self.stats.count("leases.granted")
-                    return LeaseGrant(key, gid[0], gid[1], self.table.seconds)
+                    delegated = exclusive and self.table.delegate_of(key, now) == holder
+                    if delegated:
+                        self.stats.count("leases.delegated")
+                    return LeaseGrant(key, gid[0], gid[1], self.table.seconds, exclusive=delegated)
                 self.stats.count("leases.withheld")
         return None
 
+    # --- reads of delegated directories ----------------------------------------------------
+
+    def read_blocked(self, op: bytes, holder: str) -> bool:
+        """Whether the read ``op`` by ``holder`` touches a directory another
+        mount holds delegated (it must recall it first: `before_read`)."""
+        if not (self.enabled and self.leading and self.table.delegations):
+            return False
+        now = trio.current_time()
+        return any(
+            self.table.delegate_of(key, now) not in (None, holder)
+            for key in _read_keys(_decode(op))
+        )
+
+    def blocked_inode(self, result: bytes, holder: str) -> int | None:
+        """A lookup's answer naming a directory another mount holds delegated
+        (its attributes may be behind: recall it, then read again)."""
+        if not (self.enabled and self.leading and self.table.delegations) or _refused(result):
+            return None
+        answer = _decode(result)
+        if not isinstance(answer, MetaOk) or answer.attr is None:
+            return None
+        ino = answer.attr.ino
+        delegate = self.table.delegate_of(ino, trio.current_time())
+        return ino if delegate not in (None, holder) else None
+
+    async def before_read(self, op: bytes, holder: str, extra: Iterable[int] = ()) -> None:
+        """Recall the delegations of other mounts on what the read ``op`` (and
+        the keys ``extra``) covers, and wait until each flushed and
+        acknowledged or surely ended."""
+        keys = set(_read_keys(_decode(op))) | set(extra)
+        table = self.table
+        begun: list[int] = []
+        try:
+            self._check_leading()
+            now = trio.current_time()
+            for key in keys:
+                recall = table.begin_read(key, holder, now)
+                if recall is not None:
+                    begun.append(key)
+                    self._queue_recalls(key, recall, now)
+                    self.stats.count("leases.read_recalls")
+            if begun:
+                await self._wait_ready(begun)
+        finally:
+            if self.table is table and self.leading:
+                for key in begun:
+                    table.end_change(key, None, trio.current_time())
+
+    def check_delegated(self, holder: str, delegated: Iterable[tuple[int, int, int]]) -> set[int]:
+        """The keys of a flush made under ``delegated``, if the leader still
+        counts each of those delegations; else `DelegationLost` (the flush
+        must not be applied: others may have read the directory since)."""
+        now = trio.current_time()
+        keys = set()
+        for key, term, seq in delegated:
+            if not self.leading or self.table.delegation(key, now) != (holder, (term, seq)):
+                self.stats.count("leases.flush_refused")
+                raise DelegationLost(
+                    f"the delegation of directory {key} ended before its changes were "
+                    "flushed; they were not applied",
+                    ino=key,
+                )
+            keys.add(key)
+        return keys
+
     # --- changes ------------------------------------------------------------------------
 
-    async def begin(self, holder: str, op: bytes) -> Change | None:
+    async def begin(
+        self, holder: str, op: bytes, delegated: tuple[tuple[int, int, int], ...] = ()
+    ) -> Change | None:
         """Lock what ``op`` changes, recall the other holders and wait until the
-        change may be applied; None for a command that changes no directory."""
+        change may be applied; None for a command that changes no directory.
+        A flush made under ``delegated`` passes its own delegated directories
+        at once (`check_delegated`): the change that recalled them waits for
+        the acknowledgement, which comes after this flush."""
         if not self.enabled:
             return None
+        own = self.check_delegated(holder, delegated) if delegated else set()
         cmd = _decode(op)
         keys = command_keys(cmd)
+        keys.shared -= own
+        keys.exclusive -= own
         if not keys.all():
             return None
         while True:
             self._check_leading()
             if self._free(keys.shared, keys.exclusive):
                 self._lock(keys.shared, keys.exclusive)
-                targets = self._targets(keys.lookups) - keys.all()
+                targets = self._targets(keys.lookups) - keys.all() - own
                 if not targets or self._free((), targets):
                     self._lock((), targets)
                     keys.exclusive |= targets
@@ -278,22 +378,31 @@ class LeaseService:
         table = self.table
         now = trio.current_time()
         for key in keys:
-            for other, gid in table.begin_change(key, holder, now).items():
-                if now - self._polled.get(other, now) > 2 * MAX_POLL_S:
-                    # Gone (a mount that stopped, a session replaced): nobody
-                    # will fetch this; its lease just runs out.
-                    self._recalls.pop(other, None)
-                    self._polled.pop(other, None)
-                    continue
-                self._polled.setdefault(other, now)
-                queued = self._recalls.setdefault(other, {})
-                if len(queued) >= MAX_QUEUED:
-                    queued.clear()  # it has not polled for long: its leases end anyway
-                queued[key] = max(gid, queued.get(key, gid))
-                self.stats.count("leases.recalled")
-                event = self._polls.get(other)
-                if event is not None:
-                    event.set()
+            self._queue_recalls(key, table.begin_change(key, holder, now), now)
+        await self._wait_ready(keys)
+
+    def _queue_recalls(self, key: int, recall: dict[str, tuple[int, int]], now: float) -> None:
+        for other, gid in recall.items():
+            if now - self._polled.get(other, now) > 2 * MAX_POLL_S:
+                # Gone (a mount that stopped, a session replaced): nobody
+                # will fetch this; its lease just runs out.
+                self._recalls.pop(other, None)
+                self._polled.pop(other, None)
+                continue
+            self._polled.setdefault(other, now)
+            queued = self._recalls.setdefault(other, {})
+            if len(queued) >= MAX_QUEUED:
+                queued.clear()  # it has not polled for long: its leases end anyway
+            queued[key] = max(gid, queued.get(key, gid))
+            self.stats.count("leases.recalled")
+            event = self._polls.get(other)
+            if event is not None:
+                event.set()
+
+    async def _wait_ready(self, keys: Iterable[int]) -> None:
+        keys = list(keys)
+        table = self.table
+        now = trio.current_time()
         waited = False
         while True:
             self._check_leading()
