@@ -315,3 +315,14 @@ def test_acknowledging_a_recall_before_flushing_loses_changes_without_any_fault(
         for s in range(5)
     )
     assert lost > 0
+
+
+def test_a_new_leader_delegates_nothing_while_blind() -> None:
+    # It does not know the old leader's shared leases: a delegation now would
+    # let one mount change a directory another still reads from its copy.
+    t = LeaseTable(D)
+    t.start(term=2, now=100.0)
+    assert t.grant("k", "a", now=101.0, exclusive=True) is not None
+    assert t.delegate_of("k", 101.0) is None
+    assert t.grant("k", "a", now=100.0 + D * (1 + DRIFT) + 0.01, exclusive=True) is not None
+    assert t.delegate_of("k", 102.3) == "a"

@@ -75,7 +75,9 @@ change the key in its own copy, answer at once, and send the changes later
   without it after it was acknowledged.
 * A new leader knows no delegation, so it refuses every flush of one the old
   leader granted (the rule above): what a delegate had not flushed when
-  the leader changed is lost, and reads need not wait for it.
+  the leader changed is lost, and reads need not wait for it. Nor does it
+  know the old leader's shared leases: it delegates nothing while blind
+  (a delegation is a change; the model found this one).
 * A delegation recalled for someone else's read or change makes the key
   shared for ``pingpong_s`` (no exclusive grants): two mounts working in one
   directory fall back to the synchronous way instead of trading the
@@ -184,7 +186,7 @@ class LeaseTable:
         if (
             exclusive
             and delegate is None
-            and now >= state.shared_until
+            and now >= max(state.shared_until, self.blind_until)
             and all(u <= now for h, (_, u) in state.holders.items() if h != holder)
         ):
             if state.delegate is None:
