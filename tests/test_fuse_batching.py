@@ -82,15 +82,32 @@ def test_a_small_file_costs_one_raft_entry_not_two(mounts: tuple[Mount, Mount]) 
         assert (a.point / "sync" / f"f{i}").read_bytes() == body
 
 
-def test_an_open_new_file_reaches_other_mounts_after_settle_s(mounts: tuple[Mount, Mount]) -> None:
-    a, b = mounts
+@pytest.fixture(scope="module")
+def legacy(mounts: tuple[Mount, Mount]) -> Iterator[Mount]:
+    """A third mount of the same cluster without leases: deferral bounded by
+    ``settle_s`` only (the weaker contract it documents)."""
+    a, _ = mounts
+    c = Mount(a.base, "c")
+    c.dir = a.dir
+    try:
+        c.mount("no_leases,settle_s=5")
+        yield c
+    finally:
+        c.unmount()
+
+
+def test_without_leases_an_open_new_file_reaches_other_mounts_after_settle_s(
+    mounts: tuple[Mount, Mount], legacy: Mount
+) -> None:
+    _, b = mounts
+    a = legacy
     (a.point / "vis").mkdir()
     fd = os.open(a.point / "vis" / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
     created = time.monotonic()
     try:
         os.write(fd, b"hello")
         assert os.fstat(fd).st_size == 5
-        assert not (b.point / "vis" / "f").exists()  # deferred: only mount a knows it
+        assert not (b.point / "vis" / "f").exists()  # deferred: only mount c knows it
         wait_for(lambda: (b.point / "vis" / "f").exists(), timeout=15)
         assert time.monotonic() - created >= 4.0  # settle_s=5 (checked every 0.2 s)
         os.write(fd, b", world")
@@ -99,6 +116,23 @@ def test_an_open_new_file_reaches_other_mounts_after_settle_s(mounts: tuple[Moun
     # Close-to-open: the close committed the data; b sees it once its cached size expires.
     wait_for(lambda: (b.point / "vis" / "f").read_bytes() == b"hello, world", timeout=5)
     assert stat.S_IMODE((b.point / "vis" / "f").stat().st_mode) == 0o640
+
+
+def test_an_open_new_file_is_visible_to_other_mounts_at_once(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    (a.point / "vis2").mkdir()
+    time.sleep(0.3)  # (its delegation comes with the mkdir)
+    fd = os.open(a.point / "vis2" / "f", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+    try:
+        os.write(fd, b"hello")
+        # Deferred in a's delegated directory; b's lookup recalls the
+        # delegation, and a flushes before it acknowledges.
+        st = (b.point / "vis2" / "f").stat()
+        assert stat.S_IMODE(st.st_mode) == 0o640
+        os.write(fd, b", world")
+    finally:
+        os.close(fd)
+    wait_for(lambda: (b.point / "vis2" / "f").read_bytes() == b"hello, world", timeout=5)
 
 
 def test_namespace_changes_around_an_open_new_file(mounts: tuple[Mount, Mount]) -> None:
@@ -143,10 +177,11 @@ def test_namespace_changes_around_an_open_new_file(mounts: tuple[Mount, Mount]) 
     assert (other / "plain").read_bytes() == b"xyz"
 
 
-def test_a_name_taken_meanwhile_by_another_mount_fails_the_close(
-    mounts: tuple[Mount, Mount],
+def test_without_leases_a_name_taken_meanwhile_by_another_mount_fails_the_close(
+    mounts: tuple[Mount, Mount], legacy: Mount
 ) -> None:
-    a, b = mounts
+    _, b = mounts
+    a = legacy
     (a.point / "race").mkdir()
     fd = os.open(a.point / "race" / "x", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     os.write(fd, b"from a")
@@ -161,6 +196,22 @@ def test_a_name_taken_meanwhile_by_another_mount_fails_the_close(
     assert (b.point / "race" / "x").read_bytes() == b"from b"
     # Mount a drops its name for the lost file: the next lookup finds b's.
     assert (a.point / "race" / "x").read_bytes() == b"from b"
+
+
+def test_o_excl_is_exclusive_across_mounts(mounts: tuple[Mount, Mount]) -> None:
+    a, b = mounts
+    (a.point / "excl").mkdir()
+    time.sleep(0.3)
+    fd = os.open(a.point / "excl" / "x", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    os.write(fd, b"from a")
+    # a's create is deferred under its delegation; b's O_EXCL create of the
+    # same name recalls it, so a's create lands first and b's fails.
+    assert (
+        errno_of(lambda: os.open(b.point / "excl" / "x", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        == errno.EEXIST
+    )
+    os.close(fd)  # a's file stands
+    assert (b.point / "excl" / "x").read_bytes() == b"from a"
 
 
 def test_rm_rf_sends_a_directory_of_unlinks_in_a_few_batches(mounts: tuple[Mount, Mount]) -> None:

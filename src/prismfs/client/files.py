@@ -46,6 +46,7 @@ from prismfs.data.codec import NotEnoughShards
 from prismfs.data.layout import Layout
 from prismfs.errors import (
     Conflict,
+    DelegationLost,
     InvalidArgument,
     IsADirectory,
     PrismError,
@@ -155,6 +156,8 @@ class OpenFile:
         self.dirty_since: float | None = None  # trio time the buffers were first written
         self.prelude: list[MetaCommand] = []  # sent ahead of the next commit (see above)
         self.lost: PrismError | None = None  # the prelude was refused: this file never was
+        # the directory delegations the prelude was made under (a mount's write-back)
+        self.delegated: tuple[tuple[int, int, int], ...] = ()
         self.session = meta.session  # the session holding it open
 
     @classmethod
@@ -391,8 +394,19 @@ class OpenFile:
         prelude = list(self.prelude)
         if not prelude and len(ops) == 1:
             return [await self.meta.propose(ops[0])]
-        results = await self.meta.batch(prelude + ops)
+        try:
+            results = await self.meta.batch(
+                prelude + ops, delegated=self.delegated if prelude else ()
+            )
+        except DelegationLost as exc:
+            # The delegation its create was made under ended first: the
+            # create was not applied, and never will be.
+            self.prelude = []
+            self.lost = exc
+            raise
         self.prelude = self.prelude[len(prelude) :]
+        if not self.prelude:
+            self.delegated = ()
         for n, result in enumerate(results):
             if isinstance(result, PrismError):
                 if n < len(prelude) and isinstance(prelude[n], Mknod):

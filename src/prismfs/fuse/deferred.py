@@ -21,6 +21,19 @@ in the name's place. ``-o sync_meta`` turns deferral off
 exclusive within the mount, and a name another mount took meanwhile makes
 the close fail with EEXIST).
 
+With directory leases (the default) deferral is write-back under a
+*delegation* (`prismfs.fuse.leased`): a create or unlink is deferred only in
+a directory this mount holds delegated, and every deferred change carries
+that delegation to the leader. No other mount can see the directory
+without recalling the delegation first, and a recall flushes everything
+held back before it is acknowledged, so other mounts see every name at once
+and an ``O_EXCL`` create is exclusive across mounts. Elsewhere (a directory
+two mounts work in) creates and unlinks are synchronous. A flush the leader
+refuses (the delegation ended first: a leader change, a mount cut off for
+longer than its lease) loses what it carried, and the next ``fsync``,
+``fsyncdir`` or ``prismfs sync`` fails with EIO. Without leases
+(``no_leases``) deferral is bounded by ``settle_s`` as before.
+
 Held attribute changes (`prismfs.fuse.caches.HeldAttrs`): ``chown``,
 ``chmod`` and ``utimens`` of a directory or symlink whose attributes this
 mount got within ``attr_timeout`` are answered at once and sent in front of
@@ -41,7 +54,7 @@ import trio
 from prismfs.client.data import DataClient
 from prismfs.client.files import OpenFile
 from prismfs.data.layout import Layout
-from prismfs.errors import PrismError
+from prismfs.errors import DelegationLost, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
 from prismfs.fuse.leased import DirLeases
@@ -56,11 +69,16 @@ from prismfs.meta.commands import (
     Unlink,
     UpdateAtime,
 )
+from prismfs.meta.leases import command_keys
 
 log = logging.getLogger("prismfs.fuse")
 
+Delegation = tuple[int, int, int]
+"""(directory, grant term, grant seq): a delegation a change was made under."""
+
 RESERVE = 1024  # inode numbers reserved per ReserveInodes
 RELEASE_EVERY = 0.2  # seconds between batches of releases
+FLUSH_LEFT = 0.4  # held-back changes are flushed when their delegation has this much left
 DAY_NS = 86_400 * 10**9
 
 
@@ -136,8 +154,79 @@ class DeferredWork(pyfuse3.Operations):
         self._held = HeldAttrs()
         # inode -> (size, mtime, ctime) last given to the kernel (`_entry`)
         self._told: dict[int, tuple[int, int, int]] = {}
-        self._leases = DirLeases(meta, self.stats) if options.leases else None
+        self._leases = (
+            DirLeases(meta, self.stats, writeback=options.batch_meta) if options.leases else None
+        )
         meta.lease_hooks = self._leases
+        # the delegations deferred changes were made under (see the docstring)
+        self._unlink_under: dict[tuple[int, bytes], Delegation] = {}
+        self._held_under: dict[int, Delegation] = {}  # held attribute changes, by inode
+        self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
+        if self._leases is not None:
+            self._leases.before_ack = self._flush_for_recall
+
+    # --- write-back under delegations --------------------------------------------------------
+
+    def _delegation(self, key: int) -> Delegation | None:
+        """This mount's delegation of directory ``key``, if it may defer a
+        change in it now."""
+        if self._leases is None or not self.opts.batch_meta:
+            return None
+        return self._leases.delegation(key, trio.current_time())
+
+    def _defers(self, parent: int) -> Delegation | bool | None:
+        """Whether a create or unlink in ``parent`` may be deferred: its
+        delegation, True without leases (bounded by ``settle_s``), or None."""
+        if not self.opts.batch_meta:
+            return None
+        if self._leases is None:
+            return True
+        return self._delegation(parent)
+
+    def _note_lost(self, exc: PrismError) -> None:
+        """Held-back changes the leader refused: the next fsync says so."""
+        log.error("changes held back in this mount were lost: %s", exc.message)
+        self.stats.count("fuse.writeback.lost")
+        self._wb_lost = exc
+
+    def _check_lost(self) -> None:
+        """fsync, fsyncdir, ``prismfs sync``: EIO once for what was lost before."""
+        lost, self._wb_lost = self._wb_lost, None
+        if lost is not None:
+            raise lost
+
+    async def _flush_for_recall(self) -> None:
+        """Before a recall is acknowledged: flush everything held back (in
+        the order made: a prefix survives). Transient errors are retried
+        for as long as a delegation could last; then the recall is
+        acknowledged anyway (the leader refuses a later flush)."""
+        if not (self._unlinks or self._pending or self._held):
+            return
+        deadline = trio.current_time() + 3.0
+        delay = 0.05
+        while True:
+            try:
+                await self._settle()
+                self.stats.count("fuse.writeback.recall_flushes")
+                return
+            except PrismError as exc:
+                if not exc.transient or trio.current_time() > deadline:
+                    log.warning("flush before a recall: %s", exc.message)
+                    return
+            await trio.sleep(delay)
+            delay = min(2 * delay, 0.5)
+
+    def _expiring(self, now: float) -> bool:
+        """Whether a delegation held-back changes were made under is about to end."""
+        leases = self._leases
+        if leases is None:
+            return False
+        keys = {d[0] for d in self._unlink_under.values()}
+        keys |= {d[0] for d in self._held_under.values()}
+        for handle in self._open.values():
+            if handle.pending:
+                keys |= {d[0] for d in handle.file.delegated}
+        return any(leases.delegation_left(k, now) < FLUSH_LEFT for k in keys)
 
     def _note_parents(self, parents: tuple[Attr, ...]) -> None:
         """Directories a change of this mount changed, as they are now."""
@@ -167,13 +256,23 @@ class DeferredWork(pyfuse3.Operations):
         ops = self._held.take()
         try:
             for start in range(0, len(ops), MAX_BATCH):
-                results = await self.meta.batch(ops[start : start + MAX_BATCH])
-                for op, result in zip(ops[start : start + MAX_BATCH], results, strict=True):
+                part = ops[start : start + MAX_BATCH]
+                try:
+                    results = await self.meta.batch(part, delegated=self._held_delegations(part))
+                except DelegationLost as exc:
+                    self._note_lost(exc)
+                    results = [exc] * len(part)
+                for op, result in zip(part, results, strict=True):
                     self._held_result(op, result)
         except BaseException:
             self._held.put_back(ops, trio.current_time())
             raise
         self._held.done(ops)
+        for op in ops:
+            self._held_under.pop(op.ino, None)
+
+    def _held_delegations(self, ops: list[SetAttr]) -> tuple[Delegation, ...]:
+        return tuple({d for op in ops if (d := self._held_under.get(op.ino)) is not None})
 
     def _held_result(self, op: SetAttr, result: Attr | PrismError | None) -> None:
         if isinstance(result, PrismError):  # e.g. another mount removed it meanwhile
@@ -192,12 +291,27 @@ class DeferredWork(pyfuse3.Operations):
         while opens and len(self._held.ops) + sum(self._opens.values()) >= MAX_BATCH:
             await self._send_opens()
         todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
-        if not self._held and not open_ops:
+        own = self._own_delegations(op)
+        if not self._held and not open_ops and not own:
             return await self.meta.propose(op)
         ops = self._held.take()
         parents: list[Attr] = []
         try:
-            results = await self.meta.batch([*ops, *open_ops, op], parents=parents)
+            delegated = tuple(set(own) | set(self._held_delegations(ops)))
+            try:
+                results = await self.meta.batch(
+                    [*ops, *open_ops, op], parents=parents, delegated=delegated
+                )
+            except DelegationLost as exc:
+                # A delegation ended before the leader saw this: the held
+                # changes are lost; the change itself goes the usual way.
+                if ops:
+                    self._note_lost(exc)
+                for held_op in ops:
+                    self._held_under.pop(held_op.ino, None)
+                self._held.done(ops)
+                ops = []
+                results = await self.meta.batch([*open_ops, op], parents=parents)
         except BaseException:
             self._held.put_back(ops, trio.current_time())
             self._put_back_opens(todo)
@@ -209,10 +323,35 @@ class DeferredWork(pyfuse3.Operations):
         # After the held results: a directory the op changed is newer there.
         self._note_parents(tuple(parents))
         self._held.done(ops)
+        for held_op in ops:
+            self._held_under.pop(held_op.ino, None)
         last = results[-1]
         if isinstance(last, PrismError):
             raise last
         return last
+
+    def _own_delegations(self, op: MetaCommand) -> tuple[Delegation, ...]:
+        """The delegations of this mount that cover every directory ``op``
+        changes, if there are such (the leader then applies it without a
+        recall and the mount keeps its copies); else () (it goes the usual
+        way, and the delegations it touches end)."""
+        if self._leases is None or not self.opts.batch_meta:
+            return ()
+        keys = command_keys(op)
+        out = []
+        for key in keys.all():
+            d = self._delegation(key)
+            if d is None:
+                return ()
+            out.append(d)
+        for parent, name in keys.lookups:  # a directory moved or removed: its own key
+            ino = self._leases.ino_of(parent, name, trio.current_time())
+            if ino is not None and self._leases.is_dir(ino):
+                d = self._delegation(ino)
+                if d is None:
+                    return ()
+                out.append(d)
+        return tuple(out)
 
     async def _settle_creates(self, parent: int | None) -> None:
         todo: list[Handle] = []
@@ -231,8 +370,16 @@ class DeferredWork(pyfuse3.Operations):
             except PrismError as exc:
                 if exc.transient:
                     raise
+                if isinstance(exc, DelegationLost):
+                    self._note_lost(exc)
                 self._lost(handle)
 
+        if self._leases is not None:
+            # One after the other, in the order they were made: a crash
+            # meanwhile leaves the earlier ones, never a later one alone.
+            for handle in sorted(todo, key=lambda h: h.created):
+                await one(handle)
+            return
         with single_exception():
             async with trio.open_nursery() as nursery:
                 for handle in todo:
@@ -244,11 +391,16 @@ class DeferredWork(pyfuse3.Operations):
         async with self._unlink_lock:
             while self._unlinks:
                 items = list(self._unlinks.items())[:MAX_BATCH]
-                results = await self.meta.batch(
-                    [Unlink(ns, parent, name, ino=ino) for (parent, name), (ino, _, ns) in items]
-                )
+                under = {d for key, _ in items if (d := self._unlink_under.get(key)) is not None}
+                ops = [Unlink(ns, parent, name, ino=ino) for (parent, name), (ino, _, ns) in items]
+                try:
+                    results = await self.meta.batch(ops, delegated=tuple(under))
+                except DelegationLost as exc:
+                    self._note_lost(exc)  # the names are back: nothing was removed
+                    results = [exc] * len(items)
                 for (key, (ino, _, _)), result in zip(items, results, strict=True):
                     del self._unlinks[key]
+                    self._unlink_under.pop(key, None)
                     left = self._unlinked.pop(ino) - 1
                     if left:
                         self._unlinked[ino] = left
@@ -381,10 +533,14 @@ class DeferredWork(pyfuse3.Operations):
                 try:
                     await self._send_releases()
                     now = trio.current_time()
-                    if any(
-                        h.pending and now - h.created > self.opts.settle_s
-                        for h in self._open.values()
-                    ) or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values()):
+                    if (
+                        any(
+                            h.pending and now - h.created > self.opts.settle_s
+                            for h in self._open.values()
+                        )
+                        or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values())
+                        or self._expiring(now)
+                    ):
                         await self._settle()
                     since = self._held.since
                     if since is not None and now - since > self.opts.settle_s:
@@ -416,8 +572,10 @@ class DeferredWork(pyfuse3.Operations):
     async def sync_all(self) -> None:
         """``prismfs sync``: everything this mount holds back reaches the cluster
         (deferred unlinks and creates, data buffered in open files) and is
-        durable when this returns."""
+        durable when this returns (EIO if held-back changes were lost since
+        the last such call)."""
         await self._settle()
+        self._check_lost()
         failures: list[PrismError] = []
 
         async def flush(handle: Handle) -> None:

@@ -26,6 +26,16 @@ then the leader's continuation lets the mount apply the change to the copy
 A directory this mount created comes with a first grant, on an empty,
 complete copy: the creates that fill it need no lookups.
 
+Delegations (write-back). With ``writeback`` the mount asks for its leases
+exclusive; a directory it is the only holder of comes delegated. While the
+delegation lasts with time to flush (`delegation`), the mount may create
+and unlink in that directory without asking (`prismfs.fuse.deferred`), and
+its changes there carry the delegation (`MetaClient.batch`'s
+``delegated``): the leader applies them without recalling anyone, and
+the copy is kept, with the change applied to it (`changed`). A recall of a
+delegated directory flushes everything the mount holds back first
+(``before_ack``), then acknowledges: whoever recalled it sees it all.
+
 Recalls come on a long poll to the leader (`run`). A recalled copy is
 dropped at once, then the kernel forgets what it was told of the directory
 (`pyfuse3.invalidate_entry`/`invalidate_inode` in a worker thread: they
@@ -41,7 +51,7 @@ import contextlib
 import logging
 import math
 import stat
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -79,6 +89,8 @@ log = logging.getLogger("prismfs.fuse.leases")
 POLL_S = 5.0  # how long one recall poll waits at the leader
 RENEW_EVERY = 0.2  # seconds between looks for leases to renew
 RENEW_LEFT = 0.6  # a complete copy in use is renewed when less than this is left
+RENEW_DELEGATED = 1.2  # a delegated one in use, when less than this is left
+MARGIN_S = 0.6  # a delegation is used only with this much of it left (time to flush)
 LIST_AFTER = 4  # lookups a copy could not answer before the whole listing is read
 LIST_MAX = 5000  # names read that way at most
 MAX_NAMES = 100_000  # names kept per directory copy (beyond: no longer complete)
@@ -116,12 +128,31 @@ class DirCopy:
 class DirLeases:
     """The leases this mount holds (see the module docstring)."""
 
-    def __init__(self, meta: MetaClient, stats: Stats) -> None:
+    def __init__(self, meta: MetaClient, stats: Stats, writeback: bool = False) -> None:
         self.meta = meta
         self.stats = stats
         self.held = HeldLeases()
+        self.writeback = writeback  # ask for delegations
         self._session = meta.session
         self._dirs: set[int] = set()  # inodes seen to be directories
+        # Run before recalls are acknowledged: flush what is held back.
+        self.before_ack: Callable[[], Awaitable[None]] | None = None
+
+    def delegation(self, key: int, now: float) -> tuple[int, int, int] | None:
+        """``(key, term, seq)`` of this mount's delegation of directory ``key``
+        if it may change the directory without asking now (it has time to
+        flush), else None."""
+        if not self.writeback or self.meta.session != self._session:
+            return None
+        if not self.held.delegated(key, now, MARGIN_S):
+            return None
+        gid = self.held.gid_of(key)
+        return None if gid is None else (key, gid[0], gid[1])
+
+    def delegation_left(self, key: int, now: float) -> float:
+        """Seconds left of the lease of delegated directory ``key`` (0: none)."""
+        peek = self.held.peek(key)
+        return 0.0 if peek is None else max(0.0, peek[1] - now)
 
     # --- answers from the copies ------------------------------------------------------
 
@@ -209,7 +240,7 @@ class DirLeases:
         """Ask the leader: the attributes (None: no such name) and the lease
         seconds the answer carries (0: none). Other errors are raised."""
         mark, sent = self.held.mark(parent), trio.current_time()
-        raw, grant = await self.meta.query_leased(Lookup(parent, name))
+        raw, grant = await self.meta.query_leased(Lookup(parent, name), self.writeback)
         result = decode_message(raw)
         attr: Attr | None = None
         if not (isinstance(result, MetaFailed) and result.code == "not_found"):
@@ -244,14 +275,14 @@ class DirLeases:
 
     async def getattr(self, ino: int) -> tuple[Attr, float]:
         mark, sent = self.held.mark(ino), trio.current_time()
-        raw, grant = await self.meta.query_leased(GetAttr(ino))
+        raw, grant = await self.meta.query_leased(GetAttr(ino), self.writeback)
         attr = _attr(decode_result(raw))
         left = self._keep(ino, grant, DirCopy(attr=attr), sent, mark)
         return attr, left
 
     async def readdir_page(self, ino: int, cookie: int, limit: int) -> tuple[DirPage, float]:
         mark, sent = self.held.mark(ino), trio.current_time()
-        raw, grant = await self.meta.query_leased(ReadDir(ino, cookie, limit))
+        raw, grant = await self.meta.query_leased(ReadDir(ino, cookie, limit), self.writeback)
         page = decode_result(raw)
         if not isinstance(page, DirPage):
             raise TypeError(f"expected DirPage, got {type(page).__name__}")
@@ -288,10 +319,13 @@ class DirLeases:
             sent,
             mark,
             merge=lambda held, new: held.absorb(new),  # type: ignore[attr-defined]
+            exclusive=grant.exclusive,
         )
         if not kept:
             return 0.0
         self.stats.count("leases.kept")
+        if grant.exclusive:
+            self.stats.count("leases.delegated")
         peek = self.held.peek(key)
         if peek is not None and isinstance(peek[0], DirCopy):
             peek[0].used_at = trio.current_time()
@@ -304,8 +338,11 @@ class DirLeases:
 
     # --- own changes (`prismfs.meta.client.LeaseHooks`) --------------------------------------
 
-    def changing(self, ops: Sequence[MetaCommand]) -> None:
-        for key in self._keys(ops):
+    def changing(
+        self, ops: Sequence[MetaCommand], delegated: tuple[tuple[int, int, int], ...] = ()
+    ) -> None:
+        own = {d[0] for d in delegated}
+        for key in self._keys(ops) - own:
             self.held.changing(key)
         # (`changed` computes the same keys again: the copies it looks at
         # are hidden meanwhile, so the answer is the same)
@@ -316,9 +353,13 @@ class DirLeases:
         results: Sequence[bytes] | None,
         grants: tuple[LeaseGrant, ...],
         sent_at: float,
+        delegated: tuple[tuple[int, int, int], ...] = (),
     ) -> None:
         by_key = {g.key: g for g in grants}
-        keys = self._keys(ops)
+        own = {d[0]: (d[1], d[2]) for d in delegated}
+        keys = self._keys(ops) - set(own)
+        if own:
+            self._changed_own(own, ops, results, sent_at)
         if not keys and not by_key and not any(isinstance(op, UpdateAtime) for op in ops):
             return  # (opens, releases, data commits: nothing leased)
         decoded = [_decode(r) for r in results] if results is not None else None
@@ -357,7 +398,33 @@ class DirLeases:
                     grant.seconds,
                     sent_at,
                     self.held.mark(grant.key),
+                    exclusive=grant.exclusive,
                 )
+
+    def _changed_own(
+        self,
+        own: dict[int, tuple[int, int]],
+        ops: Sequence[MetaCommand],
+        results: Sequence[bytes] | None,
+        sent_at: float,
+    ) -> None:
+        """A change made under this mount's delegations: applied to their
+        copies, which stay (a failed or unknown one leaves them as they are:
+        what it carried is still held back here, or lost)."""
+        if results is None:
+            return
+        decoded = [_decode(r) for r in results]
+        for key, gid in own.items():
+            if self.held.gid_of(key) != gid:
+                continue  # recalled (or renewed by another grant) meanwhile
+            try:
+                self.held.write_local(
+                    key,
+                    lambda copy, key=key: _apply(copy, key, ops, decoded, sent_at),  # type: ignore[misc]
+                )
+                self.stats.count("leases.written_back")
+            except CannotApply:
+                self.held.drop(key)
 
     def _keys(self, ops: Sequence[MetaCommand]) -> set[int]:
         keys: set[int] = set()
@@ -387,7 +454,12 @@ class DirLeases:
                 if peek is None or not isinstance(copy, DirCopy) or not isinstance(key, int):
                     continue
                 until = peek[1]
-                if copy.complete and 0 < until - now < RENEW_LEFT and now - copy.used_at < 1.0:
+                delegated = self.held.delegated(key, now)
+                if (
+                    (copy.complete or delegated)
+                    and 0 < until - now < (RENEW_DELEGATED if delegated else RENEW_LEFT)
+                    and now - copy.used_at < 1.0
+                ):
                     try:
                         await self.getattr(key)
                         self.stats.count("leases.renewed")
@@ -403,7 +475,7 @@ class DirLeases:
         while True:
             try:
                 wait = min(POLL_S, self.meta.attempt_timeout / 2)  # answered within an attempt
-                recalls = await self.meta.poll_recalls(acks, wait)
+                recalls = await self.meta.poll_recalls(acks, wait, self.writeback)
             except PrismError as exc:
                 log.debug("lease poll: %s", exc.message)
                 await trio.sleep(delay)
@@ -416,9 +488,15 @@ class DirLeases:
             now = trio.current_time()
             todo: list[tuple[int, DirCopy]] = []
             until = forgotten = now
+            peeks = {}
             for key, term, seq in recalls:
-                peek = self.held.peek(key)
-                self.held.recall(key, (term, seq))
+                peeks[key] = self.held.peek(key)
+                self.held.recall(key, (term, seq))  # no more changes here without asking
+            if self.before_ack is not None:
+                # Whoever recalled it must see everything this mount did first.
+                await self.before_ack()
+            for key, term, seq in recalls:
+                peek = peeks[key]
                 self.stats.count("leases.recalls")
                 if peek is not None and isinstance(peek[0], DirCopy):
                     todo.append((key, peek[0]))

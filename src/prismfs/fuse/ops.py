@@ -365,6 +365,9 @@ class PrismOperations(DeferredWork):
             handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=now, **changes)
             return self._entry(handle.attr)
         base = self._recent.get(inode, trio.current_time())
+        # With leases, only a directory this mount holds delegated: another
+        # mount's read of it recalls the delegation, which sends these first.
+        under = self._delegation(inode) if self._leases is not None else None
         if (
             self.opts.batch_meta
             and handle is None
@@ -372,9 +375,12 @@ class PrismOperations(DeferredWork):
             and changes
             and not fields.update_size
             and inode not in self._unlinked
+            and (self._leases is None or under is not None)
         ):
             # A directory's or symlink's chown, chmod, utimens (cp -a, tar):
             # held, sent with the next namespace change.
+            if under is not None:
+                self._held_under[inode] = under
             op = SetAttr(now_ns(), inode, **changes)
             self._held.hold(
                 op, {k: v for k, v in changes.items() if v is not None}, trio.current_time()
@@ -451,8 +457,9 @@ class PrismOperations(DeferredWork):
             self._recent.drop(ino)  # its link count and ctime change
         if parent_inode in self._held:
             await self._settle()  # its held times first, as they were made
+        defers = self._defers(parent_inode) if ino is not None else None
         if (
-            self.opts.batch_meta
+            defers is not None
             and ino is not None
             and ino not in self._open
             and key not in self._pending
@@ -461,6 +468,8 @@ class PrismOperations(DeferredWork):
             # The kernel checked that the name exists and that we may remove it.
             # The Unlink carries this moment: the directory's times when it lands.
             ns = now_ns()
+            if isinstance(defers, tuple):
+                self._unlink_under[key] = defers
             self._unlinks[key] = (ino, trio.current_time(), ns)
             self._unlinked[ino] = self._unlinked.get(ino, 0) + 1
             self._unlink_dirs[parent_inode] = ns
@@ -634,7 +643,9 @@ class PrismOperations(DeferredWork):
         layout, parent = await self._layout(parent_inode)
         mode = stat.S_IFREG | stat.S_IMODE(mode)
         self._changed.bump(parent_inode)
-        if not self.opts.batch_meta:
+        defers = self._defers(parent_inode)
+        if defers is None:
+            await self._settle(held=False)  # (held back before it: first)
             attr = await self.meta.mknod(
                 parent_inode,
                 name,
@@ -659,6 +670,8 @@ class PrismOperations(DeferredWork):
         mode, gid = inherit_from_parent(parent, mode, ctx.gid)
         attr = Attr(ino, mode, 1, ctx.uid, gid, 0, now, now, now)
         f = OpenFile(self.meta, self.data, ino, layout, max_dirty=self.opts.writeback_mb << 20)
+        if isinstance(defers, tuple):
+            f.delegated = (defers,)
         f.prelude.append(
             Mknod(
                 now,
@@ -709,6 +722,9 @@ class PrismOperations(DeferredWork):
 
     @_op
     async def fsync(self, fh: int, datasync: bool) -> None:
+        # Everything held back before it first (a crash then loses a suffix).
+        await self._settle()
+        self._check_lost()
         await self._fh[fh].file.fsync()
 
     @_op
@@ -799,8 +815,9 @@ class PrismOperations(DeferredWork):
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Namespace changes that returned are durable, except the deferred ones:
         # the unlinks (all of them), the held attribute changes and the creates
-        # in this directory go now.
-        await self._settle(self._dirs[fh].ino)
+        # in this directory go now (with leases: everything held back, in order).
+        await self._settle(self._dirs[fh].ino if self._leases is None else None)
+        self._check_lost()
 
     @_op
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:

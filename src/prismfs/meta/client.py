@@ -124,7 +124,9 @@ class LeaseHooks(Protocol):
     """What a mount holding directory leases is told of its own changes
     (`prismfs.fuse.leased`)."""
 
-    def changing(self, ops: Sequence[MetaCommand]) -> None: ...
+    def changing(
+        self, ops: Sequence[MetaCommand], delegated: tuple[tuple[int, int, int], ...] = ()
+    ) -> None: ...
 
     def changed(
         self,
@@ -132,8 +134,11 @@ class LeaseHooks(Protocol):
         results: Sequence[bytes] | None,
         grants: tuple[LeaseGrant, ...],
         sent_at: float,
+        delegated: tuple[tuple[int, int, int], ...] = (),
     ) -> None:
-        """``results`` per op, or None when the change failed or its fate is unknown."""
+        """``results`` per op, or None when the change failed or its fate is
+        unknown. ``delegated``: the change was a flush under those
+        delegations (the copies of those directories stay this mount's)."""
 
 
 @dataclass
@@ -196,14 +201,17 @@ class MetaClient:
         return ok
 
     async def _propose(
-        self, command: MetaCommand, ops: Sequence[MetaCommand] | None = None
+        self,
+        command: MetaCommand,
+        ops: Sequence[MetaCommand] | None = None,
+        delegated: tuple[tuple[int, int, int], ...] = (),
     ) -> bytes:
         lane = await self._free.receive()
         settled = False
         hooks = self.lease_hooks
         told = ops if ops is not None else (command,)
         if hooks is not None:
-            hooks.changing(told)
+            hooks.changing(told, delegated)
         sent_at = trio.current_time()
         results: Sequence[bytes] | None = None
         reply: Proposed | None = None
@@ -214,6 +222,7 @@ class MetaClient:
                 lane.seq,
                 encode_message(command),
                 self.session if hooks is not None else "",
+                delegated,
             )
             reply = await self._call(request, Proposed, to_leader=True)
             settled = True
@@ -226,7 +235,9 @@ class MetaClient:
             raise
         finally:
             if hooks is not None:
-                hooks.changed(told, results, reply.leases if reply is not None else (), sent_at)
+                hooks.changed(
+                    told, results, reply.leases if reply is not None else (), sent_at, delegated
+                )
             if lane.session != self.session:
                 pass  # a lane of a session that is gone: never used again
             elif settled:
@@ -248,15 +259,21 @@ class MetaClient:
         return reply.result
 
     async def batch(
-        self, ops: Sequence[MetaCommand], *, parents: list[Attr] | None = None
+        self,
+        ops: Sequence[MetaCommand],
+        *,
+        parents: list[Attr] | None = None,
+        delegated: tuple[tuple[int, int, int], ...] = (),
     ) -> list[Attr | PrismError | None]:
         """Apply ``ops`` in order in one log entry (one round trip, one fsync),
         exactly once as a whole; per op its attributes or its error (a failed
         op changed nothing, the others still applied). With ``parents``, the
         directories the ops changed go there instead of to `on_parents` (the
-        caller notes them after its own use of the results)."""
+        caller notes them after its own use of the results). ``delegated``:
+        the delegations ``(key, term, seq)`` the ops were acknowledged under
+        here (a flush of write-back; `DelegationLost` if one ended)."""
         batch = Batch(now_ns(), tuple(encode_message(op) for op in ops))
-        raw = decode_result(await self._propose(batch, ops))
+        raw = decode_result(await self._propose(batch, ops, delegated))
         if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):
             raise TypeError(f"expected {len(ops)} batch results, got {raw!r:.200}")
         out: list[Attr | PrismError | None] = []
@@ -279,26 +296,35 @@ class MetaClient:
             raise TypeError(f"expected Reserved, got {type(raw).__name__}")
         return range(raw.first, raw.first + raw.count)
 
-    async def query_leased(self, q: MetaQuery) -> tuple[bytes, LeaseGrant | None]:
+    async def query_leased(
+        self, q: MetaQuery, exclusive: bool = False
+    ) -> tuple[bytes, LeaseGrant | None]:
         """A read naming this client as a lease holder: the raw result (a
-        `MetaFailed` not raised) and the lease the leader granted with it."""
+        `MetaFailed` not raised) and the lease the leader granted with it
+        (``exclusive``: a delegation, if the leader can)."""
         reply = await self._call(
-            Query(encode_message(q), self.session), QueryResult, to_leader=True
+            Query(encode_message(q), self.session, exclusive), QueryResult, to_leader=True
         )
         return reply.result, reply.lease
 
     async def poll_recalls(
-        self, acks: Sequence[tuple[int, int, int]], wait_s: float
+        self, acks: Sequence[tuple[int, int, int]], wait_s: float, writeback: bool = False
     ) -> tuple[tuple[int, int, int], ...]:
-        """Acknowledge recalls handled and wait up to ``wait_s`` for more (at the leader)."""
+        """Acknowledge recalls handled and wait up to ``wait_s`` for more (at
+        the leader); ``writeback``: this mount takes delegations."""
         reply = await self._call(
-            LeasePoll(self.session, tuple(acks), wait_s), LeaseRecalls, to_leader=True
+            LeasePoll(self.session, tuple(acks), wait_s, writeback), LeaseRecalls, to_leader=True
         )
         return reply.recalls
 
     async def query(self, q: MetaQuery, expect: type[T]) -> T:
+        # A mount that holds leases says who reads (its own delegations are
+        # not recalled for it), without asking for a lease with the answer.
+        holder = self.session if self.lease_hooks is not None else ""
         reply = await self._call(
-            Query(encode_message(q)), QueryResult, to_leader=self.reads_at_leader
+            Query(encode_message(q), holder, lease=False),
+            QueryResult,
+            to_leader=self.reads_at_leader or bool(holder),
         )
         result = decode_result(reply.result)
         if not isinstance(result, expect):

@@ -460,6 +460,10 @@ class HeldLeases:
         if held is not None and held.gid <= gid:
             del self._held[key]
 
+    def drop(self, key: Hashable) -> None:
+        """Forget the copy of ``key`` (it cannot be kept up to date here)."""
+        self._held.pop(key, None)
+
     def clear(self) -> None:
         """Forget everything (a restart)."""
         self._held.clear()

@@ -576,7 +576,12 @@ class Consensus:
         return waiter
 
     async def query(
-        self, op: bytes, timeout: float | None = None, holder: str = "", exclusive: bool = False
+        self,
+        op: bytes,
+        timeout: float | None = None,
+        holder: str = "",
+        exclusive: bool = False,
+        lease: bool = True,
     ) -> QueryResult:
         """A linearizable read: under the leader lease, from this state as soon as it
         applied the commit index; otherwise after a ReadIndex round. With
@@ -592,16 +597,19 @@ class Consensus:
         if leases is not None and leases.enabled:
             if core is not None and core.role != Role.LEADER:
                 # Only the leader knows which directories are delegated.
-                result: QueryResult = await self._forward(Query(op, holder, exclusive), timeout)
+                result: QueryResult = await self._forward(
+                    Query(op, holder, exclusive, lease), timeout
+                )
                 return result
             if leases.read_blocked(op, holder):
                 await leases.before_read(op, holder)
-        answer = await self._query_now(op, timeout, holder, exclusive)
+        grantee = holder if lease else ""
+        answer = await self._query_now(op, timeout, grantee, exclusive)
         if leases is not None and leases.enabled:
             ino = leases.blocked_inode(answer.result, holder) if is_lookup(op) else None
             if ino is not None:
                 await leases.before_read(op, holder, (ino,))
-                answer = await self._query_now(op, timeout, holder, exclusive)
+                answer = await self._query_now(op, timeout, grantee, exclusive)
         return answer
 
     async def _query_now(
@@ -746,7 +754,9 @@ class Consensus:
         )
 
     async def _on_query(self, request: Query, call: Call) -> QueryResult:
-        return await self.query(request.op, holder=request.holder, exclusive=request.exclusive)
+        return await self.query(
+            request.op, holder=request.holder, exclusive=request.exclusive, lease=request.lease
+        )
 
     def _on_query_now(self, request: Query, call: Call) -> QueryResult | None:
         """A read the leader answers under its lease without waiting for
@@ -761,7 +771,8 @@ class Consensus:
         leases = self.leases
         if leases is not None and leases.read_blocked(request.op, request.holder):
             return None  # a recall first: the usual way
-        answer = self._lease_read(core.commit, request.op, request.holder, request.exclusive)
+        grantee = request.holder if request.lease else ""
+        answer = self._lease_read(core.commit, request.op, grantee, request.exclusive)
         if (
             answer is not None
             and leases is not None

@@ -97,6 +97,7 @@ class Query(ConsensusMessage, frozen=True):
     op: bytes
     holder: str = ""
     exclusive: bool = False  # the holder would take a delegation
+    lease: bool = True  # False: ``holder`` only says who reads (no grant wanted)
 
 
 class QueryResult(ConsensusMessage, frozen=True):
@@ -113,6 +114,7 @@ class LeasePoll(ConsensusMessage, frozen=True):
     holder: str
     acks: tuple[tuple[U64, U64, U64], ...] = ()
     wait_s: float = 10.0
+    writeback: bool = False  # the mount takes delegations (its new directories come delegated)
 
 
 class LeaseRecalls(ConsensusMessage, frozen=True):

@@ -98,10 +98,14 @@ class Change:
                 (term, seq), (old_term, old_seq) = continued[1], continued[0]
                 grants.append(LeaseGrant(key, term, seq, table.seconds, (old_term, old_seq)))
         if self.holder and self._mkdirs:
+            exclusive = self.holder in service.delegating
             for ino in _new_directories(self._cmd, result):
-                gid = table.grant(ino, self.holder, now)
+                gid = table.grant(ino, self.holder, now, exclusive)
                 if gid is not None:
-                    grants.append(LeaseGrant(ino, gid[0], gid[1], table.seconds))
+                    delegated = exclusive and table.delegate_of(ino, now) == self.holder
+                    grants.append(
+                        LeaseGrant(ino, gid[0], gid[1], table.seconds, exclusive=delegated)
+                    )
         return tuple(grants)
 
     def abandon(self) -> None:
@@ -181,6 +185,7 @@ class LeaseService:
         self._recalls: dict[str, dict[int, tuple[int, int]]] = {}  # holder -> key -> gid
         self._polls: dict[str, trio.Event] = {}
         self._polled: dict[str, float] = {}  # holder -> when its last poll came
+        self.delegating: set[str] = set()  # holders that asked for delegations
 
     def register(self, server: RpcServer) -> None:
         server.register(LeasePoll, self._on_poll)
@@ -234,6 +239,8 @@ class LeaseService:
                 )
             if ok:
                 now = trio.current_time()
+                if exclusive:
+                    self._wants_delegations(holder)
                 gid = self.table.grant(key, holder, now, exclusive)
                 if gid is not None:
                     self.stats.count("leases.granted")
@@ -243,6 +250,12 @@ class LeaseService:
                     return LeaseGrant(key, gid[0], gid[1], self.table.seconds, exclusive=delegated)
                 self.stats.count("leases.withheld")
         return None
+
+    def _wants_delegations(self, holder: str) -> None:
+        if holder not in self.delegating:
+            if len(self.delegating) > MAX_QUEUED:
+                self.delegating.clear()
+            self.delegating.add(holder)
 
     # --- reads of delegated directories ----------------------------------------------------
 
@@ -327,7 +340,8 @@ class LeaseService:
         keys.shared -= own
         keys.exclusive -= own
         if not keys.all():
-            return None
+            # (a delegate's own mkdir still gets its new directory's first grant)
+            return Change(self, holder, set(), cmd, True) if keys.mkdirs and holder else None
         while True:
             self._check_leading()
             if self._free(keys.shared, keys.exclusive):
@@ -426,6 +440,8 @@ class LeaseService:
         self._check_leading()
         holder = request.holder
         self._polled[holder] = trio.current_time()
+        if request.writeback:
+            self._wants_delegations(holder)
         if request.acks:
             for key, term, seq in request.acks:
                 self.table.recalled(key, holder, (term, seq))
