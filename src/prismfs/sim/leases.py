@@ -312,41 +312,42 @@ class LeaseSim:
             self.table.blind_until = 0.0
         self.queue = {}
 
-    def _on_read(self, client: _Client, key: int, rid: str) -> None:
+    def _on_read(self, client: _Client, key: int, rid: str, holder: str) -> None:
         now = self._leader_now()
         recall = None
         if "no_read_recall" not in self.cfg.bugs:
-            recall = self.table.begin_read(key, client.holder, now)
+            recall = self.table.begin_read(key, holder, now)
         if recall:
             self._send_recalls(key, recall)
-            self._read_when_ready(client, key, rid, self.term)
+            self._read_when_ready(client, key, rid, self.term, holder)
             return
         if recall is not None:
             self.table.end_change(key, None, now)  # (nobody left to recall)
-        self._answer_read(client, key, rid)
+        self._answer_read(client, key, rid, holder)
 
-    def _read_when_ready(self, client: _Client, key: int, rid: str, term: int) -> None:
+    def _read_when_ready(self, client: _Client, key: int, rid: str, term: int, holder: str) -> None:
         if not self.leader_up or term != self.term:
             return
         if self.now < self.leader_paused_until:
             self._at(
-                self.leader_paused_until, lambda: self._read_when_ready(client, key, rid, term)
+                self.leader_paused_until,
+                lambda: self._read_when_ready(client, key, rid, term, holder),
             )
             return
         now = self._leader_now()
         ready = self.table.ready_at(key, now)
         if ready > now:
             at = max(self.leader_clock.real(ready), self.now + 1e-6)
-            self._at(at, lambda: self._read_when_ready(client, key, rid, term))
+            self._at(at, lambda: self._read_when_ready(client, key, rid, term, holder))
             return
         self.table.end_change(key, None, now)
-        self._answer_read(client, key, rid)
+        self._answer_read(client, key, rid, holder)
 
-    def _answer_read(self, client: _Client, key: int, rid: str) -> None:
+    def _answer_read(self, client: _Client, key: int, rid: str, holder: str) -> None:
         now = self._leader_now()
         value = self.state.get(key)
-        gid = self.table.grant(key, client.holder, now, exclusive=self.cfg.writeback)
-        exclusive = gid is not None and self.table.delegate_of(key, now) == client.holder
+        gid = self.table.grant(key, holder, now, exclusive=self.cfg.writeback)
+        exclusive = gid is not None and self.table.delegate_of(key, now) == holder
         self._send(
             lambda: self._on_read_reply(client, key, rid, value, gid, exclusive),
             client=client,
@@ -354,7 +355,11 @@ class LeaseSim:
         )
 
     def _on_flush(
-        self, client: _Client, fid: int, batch: list[tuple[str, int, str, str, GrantId]]
+        self,
+        client: _Client,
+        fid: int,
+        batch: list[tuple[str, int, str, str, GrantId]],
+        holder: str,
     ) -> None:
         """A delegate's queued changes, in its order: each applied once, and
         only while this leader counts the very delegation it was made under;
@@ -365,7 +370,7 @@ class LeaseSim:
         for pid, key, kind, value, gid in batch:
             if pid not in self.applied:
                 if (
-                    self.table.delegation(key, now) != (client.holder, gid)
+                    self.table.delegation(key, now) != (holder, gid)
                     and "late_flush" not in self.cfg.bugs
                 ):
                     break
@@ -379,7 +384,9 @@ class LeaseSim:
             to_leader=False,
         )
 
-    def _on_write(self, client: _Client, key: int, pid: str, kind: str, value: str) -> None:
+    def _on_write(
+        self, client: _Client, key: int, pid: str, kind: str, value: str, holder: str
+    ) -> None:
         if pid in self.applied:
             # answered again, as Raft's session table does: without the lease
             self._send(
@@ -389,7 +396,7 @@ class LeaseSim:
         waiting = self.queue.setdefault(key, [])
         if any(p == pid for _, p, _, _ in waiting):
             return  # a retry of a write that waits already
-        waiting.append((client.holder, pid, kind, value))
+        waiting.append((holder, pid, kind, value))
         if len(waiting) == 1:
             self._begin(key)
 
@@ -542,7 +549,8 @@ class LeaseSim:
             c.flushing = self._seq
         batch = [(pid, key, kind, value, gid) for pid, key, kind, value, gid, _ in c.queue]
         flushing, generation = c.flushing, c.generation
-        self._send(lambda: self._on_flush(c, flushing, batch), client=c, to_leader=True)
+        holder = c.holder  # (who sent it: a restarted mount is another)
+        self._send(lambda: self._on_flush(c, flushing, batch, holder), client=c, to_leader=True)
         self._client_at(
             c,
             c.clock.real(self._client_now(c) + WRITE_TIMEOUT_S),
@@ -598,7 +606,8 @@ class LeaseSim:
         first = next(iter(op.attempts.values()), None)
         mark = c.leases.mark(op.key) if first is None else first[1]
         op.attempts[rid] = (self._client_now(c), mark)
-        self._send(lambda: self._on_read(c, op.key, rid), client=c, to_leader=True)
+        holder = c.holder
+        self._send(lambda: self._on_read(c, op.key, rid, holder), client=c, to_leader=True)
         self._client_at(
             c,
             c.clock.real(self._client_now(c) + READ_TIMEOUT_S),
@@ -610,11 +619,13 @@ class LeaseSim:
         if op is None or op.kind == "get" or generation != c.generation:
             return
         assert op.value is not None
-        kind, value = op.kind, op.value
+        kind, value, holder = op.kind, op.value, c.holder
         if math.isnan(op.first_sent):
             op.first_sent = self._client_now(c)
         self._send(
-            lambda: self._on_write(c, op.key, op.reqid, kind, value), client=c, to_leader=True
+            lambda: self._on_write(c, op.key, op.reqid, kind, value, holder),
+            client=c,
+            to_leader=True,
         )
         self._client_at(
             c,
@@ -784,7 +795,7 @@ class LeaseSim:
                 op = replace(op, ret=max(op.call, self.applied_at[pid]))
             name = op.client.split(".")[0]
             if op.input[0] == "get" and any(
-                op.ret > first and op.call < noticed for first, noticed in windows[name]
+                op.ret >= first and op.call < noticed for first, noticed in windows[name]
             ):
                 continue
             out.append(op)
