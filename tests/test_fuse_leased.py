@@ -66,9 +66,12 @@ def test_own_creates_removes_and_renames_are_applied_to_the_copy() -> None:
 
 def test_a_failed_op_changes_nothing_and_what_cannot_be_worked_out_drops_the_copy() -> None:
     copy = DirCopy(names={b"a": None}, complete=True)
-    failed = [MetaFailed("already_exists", "x")]
-    assert _apply(copy, 7, [Mknod(0, 7, b"a", FILE, 0, 0)], failed, at=1.0) is copy
+    failed = [MetaFailed("not_found", "x")]
+    assert _apply(copy, 7, [Unlink(0, 7, b"a")], failed, at=1.0) is copy
     assert copy.names[b"a"] is None
+    # A create the copy allowed that found the name taken: the copy is not current.
+    with pytest.raises(CannotApply):
+        _apply(copy, 7, [Mknod(0, 7, b"a", FILE, 0, 0)], [MetaFailed("already_exists", "x")], 1.0)
     for op in (
         Rename(0, 7, b"unknown", 7, b"b"),  # the moved name's inode is not known here
         Rename(0, 7, b"a", 7, b"b", RENAME_EXCHANGE),

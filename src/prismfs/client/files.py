@@ -36,7 +36,7 @@ import os
 import secrets
 import stat
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -56,6 +56,7 @@ from prismfs.errors import (
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
+    MAX_BATCH,
     RENAME_NOREPLACE,
     Attr,
     ChunkRecord,
@@ -414,6 +415,45 @@ class OpenFile:
                 raise result
         return results[len(prelude) :]  # type: ignore[return-value]
 
+    async def stage(self) -> None:
+        """Write-back of a new file's close (its create still held back): the
+        dirty chunks are uploaded now, and their commit joins the prelude,
+        sent with it later (`send_preludes`). Nobody else can see this file
+        before then, so the commit cannot conflict."""
+        async with self._lock:
+            self._check_session()
+            if self.lost is not None:
+                self._dirty = {}
+                raise self.lost
+            if not self._dirty:
+                return
+            snapshot, self._dirty = self._dirty, {}
+            self.dirty_since = None
+            try:
+                bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
+                records = await self._upload(bodies)
+            except BaseException:
+                for idx, dirty in snapshot.items():
+                    self._dirty.setdefault(idx, dirty)
+                self.dirty_since = trio.current_time()
+                raise
+            order = sorted(records)
+            size = max(idx * self.chunk_size + len(bodies[idx]) for idx in order)
+            self.prelude.append(
+                CommitChunks(
+                    now_ns(),
+                    self.ino,
+                    tuple((idx, records[idx]) for idx in order),
+                    size,
+                    expect=tuple(snapshot[idx].base for idx in order),
+                )
+            )
+            self._records.update(records)
+            for idx, body in bodies.items():
+                self._cache[idx] = body
+            while len(self._cache) > READ_CACHE_CHUNKS:
+                self._cache.popitem(last=False)
+
     async def flush(self, after: list[MetaCommand] | None = None) -> list[Attr | None]:
         """Upload the dirty chunks as new chunks and commit them in one step
         (with the prelude before and ``after`` behind, in the same batch);
@@ -552,6 +592,10 @@ class OpenFile:
     async def fsync(self) -> None:
         await self.flush()  # commit_chunks returns once the entry is applied: durable
 
+    def mark_closed(self) -> None:
+        """Closed by its holder after everything was sent (`send_preludes`)."""
+        self._closed = True
+
     async def close(self, *, release: bool = True) -> None:
         """Flush and end the open (``release=False``: the caller releases it later)."""
         if self._closed:
@@ -562,6 +606,52 @@ class OpenFile:
             self._closed = True
             if release:
                 await self.meta.release(self.ino)
+
+
+async def send_preludes(meta: MetaClient, files: Sequence[OpenFile]) -> list[PrismError | None]:
+    """The preludes of several files (held-back creates, with their staged
+    commits), in this order, in as few batches as `MAX_BATCH` allows (one
+    file's prelude never split): per file None, or the error that lost it.
+    A transient error keeps every prelude not sent yet, and is raised."""
+    async with contextlib.AsyncExitStack() as stack:
+        for f in files:
+            await stack.enter_async_context(f._lock)
+        todo = [f for f in files if f.prelude and f.lost is None]
+        group: list[OpenFile] = []
+        count = 0
+        for f in todo:
+            if group and count + len(f.prelude) > MAX_BATCH:
+                await _send_group(meta, group)
+                group, count = [], 0
+            group.append(f)
+            count += len(f.prelude)
+        if group:
+            await _send_group(meta, group)
+    return [f.lost for f in files]
+
+
+async def _send_group(meta: MetaClient, group: list[OpenFile]) -> None:
+    ops = [op for f in group for op in f.prelude]
+    delegated = tuple({d for f in group for d in f.delegated})
+    try:
+        results = await meta.batch(ops, delegated=delegated)
+    except DelegationLost as exc:
+        for f in group:
+            f.prelude, f.lost = [], exc
+        return
+    at = 0
+    for f in group:
+        mine = results[at : at + len(f.prelude)]
+        at += len(f.prelude)
+        for op, result in zip(f.prelude, mine, strict=True):
+            if isinstance(result, PrismError):
+                if isinstance(op, Mknod):
+                    f.lost = result  # (the name was taken: this file never was)
+                else:
+                    log.warning("inode %d: %r failed: %s", f.ino, op, result.message)
+        f.prelude, f.delegated = [], ()
+        if f.lost is None and mine and isinstance(mine[-1], Attr):
+            f.opened_as = (mine[-1].mtime_ns, mine[-1].size)
 
 
 async def layout_for(meta: MetaClient, parent: int, default: Layout | None = None) -> Layout:

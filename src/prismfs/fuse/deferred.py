@@ -52,7 +52,7 @@ import pyfuse3
 import trio
 
 from prismfs.client.data import DataClient
-from prismfs.client.files import OpenFile
+from prismfs.client.files import OpenFile, send_preludes
 from prismfs.data.layout import Layout
 from prismfs.errors import DelegationLost, PrismError
 from prismfs.exception_groups import single_exception
@@ -103,6 +103,7 @@ class Handle:
     created: float = 0.0  # trio time of a deferred create
     name: tuple[int, bytes] = (0, b"")  # (parent, name) of a deferred create
     read_noted: bool = False  # a read through this open was seen (relatime)
+    released: bool = False  # closed, its create (and data commit) still held back
 
     @property
     def pending(self) -> bool:
@@ -375,10 +376,17 @@ class DeferredWork(pyfuse3.Operations):
                 self._lost(handle)
 
         if self._leases is not None:
-            # One after the other, in the order they were made: a crash
-            # meanwhile leaves the earlier ones, never a later one alone.
-            for handle in sorted(todo, key=lambda h: h.created):
-                await one(handle)
+            # In the order they were made, in as few batches as can be: a
+            # crash meanwhile leaves the earlier ones, never a later one alone.
+            todo.sort(key=lambda h: h.created)
+            await send_preludes(self.meta, [h.file for h in todo])
+            for handle in todo:
+                if handle.file.lost is not None:
+                    if isinstance(handle.file.lost, DelegationLost):
+                        self._note_lost(handle.file.lost)
+                    self._lost(handle)
+                if handle.released and not handle.pending:
+                    self._closed_now(handle)
             return
         with single_exception():
             async with trio.open_nursery() as nursery:
@@ -423,6 +431,16 @@ class DeferredWork(pyfuse3.Operations):
     def _forget_name(self, parent: int, name: bytes) -> int | None:
         self._named_at.pop((parent, name), None)
         return self._names.pop((parent, name), None)
+
+    def _closed_now(self, handle: Handle) -> None:
+        """A file closed while its create was held back: now sent (or lost),
+        its open ends like any other."""
+        inode = handle.file.ino
+        if self._open.get(inode) is handle and handle.refs == 0:
+            del self._open[inode]
+            self._pending.pop(handle.name, None)
+            handle.file.mark_closed()
+            self._queue_release(handle.file.session, inode)
 
     def _lost(self, handle: Handle) -> None:
         """A deferred create the cluster refused: the kernel forgets its name."""

@@ -258,6 +258,9 @@ class DirLeases:
                 # of this directory, no change of this mount to it is on its
                 # way (that would make the listing's grant unusable).
                 await self._list(parent)
+                # A recall may have come meanwhile: the kernel must not keep
+                # this answer past it (its invalidation may have run first).
+                left = min(left, self.left(parent, trio.current_time()))
         return attr, left
 
     async def _list(self, ino: int) -> None:
@@ -556,6 +559,9 @@ def _apply(
     for op, result in zip(ops, results, strict=True):
         ok = result if isinstance(result, MetaOk) else None
         if ok is None and isinstance(result, MetaFailed):
+            if result.code == "already_exists":
+                # (the copy said the name was free: it is not current)
+                raise CannotApply
             continue  # a failed op changed nothing
         if ok is None:
             raise CannotApply

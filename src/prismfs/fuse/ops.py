@@ -69,6 +69,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+_MAKES = {"create": 1, "mknod": 1, "mkdir": 1, "symlink": 1, "link": 2}
+"""Handlers that make a name: where (parent, name) are in their arguments."""
+
+
 def _op(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     name = f"fuse.{func.__name__}"
 
@@ -84,6 +88,12 @@ def _op(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
         except PrismError as exc:
             code = errno.EIO if exc.transient else exc.errno or errno.EIO
             stats.count(f"{name}.{errno.errorcode.get(code, code)}")
+            if code == errno.EEXIST and func.__name__ in _MAKES:
+                # Another mount made the name first: the kernel may still hold
+                # the "no such name" this mount gave it before (the recall's
+                # invalidation can run before that answer reached the kernel).
+                parent, made = args[_MAKES[func.__name__]], args[_MAKES[func.__name__] + 1]
+                pyfuse3.invalidate_entry_async(parent, made, ignore_enoent=True)  # type: ignore[arg-type]
             if exc.transient:
                 log.warning("%s: cluster unavailable: %s", func.__name__, exc.message)
             raise pyfuse3.FUSEError(code) from None
@@ -275,6 +285,7 @@ class PrismOperations(DeferredWork):
         if attr.ino in self._unlinked:
             await self._settle_unlinks()
             attr = await self.meta.getattr(attr.ino)
+            left = leases.left(parent, trio.current_time())  # (a recall may have come)
         return self._named(parent, name, self._known(parent, name, attr), left)
 
     def _recently_named(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes | None:
@@ -353,8 +364,11 @@ class PrismOperations(DeferredWork):
             and handle.pending
             and handle.attr is not None
             and not fields.update_size
-            and "atime_ns" not in changes
-            and "mtime_ns" not in changes
+            and (
+                ("atime_ns" not in changes and "mtime_ns" not in changes)
+                # times too once its data is staged (tar sets them after close)
+                or (handle.released and not handle.file._dirty)
+            )
         ):
             # A deferred create: mode and owner changes join its Mknod.
             now = now_ns()
@@ -362,6 +376,8 @@ class PrismOperations(DeferredWork):
             mode = changes.pop("mode", None)
             if mode is not None:
                 changes["mode"] = stat.S_IFMT(handle.attr.mode) | mode
+            if "mtime_ns" in changes:
+                handle.file.modified_ns = 0  # the time set wins over the writes before it
             handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=now, **changes)
             return self._entry(handle.attr)
         base = self._recent.get(inode, trio.current_time())
@@ -643,21 +659,8 @@ class PrismOperations(DeferredWork):
         layout, parent = await self._layout(parent_inode)
         mode = stat.S_IFREG | stat.S_IMODE(mode)
         self._changed.bump(parent_inode)
-        defers = self._defers(parent_inode)
-        if defers is None:
-            await self._settle(held=False)  # (held back before it: first)
-            attr = await self.meta.mknod(
-                parent_inode,
-                name,
-                mode,
-                ctx.uid,
-                ctx.gid,
-                open_it=True,
-                chunk_size=layout.chunk_size,
-            )
-            handle = await self._acquire(attr.ino, created=layout)
-            self._known(parent_inode, name, attr)
-            return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._named(parent_inode, name, attr)
+        if self._defers(parent_inode) is None:
+            return await self._create_now(parent_inode, name, mode, layout, ctx)
         check_name(name)
         if self._deferred(self._pending.get((parent_inode, name), 0)) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
@@ -666,6 +669,12 @@ class PrismOperations(DeferredWork):
             # the directory's times must not go back when they land.
             await self._settle_unlinks()
         ino = await self._reserve()
+        # Checked again with nothing awaited from here on: a recall that came
+        # meanwhile either ended the delegation (the create goes the usual
+        # way) or flushes this create with the rest.
+        defers = self._defers(parent_inode)
+        if defers is None:
+            return await self._create_now(parent_inode, name, mode, layout, ctx)
         now = now_ns()
         mode, gid = inherit_from_parent(parent, mode, ctx.gid)
         attr = Attr(ino, mode, 1, ctx.uid, gid, 0, now, now, now)
@@ -692,6 +701,24 @@ class PrismOperations(DeferredWork):
         self._known(parent_inode, name, attr)
         return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._named(parent_inode, name, attr)
 
+    async def _create_now(
+        self, parent_inode: int, name: bytes, mode: int, layout: Layout, ctx: Any
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """A create sent at once (exclusive at the leader)."""
+        await self._settle(held=False)  # (held back before it: first)
+        attr = await self.meta.mknod(
+            parent_inode,
+            name,
+            mode,
+            ctx.uid,
+            ctx.gid,
+            open_it=True,
+            chunk_size=layout.chunk_size,
+        )
+        handle = await self._acquire(attr.ino, created=layout)
+        self._known(parent_inode, name, attr)
+        return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._named(parent_inode, name, attr)
+
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._fh[fh]
@@ -711,6 +738,13 @@ class PrismOperations(DeferredWork):
     @_op
     async def flush(self, fh: int) -> None:
         handle = self._fh.get(fh)
+        if handle is not None and self._writes_back(handle):
+            # A new file in a delegated directory: its data is uploaded now,
+            # its create and commit go with the next flush of this mount
+            # (a recall, fsync, or within settle_s): close returns here.
+            await handle.file.stage()
+            self.stats.count("fuse.writeback.closes")
+            return
         if handle is not None:
             lost = handle.file.lost
             try:
@@ -727,12 +761,25 @@ class PrismOperations(DeferredWork):
         self._check_lost()
         await self._fh[fh].file.fsync()
 
+    def _writes_back(self, handle: Handle) -> bool:
+        """Whether a close of this file may return before its create is sent."""
+        return (
+            self._leases is not None
+            and self.opts.batch_meta
+            and handle.pending
+            and bool(handle.file.delegated)
+            and handle.file.lost is None
+        )
+
     @_op
     async def release(self, fh: int) -> None:
         handle = self._fh.pop(fh)
         inode = handle.file.ino
         async with self._inode_lock(inode):
             handle.refs -= 1
+            if handle.refs == 0 and self._writes_back(handle):
+                handle.released = True  # closed when its create is sent
+                return
             if handle.refs == 0:
                 if self._open.get(inode) is handle:
                     del self._open[inode]

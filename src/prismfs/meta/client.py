@@ -40,6 +40,7 @@ import trio
 from prismfs.clock import wall_ns
 from prismfs.errors import (
     DeadlineExceeded,
+    DelegationLost,
     InternalError,
     InvalidArgument,
     PrismError,
@@ -273,7 +274,18 @@ class MetaClient:
         the delegations ``(key, term, seq)`` the ops were acknowledged under
         here (a flush of write-back; `DelegationLost` if one ended)."""
         batch = Batch(now_ns(), tuple(encode_message(op) for op in ops))
-        raw = decode_result(await self._propose(batch, ops, delegated))
+        try:
+            raw = decode_result(await self._propose(batch, ops, delegated))
+        except DelegationLost as exc:
+            if not exc.details.get("new_leader"):
+                raise
+            # The leader that granted the delegation is gone, and its
+            # successor knows none: the changes go the usual way (recalling
+            # other holders) rather than being lost with a leader that
+            # failed. Other mounts may have read the directory without them
+            # meanwhile: the one window where write-back is not linearizable.
+            log.warning("a delegation ended with its leader; %d changes sent again", len(ops))
+            raw = decode_result(await self._propose(Batch(now_ns(), batch.ops), ops))
         if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):
             raise TypeError(f"expected {len(ops)} batch results, got {raw!r:.200}")
         out: list[Attr | PrismError | None] = []

@@ -318,6 +318,8 @@ class LeaseService:
                     f"the delegation of directory {key} ended before its changes were "
                     "flushed; they were not applied",
                     ino=key,
+                    # granted by an earlier leader (see `MetaClient.batch`)
+                    new_leader=self.leading and term < self.table.term,
                 )
             keys.add(key)
         return keys
