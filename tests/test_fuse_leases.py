@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -316,3 +317,36 @@ def test_a_holder_cut_off_past_its_lease_loses_what_it_held_back_and_says_so(
     assert sorted(os.listdir(b / "cut")) == ["before"]
     (a / "cut" / "after").write_bytes(b"fine again")
     assert (b / "cut" / "after").read_bytes() == b"fine again"
+
+
+def test_a_mount_killed_with_changes_held_back_keeps_a_prefix_and_all_it_fsynced(
+    tmp_path: Path,
+) -> None:
+    m = Mount(tmp_path, "a")
+    try:
+        m.up()
+        a = m.mount()
+        d = a / "seq"
+        d.mkdir()
+        time.sleep(0.3)
+        bodies = {f"f{n:03d}": os.urandom(100 + n) for n in range(200)}
+        for n, (name, body) in enumerate(bodies.items()):
+            with open(d / name, "wb") as f:
+                f.write(body)
+                if n == 99:
+                    os.fsync(f.fileno())  # f000..f099 durable from here
+        pid = int(m.pidfile.read_text())
+        os.kill(pid, signal.SIGKILL)  # within settle_s: the last closes were not sent
+        subprocess.run(["fusermount3", "-u", "-z", str(a)], timeout=30, check=False)
+        a = m.mount()
+        present = sorted(os.listdir(a / "seq"))
+        names = list(bodies)
+        # What survived is the first k files, k >= 100: a prefix, and every
+        # file before the fsync; each one byte-exact.
+        assert present == names[: len(present)], present[:5]
+        assert len(present) >= 100, len(present)
+        for name in present:
+            assert (a / "seq" / name).read_bytes() == bodies[name], name
+        print(f"\nkept {len(present)} of 200 files (100 fsynced)")
+    finally:
+        m.cleanup()

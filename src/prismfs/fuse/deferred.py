@@ -27,8 +27,12 @@ a directory this mount holds delegated, and every deferred change carries
 that delegation to the leader. No other mount can see the directory
 without recalling the delegation first, and a recall flushes everything
 held back before it is acknowledged, so other mounts see every name at once
-and an ``O_EXCL`` create is exclusive across mounts. Elsewhere (a directory
-two mounts work in) creates and unlinks are synchronous. A flush the leader
+and an ``O_EXCL`` create is exclusive across mounts. A close of such a
+file uploads its data and stages the commit behind the create
+(`OpenFile.stage`), then returns: the file stays in ``_open`` (released)
+until its prelude is sent, with many others, in creation order
+(`send_preludes`). Elsewhere (a directory two mounts work in) creates and
+unlinks are synchronous. A flush the leader
 refuses (the delegation ended first: a leader change, a mount cut off for
 longer than its lease) loses what it carried, and the next ``fsync``,
 ``fsyncdir`` or ``prismfs sync`` fails with EIO. Without leases
@@ -162,6 +166,7 @@ class DeferredWork(pyfuse3.Operations):
         # the delegations deferred changes were made under (see the docstring)
         self._unlink_under: dict[tuple[int, bytes], Delegation] = {}
         self._held_under: dict[int, Delegation] = {}  # held attribute changes, by inode
+        self._made_in: dict[int, int] = {}  # symlinks made here -> their directory
         self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
         if self._leases is not None:
             self._leases.before_ack = self._flush_for_recall
@@ -355,6 +360,8 @@ class DeferredWork(pyfuse3.Operations):
         return tuple(out)
 
     async def _settle_creates(self, parent: int | None) -> None:
+        if self._leases is not None:
+            parent = None  # all of them, in order: a flush keeps a prefix
         todo: list[Handle] = []
         for key, ino in list(self._pending.items()):
             handle = self._deferred(ino)

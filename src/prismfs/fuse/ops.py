@@ -381,9 +381,12 @@ class PrismOperations(DeferredWork):
             handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=now, **changes)
             return self._entry(handle.attr)
         base = self._recent.get(inode, trio.current_time())
-        # With leases, only a directory this mount holds delegated: another
-        # mount's read of it recalls the delegation, which sends these first.
-        under = self._delegation(inode) if self._leases is not None else None
+        # With leases, only a directory this mount holds delegated, or a
+        # symlink it made in one: another mount's read of it (or of its
+        # directory) recalls the delegation, which sends these first.
+        under = None
+        if self._leases is not None:
+            under = self._delegation(self._made_in.get(inode, inode))
         if (
             self.opts.batch_meta
             and handle is None
@@ -512,6 +515,9 @@ class PrismOperations(DeferredWork):
         self._changed.bump(parent_inode)
         attr = await self._change(Symlink(now_ns(), parent_inode, name, target, ctx.uid, ctx.gid))
         assert attr is not None
+        if len(self._made_in) > 100_000:
+            self._made_in.clear()
+        self._made_in[attr.ino] = parent_inode
         self._recent.put(attr, trio.current_time())
         self._bare_now(attr.ino)
         return self._named(parent_inode, name, self._known(parent_inode, name, attr))
