@@ -28,13 +28,16 @@ sizes = st.sampled_from([0, 1, 100, 65536, 70_000])
 _STATE: dict[str, Path] = {}
 
 
-@pytest.fixture(scope="module")
-def mountpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+@pytest.fixture(scope="module", params=["", "sync_meta"], ids=["write-back", "sync_meta"])
+def mountpoint(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Path]:
+    """A mount with write-back (the default), and one without (``sync_meta``)."""
     assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
     m = Mount(tmp_path_factory.mktemp("fuse-diff"))
     try:
         m.up()
-        point = m.mount()
+        point = m.mount(request.param)
         work = point / "diff"
         work.mkdir()
         os.setxattr(work, "user.prismfs.layout", b"k=2,m=3,chunk=64K")

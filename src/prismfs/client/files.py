@@ -428,6 +428,7 @@ class OpenFile:
             if not self._dirty:
                 return
             snapshot, self._dirty = self._dirty, {}
+            self._flushing = snapshot
             self.dirty_since = None
             try:
                 bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
@@ -437,6 +438,12 @@ class OpenFile:
                     self._dirty.setdefault(idx, dirty)
                 self.dirty_since = trio.current_time()
                 raise
+            finally:
+                self._flushing = {}
+            for idx, body in bodies.items():
+                newer = self._dirty.get(idx)
+                if newer is not None:  # written again meanwhile: now on the new record
+                    newer.rebase(body, (records[idx].id, records[idx].length))
             order = sorted(records)
             size = max(idx * self.chunk_size + len(bodies[idx]) for idx in order)
             self.prelude.append(

@@ -167,6 +167,7 @@ class DeferredWork(pyfuse3.Operations):
         self._unlink_under: dict[tuple[int, bytes], Delegation] = {}
         self._held_under: dict[int, Delegation] = {}  # held attribute changes, by inode
         self._made_in: dict[int, int] = {}  # symlinks made here -> their directory
+        self._create_dirs: dict[int, int] = {}  # directory -> time of its latest held create
         self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
         if self._leases is not None:
             self._leases.before_ack = self._flush_for_recall
@@ -387,6 +388,7 @@ class DeferredWork(pyfuse3.Operations):
             # crash meanwhile leaves the earlier ones, never a later one alone.
             todo.sort(key=lambda h: h.created)
             await send_preludes(self.meta, [h.file for h in todo])
+            self._create_dirs = {}  # (the directories' own times now come from the cluster)
             for handle in todo:
                 if handle.file.lost is not None:
                     if isinstance(handle.file.lost, DelegationLost):

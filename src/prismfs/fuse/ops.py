@@ -193,8 +193,13 @@ class PrismOperations(DeferredWork):
         size, mtime, ctime = a.size, a.mtime_ns, a.ctime_ns
         if handle is not None and pending:
             size = handle.file.size
-            mtime = max(mtime, handle.file.modified_ns)
-            ctime = max(ctime, handle.file.modified_ns)
+            if handle.file.modified_ns:  # (0: no write since its times were set)
+                mtime = max(mtime, handle.file.modified_ns)
+                ctime = max(ctime, handle.file.modified_ns)
+        created_at = self._create_dirs.get(a.ino)
+        if created_at is not None and created_at > min(mtime, ctime):
+            # Creates held back in this directory: it shows the times they set.
+            mtime, ctime = max(mtime, created_at), max(ctime, created_at)
         e.st_size = size
         e.st_rdev = a.rdev
         e.st_atime_ns = a.atime_ns
@@ -627,6 +632,11 @@ class PrismOperations(DeferredWork):
             self._writable()
         if inode in self._unlinked:  # opened through another of its names
             await self._settle_unlinks()
+        known = self._open.get(inode)
+        if known is not None and known.released and known.pending:
+            # Closed here with its create held back: sent first, so this open
+            # is an open of an existing file like any other (atime, attributes).
+            await self._settle()
         shared = inode in self._open
         handle = await self._acquire(inode)
         f = handle.file
@@ -704,6 +714,7 @@ class PrismOperations(DeferredWork):
             f, attr=attr, created=trio.current_time(), name=(parent_inode, name)
         )
         self._pending[(parent_inode, name)] = ino
+        self._create_dirs[parent_inode] = max(now, self._create_dirs.get(parent_inode, 0))
         self._known(parent_inode, name, attr)
         return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._named(parent_inode, name, attr)
 
