@@ -66,6 +66,7 @@ from prismfs.meta.commands import (
     Rename,
 )
 from prismfs.meta.namespace import NAME_MAX
+from prismfs.wire.codec import encode_message
 
 log = logging.getLogger("prismfs.client.files")
 
@@ -615,6 +616,11 @@ class OpenFile:
                 await self.meta.release(self.ino)
 
 
+BATCH_BYTES = 256 * 1024
+"""What one batch of preludes may weigh, encoded (a message's header is at
+most 1 MiB, and a Raft entry is copied to every voter)."""
+
+
 async def send_preludes(meta: MetaClient, files: Sequence[OpenFile]) -> list[PrismError | None]:
     """The preludes of several files (held-back creates, with their staged
     commits), in this order, in as few batches as `MAX_BATCH` allows (one
@@ -625,13 +631,16 @@ async def send_preludes(meta: MetaClient, files: Sequence[OpenFile]) -> list[Pri
             await stack.enter_async_context(f._lock)
         todo = [f for f in files if f.prelude and f.lost is None]
         group: list[OpenFile] = []
-        count = 0
+        count = size = 0
         for f in todo:
-            if group and count + len(f.prelude) > MAX_BATCH:
+            # (small files' data rides inline in their commits: bytes count too)
+            more = sum(len(encode_message(op)) for op in f.prelude)
+            if group and (count + len(f.prelude) > MAX_BATCH or size + more > BATCH_BYTES):
                 await _send_group(meta, group)
-                group, count = [], 0
+                group, count, size = [], 0, 0
             group.append(f)
             count += len(f.prelude)
+            size += more
         if group:
             await _send_group(meta, group)
     return [f.lost for f in files]

@@ -89,7 +89,7 @@ log = logging.getLogger("prismfs.fuse.leases")
 POLL_S = 5.0  # how long one recall poll waits at the leader
 RENEW_EVERY = 0.2  # seconds between looks for leases to renew
 RENEW_LEFT = 0.6  # a complete copy in use is renewed when less than this is left
-RENEW_DELEGATED = 1.2  # a delegated one in use, when less than this is left
+RENEW_DELEGATED = 0.9  # a delegated one in busy use, when less than this is left
 MARGIN_S = 0.6  # a delegation is used only with this much of it left (time to flush)
 LIST_AFTER = 4  # lookups a copy could not answer before the whole listing is read
 LIST_MAX = 5000  # names read that way at most
@@ -384,6 +384,7 @@ class DirLeases:
                 lambda copy, key=key: _apply(copy, key, ops, decoded, sent_at),  # type: ignore[misc]
                 grant.seconds,
                 sent_at,
+                grant.exclusive,
             )
             self.stats.count("leases.continued" if kept else "leases.dropped")
         if decoded is None:
@@ -457,11 +458,11 @@ class DirLeases:
                 if peek is None or not isinstance(copy, DirCopy) or not isinstance(key, int):
                     continue
                 until = peek[1]
-                delegated = self.held.delegated(key, now)
-                if (
-                    (copy.complete or delegated)
-                    and 0 < until - now < (RENEW_DELEGATED if delegated else RENEW_LEFT)
-                    and now - copy.used_at < 1.0
+                # A delegation in active use is renewed earlier: below its
+                # margin (MARGIN_S) changes there go the synchronous way.
+                busy = self.held.delegated(key, now) and now - copy.used_at < 0.5
+                if (busy and 0 < until - now < RENEW_DELEGATED) or (
+                    copy.complete and 0 < until - now < RENEW_LEFT and now - copy.used_at < 1.0
                 ):
                     try:
                         await self.getattr(key)

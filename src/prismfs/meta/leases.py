@@ -274,11 +274,17 @@ class LeaseTable:
         return max(now, until)
 
     def end_change(
-        self, key: Hashable, writer: str | None = None, now: float | None = None
+        self,
+        key: Hashable,
+        writer: str | None = None,
+        now: float | None = None,
+        exclusive: bool = False,
     ) -> tuple[GrantId, GrantId] | None:
         """The change by ``writer`` was applied at ``now`` (or abandoned: no
         writer): grants on ``key`` resume. Returns (the writer's grant, its
-        continuation) when the writer keeps its lease through the change."""
+        continuation) when the writer keeps its lease through the change;
+        with ``exclusive`` the continuation is a delegation where `grant`
+        would give one (`delegate_of` tells)."""
         state = self._keys.get(key)
         if state is None:
             return None
@@ -290,6 +296,14 @@ class LeaseTable:
             gid = (self.term, self._seq)
             state.holders[writer] = (gid, now + self.seconds * (1 + self.drift))  # type: ignore[index]
             continued = (own, gid)
+            if (
+                exclusive
+                and state.delegate is None
+                and now >= max(state.shared_until, self.blind_until)
+                and all(u <= now for h, (_, u) in state.holders.items() if h != writer)
+            ):
+                state.delegate = writer
+                self.delegations += 1
         if not state.pending:
             state.continuing.clear()
             if not state.holders and state.shared_until <= (now or 0.0):
@@ -336,12 +350,14 @@ class HeldLeases:
         apply: Callable[[object], object] | None = None,
         seconds: float = 0.0,
         sent_at: float = 0.0,
+        exclusive: bool = False,
     ) -> bool:
         """That change was acknowledged (or given up: no ``continued``). With
         the leader's continuation of this mount's grant, ``apply`` turns the
         copy held under that grant into the value after the change, kept
         under the new grant until ``seconds`` after ``sent_at`` (when the
-        change was first sent) at the latest; True if kept."""
+        change was first sent) at the latest; True if kept. ``exclusive``:
+        the continuation is a delegation."""
         self._changes[key] = self._changes.get(key, 0) + 1
         left = self._changing.get(key, 0) - 1
         if left > 0:
@@ -367,7 +383,7 @@ class HeldLeases:
             return False
         held.gid = continued[1]
         held.until = max(held.until, sent_at + seconds * (1 - self.drift))
-        held.exclusive = False  # a continuation is shared
+        held.exclusive = exclusive
         return True
 
     def granted(

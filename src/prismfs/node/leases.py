@@ -92,11 +92,17 @@ class Change:
             return ()
         table, now = service.table, trio.current_time()
         grants = []
+        wants = bool(self.holder) and self.holder in service.delegating
         for key in sorted(self.keys):
-            continued = table.end_change(key, self.holder or None, now)
+            continued = table.end_change(key, self.holder or None, now, wants)
             if continued is not None:
                 (term, seq), (old_term, old_seq) = continued[1], continued[0]
-                grants.append(LeaseGrant(key, term, seq, table.seconds, (old_term, old_seq)))
+                delegated = wants and table.delegate_of(key, now) == self.holder
+                grants.append(
+                    LeaseGrant(
+                        key, term, seq, table.seconds, (old_term, old_seq), exclusive=delegated
+                    )
+                )
         if self.holder and self._mkdirs:
             exclusive = self.holder in service.delegating
             for ino in _new_directories(self._cmd, result):

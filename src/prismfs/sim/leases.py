@@ -179,11 +179,12 @@ class _AnyCopyLeases(HeldLeases):
         apply: Callable[[object], object] | None = None,
         seconds: float = 0.0,
         sent_at: float = 0.0,
+        exclusive: bool = False,
     ) -> bool:
         held = self._held.get(key)
         if held is not None and continued is not None:
             continued = (held.gid, continued[1])
-        return super().changed(key, continued, apply, seconds, sent_at)
+        return super().changed(key, continued, apply, seconds, sent_at, exclusive)
 
 
 def _apply(kind: str, value: str | None) -> Callable[[Any], Any]:
@@ -439,12 +440,15 @@ class LeaseSim:
         writer, pid, kind, value = self.queue[key].pop(0)
         self.state[key] = _apply(kind, value)(self.state.get(key))
         self.applied.add(pid)
-        continued = self.table.end_change(key, writer, now)
+        continued = self.table.end_change(key, writer, now, exclusive=self.cfg.writeback)
+        exclusive = continued is not None and self.table.delegate_of(key, now) == writer
         by_name = {c.holder: c for c in self.clients}
         target = by_name.get(writer)
         if target is not None:
             self._send(
-                lambda: self._on_write_ack(target, pid, continued), client=target, to_leader=False
+                lambda: self._on_write_ack(target, pid, continued, exclusive),
+                client=target,
+                to_leader=False,
             )
         if self.queue[key]:
             self._begin(key)
@@ -664,13 +668,17 @@ class LeaseSim:
         self._finish(c, w, value)
 
     def _on_write_ack(
-        self, c: _Client, pid: str, continued: tuple[GrantId, GrantId] | None
+        self,
+        c: _Client,
+        pid: str,
+        continued: tuple[GrantId, GrantId] | None,
+        exclusive: bool = False,
     ) -> None:
         w = next((w for w, op in c.ops.items() if op.kind != "get" and op.reqid == pid), None)
         if w is not None:
             op = c.ops[w]
             if c.leases.changed(
-                op.key, continued, _apply(op.kind, op.value), LEASE_S, op.first_sent
+                op.key, continued, _apply(op.kind, op.value), LEASE_S, op.first_sent, exclusive
             ):
                 self.continued += 1
             self._finish(c, w, None)
