@@ -647,7 +647,10 @@ async def send_preludes(meta: MetaClient, files: Sequence[OpenFile]) -> list[Pri
 
 
 async def _send_group(meta: MetaClient, group: list[OpenFile]) -> None:
-    ops = [op for f in group for op in f.prelude]
+    # What each prelude holds now: an attribute change may join one while
+    # the batch is on its way (it goes in the next).
+    sent = [list(f.prelude) for f in group]
+    ops = [op for prelude in sent for op in prelude]
     delegated = tuple({d for f in group for d in f.delegated})
     try:
         results = await meta.batch(ops, delegated=delegated)
@@ -656,16 +659,18 @@ async def _send_group(meta: MetaClient, group: list[OpenFile]) -> None:
             f.prelude, f.lost = [], exc
         return
     at = 0
-    for f in group:
-        mine = results[at : at + len(f.prelude)]
-        at += len(f.prelude)
-        for op, result in zip(f.prelude, mine, strict=True):
+    for f, prelude in zip(group, sent, strict=True):
+        mine = results[at : at + len(prelude)]
+        at += len(prelude)
+        for op, result in zip(prelude, mine, strict=True):
             if isinstance(result, PrismError):
                 if isinstance(op, Mknod):
                     f.lost = result  # (the name was taken: this file never was)
                 else:
                     log.warning("inode %d: %r failed: %s", f.ino, op, result.message)
-        f.prelude, f.delegated = [], ()
+        f.prelude = f.prelude[len(prelude) :]
+        if not f.prelude:
+            f.delegated = ()
         if f.lost is None and mine and isinstance(mine[-1], Attr):
             f.opened_as = (mine[-1].mtime_ns, mine[-1].size)
 
