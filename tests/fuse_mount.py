@@ -15,8 +15,6 @@ from pathlib import Path
 from conftest import run_cli
 from prismfs.procs import process_alive
 
-FUSE_REQUIRED = os.environ.get("PRISMFS_REQUIRE_FUSE") == "1" or os.environ.get("CI") == "true"
-
 
 def errno_of(fn, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
     """The errno ``fn(*args)`` fails with (0: it did not fail)."""

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from conftest import run_cli
-from fuse_mount import FUSE_REQUIRED, Mount, fuse_available
+from fuse_mount import Mount, fuse_available
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -347,8 +347,8 @@ def test_cluster_nodes_health_metrics_and_openapi(api: Api, tmp_path: Path) -> N
 # --- HTTP and the mount, the CLI over HTTP -------------------------------------------------
 
 
-@pytest.mark.skipif(not fuse_available() and not FUSE_REQUIRED, reason="no /dev/fuse")
 def test_http_and_mount_see_the_same_bytes(api: Api) -> None:
+    assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
     point = api.mount.mount()
     try:
         body = os.urandom(5 * CHUNK + 7)
