@@ -428,23 +428,15 @@ class OpenFile:
                 raise self.lost
             if not self._dirty:
                 return
-            snapshot, self._dirty = self._dirty, {}
-            self._flushing = snapshot
-            self.dirty_since = None
+            snapshot = self._take_dirty()
             try:
                 bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
                 records = await self._upload(bodies)
             except BaseException:
-                for idx, dirty in snapshot.items():
-                    self._dirty.setdefault(idx, dirty)
-                self.dirty_since = trio.current_time()
+                self._put_back(snapshot)
                 raise
             finally:
                 self._flushing = {}
-            for idx, body in bodies.items():
-                newer = self._dirty.get(idx)
-                if newer is not None:  # written again meanwhile: now on the new record
-                    newer.rebase(body, (records[idx].id, records[idx].length))
             order = sorted(records)
             size = max(idx * self.chunk_size + len(bodies[idx]) for idx in order)
             self.prelude.append(
@@ -456,11 +448,34 @@ class OpenFile:
                     expect=tuple(snapshot[idx].base for idx in order),
                 )
             )
-            self._records.update(records)
-            for idx, body in bodies.items():
-                self._cache[idx] = body
-            while len(self._cache) > READ_CACHE_CHUNKS:
-                self._cache.popitem(last=False)
+            self._stored(bodies, records)
+
+    def _take_dirty(self) -> dict[int, _Dirty]:
+        """The buffers become immutable snapshots while they are uploaded
+        and committed; writes meanwhile start new buffers from them."""
+        snapshot, self._dirty = self._dirty, {}
+        self._flushing = snapshot
+        self.dirty_since = None
+        return snapshot
+
+    def _put_back(self, snapshot: dict[int, _Dirty]) -> None:
+        """Nothing was committed: keep the data dirty so a retry can flush it
+        (a newer buffer of the same chunk already holds it)."""
+        for idx, dirty in snapshot.items():
+            self._dirty.setdefault(idx, dirty)
+        self.dirty_since = trio.current_time()
+
+    def _stored(self, bodies: dict[int, bytes], records: dict[int, ChunkRecord]) -> None:
+        """``bodies`` are now ``records``: kept for reads, and a buffer written
+        meanwhile is now on the new record."""
+        self._records.update(records)
+        for idx, body in bodies.items():
+            self._cache[idx] = body
+            newer = self._dirty.get(idx)
+            if newer is not None:
+                newer.rebase(body, (records[idx].id, records[idx].length))
+        while len(self._cache) > READ_CACHE_CHUNKS:
+            self._cache.popitem(last=False)
 
     async def flush(self, after: list[MetaCommand] | None = None) -> list[Attr | None]:
         """Upload the dirty chunks as new chunks and commit them in one step
@@ -481,33 +496,18 @@ class OpenFile:
                 raise self.lost
             if not self._dirty:
                 return await self._send(after) if after or self.prelude else []
-            # The buffers become immutable snapshots while they are uploaded
-            # and committed; writes meanwhile start new buffers from them.
-            snapshot, self._dirty = self._dirty, {}
-            self._flushing = snapshot
-            self.dirty_since = None
+            snapshot = self._take_dirty()
             try:
                 bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
                 bases = {idx: d.base for idx, d in snapshot.items()}
                 records = await self._upload(bodies)
                 results = await self._commit(snapshot, bodies, bases, records, after)
             except BaseException:
-                # Nothing was committed: keep the data dirty so a retry can flush it
-                # (a newer buffer of the same chunk already holds it).
-                for idx, dirty in snapshot.items():
-                    self._dirty.setdefault(idx, dirty)
-                self.dirty_since = trio.current_time()
+                self._put_back(snapshot)
                 raise
             finally:
                 self._flushing = {}
-            self._records.update(records)
-            for idx, body in bodies.items():
-                self._cache[idx] = body
-                newer = self._dirty.get(idx)
-                if newer is not None:  # written again meanwhile: now on the new record
-                    newer.rebase(body, (records[idx].id, records[idx].length))
-            while len(self._cache) > READ_CACHE_CHUNKS:
-                self._cache.popitem(last=False)
+            self._stored(bodies, records)
             attr = results[0]
             if attr is not None:
                 self.opened_as = (attr.mtime_ns, attr.size)
