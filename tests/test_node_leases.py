@@ -288,10 +288,29 @@ def test_a_flush_under_a_delegation_that_ended_is_refused() -> None:
         # nor does another mount's
         with pytest.raises(DelegationLost):
             await s.begin("other", flush, ((7, g2.term, g2.seq),))
-        # a new leader knows no delegation
+        # a new leader knows no delegation, and says so (the mount replays)
         s.start(term=2)
-        with pytest.raises(DelegationLost):
+        with pytest.raises(DelegationLost) as lost:
             await s.begin("owner", flush, ((7, g2.term, g2.seq),))
+        assert lost.value.details.get("new_leader") is True
+
+    run(main)
+
+
+def test_a_flush_at_a_node_that_stopped_leading_goes_to_the_leader() -> None:
+    """A leadership transfer (a drain): the flush is not refused as lost by
+    the node that led, it is told to go to the leader (which replays it)."""
+
+    async def main() -> None:
+        s = leader()
+        g = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)
+        assert g is not None and g.exclusive
+        flush = encode_message(Mknod(0, 7, b"new", FILE, 0, 0))
+        s.stop()
+        with pytest.raises(NotLeader):
+            await s.begin("owner", flush, ((7, g.term, g.seq),))
+        with pytest.raises(NotLeader):
+            s.check_delegated("owner", ((7, g.term, g.seq),))
 
     run(main)
 

@@ -314,18 +314,21 @@ class LeaseService:
     def check_delegated(self, holder: str, delegated: Iterable[tuple[int, int, int]]) -> set[int]:
         """The keys of a flush made under ``delegated``, if the leader still
         counts each of those delegations; else `DelegationLost` (the flush
-        must not be applied: others may have read the directory since)."""
+        must not be applied: others may have read the directory since).
+        `NotLeader` on a node that does not lead (yet, or any more: a
+        leadership transfer): the flush goes to the leader, which tells."""
+        self._check_leading()
         now = trio.current_time()
         keys = set()
         for key, term, seq in delegated:
-            if not self.leading or self.table.delegation(key, now) != (holder, (term, seq)):
+            if self.table.delegation(key, now) != (holder, (term, seq)):
                 self.stats.count("leases.flush_refused")
                 raise DelegationLost(
                     f"the delegation of directory {key} ended before its changes were "
                     "flushed; they were not applied",
                     ino=key,
                     # granted by an earlier leader (see `MetaClient.batch`)
-                    new_leader=self.leading and term < self.table.term,
+                    new_leader=term < self.table.term,
                 )
             keys.add(key)
         return keys
@@ -440,7 +443,7 @@ class LeaseService:
 
     def _check_leading(self) -> None:
         if not self.leading:
-            raise NotLeader("leadership changed while a change waited for recalls")
+            raise NotLeader("this node does not lead now (leadership changed)")
 
     # --- the channel --------------------------------------------------------------------
 
