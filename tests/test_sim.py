@@ -19,7 +19,7 @@ from prismfs.raft.lease import LeaderLease
 from prismfs.sim.__main__ import main as sim_main
 from prismfs.sim.simulator import Faults, Simulation, Violation, run_seed
 
-SEEDS_PER_SIZE = 300
+SEEDS_PER_SIZE = 200
 
 
 @pytest.mark.timeout(600)
