@@ -82,6 +82,50 @@ def test_a_small_file_costs_one_raft_entry_not_two(mounts: tuple[Mount, Mount]) 
         assert (a.point / "sync" / f"f{i}").read_bytes() == body
 
 
+def test_times_set_through_an_open_new_file_join_its_held_back_create(
+    mounts: tuple[Mount, Mount],
+) -> None:
+    """tar sets a new file's times with futimens before it closes it: the
+    data is staged, the times join the held-back create, and no Raft entry
+    is spent on either; the other mount sees the data and the times set."""
+    a, b = mounts
+    n = 40
+    (a.point / "times").mkdir()
+    bodies = [os.urandom(20_000 + i) for i in range(n)]  # over inline_max: shards
+    stamp = 1_500_000_000_123_456_789
+    before = commit_index(a)
+    for i, body in enumerate(bodies):
+        fd = os.open(a.point / "times" / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.write(fd, body)
+            os.utime(fd, ns=(stamp + i, stamp + i))
+            assert os.fstat(fd).st_mtime_ns == stamp + i
+        finally:
+            os.close(fd)
+    entries = commit_index(a) - before
+    # Before: each futimens sent the create, the data and the times at once.
+    assert entries < n // 2, entries
+    for i, body in enumerate(bodies):  # b's lookups recall a's delegation first
+        path = b.point / "times" / f"f{i}"
+        assert path.read_bytes() == body
+        st = path.stat()
+        assert (st.st_mtime_ns, st.st_size, stat.S_IMODE(st.st_mode)) == (
+            stamp + i,
+            len(body),
+            0o640,
+        )
+    # A write after the times moves mtime on again, as POSIX orders it.
+    fd = os.open(a.point / "times" / "late", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 20_000)
+        os.utime(fd, ns=(stamp, stamp))
+        os.write(fd, b"y" * 20_000)
+    finally:
+        os.close(fd)
+    st = (b.point / "times" / "late").stat()
+    assert st.st_size == 40_000 and st.st_mtime_ns > stamp
+
+
 @pytest.fixture(scope="module")
 def legacy(mounts: tuple[Mount, Mount]) -> Iterator[Mount]:
     """A third mount of the same cluster without leases: deferral bounded by

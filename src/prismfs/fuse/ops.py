@@ -364,16 +364,27 @@ class PrismOperations(DeferredWork):
             changes["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
+        times = "atime_ns" in changes or "mtime_ns" in changes
+        if (
+            times
+            and handle is not None
+            and handle.file._dirty
+            and not fields.update_size
+            and self._writes_back(handle)
+        ):
+            # A new file written back (tar sets its times through the open
+            # descriptor, then closes it): its data is staged first, as its
+            # close would (the commit sets mtime, and the time set must win),
+            # and the change joins its held-back create below.
+            await handle.file.stage()
+            self.stats.count("fuse.writeback.staged_for_times")
         if (
             handle is not None
             and handle.pending
             and handle.attr is not None
             and not fields.update_size
-            and (
-                ("atime_ns" not in changes and "mtime_ns" not in changes)
-                # times too once its data is staged (tar sets them after close)
-                or (handle.released and not handle.file._dirty)
-            )
+            # times once its data is staged (a commit would set mtime after them)
+            and (not times or not (handle.file._dirty or handle.file._flushing))
         ):
             # A deferred create: mode and owner changes join its Mknod.
             now = now_ns()
