@@ -126,6 +126,44 @@ def test_times_set_through_an_open_new_file_join_its_held_back_create(
     assert st.st_size == 40_000 and st.st_mtime_ns > stamp
 
 
+def test_a_new_file_renamed_in_its_directory_joins_its_held_back_create(
+    mounts: tuple[Mount, Mount],
+) -> None:
+    """rsync writes a temporary file, then renames it to its name: the
+    rename joins the held-back create, so neither costs a Raft entry of its
+    own; the other mount sees only the final names. A rename onto a name in
+    use still replaces it."""
+    a, b = mounts
+    n = 40
+    d = a.point / "renamed"
+    d.mkdir()
+    (d / "old").write_bytes(b"old")
+    bodies = [os.urandom(10_000 + i) for i in range(n)]
+    before = commit_index(a)
+    for i, body in enumerate(bodies):
+        tmp = d / f".f{i}.XXXX"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, body)
+        finally:
+            os.close(fd)
+        os.rename(tmp, d / f"f{i}")
+        assert not tmp.exists() and (d / f"f{i}").stat().st_size == len(body)
+    entries = commit_index(a) - before
+    # Before: each rename sent the held-back creates, then itself: 2 per file.
+    assert entries < n // 2, entries
+    fd = os.open(d / ".new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"new")
+    os.close(fd)
+    os.rename(d / ".new", d / "old")  # a name in use: the usual way
+    expected = sorted(["old"] + [f"f{i}" for i in range(n)])
+    assert sorted(os.listdir(b.point / "renamed")) == expected
+    for i, body in enumerate(bodies):
+        assert (b.point / "renamed" / f"f{i}").read_bytes() == body
+    assert (b.point / "renamed" / "old").read_bytes() == b"new"
+    assert sorted(os.listdir(d)) == expected
+
+
 @pytest.fixture(scope="module")
 def legacy(mounts: tuple[Mount, Mount]) -> Iterator[Mount]:
     """A third mount of the same cluster without leases: deferral bounded by

@@ -49,6 +49,7 @@ from prismfs.fuse.deferred import DeferredWork, Handle, MountOptions
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
     Attr,
     Link,
     Mkdir,
@@ -549,6 +550,8 @@ class PrismOperations(DeferredWork):
         ctx: Any,
     ) -> None:
         self._writable()
+        if self._rename_held_back(parent_inode_old, name_old, parent_inode_new, name_new, flags):
+            return
         await self._settle(held=False)
         moved = self._names_ino(parent_inode_old, name_old)
         for ino in (
@@ -566,6 +569,52 @@ class PrismOperations(DeferredWork):
             # The kernel moved its entry: the new name is known to refer to it.
             self._names[(parent_inode_new, name_new)] = moved
             self._named_at[(parent_inode_new, name_new)] = trio.current_time()
+
+    def _rename_held_back(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> bool:
+        """A new file renamed in the delegated directory it was made in, to a
+        name this mount knows is free (rsync's temporary file, then its
+        name): the `Rename` joins the file's held-back create, nothing is
+        sent. Only for the newest held-back create, with no unlink or
+        attribute change of the directory held back (they would be sent
+        out of order), so a flush still keeps a prefix of what was done."""
+        if parent != new_parent or flags & ~RENAME_NOREPLACE or self._leases is None:
+            return False
+        handle = self._deferred(self._pending.get((parent, name), 0))
+        if (
+            handle is None
+            or handle.attr is None
+            or not self._writes_back(handle)
+            or handle.file.delegated != (self._delegation(parent),)
+            or (parent, new_name) in self._pending
+            or self._unlinks
+            or parent in self._held
+        ):
+            return False
+        check_name(new_name)
+        now = trio.current_time()
+        known, attr, _, _ = self._leases.name(parent, new_name, now, self.opts.attr_timeout)
+        if not known or attr is not None:
+            return False  # (a name in use: replaced at the leader, the usual way)
+        if any(
+            h.created > handle.created
+            for ino in self._pending.values()
+            if (h := self._deferred(ino)) is not None
+        ):
+            return False
+        stamp = now_ns()
+        handle.file.prelude.append(Rename(stamp, parent, name, parent, new_name, flags))
+        del self._pending[(parent, name)]
+        self._pending[(parent, new_name)] = handle.attr.ino
+        handle.name = (parent, new_name)
+        handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=stamp)
+        self._forget_name(parent, name)
+        self._known(parent, new_name, handle.attr)
+        self._changed.bump(parent)
+        self._create_dirs[parent] = max(stamp, self._create_dirs.get(parent, 0))
+        self.stats.count("fuse.writeback.renames")
+        return True
 
     @_op
     async def link(
