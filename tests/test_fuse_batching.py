@@ -53,6 +53,9 @@ def commit_index(m: Mount) -> int:
     return int(trio.run(m.library, highest))
 
 
+STAMP = 1_500_000_000_123_456_789
+
+
 def wait_for(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not check():
@@ -92,7 +95,7 @@ def test_times_set_through_an_open_new_file_join_its_held_back_create(
     n = 40
     (a.point / "times").mkdir()
     bodies = [os.urandom(20_000 + i) for i in range(n)]  # over inline_max: shards
-    stamp = 1_500_000_000_123_456_789
+    stamp = STAMP
     before = commit_index(a)
     for i, body in enumerate(bodies):
         fd = os.open(a.point / "times" / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -129,9 +132,10 @@ def test_times_set_through_an_open_new_file_join_its_held_back_create(
 def test_a_new_file_renamed_in_its_directory_joins_its_held_back_create(
     mounts: tuple[Mount, Mount],
 ) -> None:
-    """rsync writes a temporary file, then renames it to its name: the
-    rename joins the held-back create, so neither costs a Raft entry of its
-    own; the other mount sees only the final names. A rename onto a name in
+    """rsync writes a temporary file, sets its times, opens it again for
+    its mode, then renames it to its name: all of it joins the held-back
+    create, nothing costs a Raft entry of its own; the other mount sees
+    only the final names, with their times and modes. A rename onto a name in
     use still replaces it."""
     a, b = mounts
     n = 40
@@ -142,9 +146,16 @@ def test_a_new_file_renamed_in_its_directory_joins_its_held_back_create(
     before = commit_index(a)
     for i, body in enumerate(bodies):
         tmp = d / f".f{i}.XXXX"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, body)
+        finally:
+            os.close(fd)
+        # rsync's order: times by name, then open again for the mode, rename
+        os.utime(tmp, ns=(STAMP + i, STAMP + i), follow_symlinks=False)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o644)
         finally:
             os.close(fd)
         os.rename(tmp, d / f"f{i}")
@@ -159,7 +170,10 @@ def test_a_new_file_renamed_in_its_directory_joins_its_held_back_create(
     expected = sorted(["old"] + [f"f{i}" for i in range(n)])
     assert sorted(os.listdir(b.point / "renamed")) == expected
     for i, body in enumerate(bodies):
-        assert (b.point / "renamed" / f"f{i}").read_bytes() == body
+        path = b.point / "renamed" / f"f{i}"
+        assert path.read_bytes() == body
+        st = path.stat()
+        assert (st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (STAMP + i, 0o644)
     assert (b.point / "renamed" / "old").read_bytes() == b"new"
     assert sorted(os.listdir(d)) == expected
 
