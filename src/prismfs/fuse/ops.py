@@ -421,6 +421,10 @@ class PrismOperations(DeferredWork):
             self._held.hold(
                 op, {k: v for k, v in changes.items() if v is not None}, trio.current_time()
             )
+            if "mtime_ns" in changes:
+                # Sent after the creates held back in it: its time set wins
+                # over theirs (rsync sets a directory's times last).
+                self._create_dirs.pop(inode, None)
             self.stats.count("fuse.setattr.held")
             return self._entry(base)
         if fields.update_size:
@@ -585,6 +589,7 @@ class PrismOperations(DeferredWork):
         if (
             handle is None
             or handle.attr is None
+            or handle.file._lock.locked()  # its create on the way: its name is known soon
             or not self._writes_back(handle)
             or handle.file.delegated != (self._delegation(parent),)
             or (parent, new_name) in self._pending
