@@ -699,16 +699,9 @@ class PrismOperations(DeferredWork):
             await self._settle_unlinks()
         known = self._open.get(inode)
         if known is not None and known.released and known.pending:
-            if self._writes_back(known) and not flags & os.O_TRUNC:
-                # Closed here with its create held back, still delegated
-                # (rsync opens its temporary file again for a chmod): the
-                # open goes on from there, still held back.
-                known.released = False
-                self.stats.count("fuse.writeback.reopens")
-            else:
-                # Sent first, so this open is an open of an existing file
-                # like any other (atime, attributes).
-                await self._settle()
+            # Closed here with its create held back: sent first, so this open
+            # is an open of an existing file like any other (atime, attributes).
+            await self._settle()
         shared = inode in self._open
         handle = await self._acquire(inode)
         f = handle.file
