@@ -132,9 +132,9 @@ def test_times_set_through_an_open_new_file_join_its_held_back_create(
 def test_a_new_file_renamed_in_its_directory_joins_its_held_back_create(
     mounts: tuple[Mount, Mount],
 ) -> None:
-    """A temporary file written, its times and mode set, then renamed to
-    its name: all of it joins the held-back create, nothing costs a Raft
-    entry of its own; the other mount sees
+    """rsync writes a temporary file, sets its times, opens it again for
+    its mode, then renames it to its name: all of it joins the held-back
+    create, nothing costs a Raft entry of its own; the other mount sees
     only the final names, with their times and modes. A rename onto a name in
     use still replaces it."""
     a, b = mounts
@@ -151,10 +151,13 @@ def test_a_new_file_renamed_in_its_directory_joins_its_held_back_create(
             os.write(fd, body)
         finally:
             os.close(fd)
-        # times and mode by name, then the rename (rsync opens the file
-        # again for its mode: that still sends what was held back first)
+        # rsync's order: times by name, then open again for the mode, rename
         os.utime(tmp, ns=(STAMP + i, STAMP + i), follow_symlinks=False)
-        os.chmod(tmp, 0o644)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
         os.rename(tmp, d / f"f{i}")
         assert not tmp.exists() and (d / f"f{i}").stat().st_size == len(body)
     entries = commit_index(a) - before

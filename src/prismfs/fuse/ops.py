@@ -699,9 +699,18 @@ class PrismOperations(DeferredWork):
             await self._settle_unlinks()
         known = self._open.get(inode)
         if known is not None and known.released and known.pending:
-            # Closed here with its create held back: sent first, so this open
-            # is an open of an existing file like any other (atime, attributes).
-            await self._settle()
+            if self._writes_back(known) and not flags & os.O_TRUNC:
+                # Closed here with its create held back, still delegated
+                # (rsync opens its temporary file again for a fchmod): the
+                # open goes on held back; its first read sends it (`read`).
+                known.released = False
+                known.reopened = True
+                known.read_noted = False
+                self.stats.count("fuse.writeback.reopens")
+            else:
+                # Sent first, so this open is an open of an existing file
+                # like any other (atime, attributes).
+                await self._settle()
         shared = inode in self._open
         handle = await self._acquire(inode)
         f = handle.file
@@ -712,6 +721,8 @@ class PrismOperations(DeferredWork):
         keep = (shared and not f.changed_elsewhere) or (
             f.opened_as is not None and self._seen.get(inode) == f.opened_as
         )
+        if handle.reopened:
+            keep = False  # its reads must reach `read` (relatime, see there)
         if f.attr_at_open is not None and not handle.pending:
             self._fresh_kernel_attrs(f.attr_at_open)
         if f.opened_as is not None:
@@ -808,6 +819,13 @@ class PrismOperations(DeferredWork):
         if not handle.read_noted:  # relatime: the first read of an open may move atime
             handle.read_noted = True
             attr = handle.file.attr_at_open  # None for a file created here: atime is new
+            if attr is None and handle.reopened:
+                # Closed and opened again with its create held back: its
+                # atime may have been set since (utimens), so the read is a
+                # read of an existing file: sent first, then relatime as usual.
+                handle.reopened = False
+                await self._settle()
+                attr = await self.meta.getattr(handle.file.ino)
             if attr is not None:
                 self._note_access(attr)
         return data
