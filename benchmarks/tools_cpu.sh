@@ -38,10 +38,10 @@ fi
 cpu >"$work/cpu0"
 mkdir "$work/mnt/t" "$work/mnt/r"
 t0=$(date +%s.%N)
-timeout 600 tar xf "$work/stdlib.tar" -C "$work/mnt/t"
+timeout 600 tar xf "$work/stdlib.tar" -C "$work/mnt/t" || echo "tar x failed: exit $?"
 t1=$(date +%s.%N)
 cpu >"$work/cpu1"
-timeout 600 rsync -a --exclude=site-packages "$stdlib/" "$work/mnt/r/"
+timeout 600 rsync -a --exclude=site-packages "$stdlib/" "$work/mnt/r/" || echo "rsync -a failed: exit $?"
 t2=$(date +%s.%N)
 echo "tar x: $(elapsed "$t0" "$t1") s"
 echo "rsync -a: $(elapsed "$t1" "$t2") s"
