@@ -183,16 +183,21 @@ class LeaseTable:
             self._seq += 1
             gid = (self.term, self._seq)
         state.holders[holder] = (gid, until)
+        if exclusive:
+            self._delegate(state, holder, now)
+        return gid
+
+    def _delegate(self, state: _Key, holder: str, now: float) -> None:
+        """Make ``holder``'s lease a delegation if the key has none, is out
+        of its ping-pong time, this leader is not blind, and no other
+        holder's lease lasts (the one rule for grants and continuations)."""
         if (
-            exclusive
-            and delegate is None
+            state.delegate is None
             and now >= max(state.shared_until, self.blind_until)
             and all(u <= now for h, (_, u) in state.holders.items() if h != holder)
         ):
-            if state.delegate is None:
-                self.delegations += 1
             state.delegate = holder
-        return gid
+            self.delegations += 1
 
     def delegate_of(self, key: Hashable, now: float) -> str | None:
         """The holder ``key`` is delegated to (its lease exclusive and, as
@@ -296,14 +301,8 @@ class LeaseTable:
             gid = (self.term, self._seq)
             state.holders[writer] = (gid, now + self.seconds * (1 + self.drift))  # type: ignore[index]
             continued = (own, gid)
-            if (
-                exclusive
-                and state.delegate is None
-                and now >= max(state.shared_until, self.blind_until)
-                and all(u <= now for h, (_, u) in state.holders.items() if h != writer)
-            ):
-                state.delegate = writer
-                self.delegations += 1
+            if exclusive:
+                self._delegate(state, writer, now)  # type: ignore[arg-type]
         if not state.pending:
             state.continuing.clear()
             if not state.holders and state.shared_until <= (now or 0.0):
