@@ -223,17 +223,38 @@ class DeferredWork(pyfuse3.Operations):
             await trio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
-    def _expiring(self, now: float) -> bool:
-        """Whether a delegation held-back changes were made under is about to end."""
-        leases = self._leases
-        if leases is None:
-            return False
+    def _held_keys(self) -> set[int]:
+        """The directories whose delegations held-back changes were made under."""
         keys = {d[0] for d in self._unlink_under.values()}
         keys |= {d[0] for d in self._held_under.values()}
         for handle in self._open.values():
             if handle.pending:
                 keys |= {d[0] for d in handle.file.delegated}
-        return any(leases.delegation_left(k, now) < FLUSH_LEFT for k in keys)
+        return keys
+
+    def _expiring(self, now: float) -> bool:
+        """Whether a delegation held-back changes were made under is about to end."""
+        leases = self._leases
+        if leases is None:
+            return False
+        return any(leases.delegation_left(k, now) < FLUSH_LEFT for k in self._held_keys())
+
+    def _ends_held(self, op: MetaCommand) -> bool:
+        """Whether ``op``, sent the synchronous way, changes a directory
+        something is held back under. The leader then ends that delegation,
+        or continues it under a new grant (`LeaseTable.end_change`), and
+        refuses a later flush made under the old one: what is held back
+        must go first."""
+        if self._leases is None:
+            return False
+        held = self._held_keys()
+        if not held:
+            return False
+        keys = command_keys(op)
+        if keys.all() & held:
+            return True
+        now = trio.current_time()
+        return any(self._leases.ino_of(p, n, now) in held for p, n in keys.lookups)
 
     def _note_parents(self, parents: tuple[Attr, ...]) -> None:
         """Directories a change of this mount changed, as they are now."""
@@ -297,8 +318,13 @@ class DeferredWork(pyfuse3.Operations):
             await self._send_held()
         while opens and len(self._held.ops) + sum(self._opens.values()) >= MAX_BATCH:
             await self._send_opens()
-        todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
         own = self._own_delegations(op)
+        if not own and self._ends_held(op):
+            # (a directory's chmod or utimens when its delegation has less
+            # than MARGIN_S left: tar and rsync set them after its files)
+            await self._settle(held=False)
+            self.stats.count("fuse.writeback.settled_for_change")
+        todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
         if not self._held and not open_ops and not own:
             return await self.meta.propose(op)
         ops = self._held.take()

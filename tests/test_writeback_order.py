@@ -1,0 +1,126 @@
+"""The mount's write-back against a fake metadata client: what is held back
+under a delegation reaches the leader before a synchronous change of the
+same directory. That change ends the delegation at the leader (or continues
+it under a new grant), and the leader refuses a flush made under the old
+grant: `benchmarks/tools_cpu.sh` lost held-back files of `tar x` that way,
+when tar set a directory's times in the last MARGIN_S of its delegation."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+import trio.testing
+
+from prismfs.fuse.deferred import MountOptions
+from prismfs.fuse.leased import MARGIN_S, DirCopy
+from prismfs.fuse.ops import PrismOperations
+from prismfs.meta.commands import Attr, MetaCommand, Mknod, SetAttr
+from prismfs.stats import Stats
+
+DIR = 0o040755
+FILE = 0o100644
+K = 50  # the delegated directory
+GRANT = (1, 5)
+
+
+class FakeMeta:
+    """Records what is sent, in order, with the delegations it carried."""
+
+    session = "s"
+    attempt_timeout = 5.0
+
+    def __init__(self) -> None:
+        self.pool = SimpleNamespace(stats=Stats())
+        self.sent: list[tuple[list[MetaCommand], tuple[Any, ...]]] = []
+        self.lease_hooks: Any = None
+        self.on_parents: Any = None
+
+    def _attr(self, op: MetaCommand) -> Attr:
+        ino = getattr(op, "ino", 0) or 0
+        mode = DIR if ino == K else FILE
+        return Attr(ino, mode, 1, 0, 0, 0, 1, 1, 1)
+
+    async def batch(self, ops: list[MetaCommand], **kw: Any) -> list[Any]:
+        self.sent.append((list(ops), tuple(kw.get("delegated", ()))))
+        await trio.lowlevel.checkpoint()
+        return [self._attr(op) for op in ops]
+
+    async def propose(self, op: MetaCommand) -> Attr:
+        return (await self.batch([op]))[0]
+
+    async def layout(self, ino: int) -> str:
+        return ""
+
+    async def getattr(self, ino: int) -> Attr:
+        return Attr(ino, DIR, 2, 0, 0, 0, 1, 1, 1)
+
+    async def reserve_inodes(self, n: int) -> range:
+        return range(1000, 1000 + n)
+
+
+def ctx() -> Any:
+    return SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
+
+
+def times_of_directory() -> tuple[Any, Any]:
+    attr = SimpleNamespace(st_mode=DIR, st_atime_ns=7, st_mtime_ns=7)
+    fields = SimpleNamespace(
+        update_mode=False,
+        update_uid=False,
+        update_gid=False,
+        update_atime=True,
+        update_mtime=True,
+        update_size=False,
+    )
+    return attr, fields
+
+
+async def held_create_then_directory_times(left: float) -> FakeMeta:
+    """A create held back in delegated directory K, then K's times set when
+    its delegation has ``left`` seconds left."""
+    meta = FakeMeta()
+    ops = PrismOperations(meta, None, MountOptions())  # type: ignore[arg-type]
+    leases = ops._leases
+    assert leases is not None
+    start = trio.current_time()
+    leases.held.granted(K, DirCopy(complete=True), GRANT, 2.0, start, 0, exclusive=True)
+    await ops.create(K, b"new", FILE, os.O_WRONLY, ctx())
+    assert not meta.sent, "the create is held back"
+    until = leases.held.peek(K)[1]  # type: ignore[index]
+    await trio.sleep_until(until - left)
+    await ops.setattr(K, *times_of_directory(), None, ctx())
+    return meta
+
+
+def first_index(meta: FakeMeta, kind: type) -> int:
+    return next(i for i, (ops, _) in enumerate(meta.sent) if any(isinstance(o, kind) for o in ops))
+
+
+def test_a_synchronous_change_of_a_directory_sends_what_is_held_back_in_it_first() -> None:
+    async def main() -> None:
+        # Below MARGIN_S the directory's times go the synchronous way...
+        meta = await held_create_then_directory_times(MARGIN_S - 0.1)
+        mknod, times = first_index(meta, Mknod), first_index(meta, SetAttr)
+        # ...after the create, still under the grant it was made under.
+        assert mknod < times, meta.sent
+        assert meta.sent[mknod][1] == ((K, *GRANT),)
+        (op,) = [o for o in meta.sent[times][0] if isinstance(o, SetAttr)]
+        assert op.ino == K and op.mtime_ns == 7
+        assert meta.pool.stats.counts["fuse.writeback.settled_for_change"] == 1
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_with_time_left_the_change_rides_the_delegation_and_the_create_stays_held() -> None:
+    async def main() -> None:
+        meta = await held_create_then_directory_times(MARGIN_S + 0.5)
+        # The times are held (or sent under the delegation): nothing ends it,
+        # so the create may stay held back.
+        assert not any(isinstance(o, Mknod) for ops, _ in meta.sent for o in ops)
+        for _, delegated in meta.sent:
+            assert delegated == ((K, *GRANT),)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
