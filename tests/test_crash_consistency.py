@@ -20,6 +20,7 @@ enough nodes, on any error the application saw.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -135,7 +136,33 @@ class Crash:
         trio.run(self._converged, [str(n["rpc_address"]) for n in self.started])
         wait_for(lambda: self.nodes.cli("cluster", "status")[0] == 0, timeout, "status clean")
         code, out, err = self.nodes.cli("fsck", timeout=600)
-        assert code == 0, out + err
+        assert code == 0, out + err + self._trace_missing()
+
+    def _trace_missing(self) -> str:
+        """What the logs say of the chunks whose shards fsck found missing
+        (every shard delete is logged with its ids and who asked)."""
+        _, out, _ = self.nodes.cli("fsck", "--json", timeout=600)
+        try:
+            missing = json.loads(out).get("missing", [])
+        except ValueError:
+            return "\n(fsck --json gave no report)"
+        chunks = {str(sid).rsplit(":", 1)[-1].split(".")[0] for sid in missing}
+        logs = [
+            path
+            for n in self.started
+            for d in [self.data_dir(n)]
+            for path in (d / "node.log", d.parent / f"{d.name}.log")
+        ]
+        logs.append(self.nodes.mount.log)
+        lines = [f"\nmissing shards: {sorted(missing)[:20]}"]
+        for path in logs:
+            if not path.exists():
+                continue
+            for line in path.read_text(errors="replace").splitlines():
+                found = [c for c in chunks if c in line]
+                if found:  # (a delete's line lists many ids: keep its head)
+                    lines.append(f"{path.name}: {line[:200]} [{' '.join(found)}]")
+        return "\n".join(lines[:60])
 
     async def _converged(self, addresses: list[str]) -> None:
         client = load_client_toml(self.nodes.client_toml)

@@ -72,6 +72,16 @@ class ShardService:
         deleted = 0
         for sid in request.shard_ids:
             deleted += await self.store.delete(sid)
+        # Which shards went, and at whose request: a shard found missing
+        # later is traced to the delete that took it.
+        log.info(
+            "deleted %d of %d shards asked by %s (%s): %s",
+            deleted,
+            len(request.shard_ids),
+            call.client_name,
+            call.peer,
+            " ".join(request.shard_ids),
+        )
         return ShardsDeleted(deleted)
 
     async def _list(self, request: ListShards, call: Call) -> ShardList:
