@@ -41,10 +41,20 @@ t0=$(date +%s.%N)
 timeout 600 tar xf "$work/stdlib.tar" -C "$work/mnt/t" || echo "tar x failed: exit $?"
 t1=$(date +%s.%N)
 cpu >"$work/cpu1"
+$py -m prismfs mount stats --json --reset "$work/mnt" >"$work/stats-tar.json" 2>&1
 timeout 600 rsync -a --exclude=site-packages "$stdlib/" "$work/mnt/r/" || echo "rsync -a failed: exit $?"
 t2=$(date +%s.%N)
+$py -m prismfs mount stats --json "$work/mnt" >"$work/stats-rsync.json" 2>&1
 echo "tar x: $(elapsed "$t0" "$t1") s"
 echo "rsync -a: $(elapsed "$t1" "$t2") s"
+for step in tar rsync; do
+  $py - "$work/stats-$step.json" "$step" <<'PY'
+import json, sys
+counts = json.load(open(sys.argv[1])).get("counts", {})
+keys = ("rpc.Propose", "rpc.Query", "fuse.writeback.settled_for_change", "fuse.writeback.lost")
+print(f"{sys.argv[2]}: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in keys))
+PY
+done
 echo "CPU seconds during tar x:"
 join <(sort "$work/cpu0") <(sort "$work/cpu1") | while read -r p a b; do
   echo "  pid $p: $(python3 -c "print(f'{($b - $a) / 100:.1f}')") s  $(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-70)"

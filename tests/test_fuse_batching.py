@@ -53,6 +53,9 @@ def commit_index(m: Mount) -> int:
     return int(trio.run(m.library, highest))
 
 
+STAMP = 1_500_000_000_123_456_789
+
+
 def wait_for(check, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not check():
@@ -80,6 +83,99 @@ def test_a_small_file_costs_one_raft_entry_not_two(mounts: tuple[Mount, Mount]) 
     for i, body in enumerate(bodies):  # each mount reads what the other wrote
         assert (b.point / "deferred" / f"f{i}").read_bytes() == body
         assert (a.point / "sync" / f"f{i}").read_bytes() == body
+
+
+def test_times_set_through_an_open_new_file_join_its_held_back_create(
+    mounts: tuple[Mount, Mount],
+) -> None:
+    """tar sets a new file's times with futimens before it closes it: the
+    data is staged, the times join the held-back create, and no Raft entry
+    is spent on either; the other mount sees the data and the times set."""
+    a, b = mounts
+    n = 40
+    (a.point / "times").mkdir()
+    bodies = [os.urandom(20_000 + i) for i in range(n)]  # over inline_max: shards
+    stamp = STAMP
+    before = commit_index(a)
+    for i, body in enumerate(bodies):
+        fd = os.open(a.point / "times" / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            os.write(fd, body)
+            os.utime(fd, ns=(stamp + i, stamp + i))
+            assert os.fstat(fd).st_mtime_ns == stamp + i
+        finally:
+            os.close(fd)
+    entries = commit_index(a) - before
+    # Before: each futimens sent the create, the data and the times at once.
+    assert entries < n // 2, entries
+    for i, body in enumerate(bodies):  # b's lookups recall a's delegation first
+        path = b.point / "times" / f"f{i}"
+        assert path.read_bytes() == body
+        st = path.stat()
+        assert (st.st_mtime_ns, st.st_size, stat.S_IMODE(st.st_mode)) == (
+            stamp + i,
+            len(body),
+            0o640,
+        )
+    # A write after the times moves mtime on again, as POSIX orders it.
+    fd = os.open(a.point / "times" / "late", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"x" * 20_000)
+        os.utime(fd, ns=(stamp, stamp))
+        os.write(fd, b"y" * 20_000)
+    finally:
+        os.close(fd)
+    st = (b.point / "times" / "late").stat()
+    assert st.st_size == 40_000 and st.st_mtime_ns > stamp
+
+
+def test_a_new_file_renamed_in_its_directory_joins_its_held_back_create(
+    mounts: tuple[Mount, Mount],
+) -> None:
+    """rsync writes a temporary file, sets its times, opens it again for
+    its mode, then renames it to its name: all of it joins the held-back
+    create, nothing costs a Raft entry of its own; the other mount sees
+    only the final names, with their times and modes. A rename onto a name in
+    use still replaces it."""
+    a, b = mounts
+    n = 40
+    d = a.point / "renamed"
+    d.mkdir()
+    (d / "old").write_bytes(b"old")
+    bodies = [os.urandom(10_000 + i) for i in range(n)]
+    before = commit_index(a)
+    for i, body in enumerate(bodies):
+        tmp = d / f".f{i}.XXXX"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, body)
+        finally:
+            os.close(fd)
+        # rsync's order: times by name, then open again for the mode, rename
+        os.utime(tmp, ns=(STAMP + i, STAMP + i), follow_symlinks=False)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        os.rename(tmp, d / f"f{i}")
+        assert not tmp.exists() and (d / f"f{i}").stat().st_size == len(body)
+    entries = commit_index(a) - before
+    # Before: each rename sent the held-back creates, then itself: 2 per file.
+    assert entries < n // 2, entries
+    fd = os.open(d / ".new", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"new")
+    os.close(fd)
+    os.rename(d / ".new", d / "old")  # a name in use: the usual way
+    expected = sorted(["old"] + [f"f{i}" for i in range(n)])
+    assert sorted(os.listdir(b.point / "renamed")) == expected
+    for i, body in enumerate(bodies):
+        path = b.point / "renamed" / f"f{i}"
+        assert path.read_bytes() == body
+        st = path.stat()
+        assert (st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (STAMP + i, 0o644)
+    assert (b.point / "renamed" / "old").read_bytes() == b"new"
+    assert sorted(os.listdir(d)) == expected
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,7 @@ class Handle:
     name: tuple[int, bytes] = (0, b"")  # (parent, name) of a deferred create
     read_noted: bool = False  # a read through this open was seen (relatime)
     released: bool = False  # closed, its create (and data commit) still held back
+    reopened: bool = False  # opened again after such a close, still held back
 
     @property
     def pending(self) -> bool:

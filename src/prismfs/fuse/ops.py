@@ -49,6 +49,7 @@ from prismfs.fuse.deferred import DeferredWork, Handle, MountOptions
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
     Attr,
     Link,
     Mkdir,
@@ -364,16 +365,27 @@ class PrismOperations(DeferredWork):
             changes["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
+        times = "atime_ns" in changes or "mtime_ns" in changes
+        if (
+            times
+            and handle is not None
+            and handle.file._dirty
+            and not fields.update_size
+            and self._writes_back(handle)
+        ):
+            # A new file written back (tar sets its times through the open
+            # descriptor, then closes it): its data is staged first, as its
+            # close would (the commit sets mtime, and the time set must win),
+            # and the change joins its held-back create below.
+            await handle.file.stage()
+            self.stats.count("fuse.writeback.staged_for_times")
         if (
             handle is not None
             and handle.pending
             and handle.attr is not None
             and not fields.update_size
-            and (
-                ("atime_ns" not in changes and "mtime_ns" not in changes)
-                # times too once its data is staged (tar sets them after close)
-                or (handle.released and not handle.file._dirty)
-            )
+            # times once its data is staged (a commit would set mtime after them)
+            and (not times or not (handle.file._dirty or handle.file._flushing))
         ):
             # A deferred create: mode and owner changes join its Mknod.
             now = now_ns()
@@ -542,6 +554,8 @@ class PrismOperations(DeferredWork):
         ctx: Any,
     ) -> None:
         self._writable()
+        if self._rename_held_back(parent_inode_old, name_old, parent_inode_new, name_new, flags):
+            return
         await self._settle(held=False)
         moved = self._names_ino(parent_inode_old, name_old)
         for ino in (
@@ -559,6 +573,53 @@ class PrismOperations(DeferredWork):
             # The kernel moved its entry: the new name is known to refer to it.
             self._names[(parent_inode_new, name_new)] = moved
             self._named_at[(parent_inode_new, name_new)] = trio.current_time()
+
+    def _rename_held_back(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> bool:
+        """A new file renamed in the delegated directory it was made in, to a
+        name this mount knows is free (rsync's temporary file, then its
+        name): the `Rename` joins the file's held-back create, nothing is
+        sent. Only for the newest held-back create, with no unlink or
+        attribute change of the directory held back (they would be sent
+        out of order), so a flush still keeps a prefix of what was done."""
+        if parent != new_parent or flags & ~RENAME_NOREPLACE or self._leases is None:
+            return False
+        handle = self._deferred(self._pending.get((parent, name), 0))
+        if (
+            handle is None
+            or handle.attr is None
+            or handle.file._lock.locked()  # its create on the way: its name is known soon
+            or not self._writes_back(handle)
+            or handle.file.delegated != (self._delegation(parent),)
+            or (parent, new_name) in self._pending
+            or self._unlinks
+            or parent in self._held
+        ):
+            return False
+        check_name(new_name)
+        now = trio.current_time()
+        known, attr, _, _ = self._leases.name(parent, new_name, now, self.opts.attr_timeout)
+        if not known or attr is not None:
+            return False  # (a name in use: replaced at the leader, the usual way)
+        if any(
+            h.created > handle.created
+            for ino in self._pending.values()
+            if (h := self._deferred(ino)) is not None
+        ):
+            return False
+        stamp = now_ns()
+        handle.file.prelude.append(Rename(stamp, parent, name, parent, new_name, flags))
+        del self._pending[(parent, name)]
+        self._pending[(parent, new_name)] = handle.attr.ino
+        handle.name = (parent, new_name)
+        handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=stamp)
+        self._forget_name(parent, name)
+        self._known(parent, new_name, handle.attr)
+        self._changed.bump(parent)
+        self._create_dirs[parent] = max(stamp, self._create_dirs.get(parent, 0))
+        self.stats.count("fuse.writeback.renames")
+        return True
 
     @_op
     async def link(
@@ -638,9 +699,18 @@ class PrismOperations(DeferredWork):
             await self._settle_unlinks()
         known = self._open.get(inode)
         if known is not None and known.released and known.pending:
-            # Closed here with its create held back: sent first, so this open
-            # is an open of an existing file like any other (atime, attributes).
-            await self._settle()
+            if self._writes_back(known) and not flags & os.O_TRUNC:
+                # Closed here with its create held back, still delegated
+                # (rsync opens its temporary file again for a fchmod): the
+                # open goes on held back; its first read sends it (`read`).
+                known.released = False
+                known.reopened = True
+                known.read_noted = False
+                self.stats.count("fuse.writeback.reopens")
+            else:
+                # Sent first, so this open is an open of an existing file
+                # like any other (atime, attributes).
+                await self._settle()
         shared = inode in self._open
         handle = await self._acquire(inode)
         f = handle.file
@@ -651,6 +721,8 @@ class PrismOperations(DeferredWork):
         keep = (shared and not f.changed_elsewhere) or (
             f.opened_as is not None and self._seen.get(inode) == f.opened_as
         )
+        if handle.reopened:
+            keep = False  # its reads must reach `read` (relatime, see there)
         if f.attr_at_open is not None and not handle.pending:
             self._fresh_kernel_attrs(f.attr_at_open)
         if f.opened_as is not None:
@@ -747,6 +819,13 @@ class PrismOperations(DeferredWork):
         if not handle.read_noted:  # relatime: the first read of an open may move atime
             handle.read_noted = True
             attr = handle.file.attr_at_open  # None for a file created here: atime is new
+            if attr is None and handle.reopened:
+                # Closed and opened again with its create held back: its
+                # atime may have been set since (utimens), so the read is a
+                # read of an existing file: sent first, then relatime as usual.
+                handle.reopened = False
+                await self._settle()
+                attr = await self.meta.getattr(handle.file.ino)
             if attr is not None:
                 self._note_access(attr)
         return data
