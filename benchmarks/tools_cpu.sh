@@ -50,8 +50,10 @@ echo "rsync -a: $(elapsed "$t1" "$t2") s"
 for step in tar rsync; do
   $py - "$work/stats-$step.json" "$step" <<'PY'
 import json, sys
-counts = json.load(open(sys.argv[1])).get("counts", {})
-keys = ("rpc.Propose", "rpc.Query", "fuse.writeback.settled_for_change", "fuse.writeback.lost")
+stats = json.load(open(sys.argv[1]))
+counts = dict(stats.get("counts", {}))
+counts.update({k: h["count"] for k, h in stats.get("latency", {}).items()})
+keys = ("rpc.Propose", "rpc.Query", "rpc.PutShard", "fuse.writeback.settled_for_change")
 print(f"{sys.argv[2]}: " + ", ".join(f"{k} {counts.get(k, 0)}" for k in keys))
 PY
 done
