@@ -179,7 +179,12 @@ def test_a_mount_that_lost_its_session_says_so_and_fails_its_open_files(
     runs again it is told, logs it, fails the files it had open with ESTALE,
     and goes on with a new session."""
     mnt = mount_at(cluster, mounts, "m-lost", "lease=2")
-    (mnt / "kept").write_bytes(b"k" * 5000)
+    # fsynced: a close alone does not make a new file durable (write-back
+    # holds its create back, and a mount frozen past its lease loses it)
+    fd = os.open(mnt / "kept", os.O_CREAT | os.O_WRONLY, 0o644)
+    os.write(fd, b"k" * 5000)
+    os.fsync(fd)
+    os.close(fd)
     reader = os.open(mnt / "kept", os.O_RDONLY)
     writer = os.open(mnt / "w", os.O_CREAT | os.O_WRONLY, 0o644)
     os.write(writer, b"buffered, never committed")

@@ -9,11 +9,13 @@ from typing import Any
 
 import trio
 import trio.lowlevel
+import trio.testing
 
-from prismfs.client.files import BATCH_BYTES, OpenFile, send_preludes
+from prismfs.client.files import BATCH_BYTES, OpenFile, Uploads, send_preludes
 from prismfs.data.layout import Layout
+from prismfs.data.placement import NotEnoughNodes
 from prismfs.errors import AlreadyExists, DelegationLost
-from prismfs.meta.commands import Attr, MetaCommand, Mknod, SetAttr
+from prismfs.meta.commands import Attr, ChunkRecord, MetaCommand, Mknod, SetAttr
 from prismfs.wire.codec import encode_message
 
 FILE = 0o100644
@@ -100,5 +102,124 @@ def test_batches_stay_under_the_byte_limit_and_never_split_a_file() -> None:
         for b in meta.batches:
             assert sum(len(encode_message(op)) for op in b) <= BATCH_BYTES
             assert isinstance(b[0], Mknod) and isinstance(b[-1], SetAttr)  # whole files
+
+    trio.run(main)
+
+
+# --- uploads in the background (a staged close returns before its shards are stored) ---
+
+
+class FakeData:
+    """Chunk uploads that wait for ``go`` (or fail with ``fail``)."""
+
+    inline_max = 8192
+
+    def __init__(self) -> None:
+        self.go = trio.Event()
+        self.fail: Exception | None = None
+        self.stored = 0
+
+    async def write_chunk(self, data: bytes, layout: Layout) -> ChunkRecord:
+        if len(data) <= self.inline_max:  # (kept in the record, as `DataClient` does)
+            return ChunkRecord(bytes(16), len(data), 0, 0, 0, (), inline=bytes(data))
+        await self.go.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.stored += 1
+        return ChunkRecord(bytes(16), len(data), len(data), 1, 1, ("n1",), (b"c",))
+
+
+def new_written(meta: FakeMeta, data: FakeData, ino: int, size: int) -> OpenFile:
+    f = OpenFile(meta, data, ino, Layout())  # type: ignore[arg-type]
+    f.prelude.append(Mknod(0, 1, f"f{ino}".encode(), FILE, 0, 0, ino=ino))
+    f.delegated = ((1, 1, 1),)
+    return f
+
+
+def kinds(ops: list[MetaCommand]) -> list[str]:
+    return [type(op).__name__ for op in ops]
+
+
+def test_a_staged_close_returns_while_its_data_uploads_and_its_times_follow_the_commit() -> None:
+    async def main() -> None:
+        meta, data = FakeMeta(), FakeData()
+        async with trio.open_nursery() as nursery:
+            uploads = Uploads(nursery)
+            f = new_written(meta, data, 10, 0)
+            await f.write(0, b"a" * 100_000)
+            with trio.fail_after(5):
+                await f.stage(uploads)  # returns: the upload waits for `go`
+            assert f.uploading and kinds(f.prelude) == ["Mknod"]
+            assert await f.read(0, 3) == b"aaa"  # read from what is uploading
+            assert f.may_join(times=True)
+            f.join_prelude(SetAttr(0, 10, mtime_ns=5))  # tar's futimens: behind the commit
+            sending = trio.Event()
+
+            async def send() -> None:
+                sending.set()
+                await send_preludes(meta, [f])  # type: ignore[arg-type]
+
+            nursery.start_soon(send)
+            await sending.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not meta.batches, "the flush waits for the upload"
+            data.go.set()
+        assert kinds(meta.batches[0]) == ["Mknod", "CommitChunks", "SetAttr"]
+        assert not f.uploading and uploads.files == 0 and uploads.bytes == 0
+
+    trio.run(main)
+
+
+def test_a_failed_background_upload_keeps_the_data_and_the_times_for_the_next_stage() -> None:
+    async def main() -> None:
+        meta, data = FakeMeta(), FakeData()
+        async with trio.open_nursery() as nursery:
+            uploads = Uploads(nursery)
+            f = new_written(meta, data, 11, 0)
+            await f.write(0, b"b" * 50_000)
+            with trio.fail_after(5):
+                await f.stage(uploads)
+            f.join_prelude(SetAttr(0, 11, mtime_ns=5))
+            data.fail = NotEnoughNodes("no nodes")
+            data.go.set()
+        assert kinds(f.prelude) == ["Mknod"] and f._dirty, "the data stays to be sent"
+        data.fail = None
+        await f.stage()  # (what the mount's flush does for a closed file)
+        assert kinds(f.prelude) == ["Mknod", "CommitChunks", "SetAttr"]
+
+    trio.run(main)
+
+
+def test_the_window_holds_back_a_close_until_there_is_room_and_small_files_stay_inline() -> None:
+    async def main() -> None:
+        meta, data = FakeMeta(), FakeData()
+        async with trio.open_nursery() as nursery:
+            uploads = Uploads(nursery, max_bytes=400_000, max_files=2)
+            files = [new_written(meta, data, 20 + n, 0) for n in range(3)]
+            for f in files:
+                await f.write(0, b"c" * 90_000)
+            with trio.fail_after(5):
+                await files[0].stage(uploads)
+                await files[1].stage(uploads)
+            third = trio.Event()
+
+            async def stage_third() -> None:
+                await files[2].stage(uploads)
+                third.set()
+
+            nursery.start_soon(stage_third)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not third.is_set() and uploads.files == 2, "two files at once at most"
+            data.go.set()
+            await third.wait()
+            small = new_written(meta, data, 30, 0)
+            await small.write(0, b"d" * 100)
+            await small.stage(uploads)  # inline: nothing to upload, staged at once
+            assert not small.uploading and kinds(small.prelude) == ["Mknod", "CommitChunks"]
+            big = new_written(meta, data, 31, 0)
+            await big.write(0, b"e" * 150_000)  # over a quarter of the window: by its close
+            await big.stage(uploads)
+            assert not big.uploading and kinds(big.prelude) == ["Mknod", "CommitChunks"]
+        assert data.stored == 4
 
     trio.run(main)

@@ -13,7 +13,11 @@ A file's ``prelude`` holds namespace commands that must reach the cluster
 before its data: the `Mknod` of a deferred create and attribute changes made
 since. The next flush sends them, the data commit and any ``after`` commands
 in one `Batch` (one Raft round trip instead of one per command); `settle`
-sends just the prelude.
+sends just the prelude. A mount's write-back *stages* a new file's close
+instead (`stage`): the data is uploaded and its commit joins the prelude,
+sent later with many others (`send_preludes`); a small enough file is
+uploaded in the background (`Uploads`), the task holding the file's lock
+meanwhile.
 
 Reads go chunk by chunk through `DataClient.read_chunk`; bytes past a chunk
 record's ``length`` (a truncated chunk) and chunks without a record (holes)
@@ -161,6 +165,9 @@ class OpenFile:
         # the directory delegations the prelude was made under (a mount's write-back)
         self.delegated: tuple[tuple[int, int, int], ...] = ()
         self.session = meta.session  # the session holding it open
+        self._staging = False  # a stage in the background holds the lock, uploading
+        # attribute changes made meanwhile: they follow its commit (`join_prelude`)
+        self._after: list[MetaCommand] = []
 
     @classmethod
     async def open(
@@ -416,39 +423,137 @@ class OpenFile:
                 raise result
         return results[len(prelude) :]  # type: ignore[return-value]
 
-    async def stage(self) -> None:
+    @property
+    def uploading(self) -> bool:
+        """A stage of it is uploading in the background."""
+        return self._staging
+
+    def may_join(self, times: bool) -> bool:
+        """Whether an attribute change of this held-back file may join its
+        prelude now: times only once its data is staged (the data commit sets
+        mtime, and a time set after the writes must win over it)."""
+        return not times or not (self._dirty or (self._flushing and not self._staging))
+
+    def join_prelude(self, op: MetaCommand) -> None:
+        """An attribute change of this held-back file, sent with its create:
+        behind the data commit a background stage is uploading, if any."""
+        (self._after if self._staging else self.prelude).append(op)
+
+    async def stage(self, uploads: Uploads | None = None) -> None:
         """Write-back of a new file's close (its create still held back): the
-        dirty chunks are uploaded now, and their commit joins the prelude,
-        sent with it later (`send_preludes`). Nobody else can see this file
-        before then, so the commit cannot conflict."""
-        async with self._lock:
+        dirty chunks are uploaded, and their commit joins the prelude, sent
+        with it later (`send_preludes`). Nobody else can see this file before
+        then, so the commit cannot conflict. With ``uploads`` a file that
+        fits its window is uploaded in the background: this returns once the
+        upload started (with the file's lock held, so every later flush,
+        settle or send of this file waits for it). A background upload that
+        fails leaves the data dirty, for the next stage or flush."""
+        if not self._dirty and self.lost is None:
             self._check_session()
-            if self.lost is not None:
-                self._dirty = {}
-                raise self.lost
-            if not self._dirty:
-                return
-            snapshot = self._take_dirty()
-            try:
-                bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
-                records = await self._upload(bodies)
-            except BaseException:
-                self._put_back(snapshot)
+            return  # (staged already, perhaps still uploading)
+        size = sum(len(d.buf) for d in self._dirty.values())
+        inline = all(len(d.buf) <= self.data.inline_max for d in self._dirty.values())
+        if uploads is None or inline or not uploads.fits(size):
+            async with self._lock:
+                await self._stage_now()
+            return
+        await uploads.reserve(size)
+        begun: list[bool] = []
+        try:
+            await uploads.nursery.start(self._stage_behind, uploads, size, begun)
+        except RuntimeError:
+            if begun:
                 raise
-            finally:
-                self._flushing = {}
-            order = sorted(records)
-            size = max(idx * self.chunk_size + len(bodies[idx]) for idx in order)
-            self.prelude.append(
-                CommitChunks(
-                    now_ns(),
-                    self.ino,
-                    tuple((idx, records[idx]) for idx in order),
-                    size,
-                    expect=tuple(snapshot[idx].base for idx in order),
-                )
+            uploads.release(size)  # the nursery is closed (unmounting): here, then
+            async with self._lock:
+                await self._stage_now()
+
+    async def _stage_now(self) -> None:
+        self._check_session()
+        if self.lost is not None:
+            self._dirty = {}
+            raise self.lost
+        if not self._dirty:
+            return
+        snapshot = self._take_dirty()
+        try:
+            bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
+            records = await self._upload(bodies)
+        except BaseException:
+            self._put_back(snapshot)
+            raise
+        finally:
+            self._flushing = {}
+        self._staged(snapshot, bodies, records)
+
+    async def _stage_behind(
+        self,
+        uploads: Uploads,
+        size: int,
+        begun: list[bool],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        begun.append(True)
+        try:
+            async with self._lock:
+                self._check_session()
+                if self.lost is not None:
+                    self._dirty = {}
+                    raise self.lost
+                if not self._dirty:
+                    task_status.started()
+                    return
+                snapshot = self._take_dirty()
+                bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
+                self._staging = True
+                task_status.started()
+                try:
+                    records = await self._upload(bodies)
+                except BaseException as exc:
+                    self._put_back(snapshot)
+                    if isinstance(exc, PrismError):
+                        log.warning(
+                            "inode %d: background upload failed, kept for the next flush: %s",
+                            self.ino,
+                            exc.message,
+                        )
+                    elif isinstance(exc, Exception):
+                        log.exception("inode %d: background upload failed", self.ino)
+                    else:
+                        raise  # (cancelled: unmounting)
+                    return
+                finally:
+                    self._flushing = {}
+                    self._staging = False
+                self._staged(snapshot, bodies, records)
+        finally:
+            uploads.release(size)
+
+    def _staged(
+        self, snapshot: dict[int, _Dirty], bodies: dict[int, bytes], records: dict[int, ChunkRecord]
+    ) -> None:
+        """The commit of an upload joins the prelude, and what waited for it."""
+        order = sorted(records)
+        size = max(idx * self.chunk_size + len(bodies[idx]) for idx in order)
+        self.prelude.append(
+            CommitChunks(
+                now_ns(),
+                self.ino,
+                tuple((idx, records[idx]) for idx in order),
+                size,
+                expect=tuple(snapshot[idx].base for idx in order),
             )
-            self._stored(bodies, records)
+        )
+        self.prelude += self._after
+        self._after = []
+        self._stored(bodies, records)
+
+    def abandon(self, exc: PrismError) -> None:
+        """This held-back file can never reach the cluster (``exc`` says why):
+        its create, data and attribute changes are dropped."""
+        self.lost = exc
+        self.prelude, self._after, self._dirty = [], [], {}
+        self.delegated = ()
 
     def _take_dirty(self) -> dict[int, _Dirty]:
         """The buffers become immutable snapshots while they are uploaded
@@ -496,14 +601,17 @@ class OpenFile:
                 raise self.lost
             if not self._dirty:
                 return await self._send(after) if after or self.prelude else []
+            # (times set while a background upload of it failed: behind its data)
+            before, self._after = self._after, []
             snapshot = self._take_dirty()
             try:
                 bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
                 bases = {idx: d.base for idx, d in snapshot.items()}
                 records = await self._upload(bodies)
-                results = await self._commit(snapshot, bodies, bases, records, after)
+                results = await self._commit(snapshot, bodies, bases, records, before + after)
             except BaseException:
                 self._put_back(snapshot)
+                self._after = before + self._after
                 raise
             finally:
                 self._flushing = {}
@@ -511,7 +619,7 @@ class OpenFile:
             attr = results[0]
             if attr is not None:
                 self.opened_as = (attr.mtime_ns, attr.size)
-            return results[1:]
+            return results[1 + len(before) :]
 
     async def _known_layout(self, bodies: Iterable[bytes]) -> Layout:
         """The layout to code these bodies with: the file's own, once it is
@@ -614,6 +722,49 @@ class OpenFile:
             self._closed = True
             if release:
                 await self.meta.release(self.ino)
+
+
+BACKGROUND_BYTES = 16 << 20
+"""Chunk data a mount uploads in the background at once (`Uploads`)."""
+BACKGROUND_FILES = 64
+"""Files a mount uploads in the background at once."""
+
+
+class Uploads:
+    """The window of a mount's background uploads (`OpenFile.stage`): at
+    most ``max_bytes`` of data and ``max_files`` files at once; a stage
+    waits for room (the close that staged it returns once it has some).
+    A file over a quarter of the window is uploaded by its close, as
+    before: what is held back stays small enough to flush within a lease
+    when a recall comes."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        max_bytes: int = BACKGROUND_BYTES,
+        max_files: int = BACKGROUND_FILES,
+    ) -> None:
+        self.nursery = nursery
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.bytes = 0
+        self.files = 0
+        self._room = trio.Event()
+
+    def fits(self, size: int) -> bool:
+        return size <= self.max_bytes // 4
+
+    async def reserve(self, size: int) -> None:
+        while self.files and (self.files >= self.max_files or self.bytes + size > self.max_bytes):
+            await self._room.wait()
+        self.bytes += size
+        self.files += 1
+
+    def release(self, size: int) -> None:
+        self.bytes -= size
+        self.files -= 1
+        self._room.set()
+        self._room = trio.Event()
 
 
 BATCH_BYTES = 256 * 1024

@@ -29,9 +29,12 @@ without recalling the delegation first, and a recall flushes everything
 held back before it is acknowledged, so other mounts see every name at once
 and an ``O_EXCL`` create is exclusive across mounts. A close of such a
 file uploads its data and stages the commit behind the create
-(`OpenFile.stage`), then returns: the file stays in ``_open`` (released)
-until its prelude is sent, with many others, in creation order
-(`send_preludes`). Elsewhere (a directory two mounts work in) creates and
+(`OpenFile.stage`; a file of up to 4 MiB in the background, within the
+window of `prismfs.client.files.Uploads`), then returns: the file stays
+in ``_open`` (released) until its prelude is sent, with many others, in
+creation order (`send_preludes`); one whose upload failed is uploaded
+again first. A delegation something is held back under is renewed until
+that is sent (`DirLeases.keep`). Elsewhere (a directory two mounts work in) creates and
 unlinks are synchronous. A flush the leader
 refuses (the delegation ended first: a leader change, a mount cut off for
 longer than its lease) loses what it carried, and the next ``fsync``,
@@ -56,7 +59,7 @@ import pyfuse3
 import trio
 
 from prismfs.client.data import DataClient
-from prismfs.client.files import OpenFile, send_preludes
+from prismfs.client.files import OpenFile, Uploads, send_preludes
 from prismfs.data.layout import Layout
 from prismfs.errors import DelegationLost, PrismError
 from prismfs.exception_groups import single_exception
@@ -170,8 +173,12 @@ class DeferredWork(pyfuse3.Operations):
         self._made_in: dict[int, int] = {}  # symlinks made here -> their directory
         self._create_dirs: dict[int, int] = {}  # directory -> time of its latest held create
         self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
+        self._uploads: Uploads | None = None  # background uploads (while `background` runs)
         if self._leases is not None:
             self._leases.before_ack = self._flush_for_recall
+            # A delegation something is held back under stays renewed until
+            # it is flushed (an upload in the background may take a while).
+            self._leases.keep = self._held_keys
 
     # --- write-back under delegations --------------------------------------------------------
 
@@ -414,6 +421,16 @@ class DeferredWork(pyfuse3.Operations):
             # In the order they were made, in as few batches as can be: a
             # crash meanwhile leaves the earlier ones, never a later one alone.
             todo.sort(key=lambda h: h.created)
+            for handle in todo:
+                if handle.released and handle.file._dirty:
+                    # closed, and its upload in the background failed: now
+                    # (its create must not go without its data)
+                    try:
+                        await handle.file.stage()
+                    except PrismError as exc:
+                        if exc.transient:
+                            raise
+                        handle.file.abandon(exc)  # (its session ended, say)
             await send_preludes(self.meta, [h.file for h in todo])
             self._create_dirs = {}  # (the directories' own times now come from the cluster)
             for handle in todo:
@@ -582,6 +599,8 @@ class DeferredWork(pyfuse3.Operations):
             if self._leases is not None:
                 nursery.start_soon(self._leases.run)
                 nursery.start_soon(self._leases.renew)
+                if self.opts.batch_meta:
+                    self._uploads = Uploads(nursery)
             while True:
                 await trio.sleep(RELEASE_EVERY)
                 try:

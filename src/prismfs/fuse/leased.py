@@ -137,6 +137,9 @@ class DirLeases:
         self._dirs: set[int] = set()  # inodes seen to be directories
         # Run before recalls are acknowledged: flush what is held back.
         self.before_ack: Callable[[], Awaitable[None]] | None = None
+        # The directories something is held back under: their delegations
+        # are renewed while they last, busy or not.
+        self.keep: Callable[[], set[int]] | None = None
 
     def delegation(self, key: int, now: float) -> tuple[int, int, int] | None:
         """``(key, term, seq)`` of this mount's delegation of directory ``key``
@@ -452,6 +455,7 @@ class DirLeases:
         while True:
             await trio.sleep(RENEW_EVERY)
             now = trio.current_time()
+            kept = self.keep() if self.keep is not None else set()
             for key in self.held.held_keys():
                 peek = self.held.peek(key)
                 copy = peek[0] if peek is not None else None
@@ -460,7 +464,7 @@ class DirLeases:
                 until = peek[1]
                 # A delegation in active use is renewed earlier: below its
                 # margin (MARGIN_S) changes there go the synchronous way.
-                busy = self.held.delegated(key, now) and now - copy.used_at < 0.5
+                busy = self.held.delegated(key, now) and (now - copy.used_at < 0.5 or key in kept)
                 if (busy and 0 < until - now < RENEW_DELEGATED) or (
                     copy.complete and 0 < until - now < RENEW_LEFT and now - copy.used_at < 1.0
                 ):

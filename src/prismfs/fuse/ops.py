@@ -377,7 +377,7 @@ class PrismOperations(DeferredWork):
             # descriptor, then closes it): its data is staged first, as its
             # close would (the commit sets mtime, and the time set must win),
             # and the change joins its held-back create below.
-            await handle.file.stage()
+            await handle.file.stage(self._uploads)
             self.stats.count("fuse.writeback.staged_for_times")
         if (
             handle is not None
@@ -385,11 +385,11 @@ class PrismOperations(DeferredWork):
             and handle.attr is not None
             and not fields.update_size
             # times once its data is staged (a commit would set mtime after them)
-            and (not times or not (handle.file._dirty or handle.file._flushing))
+            and handle.file.may_join(times)
         ):
             # A deferred create: mode and owner changes join its Mknod.
             now = now_ns()
-            handle.file.prelude.append(SetAttr(now, inode, **changes))
+            handle.file.join_prelude(SetAttr(now, inode, **changes))
             mode = changes.pop("mode", None)
             if mode is not None:
                 changes["mode"] = stat.S_IFMT(handle.attr.mode) | mode
@@ -589,7 +589,8 @@ class PrismOperations(DeferredWork):
         if (
             handle is None
             or handle.attr is None
-            or handle.file._lock.locked()  # its create on the way: its name is known soon
+            # its create on the way (not its data uploading): its name is known soon
+            or (handle.file._lock.locked() and not handle.file.uploading)
             or not self._writes_back(handle)
             or handle.file.delegated != (self._delegation(parent),)
             or (parent, new_name) in self._pending
@@ -609,7 +610,7 @@ class PrismOperations(DeferredWork):
         ):
             return False
         stamp = now_ns()
-        handle.file.prelude.append(Rename(stamp, parent, name, parent, new_name, flags))
+        handle.file.join_prelude(Rename(stamp, parent, name, parent, new_name, flags))
         del self._pending[(parent, name)]
         self._pending[(parent, new_name)] = handle.attr.ino
         handle.name = (parent, new_name)
@@ -842,7 +843,7 @@ class PrismOperations(DeferredWork):
             # A new file in a delegated directory: its data is uploaded now,
             # its create and commit go with the next flush of this mount
             # (a recall, fsync, or within settle_s): close returns here.
-            await handle.file.stage()
+            await handle.file.stage(self._uploads)
             self.stats.count("fuse.writeback.closes")
             return
         if handle is not None:
