@@ -46,6 +46,9 @@ class FakeMeta:
                 out.append(Attr(getattr(op, "ino", 0), FILE, 1, 0, 0, 0, 0, 0, 0))
         return out
 
+    async def propose(self, op: MetaCommand) -> Any:
+        return (await self.batch([op]))[0]
+
 
 def new_file(meta: FakeMeta, ino: int, name: bytes, data: int = 0) -> OpenFile:
     f = OpenFile(meta, None, ino, Layout())  # type: ignore[arg-type]
@@ -223,3 +226,44 @@ def test_the_window_holds_back_a_close_until_there_is_room_and_small_files_stay_
         assert data.stored == 4
 
     trio.run(main)
+
+
+def test_a_close_whose_create_was_sent_while_it_waited_commits_its_data_itself() -> None:
+    """The mount's flush took the file's lock and sent its create while the
+    close waited to stage its data: nothing would carry a staged commit any
+    more, so the close commits the data itself before it returns (a change
+    of the file that follows must find the data there, or a time set would
+    be overwritten by a later commit)."""
+
+    async def main() -> None:
+        meta, data = FakeMeta(), FakeData()
+        data.go.set()
+        async with trio.open_nursery() as nursery:
+            uploads = Uploads(nursery)
+            for background in (True, False):
+                f = new_written(meta, data, 40 + background, 0)
+                await f.write(0, b"f" * 100_000)
+                closed = trio.Event()
+
+                async def close(
+                    f: OpenFile = f, background: bool = background, closed: trio.Event = closed
+                ) -> None:
+                    await f.stage(uploads if background else None)
+                    closed.set()
+
+                async with f._lock:  # (the flush of the mount, sending its create)
+                    nursery.start_soon(close)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert not closed.is_set()
+                    await send_preludes_locked(meta, f)
+                await closed.wait()
+                assert not f.prelude and not f.uploading
+                assert kinds(meta.batches[-1]) == ["CommitChunks"], meta.batches
+
+    trio.run(main)
+
+
+async def send_preludes_locked(meta: FakeMeta, f: OpenFile) -> None:
+    """What `send_preludes` does to a file whose lock it holds."""
+    await meta.batch(list(f.prelude))
+    f.prelude, f.delegated = [], ()

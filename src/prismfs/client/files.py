@@ -473,6 +473,12 @@ class OpenFile:
         if self.lost is not None:
             self._dirty = {}
             raise self.lost
+        if not self.prelude:
+            # Its create was sent meanwhile (a flush of the mount): nothing
+            # would carry a staged commit now, so this is a close like any
+            # other (a later change of the file must find it committed).
+            await self._flush_now([])
+            return
         if not self._dirty:
             return
         snapshot = self._take_dirty()
@@ -500,7 +506,8 @@ class OpenFile:
                 if self.lost is not None:
                     self._dirty = {}
                     raise self.lost
-                if not self._dirty:
+                if not self._dirty or not self.prelude:
+                    await self._stage_now()  # (its create was sent meanwhile: a close)
                     task_status.started()
                     return
                 snapshot = self._take_dirty()
@@ -592,34 +599,37 @@ class OpenFile:
         handle wrote are laid over the new content, uploaded again and the
         commit retried: concurrent writers to different bytes of one chunk
         both keep their writes, and a write never shortens the file."""
-        after = after or []
         async with self._lock:
-            if self._dirty or self.prelude or after:
-                self._check_session()
-            if self.lost is not None:
-                self._dirty = {}
-                raise self.lost
-            if not self._dirty:
-                return await self._send(after) if after or self.prelude else []
-            # (times set while a background upload of it failed: behind its data)
-            before, self._after = self._after, []
-            snapshot = self._take_dirty()
-            try:
-                bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
-                bases = {idx: d.base for idx, d in snapshot.items()}
-                records = await self._upload(bodies)
-                results = await self._commit(snapshot, bodies, bases, records, before + after)
-            except BaseException:
-                self._put_back(snapshot)
-                self._after = before + self._after
-                raise
-            finally:
-                self._flushing = {}
-            self._stored(bodies, records)
-            attr = results[0]
-            if attr is not None:
-                self.opened_as = (attr.mtime_ns, attr.size)
-            return results[1 + len(before) :]
+            return await self._flush_now(after or [])
+
+    async def _flush_now(self, after: list[MetaCommand]) -> list[Attr | None]:
+        """`flush`, with the lock held."""
+        if self._dirty or self.prelude or after:
+            self._check_session()
+        if self.lost is not None:
+            self._dirty = {}
+            raise self.lost
+        if not self._dirty:
+            return await self._send(after) if after or self.prelude else []
+        # (times set while a background upload of it failed: behind its data)
+        before, self._after = self._after, []
+        snapshot = self._take_dirty()
+        try:
+            bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
+            bases = {idx: d.base for idx, d in snapshot.items()}
+            records = await self._upload(bodies)
+            results = await self._commit(snapshot, bodies, bases, records, before + after)
+        except BaseException:
+            self._put_back(snapshot)
+            self._after = before + self._after
+            raise
+        finally:
+            self._flushing = {}
+        self._stored(bodies, records)
+        attr = results[0]
+        if attr is not None:
+            self.opened_as = (attr.mtime_ns, attr.size)
+        return results[1 + len(before) :]
 
     async def _known_layout(self, bodies: Iterable[bytes]) -> Layout:
         """The layout to code these bodies with: the file's own, once it is
