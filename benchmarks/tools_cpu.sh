@@ -67,10 +67,12 @@ if (cd "$work/mnt/t" && tar df "$work/stdlib.tar" >"$work/tar.diff" 2>&1); then
 else
   echo "tar x tree: DIFFERS"; head -20 "$work/tar.diff"
 fi
+rsync -ani --exclude=site-packages "$stdlib/" "$work/mnt/r/" >"$work/rsync.ani" 2>&1
 if diff -rq --exclude=site-packages "$stdlib/" "$work/mnt/r/" >"$work/rsync.diff" 2>&1 &&
-  [ -z "$(rsync -ani --exclude=site-packages "$stdlib/" "$work/mnt/r/" | grep -v '^\.d..t')" ]; then
+  [ ! -s "$work/rsync.ani" ]; then
   echo "rsync tree: identical"
 else
-  echo "rsync tree: DIFFERS"; head -20 "$work/rsync.diff"
-  rsync -ani --exclude=site-packages "$stdlib/" "$work/mnt/r/" | head -20
+  echo "rsync tree: DIFFERS ($(grep -c '^\.d..t' "$work/rsync.ani") directories' times," \
+    "$(grep -vc '^\.d..t' "$work/rsync.ani") other entries)"
+  head -20 "$work/rsync.diff" "$work/rsync.ani"
 fi

@@ -240,6 +240,10 @@ class DeferredWork(pyfuse3.Operations):
                 keys |= {d[0] for d in handle.file.delegated}
         return keys
 
+    def _held_dirs(self) -> set[int]:
+        """The inodes with attribute changes held (`HeldAttrs`)."""
+        return {op.ino for op in self._held.ops}
+
     def _expiring(self, now: float) -> bool:
         """Whether a delegation held-back changes were made under is about to end."""
         leases = self._leases
@@ -248,11 +252,13 @@ class DeferredWork(pyfuse3.Operations):
         return any(leases.delegation_left(k, now) < FLUSH_LEFT for k in self._held_keys())
 
     def _ends_held(self, op: MetaCommand) -> bool:
-        """Whether ``op``, sent the synchronous way, changes a directory
-        something is held back under. The leader then ends that delegation,
-        or continues it under a new grant (`LeaseTable.end_change`), and
-        refuses a later flush made under the old one: what is held back
-        must go first."""
+        """Whether ``op`` changes a directory something is held back under:
+        what is held back must go first. Sent the synchronous way, the change
+        ends that delegation or continues it under a new grant
+        (`LeaseTable.end_change`), and the leader refuses a later flush made
+        under the old one; sent under the delegation, it would be applied
+        before the held-back changes it came after (a directory's times set
+        by rsync, then moved by its files' creates and renames)."""
         if self._leases is None:
             return False
         held = self._held_keys()
@@ -284,6 +290,16 @@ class DeferredWork(pyfuse3.Operations):
         caller."""
         await self._settle_unlinks()
         await self._settle_creates(parent)
+        for _ in range(5):
+            # Creates held back in a directory while those were sent (after a
+            # background upload, say), and then its times (rsync sets them
+            # after its files): the creates go first, or they would move the
+            # times again. (Bounded: a program that keeps creating there
+            # gets its directory's times sent after five rounds.)
+            if not (held and self._held and self._held_dirs() & self._held_keys()):
+                break
+            await self._settle_unlinks()
+            await self._settle_creates(None)
         if held and self._held:
             await self._send_held()
 
@@ -327,9 +343,13 @@ class DeferredWork(pyfuse3.Operations):
         while opens and len(self._held.ops) + sum(self._opens.values()) >= MAX_BATCH:
             await self._send_opens()
         own = self._own_delegations(op)
-        if not own and self._ends_held(op):
-            # (a directory's chmod or utimens when its delegation has less
-            # than MARGIN_S left: tar and rsync set them after its files)
+        if self._ends_held(op) or self._held_dirs() & self._held_keys():
+            # (the held times of a directory go in front of ``op``: after
+            # what is held back in it, as `_settle` sends them)
+            # (a directory's chmod or utimens: tar and rsync set them after
+            # its files. What is held back in it goes first: its creates and
+            # renames would move its times again, and, sent the synchronous
+            # way, the change ends the delegation they were made under.)
             await self._settle(held=False)
             self.stats.count("fuse.writeback.settled_for_change")
         todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
