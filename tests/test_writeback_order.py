@@ -78,18 +78,23 @@ def times_of_directory() -> tuple[Any, Any]:
     return attr, fields
 
 
+async def held_create() -> tuple[FakeMeta, PrismOperations]:
+    """A mount holding directory K delegated, with a create held back in it."""
+    meta = FakeMeta()
+    ops = PrismOperations(meta, None, MountOptions())  # type: ignore[arg-type]
+    assert ops._leases is not None
+    now = trio.current_time()
+    ops._leases.held.granted(K, DirCopy(complete=True), GRANT, 2.0, now, 0, exclusive=True)
+    await ops.create(K, b"new", FILE, os.O_WRONLY, ctx())
+    assert not meta.sent, "the create is held back"
+    return meta, ops
+
+
 async def held_create_then_directory_times(left: float) -> FakeMeta:
     """A create held back in delegated directory K, then K's times set when
     its delegation has ``left`` seconds left."""
-    meta = FakeMeta()
-    ops = PrismOperations(meta, None, MountOptions())  # type: ignore[arg-type]
-    leases = ops._leases
-    assert leases is not None
-    start = trio.current_time()
-    leases.held.granted(K, DirCopy(complete=True), GRANT, 2.0, start, 0, exclusive=True)
-    await ops.create(K, b"new", FILE, os.O_WRONLY, ctx())
-    assert not meta.sent, "the create is held back"
-    until = leases.held.peek(K)[1]  # type: ignore[index]
+    meta, ops = await held_create()
+    until = ops._leases.held.peek(K)[1]  # type: ignore[index,union-attr]
     await trio.sleep_until(until - left)
     await ops.setattr(K, *times_of_directory(), None, ctx())
     return meta
@@ -133,13 +138,8 @@ def test_a_directorys_held_times_go_after_what_is_held_back_in_it() -> None:
     directory's times again at the cluster."""
 
     async def main() -> None:
-        meta = FakeMeta()
-        ops = PrismOperations(meta, None, MountOptions())  # type: ignore[arg-type]
-        leases = ops._leases
-        assert leases is not None
+        meta, ops = await held_create()
         now = trio.current_time()
-        leases.held.granted(K, DirCopy(complete=True), GRANT, 2.0, now, 0, exclusive=True)
-        await ops.create(K, b"new", FILE, os.O_WRONLY, ctx())
         ops._recent.put(Attr(K, DIR, 2, 0, 0, 0, 1, 1, 1), now)  # (so its times are held)
         await ops.setattr(K, *times_of_directory(), None, ctx())
         assert not meta.sent, "the create and the directory's times are held back"

@@ -139,6 +139,17 @@ def new_written(meta: FakeMeta, data: FakeData, ino: int, size: int) -> OpenFile
     return f
 
 
+async def staged(
+    meta: FakeMeta, data: FakeData, uploads: Uploads, ino: int, content: bytes
+) -> OpenFile:
+    """A new file written and closed (staged): back before its upload ends."""
+    f = new_written(meta, data, ino, 0)
+    await f.write(0, content)
+    with trio.fail_after(5):
+        await f.stage(uploads)
+    return f
+
+
 def kinds(ops: list[MetaCommand]) -> list[str]:
     return [type(op).__name__ for op in ops]
 
@@ -148,10 +159,7 @@ def test_a_staged_close_returns_while_its_data_uploads_and_its_times_follow_the_
         meta, data = FakeMeta(), FakeData()
         async with trio.open_nursery() as nursery:
             uploads = Uploads(nursery)
-            f = new_written(meta, data, 10, 0)
-            await f.write(0, b"a" * 100_000)
-            with trio.fail_after(5):
-                await f.stage(uploads)  # returns: the upload waits for `go`
+            f = await staged(meta, data, uploads, 10, b"a" * 100_000)  # the upload waits for `go`
             assert f.uploading and kinds(f.prelude) == ["Mknod"]
             assert await f.read(0, 3) == b"aaa"  # read from what is uploading
             assert f.may_join(times=True)
@@ -178,10 +186,7 @@ def test_a_failed_background_upload_keeps_the_data_and_the_times_for_the_next_st
         meta, data = FakeMeta(), FakeData()
         async with trio.open_nursery() as nursery:
             uploads = Uploads(nursery)
-            f = new_written(meta, data, 11, 0)
-            await f.write(0, b"b" * 50_000)
-            with trio.fail_after(5):
-                await f.stage(uploads)
+            f = await staged(meta, data, uploads, 11, b"b" * 50_000)
             f.join_prelude(SetAttr(0, 11, mtime_ns=5))
             data.fail = NotEnoughNodes("no nodes")
             data.go.set()
