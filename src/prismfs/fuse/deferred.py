@@ -34,8 +34,8 @@ window of `prismfs.client.files.Uploads`), then returns: the file stays
 in ``_open`` (released) until its prelude is sent, with many others, in
 creation order (`send_preludes`); one whose upload failed is uploaded
 again first. A delegation something is held back under is renewed until
-that is sent (`DirLeases.keep`). Elsewhere (a directory two mounts work in) creates and
-unlinks are synchronous. A flush the leader
+that is sent (`DirLeases.keep`). Elsewhere (a directory two mounts work
+in) creates and unlinks are synchronous. A flush the leader
 refuses (the delegation ended first: a leader change, a mount cut off for
 longer than its lease) loses what it carried, and the next ``fsync``,
 ``fsyncdir`` or ``prismfs sync`` fails with EIO. Without leases
@@ -344,12 +344,9 @@ class DeferredWork(pyfuse3.Operations):
             await self._send_opens()
         own = self._own_delegations(op)
         if self._ends_held(op) or self._held_dirs() & self._held_keys():
-            # (the held times of a directory go in front of ``op``: after
-            # what is held back in it, as `_settle` sends them)
-            # (a directory's chmod or utimens: tar and rsync set them after
-            # its files. What is held back in it goes first: its creates and
-            # renames would move its times again, and, sent the synchronous
-            # way, the change ends the delegation they were made under.)
+            # What is held back in a directory goes before a change of it
+            # (`_ends_held`) and before its held times, which go in front of
+            # ``op`` (as `_settle` orders them).
             await self._settle(held=False)
             self.stats.count("fuse.writeback.settled_for_change")
         todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
