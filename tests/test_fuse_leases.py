@@ -137,6 +137,37 @@ def test_a_listing_of_several_pages_and_lookups_that_keep_missing_fill_the_copy(
     assert stats(a).get("fuse.lookup.negative", 0) == 0
 
 
+def test_unlinks_of_names_a_lease_vouches_for_ask_nothing_and_a_stat_still_sees_other_writes(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    """Past the attribute timeout the lease still vouches for a name and its
+    inode (not its size): an unlink asks the cluster nothing, while a stat
+    of a file another mount wrote meanwhile shows what it wrote."""
+    _, a, b = two
+    (b / "vouched").mkdir()
+    for n in range(30):
+        (b / "vouched" / f"n{n}").write_bytes(b"x")
+    fsync_dir(b / "vouched")
+    d = a / "vouched"
+    assert len(os.listdir(d)) == 30  # a complete copy, with every name's attributes
+    assert os.stat(d / "n0").st_size == 1
+    for n in range(7):  # past attr_timeout: those attributes may no longer be given,
+        time.sleep(0.2)  # while the copy, kept in use, stays leased
+        assert not exists(d / f"absent{n}")
+    with open(b / "vouched" / "n0", "ab") as f:  # another mount writes one of the files
+        f.write(b"more")
+    Path("/proc/sys/vm/drop_caches").write_text("2")  # the kernel forgets its entries
+    reset(a)
+    for n in range(1, 30):
+        os.unlink(d / f"n{n}")
+    counts = stats(a)
+    # (the kernel's lookup of the directory itself, and a renewal, may ask)
+    assert counts.get("fuse.lookup.leased_name", 0) >= 27, counts
+    assert counts.get("rpc.Query", 0) <= 3, counts
+    assert os.stat(d / "n0").st_size == 5  # the kernel asked: not the 1 it was told
+    assert sorted(os.listdir(b / "vouched")) == ["n0"]
+
+
 def test_without_leases_a_mount_asks_the_cluster(two: tuple[Mount, Path, Path]) -> None:
     cluster, _, _ = two
     plain = Mount(cluster.base, "plain")

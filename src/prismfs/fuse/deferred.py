@@ -163,6 +163,7 @@ class DeferredWork(pyfuse3.Operations):
         self._held = HeldAttrs()
         # inode -> (size, mtime, ctime) last given to the kernel (`_entry`)
         self._told: dict[int, tuple[int, int, int]] = {}
+        self._told_lossy = False  # ``_told`` was cleared once: a missing inode proves nothing
         self._leases = (
             DirLeases(meta, self.stats, writeback=options.batch_meta) if options.leases else None
         )

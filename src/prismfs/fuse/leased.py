@@ -197,6 +197,20 @@ class DirLeases:
             return True, None, left, 0.0
         return False, None, 0.0, 0.0
 
+    def named(self, parent: int, name: bytes, now: float) -> tuple[Attr, Attr, float] | None:
+        """For a name the leased copy of ``parent`` has that is not a
+        directory: (its attributes as last known, however old, the
+        directory's, seconds left of the lease). None if it has no such
+        name, does not know, or it is a directory."""
+        got = self._copy(parent, now)
+        if got is None:
+            return None
+        copy, left = got
+        fact = copy.names.get(name)
+        if fact is None or copy.attr is None or stat.S_ISDIR(fact[0].mode):
+            return None
+        return fact[0], copy.attr, left
+
     def ino_of(self, parent: int, name: bytes, now: float) -> int | None:
         """The inode ``name`` refers to, if the leased copy of ``parent`` knows."""
         got = self._copy(parent, now)

@@ -212,6 +212,7 @@ class PrismOperations(DeferredWork):
         e.entry_timeout = self.opts.entry_timeout
         if len(self._told) > 200_000:
             self._told.clear()  # unknown again: the next open invalidates
+            self._told_lossy = True
         self._told[a.ino] = (size, mtime, ctime)
         return e
 
@@ -283,6 +284,10 @@ class PrismOperations(DeferredWork):
             e = self._named(parent, name, self._known(parent, name, attr), left)
             e.attr_timeout = min(e.attr_timeout, attr_left)
             return e
+        unasked = self._unasked(parent, name, now)
+        if unasked is not None:
+            self.stats.count("fuse.lookup.leased_name")
+            return unasked
         attr, left = await leases.lookup(parent, name)
         if attr is None:
             self.stats.count("fuse.lookup.negative")
@@ -293,6 +298,38 @@ class PrismOperations(DeferredWork):
             attr = await self.meta.getattr(attr.ino)
             left = leases.left(parent, trio.current_time())  # (a recall may have come)
         return self._named(parent, name, self._known(parent, name, attr), left)
+
+    def _unasked(self, parent: int, name: bytes, now: float) -> pyfuse3.EntryAttributes | None:
+        """The entry of a file or symlink whose name and inode the lease on
+        ``parent`` vouches for (a change of either would recall it) but whose
+        attributes are too old to give (they are not leased: a write through
+        another mount changes them). Given with ``attr_timeout`` 0, so the
+        kernel asks (getattr) before it uses them: a stat, an open, its
+        permission checks (``default_permissions`` refreshes expired ones).
+        What it takes without asking is the inode and its type, which is all
+        an unlink or a rename needs, and the size it already holds: the
+        answer carries the size and times last given to the kernel, so it
+        never moves them back (a smaller size would cut an mmap of the file
+        short). None where that is not enough: the file is open here, has a
+        name unlinked here, the kernel may hold attributes this mount lost
+        track of, or the directory is sticky (the kernel checks the owner of
+        what is removed from it with the uid it holds)."""
+        leases = self._leases
+        assert leases is not None
+        known = leases.named(parent, name, now)
+        if known is None:
+            return None
+        attr, dir_attr, left = known
+        if attr.ino in self._open or attr.ino in self._unlinked or dir_attr.mode & stat.S_ISVTX:
+            return None
+        told = self._told.get(attr.ino)
+        if told is not None:
+            attr = msgspec.structs.replace(attr, size=told[0], mtime_ns=told[1], ctime_ns=told[2])
+        elif self._told_lossy:
+            return None
+        e = self._named(parent, name, self._known(parent, name, attr), left)
+        e.attr_timeout = 0
+        return e
 
     def _recently_named(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes | None:
         """A directory or symlink the cluster named ``name`` in ``parent`` less
