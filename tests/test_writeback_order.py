@@ -17,7 +17,7 @@ import trio.testing
 from prismfs.fuse.deferred import MountOptions
 from prismfs.fuse.leased import MARGIN_S, DirCopy
 from prismfs.fuse.ops import PrismOperations
-from prismfs.meta.commands import Attr, MetaCommand, Mknod, SetAttr
+from prismfs.meta.commands import Attr, MetaCommand, Mknod, SetAttr, Unlink
 from prismfs.stats import Stats
 
 DIR = 0o040755
@@ -146,5 +146,29 @@ def test_a_directorys_held_times_go_after_what_is_held_back_in_it() -> None:
         await ops._change(SetAttr(0, 77, mode=0o600))  # another change of this mount
         mknod, times = first_index(meta, Mknod), first_index(meta, SetAttr)
         assert mknod < times, meta.sent
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_held_back_unlinks_and_creates_reach_the_leader_in_one_batch() -> None:
+    """A create, then an unlink of another name, both held back: sent in two
+    batches (unlinks first), a crash of the mount between them would keep
+    the later unlink and lose the earlier create, a hole in what it did."""
+
+    async def main() -> None:
+        meta = FakeMeta()
+        ops = PrismOperations(meta, None, MountOptions())  # type: ignore[arg-type]
+        assert ops._leases is not None
+        old = Attr(900, FILE, 1, 0, 0, 0, 1, 1, 1)
+        copy = DirCopy(names={b"old": (old, trio.current_time())}, complete=True)
+        ops._leases.held.granted(K, copy, GRANT, 2.0, trio.current_time(), 0, exclusive=True)
+        await ops.create(K, b"new", FILE, os.O_WRONLY, ctx())
+        await ops.unlink(K, b"old", ctx())
+        assert not meta.sent, "both are held back"
+        await ops._settle()
+        (batch,) = [sent for sent, _ in meta.sent if any(isinstance(o, Mknod) for o in sent)]
+        assert [type(o) for o in batch] == [Unlink, Mknod], meta.sent
+        assert all(isinstance(o, Mknod) or o.ino == 900 for o in batch)
+        assert not ops._unlinks and not ops._unlinked
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -782,44 +782,71 @@ BATCH_BYTES = 256 * 1024
 most 1 MiB, and a Raft entry is copied to every voter)."""
 
 
-async def send_preludes(meta: MetaClient, files: Sequence[OpenFile]) -> list[PrismError | None]:
+@dataclass
+class Lead:
+    """Held-back changes made before the creates `send_preludes` sends (the
+    mount's unlinks): they go in front of the preludes, in the first batch,
+    so that a crash cannot keep them and lose a create made before them
+    (nor the other way round). ``results`` once sent: one per op, an error
+    for all of them if their delegation was lost."""
+
+    ops: list[MetaCommand]
+    delegated: tuple[tuple[int, int, int], ...]
+    results: list[object] | None = None
+
+
+async def send_preludes(
+    meta: MetaClient, files: Sequence[OpenFile], lead: Lead | None = None
+) -> list[PrismError | None]:
     """The preludes of several files (held-back creates, with their staged
     commits), in this order, in as few batches as `MAX_BATCH` allows (one
-    file's prelude never split): per file None, or the error that lost it.
-    A transient error keeps every prelude not sent yet, and is raised."""
+    file's prelude never split), behind ``lead`` if given: per file None,
+    or the error that lost it. A transient error keeps every prelude not
+    sent yet (and ``lead``, if it was not sent), and is raised."""
     async with contextlib.AsyncExitStack() as stack:
         for f in files:
             await stack.enter_async_context(f._lock)
         todo = [f for f in files if f.prelude and f.lost is None]
         group: list[OpenFile] = []
         count = size = 0
+        if lead is not None:
+            count, size = len(lead.ops), sum(len(encode_message(op)) for op in lead.ops)
         for f in todo:
             # (small files' data rides inline in their commits: bytes count too)
             more = sum(len(encode_message(op)) for op in f.prelude)
-            if group and (count + len(f.prelude) > MAX_BATCH or size + more > BATCH_BYTES):
-                await _send_group(meta, group)
-                group, count, size = [], 0, 0
+            if (group or lead) and (
+                count + len(f.prelude) > MAX_BATCH or size + more > BATCH_BYTES
+            ):
+                await _send_group(meta, group, lead)
+                group, count, size, lead = [], 0, 0, None
             group.append(f)
             count += len(f.prelude)
             size += more
-        if group:
-            await _send_group(meta, group)
+        if group or lead:
+            await _send_group(meta, group, lead)
     return [f.lost for f in files]
 
 
-async def _send_group(meta: MetaClient, group: list[OpenFile]) -> None:
+async def _send_group(meta: MetaClient, group: list[OpenFile], lead: Lead | None = None) -> None:
     # What each prelude holds now: an attribute change may join one while
     # the batch is on its way (it goes in the next).
     sent = [list(f.prelude) for f in group]
-    ops = [op for prelude in sent for op in prelude]
-    delegated = tuple({d for f in group for d in f.delegated})
+    first = lead.ops if lead is not None else []
+    ops = [*first, *(op for prelude in sent for op in prelude)]
+    delegated = {d for f in group for d in f.delegated}
+    if lead is not None:
+        delegated.update(lead.delegated)
     try:
-        results = await meta.batch(ops, delegated=delegated)
+        results = await meta.batch(ops, delegated=tuple(delegated))
     except DelegationLost as exc:
+        if lead is not None:
+            lead.results = [exc] * len(first)
         for f in group:
             f.prelude, f.lost = [], exc
         return
-    at = 0
+    if lead is not None:
+        lead.results = list(results[: len(first)])
+    at = len(first)
     for f, prelude in zip(group, sent, strict=True):
         mine = results[at : at + len(prelude)]
         at += len(prelude)

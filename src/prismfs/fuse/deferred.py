@@ -59,7 +59,7 @@ import pyfuse3
 import trio
 
 from prismfs.client.data import DataClient
-from prismfs.client.files import OpenFile, Uploads, send_preludes
+from prismfs.client.files import Lead, OpenFile, Uploads, send_preludes
 from prismfs.data.layout import Layout
 from prismfs.errors import DelegationLost, PrismError
 from prismfs.exception_groups import single_exception
@@ -81,6 +81,7 @@ from prismfs.meta.leases import command_keys
 log = logging.getLogger("prismfs.fuse")
 
 Delegation = tuple[int, int, int]
+HeldUnlink = tuple[tuple[int, bytes], tuple[int, float, int]]  # (parent, name), (ino, at, ns)
 """(directory, grant term, grant seq): a delegation a change was made under."""
 
 RESERVE = 1024  # inode numbers reserved per ReserveInodes
@@ -232,10 +233,12 @@ class DeferredWork(pyfuse3.Operations):
             await trio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
-    def _held_keys(self) -> set[int]:
-        """The directories whose delegations held-back changes were made under."""
+    def _held_keys(self, attrs: bool = True) -> set[int]:
+        """The directories whose delegations held-back changes were made
+        under; without ``attrs`` only creates and unlinks count."""
         keys = {d[0] for d in self._unlink_under.values()}
-        keys |= {d[0] for d in self._held_under.values()}
+        if attrs:
+            keys |= {d[0] for d in self._held_under.values()}
         for handle in self._open.values():
             if handle.pending:
                 keys |= {d[0] for d in handle.file.delegated}
@@ -289,18 +292,20 @@ class DeferredWork(pyfuse3.Operations):
         cluster. A create the cluster refuses (another mount took the name) is
         logged here and fails the file's close; a transient error fails the
         caller."""
+        if self._leases is None:
+            await self._settle_unlinks()
+        await self._settle_creates(parent)  # (with leases, the unlinks in front)
         await self._settle_unlinks()
-        await self._settle_creates(parent)
         for _ in range(5):
             # Creates held back in a directory while those were sent (after a
             # background upload, say), and then its times (rsync sets them
             # after its files): the creates go first, or they would move the
             # times again. (Bounded: a program that keeps creating there
             # gets its directory's times sent after five rounds.)
-            if not (held and self._held and self._held_dirs() & self._held_keys()):
+            if not (held and self._held and self._held_dirs() & self._held_keys(attrs=False)):
                 break
-            await self._settle_unlinks()
             await self._settle_creates(None)
+            await self._settle_unlinks()
         if held and self._held:
             await self._send_held()
 
@@ -344,7 +349,7 @@ class DeferredWork(pyfuse3.Operations):
         while opens and len(self._held.ops) + sum(self._opens.values()) >= MAX_BATCH:
             await self._send_opens()
         own = self._own_delegations(op)
-        if self._ends_held(op) or self._held_dirs() & self._held_keys():
+        if self._ends_held(op) or self._held_dirs() & self._held_keys(attrs=False):
             # What is held back in a directory goes before a change of it
             # (`_ends_held`) and before its held times, which go in front of
             # ``op`` (as `_settle` orders them).
@@ -449,7 +454,7 @@ class DeferredWork(pyfuse3.Operations):
                         if exc.transient:
                             raise
                         handle.file.abandon(exc)  # (its session ended, say)
-            await send_preludes(self.meta, [h.file for h in todo])
+            await self._send_with_unlinks([h.file for h in todo])
             self._create_dirs = {}  # (the directories' own times now come from the cluster)
             for handle in todo:
                 if handle.file.lost is not None:
@@ -464,30 +469,65 @@ class DeferredWork(pyfuse3.Operations):
                 for handle in todo:
                     nursery.start_soon(one, handle)
 
+    async def _send_with_unlinks(self, files: list[OpenFile]) -> None:
+        """`send_preludes` of ``files``, with the deferred unlinks in front of
+        them in the first batch if they fit in one: some of those unlinks
+        may have been made after some of these creates, and a crash between
+        two batches would keep a later change and lose an earlier one."""
+        async with self._unlink_lock:
+            lead = None
+            while self._unlinks:
+                items = list(self._unlinks.items())
+                if len(items) <= MAX_BATCH:
+                    lead = Lead(*self._unlink_ops(items))
+                    break
+                await self._send_unlinks(items[:MAX_BATCH])
+            try:
+                await send_preludes(self.meta, files, lead)
+            finally:
+                if lead is not None and lead.results is not None:
+                    self._unlinks_sent(items, lead.results)
+
     async def _settle_unlinks(self) -> None:
         """Send the deferred unlinks, in batches. One that fails (another mount
         removed or replaced the name meanwhile) only gets a log line."""
         async with self._unlink_lock:
             while self._unlinks:
-                items = list(self._unlinks.items())[:MAX_BATCH]
-                under = {d for key, _ in items if (d := self._unlink_under.get(key)) is not None}
-                ops = [Unlink(ns, parent, name, ino=ino) for (parent, name), (ino, _, ns) in items]
-                try:
-                    results = await self.meta.batch(ops, delegated=tuple(under))
-                except DelegationLost as exc:
-                    self._note_lost(exc)  # the names are back: nothing was removed
-                    results = [exc] * len(items)
-                for (key, (ino, _, _)), result in zip(items, results, strict=True):
-                    del self._unlinks[key]
-                    self._unlink_under.pop(key, None)
-                    left = self._unlinked.pop(ino) - 1
-                    if left:
-                        self._unlinked[ino] = left
-                    if isinstance(result, PrismError):
-                        log.info("deferred unlink of %r: %s", key[1], result.message)
-                self._unlink_dirs = {}
-                for (parent, _), (_, _, ns) in self._unlinks.items():
-                    self._unlink_dirs[parent] = max(ns, self._unlink_dirs.get(parent, 0))
+                await self._send_unlinks(list(self._unlinks.items())[:MAX_BATCH])
+
+    async def _send_unlinks(self, items: list[HeldUnlink]) -> None:
+        ops, under = self._unlink_ops(items)
+        try:
+            results: list[object] = list(await self.meta.batch(ops, delegated=under))
+        except DelegationLost as exc:
+            results = [exc] * len(items)
+        self._unlinks_sent(items, results)
+
+    def _unlink_ops(
+        self, items: list[HeldUnlink]
+    ) -> tuple[list[MetaCommand], tuple[Delegation, ...]]:
+        """The `Unlink` of each deferred unlink in ``items``, and the
+        delegations they were made under."""
+        under = {d for key, _ in items if (d := self._unlink_under.get(key)) is not None}
+        ops: list[MetaCommand] = [
+            Unlink(ns, parent, name, ino=ino) for (parent, name), (ino, _, ns) in items
+        ]
+        return ops, tuple(under)
+
+    def _unlinks_sent(self, items: list[HeldUnlink], results: list[object]) -> None:
+        for (key, (ino, _, _)), result in zip(items, results, strict=True):
+            del self._unlinks[key]
+            self._unlink_under.pop(key, None)
+            left = self._unlinked.pop(ino) - 1
+            if left:
+                self._unlinked[ino] = left
+            if isinstance(result, DelegationLost):
+                self._note_lost(result)  # the name is back: nothing was removed
+            elif isinstance(result, PrismError):
+                log.info("deferred unlink of %r: %s", key[1], result.message)
+        self._unlink_dirs = {}
+        for (parent, _), (_, _, ns) in self._unlinks.items():
+            self._unlink_dirs[parent] = max(ns, self._unlink_dirs.get(parent, 0))
 
     def _known(self, parent: int, name: bytes, attr: Attr, at: float | None = None) -> Attr:
         """Remember which inode a name the kernel now knows refers to, and when
