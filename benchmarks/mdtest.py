@@ -94,7 +94,7 @@ def _worker(
     except threading.BrokenBarrierError:
         pass  # another worker failed and said why
     except BaseException as exc:
-        errors.put(f"{directory.name}: {exc!r}")
+        errors.put(f"{directory.name}: {phase} {n}: {exc!r}")
         barrier.abort()
 
 

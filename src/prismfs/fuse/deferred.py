@@ -515,6 +515,7 @@ class DeferredWork(pyfuse3.Operations):
         return ops, tuple(under)
 
     def _unlinks_sent(self, items: list[HeldUnlink], results: list[object]) -> None:
+        lost = None
         for (key, (ino, _, _)), result in zip(items, results, strict=True):
             del self._unlinks[key]
             self._unlink_under.pop(key, None)
@@ -522,9 +523,11 @@ class DeferredWork(pyfuse3.Operations):
             if left:
                 self._unlinked[ino] = left
             if isinstance(result, DelegationLost):
-                self._note_lost(result)  # the name is back: nothing was removed
+                lost = result  # the name is back: nothing was removed
             elif isinstance(result, PrismError):
                 log.info("deferred unlink of %r: %s", key[1], result.message)
+        if lost is not None:
+            self._note_lost(lost)
         self._unlink_dirs = {}
         for (parent, _), (_, _, ns) in self._unlinks.items():
             self._unlink_dirs[parent] = max(ns, self._unlink_dirs.get(parent, 0))
