@@ -277,6 +277,7 @@ def test_a_flush_under_a_delegation_that_ended_is_refused() -> None:
         assert g is not None and g.exclusive
         flush = encode_message(Mknod(0, 7, b"new", FILE, 0, 0))
         await trio.sleep(S * (1 + DRIFT) + 0.1)  # its lease surely ended
+        s.read_blocked(lookup(7), "")  # then anyone read the directory
         with pytest.raises(DelegationLost):
             await s.begin("owner", flush, ((7, g.term, g.seq),))
         # a new delegation to the same mount does not take the old one's flush
@@ -293,6 +294,40 @@ def test_a_flush_under_a_delegation_that_ended_is_refused() -> None:
         with pytest.raises(DelegationLost) as lost:
             await s.begin("owner", flush, ((7, g2.term, g2.seq),))
         assert lost.value.details.get("new_leader") is True
+
+    run(main)
+
+
+def test_a_late_flush_of_a_delegation_nobody_touched_since_it_ran_out_applies() -> None:
+    """A mount too slow to renew or flush in time (a loaded machine) loses
+    nothing if nobody else read or changed the directory since: the flush
+    is as if on time. Its own renewal in between (a new grant) changes
+    nothing; any read, grant or change by anyone else, or a recall, does."""
+
+    async def main() -> None:
+        flush = encode_message(Mknod(0, 7, b"new", FILE, 0, 0))
+        s = leader()
+        g = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)
+        assert g is not None
+        await trio.sleep(S * (1 + DRIFT) + 0.1)
+        g2 = s.grant(lookup(7), NOT_FOUND, "owner", exclusive=True)  # renewed late: a new grant
+        assert g2 is not None and (g2.term, g2.seq) != (g.term, g.seq)
+        assert await s.begin("owner", flush, ((7, g.term, g.seq), (7, g2.term, g2.seq))) is None
+        assert s.stats.counts["leases.flushed_after_lapse"] == 1
+        # another mount's read in between
+        g = s.grant(lookup(8), NOT_FOUND, "owner", exclusive=True)
+        assert g is not None
+        await trio.sleep(S * (1 + DRIFT) + 0.1)
+        assert s.grant(lookup(8), NOT_FOUND, "other") is not None
+        with pytest.raises(DelegationLost):
+            await s.begin("owner", flush, ((8, g.term, g.seq),))
+        # a recall that was never answered (the mount was frozen, say)
+        g = s.grant(lookup(9), NOT_FOUND, "owner", exclusive=True)
+        assert g is not None
+        assert s.read_blocked(lookup(9), "other")  # a read by another mount recalls it,
+        await s.before_read(lookup(9), "other")  # which waits until its lease ran out
+        with pytest.raises(DelegationLost):
+            await s.begin("owner", flush, ((9, g.term, g.seq),))
 
     run(main)
 

@@ -437,7 +437,13 @@ class DirLeases:
         decoded = [_decode(r) for r in results]
         for key, gid in own.items():
             if self.held.gid_of(key) != gid:
-                continue  # recalled (or renewed by another grant) meanwhile
+                # Recalled, or renewed under another grant meanwhile (its
+                # delegation ran out first: the leader applied this flush
+                # late, `LeaseTable.flushable`): a copy held now is from
+                # before it.
+                if self.held.gid_of(key) is not None:
+                    self.held.drop(key)
+                continue
             try:
                 self.held.write_local(
                     key,

@@ -110,6 +110,7 @@ from prismfs.meta.commands import (
 from prismfs.wire.codec import decode_message
 
 DRIFT = 0.1
+MAX_LAPSED = 10_000  # delegations that ran out kept for a late flush (`LeaseTable.lapsed`)
 """The largest relative difference of clock rates allowed for (as `prismfs.raft.lease`)."""
 
 
@@ -131,6 +132,7 @@ class _Key:
     # writer -> its grant, still good when its change began with none pending
     delegate: str | None = None  # the holder whose grant is exclusive
     shared_until: float = 0.0  # no exclusive grants before (ping-pong fallback)
+    touched: bool = False  # a change (or a recall) began while it was delegated
 
 
 class LeaseTable:
@@ -150,6 +152,9 @@ class LeaseTable:
         self._seq = 0
         self._keys: dict[Hashable, _Key] = {}
         self.delegations = 0  # keys delegated now (or until `delegate_of` sees them end)
+        # key -> (holder, grant) of a delegation that ran out with nothing
+        # else done to the key since: a late flush under it may still apply
+        self.lapsed: dict[Hashable, tuple[str, GrantId]] = {}
 
     def start(self, term: int, now: float) -> None:
         """This node became leader of ``term`` at ``now``: it knows no lease,
@@ -158,6 +163,7 @@ class LeaseTable:
         self._seq = 0
         self._keys.clear()
         self.delegations = 0
+        self.lapsed.clear()
         self.blind_until = now + self.seconds * (1 + self.drift)
 
     def grant(
@@ -175,6 +181,7 @@ class LeaseTable:
         delegate = self.delegate_of(key, now)
         if delegate is not None and delegate != holder:
             return None
+        self._touch(key, holder)
         until = now + self.seconds * (1 + self.drift)
         held = state.holders.get(holder)
         if held is not None and held[1] > now:
@@ -197,6 +204,7 @@ class LeaseTable:
             and all(u <= now for h, (_, u) in state.holders.items() if h != holder)
         ):
             state.delegate = holder
+            state.touched = False
             self.delegations += 1
 
     def delegate_of(self, key: Hashable, now: float) -> str | None:
@@ -208,10 +216,37 @@ class LeaseTable:
             return None
         held = state.holders.get(state.delegate)
         if held is None or held[1] <= now:
+            if held is not None and not state.touched and not state.pending:
+                if len(self.lapsed) >= MAX_LAPSED:
+                    self.lapsed.clear()  # (their late flushes are refused: the safe side)
+                self.lapsed[key] = (state.delegate, held[0])
             state.delegate = None
             self.delegations -= 1
             return None
         return state.delegate
+
+    def touch(self, key: Hashable, reader: str, now: float) -> None:
+        """A read of ``key`` by ``reader`` (a mount, or "" for anyone else)
+        is answered at the leader (`begin_read` does this too)."""
+        self.delegate_of(key, now)  # (one that ran out becomes `lapsed` first)
+        self._touch(key, reader)
+
+    def _touch(self, key: Hashable, reader: str) -> None:
+        lapsed = self.lapsed.get(key)
+        if lapsed is not None and lapsed[0] != reader:
+            del self.lapsed[key]
+
+    def flushable(self, key: Hashable, holder: str, gid: GrantId, now: float) -> bool:
+        """Whether a flush made under ``holder``'s delegation ``gid`` of
+        ``key`` may be applied: the delegation lasts, or it ran out (its
+        holder was too slow to renew or flush it) and since then nobody
+        else read or changed the key and no change of it began, so the
+        flush is as if on time. One that was recalled, or ended by a
+        change, is over for good."""
+        if self.delegation(key, now) == (holder, gid):
+            return True
+        state = self._keys.get(key)
+        return state is not None and not state.pending and self.lapsed.get(key) == (holder, gid)
 
     def delegation(self, key: Hashable, now: float) -> tuple[str, GrantId] | None:
         """(delegate, its grant's id) of ``key``, as `delegate_of`. A flush is
@@ -228,6 +263,7 @@ class LeaseTable:
         at the leader. None if it may be answered at once; else the key is
         delegated to another holder: the holders to recall, and the read
         waits (`ready_at`) and ends with `end_change` like a change."""
+        self.touch(key, reader, now)
         delegate = self.delegate_of(key, now)
         if delegate is None or delegate == reader:
             return None
@@ -241,6 +277,8 @@ class LeaseTable:
         state = self._keys.setdefault(key, _Key())
         if self.delegate_of(key, now) not in (None, writer):
             state.shared_until = now + self.pingpong_s  # a conflict: shared for a while
+        state.touched = True
+        self.lapsed.pop(key, None)
         own = state.holders.pop(writer, None)
         if state.delegate is not None and state.delegate == writer:
             state.delegate = None

@@ -268,24 +268,31 @@ class LeaseService:
     def read_blocked(self, op: bytes, holder: str) -> bool:
         """Whether the read ``op`` by ``holder`` touches a directory another
         mount holds delegated (it must recall it first: `before_read`)."""
-        if not (self.enabled and self.leading and self.table.delegations):
+        table = self.table
+        if not (self.enabled and self.leading and (table.delegations or table.lapsed)):
             return False
         now = trio.current_time()
-        return any(
-            self.table.delegate_of(key, now) not in (None, holder)
-            for key in _read_keys(_decode(op))
-        )
+        blocked = False
+        for key in _read_keys(_decode(op)):
+            table.touch(key, holder, now)  # (no late flush of a lapsed delegation after this)
+            blocked = blocked or table.delegate_of(key, now) not in (None, holder)
+        return blocked
 
     def blocked_inode(self, result: bytes, holder: str) -> int | None:
         """A lookup's answer naming a directory another mount holds delegated
         (its attributes may be behind: recall it, then read again)."""
-        if not (self.enabled and self.leading and self.table.delegations) or _refused(result):
+        table = self.table
+        if not (self.enabled and self.leading and (table.delegations or table.lapsed)):
+            return None
+        if _refused(result):
             return None
         answer = _decode(result)
         if not isinstance(answer, MetaOk) or answer.attr is None:
             return None
         ino = answer.attr.ino
-        delegate = self.table.delegate_of(ino, trio.current_time())
+        now = trio.current_time()
+        table.touch(ino, holder, now)
+        delegate = table.delegate_of(ino, now)
         return ino if delegate not in (None, holder) else None
 
     async def before_read(self, op: bytes, holder: str, extra: Iterable[int] = ()) -> None:
@@ -322,6 +329,12 @@ class LeaseService:
         keys = set()
         for key, term, seq in delegated:
             if self.table.delegation(key, now) != (holder, (term, seq)):
+                if self.table.flushable(key, holder, (term, seq), now):
+                    # It ran out (the mount was slow to renew or flush),
+                    # and nobody read or changed the directory since.
+                    self.stats.count("leases.flushed_after_lapse")
+                    keys.add(key)
+                    continue
                 self.stats.count("leases.flush_refused")
                 raise DelegationLost(
                     f"the delegation of directory {key} ended before its changes were "

@@ -371,7 +371,7 @@ class LeaseSim:
         for pid, key, kind, value, gid in batch:
             if pid not in self.applied:
                 if (
-                    self.table.delegation(key, now) != (holder, gid)
+                    not self.table.flushable(key, holder, gid, now)
                     and "late_flush" not in self.cfg.bugs
                 ):
                     break
