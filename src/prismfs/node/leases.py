@@ -333,6 +333,11 @@ class LeaseService:
                     # It ran out (the mount was slow to renew or flush),
                     # and nobody read or changed the directory since.
                     self.stats.count("leases.flushed_after_lapse")
+                    log.info(
+                        "directory %d: a flush under a delegation that ran out applied "
+                        "(nobody else was at the directory since)",
+                        key,
+                    )
                     keys.add(key)
                     continue
                 self.stats.count("leases.flush_refused")
