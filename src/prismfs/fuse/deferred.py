@@ -233,12 +233,10 @@ class DeferredWork(pyfuse3.Operations):
             await trio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
-    def _held_keys(self, attrs: bool = True) -> set[int]:
-        """The directories whose delegations held-back changes were made
-        under; without ``attrs`` only creates and unlinks count."""
+    def _held_keys(self) -> set[int]:
+        """The directories whose delegations held-back changes were made under."""
         keys = {d[0] for d in self._unlink_under.values()}
-        if attrs:
-            keys |= {d[0] for d in self._held_under.values()}
+        keys |= {d[0] for d in self._held_under.values()}
         for handle in self._open.values():
             if handle.pending:
                 keys |= {d[0] for d in handle.file.delegated}
@@ -302,7 +300,7 @@ class DeferredWork(pyfuse3.Operations):
             # after its files): the creates go first, or they would move the
             # times again. (Bounded: a program that keeps creating there
             # gets its directory's times sent after five rounds.)
-            if not (held and self._held and self._held_dirs() & self._held_keys(attrs=False)):
+            if not (held and self._held and self._held_dirs() & self._held_keys()):
                 break
             await self._settle_creates(None)
             await self._settle_unlinks()
@@ -349,7 +347,7 @@ class DeferredWork(pyfuse3.Operations):
         while opens and len(self._held.ops) + sum(self._opens.values()) >= MAX_BATCH:
             await self._send_opens()
         own = self._own_delegations(op)
-        if self._ends_held(op) or self._held_dirs() & self._held_keys(attrs=False):
+        if self._ends_held(op) or self._held_dirs() & self._held_keys():
             # What is held back in a directory goes before a change of it
             # (`_ends_held`) and before its held times, which go in front of
             # ``op`` (as `_settle` orders them).
