@@ -40,6 +40,18 @@ def reset(point: Path) -> None:
     os.setxattr(point, "user.prismfs.stats", b"reset")
 
 
+def listed_on(a: Path, b: Path, name: str, data: bytes) -> Path:
+    """A directory of 30 files made on mount B, listed to its end on mount A
+    (A then holds a complete copy of it): its path on A."""
+    (b / name).mkdir()
+    for n in range(30):
+        (b / name / f"n{n}").write_bytes(data)
+    fsync_dir(b / name)
+    d = a / name
+    assert len(os.listdir(d)) == 30  # read to its end: a complete copy
+    return d
+
+
 def test_a_mount_alone_in_a_directory_answers_its_lookups_itself(
     two: tuple[Mount, Path, Path],
 ) -> None:
@@ -95,12 +107,7 @@ def test_a_listing_read_to_its_end_answers_lookups_until_another_mount_changes_i
     two: tuple[Mount, Path, Path],
 ) -> None:
     _, a, b = two
-    (b / "listed").mkdir()
-    for n in range(30):
-        (b / "listed" / f"n{n}").write_bytes(b"")
-    fsync_dir(b / "listed")
-    d = a / "listed"
-    assert len(os.listdir(d)) == 30  # read to its end: a complete copy
+    d = listed_on(a, b, "listed", b"")
     reset(a)
     for n in range(30):
         assert not exists(d / f"absent{n}")
@@ -144,12 +151,7 @@ def test_unlinks_of_names_a_lease_vouches_for_ask_nothing_and_a_stat_still_sees_
     inode (not its size): an unlink asks the cluster nothing, while a stat
     of a file another mount wrote meanwhile shows what it wrote."""
     _, a, b = two
-    (b / "vouched").mkdir()
-    for n in range(30):
-        (b / "vouched" / f"n{n}").write_bytes(b"x")
-    fsync_dir(b / "vouched")
-    d = a / "vouched"
-    assert len(os.listdir(d)) == 30  # a complete copy, with every name's attributes
+    d = listed_on(a, b, "vouched", b"x")  # with every name's attributes
     assert os.stat(d / "n0").st_size == 1
     for n in range(7):  # past attr_timeout: those attributes may no longer be given,
         time.sleep(0.2)  # while the copy, kept in use, stays leased
