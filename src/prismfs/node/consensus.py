@@ -297,11 +297,14 @@ class Consensus:
                 self._apply(rd)
                 core.advance(rd)
                 if rd.role != Role.LEADER and self._was_leader:
+                    log.info("no longer the leader: term %d, leader %s", core.term, core.leader)
                     self._lost_leadership()
                     if self.leases is not None:
                         self.leases.stop()
-                elif rd.role == Role.LEADER and not self._was_leader and self.leases is not None:
-                    self.leases.start(core.term)
+                elif rd.role == Role.LEADER and not self._was_leader:
+                    log.info("leader of term %d", core.term)
+                    if self.leases is not None:
+                        self.leases.start(core.term)
                 self._was_leader = rd.role == Role.LEADER
                 if core.leader != self._known_leader:
                     self._known_leader = core.leader
