@@ -614,9 +614,14 @@ class DeferredWork(pyfuse3.Operations):
             log.info("open of inode %d not registered: %s", op.ino, result.message)
 
     async def _send_opens(self) -> None:
-        """Register the opens of existing files made since the last batch."""
-        while self._opens:
-            todo, opens = self._take_opens(MAX_BATCH)
+        """Register the opens of existing files made since the last batch:
+        those queued now (opens made while these are on their way wait for
+        the next round, with those after them, rather than going one or two
+        a batch behind each other)."""
+        left = len(self._opens)
+        while left > 0 and self._opens:
+            todo, opens = self._take_opens(min(left, MAX_BATCH))
+            left -= len(todo)
             if not opens:
                 continue
             try:
