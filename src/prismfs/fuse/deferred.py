@@ -81,8 +81,9 @@ from prismfs.meta.leases import command_keys
 log = logging.getLogger("prismfs.fuse")
 
 Delegation = tuple[int, int, int]
-HeldUnlink = tuple[tuple[int, bytes], tuple[int, float, int]]  # (parent, name), (ino, at, ns)
 """(directory, grant term, grant seq): a delegation a change was made under."""
+HeldUnlink = tuple[tuple[int, bytes], tuple[int, float, int]]
+"""A deferred unlink: ((parent, name), (inode, trio time, ns timestamp))."""
 
 RESERVE = 1024  # inode numbers reserved per ReserveInodes
 RELEASE_EVERY = 0.2  # seconds between batches of releases

@@ -110,8 +110,8 @@ from prismfs.meta.commands import (
 from prismfs.wire.codec import decode_message
 
 DRIFT = 0.1
-MAX_LAPSED = 10_000  # delegations that ran out kept for a late flush (`LeaseTable.lapsed`)
 """The largest relative difference of clock rates allowed for (as `prismfs.raft.lease`)."""
+MAX_LAPSED = 10_000  # delegations that ran out kept for a late flush (`LeaseTable.lapsed`)
 
 
 class CannotApply(Exception):
