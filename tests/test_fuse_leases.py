@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -168,6 +169,39 @@ def test_unlinks_of_names_a_lease_vouches_for_ask_nothing_and_a_stat_still_sees_
     assert counts.get("rpc.Query", 0) <= 3, counts
     assert os.stat(d / "n0").st_size == 5  # the kernel asked: not the 1 it was told
     assert sorted(os.listdir(b / "vouched")) == ["n0"]
+
+
+def test_a_stat_of_a_file_made_here_asks_nothing_until_another_mount_reaches_it(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    """Files this mount made in a directory delegated to it: nobody else can
+    reach them before a recall, so their attributes are this mount's to
+    give (`prismfs.fuse.owned`). Once another mount opened one (recalling
+    the delegation) and wrote to it, a stat here shows what it wrote."""
+    _, a, b = two
+    d = a / "owned"
+    d.mkdir()
+    for n in range(20):
+        (d / f"f{n}").write_bytes(b"x" * n)
+    os.chmod(d / "f3", 0o600)
+    os.utime(d / "f4", ns=(10**18, 2 * 10**18))
+    fsync_dir(d)  # at the cluster now: nothing held back answers for them
+    time.sleep(1.2)  # past attr_timeout: the kernel asks for each
+    Path("/proc/sys/vm/drop_caches").write_text("2")
+    reset(a)
+    got = [os.stat(d / f"f{n}") for n in range(20)]
+    assert [s.st_size for s in got] == list(range(20))
+    assert stat.S_IMODE(got[3].st_mode) == 0o600
+    assert (got[4].st_atime_ns, got[4].st_mtime_ns) == (10**18, 2 * 10**18)
+    counts = stats(a)
+    # (renewals of the directory's lease are queries too)
+    assert counts.get("rpc.Query", 0) <= 4, counts
+    with open(b / "owned" / "f5", "ab") as f:  # B's lookup recalls A's delegation
+        f.write(b"more")
+    os.chmod(b / "owned" / "f6", 0o640)
+    time.sleep(1.1)  # what A's kernel was told of the file has expired
+    assert os.stat(d / "f5").st_size == 9
+    assert stat.S_IMODE(os.stat(d / "f6").st_mode) == 0o640
 
 
 def test_without_leases_a_mount_asks_the_cluster(two: tuple[Mount, Path, Path]) -> None:

@@ -59,6 +59,7 @@ import pyfuse3
 import trio
 
 from prismfs.errors import PrismError
+from prismfs.fuse.owned import OwnedFiles
 from prismfs.meta.client import MetaClient, decode_result
 from prismfs.meta.commands import (
     RENAME_EXCHANGE,
@@ -79,7 +80,7 @@ from prismfs.meta.commands import (
     Unlink,
     UpdateAtime,
 )
-from prismfs.meta.leases import CannotApply, HeldLeases, command_keys
+from prismfs.meta.leases import CannotApply, GrantId, HeldLeases, command_keys
 from prismfs.node.consensus_messages import LeaseGrant
 from prismfs.stats import Stats
 from prismfs.wire.codec import decode_message
@@ -132,6 +133,7 @@ class DirLeases:
         self.meta = meta
         self.stats = stats
         self.held = HeldLeases()
+        self.owned = OwnedFiles()  # files made here under a delegation still held
         self.writeback = writeback  # ask for delegations
         self._session = meta.session
         self._dirs: set[int] = set()  # inodes seen to be directories
@@ -190,6 +192,10 @@ class DirLeases:
                 sub = self._copy(attr.ino, now)
                 if sub is not None and sub[0].attr is not None:
                     return True, sub[0].attr, left, sub[1]
+            else:
+                owned = self.owned_attr(attr.ino, now)
+                if owned is not None:
+                    return True, owned[0], left, min(ttl, owned[1])
             if now - at < ttl:
                 return True, attr, left, ttl - (now - at)
             return False, None, 0.0, 0.0
@@ -210,6 +216,17 @@ class DirLeases:
         if fact is None or copy.attr is None or stat.S_ISDIR(fact[0].mode):
             return None
         return fact[0], copy.attr, left
+
+    def owned_attr(self, ino: int, now: float) -> tuple[Attr, float] | None:
+        """The attributes of file ``ino`` if this mount owns it
+        (`prismfs.fuse.owned`), and the seconds they may be used."""
+        if self.meta.session != self._session:
+            self._forget_all()
+        got = self.owned.get(ino, lambda parent: self.held.exclusive_gid(parent, now))
+        if got is None:
+            return None
+        peek = self.held.peek(got[0])
+        return got[1], 0.0 if peek is None else max(0.0, peek[1] - now)
 
     def ino_of(self, parent: int, name: bytes, now: float) -> int | None:
         """The inode ``name`` refers to, if the leased copy of ``parent`` knows."""
@@ -354,6 +371,7 @@ class DirLeases:
     def _forget_all(self) -> None:
         """A new session: the leases of the old one are not ours any more."""
         self.held.clear()
+        self.owned.clear()
         self._session = self.meta.session
 
     # --- own changes (`prismfs.meta.client.LeaseHooks`) --------------------------------------
@@ -361,6 +379,8 @@ class DirLeases:
     def changing(
         self, ops: Sequence[MetaCommand], delegated: tuple[tuple[int, int, int], ...] = ()
     ) -> None:
+        if self.writeback:
+            self.owned.changing(ops, self._resolve)
         own = {d[0] for d in delegated}
         for key in self._keys(ops) - own:
             self.held.changing(key)
@@ -377,6 +397,8 @@ class DirLeases:
     ) -> None:
         by_key = {g.key: g for g in grants}
         own = {d[0]: (d[1], d[2]) for d in delegated}
+        if self.writeback:
+            self._changed_owned(ops, results, by_key, own)
         keys = self._keys(ops) - set(own)
         if own:
             self._changed_own(own, ops, results, sent_at)
@@ -421,6 +443,37 @@ class DirLeases:
                     self.held.mark(grant.key),
                     exclusive=grant.exclusive,
                 )
+
+    def _changed_owned(
+        self,
+        ops: Sequence[MetaCommand],
+        results: Sequence[bytes] | None,
+        by_key: dict[int, LeaseGrant],
+        own: dict[int, tuple[int, int]],
+    ) -> None:
+        """Tell `OwnedFiles` (before the copies change: it resolves names in
+        them as `changing` did)."""
+        continued: dict[int, GrantId] = {}
+        for key, grant in by_key.items():
+            if grant.continues != (0, 0):
+                new = (grant.term, grant.seq)
+                self.owned.continued(key, grant.continues, new, grant.exclusive)
+                if grant.exclusive:
+                    continued[key] = new
+
+        def owned_under(parent: int) -> GrantId | None:
+            # (checked again at each use: `OwnedFiles.get` compares it with
+            # the grant held then, so a continuation refused here is harmless)
+            return own.get(parent) or continued.get(parent)
+
+        self.owned.changed(ops, results, _decode, self._resolve, owned_under)
+
+    def _resolve(self, parent: int, name: bytes) -> int | None:
+        peek = self.held.peek(parent)
+        if peek is None or not isinstance(peek[0], DirCopy):
+            return None
+        fact = peek[0].names.get(name)
+        return None if fact is None else fact[0].ino
 
     def _changed_own(
         self,

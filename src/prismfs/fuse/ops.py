@@ -361,7 +361,13 @@ class PrismOperations(DeferredWork):
         if inode in self._unlinked:  # its link count is about to change
             await self._settle_unlinks()
         now = trio.current_time()
-        leased = self._leases.dir_attr(inode, now) if self._leases is not None else None
+        leased = None
+        if self._leases is not None:
+            leased = self._leases.dir_attr(inode, now)
+            if leased is None:
+                leased = self._leases.owned_attr(inode, now)
+                if leased is not None:
+                    self.stats.count("fuse.getattr.owned")
         if leased is not None:
             self.stats.count("fuse.getattr.leased")
             e = self._entry(leased[0])

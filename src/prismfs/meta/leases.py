@@ -471,6 +471,14 @@ class HeldLeases:
             and not self._changing.get(key)
         )
 
+    def exclusive_gid(self, key: Hashable, now: float) -> GrantId | None:
+        """The grant of ``key`` held now if it is a delegation that has not
+        run out here (a change of this mount to it may be on its way)."""
+        held = self._held.get(key)
+        if held is None or not held.exclusive or now >= held.until:
+            return None
+        return held.gid
+
     def write_local(self, key: Hashable, apply: Callable[[object], object]) -> None:
         """A change of this mount under its delegation of ``key``: its copy
         becomes ``apply(copy)`` (the change itself is flushed later)."""
