@@ -115,3 +115,12 @@ def test_an_atime_update_here_moves_the_copys_atime_without_a_lease_change() -> 
         assert got is not None and got[0].atime_ns == 50 and not math.isclose(got[1], 0)
 
     trio.run(main, clock=trio.testing.MockClock())
+
+
+def test_a_name_the_copy_has_that_the_cluster_did_not_find_drops_the_copy() -> None:
+    """A held-back rename or unlink sent again after a first attempt of
+    unknown fate that did apply: the copy does not have that change."""
+    for op in (Rename(0, 7, b"a", 7, b"b"), Unlink(0, 7, b"a")):
+        copy = DirCopy(names={b"a": (attr(5), 1.0)}, complete=True)
+        with pytest.raises(CannotApply):
+            _apply(copy, 7, [op], [MetaFailed("not_found", "x")], at=1.0)

@@ -204,6 +204,42 @@ def test_a_stat_of_a_file_made_here_asks_nothing_until_another_mount_reaches_it(
     assert stat.S_IMODE(os.stat(d / "f6").st_mode) == 0o640
 
 
+def test_renames_in_a_delegated_directory_are_held_back_and_seen_at_once_elsewhere(
+    two: tuple[Mount, Path, Path],
+) -> None:
+    """A rename of a file within a directory delegated to this mount, to a
+    name it knows is free, is held back with the unlinks (nothing is sent):
+    this mount answers the old and the new name at once, and another
+    mount's listing (which recalls the delegation) finds every rename."""
+    _, a, b = two
+    d = a / "moves"
+    d.mkdir()
+    for n in range(30):
+        (d / f"f{n}").write_bytes(b"y" * n)
+    fsync_dir(d)
+    reset(a)
+    before = time.time_ns()
+    for n in range(20):
+        os.rename(d / f"f{n}", d / f"r{n}")
+    counts = stats(a)
+    assert counts.get("fuse.writeback.renames_held", 0) == 20, counts
+    # (the background sends what is held back after settle_s, 1 s)
+    assert counts.get("rpc.Propose", 0) <= 3, counts
+    assert not exists(d / "f3")
+    assert (d / "r3").read_bytes() == b"y" * 3
+    assert os.stat(d / "r5").st_ctime_ns >= before  # a rename moves its ctime
+    (d / "f0").write_bytes(b"new")  # the old name is free again here
+    os.rename(d / "f21", d / "r1")  # onto a name in use: the usual way, after the rest
+    want = sorted(
+        [f"r{n}" for n in range(20)] + [f"f{n}" for n in range(20, 30) if n != 21] + ["f0"]
+    )
+    assert sorted(os.listdir(b / "moves")) == want
+    assert (b / "moves" / "r7").read_bytes() == b"y" * 7
+    assert (b / "moves" / "r1").read_bytes() == b"y" * 21
+    assert (b / "moves" / "f0").read_bytes() == b"new"
+    assert sorted(os.listdir(d)) == want
+
+
 def test_without_leases_a_mount_asks_the_cluster(two: tuple[Mount, Path, Path]) -> None:
     cluster, _, _ = two
     plain = Mount(cluster.base, "plain")
@@ -415,5 +451,41 @@ def test_a_mount_killed_with_changes_held_back_keeps_a_prefix_and_all_it_fsynced
         for name in present:
             assert (a / "seq" / name).read_bytes() == bodies[name], name
         print(f"\nkept {len(present)} of 200 files (100 fsynced)")
+    finally:
+        m.cleanup()
+
+
+def test_a_mount_killed_with_renames_held_back_keeps_a_prefix_of_them(tmp_path: Path) -> None:
+    """Held-back renames are sent in the order made: after a kill -9 the
+    directory shows the first k of them (k >= those before an fsyncdir),
+    each file with its own content."""
+    m = Mount(tmp_path, "a")
+    try:
+        m.up()
+        a = m.mount()
+        d = a / "moves"
+        d.mkdir()
+        time.sleep(0.3)
+        bodies = {n: os.urandom(50 + n) for n in range(60)}
+        for n, body in bodies.items():
+            (d / f"f{n:02d}").write_bytes(body)
+        fsync_dir(d)
+        for n in range(40):
+            os.rename(d / f"f{n:02d}", d / f"r{n:02d}")
+            if n == 19:
+                fsync_dir(d)  # r00..r19 durable from here
+        pid = int(m.pidfile.read_text())
+        os.kill(pid, signal.SIGKILL)  # within settle_s: the last renames were not sent
+        subprocess.run(["fusermount3", "-u", "-z", str(a)], timeout=30, check=False)
+        a = m.mount()
+        present = set(os.listdir(a / "moves"))
+        k = sum(1 for n in range(40) if f"r{n:02d}" in present)
+        want = {f"r{n:02d}" for n in range(k)} | {f"f{n:02d}" for n in range(k, 60)}
+        assert present == want, sorted(present ^ want)
+        assert k >= 20, k
+        for n, body in bodies.items():
+            name = f"r{n:02d}" if n < k else f"f{n:02d}"
+            assert (a / "moves" / name).read_bytes() == body, name
+        print(f"\nkept {k} of 40 renames (20 fsynced)")
     finally:
         m.cleanup()

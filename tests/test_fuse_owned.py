@@ -52,7 +52,7 @@ class Owner:
     def __init__(self) -> None:
         self.files = OwnedFiles()
         self.grant: GrantId | None = G1
-        self.names: dict[tuple[int, bytes], int] = {}
+        self.names: dict[tuple[int, bytes], int] = {}  # (0: known to be free)
 
     def resolve(self, parent: int, name: bytes) -> int | None:
         return self.names.get((parent, name))
@@ -123,10 +123,11 @@ def test_a_link_a_rename_or_an_unlink_ends_it_and_a_name_not_known_ends_the_dire
         o.apply([Mknod(0, D, name, FILE, 0, 0, ino=100 + n)], MetaOk(attr(100 + n)))
         o.names[(D, name)] = 100 + n
     o.apply([Link(0, 100, 9, b"elsewhere")], MetaOk(attr(100, nlink=2)))
+    o.names[(9, b"moved")] = 0
     o.apply([Rename(0, D, b"b", 9, b"moved")], MetaOk())
     o.apply([Unlink(0, D, b"c", ino=102)], MetaOk())
     assert [o.get(i) for i in (100, 101, 102)] == [None, None, None]
-    assert o.get(103) == attr(103)
+    assert o.get(103) == attr(103)  # (a name known to be free is no file of it)
     # An unlink of a name whose inode this mount does not know: any of them.
     o.apply([Unlink(0, D, b"unknown")], MetaOk())
     assert o.get(103) is None

@@ -68,10 +68,12 @@ from prismfs.fuse.leased import DirLeases
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     MAX_BATCH,
+    RENAME_NOREPLACE,
     Attr,
     MetaCommand,
     Open,
     Release,
+    Rename,
     SetAttr,
     Unlink,
     UpdateAtime,
@@ -83,7 +85,8 @@ log = logging.getLogger("prismfs.fuse")
 Delegation = tuple[int, int, int]
 """(directory, grant term, grant seq): a delegation a change was made under."""
 HeldUnlink = tuple[tuple[int, bytes], tuple[int, float, int]]
-"""A deferred unlink: ((parent, name), (inode, trio time, ns timestamp))."""
+"""A deferred unlink (or rename, `_rename_to`): ((parent, name), (inode,
+trio time, ns timestamp))."""
 
 RESERVE = 1024  # inode numbers reserved per ReserveInodes
 RELEASE_EVERY = 0.2  # seconds between batches of releases
@@ -153,6 +156,13 @@ class DeferredWork(pyfuse3.Operations):
         self._unlinks: dict[tuple[int, bytes], tuple[int, float, int]] = {}
         self._unlink_dirs: dict[int, int] = {}  # parent -> time of its latest pending unlink
         self._unlinked: dict[int, int] = {}  # inode -> its names in _unlinks
+        # Held-back renames within a delegated directory travel in the same
+        # queue as the unlinks (in order, in front of the creates), keyed by
+        # the name they take away: (parent, old name) -> new name, and
+        # (parent, new name) -> the inode now there, not yet at the cluster.
+        self._rename_to: dict[tuple[int, bytes], bytes] = {}
+        self._renamed_to: dict[tuple[int, bytes], int] = {}
+        self._renamed_at: dict[int, int] = {}  # inode -> time of its held rename (its ctime)
         self._unlink_lock = trio.Lock()
         self._releases: list[tuple[str, int]] = []  # (session, inode) releases not sent yet
         self._opens: dict[tuple[str, int], int] = {}  # (session, inode) opens not sent yet
@@ -508,23 +518,34 @@ class DeferredWork(pyfuse3.Operations):
         """The `Unlink` of each deferred unlink in ``items``, and the
         delegations they were made under."""
         under = {d for key, _ in items if (d := self._unlink_under.get(key)) is not None}
-        ops: list[MetaCommand] = [
-            Unlink(ns, parent, name, ino=ino) for (parent, name), (ino, _, ns) in items
-        ]
+        ops: list[MetaCommand] = []
+        for (parent, name), (ino, _, ns) in items:
+            new_name = self._rename_to.get((parent, name))
+            if new_name is None:
+                ops.append(Unlink(ns, parent, name, ino=ino))
+            else:
+                ops.append(Rename(ns, parent, name, parent, new_name, RENAME_NOREPLACE))
         return ops, tuple(under)
 
     def _unlinks_sent(self, items: list[HeldUnlink], results: list[object]) -> None:
         lost = None
-        for (key, (ino, _, _)), result in zip(items, results, strict=True):
+        for (key, (ino, _, ns)), result in zip(items, results, strict=True):
             del self._unlinks[key]
             self._unlink_under.pop(key, None)
-            left = self._unlinked.pop(ino) - 1
-            if left:
-                self._unlinked[ino] = left
+            new_name = self._rename_to.pop(key, None)
+            if new_name is not None:
+                self._renamed_to.pop((key[0], new_name), None)
+                if self._renamed_at.get(ino) == ns:
+                    del self._renamed_at[ino]
+            else:
+                left = self._unlinked.pop(ino) - 1
+                if left:
+                    self._unlinked[ino] = left
             if isinstance(result, DelegationLost):
                 lost = result  # the name is back: nothing was removed
             elif isinstance(result, PrismError):
-                log.info("deferred unlink of %r: %s", key[1], result.message)
+                what = "unlink" if new_name is None else "rename"
+                log.info("deferred %s of %r: %s", what, key[1], result.message)
         if lost is not None:
             self._note_lost(lost)
         self._unlink_dirs = {}

@@ -469,11 +469,15 @@ class DirLeases:
         self.owned.changed(ops, results, _decode, self._resolve, owned_under)
 
     def _resolve(self, parent: int, name: bytes) -> int | None:
+        """(`prismfs.fuse.owned.Resolve`)"""
         peek = self.held.peek(parent)
         if peek is None or not isinstance(peek[0], DirCopy):
             return None
-        fact = peek[0].names.get(name)
-        return None if fact is None else fact[0].ino
+        copy = peek[0]
+        if name not in copy.names:
+            return 0 if copy.complete else None
+        fact = copy.names[name]
+        return 0 if fact is None else fact[0].ino
 
     def _changed_own(
         self,
@@ -637,8 +641,15 @@ def _apply(
     for op, result in zip(ops, results, strict=True):
         ok = result if isinstance(result, MetaOk) else None
         if ok is None and isinstance(result, MetaFailed):
-            if result.code == "already_exists":
-                # (the copy said the name was free: it is not current)
+            if result.code == "already_exists" or (
+                result.code == "not_found"
+                and isinstance(op, (Rename, Unlink))
+                and op.parent == key
+                and copy.names.get(op.name) is not None
+            ):
+                # (the copy said the name was free, or there: it is not
+                # current; or a retry of a change whose first attempt
+                # applied, which the copy does not have)
                 raise CannotApply
             continue  # a failed op changed nothing
         if ok is None:
@@ -670,7 +681,7 @@ def _apply(
             if op.new_parent == key:
                 if moved is None:
                     raise CannotApply
-                copy.names[op.new_name] = moved
+                copy.names[op.new_name] = (moved[0], STALE)  # (its ctime moved)
         if getattr(op, "ino", None) == key and not isinstance(op, (Mknod, Unlink)):
             copy.attr = ok.attr if ok.attr is not None and ok.attr.ino == key else None
     if len(copy.names) > MAX_NAMES:

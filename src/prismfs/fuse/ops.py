@@ -197,6 +197,9 @@ class PrismOperations(DeferredWork):
             if handle.file.modified_ns:  # (0: no write since its times were set)
                 mtime = max(mtime, handle.file.modified_ns)
                 ctime = max(ctime, handle.file.modified_ns)
+        renamed_at = self._renamed_at.get(a.ino)
+        if renamed_at is not None:
+            ctime = max(ctime, renamed_at)  # a rename of it held back here
         created_at = self._create_dirs.get(a.ino)
         if created_at is not None and created_at > min(mtime, ctime):
             # Creates held back in this directory: it shows the times they set.
@@ -248,6 +251,9 @@ class PrismOperations(DeferredWork):
             return await self.getattr(parent_inode, ctx)
         if (parent_inode, name) in self._unlinks:
             raise pyfuse3.FUSEError(errno.ENOENT)  # unlinked here, not yet at the cluster
+        moved = self._renamed_to.get((parent_inode, name))
+        if moved is not None:
+            return await self._moved_here(parent_inode, name, moved)
         handle = self._deferred(self._pending.get((parent_inode, name), 0))
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
@@ -329,6 +335,21 @@ class PrismOperations(DeferredWork):
             return None
         e = self._named(parent, name, self._known(parent, name, attr), left)
         e.attr_timeout = 0
+        return e
+
+    async def _moved_here(self, parent: int, name: bytes, ino: int) -> pyfuse3.EntryAttributes:
+        """The entry of a name a held-back rename gave ``ino`` (its attributes
+        this mount's own if it owns the file, else the cluster's)."""
+        assert self._leases is not None
+        now = trio.current_time()
+        owned = self._leases.owned_attr(ino, now)
+        if owned is not None:
+            attr, attr_left = owned
+        else:
+            attr, attr_left = await self.meta.getattr(ino), self.opts.attr_timeout
+        self.stats.count("fuse.lookup.renamed_here")
+        e = self._named(parent, name, self._known(parent, name, attr))
+        e.attr_timeout = min(e.attr_timeout, attr_left)
         return e
 
     def _recently_named(self, parent: int, name: bytes) -> pyfuse3.EntryAttributes | None:
@@ -599,6 +620,8 @@ class PrismOperations(DeferredWork):
         self._writable()
         if self._rename_held_back(parent_inode_old, name_old, parent_inode_new, name_new, flags):
             return
+        if self._rename_written_back(parent_inode_old, name_old, parent_inode_new, name_new, flags):
+            return
         await self._settle(held=False)
         moved = self._names_ino(parent_inode_old, name_old)
         for ino in (
@@ -663,6 +686,57 @@ class PrismOperations(DeferredWork):
         self._changed.bump(parent)
         self._create_dirs[parent] = max(stamp, self._create_dirs.get(parent, 0))
         self.stats.count("fuse.writeback.renames")
+        return True
+
+    def _rename_written_back(
+        self, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> bool:
+        """A file (not a directory) renamed within a directory this mount
+        holds delegated, to a name it knows is free: held back in the queue
+        of the unlinks (in order with them, in front of the creates, as
+        `_send_with_unlinks` sends them), nothing sent now (mdtest's and
+        rsync's renames). Only where nothing else held back involves either
+        name, the file or the directory's held times (they would land out
+        of order); otherwise the rename goes the usual way, after them."""
+        if parent != new_parent or flags & ~RENAME_NOREPLACE or self._leases is None:
+            return False
+        defers = self._defers(parent)
+        if not isinstance(defers, tuple):
+            return False
+        old, new = (parent, name), (parent, new_name)
+        ino = self._names_ino(*old)
+        if (
+            ino is None
+            or self._leases.is_dir(ino)
+            or ino in self._open
+            or ino in self._unlinked
+            or ino in self._renamed_at
+            or ino in self._held
+            or parent in self._held
+            or any(k in self._pending or k in self._unlinks for k in (old, new))
+            or any(k in self._renamed_to for k in (old, new))
+        ):
+            return False
+        check_name(new_name)
+        now = trio.current_time()
+        known = self._leases.named(parent, name, now)
+        if known is None or known[0].ino != ino:
+            return False  # (not a file the leased copy vouches for)
+        free, there, _, _ = self._leases.name(parent, new_name, now, self.opts.attr_timeout)
+        if not free or there is not None:
+            return False  # a name in use: replaced at the leader, the usual way
+        ns = now_ns()
+        self._unlinks[old] = (ino, now, ns)
+        self._unlink_under[old] = defers
+        self._rename_to[old] = new_name
+        self._renamed_to[new] = ino
+        self._renamed_at[ino] = ns
+        self._unlink_dirs[parent] = ns
+        self._recent.drop(ino)
+        self._forget_name(*old)
+        self._names[new] = ino
+        self._changed.bump(parent)
+        self.stats.count("fuse.writeback.renames_held")
         return True
 
     @_op

@@ -54,7 +54,8 @@ from prismfs.meta.leases import GrantId
 MAX_OWNED = 200_000  # files tracked at most (beyond: forget them all, ask the leader)
 
 Resolve = Callable[[int, bytes], int | None]
-"""The inode a name in a directory refers to, if this mount's copy knows."""
+"""The inode a name in a directory refers to if this mount's copy knows: 0
+for a name it knows is free, None for one it does not know."""
 
 
 class OwnedFiles:
@@ -220,7 +221,7 @@ class OwnedFiles:
                 out.update(_named(op, resolve))
                 for parent, name in _names(op):
                     if resolve(parent, name) is None and parent in self._by_dir:
-                        self.forget_dir(parent)
+                        self.forget_dir(parent)  # (it may be one of them)
                 continue
             ino = getattr(op, "ino", None)
             if isinstance(ino, int):
@@ -241,6 +242,6 @@ def _named(op: Link | Unlink | Rename | Rmdir, resolve: Resolve) -> list[int]:
     out = [op.ino] if isinstance(op, (Link, Unlink)) and op.ino else []
     for parent, name in _names(op):
         ino = resolve(parent, name)
-        if ino is not None:
+        if ino:
             out.append(ino)
     return out
