@@ -170,3 +170,19 @@ def test_a_mount_answers_for_a_file_it_flushed_until_its_delegation_is_recalled(
     assert leases.owned_attr(100, 10.0) is None  # the delegation ran out here
     leases.held.recall(D, G1)
     assert leases.owned_attr(100, 1.0) is None
+
+
+def test_a_file_made_and_renamed_in_one_change_is_not_kept_with_its_old_ctime() -> None:
+    """rsync's order, held back and sent as one batch: create a temporary
+    name, set its times, rename it. The copy does not know the temporary
+    name yet; the rename (answered without attributes) still ends it."""
+    o = Owner()
+    o.names[(D, b".f.tmp")] = 0
+    o.names[(D, b"f")] = 0
+    ops: list[MetaCommand] = [
+        Mknod(0, D, b".f.tmp", FILE, 0, 0, ino=100),
+        SetAttr(0, 100, mtime_ns=5),
+        Rename(0, D, b".f.tmp", D, b"f"),
+    ]
+    o.apply(ops, MetaOk(attr(100)), MetaOk(attr(100)), MetaOk())
+    assert o.get(100) is None

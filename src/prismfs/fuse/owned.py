@@ -114,8 +114,15 @@ class OwnedFiles:
             for ino in touched:
                 self._drop(ino)
         else:
+            # Names made earlier in this very change (a held-back create
+            # renamed before it was sent) are not in the copies yet.
+            made: dict[tuple[int, bytes], int] = {}
+
+            def here(parent: int, name: bytes) -> int | None:
+                return made.get((parent, name)) or resolve(parent, name)
+
             for op, raw in zip(ops, results, strict=True):
-                self._apply(op, raw, decode, resolve, owned_under)
+                self._apply(op, raw, decode, here, owned_under, made)
         for ino in touched:
             left = self._flying.get(ino, 0) - 1
             if left > 0:
@@ -153,21 +160,25 @@ class OwnedFiles:
         decode: Callable[[bytes], object],
         resolve: Resolve,
         owned_under: Callable[[int], GrantId | None],
+        made: dict[tuple[int, bytes], int],
     ) -> None:
         if isinstance(op, (Open, Release)):
             return  # (attributes unchanged)
         if isinstance(op, (Link, Unlink, Rename, Rmdir)):
             for named in _named(op, resolve):
                 self._drop(named)
+            if isinstance(op, Rename) and (op.parent, op.name) in made:
+                made[(op.new_parent, op.new_name)] = made.pop((op.parent, op.name))
             return
         if isinstance(op, (Mknod, Symlink)):
+            result = decode(raw)
+            new = result.attr if isinstance(result, MetaOk) else None
+            if new is not None:
+                made[(op.parent, op.name)] = new.ino
             grant = owned_under(op.parent)
-            if grant is None:
-                return
-            made = decode(raw)
-            new = made.attr if isinstance(made, MetaOk) else None
             if (
-                new is not None
+                grant is not None
+                and new is not None
                 and not stat.S_ISDIR(new.mode)
                 and new.nlink == 1
                 and new.ino not in self._crossed
