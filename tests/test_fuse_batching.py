@@ -329,6 +329,37 @@ def test_rm_rf_sends_a_directory_of_unlinks_in_a_few_batches(mounts: tuple[Mount
     assert not (b.point / "deferred-rm").exists() and not (a.point / "sync-rm").exists()
 
 
+def test_a_mkdir_after_held_back_creates_rides_in_the_batch_that_sends_them(
+    mounts: tuple[Mount, Mount],
+) -> None:
+    """tar's order: a file, then a subdirectory of the same directory. The
+    mkdir must reach the cluster after the create held back before it;
+    under the delegation it goes in the last batch of that flush instead
+    of a Raft entry of its own after it (two entries per pair before)."""
+    a, b = mounts
+    top = a.point / "tarlike"
+    top.mkdir()
+    time.sleep(0.3)
+    before = commit_index(a)
+    for i in range(20):
+        (top / f"f{i}").write_bytes(b"%d" % i)
+        (top / f"d{i}").mkdir()
+        (top / f"d{i}" / "inner").write_bytes(b"in %d" % i)
+    with pytest.raises(OSError) as failed:  # its held-back create lands first
+        os.rmdir(top / "d0")
+    assert failed.value.errno == errno.ENOTEMPTY
+    entries = commit_index(a) - before
+    # One entry per pair (the mkdir with the flush before it), plus the
+    # cluster's own (session renewal, lease expiry).
+    assert entries <= 20 + 8, entries
+    assert sorted(os.listdir(b.point / "tarlike")) == sorted(
+        [f"f{i}" for i in range(20)] + [f"d{i}" for i in range(20)]
+    )
+    for i in range(20):
+        assert (b.point / "tarlike" / f"f{i}").read_bytes() == b"%d" % i
+        assert (b.point / "tarlike" / f"d{i}" / "inner").read_bytes() == b"in %d" % i
+
+
 def test_unlink_then_create_and_lookups_on_the_same_mount(mounts: tuple[Mount, Mount]) -> None:
     a, b = mounts
     d = a.point / "recreate"

@@ -788,7 +788,9 @@ class Lead:
     mount's unlinks): they go in front of the preludes, in the first batch,
     so that a crash cannot keep them and lose a create made before them
     (nor the other way round). ``results`` once sent: one per op, an error
-    for all of them if their delegation was lost."""
+    for all of them if their delegation was lost. As a *tail*, changes
+    made after all of them (a mkdir under the delegation): behind the
+    preludes, in the last batch."""
 
     ops: list[MetaCommand]
     delegated: tuple[tuple[int, int, int], ...]
@@ -796,13 +798,17 @@ class Lead:
 
 
 async def send_preludes(
-    meta: MetaClient, files: Sequence[OpenFile], lead: Lead | None = None
+    meta: MetaClient,
+    files: Sequence[OpenFile],
+    lead: Lead | None = None,
+    tail: Lead | None = None,
 ) -> list[PrismError | None]:
     """The preludes of several files (held-back creates, with their staged
     commits), in this order, in as few batches as `MAX_BATCH` allows (one
-    file's prelude never split), behind ``lead`` if given: per file None,
-    or the error that lost it. A transient error keeps every prelude not
-    sent yet (and ``lead``, if it was not sent), and is raised."""
+    file's prelude never split), behind ``lead`` and in front of ``tail``
+    if given: per file None, or the error that lost it. A transient error
+    keeps every prelude not sent yet (and ``lead`` and ``tail``, if they
+    were not sent), and is raised."""
     async with contextlib.AsyncExitStack() as stack:
         for f in files:
             await stack.enter_async_context(f._lock)
@@ -822,30 +828,45 @@ async def send_preludes(
             group.append(f)
             count += len(f.prelude)
             size += more
-        if group or lead:
-            await _send_group(meta, group, lead)
+        if tail is not None and (
+            count + len(tail.ops) > MAX_BATCH
+            or size + sum(len(encode_message(op)) for op in tail.ops) > BATCH_BYTES
+        ):
+            if group or lead:
+                await _send_group(meta, group, lead)
+            group, lead = [], None
+        if group or lead or tail:
+            await _send_group(meta, group, lead, tail)
     return [f.lost for f in files]
 
 
-async def _send_group(meta: MetaClient, group: list[OpenFile], lead: Lead | None = None) -> None:
+async def _send_group(
+    meta: MetaClient, group: list[OpenFile], lead: Lead | None = None, tail: Lead | None = None
+) -> None:
     # What each prelude holds now: an attribute change may join one while
     # the batch is on its way (it goes in the next).
     sent = [list(f.prelude) for f in group]
     first = lead.ops if lead is not None else []
-    ops = [*first, *(op for prelude in sent for op in prelude)]
+    last = tail.ops if tail is not None else []
+    ops = [*first, *(op for prelude in sent for op in prelude), *last]
     delegated = {d for f in group for d in f.delegated}
-    if lead is not None:
-        delegated.update(lead.delegated)
+    for extra in (lead, tail):
+        if extra is not None:
+            delegated.update(extra.delegated)
     try:
         results = await meta.batch(ops, delegated=tuple(delegated))
     except DelegationLost as exc:
         if lead is not None:
             lead.results = [exc] * len(first)
+        if tail is not None:
+            tail.results = [exc] * len(last)
         for f in group:
             f.prelude, f.lost = [], exc
         return
     if lead is not None:
         lead.results = list(results[: len(first)])
+    if tail is not None:
+        tail.results = list(results[len(results) - len(last) :])
     at = len(first)
     for f, prelude in zip(group, sent, strict=True):
         mine = results[at : at + len(prelude)]

@@ -347,34 +347,50 @@ class DeferredWork(pyfuse3.Operations):
         elif result is not None:
             self._recent.put(result, trio.current_time())  # never the attributes before it
 
-    async def _change(self, op: MetaCommand, *, opens: bool = False) -> Attr | None:
+    async def _change(
+        self, op: MetaCommand, *, opens: bool = False, first: bool = False
+    ) -> Attr | None:
         """Send one namespace change; the held attribute changes go in front of
         it, in the same Raft entry. With ``opens`` (an unlink or rename, which
         may take a file's last name), so do the queued opens: an open file
         must never be an orphan without its open (the namespace would free it
-        once the orphan grace, counted from the change's own time, is over)."""
+        once the orphan grace, counted from the change's own time, is over).
+        With ``first``, every create and unlink held back goes before it
+        (a flush keeps a prefix of what this mount did); what is held back
+        in a directory ``op`` changes always does."""
         if len(self._held.ops) >= MAX_BATCH:
             await self._send_held()
         while opens and len(self._held.ops) + sum(self._opens.values()) >= MAX_BATCH:
             await self._send_opens()
         own = self._own_delegations(op)
-        if self._ends_held(op) or self._held_dirs() & self._held_keys():
+        settle = (
+            (first and bool(self._unlinks or self._pending))
+            or self._ends_held(op)
+            or bool(self._held_dirs() & self._held_keys())
+        )
+        if settle:
+            self.stats.count("fuse.writeback.settled_for_change")
+        if settle and not own:
             # What is held back in a directory goes before a change of it
             # (`_ends_held`) and before its held times, which go in front of
-            # ``op`` (as `_settle` orders them).
+            # ``op`` (as `_settle` orders them). Under its delegations, ``op``
+            # rides in the last batch of that flush instead (`_settled_with`).
             await self._settle(held=False)
-            self.stats.count("fuse.writeback.settled_for_change")
+            settle = False
         todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
-        if not self._held and not open_ops and not own:
+        if not settle and not self._held and not open_ops and not own:
             return await self.meta.propose(op)
         ops = self._held.take()
         parents: list[Attr] = []
         try:
             delegated = tuple(set(own) | set(self._held_delegations(ops)))
             try:
-                results = await self.meta.batch(
-                    [*ops, *open_ops, op], parents=parents, delegated=delegated
-                )
+                batch = [*ops, *open_ops, op]
+                sent = await self._settled_with(Lead(batch, delegated)) if settle else None
+                if sent is None:
+                    results = await self.meta.batch(batch, parents=parents, delegated=delegated)
+                else:
+                    results = sent
             except DelegationLost as exc:
                 # A delegation ended before the leader saw this: the held
                 # changes are lost; the change itself goes the usual way.
@@ -403,6 +419,25 @@ class DeferredWork(pyfuse3.Operations):
             raise last
         return last
 
+    async def _settled_with(self, tail: Lead) -> list[Attr | PrismError | None] | None:
+        """Everything held back (as `_settle` with ``held=False`` sends it),
+        with ``tail`` in its last batch: a change under delegations that
+        must come after it costs no Raft entry of its own. The tail's
+        results, or None if nothing was held back to send it with; its
+        `DelegationLost` raised (the batch was refused as a whole)."""
+        await self._settle_creates(None, tail)
+        if tail.results is None:
+            await self._settle_unlinks(tail)
+        if tail.results is None:
+            return None
+        results: list[Attr | PrismError | None] = []
+        for result in tail.results:
+            if isinstance(result, DelegationLost):
+                raise result
+            results.append(result if isinstance(result, (Attr, PrismError)) else None)
+        self.stats.count("fuse.writeback.change_with_flush")
+        return results
+
     def _own_delegations(self, op: MetaCommand) -> tuple[Delegation, ...]:
         """The delegations of this mount that cover every directory ``op``
         changes, if there are such (the leader then applies it without a
@@ -426,7 +461,7 @@ class DeferredWork(pyfuse3.Operations):
                 out.append(d)
         return tuple(out)
 
-    async def _settle_creates(self, parent: int | None) -> None:
+    async def _settle_creates(self, parent: int | None, tail: Lead | None = None) -> None:
         if self._leases is not None:
             parent = None  # all of them, in order: a flush keeps a prefix
         todo: list[Handle] = []
@@ -463,7 +498,7 @@ class DeferredWork(pyfuse3.Operations):
                         if exc.transient:
                             raise
                         handle.file.abandon(exc)  # (its session ended, say)
-            await self._send_with_unlinks([h.file for h in todo])
+            await self._send_with_unlinks([h.file for h in todo], tail)
             self._create_dirs = {}  # (the directories' own times now come from the cluster)
             for handle in todo:
                 if handle.file.lost is not None:
@@ -478,7 +513,7 @@ class DeferredWork(pyfuse3.Operations):
                 for handle in todo:
                     nursery.start_soon(one, handle)
 
-    async def _send_with_unlinks(self, files: list[OpenFile]) -> None:
+    async def _send_with_unlinks(self, files: list[OpenFile], tail: Lead | None = None) -> None:
         """`send_preludes` of ``files``, with the deferred unlinks in front of
         them in the first batch if they fit in one: some of those unlinks
         may have been made after some of these creates, and a crash between
@@ -492,25 +527,32 @@ class DeferredWork(pyfuse3.Operations):
                     break
                 await self._send_unlinks(items[:MAX_BATCH])
             try:
-                await send_preludes(self.meta, files, lead)
+                await send_preludes(self.meta, files, lead, tail)
             finally:
                 if lead is not None and lead.results is not None:
                     self._unlinks_sent(items, lead.results)
 
-    async def _settle_unlinks(self) -> None:
-        """Send the deferred unlinks, in batches. One that fails (another mount
-        removed or replaced the name meanwhile) only gets a log line."""
+    async def _settle_unlinks(self, tail: Lead | None = None) -> None:
+        """Send the deferred unlinks, in batches (``tail`` in the last). One
+        that fails (another mount removed or replaced the name meanwhile)
+        only gets a log line."""
         async with self._unlink_lock:
             while self._unlinks:
-                await self._send_unlinks(list(self._unlinks.items())[:MAX_BATCH])
+                last = len(self._unlinks) <= MAX_BATCH - (len(tail.ops) if tail else 0)
+                items = list(self._unlinks.items())[:MAX_BATCH]
+                await self._send_unlinks(items, tail if last else None)
 
-    async def _send_unlinks(self, items: list[HeldUnlink]) -> None:
+    async def _send_unlinks(self, items: list[HeldUnlink], tail: Lead | None = None) -> None:
         ops, under = self._unlink_ops(items)
+        extra = tail.ops if tail is not None else []
+        delegated = tuple(set(under) | set(tail.delegated)) if tail is not None else under
         try:
-            results: list[object] = list(await self.meta.batch(ops, delegated=under))
+            results: list[object] = list(await self.meta.batch([*ops, *extra], delegated=delegated))
         except DelegationLost as exc:
-            results = [exc] * len(items)
-        self._unlinks_sent(items, results)
+            results = [exc] * (len(ops) + len(extra))
+        if tail is not None:
+            tail.results = results[len(ops) :]
+        self._unlinks_sent(items, results[: len(ops)])
 
     def _unlink_ops(
         self, items: list[HeldUnlink]

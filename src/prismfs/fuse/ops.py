@@ -519,7 +519,6 @@ class PrismOperations(DeferredWork):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle(held=False)
         layout, _ = await self._layout(parent_inode)
         self._changed.bump(parent_inode)
         attr = await self._change(
@@ -532,7 +531,8 @@ class PrismOperations(DeferredWork):
                 ctx.gid,
                 rdev,
                 chunk_size=layout.chunk_size,
-            )
+            ),
+            first=True,
         )
         assert attr is not None
         return self._named(parent_inode, name, self._known(parent_inode, name, attr))
@@ -542,9 +542,10 @@ class PrismOperations(DeferredWork):
         self, parent_inode: int, name: bytes, mode: int, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle(held=False)
         self._changed.bump(parent_inode)
-        attr = await self._change(Mkdir(now_ns(), parent_inode, name, mode, ctx.uid, ctx.gid))
+        attr = await self._change(
+            Mkdir(now_ns(), parent_inode, name, mode, ctx.uid, ctx.gid), first=True
+        )
         assert attr is not None
         self._recent.put(attr, trio.current_time())
         self._bare_now(attr.ino)
@@ -578,27 +579,26 @@ class PrismOperations(DeferredWork):
             self._unlinked[ino] = self._unlinked.get(ino, 0) + 1
             self._unlink_dirs[parent_inode] = ns
             return
-        await self._settle(held=False)
-        await self._change(Unlink(now_ns(), parent_inode, name), opens=True)
+        await self._change(Unlink(now_ns(), parent_inode, name), opens=True, first=True)
 
     @_op
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
-        await self._settle(held=False)
         self._changed.bump(parent_inode)
         ino = self._forget_name(parent_inode, name)
         if ino is not None:
             self._recent.drop(ino)
-        await self._change(Rmdir(now_ns(), parent_inode, name))
+        await self._change(Rmdir(now_ns(), parent_inode, name), first=True)
 
     @_op
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle(held=False)
         self._changed.bump(parent_inode)
-        attr = await self._change(Symlink(now_ns(), parent_inode, name, target, ctx.uid, ctx.gid))
+        attr = await self._change(
+            Symlink(now_ns(), parent_inode, name, target, ctx.uid, ctx.gid), first=True
+        )
         assert attr is not None
         if len(self._made_in) > 100_000:
             self._made_in.clear()
@@ -622,7 +622,6 @@ class PrismOperations(DeferredWork):
             return
         if self._rename_written_back(parent_inode_old, name_old, parent_inode_new, name_new, flags):
             return
-        await self._settle(held=False)
         moved = self._names_ino(parent_inode_old, name_old)
         for ino in (
             self._forget_name(parent_inode_old, name_old),
@@ -634,6 +633,7 @@ class PrismOperations(DeferredWork):
         await self._change(
             Rename(now_ns(), parent_inode_old, name_old, parent_inode_new, name_new, flags),
             opens=True,
+            first=True,
         )
         if moved is not None and not flags & RENAME_EXCHANGE:
             # The kernel moved its entry: the new name is known to refer to it.
@@ -744,10 +744,9 @@ class PrismOperations(DeferredWork):
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        await self._settle(held=False)
         self._changed.bump(new_parent_inode)
         self._recent.drop(inode)
-        attr = await self._change(Link(now_ns(), inode, new_parent_inode, new_name))
+        attr = await self._change(Link(now_ns(), inode, new_parent_inode, new_name), first=True)
         assert attr is not None
         return self._named(
             new_parent_inode, new_name, self._known(new_parent_inode, new_name, attr)
