@@ -101,7 +101,9 @@ async def held_create_then_directory_times(left: float) -> FakeMeta:
 
 
 def first_index(meta: FakeMeta, kind: type) -> int:
-    return next(i for i, (ops, _) in enumerate(meta.sent) if any(isinstance(o, kind) for o in ops))
+    """The position of the first op of ``kind`` in everything sent, in order."""
+    sent = [op for ops, _ in meta.sent for op in ops]
+    return next(i for i, op in enumerate(sent) if isinstance(op, kind))
 
 
 def test_a_synchronous_change_of_a_directory_sends_what_is_held_back_in_it_first() -> None:
@@ -123,8 +125,10 @@ def test_with_time_left_the_change_rides_the_delegation_after_the_create() -> No
     async def main() -> None:
         meta = await held_create_then_directory_times(MARGIN_S + 0.5)
         # Sent under the delegation, which goes on, but after the create
-        # held back in the directory (its times must win over the create's).
+        # held back in the directory (its times must win over the create's),
+        # in the same batch as the create (`_settled_with`).
         assert first_index(meta, Mknod) < first_index(meta, SetAttr), meta.sent
+        assert len(meta.sent) == 1, meta.sent
         for _, delegated in meta.sent:
             assert delegated == ((K, *GRANT),)
 

@@ -11,11 +11,11 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from prismfs.client.files import BATCH_BYTES, OpenFile, Uploads, send_preludes
+from prismfs.client.files import BATCH_BYTES, Lead, OpenFile, Uploads, send_preludes
 from prismfs.data.layout import Layout
 from prismfs.data.placement import NotEnoughNodes
 from prismfs.errors import AlreadyExists, DelegationLost
-from prismfs.meta.commands import Attr, ChunkRecord, MetaCommand, Mknod, SetAttr
+from prismfs.meta.commands import MAX_BATCH, Attr, ChunkRecord, MetaCommand, Mknod, SetAttr
 from prismfs.wire.codec import encode_message
 
 FILE = 0o100644
@@ -272,3 +272,37 @@ async def send_preludes_locked(meta: FakeMeta, f: OpenFile) -> None:
     """What `send_preludes` does to a file whose lock it holds."""
     await meta.batch(list(f.prelude))
     f.prelude, f.delegated = [], ()
+
+
+def test_a_tail_rides_in_the_last_batch_or_alone_when_it_does_not_fit() -> None:
+    """A change that must follow everything held back (a mkdir) goes behind
+    the preludes in their last batch, with its own results; one that would
+    overflow that batch goes in a batch of its own after it; a lost
+    delegation is every tail op's result too."""
+
+    async def main() -> None:
+        meta = FakeMeta()
+        files = [new_file(meta, 10 + n, f"f{n}".encode()) for n in range(3)]
+        mkdir = SetAttr(0, 99, mode=0o700)  # (stands for any op: results by position)
+        tail = Lead([mkdir], ((2, 1, 1),))
+        await send_preludes(meta, files, None, tail)  # type: ignore[arg-type]
+        assert len(meta.batches) == 1 and meta.batches[0][-1] is mkdir
+        assert tail.results is not None and len(tail.results) == 1
+        assert isinstance(tail.results[0], Attr) and tail.results[0].ino == 99
+
+        meta = FakeMeta()
+        files = [new_file(meta, 10 + n, f"f{n}".encode()) for n in range(2)]
+        big = Lead([SetAttr(0, 99, mode=n) for n in range(MAX_BATCH)], ((2, 1, 1),))
+        await send_preludes(meta, files, None, big)  # type: ignore[arg-type]
+        assert [len(b) for b in meta.batches] == [2, MAX_BATCH]
+        assert big.results is not None and len(big.results) == MAX_BATCH
+
+        meta = FakeMeta()
+        meta.fail = DelegationLost("gone")
+        files = [new_file(meta, 10, b"f")]
+        tail = Lead([mkdir], ((2, 1, 1),))
+        await send_preludes(meta, files, None, tail)  # type: ignore[arg-type]
+        assert tail.results is not None and isinstance(tail.results[0], DelegationLost)
+        assert isinstance(files[0].lost, DelegationLost)
+
+    trio.run(main)
