@@ -159,9 +159,10 @@ class DeferredWork(pyfuse3.Operations):
         # Held-back renames within a delegated directory travel in the same
         # queue as the unlinks (in order, in front of the creates), keyed by
         # the name they take away: (parent, old name) -> new name, and
-        # (parent, new name) -> the inode now there, not yet at the cluster.
+        # (parent, new name) -> (the inode now there, its old name), not yet
+        # at the cluster.
         self._rename_to: dict[tuple[int, bytes], bytes] = {}
-        self._renamed_to: dict[tuple[int, bytes], int] = {}
+        self._renamed_to: dict[tuple[int, bytes], tuple[int, bytes]] = {}
         self._renamed_at: dict[int, int] = {}  # inode -> time of its held rename (its ctime)
         self._unlink_lock = trio.Lock()
         self._releases: list[tuple[str, int]] = []  # (session, inode) releases not sent yet

@@ -253,7 +253,7 @@ class PrismOperations(DeferredWork):
             raise pyfuse3.FUSEError(errno.ENOENT)  # unlinked here, not yet at the cluster
         moved = self._renamed_to.get((parent_inode, name))
         if moved is not None:
-            return await self._moved_here(parent_inode, name, moved)
+            return await self._moved_here(parent_inode, name, *moved)
         handle = self._deferred(self._pending.get((parent_inode, name), 0))
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
@@ -320,6 +320,19 @@ class PrismOperations(DeferredWork):
         name unlinked here, the kernel may hold attributes this mount lost
         track of, or the directory is sticky (the kernel checks the owner of
         what is removed from it with the uid it holds)."""
+        vouched = self._vouched(parent, name, now)
+        if vouched is None:
+            return None
+        attr, left = vouched
+        e = self._named(parent, name, self._known(parent, name, attr), left)
+        e.attr_timeout = 0
+        return e
+
+    def _vouched(self, parent: int, name: bytes, now: float) -> tuple[Attr, float] | None:
+        """What `_unasked` gives: the attributes of a file or symlink the
+        lease on ``parent`` vouches for, with the size and times last given
+        to the kernel, and the seconds the lease has left; None where that
+        is not enough (see `_unasked`)."""
         leases = self._leases
         assert leases is not None
         known = leases.named(parent, name, now)
@@ -333,21 +346,31 @@ class PrismOperations(DeferredWork):
             attr = msgspec.structs.replace(attr, size=told[0], mtime_ns=told[1], ctime_ns=told[2])
         elif self._told_lossy:
             return None
-        e = self._named(parent, name, self._known(parent, name, attr), left)
-        e.attr_timeout = 0
-        return e
+        return attr, left
 
-    async def _moved_here(self, parent: int, name: bytes, ino: int) -> pyfuse3.EntryAttributes:
-        """The entry of a name a held-back rename gave ``ino`` (its attributes
-        this mount's own if it owns the file, else the cluster's)."""
+    async def _moved_here(
+        self, parent: int, name: bytes, ino: int, old: bytes
+    ) -> pyfuse3.EntryAttributes:
+        """The entry of a name a held-back rename gave ``ino`` (from ``old``):
+        its attributes this mount's own if it owns the file; else, as
+        `_unasked` gives a name the lease vouches for, the inode with an
+        attribute timeout of 0 (the kernel asks before it uses them; an
+        unlink needs none: mdtest's unlinks right after its renames, whose
+        flush is on its way); else the cluster's."""
         assert self._leases is not None
         now = trio.current_time()
+        self.stats.count("fuse.lookup.renamed_here")
         owned = self._leases.owned_attr(ino, now)
+        if owned is None:
+            vouched = self._vouched(parent, old, now)
+            if vouched is not None and vouched[0].ino == ino:
+                e = self._named(parent, name, self._known(parent, name, vouched[0]), vouched[1])
+                e.attr_timeout = 0
+                return e
         if owned is not None:
             attr, attr_left = owned
         else:
             attr, attr_left = await self.meta.getattr(ino), self.opts.attr_timeout
-        self.stats.count("fuse.lookup.renamed_here")
         e = self._named(parent, name, self._known(parent, name, attr))
         e.attr_timeout = min(e.attr_timeout, attr_left)
         return e
@@ -729,7 +752,7 @@ class PrismOperations(DeferredWork):
         self._unlinks[old] = (ino, now, ns)
         self._unlink_under[old] = defers
         self._rename_to[old] = new_name
-        self._renamed_to[new] = ino
+        self._renamed_to[new] = (ino, name)
         self._renamed_at[ino] = ns
         self._unlink_dirs[parent] = ns
         self._recent.drop(ino)
