@@ -422,26 +422,40 @@ def test_a_holder_cut_off_past_its_lease_loses_what_it_held_back_and_says_so(
     assert (b / "cut" / "after").read_bytes() == b"fine again"
 
 
-def test_a_mount_killed_with_changes_held_back_keeps_a_prefix_and_all_it_fsynced(
-    tmp_path: Path,
-) -> None:
+@contextlib.contextmanager
+def one_mount(tmp_path: Path, name: str) -> Iterator[tuple[Mount, Path]]:
+    """A cluster with one mount and a new directory ``name`` on it (held
+    delegated: the mount made it), cleaned up at the end."""
     m = Mount(tmp_path, "a")
     try:
         m.up()
-        a = m.mount()
-        d = a / "seq"
+        d = m.mount() / name
         d.mkdir()
         time.sleep(0.3)
+        yield m, d
+    finally:
+        m.cleanup()
+
+
+def killed_and_mounted_again(m: Mount) -> Path:
+    """kill -9 of the mount (within settle_s: what it held back last was
+    not sent), then a new mount: its mountpoint."""
+    os.kill(int(m.pidfile.read_text()), signal.SIGKILL)
+    subprocess.run(["fusermount3", "-u", "-z", str(m.point)], timeout=30, check=False)
+    return m.mount()
+
+
+def test_a_mount_killed_with_changes_held_back_keeps_a_prefix_and_all_it_fsynced(
+    tmp_path: Path,
+) -> None:
+    with one_mount(tmp_path, "seq") as (m, d):
         bodies = {f"f{n:03d}": os.urandom(100 + n) for n in range(200)}
         for n, (name, body) in enumerate(bodies.items()):
             with open(d / name, "wb") as f:
                 f.write(body)
                 if n == 99:
                     os.fsync(f.fileno())  # f000..f099 durable from here
-        pid = int(m.pidfile.read_text())
-        os.kill(pid, signal.SIGKILL)  # within settle_s: the last closes were not sent
-        subprocess.run(["fusermount3", "-u", "-z", str(a)], timeout=30, check=False)
-        a = m.mount()
+        a = killed_and_mounted_again(m)
         present = sorted(os.listdir(a / "seq"))
         names = list(bodies)
         # What survived is the first k files, k >= 100: a prefix, and every
@@ -451,21 +465,13 @@ def test_a_mount_killed_with_changes_held_back_keeps_a_prefix_and_all_it_fsynced
         for name in present:
             assert (a / "seq" / name).read_bytes() == bodies[name], name
         print(f"\nkept {len(present)} of 200 files (100 fsynced)")
-    finally:
-        m.cleanup()
 
 
 def test_a_mount_killed_with_renames_held_back_keeps_a_prefix_of_them(tmp_path: Path) -> None:
     """Held-back renames are sent in the order made: after a kill -9 the
     directory shows the first k of them (k >= those before an fsyncdir),
     each file with its own content."""
-    m = Mount(tmp_path, "a")
-    try:
-        m.up()
-        a = m.mount()
-        d = a / "moves"
-        d.mkdir()
-        time.sleep(0.3)
+    with one_mount(tmp_path, "moves") as (m, d):
         bodies = {n: os.urandom(50 + n) for n in range(60)}
         for n, body in bodies.items():
             (d / f"f{n:02d}").write_bytes(body)
@@ -474,10 +480,7 @@ def test_a_mount_killed_with_renames_held_back_keeps_a_prefix_of_them(tmp_path: 
             os.rename(d / f"f{n:02d}", d / f"r{n:02d}")
             if n == 19:
                 fsync_dir(d)  # r00..r19 durable from here
-        pid = int(m.pidfile.read_text())
-        os.kill(pid, signal.SIGKILL)  # within settle_s: the last renames were not sent
-        subprocess.run(["fusermount3", "-u", "-z", str(a)], timeout=30, check=False)
-        a = m.mount()
+        a = killed_and_mounted_again(m)
         present = set(os.listdir(a / "moves"))
         k = sum(1 for n in range(40) if f"r{n:02d}" in present)
         want = {f"r{n:02d}" for n in range(k)} | {f"f{n:02d}" for n in range(k, 60)}
@@ -487,5 +490,3 @@ def test_a_mount_killed_with_renames_held_back_keeps_a_prefix_of_them(tmp_path: 
             name = f"r{n:02d}" if n < k else f"f{n:02d}"
             assert (a / "moves" / name).read_bytes() == body, name
         print(f"\nkept {k} of 40 renames (20 fsynced)")
-    finally:
-        m.cleanup()
