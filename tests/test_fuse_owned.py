@@ -62,9 +62,8 @@ class Owner:
 
     def answer(self, ops: Sequence[MetaCommand], results: list[bytes] | None) -> None:
         grant = self.grant
-        self.files.changed(
-            ops, results, decode_message, self.resolve, lambda p: grant if p == D else None
-        )
+        answer = None if results is None else (lambda n: decode_message(results[n]))
+        self.files.changed(ops, answer, self.resolve, lambda p: grant if p == D else None)
 
     def apply(self, ops: Sequence[MetaCommand], *results: object) -> None:
         self.send(ops)

@@ -397,14 +397,15 @@ class DirLeases:
     ) -> None:
         by_key = {g.key: g for g in grants}
         own = {d[0]: (d[1], d[2]) for d in delegated}
+        answers = _Answers(results) if results is not None else None
         if self.writeback:
-            self._changed_owned(ops, results, by_key, own)
+            self._changed_owned(ops, answers, by_key, own)
         keys = self._keys(ops) - set(own)
-        if own:
-            self._changed_own(own, ops, results, sent_at)
+        if own and answers is not None:
+            self._changed_own(own, ops, answers.all(), sent_at)
         if not keys and not by_key and not any(isinstance(op, UpdateAtime) for op in ops):
             return  # (opens, releases, data commits: nothing leased)
-        decoded = [_decode(r) for r in results] if results is not None else None
+        decoded = answers.all() if answers is not None else None
         for op in ops:
             if isinstance(op, UpdateAtime):  # not leased: kept right in this mount's copy
                 peek = self.held.peek(op.ino)
@@ -447,7 +448,7 @@ class DirLeases:
     def _changed_owned(
         self,
         ops: Sequence[MetaCommand],
-        results: Sequence[bytes] | None,
+        answers: _Answers | None,
         by_key: dict[int, LeaseGrant],
         own: dict[int, tuple[int, int]],
     ) -> None:
@@ -466,7 +467,9 @@ class DirLeases:
             # the grant held then, so a continuation refused here is harmless)
             return own.get(parent) or continued.get(parent)
 
-        self.owned.changed(ops, results, _decode, self._resolve, owned_under)
+        self.owned.changed(
+            ops, answers.get if answers is not None else None, self._resolve, owned_under
+        )
 
     def _resolve(self, parent: int, name: bytes) -> int | None:
         """(`prismfs.fuse.owned.Resolve`)"""
@@ -483,15 +486,13 @@ class DirLeases:
         self,
         own: dict[int, tuple[int, int]],
         ops: Sequence[MetaCommand],
-        results: Sequence[bytes] | None,
+        decoded: list[object],
         sent_at: float,
     ) -> None:
         """A change made under this mount's delegations: applied to their
-        copies, which stay (a failed or unknown one leaves them as they are:
-        what it carried is still held back here, or lost)."""
-        if results is None:
-            return
-        decoded = [_decode(r) for r in results]
+        copies, which stay (a failed or unknown one leaves them as they are,
+        and is not passed here: what it carried is still held back, or
+        lost)."""
         for key, gid in own.items():
             if self.held.gid_of(key) != gid:
                 # Recalled, or renewed under another grant meanwhile (its
@@ -604,6 +605,22 @@ def _invalidate(todo: list[tuple[int, DirCopy]]) -> None:
                 pyfuse3.invalidate_entry(key, name)
         with contextlib.suppress(OSError):
             pyfuse3.invalidate_inode(key, attr_only=True)
+
+
+class _Answers:
+    """A change's results, each decoded once, when first asked for."""
+
+    def __init__(self, raw: Sequence[bytes]) -> None:
+        self._raw = raw
+        self._decoded: dict[int, object] = {}
+
+    def get(self, n: int) -> object:
+        if n not in self._decoded:
+            self._decoded[n] = _decode(self._raw[n])
+        return self._decoded[n]
+
+    def all(self) -> list[object]:
+        return [self.get(n) for n in range(len(self._raw))]
 
 
 def _decode(raw: bytes) -> object:

@@ -361,15 +361,14 @@ class PrismOperations(DeferredWork):
         now = trio.current_time()
         self.stats.count("fuse.lookup.renamed_here")
         owned = self._leases.owned_attr(ino, now)
-        if owned is None:
+        if owned is not None:
+            attr, attr_left = owned
+        else:
             vouched = self._vouched(parent, old, now)
             if vouched is not None and vouched[0].ino == ino:
                 e = self._named(parent, name, self._known(parent, name, vouched[0]), vouched[1])
                 e.attr_timeout = 0
                 return e
-        if owned is not None:
-            attr, attr_left = owned
-        else:
             attr, attr_left = await self.meta.getattr(ino), self.opts.attr_timeout
         e = self._named(parent, name, self._known(parent, name, attr))
         e.attr_timeout = min(e.attr_timeout, attr_left)

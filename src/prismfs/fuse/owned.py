@@ -98,19 +98,18 @@ class OwnedFiles:
     def changed(
         self,
         ops: Sequence[MetaCommand],
-        results: Sequence[bytes] | None,
-        decode: Callable[[bytes], object],
+        result: Callable[[int], object] | None,
         resolve: Resolve,
         owned_under: Callable[[int], GrantId | None],
     ) -> None:
-        """Their answers (``results`` per op, decoded here with ``decode``
+        """Their answers (``result(i)``: op i's decoded result, asked only
         where needed; None: failed or fate unknown). ``owned_under(directory)``:
         the delegation these changes were made under there without a break
         (files they created there become owned under it), else None.
         ``resolve`` must answer as it did in `changing`: call this before the
         change is applied to the copies of the directories."""
         touched = self._touched(ops, resolve)
-        if results is None:
+        if result is None:
             for ino in touched:
                 self._drop(ino)
         else:
@@ -121,8 +120,8 @@ class OwnedFiles:
             def here(parent: int, name: bytes) -> int | None:
                 return made.get((parent, name)) or resolve(parent, name)
 
-            for op, raw in zip(ops, results, strict=True):
-                self._apply(op, raw, decode, here, owned_under, made)
+            for n, op in enumerate(ops):
+                self._apply(op, lambda n=n: result(n), here, owned_under, made)  # type: ignore[misc]
         for ino in touched:
             left = self._flying.get(ino, 0) - 1
             if left > 0:
@@ -156,8 +155,7 @@ class OwnedFiles:
     def _apply(
         self,
         op: MetaCommand,
-        raw: bytes,
-        decode: Callable[[bytes], object],
+        answer: Callable[[], object],
         resolve: Resolve,
         owned_under: Callable[[int], GrantId | None],
         made: dict[tuple[int, bytes], int],
@@ -171,7 +169,7 @@ class OwnedFiles:
                 made[(op.new_parent, op.new_name)] = made.pop((op.parent, op.name))
             return
         if isinstance(op, (Mknod, Symlink)):
-            result = decode(raw)
+            result = answer()
             new = result.attr if isinstance(result, MetaOk) else None
             if new is not None:
                 made[(op.parent, op.name)] = new.ino
@@ -189,7 +187,7 @@ class OwnedFiles:
         if not isinstance(ino, int) or ino not in self._attr:
             return
         parent, attr = self._attr[ino]
-        result = decode(raw)
+        result = answer()
         if isinstance(result, MetaFailed):
             return  # (changed nothing)
         ok = result if isinstance(result, MetaOk) else None
