@@ -176,3 +176,39 @@ def test_held_back_unlinks_and_creates_reach_the_leader_in_one_batch() -> None:
         assert not ops._unlinks and not ops._unlinked
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_change_riding_the_flush_is_sent_once_while_others_queue_more() -> None:
+    """A mkdir rides the batch of the held-back unlinks in front of it; an
+    unlink another process queues while that batch is on its way goes in a
+    batch after it, without the mkdir again (sent twice, it failed as done
+    already: mdtest's renames got ENOENT this way)."""
+
+    class SlowMeta(FakeMeta):
+        async def batch(self, ops: list[MetaCommand], **kw: Any) -> list[Any]:
+            self.sent.append((list(ops), tuple(kw.get("delegated", ()))))
+            await trio.sleep(0.01)
+            return [self._attr(op) for op in ops]
+
+    async def main() -> None:
+        meta = SlowMeta()
+        ops = PrismOperations(meta, None, MountOptions())  # type: ignore[arg-type]
+        assert ops._leases is not None
+        now = trio.current_time()
+        names = {
+            f"old{i}".encode(): (Attr(900 + i, FILE, 1, 0, 0, 0, 1, 1, 1), now) for i in range(3)
+        }
+        copy = DirCopy(names=names, complete=True)  # type: ignore[arg-type]
+        ops._leases.held.granted(K, copy, GRANT, 2.0, now, 0, exclusive=True)
+        await ops.unlink(K, b"old0", ctx())
+        assert not meta.sent, "the unlink is held back"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ops.mkdir, K, b"d", DIR, ctx())
+            await trio.sleep(0.005)  # the mkdir's batch is on its way
+            await ops.unlink(K, b"old1", ctx())
+        sent = [op for batch, _ in meta.sent for op in batch]
+        assert [type(op).__name__ for op in sent].count("Mkdir") == 1, meta.sent
+        assert [op.name for op in sent if isinstance(op, Unlink)] == [b"old0", b"old1"]
+        assert not ops._unlinks
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -539,6 +539,11 @@ class DeferredWork(pyfuse3.Operations):
         only gets a log line."""
         async with self._unlink_lock:
             while self._unlinks:
+                # Others may queue more while a batch is on its way, and the
+                # loop sends those too: ``tail`` goes once (again, a rename
+                # or mkdir would fail as done already, and say so).
+                if tail is not None and tail.results is not None:
+                    tail = None
                 last = len(self._unlinks) <= MAX_BATCH - (len(tail.ops) if tail else 0)
                 items = list(self._unlinks.items())[:MAX_BATCH]
                 await self._send_unlinks(items, tail if last else None)
