@@ -20,6 +20,9 @@ OFFSET_FILE_ENV = "PRISMFS_CLOCK_OFFSET_FILE"
 _offset_ns = 0
 _checked_at = -1.0
 _directory = ""
+# Read once: it is set in the environment a process starts with, and
+# `os.environ` lookups cost about a microsecond on every file time stamped.
+_offset_path = os.environ.get(OFFSET_FILE_ENV, "")
 
 
 def use_directory(directory: str | os.PathLike[str]) -> None:
@@ -31,7 +34,7 @@ def use_directory(directory: str | os.PathLike[str]) -> None:
 def wall_ns() -> int:
     """Nanoseconds since the epoch, as this node believes (the injected offset added)."""
     global _offset_ns, _checked_at
-    path = os.environ.get(OFFSET_FILE_ENV)
+    path = _offset_path
     if not path:
         return time.time_ns()
     now = time.monotonic()
