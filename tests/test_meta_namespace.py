@@ -286,6 +286,31 @@ def test_reserved_inode_numbers_are_used_by_mknod_and_retries_succeed(d: Driver)
     assert d.errno_of(ReserveInodes(4, 0)) == errno.EINVAL
 
 
+def test_reserved_inode_numbers_are_used_by_mkdir_and_symlink_and_retries_succeed(
+    d: Driver,
+) -> None:
+    d.index += 1
+    reserved = decode_message(d.ns.apply(d.index, encode_message(ReserveInodes(1, 10))))
+    assert isinstance(reserved, Reserved)
+    first = reserved.first
+    mkdir = Mkdir(2, ROOT_INO, b"d", 0o750, 5, 6, ino=first)
+    made = d.run(mkdir)
+    assert made is not None and (made.ino, made.mode, made.nlink) == (first, 0o040750, 2)
+    assert d.run(mkdir) == made  # a retry finds its own mkdir done
+    link = Symlink(3, first, b"l", b"../target", 5, 6, ino=first + 1)
+    linked = d.run(link)
+    assert linked is not None and linked.ino == first + 1 and stat.S_ISLNK(linked.mode)
+    assert d.ns.readlink(first + 1) == b"../target"
+    assert d.run(link) == linked
+    root = d.ns.getattr(ROOT_INO)
+    assert root.nlink == 3  # the retry did not count the new directory twice
+    # Numbers in use or never reserved are refused, and change nothing.
+    assert d.errno_of(Mkdir(4, ROOT_INO, b"e", 0o755, 0, 0, ino=first + 1)) == errno.EINVAL
+    assert d.errno_of(Symlink(4, first, b"m", b"t", 0, 0, ino=10**9)) == errno.EINVAL
+    assert d.errno_of(Mkdir(4, ROOT_INO, b"d", 0o755, 0, 0, ino=first + 2)) == errno.EEXIST
+    assert d.ns.getattr(ROOT_INO) == root
+
+
 def test_inline_chunks_are_validated_kept_and_truncated(d: Driver) -> None:
     f = d.run(Mknod(1, ROOT_INO, b"f", stat.S_IFREG | 0o644, 0, 0))
     assert f is not None

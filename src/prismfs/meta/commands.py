@@ -72,6 +72,8 @@ class Mkdir(MetaCommand, frozen=True):
     mode: U32
     uid: U32
     gid: U32
+    ino: U64 = 0
+    """A reserved inode number, or 0 (as `Mknod.ino`)."""
 
 
 class Symlink(MetaCommand, frozen=True):
@@ -80,6 +82,8 @@ class Symlink(MetaCommand, frozen=True):
     target: bytes
     uid: U32
     gid: U32
+    ino: U64 = 0
+    """A reserved inode number, or 0 (as `Mknod.ino`)."""
 
 
 class Link(MetaCommand, frozen=True):

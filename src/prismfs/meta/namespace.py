@@ -8,9 +8,9 @@ the transaction is rolled back, the applied index still advances, and the
 result carries the error's code. Apply reads no clock and draws no random
 numbers: times come in the command (stamped by the proposer) and inode
 numbers from a counter in the database (or from a range a client reserved
-from it, named in its `Mknod`), so every replica ends in the same state
-(compare `digest`). A `Batch` applies its commands in order, each in its own
-savepoint, in one entry.
+from it, named in its `Mknod`, `Mkdir` or `Symlink`), so every replica ends
+in the same state (compare `digest`). A `Batch` applies its commands in
+order, each in its own savepoint, in one entry.
 
 Exactly-once: a command that arrives wrapped in a `ClientCommand` is
 deduplicated by (client, sequence) against the ``clients`` table *in the same
@@ -917,12 +917,22 @@ class Namespace(ClusterTables):
 
     # --- commands -------------------------------------------------------------------
 
+    def _done_before(self, parent: int, name: bytes, ino: int) -> Attr | None:
+        """A create with a reserved inode number ``ino`` (0: none): the
+        attributes if ``name`` holds that number already (a retry of this
+        very create: it is done), else None; EINVAL for a number that is not
+        a free reserved one."""
+        if not ino:
+            return None
+        if self._child(parent, name) == ino:
+            return self.getattr(ino)
+        if not ROOT_INO < ino < self._state("next_ino") or self._exists(ino):
+            raise InvalidArgument(f"inode number {ino} is not a free reserved one")
+        return None
+
     def _mknod(self, c: Mknod) -> Attr:
-        if c.ino:
-            if self._child(c.parent, c.name) == c.ino:
-                return self.getattr(c.ino)  # a retry of this very create: it is done
-            if not ROOT_INO < c.ino < self._state("next_ino") or self._exists(c.ino):
-                raise InvalidArgument(f"inode number {c.ino} is not a free reserved one")
+        if (done := self._done_before(c.parent, c.name, c.ino)) is not None:
+            return done
         self._prepare_new(c.parent, c.name)
         kind = stat.S_IFMT(c.mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
@@ -981,9 +991,11 @@ class Namespace(ClusterTables):
         return BatchResults(tuple(results))
 
     def _mkdir(self, c: Mkdir) -> Attr:
+        if (done := self._done_before(c.parent, c.name, c.ino)) is not None:
+            return done
         self._prepare_new(c.parent, c.name)
         mode, gid = self._inherit(c.parent, stat.S_IFDIR | (c.mode & 0o7777), c.gid)
-        ino = self._new_inode(mode, c.uid, gid, c.now_ns, 2)
+        ino = self._new_inode(mode, c.uid, gid, c.now_ns, 2, ino=c.ino)
         self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns, nlink_delta=1)
         return self.getattr(ino)
@@ -997,9 +1009,13 @@ class Namespace(ClusterTables):
             raise NameTooLong(f"symlink target of {len(c.target)} bytes is longer than 4095")
         if b"\0" in c.target:
             raise InvalidArgument("a symlink target cannot hold NUL")
+        if (done := self._done_before(c.parent, c.name, c.ino)) is not None:
+            return done
         self._prepare_new(c.parent, c.name)
         mode, gid = self._inherit(c.parent, stat.S_IFLNK | 0o777, c.gid)
-        ino = self._new_inode(mode, c.uid, gid, c.now_ns, 1, size=len(c.target), target=c.target)
+        ino = self._new_inode(
+            mode, c.uid, gid, c.now_ns, 1, size=len(c.target), target=c.target, ino=c.ino
+        )
         self._add_dentry(c.parent, c.name, ino)
         self._touch_dir(c.parent, c.now_ns)
         return self.getattr(ino)
