@@ -351,6 +351,45 @@ def test_processes_at_work_in_their_own_directories_see_each_change_done_once(
     assert not [p for p in a.point.iterdir() if p.name.startswith("mdtest-")]
 
 
+def test_symlinks_in_a_delegated_directory_are_held_back_with_the_files(
+    mounts: tuple[Mount, Mount], tmp_path: Path
+) -> None:
+    """tar's order for a tree with symlinks: a file, a symlink to it, its
+    owner and times set (lchown, utimensat). Each symlink used to be a Raft
+    entry of its own (after a flush of the files before it); held back, it
+    goes with the files, in the order made, and another mount sees every
+    one of them at once with its target, owner and times."""
+    a, b = mounts
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(40):
+        (source / f"f{i}").write_bytes(b"%d" % i)
+        (source / f"l{i}").symlink_to(f"f{i}")
+        os.utime(source / f"l{i}", ns=(STAMP, STAMP), follow_symlinks=False)
+    os.symlink("no/such/target", source / "dangling")
+    archive = tmp_path / "links.tar"
+    subprocess.run(["tar", "cf", str(archive), "-C", str(source), "."], check=True, timeout=60)
+    top = a.point / "links"
+    top.mkdir()
+    time.sleep(0.3)
+    before = commit_index(a)
+    subprocess.run(["tar", "xf", str(archive), "-C", str(top)], check=True, timeout=120)
+    assert os.readlink(top / "l7") == "f7" and (top / "l7").read_bytes() == b"7"
+    subprocess.run(["sync", "-f", str(top)], check=True, timeout=60)
+    # 81 files and symlinks and 82 attribute changes: a few batches, not one entry each.
+    assert commit_index(a) - before <= 12
+    seen = b.point / "links"
+    for i in range(40):
+        link = seen / f"l{i}"
+        assert os.readlink(link) == f"f{i}"
+        assert link.read_bytes() == b"%d" % i
+        assert os.lstat(link).st_mtime_ns == STAMP // 10**9 * 10**9  # (tar keeps seconds)
+    assert os.readlink(seen / "dangling") == "no/such/target"
+    # Removed, the other mount sees them gone.
+    subprocess.run(["rm", "-rf", str(top)], check=True, timeout=120)
+    assert not seen.exists()
+
+
 def test_a_mkdir_after_held_back_creates_rides_in_the_batch_that_sends_them(
     mounts: tuple[Mount, Mount],
 ) -> None:

@@ -7,17 +7,22 @@ when tar set a directory's times in the last MARGIN_S of its delegation."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from types import SimpleNamespace
 from typing import Any
 
+import pyfuse3
+import pytest
 import trio
 import trio.testing
 
+from prismfs.errors import AlreadyExists
 from prismfs.fuse.deferred import MountOptions
 from prismfs.fuse.leased import MARGIN_S, DirCopy
 from prismfs.fuse.ops import PrismOperations
-from prismfs.meta.commands import Attr, MetaCommand, Mknod, SetAttr, Unlink
+from prismfs.meta.commands import Attr, MetaCommand, Mknod, SetAttr, Symlink, Unlink
 from prismfs.stats import Stats
 
 DIR = 0o040755
@@ -210,5 +215,108 @@ def test_a_change_riding_the_flush_is_sent_once_while_others_queue_more() -> Non
         assert [type(op).__name__ for op in sent].count("Mkdir") == 1, meta.sent
         assert [op.name for op in sent if isinstance(op, Unlink)] == [b"old0", b"old1"]
         assert not ops._unlinks
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def delegated_mount(meta: FakeMeta) -> PrismOperations:
+    ops = PrismOperations(meta, None, MountOptions())  # type: ignore[arg-type]
+    assert ops._leases is not None
+    ops._leases.held.granted(
+        K, DirCopy(complete=True), GRANT, 2.0, trio.current_time(), 0, exclusive=True
+    )
+    return ops
+
+
+def symlink_attr_change() -> tuple[Any, Any]:
+    """lchown and utimensat(AT_SYMLINK_NOFOLLOW), as tar makes them."""
+    attr = SimpleNamespace(st_uid=7, st_gid=8, st_atime_ns=5, st_mtime_ns=6)
+    fields = SimpleNamespace(
+        update_mode=False,
+        update_uid=True,
+        update_gid=True,
+        update_atime=True,
+        update_mtime=True,
+        update_size=False,
+    )
+    return attr, fields
+
+
+def test_a_symlink_in_a_delegated_directory_is_held_back_and_sent_in_the_order_made() -> None:
+    async def main() -> None:
+        meta = FakeMeta()
+        ops = await delegated_mount(meta)
+        await ops.create(K, b"a", FILE, os.O_WRONLY, ctx())
+        entry = await ops.symlink(K, b"l", b"../t", ctx())
+        await ops.create(K, b"b", FILE, os.O_WRONLY, ctx())
+        ino = entry.st_ino
+        # Answered here: lookup, getattr, readlink, no xattrs, its attributes set.
+        assert (await ops.lookup(K, b"l", ctx())).st_ino == ino
+        got = await ops.getattr(ino, ctx())
+        assert stat.S_ISLNK(got.st_mode) and got.st_size == 4
+        assert await ops.readlink(ino, ctx()) == b"../t"
+        assert await ops.listxattr(ino, ctx()) == []
+        after = await ops.setattr(ino, *symlink_attr_change(), None, ctx())
+        assert (after.st_uid, after.st_gid, after.st_mtime_ns) == (7, 8, 6)
+        assert not meta.sent, "all held back"
+        assert meta.pool.stats.counts["fuse.writeback.symlinks"] == 1
+        await ops._settle()
+        ((batch, delegated),) = meta.sent
+        kinds = [(type(op).__name__, getattr(op, "name", None)) for op in batch]
+        assert kinds == [
+            ("Mknod", b"a"),
+            ("Symlink", b"l"),
+            ("SetAttr", None),
+            ("Mknod", b"b"),
+        ], kinds
+        (link,) = [op for op in batch if isinstance(op, Symlink)]
+        assert (link.ino, link.target) == (ino, b"../t")
+        assert delegated == ((K, *GRANT),)
+        assert not ops._made and not ops._made_ino
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_an_unlink_of_a_held_back_symlink_goes_after_it() -> None:
+    """Held-back unlinks go in front of the creates: the unlink of a symlink
+    still held back is sent at once, after it, or it would remove nothing
+    and the symlink would stay."""
+
+    async def main() -> None:
+        meta = FakeMeta()
+        ops = await delegated_mount(meta)
+        await ops.symlink(K, b"l", b"t", ctx())
+        await ops.unlink(K, b"l", ctx())
+        sent = [type(op).__name__ for batch, _ in meta.sent for op in batch]
+        assert sent == ["Symlink", "Unlink"], meta.sent
+        assert not ops._made and not ops._unlinks
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_held_back_symlink_the_leader_refuses_is_forgotten(monkeypatch: Any) -> None:
+    invalidated = []
+    monkeypatch.setattr(
+        "pyfuse3.invalidate_entry_async", lambda *a, **kw: invalidated.append(a[:2])
+    )
+
+    class Refusing(FakeMeta):
+        async def batch(self, ops: list[MetaCommand], **kw: Any) -> list[Any]:
+            results = await super().batch(ops, **kw)
+            return [
+                AlreadyExists("taken") if isinstance(op, Symlink) else r
+                for op, r in zip(ops, results, strict=True)
+            ]
+
+    async def main() -> None:
+        meta = Refusing()
+        ops = await delegated_mount(meta)
+        entry = await ops.symlink(K, b"l", b"t", ctx())
+        await ops._settle()
+        assert invalidated == [(K, b"l")]
+        assert not ops._made and entry.st_ino not in ops._made_ino
+        with pytest.raises(pyfuse3.FUSEError) as err:
+            await ops.readlink(entry.st_ino, ctx())
+        assert err.value.errno in (errno.ENOENT, errno.EIO)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -42,6 +42,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -68,6 +69,7 @@ from prismfs.meta.commands import (
     MetaCommand,
     Mknod,
     Rename,
+    Symlink,
 )
 from prismfs.meta.namespace import NAME_MAX
 from prismfs.wire.codec import encode_message
@@ -782,6 +784,17 @@ BATCH_BYTES = 256 * 1024
 most 1 MiB, and a Raft entry is copied to every voter)."""
 
 
+class Held(Protocol):
+    """What `send_preludes` sends: an `OpenFile` whose create is held back,
+    or a symlink made in a delegated directory (`prismfs.fuse.deferred.Made`)."""
+
+    ino: int
+    prelude: list[MetaCommand]
+    lost: PrismError | None
+    delegated: tuple[tuple[int, int, int], ...]
+    _lock: trio.Lock
+
+
 @dataclass
 class Lead:
     """Held-back changes made before the creates `send_preludes` sends (the
@@ -799,7 +812,7 @@ class Lead:
 
 async def send_preludes(
     meta: MetaClient,
-    files: Sequence[OpenFile],
+    files: Sequence[Held],
     lead: Lead | None = None,
     tail: Lead | None = None,
 ) -> list[PrismError | None]:
@@ -813,7 +826,7 @@ async def send_preludes(
         for f in files:
             await stack.enter_async_context(f._lock)
         todo = [f for f in files if f.prelude and f.lost is None]
-        group: list[OpenFile] = []
+        group: list[Held] = []
         count = size = 0
         if lead is not None:
             count, size = len(lead.ops), sum(len(encode_message(op)) for op in lead.ops)
@@ -841,7 +854,7 @@ async def send_preludes(
 
 
 async def _send_group(
-    meta: MetaClient, group: list[OpenFile], lead: Lead | None = None, tail: Lead | None = None
+    meta: MetaClient, group: list[Held], lead: Lead | None = None, tail: Lead | None = None
 ) -> None:
     # What each prelude holds now: an attribute change may join one while
     # the batch is on its way (it goes in the next).
@@ -873,14 +886,14 @@ async def _send_group(
         at += len(prelude)
         for op, result in zip(prelude, mine, strict=True):
             if isinstance(result, PrismError):
-                if isinstance(op, Mknod):
+                if isinstance(op, (Mknod, Symlink)):
                     f.lost = result  # (the name was taken: this file never was)
                 else:
                     log.warning("inode %d: %r failed: %s", f.ino, op, result.message)
         f.prelude = f.prelude[len(prelude) :]
         if not f.prelude:
             f.delegated = ()
-        if f.lost is None and mine and isinstance(mine[-1], Attr):
+        if isinstance(f, OpenFile) and f.lost is None and mine and isinstance(mine[-1], Attr):
             f.opened_as = (mine[-1].mtime_ns, mine[-1].size)
 
 

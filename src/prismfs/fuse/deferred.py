@@ -52,14 +52,15 @@ first, so the directory's times end as POSIX orders them.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
 
 from prismfs.client.data import DataClient
-from prismfs.client.files import Lead, OpenFile, Uploads, send_preludes
+from prismfs.client.files import Held, Lead, OpenFile, Uploads, send_preludes
 from prismfs.data.layout import Layout
 from prismfs.errors import DelegationLost, PrismError
 from prismfs.exception_groups import single_exception
@@ -117,10 +118,30 @@ class Handle:
     read_noted: bool = False  # a read through this open was seen (relatime)
     released: bool = False  # closed, its create (and data commit) still held back
     reopened: bool = False  # opened again after such a close, still held back
+    order: int = 0  # of a deferred create: its place among the changes held back
 
     @property
     def pending(self) -> bool:
         return self.attr is not None and bool(self.file.prelude)
+
+
+@dataclass
+class Made:
+    """A symlink made in a directory this mount holds delegated, held back:
+    its `Symlink` (with a reserved inode number) and any attribute changes
+    made to it since, sent in creation order with the held-back creates
+    (`send_preludes`)."""
+
+    ino: int
+    name: tuple[int, bytes]  # (directory, name)
+    attr: Attr
+    target: bytes
+    prelude: list[MetaCommand]
+    delegated: tuple[Delegation, ...]
+    created: float  # trio time
+    order: int  # its place among the changes held back (`Handle.order`)
+    lost: PrismError | None = None
+    _lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 class DeferredWork(pyfuse3.Operations):
@@ -185,6 +206,10 @@ class DeferredWork(pyfuse3.Operations):
         self._unlink_under: dict[tuple[int, bytes], Delegation] = {}
         self._held_under: dict[int, Delegation] = {}  # held attribute changes, by inode
         self._made_in: dict[int, int] = {}  # symlinks made here -> their directory
+        # symlinks made here and held back, by (directory, name) and by inode
+        self._made: dict[tuple[int, bytes], Made] = {}
+        self._made_ino: dict[int, Made] = {}
+        self._order = itertools.count(1)  # creation order of held-back creates and symlinks
         self._create_dirs: dict[int, int] = {}  # directory -> time of its latest held create
         self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
         self._uploads: Uploads | None = None  # background uploads (while `background` runs)
@@ -229,7 +254,7 @@ class DeferredWork(pyfuse3.Operations):
         the order made: a prefix survives). Transient errors are retried
         for as long as a delegation could last; then the recall is
         acknowledged anyway (the leader refuses a later flush)."""
-        if not (self._unlinks or self._pending or self._held):
+        if not (self._unlinks or self._pending or self._held or self._made):
             return
         deadline = trio.current_time() + 3.0
         delay = 0.05
@@ -252,6 +277,8 @@ class DeferredWork(pyfuse3.Operations):
         for handle in self._open.values():
             if handle.pending:
                 keys |= {d[0] for d in handle.file.delegated}
+        for made in self._made.values():
+            keys |= {d[0] for d in made.delegated}
         return keys
 
     def _held_dirs(self) -> set[int]:
@@ -365,7 +392,7 @@ class DeferredWork(pyfuse3.Operations):
             await self._send_opens()
         own = self._own_delegations(op)
         settle = (
-            (first and bool(self._unlinks or self._pending))
+            (first and bool(self._unlinks or self._pending or self._made))
             or self._ends_held(op)
             or bool(self._held_dirs() & self._held_keys())
         )
@@ -472,7 +499,8 @@ class DeferredWork(pyfuse3.Operations):
                 del self._pending[key]
             elif parent is None or key[0] == parent:
                 todo.append(handle)
-        if not todo:
+        made = list(self._made.values()) if self._leases is not None else []
+        if not todo and not made:
             return
 
         async def one(handle: Handle) -> None:
@@ -488,7 +516,7 @@ class DeferredWork(pyfuse3.Operations):
         if self._leases is not None:
             # In the order they were made, in as few batches as can be: a
             # crash meanwhile leaves the earlier ones, never a later one alone.
-            todo.sort(key=lambda h: h.created)
+            todo.sort(key=lambda h: h.order)
             for handle in todo:
                 if handle.released and handle.file._dirty:
                     # closed, and its upload in the background failed: now
@@ -499,8 +527,13 @@ class DeferredWork(pyfuse3.Operations):
                         if exc.transient:
                             raise
                         handle.file.abandon(exc)  # (its session ended, say)
-            await self._send_with_unlinks([h.file for h in todo], tail)
+            held: list[tuple[int, Held]] = [(h.order, h.file) for h in todo]
+            held += [(m.order, m) for m in made]
+            held.sort(key=lambda pair: pair[0])
+            await self._send_with_unlinks([item for _, item in held], tail)
             self._create_dirs = {}  # (the directories' own times now come from the cluster)
+            for m in made:
+                self._made_sent(m)
             for handle in todo:
                 if handle.file.lost is not None:
                     if isinstance(handle.file.lost, DelegationLost):
@@ -514,7 +547,23 @@ class DeferredWork(pyfuse3.Operations):
                 for handle in todo:
                     nursery.start_soon(one, handle)
 
-    async def _send_with_unlinks(self, files: list[OpenFile], tail: Lead | None = None) -> None:
+    def _made_sent(self, made: Made) -> None:
+        """A held-back symlink's flush came back: it exists now (or never
+        will: the kernel forgets its name)."""
+        if made.lost is not None:
+            if isinstance(made.lost, DelegationLost):
+                self._note_lost(made.lost)
+            log.warning("held-back symlink %r failed: %s", made.name[1], made.lost.message)
+            pyfuse3.invalidate_entry_async(made.name[0], made.name[1], ignore_enoent=True)
+        elif made.prelude:
+            return  # an attribute change joined it on the way: the next flush
+        if self._made.get(made.name) is made:
+            del self._made[made.name]
+        self._made_ino.pop(made.ino, None)
+        if made.lost is None:
+            self._recent.put(made.attr, trio.current_time())
+
+    async def _send_with_unlinks(self, files: list[Held], tail: Lead | None = None) -> None:
         """`send_preludes` of ``files``, with the deferred unlinks in front of
         them in the first batch if they fit in one: some of those unlinks
         may have been made after some of these creates, and a crash between
@@ -746,6 +795,7 @@ class DeferredWork(pyfuse3.Operations):
                             for h in self._open.values()
                         )
                         or any(now - at > self.opts.settle_s for _, at, _ in self._unlinks.values())
+                        or any(now - m.created > self.opts.settle_s for m in self._made.values())
                         or self._expiring(now)
                     ):
                         await self._settle()

@@ -45,7 +45,7 @@ from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import NoAttribute, NotFound, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.fuse.caches import DirHandle
-from prismfs.fuse.deferred import DeferredWork, Handle, MountOptions
+from prismfs.fuse.deferred import DeferredWork, Handle, Made, MountOptions
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     RENAME_EXCHANGE,
@@ -257,6 +257,9 @@ class PrismOperations(DeferredWork):
         handle = self._deferred(self._pending.get((parent_inode, name), 0))
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
+        made = self._made.get((parent_inode, name))
+        if made is not None:
+            return self._entry(made.attr)
         if self._leases is not None:
             return await self._leased_lookup(parent_inode, name)
         known = self._recently_named(parent_inode, name)
@@ -401,6 +404,9 @@ class PrismOperations(DeferredWork):
         handle = self._deferred(inode)
         if handle is not None and handle.attr is not None:
             return self._entry(handle.attr)
+        made = self._made_ino.get(inode)
+        if made is not None:
+            return self._entry(made.attr)
         if inode in self._unlinked:  # its link count is about to change
             await self._settle_unlinks()
         now = trio.current_time()
@@ -483,6 +489,16 @@ class PrismOperations(DeferredWork):
                 handle.file.modified_ns = 0  # the time set wins over the writes before it
             handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=now, **changes)
             return self._entry(handle.attr)
+        made = self._made_ino.get(inode)
+        if made is not None and not fields.update_size:
+            # A symlink held back (tar's lchown and utimensat): the change
+            # joins its Symlink, in the same batch.
+            now = now_ns()
+            made.prelude.append(SetAttr(now, inode, **changes))
+            if "mode" in changes:
+                changes.pop("mode")  # (a symlink's mode stays 0777, as in Linux)
+            made.attr = msgspec.structs.replace(made.attr, ctime_ns=now, **changes)
+            return self._entry(made.attr)
         base = self._recent.get(inode, trio.current_time())
         # With leases, only a directory this mount holds delegated, or a
         # symlink it made in one: another mount's read of it (or of its
@@ -534,6 +550,9 @@ class PrismOperations(DeferredWork):
 
     @_op
     async def readlink(self, inode: int, ctx: Any) -> bytes:
+        made = self._made_ino.get(inode)
+        if made is not None:
+            return made.target
         return await self.meta.readlink(inode)
 
     @_op
@@ -573,6 +592,71 @@ class PrismOperations(DeferredWork):
         self._bare_now(attr.ino)
         return self._named(parent_inode, name, self._known(parent_inode, name, attr))
 
+    async def _symlink_written_back(
+        self, parent: int, name: bytes, target: bytes, ctx: Any
+    ) -> pyfuse3.EntryAttributes | None:
+        """A symlink made in a directory this mount holds delegated, to a
+        name it knows is free: answered here with an inode number from the
+        reserved range, its `Symlink` held back and sent with the creates,
+        in the order made (`send_preludes`). None where it goes the usual
+        way: no delegation, held times of the directory (they go first),
+        anything held back under that name, or a target the leader refuses
+        (it says why)."""
+        if (
+            self._leases is None
+            or parent in self._held
+            or not target
+            or len(target) > 4095
+            or b"\0" in target
+        ):
+            return None
+        check_name(name)
+        key = (parent, name)
+
+        def free() -> bool:
+            assert self._leases is not None
+            if not isinstance(self._defers(parent), tuple) or self._holds_name(key):
+                return False
+            known, there, _, _ = self._leases.name(
+                parent, name, trio.current_time(), self.opts.attr_timeout
+            )
+            return known and there is None
+
+        if not free():
+            return None
+        if parent in self._unlink_dirs:
+            await self._settle_unlinks()  # (the directory's times must not go back)
+        _, directory = await self._layout(parent)
+        ino = await self._reserve()
+        # Checked again with nothing awaited from here on (as for a create).
+        if not free():
+            return None  # (an unused reserved number is never used)
+        defers = self._defers(parent)
+        assert isinstance(defers, tuple)
+        stamp = now_ns()
+        mode, gid = inherit_from_parent(directory, stat.S_IFLNK | 0o777, ctx.gid)
+        attr = Attr(ino, mode, 1, ctx.uid, gid, len(target), stamp, stamp, stamp)
+        op = Symlink(stamp, parent, name, target, ctx.uid, ctx.gid, ino=ino)
+        made = Made(ino, key, attr, target, [op], (defers,), trio.current_time(), next(self._order))
+        self._made[key] = self._made_ino[ino] = made
+        if len(self._made_in) > 100_000:
+            self._made_in.clear()
+        self._made_in[ino] = parent
+        self._create_dirs[parent] = max(stamp, self._create_dirs.get(parent, 0))
+        self._bare_now(ino)
+        self._known(parent, name, attr)
+        self.stats.count("fuse.writeback.symlinks")
+        return self._named(parent, name, attr)
+
+    def _holds_name(self, key: tuple[int, bytes]) -> bool:
+        """Whether something held back here involves (directory, name)."""
+        return (
+            key in self._pending
+            or key in self._made
+            or key in self._unlinks
+            or key in self._renamed_to
+        )
+
     @_op
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
@@ -591,6 +675,7 @@ class PrismOperations(DeferredWork):
             and ino not in self._open
             and key not in self._pending
             and key not in self._unlinks
+            and key not in self._made
         ):
             # The kernel checked that the name exists and that we may remove it.
             # The Unlink carries this moment: the directory's times when it lands.
@@ -618,6 +703,9 @@ class PrismOperations(DeferredWork):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         self._changed.bump(parent_inode)
+        held = await self._symlink_written_back(parent_inode, name, target, ctx)
+        if held is not None:
+            return held
         attr = await self._change(
             Symlink(now_ns(), parent_inode, name, target, ctx.uid, ctx.gid), first=True
         )
@@ -682,6 +770,7 @@ class PrismOperations(DeferredWork):
             or not self._writes_back(handle)
             or handle.file.delegated != (self._delegation(parent),)
             or (parent, new_name) in self._pending
+            or (parent, new_name) in self._made
             or self._unlinks
             or parent in self._held
         ):
@@ -734,8 +823,9 @@ class PrismOperations(DeferredWork):
             or ino in self._unlinked
             or ino in self._renamed_at
             or ino in self._held
+            or ino in self._made_ino
             or parent in self._held
-            or any(k in self._pending or k in self._unlinks for k in (old, new))
+            or any(k in self._pending or k in self._unlinks or k in self._made for k in (old, new))
             or any(k in self._renamed_to for k in (old, new))
         ):
             return False
@@ -926,7 +1016,11 @@ class PrismOperations(DeferredWork):
             )
         )
         handle = self._open[ino] = Handle(
-            f, attr=attr, created=trio.current_time(), name=(parent_inode, name)
+            f,
+            attr=attr,
+            created=trio.current_time(),
+            name=(parent_inode, name),
+            order=next(self._order),
         )
         self._pending[(parent_inode, name)] = ino
         self._create_dirs[parent_inode] = max(now, self._create_dirs.get(parent_inode, 0))
@@ -1147,7 +1241,7 @@ class PrismOperations(DeferredWork):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if name == STATS_XATTR:
             return json.dumps(self.stats.to_dict(), separators=(",", ":")).encode()
-        if self._deferred(inode) is not None:
+        if self._deferred(inode) is not None or inode in self._made_ino:
             # A deferred create has no attributes yet (a setxattr settles it).
             raise pyfuse3.FUSEError(errno.ENODATA)
         now = trio.current_time()
@@ -1169,7 +1263,7 @@ class PrismOperations(DeferredWork):
 
     @_op
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        if self._deferred(inode) is not None:
+        if self._deferred(inode) is not None or inode in self._made_ino:
             return []
         return [_to_mount(n) for n in await self.meta.listxattr(inode)]
 
