@@ -390,6 +390,27 @@ def test_symlinks_in_a_delegated_directory_are_held_back_with_the_files(
     assert not seen.exists()
 
 
+def test_what_is_held_back_reaches_the_cluster_at_unmount_in_order(
+    mounts: tuple[Mount, Mount],
+) -> None:
+    """An unmount sends everything held back (the mount's files and
+    symlinks among them) before the daemon exits, in the order made."""
+    a, b = mounts
+    top = a.point / "unmounted"
+    top.mkdir()
+    time.sleep(0.3)
+    (top / "f").write_bytes(b"again")
+    os.symlink("f", top / "l")
+    (top / "g").write_bytes(b"after")
+    try:
+        a.unmount()
+        seen = b.point / "unmounted"
+        assert sorted(os.listdir(seen)) == ["f", "g", "l"]
+        assert (seen / "l").read_bytes() == b"again"
+    finally:
+        a.mount("settle_s=5")
+
+
 def test_a_mkdir_after_held_back_creates_rides_in_the_batch_that_sends_them(
     mounts: tuple[Mount, Mount],
 ) -> None:

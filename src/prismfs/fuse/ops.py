@@ -1293,7 +1293,12 @@ class PrismOperations(DeferredWork):
         return True  # default_permissions: the kernel checks modes itself
 
     async def close_all(self) -> None:
-        """At unmount: commit what is still buffered and end the opens."""
+        """At unmount: send what is held back (in the order made), commit
+        what is still buffered and end the opens."""
+        try:
+            await self._settle()
+        except PrismError as exc:  # each file's close below tries its own again
+            log.warning("unmount: could not send what was held back: %s", exc.message)
         for inode, handle in list(self._open.items()):
             del self._open[inode]
             try:
