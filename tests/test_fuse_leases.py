@@ -467,6 +467,37 @@ def test_a_mount_killed_with_changes_held_back_keeps_a_prefix_and_all_it_fsynced
         print(f"\nkept {len(present)} of 200 files (100 fsynced)")
 
 
+def test_a_mount_killed_with_files_and_symlinks_held_back_keeps_a_prefix_of_both(
+    tmp_path: Path,
+) -> None:
+    """Held-back symlinks are sent among the held-back creates, in the order
+    made: after a kill -9 the directory holds the first k of the files and
+    symlinks made (k >= those before an fsync), each symlink with its target."""
+    with one_mount(tmp_path, "mixed") as (m, d):
+        made = []
+        for n in range(80):
+            name = f"e{2 * n:03d}"
+            with open(d / name, "wb") as f:
+                f.write(b"%d" % n)
+                if n == 40:
+                    os.fsync(f.fileno())  # everything up to here durable
+            made.append(name)
+            link = f"e{2 * n + 1:03d}"
+            os.symlink(name, d / link)
+            made.append(link)
+        a = killed_and_mounted_again(m)
+        present = sorted(os.listdir(a / "mixed"))
+        assert present == made[: len(present)], (present[:4], len(present))
+        assert len(present) >= 81, len(present)
+        for name in present:
+            n = int(name[1:])
+            if n % 2:
+                assert os.readlink(a / "mixed" / name) == f"e{n - 1:03d}", name
+            else:
+                assert (a / "mixed" / name).read_bytes() == b"%d" % (n // 2), name
+        print(f"\nkept {len(present)} of 160 files and symlinks (81 fsynced)")
+
+
 def test_a_mount_killed_with_renames_held_back_keeps_a_prefix_of_them(tmp_path: Path) -> None:
     """Held-back renames are sent in the order made: after a kill -9 the
     directory shows the first k of them (k >= those before an fsyncdir),
