@@ -517,12 +517,7 @@ class DeferredWork(pyfuse3.Operations):
                 out.append(d)
         return tuple(out)
 
-    async def _settle_creates(
-        self, parent: int | None, tail: Lead | None = None, upto: int | None = None
-    ) -> None:
-        """Send the deferred creates (see `_settle`); with ``upto``, only
-        those (and the held-back symlinks and directories) made before the
-        one of that `Handle.order`."""
+    async def _settle_creates(self, parent: int | None, tail: Lead | None = None) -> None:
         if self._leases is not None:
             parent = None  # all of them, in order: a flush keeps a prefix
         todo: list[Handle] = []
@@ -530,11 +525,9 @@ class DeferredWork(pyfuse3.Operations):
             handle = self._deferred(ino)
             if handle is None:
                 del self._pending[key]
-            elif (parent is None or key[0] == parent) and (upto is None or handle.order < upto):
+            elif parent is None or key[0] == parent:
                 todo.append(handle)
         made = list(self._made.values()) if self._leases is not None else []
-        if upto is not None:
-            made = [m for m in made if m.order < upto]
         if not todo and not made:
             return
 
@@ -566,8 +559,7 @@ class DeferredWork(pyfuse3.Operations):
             held += [(m.order, m) for m in made]
             held.sort(key=lambda pair: pair[0])
             await self._send_with_unlinks([item for _, item in held], tail)
-            if upto is None:
-                self._create_dirs = {}  # (the directories' own times now come from the cluster)
+            self._create_dirs = {}  # (the directories' own times now come from the cluster)
             for m in made:
                 self._made_sent(m)
             for handle in todo:

@@ -1030,14 +1030,8 @@ class PrismOperations(DeferredWork):
         mode, gid = inherit_from_parent(parent, mode, ctx.gid)
         attr = Attr(ino, mode, 1, ctx.uid, gid, 0, now, now, now)
         f = OpenFile(self.meta, self.data, ino, layout, max_dirty=self.opts.writeback_mb << 20)
-        order = next(self._order)
         if isinstance(defers, tuple):
             f.delegated = (defers,)
-            if self._provisional(parent_inode) is not None:
-                # Made in a directory held back too: whatever sends this
-                # file's create alone (a truncate, an fsync) sends that
-                # first, with everything made before it.
-                f.depends = functools.partial(self._settle_creates, None, None, order)
         f.prelude.append(
             Mknod(
                 now,
@@ -1056,7 +1050,7 @@ class PrismOperations(DeferredWork):
             attr=attr,
             created=trio.current_time(),
             name=(parent_inode, name),
-            order=order,
+            order=next(self._order),
         )
         self._pending[(parent_inode, name)] = ino
         self._create_dirs[parent_inode] = max(now, self._create_dirs.get(parent_inode, 0))
