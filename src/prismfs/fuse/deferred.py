@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import stat
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -128,10 +127,10 @@ class Handle:
 
 @dataclass
 class Made:
-    """A symlink or directory made in a directory this mount holds
-    delegated, held back: its `Symlink` or `Mkdir` (with a reserved inode
-    number) and any attribute changes of a symlink made since, sent in
-    creation order with the held-back creates (`send_preludes`)."""
+    """A symlink made in a directory this mount holds delegated, held back:
+    its `Symlink` (with a reserved inode number) and any attribute changes
+    made to it since, sent in creation order with the held-back creates
+    (`send_preludes`)."""
 
     ino: int
     name: tuple[int, bytes]  # (directory, name)
@@ -210,7 +209,6 @@ class DeferredWork(pyfuse3.Operations):
         # symlinks made here and held back, by (directory, name) and by inode
         self._made: dict[tuple[int, bytes], Made] = {}
         self._made_ino: dict[int, Made] = {}
-        self._made_subdirs: dict[int, int] = {}  # directory -> held-back mkdirs in it (nlink)
         self._order = itertools.count(1)  # creation order of held-back creates and symlinks
         self._create_dirs: dict[int, int] = {}  # directory -> time of its latest held create
         self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
@@ -228,25 +226,7 @@ class DeferredWork(pyfuse3.Operations):
         change in it now."""
         if self._leases is None or not self.opts.batch_meta:
             return None
-        own = self._leases.delegation(key, trio.current_time())
-        if own is not None:
-            return own
-        return self._provisional(key)
-
-    def _provisional(self, key: int) -> Delegation | None:
-        """For a directory this mount made and still holds back (`Made`): the
-        delegation of the directory it was made in, if that still lasts
-        under the same grant. Nobody else can reach the new directory
-        before the leader has its `Mkdir`, which comes with what this mount
-        held back under that delegation (a recall sends it first), so what
-        is made inside it is held back under that delegation too."""
-        made = self._made_ino.get(key)
-        if made is None or not made.delegated or not stat.S_ISDIR(made.attr.mode):
-            return None
-        under = made.delegated[0]
-        if self._leases is None:
-            return None
-        return under if self._leases.delegation(under[0], trio.current_time()) == under else None
+        return self._leases.delegation(key, trio.current_time())
 
     def _defers(self, parent: int) -> Delegation | bool | None:
         """Whether a create or unlink in ``parent`` may be deferred: its
@@ -305,11 +285,6 @@ class DeferredWork(pyfuse3.Operations):
         """The inodes with attribute changes held (`HeldAttrs`)."""
         return {op.ino for op in self._held.ops}
 
-    def _held_waits(self) -> bool:
-        """Whether held attribute changes must wait for what is held back:
-        in the directories they change, or those directories themselves."""
-        return bool(self._held_dirs() & (self._held_keys() | set(self._made_ino)))
-
     def _expiring(self, now: float) -> bool:
         """Whether a delegation held-back changes were made under is about to end."""
         leases = self._leases
@@ -364,7 +339,7 @@ class DeferredWork(pyfuse3.Operations):
             # after its files): the creates go first, or they would move the
             # times again. (Bounded: a program that keeps creating there
             # gets its directory's times sent after five rounds.)
-            if not (held and self._held and self._held_waits()):
+            if not (held and self._held and self._held_dirs() & self._held_keys()):
                 break
             await self._settle_creates(None)
             await self._settle_unlinks()
@@ -372,10 +347,7 @@ class DeferredWork(pyfuse3.Operations):
             await self._send_held()
 
     async def _send_held(self) -> None:
-        """The held chown/chmod/utimens of directories and symlinks, in order
-        (after the directories they change, if those are held back)."""
-        if self._held_dirs() & set(self._made_ino):
-            await self._settle_creates(None)
+        """The held chown/chmod/utimens of directories and symlinks, in order."""
         ops = self._held.take()
         try:
             for start in range(0, len(ops), MAX_BATCH):
@@ -422,7 +394,7 @@ class DeferredWork(pyfuse3.Operations):
         settle = (
             (first and bool(self._unlinks or self._pending or self._made))
             or self._ends_held(op)
-            or self._held_waits()
+            or bool(self._held_dirs() & self._held_keys())
         )
         if settle:
             self.stats.count("fuse.writeback.settled_for_change")
@@ -587,16 +559,8 @@ class DeferredWork(pyfuse3.Operations):
             return  # an attribute change joined it on the way: the next flush
         if self._made.get(made.name) is made:
             del self._made[made.name]
-        if self._made_ino.pop(made.ino, None) is not None and stat.S_ISDIR(made.attr.mode):
-            parent = made.name[0]
-            left = self._made_subdirs.get(parent, 0) - 1
-            if left > 0:
-                self._made_subdirs[parent] = left
-            else:
-                self._made_subdirs.pop(parent, None)
-        elif made.lost is None:
-            # (a directory's attributes come from the batch: what was made
-            # in it moved its times and link count since)
+        self._made_ino.pop(made.ino, None)
+        if made.lost is None:
             self._recent.put(made.attr, trio.current_time())
 
     async def _send_with_unlinks(self, files: list[Held], tail: Lead | None = None) -> None:

@@ -444,17 +444,6 @@ class DirLeases:
                     self.held.mark(grant.key),
                     exclusive=grant.exclusive,
                 )
-                # What the same batch made in it after its mkdir (a flush of
-                # a mount's write-back): the grant came after all of it.
-                if self.held.gid_of(grant.key) != (grant.term, grant.seq):
-                    continue
-                try:
-                    self.held.write_local(
-                        grant.key,
-                        lambda copy, key=grant.key: _apply(copy, key, ops, decoded, sent_at),  # type: ignore[misc]
-                    )
-                except CannotApply:
-                    self.held.drop(grant.key)
 
     def _changed_owned(
         self,
