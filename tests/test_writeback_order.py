@@ -70,17 +70,15 @@ def ctx() -> Any:
     return SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 
 
+def fields_of(*updated: str) -> SimpleNamespace:
+    """pyfuse3's SetattrFields with only ``updated`` (mode, uid, ...) set."""
+    names = ("mode", "uid", "gid", "atime", "mtime", "size")
+    return SimpleNamespace(**{f"update_{n}": n in updated for n in names})
+
+
 def times_of_directory() -> tuple[Any, Any]:
     attr = SimpleNamespace(st_mode=DIR, st_atime_ns=7, st_mtime_ns=7)
-    fields = SimpleNamespace(
-        update_mode=False,
-        update_uid=False,
-        update_gid=False,
-        update_atime=True,
-        update_mtime=True,
-        update_size=False,
-    )
-    return attr, fields
+    return attr, fields_of("atime", "mtime")
 
 
 async def held_create() -> tuple[FakeMeta, PrismOperations]:
@@ -231,15 +229,7 @@ async def delegated_mount(meta: FakeMeta) -> PrismOperations:
 def symlink_attr_change() -> tuple[Any, Any]:
     """lchown and utimensat(AT_SYMLINK_NOFOLLOW), as tar makes them."""
     attr = SimpleNamespace(st_uid=7, st_gid=8, st_atime_ns=5, st_mtime_ns=6)
-    fields = SimpleNamespace(
-        update_mode=False,
-        update_uid=True,
-        update_gid=True,
-        update_atime=True,
-        update_mtime=True,
-        update_size=False,
-    )
-    return attr, fields
+    return attr, fields_of("uid", "gid", "atime", "mtime")
 
 
 def test_a_symlink_in_a_delegated_directory_is_held_back_and_sent_in_the_order_made() -> None:
