@@ -361,6 +361,11 @@ def _wait_drained(client: ClientConfig, node_id: str, *, quiet: bool) -> None:
         for node, remaining, total in h.moves.draining:
             if node == node_id:
                 return remaining, total
+        for n in h.nodes:
+            if n.node == node_id and n.state == "draining" and n.shards:
+                # Draining, but not in the movers' report yet (a drain of the
+                # leader: the next one has not counted it): not done.
+                return n.shards, n.shards
         return 0, 0  # not draining (any more): cancelled or removed
 
     with Progress(
