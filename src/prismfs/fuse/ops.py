@@ -825,8 +825,7 @@ class PrismOperations(DeferredWork):
             or ino in self._held
             or ino in self._made_ino
             or parent in self._held
-            or any(k in self._pending or k in self._unlinks or k in self._made for k in (old, new))
-            or any(k in self._renamed_to for k in (old, new))
+            or any(self._holds_name(k) for k in (old, new))
         ):
             return False
         check_name(new_name)
