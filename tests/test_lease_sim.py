@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from prismfs.meta.leases import DRIFT, HeldLeases, LeaseTable
+from prismfs.meta.leases import DRIFT, MAX_FLUSH_S, HeldLeases, LeaseTable
 from prismfs.sim.leases import run_seed
 
 SEEDS = 200
@@ -271,7 +271,10 @@ def test_a_holder_writes_back_only_under_an_exclusive_lease_with_time_to_flush()
 def test_many_seeds_with_write_back_stay_linearizable_and_lose_only_suffixes() -> None:
     written = lost = local = recalls = 0
     for seed in range(SEEDS):
-        result = run_seed(seed, **WB)  # type: ignore[arg-type]
+        # every other seed flushes in parts, slowly (delegations recalled
+        # while their flushes go on are kept meanwhile)
+        slow = {"flush_part": 1, "flush_pause": 0.1} if seed % 2 else {}
+        result = run_seed(seed, **WB, **slow)  # type: ignore[arg-type]
         assert result.linearizable, f"seed {seed}: not linearizable"
         assert result.prefix, f"seed {seed}: a mount lost more than a suffix"
         written += result.written_back
@@ -292,6 +295,57 @@ def test_without_faults_nothing_written_back_is_lost() -> None:
         assert result.lost == 0, f"seed {seed}: lost {result.lost} without a fault"
         written += result.written_back
     assert written > 20 * 50
+
+
+def test_a_recalled_delegate_flushing_in_parts_keeps_its_delegation_meanwhile() -> None:
+    # Each part waits 0.3 s behind the one before (a mount uploading data
+    # between batches): a flush of a few parts outlasts the lease left at
+    # the recall. Kept while its parts come, nothing is lost without a
+    # fault; without that rule, the leader refuses the rest.
+    slow = {"flush_part": 1, "flush_pause": 0.3}
+    kept = lost = 0
+    for seed in range(20):
+        result = run_seed(seed, faults=False, duration=10.0, **WB, **slow)  # type: ignore[arg-type]
+        assert result.linearizable and result.prefix
+        assert result.lost == 0, f"seed {seed}: lost {result.lost} without a fault"
+        kept += result.written_back
+        bug = frozenset({"no_flush_extension"})
+        lost += run_seed(seed, faults=False, duration=10.0, bugs=bug, **WB, **slow).lost  # type: ignore[arg-type]
+    assert kept > 20 * 30 and lost > 0
+
+
+def test_a_recalled_delegation_lasts_while_its_holder_flushes_up_to_a_bound() -> None:
+    t = LeaseTable(D)
+    t.start(term=1, now=0.0)
+    t.blind_until = 0.0
+    g = t.grant("k", "a", now=1.0, exclusive=True)
+    t.grant("j", "a", now=1.0, exclusive=True)
+    end = 1.0 + D * (1 + DRIFT)
+    t.flushing("a", now=1.5)  # not recalled: its own renewals keep it
+    assert t.delegate_of("k", end + 0.01) is None
+    g = t.grant("k", "a", now=5.0, exclusive=True)
+    assert t.begin_read("k", "b", now=5.1) == {"a": g}
+    end = 5.0 + D * (1 + DRIFT)
+    assert t.ready_at("k", now=5.2) == end
+    t.flushing("a", now=end - 0.1)  # a batch of its flush (of any directory)
+    assert t.delegate_of("k", end + 0.5) == "a"
+    assert t.flushable("k", "a", g, end + 0.5)  # type: ignore[arg-type]
+    assert t.ready_at("k", now=end) == end - 0.1 + D * (1 + DRIFT)
+    # the other delegation, not recalled, is not made longer
+    assert t.delegate_of("j", 1.0 + D * (1 + DRIFT) + 0.01) is None
+    # at most MAX_FLUSH_S after the recall began
+    at = end - 0.1
+    while at < 5.1 + MAX_FLUSH_S + 5:
+        t.flushing("a", now=at)
+        at += 1.0
+    assert t.delegate_of("k", 5.1 + MAX_FLUSH_S + 0.01) is None
+    # a flush after the lease ran out revives nothing; the acknowledgement ends it
+    t.end_change("k", None, now=100.0)
+    g = t.grant("k", "a", now=100.0, exclusive=True)
+    assert t.begin_read("k", "b", now=100.1) == {"a": g}
+    t.recalled("k", "a", g)  # type: ignore[arg-type]
+    t.flushing("a", now=100.2)
+    assert t.delegate_of("k", 100.2) is None and t.ready_at("k", 100.2) == 100.2
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,12 @@ change the key in its own copy, answer at once, and send the changes later
   counts until it acknowledged), in the
   delegate's order and without waiting behind the change that recalled it
   (that one waits for the acknowledgement, which comes after the flush).
+  A recalled delegate that is still flushing keeps its delegation while
+  its flushes keep coming (`flushing`: each one makes the lease last
+  ``seconds`` more, up to `MAX_FLUSH_S` after the recall began): the one
+  that recalled it waits longer, rather than the delegate losing the rest
+  of a flush bigger than what was left of its lease. (Safe: a recalled
+  delegate makes no new change under it, and the wait only grows.)
   A flush the leader refuses is lost with everything queued after it: the
   delegate lost a suffix of its acknowledged changes, as a local file system
   loses what was not fsynced in a crash, and says so (EIO on fsync). A late
@@ -112,6 +118,9 @@ from prismfs.wire.codec import decode_message
 DRIFT = 0.1
 """The largest relative difference of clock rates allowed for (as `prismfs.raft.lease`)."""
 MAX_LAPSED = 10_000  # delegations that ran out kept for a late flush (`LeaseTable.lapsed`)
+MAX_FLUSH_S = 30.0
+"""How long after a recall of a delegation began a delegate that keeps
+flushing keeps it (`LeaseTable.flushing`): the recaller waits that long at most."""
 
 
 class CannotApply(Exception):
@@ -133,6 +142,7 @@ class _Key:
     delegate: str | None = None  # the holder whose grant is exclusive
     shared_until: float = 0.0  # no exclusive grants before (ping-pong fallback)
     touched: bool = False  # a change (or a recall) began while it was delegated
+    recalled_at: float | None = None  # when the first change pending now began
 
 
 class LeaseTable:
@@ -151,6 +161,8 @@ class LeaseTable:
         self.blind_until = 0.0
         self._seq = 0
         self._keys: dict[Hashable, _Key] = {}
+        # delegate -> the keys of its delegations a change or read recalls
+        self._recalling: dict[str, set[Hashable]] = {}
         self.delegations = 0  # keys delegated now (or until `delegate_of` sees them end)
         # key -> (holder, grant) of a delegation that ran out with nothing
         # else done to the key since: a late flush under it may still apply
@@ -162,6 +174,7 @@ class LeaseTable:
         self.term = term
         self._seq = 0
         self._keys.clear()
+        self._recalling.clear()
         self.delegations = 0
         self.lapsed.clear()
         self.blind_until = now + self.seconds * (1 + self.drift)
@@ -248,6 +261,32 @@ class LeaseTable:
         state = self._keys.get(key)
         return state is not None and not state.pending and self.lapsed.get(key) == (holder, gid)
 
+    def flushing(self, holder: str, now: float) -> None:
+        """A flush from ``holder`` arrived at ``now``. Each of its delegations
+        being recalled stays while it flushes (a big write-back takes
+        several batches, in the order made, so the recalled directory's
+        changes may come after others'): its lease lasts ``seconds`` from
+        now, up to `MAX_FLUSH_S` after the recall began."""
+        keys = self._recalling.get(holder)
+        if not keys:
+            return
+        for key in list(keys):
+            state = self._keys.get(key)
+            if (
+                state is None
+                or not state.pending
+                or state.recalled_at is None
+                or self.delegate_of(key, now) != holder
+            ):
+                keys.discard(key)
+                continue
+            held = state.holders[holder]
+            until = min(now + self.seconds * (1 + self.drift), state.recalled_at + MAX_FLUSH_S)
+            if until > held[1]:
+                state.holders[holder] = (held[0], until)
+        if not keys:
+            del self._recalling[holder]
+
     def delegation(self, key: Hashable, now: float) -> tuple[str, GrantId] | None:
         """(delegate, its grant's id) of ``key``, as `delegate_of`. A flush is
         applied only under the grant it was made under: a new delegation
@@ -275,8 +314,10 @@ class LeaseTable:
         grant id to recall (the writer's own lease is dropped: its change
         makes its copy old, and it knows)."""
         state = self._keys.setdefault(key, _Key())
-        if self.delegate_of(key, now) not in (None, writer):
+        delegate = self.delegate_of(key, now)
+        if delegate is not None and delegate != writer:
             state.shared_until = now + self.pingpong_s  # a conflict: shared for a while
+            self._recalling.setdefault(delegate, set()).add(key)
         state.touched = True
         self.lapsed.pop(key, None)
         own = state.holders.pop(writer, None)
@@ -285,6 +326,8 @@ class LeaseTable:
             self.delegations -= 1
         if own is not None and own[1] > now and not state.pending:
             state.continuing[writer] = own[0]
+        if not state.pending:
+            state.recalled_at = now
         state.pending += 1
         recall = {}
         for holder, (gid, until) in list(state.holders.items()):
@@ -342,6 +385,7 @@ class LeaseTable:
             if exclusive:
                 self._delegate(state, writer, now)  # type: ignore[arg-type]
         if not state.pending:
+            state.recalled_at = None
             state.continuing.clear()
             if not state.holders and state.shared_until <= (now or 0.0):
                 del self._keys[key]

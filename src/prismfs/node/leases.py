@@ -326,6 +326,7 @@ class LeaseService:
         leadership transfer): the flush goes to the leader, which tells."""
         self._check_leading()
         now = trio.current_time()
+        self.table.flushing(holder, now)  # (its recalled delegations last while it flushes)
         keys = set()
         for key, term, seq in delegated:
             if self.table.delegation(key, now) != (holder, (term, seq)):

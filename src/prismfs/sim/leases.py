@@ -29,6 +29,11 @@ promises: the history stays linearizable once the reads a mount made of
 changes it later lost are left out and each lost change is taken to have
 happened when the leader applied it (a flush in flight) or never; and
 what each life of a mount lost is a suffix of what it wrote back.
+With ``flush_part`` a flush goes in parts, ``flush_pause`` apart (a mount
+sends a big write-back in batches, uploading data in between): a recalled
+delegate then keeps its delegation while its parts keep coming
+(`LeaseTable.flushing`), or it would lose the rest of a flush that outlasts
+its lease with no fault at all.
 
 Every operation is recorded with its real call and return times and checked
 for linearizability per key (`prismfs.check`): a read that starts after a
@@ -72,6 +77,7 @@ BUGS = frozenset(
         "no_read_recall",  # the leader answers a read of a delegated key at once
         "ack_before_flush",  # a delegate acknowledges a recall before it flushed
         "late_flush",  # the leader applies a flush of a delegation it no longer counts
+        "no_flush_extension",  # a recalled delegate's flushes do not keep its delegation
     }
 )
 FLUSH_S = 0.3  # a delegate flushes what it queued at most this long after
@@ -88,6 +94,11 @@ class LeaseSimConfig:
     writeback: bool = False  # clients ask for delegations and write back under them
     affinity: float = 0.0  # how often a client picks its own key (the rest: any key)
     faults: bool = True  # False: no fault at all (nothing may be lost then)
+    # A flush goes in parts of this many changes (0: all at once), each part
+    # sent ``flush_pause`` after the last one's answer (the mount uploads
+    # data between batches): a big write-back outlasts the recalled lease.
+    flush_part: int = 0
+    flush_pause: float = 0.0
 
 
 @dataclass
@@ -145,6 +156,7 @@ class _Client:
         self.queue: list[tuple[str, int, str, str, GrantId, int]] = []
         self.flushing = 0  # the id of the flush in flight (0: none)
         self.flush_due = False
+        self.next_part_at = 0.0  # (real time) the next part of a flush goes no earlier
         self.recalls_waiting: list[tuple[int, GrantId, int]] = []
         self.epochs: list[list[str]] = [[]]  # change ids written back, per life
         self.lost_windows: list[tuple[float, float]] = []  # (first lost call, noticed)
@@ -367,6 +379,8 @@ class LeaseSim:
         the first refused one ends the flush (the rest are refused too: a
         suffix is lost)."""
         now = self._leader_now()
+        if "no_flush_extension" not in self.cfg.bugs:
+            self.table.flushing(holder, now)
         ok = 0
         for pid, key, kind, value, gid in batch:
             if pid not in self.applied:
@@ -548,10 +562,18 @@ class LeaseSim:
         c.flush_due = False
         if not c.queue or (c.flushing and fid != c.flushing):
             return
+        if not fid and self.now < c.next_part_at:
+            # (the last part's data still uploading)
+            generation = c.generation
+            self._client_at(
+                c, c.next_part_at, lambda: self._flush(c) if generation == c.generation else None
+            )
+            return
         if not fid:
             self._seq += 1
             c.flushing = self._seq
-        batch = [(pid, key, kind, value, gid) for pid, key, kind, value, gid, _ in c.queue]
+        queue = c.queue[: self.cfg.flush_part] if self.cfg.flush_part else c.queue
+        batch = [(pid, key, kind, value, gid) for pid, key, kind, value, gid, _ in queue]
         flushing, generation = c.flushing, c.generation
         holder = c.holder  # (who sent it: a restarted mount is another)
         self._send(lambda: self._on_flush(c, flushing, batch, holder), client=c, to_leader=True)
@@ -573,7 +595,10 @@ class LeaseSim:
         if ok < sent:
             self._lose(c)  # the delegation was over: this and what follows are lost
         elif c.queue:
-            self._flush(c)  # written back meanwhile
+            # written back meanwhile, or the next part
+            if self.cfg.flush_pause:
+                c.next_part_at = c.clock.real(self._client_now(c) + self.cfg.flush_pause)
+            self._flush(c)
             return
         for key, gid, term in c.recalls_waiting:
             self._send(
