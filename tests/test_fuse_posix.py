@@ -65,6 +65,19 @@ def d(mount: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
     subprocess.run(["rm", "-rf", str(path)], timeout=60, check=True)
 
 
+def at_cluster(directory: Path) -> int:
+    """The inode number of ``directory``, made on the mount, once the
+    cluster has it: the mount holds a new directory back (write-back) until
+    something sends it, and the client library asks the cluster by number,
+    not by a lookup that would recall the mount's delegation first."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return directory.stat().st_ino
+
+
 def write(path: Path, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC) -> None:
     fd = os.open(path, flags, 0o644)
     try:
@@ -785,7 +798,7 @@ def test_readdir_while_unlinking_sees_every_entry(mounted: Mount, d: Path) -> No
     skipped because earlier ones went away (more than two pages of entries,
     made through the client library for speed)."""
     names = {f"e{i:04d}" for i in range(1100)}
-    trio.run(mounted.library, _make_entries, d.stat().st_ino, [n.encode() for n in names])
+    trio.run(mounted.library, _make_entries, at_cluster(d), [n.encode() for n in names])
     seen = []
     with os.scandir(d) as it:
         for entry in it:
@@ -820,7 +833,7 @@ def test_seekdir_returns_to_a_telldir_position(mounted: Mount, d: Path) -> None:
     """A directory offset (the kernel's cookie) stays valid: reading resumes
     after a seekdir exactly where telldir was taken."""
     names = [f"e{i:04d}".encode() for i in range(1100)]
-    trio.run(mounted.library, _make_entries, d.stat().st_ino, names)
+    trio.run(mounted.library, _make_entries, at_cluster(d), names)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.opendir.restype = ctypes.c_void_p
     libc.readdir.argtypes = [ctypes.c_void_p]
@@ -1009,7 +1022,7 @@ def test_readdir_of_ten_thousand_entries(mounted: Mount) -> None:
     big = mounted.point / "big"
     big.mkdir()
     names = [f"entry-{i:05d}".encode() for i in range(10_000)]
-    ino = big.stat().st_ino
+    ino = at_cluster(big)
     trio.run(mounted.library, _make_entries, ino, names)
     listed = os.listdir(big)
     assert sorted(listed) == sorted(n.decode() for n in names)

@@ -22,7 +22,7 @@ from prismfs.errors import AlreadyExists
 from prismfs.fuse.deferred import MountOptions
 from prismfs.fuse.leased import MARGIN_S, DirCopy
 from prismfs.fuse.ops import PrismOperations
-from prismfs.meta.commands import Attr, MetaCommand, Mknod, SetAttr, Symlink, Unlink
+from prismfs.meta.commands import Attr, MetaCommand, Mkdir, Mknod, SetAttr, Symlink, Unlink
 from prismfs.stats import Stats
 
 DIR = 0o040755
@@ -182,9 +182,9 @@ def test_held_back_unlinks_and_creates_reach_the_leader_in_one_batch() -> None:
 
 
 def test_a_change_riding_the_flush_is_sent_once_while_others_queue_more() -> None:
-    """A mkdir rides the batch of the held-back unlinks in front of it; an
+    """A link rides the batch of the held-back unlinks in front of it; an
     unlink another process queues while that batch is on its way goes in a
-    batch after it, without the mkdir again (sent twice, it failed as done
+    batch after it, without the link again (sent twice, it failed as done
     already: mdtest's renames got ENOENT this way)."""
 
     class SlowMeta(FakeMeta):
@@ -206,11 +206,11 @@ def test_a_change_riding_the_flush_is_sent_once_while_others_queue_more() -> Non
         await ops.unlink(K, b"old0", ctx())
         assert not meta.sent, "the unlink is held back"
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ops.mkdir, K, b"d", DIR, ctx())
-            await trio.sleep(0.005)  # the mkdir's batch is on its way
+            nursery.start_soon(ops.link, 902, K, b"hard", ctx())
+            await trio.sleep(0.005)  # the link's batch is on its way
             await ops.unlink(K, b"old1", ctx())
         sent = [op for batch, _ in meta.sent for op in batch]
-        assert [type(op).__name__ for op in sent].count("Mkdir") == 1, meta.sent
+        assert [type(op).__name__ for op in sent].count("Link") == 1, meta.sent
         assert [op.name for op in sent if isinstance(op, Unlink)] == [b"old0", b"old1"]
         assert not ops._unlinks
 
@@ -308,5 +308,67 @@ def test_a_held_back_symlink_the_leader_refuses_is_forgotten(monkeypatch: Any) -
         with pytest.raises(pyfuse3.FUSEError) as err:
             await ops.readlink(entry.st_ino, ctx())
         assert err.value.errno in (errno.ENOENT, errno.EIO)
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_directory_made_in_a_delegated_one_is_held_back_with_what_is_made_inside() -> None:
+    """tar's order: a directory, the files in it, a subdirectory, its times
+    set at the end. All of it is held back under the parent's delegation
+    (nobody can reach the new directory before its mkdir lands, and a
+    recall sends that first); lookups in it ask nobody; it goes in one
+    batch, in the order made, its times after its files."""
+
+    async def main() -> None:
+        meta = FakeMeta()
+        ops = await delegated_mount(meta)
+        k_before = (await ops.getattr(K, ctx())).st_nlink
+        d = (await ops.mkdir(K, b"d", 0o755, ctx())).st_ino
+        assert (await ops.lookup(K, b"d", ctx())).st_ino == d
+        got = await ops.getattr(d, ctx())
+        assert stat.S_ISDIR(got.st_mode) and got.st_nlink == 2
+        assert (await ops.getattr(K, ctx())).st_nlink == k_before + 1
+        assert (await ops.lookup(d, b"f", ctx())).st_ino == 0  # free, known here
+        await ops.create(d, b"f", FILE, os.O_WRONLY, ctx())
+        sub = (await ops.mkdir(d, b"sub", 0o700, ctx())).st_ino
+        await ops.symlink(sub, b"l", b"../f", ctx())
+        assert (await ops.getattr(d, ctx())).st_nlink == 3
+        await ops.setattr(d, *times_of_directory(), None, ctx())
+        assert not meta.sent, "all held back"
+        assert meta.pool.stats.counts["fuse.lookup.made_here"] == 1
+        await ops._settle()
+        sent = [op for batch, _ in meta.sent for op in batch]
+        kinds = [(type(op).__name__, getattr(op, "parent", getattr(op, "ino", 0))) for op in sent]
+        assert kinds == [
+            ("Mkdir", K),
+            ("Mknod", d),
+            ("Mkdir", d),
+            ("Symlink", sub),
+            ("SetAttr", d),
+        ], kinds
+        assert [op.ino for op in sent if isinstance(op, Mkdir)] == [d, sub]
+        assert {dl for _, dl in meta.sent} == {((K, *GRANT),)}
+        assert not ops._made and not ops._made_subdirs
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_held_back_directory_is_sent_first_by_what_must_follow_it() -> None:
+    """A rename or rmdir of a directory still held back (mkdir then mv, as
+    configure scripts do) goes after it; a directory made under a
+    delegation that ended is no longer written back into."""
+
+    async def main() -> None:
+        meta = FakeMeta()
+        ops = await delegated_mount(meta)
+        await ops.mkdir(K, b"a", 0o755, ctx())
+        await ops.rename(K, b"a", K, b"b", 0, ctx())
+        sent = [type(op).__name__ for batch, _ in meta.sent for op in batch]
+        assert sent == ["Mkdir", "Rename"], meta.sent
+        meta.sent.clear()
+        d = (await ops.mkdir(K, b"c", 0o755, ctx())).st_ino
+        ops._leases.held.recall(K, GRANT)  # type: ignore[union-attr]
+        assert ops._provisional(d) is None
+        assert ops._defers(d) is None  # a create in it now goes the usual way
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

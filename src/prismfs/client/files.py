@@ -166,6 +166,10 @@ class OpenFile:
         self.lost: PrismError | None = None  # the prelude was refused: this file never was
         # the directory delegations the prelude was made under (a mount's write-back)
         self.delegated: tuple[tuple[int, int, int], ...] = ()
+        # What must reach the cluster before the prelude, sent first (not
+        # under this file's lock): a directory it was made in that is held
+        # back too (`prismfs.fuse.deferred.Made`).
+        self.depends: Callable[[], Awaitable[None]] | None = None
         self.session = meta.session  # the session holding it open
         self._staging = False  # a stage in the background holds the lock, uploading
         # attribute changes made meanwhile: they follow its commit (`join_prelude`)
@@ -392,6 +396,8 @@ class OpenFile:
 
     async def settle(self) -> None:
         """Send the prelude (a deferred create) now, without the data."""
+        if self.prelude and self.depends is not None:
+            await self.depends()
         async with self._lock:
             if self.prelude:
                 await self._send([])
@@ -601,6 +607,8 @@ class OpenFile:
         handle wrote are laid over the new content, uploaded again and the
         commit retried: concurrent writers to different bytes of one chunk
         both keep their writes, and a write never shortens the file."""
+        if self.prelude and self.depends is not None:
+            await self.depends()
         async with self._lock:
             return await self._flush_now(after or [])
 

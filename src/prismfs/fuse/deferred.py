@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import stat
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -127,10 +128,10 @@ class Handle:
 
 @dataclass
 class Made:
-    """A symlink made in a directory this mount holds delegated, held back:
-    its `Symlink` (with a reserved inode number) and any attribute changes
-    made to it since, sent in creation order with the held-back creates
-    (`send_preludes`)."""
+    """A symlink or directory made in a directory this mount holds
+    delegated, held back: its `Symlink` or `Mkdir` (with a reserved inode
+    number) and any attribute changes of a symlink made since, sent in
+    creation order with the held-back creates (`send_preludes`)."""
 
     ino: int
     name: tuple[int, bytes]  # (directory, name)
@@ -209,6 +210,7 @@ class DeferredWork(pyfuse3.Operations):
         # symlinks made here and held back, by (directory, name) and by inode
         self._made: dict[tuple[int, bytes], Made] = {}
         self._made_ino: dict[int, Made] = {}
+        self._made_subdirs: dict[int, int] = {}  # directory -> held-back mkdirs in it (nlink)
         self._order = itertools.count(1)  # creation order of held-back creates and symlinks
         self._create_dirs: dict[int, int] = {}  # directory -> time of its latest held create
         self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
@@ -218,6 +220,7 @@ class DeferredWork(pyfuse3.Operations):
             # A delegation something is held back under stays renewed until
             # it is flushed (an upload in the background may take a while).
             self._leases.keep = self._held_keys
+            self._leases.on_delegated = self._retag
 
     # --- write-back under delegations --------------------------------------------------------
 
@@ -226,7 +229,25 @@ class DeferredWork(pyfuse3.Operations):
         change in it now."""
         if self._leases is None or not self.opts.batch_meta:
             return None
-        return self._leases.delegation(key, trio.current_time())
+        own = self._leases.delegation(key, trio.current_time())
+        if own is not None:
+            return own
+        return self._provisional(key)
+
+    def _provisional(self, key: int) -> Delegation | None:
+        """For a directory this mount made and still holds back (`Made`): the
+        delegation of the directory it was made in, if that still lasts
+        under the same grant. Nobody else can reach the new directory
+        before the leader has its `Mkdir`, which comes with what this mount
+        held back under that delegation (a recall sends it first), so what
+        is made inside it is held back under that delegation too."""
+        made = self._made_ino.get(key)
+        if made is None or not made.delegated or not stat.S_ISDIR(made.attr.mode):
+            return None
+        under = made.delegated[0]
+        if self._leases is None:
+            return None
+        return under if self._leases.delegation(under[0], trio.current_time()) == under else None
 
     def _defers(self, parent: int) -> Delegation | bool | None:
         """Whether a create or unlink in ``parent`` may be deferred: its
@@ -270,6 +291,25 @@ class DeferredWork(pyfuse3.Operations):
             await trio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
+    def _retag(self, key: int, delegation: Delegation) -> None:
+        """Directory ``key``, made here, got its first delegation: what is
+        held back in it (made while it was held back itself, under its
+        parent's delegation) is sent under this one from now on. Sent under
+        the parent's, it would be a change of ``key`` under no delegation of
+        it, which the leader applies by continuing this one under a new
+        grant, and then refuses what was held back under the old one."""
+        for handle in self._open.values():
+            if handle.pending and handle.name[0] == key and handle.file.delegated:
+                handle.file.delegated = (delegation,)
+        for made in self._made.values():
+            if made.name[0] == key and made.delegated:
+                made.delegated = (delegation,)
+        for held in self._unlink_under:
+            if held[0] == key:
+                self._unlink_under[held] = delegation
+        if key in self._held_under:
+            self._held_under[key] = delegation
+
     def _held_keys(self) -> set[int]:
         """The directories whose delegations held-back changes were made under."""
         keys = {d[0] for d in self._unlink_under.values()}
@@ -284,6 +324,11 @@ class DeferredWork(pyfuse3.Operations):
     def _held_dirs(self) -> set[int]:
         """The inodes with attribute changes held (`HeldAttrs`)."""
         return {op.ino for op in self._held.ops}
+
+    def _held_waits(self) -> bool:
+        """Whether held attribute changes must wait for what is held back:
+        in the directories they change, or those directories themselves."""
+        return bool(self._held_dirs() & (self._held_keys() | set(self._made_ino)))
 
     def _expiring(self, now: float) -> bool:
         """Whether a delegation held-back changes were made under is about to end."""
@@ -339,7 +384,7 @@ class DeferredWork(pyfuse3.Operations):
             # after its files): the creates go first, or they would move the
             # times again. (Bounded: a program that keeps creating there
             # gets its directory's times sent after five rounds.)
-            if not (held and self._held and self._held_dirs() & self._held_keys()):
+            if not (held and self._held and self._held_waits()):
                 break
             await self._settle_creates(None)
             await self._settle_unlinks()
@@ -347,7 +392,10 @@ class DeferredWork(pyfuse3.Operations):
             await self._send_held()
 
     async def _send_held(self) -> None:
-        """The held chown/chmod/utimens of directories and symlinks, in order."""
+        """The held chown/chmod/utimens of directories and symlinks, in order
+        (after the directories they change, if those are held back)."""
+        if self._held_dirs() & set(self._made_ino):
+            await self._settle_creates(None)
         ops = self._held.take()
         try:
             for start in range(0, len(ops), MAX_BATCH):
@@ -394,7 +442,7 @@ class DeferredWork(pyfuse3.Operations):
         settle = (
             (first and bool(self._unlinks or self._pending or self._made))
             or self._ends_held(op)
-            or bool(self._held_dirs() & self._held_keys())
+            or self._held_waits()
         )
         if settle:
             self.stats.count("fuse.writeback.settled_for_change")
@@ -489,7 +537,12 @@ class DeferredWork(pyfuse3.Operations):
                 out.append(d)
         return tuple(out)
 
-    async def _settle_creates(self, parent: int | None, tail: Lead | None = None) -> None:
+    async def _settle_creates(
+        self, parent: int | None, tail: Lead | None = None, upto: int | None = None
+    ) -> None:
+        """Send the deferred creates (see `_settle`); with ``upto``, only
+        those (and the held-back symlinks and directories) made before the
+        one of that `Handle.order`."""
         if self._leases is not None:
             parent = None  # all of them, in order: a flush keeps a prefix
         todo: list[Handle] = []
@@ -497,9 +550,11 @@ class DeferredWork(pyfuse3.Operations):
             handle = self._deferred(ino)
             if handle is None:
                 del self._pending[key]
-            elif parent is None or key[0] == parent:
+            elif (parent is None or key[0] == parent) and (upto is None or handle.order < upto):
                 todo.append(handle)
         made = list(self._made.values()) if self._leases is not None else []
+        if upto is not None:
+            made = [m for m in made if m.order < upto]
         if not todo and not made:
             return
 
@@ -531,12 +586,14 @@ class DeferredWork(pyfuse3.Operations):
             held += [(m.order, m) for m in made]
             held.sort(key=lambda pair: pair[0])
             await self._send_with_unlinks([item for _, item in held], tail)
-            self._create_dirs = {}  # (the directories' own times now come from the cluster)
+            if upto is None:
+                self._create_dirs = {}  # (the directories' own times now come from the cluster)
             for m in made:
                 self._made_sent(m)
             for handle in todo:
                 if handle.file.lost is not None:
-                    if isinstance(handle.file.lost, DelegationLost):
+                    # (closed already: nobody else can tell the application)
+                    if isinstance(handle.file.lost, DelegationLost) or handle.released:
                         self._note_lost(handle.file.lost)
                     self._lost(handle)
                 if handle.released and not handle.pending:
@@ -548,19 +605,32 @@ class DeferredWork(pyfuse3.Operations):
                     nursery.start_soon(one, handle)
 
     def _made_sent(self, made: Made) -> None:
-        """A held-back symlink's flush came back: it exists now (or never
+        """A held-back symlink's or directory's flush came back: it exists now (or never
         will: the kernel forgets its name)."""
+        if self._made_ino.get(made.ino) is not made:
+            return  # (a flush that ran meanwhile took care of it)
         if made.lost is not None:
-            if isinstance(made.lost, DelegationLost):
-                self._note_lost(made.lost)
-            log.warning("held-back symlink %r failed: %s", made.name[1], made.lost.message)
+            # Acknowledged to the application: the next fsync says so,
+            # whatever the reason (the leader refused its delegation, or
+            # the change itself).
+            self._note_lost(made.lost)
+            kind = "directory" if stat.S_ISDIR(made.attr.mode) else "symlink"
+            log.warning("held-back %s %r failed: %s", kind, made.name[1], made.lost.message)
             pyfuse3.invalidate_entry_async(made.name[0], made.name[1], ignore_enoent=True)
         elif made.prelude:
             return  # an attribute change joined it on the way: the next flush
         if self._made.get(made.name) is made:
             del self._made[made.name]
-        self._made_ino.pop(made.ino, None)
-        if made.lost is None:
+        if self._made_ino.pop(made.ino, None) is not None and stat.S_ISDIR(made.attr.mode):
+            parent = made.name[0]
+            left = self._made_subdirs.get(parent, 0) - 1
+            if left > 0:
+                self._made_subdirs[parent] = left
+            else:
+                self._made_subdirs.pop(parent, None)
+        elif made.lost is None:
+            # (a directory's attributes come from the batch: what was made
+            # in it moved its times and link count since)
             self._recent.put(made.attr, trio.current_time())
 
     async def _send_with_unlinks(self, files: list[Held], tail: Lead | None = None) -> None:

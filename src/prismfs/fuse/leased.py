@@ -142,6 +142,10 @@ class DirLeases:
         # The directories something is held back under: their delegations
         # are renewed while they last, busy or not.
         self.keep: Callable[[], set[int]] | None = None
+        # Called with a directory this mount made and its first delegation,
+        # once installed: what is held back in it is sent under that from
+        # now on (`DeferredWork._retag`).
+        self.on_delegated: Callable[[int, tuple[int, int, int]], None] | None = None
 
     def delegation(self, key: int, now: float) -> tuple[int, int, int] | None:
         """``(key, term, seq)`` of this mount's delegation of directory ``key``
@@ -444,6 +448,20 @@ class DirLeases:
                     self.held.mark(grant.key),
                     exclusive=grant.exclusive,
                 )
+                # What the same batch made in it after its mkdir (a flush of
+                # a mount's write-back): the grant came after all of it.
+                if self.held.gid_of(grant.key) != (grant.term, grant.seq):
+                    continue
+                try:
+                    self.held.write_local(
+                        grant.key,
+                        lambda copy, key=grant.key: _apply(copy, key, ops, decoded, sent_at),  # type: ignore[misc]
+                    )
+                except CannotApply:
+                    self.held.drop(grant.key)
+                    continue
+                if grant.exclusive and self.on_delegated is not None:
+                    self.on_delegated(grant.key, (grant.key, grant.term, grant.seq))
 
     def _changed_owned(
         self,

@@ -120,6 +120,11 @@ class PrismOperations(DeferredWork):
     async def _layout(self, directory: int) -> tuple[Layout, Attr]:
         """The layout for new files in ``directory`` and its attributes, cached
         for ``entry_timeout``."""
+        made = self._made_ino.get(directory)
+        if made is not None and stat.S_ISDIR(made.attr.mode):
+            # Held back here: it has no layout of its own (yet), so its parent's.
+            layout, _ = await self._layout(made.name[0])
+            return layout, made.attr
         now = trio.current_time()
         cached = self._layouts.get(directory)
         if cached is not None and now - cached[0] < max(self.opts.entry_timeout, 0.1):
@@ -182,7 +187,7 @@ class PrismOperations(DeferredWork):
         e = pyfuse3.EntryAttributes()
         e.st_ino = a.ino
         e.st_mode = a.mode
-        e.st_nlink = a.nlink
+        e.st_nlink = a.nlink + self._made_subdirs.get(a.ino, 0)  # (mkdirs held back in it)
         e.st_uid = a.uid
         e.st_gid = a.gid
         handle = self._open.get(a.ino)
@@ -285,6 +290,12 @@ class PrismOperations(DeferredWork):
         assert leases is not None
         check_name(name)  # a name too long is ENAMETOOLONG, never "not there"
         now = trio.current_time()
+        under = self._provisional(parent)
+        if under is not None:
+            # A directory made here and held back: every name in it was made
+            # here too (`lookup` checked those), so any other is free.
+            self.stats.count("fuse.lookup.made_here")
+            return self._negative(parent, name, leases.left(under[0], now))
         known, attr, left, attr_left = leases.name(parent, name, now, self.opts.attr_timeout)
         if known and (attr is None or attr.ino not in self._unlinked):
             self.stats.count("fuse.lookup.leased")
@@ -490,7 +501,7 @@ class PrismOperations(DeferredWork):
             handle.attr = msgspec.structs.replace(handle.attr, ctime_ns=now, **changes)
             return self._entry(handle.attr)
         made = self._made_ino.get(inode)
-        if made is not None and not fields.update_size:
+        if made is not None and not fields.update_size and not stat.S_ISDIR(made.attr.mode):
             # A symlink held back (tar's lchown and utimensat): the change
             # joins its Symlink, in the same batch.
             now = now_ns()
@@ -500,6 +511,8 @@ class PrismOperations(DeferredWork):
             made.attr = msgspec.structs.replace(made.attr, ctime_ns=now, **changes)
             return self._entry(made.attr)
         base = self._recent.get(inode, trio.current_time())
+        if made is not None:
+            base = made.attr  # a directory held back: its changes wait for what is made in it
         # With leases, only a directory this mount holds delegated, or a
         # symlink it made in one: another mount's read of it (or of its
         # directory) recalls the delegation, which sends these first.
@@ -584,6 +597,9 @@ class PrismOperations(DeferredWork):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         self._changed.bump(parent_inode)
+        held = await self._made_written_back(parent_inode, name, ctx, mode=mode)
+        if held is not None:
+            return held
         attr = await self._change(
             Mkdir(now_ns(), parent_inode, name, mode, ctx.uid, ctx.gid), first=True
         )
@@ -592,22 +608,23 @@ class PrismOperations(DeferredWork):
         self._bare_now(attr.ino)
         return self._named(parent_inode, name, self._known(parent_inode, name, attr))
 
-    async def _symlink_written_back(
-        self, parent: int, name: bytes, target: bytes, ctx: Any
+    async def _made_written_back(
+        self, parent: int, name: bytes, ctx: Any, *, target: bytes = b"", mode: int = 0
     ) -> pyfuse3.EntryAttributes | None:
-        """A symlink made in a directory this mount holds delegated, to a
-        name it knows is free: answered here with an inode number from the
-        reserved range, its `Symlink` held back and sent with the creates,
-        in the order made (`send_preludes`). None where it goes the usual
+        """A symlink (``target``) or directory (``mode``) made in a directory
+        this mount holds delegated, to a name it knows is free: answered
+        here with an inode number from the reserved range, its `Symlink` or
+        `Mkdir` held back and sent with the creates, in the order made
+        (`send_preludes`). A directory so made is delegated to this mount
+        with its parent (`_provisional`). None where it goes the usual
         way: no delegation, held times of the directory (they go first),
         anything held back under that name, or a target the leader refuses
         (it says why)."""
+        link = not mode
         if (
             self._leases is None
             or parent in self._held
-            or not target
-            or len(target) > 4095
-            or b"\0" in target
+            or (link and (not target or len(target) > 4095 or b"\0" in target))
         ):
             return None
         check_name(name)
@@ -617,6 +634,8 @@ class PrismOperations(DeferredWork):
             assert self._leases is not None
             if not isinstance(self._defers(parent), tuple) or self._holds_name(key):
                 return False
+            if self._provisional(parent) is not None:
+                return True  # (every name in it was made here: `_holds_name`)
             known, there, _, _ = self._leases.name(
                 parent, name, trio.current_time(), self.opts.attr_timeout
             )
@@ -634,18 +653,29 @@ class PrismOperations(DeferredWork):
         defers = self._defers(parent)
         assert isinstance(defers, tuple)
         stamp = now_ns()
-        mode, gid = inherit_from_parent(directory, stat.S_IFLNK | 0o777, ctx.gid)
-        attr = Attr(ino, mode, 1, ctx.uid, gid, len(target), stamp, stamp, stamp)
-        op = Symlink(stamp, parent, name, target, ctx.uid, ctx.gid, ino=ino)
+        op: Symlink | Mkdir
+        if link:
+            kind, gid = inherit_from_parent(directory, stat.S_IFLNK | 0o777, ctx.gid)
+            attr = Attr(ino, kind, 1, ctx.uid, gid, len(target), stamp, stamp, stamp)
+            op = Symlink(stamp, parent, name, target, ctx.uid, ctx.gid, ino=ino)
+        else:
+            kind, gid = inherit_from_parent(directory, stat.S_IFDIR | stat.S_IMODE(mode), ctx.gid)
+            attr = Attr(ino, kind, 2, ctx.uid, gid, 0, stamp, stamp, stamp)
+            op = Mkdir(stamp, parent, name, mode, ctx.uid, ctx.gid, ino=ino)
         made = Made(ino, key, attr, target, [op], (defers,), trio.current_time(), next(self._order))
         self._made[key] = self._made_ino[ino] = made
-        if len(self._made_in) > 100_000:
-            self._made_in.clear()
-        self._made_in[ino] = parent
+        if link:
+            if len(self._made_in) > 100_000:
+                self._made_in.clear()
+            self._made_in[ino] = parent
+        else:
+            self._made_subdirs[parent] = self._made_subdirs.get(parent, 0) + 1
+            self._leases.saw(attr)
+            self._recent.put(attr, trio.current_time())
         self._create_dirs[parent] = max(stamp, self._create_dirs.get(parent, 0))
         self._bare_now(ino)
         self._known(parent, name, attr)
-        self.stats.count("fuse.writeback.symlinks")
+        self.stats.count("fuse.writeback.symlinks" if link else "fuse.writeback.mkdirs")
         return self._named(parent, name, attr)
 
     def _holds_name(self, key: tuple[int, bytes]) -> bool:
@@ -703,7 +733,7 @@ class PrismOperations(DeferredWork):
     ) -> pyfuse3.EntryAttributes:
         self._writable()
         self._changed.bump(parent_inode)
-        held = await self._symlink_written_back(parent_inode, name, target, ctx)
+        held = await self._made_written_back(parent_inode, name, ctx, target=target)
         if held is not None:
             return held
         attr = await self._change(
@@ -999,8 +1029,14 @@ class PrismOperations(DeferredWork):
         mode, gid = inherit_from_parent(parent, mode, ctx.gid)
         attr = Attr(ino, mode, 1, ctx.uid, gid, 0, now, now, now)
         f = OpenFile(self.meta, self.data, ino, layout, max_dirty=self.opts.writeback_mb << 20)
+        order = next(self._order)
         if isinstance(defers, tuple):
             f.delegated = (defers,)
+            if self._provisional(parent_inode) is not None:
+                # Made in a directory held back too: whatever sends this
+                # file's create alone (a truncate, an fsync) sends that
+                # first, with everything made before it.
+                f.depends = functools.partial(self._settle_creates, None, None, order)
         f.prelude.append(
             Mknod(
                 now,
@@ -1019,7 +1055,7 @@ class PrismOperations(DeferredWork):
             attr=attr,
             created=trio.current_time(),
             name=(parent_inode, name),
-            order=next(self._order),
+            order=order,
         )
         self._pending[(parent_inode, name)] = ino
         self._create_dirs[parent_inode] = max(now, self._create_dirs.get(parent_inode, 0))
@@ -1126,7 +1162,8 @@ class PrismOperations(DeferredWork):
     @_op
     async def opendir(self, inode: int, ctx: Any) -> int:
         now = trio.current_time()
-        attr = self._recent.get(inode, now)  # only for relatime
+        made = self._made_ino.get(inode)
+        attr = made.attr if made is not None else self._recent.get(inode, now)  # (relatime)
         if attr is None:
             attr = await self.meta.getattr(inode)
             self._recent.put(attr, now)
