@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from prismfs.errors import AlreadyExists
+from prismfs.errors import AlreadyExists, PrismError
 from prismfs.fuse.deferred import MountOptions
 from prismfs.fuse.leased import MARGIN_S, DirCopy
 from prismfs.fuse.ops import PrismOperations
@@ -284,7 +284,11 @@ def test_an_unlink_of_a_held_back_symlink_goes_after_it() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-def test_a_held_back_symlink_the_leader_refuses_is_forgotten(monkeypatch: Any) -> None:
+def test_a_held_back_symlink_or_directory_the_leader_refuses_is_forgotten_and_reported(
+    monkeypatch: Any,
+) -> None:
+    # Acknowledged to the application already: the next fsync (here
+    # `prismfs sync`) fails with EIO, whatever the leader's reason.
     invalidated = []
     monkeypatch.setattr(
         "pyfuse3.invalidate_entry_async", lambda *a, **kw: invalidated.append(a[:2])
@@ -294,7 +298,7 @@ def test_a_held_back_symlink_the_leader_refuses_is_forgotten(monkeypatch: Any) -
         async def batch(self, ops: list[MetaCommand], **kw: Any) -> list[Any]:
             results = await super().batch(ops, **kw)
             return [
-                AlreadyExists("taken") if isinstance(op, Symlink) else r
+                AlreadyExists("taken") if isinstance(op, (Symlink, Mkdir)) else r
                 for op, r in zip(ops, results, strict=True)
             ]
 
@@ -308,6 +312,17 @@ def test_a_held_back_symlink_the_leader_refuses_is_forgotten(monkeypatch: Any) -
         with pytest.raises(pyfuse3.FUSEError) as err:
             await ops.readlink(entry.st_ino, ctx())
         assert err.value.errno in (errno.ENOENT, errno.EIO)
+        with pytest.raises(PrismError) as lost:
+            await ops.sync_all()
+        assert lost.value.errno == errno.EIO
+        await ops.sync_all()  # (once)
+        d = (await ops.mkdir(K, b"d", 0o755, ctx())).st_ino
+        assert d in ops._made_ino
+        await ops._settle()
+        assert invalidated[-1] == (K, b"d") and not ops._made_subdirs
+        with pytest.raises(PrismError) as lost:
+            await ops.sync_all()
+        assert lost.value.errno == errno.EIO
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 

@@ -329,6 +329,14 @@ class DelegationLost(PrismError):
     errno = _errno.EIO
 
 
+class WriteBackLost(PrismError):
+    """Changes this mount acknowledged and held back were refused when it sent
+    them (a name taken, a parent gone): they were not applied (EIO)."""
+
+    code = "writeback_lost"
+    errno = _errno.EIO
+
+
 class SessionExpired(PrismError):
     """The client session is unknown or its lease ran out; open files were released."""
 

@@ -67,6 +67,7 @@ from prismfs.meta.commands import (
     ChunkRecord,
     CommitChunks,
     MetaCommand,
+    Mkdir,
     Mknod,
     Rename,
     Symlink,
@@ -894,7 +895,7 @@ async def _send_group(
         at += len(prelude)
         for op, result in zip(prelude, mine, strict=True):
             if isinstance(result, PrismError):
-                if isinstance(op, (Mknod, Symlink)):
+                if isinstance(op, (Mknod, Symlink, Mkdir)):
                     f.lost = result  # (the name was taken: this file never was)
                 else:
                     log.warning("inode %d: %r failed: %s", f.ino, op, result.message)

@@ -52,6 +52,7 @@ first, so the directory's times end as POSIX orders them.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import stat
@@ -63,7 +64,7 @@ import trio
 from prismfs.client.data import DataClient
 from prismfs.client.files import Held, Lead, OpenFile, Uploads, send_preludes
 from prismfs.data.layout import Layout
-from prismfs.errors import DelegationLost, PrismError
+from prismfs.errors import DelegationLost, PrismError, WriteBackLost
 from prismfs.exception_groups import single_exception
 from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
 from prismfs.fuse.leased import DirLeases
@@ -259,9 +260,11 @@ class DeferredWork(pyfuse3.Operations):
         return self._delegation(parent)
 
     def _note_lost(self, exc: PrismError) -> None:
-        """Held-back changes the leader refused: the next fsync says so."""
+        """Held-back changes the leader refused: the next fsync says so (EIO)."""
         log.error("changes held back in this mount were lost: %s", exc.message)
         self.stats.count("fuse.writeback.lost")
+        if exc.errno != errno.EIO:
+            exc = WriteBackLost(f"changes held back in this mount were refused: {exc.message}")
         self._wb_lost = exc
 
     def _check_lost(self) -> None:
