@@ -24,6 +24,7 @@ Plain data structures: the caller passes the time (trio's clock).
 from __future__ import annotations
 
 import stat
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import msgspec
@@ -142,9 +143,17 @@ class HeldAttrs:
         changes["ctime_ns"] = max(attr.ctime_ns, changes["ctime_ns"])
         return msgspec.structs.replace(attr, **changes)
 
-    def take(self) -> list[SetAttr]:
-        """The held ops, to be sent; shown until `done` or `put_back`."""
-        ops, self.ops, self._changes, self.since = self.ops, [], {}, None
+    def take(self, leave: Container[int] = ()) -> list[SetAttr]:
+        """The held ops, to be sent; shown until `done` or `put_back`. Those
+        of the inodes in ``leave`` (directories held back themselves: their
+        changes must not reach the cluster before them) stay held, in order."""
+        ops, self.ops, self._changes, since = self.ops, [], {}, self.since
+        self.since = None
+        stay = [op for op in ops if op.ino in leave] if leave else []
+        if stay:
+            ops = [op for op in ops if op.ino not in leave]
+            for op in stay:
+                self.hold(op, _fields(op), since if since is not None else 0.0)
         if ops:
             self._sending.append(ops)
         return ops

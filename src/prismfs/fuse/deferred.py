@@ -331,7 +331,21 @@ class DeferredWork(pyfuse3.Operations):
     def _held_waits(self) -> bool:
         """Whether held attribute changes must wait for what is held back:
         in the directories they change, or those directories themselves."""
-        return bool(self._held_dirs() & (self._held_keys() | set(self._made_ino)))
+        dirs = self._held_dirs()
+        return bool(dirs and dirs & (self._held_keys() | self._waiting()))
+
+    def _waiting(self) -> set[int]:
+        """The directories whose held attribute changes must not go yet:
+        those held back themselves, and those something is held back in.
+        (By directory, not by delegation: what is made in a directory held
+        back itself goes under its parent's, `_provisional`.) A create or
+        unlink in a directory with held changes sends those first, so what
+        is held back in it was made before them."""
+        waiting = set(self._made_ino)
+        waiting |= {h.name[0] for h in self._open.values() if h.pending}
+        waiting |= {m.name[0] for m in self._made.values()}
+        waiting |= {parent for parent, _ in self._unlinks}
+        return waiting
 
     def _expiring(self, now: float) -> bool:
         """Whether a delegation held-back changes were made under is about to end."""
@@ -397,9 +411,11 @@ class DeferredWork(pyfuse3.Operations):
     async def _send_held(self) -> None:
         """The held chown/chmod/utimens of directories and symlinks, in order
         (after the directories they change, if those are held back)."""
-        if self._held_dirs() & set(self._made_ino):
+        if self._held_waits():
             await self._settle_creates(None)
-        ops = self._held.take()
+        # (what was made meanwhile in a directory whose times are held, or
+        # the directory itself: the times go after it, next time)
+        ops = self._held.take(leave=self._waiting())
         try:
             for start in range(0, len(ops), MAX_BATCH):
                 part = ops[start : start + MAX_BATCH]
@@ -459,7 +475,10 @@ class DeferredWork(pyfuse3.Operations):
         todo, open_ops = self._take_opens(len(self._opens)) if opens else ([], [])
         if not settle and not self._held and not open_ops and not own:
             return await self.meta.propose(op)
-        ops = self._held.take()
+        # Riding a flush (``settle``), the held changes go after everything
+        # held back now; sent after a flush (`_settle` above), those of a
+        # directory made meanwhile wait for it (they were made after ``op``).
+        ops = self._held.take() if settle else self._held.take(leave=self._waiting())
         parents: list[Attr] = []
         try:
             delegated = tuple(set(own) | set(self._held_delegations(ops)))

@@ -1265,6 +1265,8 @@ class PrismOperations(DeferredWork):
             self.stats.reset()  # `prismfs mount stats --reset`
             return
         self._writable()
+        if name in ACL_XATTRS:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self._settle()
         try:
             await self.meta.setxattr(inode, _to_meta(name), value)
@@ -1277,7 +1279,7 @@ class PrismOperations(DeferredWork):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         if name == STATS_XATTR:
             return json.dumps(self.stats.to_dict(), separators=(",", ":")).encode()
-        if self._deferred(inode) is not None or inode in self._made_ino:
+        if name in ACL_XATTRS or self._deferred(inode) is not None or inode in self._made_ino:
             # A deferred create has no attributes yet (a setxattr settles it).
             raise pyfuse3.FUSEError(errno.ENODATA)
         now = trio.current_time()
@@ -1306,6 +1308,8 @@ class PrismOperations(DeferredWork):
     @_op
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
         self._writable()
+        if name in ACL_XATTRS:
+            raise pyfuse3.FUSEError(errno.ENODATA)
         await self._settle()
         try:
             await self.meta.removexattr(inode, _to_meta(name))
@@ -1360,6 +1364,12 @@ Linux sends a FUSE file system nothing on sync(2) or syncfs(2)."""
 STATS_XATTR = b"user.prismfs.stats"
 """Reading it on any path of a mount gives the mount's counters as JSON (`prismfs.stats`);
 setting it resets them (`prismfs mount stats`)."""
+ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
+"""POSIX ACLs, which PrismFS does not support: the kernel passes them to a FUSE
+file system without ``FUSE_POSIX_ACL`` as plain extended attributes, and
+would not enforce one stored. Setting one fails with EOPNOTSUPP (``cp -a``
+and ``rsync -A`` then set the mode instead, which is held back like any
+chmod); reading or removing one finds none."""
 
 
 def _dot_entry(ino: int) -> pyfuse3.EntryAttributes:
