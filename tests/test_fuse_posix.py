@@ -31,8 +31,12 @@ pytestmark = pytest.mark.timeout(120)
 CHUNK = 65536
 
 
-@pytest.fixture(scope="module")
-def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+@pytest.fixture(scope="module", params=["", "sync_meta"], ids=["write-back", "sync_meta"])
+def mounted(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Mount]:
+    """One mount with write-back (the default), one without (``sync_meta``):
+    each test runs on both."""
     assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
     m = Mount(tmp_path_factory.mktemp("fuse"))
     # pytest's temporary directories are 0700: an unprivileged uid could not
@@ -41,7 +45,7 @@ def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     m.point.chmod(0o755)
     try:
         m.up()
-        point = m.mount("allow_other")
+        point = m.mount(",".join(o for o in ("allow_other", request.param) if o))
         small = point / "small"
         small.mkdir()
         os.setxattr(small, "user.prismfs.layout", b"k=2,m=3,chunk=64K")

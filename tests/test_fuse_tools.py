@@ -41,6 +41,12 @@ def same_tree(dst: Path) -> None:
         sh("diff", "-r", str(STDLIB / name), str(dst / name))
 
 
+BOTH_WAYS = pytest.mark.parametrize(
+    "mounted", ["", ",sync_meta"], ids=["write-back", "sync_meta"], indirect=True
+)
+"""With write-back (the default) and without (``sync_meta``)."""
+
+
 def start_copy(dst: Path) -> subprocess.Popen[str]:
     """The test tree copied into ``dst`` by another process (an application that
     must see no error while nodes die under it)."""
@@ -57,17 +63,18 @@ def start_copy(dst: Path) -> subprocess.Popen[str]:
 
 
 @pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[Mount]:
+def mounted(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Mount]:
     assert fuse_available(), "/dev/fuse is missing: the FUSE tests cannot run"
     m = Mount(tmp_path)
     try:
         m.up()
-        m.mount("failtimeout=20")
+        m.mount("failtimeout=20" + getattr(request, "param", ""))
         yield m
     finally:
         m.cleanup()
 
 
+@BOTH_WAYS
 def test_cp_diff_rsync_tar(mounted: Mount, tmp_path: Path) -> None:
     mnt = mounted.point
     copy_tree(mnt / "cp")
@@ -82,6 +89,7 @@ def test_cp_diff_rsync_tar(mounted: Mount, tmp_path: Path) -> None:
     assert sh("tar", "df", str(archive), "-C", str(mnt / "tar")) == ""  # timestamps too
 
 
+@BOTH_WAYS
 def test_git(mounted: Mount) -> None:
     repo = mounted.point / "repo"
     repo.mkdir()
