@@ -346,6 +346,7 @@ def test_a_recalled_delegation_lasts_while_its_holder_flushes_up_to_a_bound() ->
     t.recalled("k", "a", g)  # type: ignore[arg-type]
     t.flushing("a", now=100.2)
     assert t.delegate_of("k", 100.2) is None and t.ready_at("k", 100.2) == 100.2
+    assert not t._recalling  # (an acknowledged recall is not kept)
 
 
 @pytest.mark.parametrize(

@@ -1280,7 +1280,8 @@ class PrismOperations(DeferredWork):
         if name == STATS_XATTR:
             return json.dumps(self.stats.to_dict(), separators=(",", ":")).encode()
         if name in ACL_XATTRS or self._deferred(inode) is not None or inode in self._made_ino:
-            # A deferred create has no attributes yet (a setxattr settles it).
+            # No ACLs (`ACL_XATTRS`); a deferred create has no attributes yet
+            # (a setxattr settles it).
             raise pyfuse3.FUSEError(errno.ENODATA)
         now = trio.current_time()
         bare = self._bare.get(inode)

@@ -317,6 +317,10 @@ class LeaseTable:
         delegate = self.delegate_of(key, now)
         if delegate is not None and delegate != writer:
             state.shared_until = now + self.pingpong_s  # a conflict: shared for a while
+            if len(self._recalling) >= MAX_LAPSED:
+                # (holders gone without acknowledging: their flushes are
+                # merely no longer kept going, the safe side)
+                self._recalling.clear()
             self._recalling.setdefault(delegate, set()).add(key)
         state.touched = True
         self.lapsed.pop(key, None)
@@ -339,6 +343,11 @@ class LeaseTable:
 
     def recalled(self, key: Hashable, holder: str, gid: GrantId) -> None:
         """``holder`` acknowledged the recall of its grants up to ``gid``."""
+        recalling = self._recalling.get(holder)
+        if recalling is not None:
+            recalling.discard(key)
+            if not recalling:
+                del self._recalling[holder]
         state = self._keys.get(key)
         if state is None:
             return
