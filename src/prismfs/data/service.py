@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+import trio
+
 from prismfs.data.codec import shard_checksum
 from prismfs.data.messages import (
     DeleteShards,
@@ -28,6 +30,7 @@ from prismfs.data.messages import (
     VerifyShards,
 )
 from prismfs.data.stores import ShardStore, validate_shard_id
+from prismfs.data.stores.threaded import ThreadedStore
 from prismfs.errors import CorruptShard, InvalidArgument, NotFound
 from prismfs.wire.server import Call, Reply, RpcServer
 
@@ -49,7 +52,11 @@ class ShardService:
 
     async def _put(self, request: PutShard, call: Call) -> ShardPut:
         validate_shard_id(request.shard_id)
-        if shard_checksum(call.payload) != request.checksum:
+        if isinstance(self.store, ThreadedStore):
+            # checked and written in one worker thread, off the event loop
+            await self.store.put_checked(request.shard_id, call.payload, request.checksum)
+            return ShardPut(len(call.payload))
+        if await trio.to_thread.run_sync(shard_checksum, call.payload) != request.checksum:
             raise InvalidArgument(
                 f"shard {request.shard_id}: payload does not match its checksum "
                 "(damaged in transit)"

@@ -56,7 +56,9 @@ class ShardStore(Protocol):
         """Store durably (on return the shard survives a crash); replaces an existing one."""
         ...
 
-    async def get(self, shard_id: str, offset: int = 0, length: int | None = None) -> bytes: ...
+    async def get(
+        self, shard_id: str, offset: int = 0, length: int | None = None
+    ) -> bytes | bytearray: ...
 
     async def delete(self, shard_id: str) -> bool:
         """True if it existed."""

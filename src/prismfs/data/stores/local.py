@@ -7,6 +7,16 @@ and fsyncs the directory (and a new fan-out directory's parent), so a crash
 leaves the old shard or the new one, never a torn one. The temporary files a
 crash leaves are removed when the node starts again (`clean_temporary`).
 Blocking file work runs in worker threads (`ThreadedStore`).
+
+Reads go through a small cache of open file descriptors (`OpenShards`): a
+read of a shard read lately is one ``pread``, not open, seek, read and
+close. It is first tried on the event loop with ``RWF_NOWAIT``, which
+answers from the page cache or refuses at once, so a read of cached bytes
+costs no thread hop; only a read that must wait for the disk goes to a
+worker thread. A cached descriptor whose file was unlinked or renamed over
+since (a delete or a new put of that shard, by this process or anyone)
+has no links left; `get` sees that in its ``fstat`` and opens the path
+again, so a cached descriptor never serves a shard that is gone.
 """
 
 from __future__ import annotations
@@ -16,6 +26,9 @@ import errno
 import itertools
 import os
 import shutil
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +40,115 @@ from prismfs.durable import fsync_dir, write_all
 from prismfs.errors import ConfigError, NoSpace, NotFound, StorageError
 
 TMP_MARK = ".tmp"
+OPEN_SHARDS = 256  # descriptors kept open for reads
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+@dataclass
+class _Descriptor:
+    fd: int
+    users: int = 0
+    dropped: bool = False  # out of the cache: closed by its last user
+
+
+class OpenShards:
+    """Read-only descriptors of the shards read last (LRU, ``capacity``).
+
+    Used from the event loop and from worker threads at once, so every
+    change is under one lock. A descriptor in use is never closed under
+    its user: eviction and `drop` mark it, and the last `release` closes it
+    (its number could otherwise be reused by another open and read as the
+    wrong file)."""
+
+    def __init__(self, capacity: int = OPEN_SHARDS) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, _Descriptor] = OrderedDict()
+
+    def take(self, shard_id: str) -> _Descriptor | None:
+        """The cached descriptor of this shard, held for the caller, or None."""
+        with self._lock:
+            found = self._open.get(shard_id)
+            if found is not None:
+                self._open.move_to_end(shard_id)
+                found.users += 1
+            return found
+
+    def open(self, shard_id: str, path: Path) -> _Descriptor:
+        """This shard's descriptor, held for the caller, opened if needed
+        (blocking: call it in a worker thread). Raises FileNotFoundError."""
+        found = self.take(shard_id)
+        if found is not None:
+            return found
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        closing: list[int] = []
+        with self._lock:
+            found = self._open.get(shard_id)
+            if found is not None:  # another thread opened it meanwhile
+                closing.append(fd)
+            else:
+                found = self._open[shard_id] = _Descriptor(fd)
+                while len(self._open) > self.capacity:
+                    _, old = self._open.popitem(last=False)
+                    old.dropped = True
+                    if not old.users:
+                        closing.append(old.fd)
+            found.users += 1
+        for n in closing:
+            os.close(n)
+        return found
+
+    def release(self, desc: _Descriptor) -> None:
+        with self._lock:
+            desc.users -= 1
+            close = desc.dropped and not desc.users
+        if close:
+            os.close(desc.fd)
+
+    def drop(self, shard_id: str) -> None:
+        """Forget this shard's descriptor (its file was replaced or deleted)."""
+        with self._lock:
+            desc = self._open.pop(shard_id, None)
+            if desc is None:
+                return
+            desc.dropped = True
+            close = not desc.users
+        if close:
+            os.close(desc.fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for desc in self._open.values():
+                desc.dropped = True
+                if not desc.users:
+                    os.close(desc.fd)
+            self._open.clear()
+
+
+def _read_at(fd: int, offset: int, length: int | None, flags: int) -> bytearray | None:
+    """``length`` bytes (None: to the end) at ``offset``, or None if the file
+    has no links left (deleted or replaced since it was opened). With
+    ``RWF_NOWAIT`` in ``flags``, BlockingIOError unless all of it is cached."""
+    st = os.fstat(fd)
+    if st.st_nlink == 0:
+        return None
+    size = max(0, st.st_size - offset)
+    want = size if length is None else min(length, size)
+    if want == 0:
+        return bytearray()
+    buf = bytearray(want)
+    got = 0
+    view = memoryview(buf)
+    while got < want:
+        n = os.preadv(fd, [view[got:]], offset + got, flags)
+        if n == 0:
+            break  # shortened meanwhile: what there is
+        if flags and n < want - got:
+            raise BlockingIOError(errno.EAGAIN, "partly cached")
+        got += n
+    view.release()
+    del buf[got:]  # (shortened meanwhile: what there is)
+    return buf
 
 
 class LocalStore(ThreadedStore):
@@ -36,6 +158,7 @@ class LocalStore(ThreadedStore):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp_seq = itertools.count(1)  # next() is atomic: puts run in several threads
+        self.open_shards = OpenShards()
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LocalStore:
@@ -63,6 +186,7 @@ class LocalStore(ThreadedStore):
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+            self.open_shards.drop(shard_id)
             fsync_dir(path.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -101,13 +225,34 @@ class LocalStore(ThreadedStore):
                             removed += 1
         return removed
 
-    def _get(self, shard_id: str, offset: int, length: int | None) -> bytes:
+    async def get(
+        self, shard_id: str, offset: int = 0, length: int | None = None
+    ) -> bytes | bytearray:
+        desc = self.open_shards.take(validate_shard_id(shard_id)) if _NOWAIT else None
+        if desc is not None:
+            try:
+                data = _read_at(desc.fd, offset, length, _NOWAIT)
+                if data is not None:
+                    return data
+            except OSError:
+                pass  # not (all) in the page cache, or failing: in a thread, below
+            finally:
+                self.open_shards.release(desc)
+        return await super().get(shard_id, offset, length)
+
+    def _get(self, shard_id: str, offset: int, length: int | None) -> bytearray:
         path = self._path(shard_id)
         try:
-            with open(path, "rb") as f:
-                if offset:
-                    f.seek(offset)
-                return f.read() if length is None else f.read(length)
+            for _ in range(3):
+                desc = self.open_shards.open(shard_id, path)
+                try:
+                    data = _read_at(desc.fd, offset, length, 0)
+                finally:
+                    self.open_shards.release(desc)
+                if data is not None:
+                    return data
+                self.open_shards.drop(shard_id)  # replaced or deleted: open it anew
+            raise StorageError(f"shard {shard_id} keeps being replaced while it is read")
         except FileNotFoundError:
             raise NotFound(f"no shard {shard_id}") from None
         except OSError as exc:
@@ -119,8 +264,13 @@ class LocalStore(ThreadedStore):
             path.unlink()
         except FileNotFoundError:
             return False
+        finally:
+            self.open_shards.drop(shard_id)
         fsync_dir(path.parent)
         return True
+
+    def _close(self) -> None:
+        self.open_shards.close()
 
     def _list(self, after: str, limit: int) -> list[str]:
         out: list[str] = []

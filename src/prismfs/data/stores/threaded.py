@@ -6,7 +6,9 @@ import abc
 
 import trio
 
+from prismfs.data.codec import shard_checksum
 from prismfs.data.stores import Capacity, ShardStat
+from prismfs.errors import InvalidArgument
 
 
 class ThreadedStore(abc.ABC):
@@ -20,7 +22,7 @@ class ThreadedStore(abc.ABC):
     def _put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None: ...
 
     @abc.abstractmethod
-    def _get(self, shard_id: str, offset: int, length: int | None) -> bytes: ...
+    def _get(self, shard_id: str, offset: int, length: int | None) -> bytes | bytearray: ...
 
     @abc.abstractmethod
     def _delete(self, shard_id: str) -> bool: ...
@@ -40,7 +42,25 @@ class ThreadedStore(abc.ABC):
     async def put(self, shard_id: str, data: bytes | bytearray | memoryview) -> None:
         await trio.to_thread.run_sync(self._put, shard_id, data)
 
-    async def get(self, shard_id: str, offset: int = 0, length: int | None = None) -> bytes:
+    async def put_checked(
+        self, shard_id: str, data: bytes | bytearray | memoryview, checksum: bytes
+    ) -> None:
+        """`put`, if ``data`` matches ``checksum`` (xxh3-128), else `InvalidArgument`:
+        the checksum in the same worker thread as the write, not on the event loop."""
+        await trio.to_thread.run_sync(self._put_checked, shard_id, data, checksum)
+
+    def _put_checked(
+        self, shard_id: str, data: bytes | bytearray | memoryview, checksum: bytes
+    ) -> None:
+        if shard_checksum(data) != checksum:
+            raise InvalidArgument(
+                f"shard {shard_id}: payload does not match its checksum (damaged in transit)"
+            )
+        self._put(shard_id, data)
+
+    async def get(
+        self, shard_id: str, offset: int = 0, length: int | None = None
+    ) -> bytes | bytearray:
         return await trio.to_thread.run_sync(self._get, shard_id, offset, length)
 
     async def delete(self, shard_id: str) -> bool:
