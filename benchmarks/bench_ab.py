@@ -9,9 +9,10 @@ table gives each workload's median per revision and the ratio B / A (above 1:
 B is better; times are inverted). The machine is shared, so only the ratio of
 one run means anything.
 
-    .venv/bin/python benchmarks/bench_ab.py REV_A REV_B [--runs 2] [--size-mib 256] [--tools]
+    .venv/bin/python benchmarks/bench_ab.py REV_A REV_B [--runs 2] [--size-mib 256] [--tools|--data]
 
-``--tools`` runs ``toolsbench.sh`` instead (``cp -a /usr/share/doc``, ``tar x``
+``--data`` runs only fsbench's fio workloads (sequential write and read, 4 KiB
+random reads). ``--tools`` runs ``toolsbench.sh`` instead (``cp -a /usr/share/doc``, ``tar x``
 and ``rsync -a`` of the Python standard library, ``rm -rf``: seconds each).
 """
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--tools", action="store_true", help="run toolsbench.sh, not fsbench.sh")
+    parser.add_argument("--data", action="store_true", help="only fsbench.sh's fio workloads")
     args = parser.parse_args(argv)
     base = Path(tempfile.mkdtemp(prefix="prismfs-bench-ab-"))
     trees: dict[str, Path] = {}
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 work = base / f"run-{run}-{label}"
                 work.mkdir()
                 with prismfs(work, trees[label] / "src") as point:
-                    results[label].append(run_fsbench(point, label, args.size_mib, script))
+                    extra = ["data"] if args.data and not args.tools else []
+                    results[label].append(run_fsbench(point, label, args.size_mib, script, *extra))
                 shutil.rmtree(work, ignore_errors=True)
     finally:
         for tree in trees.values():

@@ -123,11 +123,11 @@ def prismfs(
 
 
 def run_fsbench(
-    point: Path, label: str, size: int, script: str = "fsbench.sh"
+    point: Path, label: str, size: int, script: str = "fsbench.sh", *extra: str
 ) -> dict[str, tuple[float, str]]:
     """Run ``script`` (``fsbench.sh`` or ``toolsbench.sh``) on ``point``; its rows."""
     out = subprocess.run(
-        ["bash", str(HERE / script), str(point), label, str(size)],
+        ["bash", str(HERE / script), str(point), label, str(size), *extra],
         capture_output=True,
         text=True,
         timeout=3600,

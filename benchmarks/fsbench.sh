@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fsbench.sh MOUNTPOINT LABEL [SIZE_MIB]
+# fsbench.sh MOUNTPOINT LABEL [SIZE_MIB] [data]
 #
 # The same workloads on any mounted file system, one result per line:
 #   LABEL <workload> <value> <unit>
@@ -10,11 +10,13 @@
 # (files/s); copy-stdlib: the Python standard library without site-packages,
 # tests and caches, copied with a tar pipe (keeps modes and times, like
 # cp -a) (seconds); rm: rm -rf of all of it (seconds). Everything is made under
-# MOUNTPOINT/fsbench-LABEL-PID and removed at the end.
+# MOUNTPOINT/fsbench-LABEL-PID and removed at the end. With ``data`` as the
+# fourth argument, only the three fio workloads run.
 set -euo pipefail
 mnt=${1:?usage: fsbench.sh MOUNTPOINT LABEL [SIZE_MIB]}
 label=${2:?usage: fsbench.sh MOUNTPOINT LABEL [SIZE_MIB]}
 size=${3:-1024}
+only=${4:-all}
 work="$mnt/fsbench-$label-$$"
 mkdir -p "$work"
 trap 'rm -rf "$work" 2>/dev/null || true' EXIT
@@ -35,6 +37,7 @@ iops=$(fio --name=rr --filename="$work/big" --size="${size}M" --bs=4k --rw=randr
   --ioengine=psync --time_based --runtime=10 --output-format=json | fio_iops)
 echo "$label rand-read-4k $iops IOPS"
 rm -f "$work/big"
+[ "$only" = data ] && exit 0
 
 mkdir "$work/small"
 python3 - "$work/small" "$label" <<'PY'

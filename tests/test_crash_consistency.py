@@ -20,6 +20,7 @@ enough nodes, on any error the application saw.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -268,6 +269,38 @@ def test_mount_daemon_killed(crash: Crash, logs: Any) -> None:
     crash.mount()
     report = crash.verify("mount daemon killed", errors_allowed=True)
     assert report.errors, "the workload should have seen its mount go away"
+    crash.settled()
+
+
+def test_mount_killed_after_fsync_of_chunks_uploaded_ahead(crash: Crash) -> None:
+    """A 40 MiB file written in 1 MiB writes: each full chunk is uploaded in
+    the background while the writer goes on, and some are committed before
+    the end (``writeback_mb=8``). Once its fsync (and the directory's)
+    returned, kill -9 of the mount loses none of it."""
+    crash.nodes.mount.unmount()
+    crash.nodes.mount.mount("failtimeout=60,writeback_mb=8")
+    data = os.urandom((40 << 20) + 12345)
+    path = crash.mnt / "uploaded-ahead"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for at in range(0, len(data), 1 << 20):
+            os.write(fd, data[at : at + (1 << 20)])
+        os.fsync(fd)
+        dir_fd = os.open(crash.mnt, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        counts = json.loads(os.getxattr(crash.mnt, "user.prismfs.stats"))["counts"]
+        assert counts.get("data.uploads_ahead", 0) >= 8, counts
+        os.kill(int(crash.nodes.mount.pidfile.read_text()), signal.SIGKILL)
+    finally:
+        with contextlib.suppress(OSError):  # (the mount is gone: ENOTCONN)
+            os.close(fd)
+    crash.nodes.mount.unmount()
+    crash.mount()
+    with open(path, "rb") as f:
+        assert f.read() == data
     crash.settled()
 
 

@@ -15,17 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 import xxhash
 
 from conftest import run_cli
-from prismfs.client.data import INLINE_DEFAULT, DataClient
+from prismfs.client.data import INLINE_DEFAULT, BlockCache, DataClient
 from prismfs.client.files import OpenFile, get_file, put_file
-from prismfs.data.codec import RANGE_BLOCK
+from prismfs.data.codec import RANGE_BLOCK, block_sums
 from prismfs.data.layout import Layout
 from prismfs.meta.client import open_meta_client
-from prismfs.meta.commands import ROOT_INO
+from prismfs.meta.commands import LEGACY_BLOCK_SIZE, ROOT_INO
 from prismfs.wire.client import open_rpc_pool
 from test_raft_cluster import Cluster
 
@@ -409,13 +410,36 @@ async def test_small_reads_fetch_verified_blocks_and_read_around_bit_rot(cluster
             assert await f.read(offset, size) == payload[offset : offset + size]
         assert data.stats.range_reads >= 7
         assert data.stats.shards_got == got_before  # no whole shard was fetched
-        # Bit rot in block 1 of data shard 0: that read is served whole, from parity.
+        assert record.block_size == RANGE_BLOCK == 32 * 1024
+        assert len(record.block_sums[0]) == 8 * (record.shard_size // RANGE_BLOCK)
+        # A read within blocks read before is served from the verified blocks kept.
+        hits = data.stats.block_hits
+        assert await f.read(20, 1000) == payload[20:1020]
+        assert data.stats.block_hits == hits + 1
+        # A record from before block sizes were recorded (128 KiB blocks, size 0)
+        # is read by its own blocks.
+        shards = {p.name: p.read_bytes() for p in shard_files(cluster)}
+        legacy = msgspec.structs.replace(
+            record,
+            id=record.id,
+            block_size=0,
+            block_sums=tuple(
+                block_sums(shards[f"{record.id.hex()}.{i}"], LEGACY_BLOCK_SIZE) for i in range(2)
+            ),
+        )
+        data.blocks = BlockCache()
+        at = 3 * LEGACY_BLOCK_SIZE + 77
+        assert await data.read_range(legacy, at, 4096) == payload[at : at + 4096]
+        assert data.stats.shards_got == got_before
+        # Bit rot in block 5 of data shard 0 (not read yet): that read is served
+        # whole, from parity, and the shard reported.
         victim = next(p for p in shard_files(cluster) if p.name == f"{record.id.hex()}.0")
         raw = bytearray(victim.read_bytes())
-        raw[RANGE_BLOCK + 5] ^= 0xFF
+        raw[5 * RANGE_BLOCK + 5] ^= 0xFF
         victim.write_bytes(bytes(raw))
-        at = RANGE_BLOCK + 1000
+        at = 5 * RANGE_BLOCK + 1000
+        corrupt_before = data.stats.corrupt.count(f"{record.id.hex()}.0")
         assert await f.read(at, 4096) == payload[at : at + 4096]
-        assert data.stats.corrupt.count(f"{record.id.hex()}.0") >= 1
+        assert data.stats.corrupt.count(f"{record.id.hex()}.0") > corrupt_before
         assert data.stats.parity_reads >= 1
         await f.close()

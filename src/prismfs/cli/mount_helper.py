@@ -8,7 +8,7 @@ Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
 ``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
 ``writeback_s=``, ``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_meta``,
 ``no_leases``,
-``settle_s=``, ``relatime`` (the default) or ``noatime``; the
+``settle_s=``, ``readahead_kb=``, ``relatime`` (the default) or ``noatime``; the
 fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
 ``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
 Exit status 0 once the mount answers, 1 for bad usage, 32 for a failed mount.
@@ -50,6 +50,7 @@ KNOWN = {
     "settle_s",
     "noatime",
     "relatime",
+    "readahead_kb",
 }
 
 
@@ -98,6 +99,7 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         settle_s=option_number(options, "settle_s", 1.0, 0, 3600),
         atime="noatime" not in options,
         leases="no_leases" not in options,
+        readahead_kb=int(option_number(options, "readahead_kb", 1024, 0, 65536)),
     )
     lease = option_number(options, "lease", 60.0, 2, 3600)
     return MountSpec(

@@ -29,16 +29,17 @@ import contextlib
 import logging
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import trio
+import xxhash
 
 from prismfs.data.codec import (
-    RANGE_BLOCK,
+    ChunkBytes,
     NotEnoughShards,
-    block_sums,
     decode_chunk_async,
     encode_chunk_async,
 )
@@ -64,6 +65,7 @@ log = logging.getLogger("prismfs.client.data")
 REGISTRY_TTL_S = 5.0
 SUSPECT_S = 10.0  # a node that failed an upload gets no new shards for this long
 INLINE_DEFAULT = 8 * 1024
+BLOCK_CACHE_BYTES = 8 << 20  # verified blocks kept for small reads (`BlockCache`)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class DataStats:
     shards_got: int = 0
     parity_reads: int = 0
     range_reads: int = 0  # parts of chunks read from one data shard
+    block_hits: int = 0  # parts of chunks read from verified blocks kept here
     degraded_writes: int = 0
     reduced_writes: int = 0  # chunks written with a smaller layout (too few nodes up)
     corrupt: list[str] = field(default_factory=list)
@@ -99,10 +102,13 @@ class DataClient:
         self._suspects: dict[str, float] = {}  # node -> until when it is not written to
         self._fetched_at = -math.inf
         self._registry_lock = trio.Lock()
+        self.blocks = BlockCache()
 
     # --- the node registry ---------------------------------------------------------------
 
     async def nodes(self, *, refresh: bool = False) -> dict[str, NodeInfo]:
+        if not refresh and trio.current_time() - self._fetched_at <= REGISTRY_TTL_S:
+            return self._nodes  # (fresh: no lock, no checkpoint on every shard call)
         async with self._registry_lock:
             if refresh or trio.current_time() - self._fetched_at > REGISTRY_TTL_S:
                 registry = await self.meta.registry()
@@ -234,7 +240,14 @@ class DataClient:
             tuple(placed),
             encoded.checksums,
             block_sums=encoded.block_sums,
+            block_size=encoded.block_size,
         )
+
+    async def forget_chunk(self, record: ChunkRecord) -> None:
+        """Delete the shards of a chunk that was stored and is not recorded
+        anywhere (best effort: the orphan sweep removes what this cannot)."""
+        if not record.is_inline:
+            await self._delete_quietly(record.id, list(record.nodes))
 
     async def _delete_quietly(self, chunk_id: bytes, placed: list[str]) -> None:
         """Best effort: the orphan sweep removes what this cannot."""
@@ -250,8 +263,14 @@ class DataClient:
         """The chunk's ``record.length`` bytes."""
         if record.is_inline:
             return record.inline[: record.length]
+        return (await self.read_chunk_parts(record)).tobytes()
+
+    async def read_chunk_parts(self, record: ChunkRecord) -> ChunkBytes:
+        """The chunk's bytes as its data shards (see `ChunkBytes`)."""
+        if record.is_inline:
+            return ChunkBytes([record.inline[: record.length]], record.length)
         k, m = record.k, record.m
-        got: dict[int, bytes] = {}
+        got: dict[int, bytes | bytearray | memoryview] = {}
         failed: set[int] = set()
         enough = trio.Event()
         next_parity = k
@@ -271,8 +290,7 @@ class DataClient:
                     timeout=self.shard_timeout,
                 )
                 assert isinstance(reply.message, ShardData)
-                data = bytes(reply.payload)
-                got[i] = data
+                got[i] = reply.payload
                 self.stats.shards_got += 1
                 if len(got) >= k:
                     enough.set()
@@ -332,15 +350,16 @@ class DataClient:
             got.clear()
         for sid in decoded.bad:
             self.stats.corrupt.append(shard_id(record.id, sid))
-        return decoded.data
+        return decoded.chunk
 
     async def read_range(self, record: ChunkRecord, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset + size)`` of the chunk (cut at its length).
 
-        Only the verified blocks of the data shards that hold them are fetched;
-        a node that fails, is slow (``hedge_after``) or returns a block that
-        does not match its digest sends the read to `read_chunk` (parity,
-        hedging, decoding)."""
+        Only the verified blocks of the data shards that hold them are fetched
+        (or taken from `blocks`, the verified blocks read lately); a node that
+        fails, is slow (``hedge_after``) or returns a block that does not
+        match its digest sends the read to `read_chunk` (parity, hedging,
+        decoding)."""
         end = min(offset + size, record.length)
         if offset >= end:
             return b""
@@ -358,7 +377,8 @@ class DataClient:
                     pieces.append(await self._shard_range(record, i, within, take))
                     pos += take
                 self.stats.range_reads += 1
-                return b"".join(pieces)
+                self.pool.stats.count("data.range_reads")
+                return pieces[0] if len(pieces) == 1 else b"".join(pieces)
             except PrismError as exc:
                 log.info("range read of chunk %s: %s; reading it whole", record.id.hex(), exc)
         if scope.cancelled_caught:
@@ -366,12 +386,35 @@ class DataClient:
         return (await self.read_chunk(record))[offset:end]
 
     async def _shard_range(self, record: ChunkRecord, i: int, within: int, take: int) -> bytes:
+        """``take`` bytes at ``within`` of data shard ``i``: its blocks that are
+        not in `blocks` fetched in one call and checked against their digests."""
+        block = record.blocks_of
+        first, last = within // block, (within + take - 1) // block
+        have = [self.blocks.get((record.id, i, n)) for n in range(first, last + 1)]
+        missing = [n for n, got in zip(range(first, last + 1), have, strict=True) if got is None]
+        if missing:
+            fetched = await self._fetch_blocks(record, i, missing[0], missing[-1])
+            for n, fresh in enumerate(fetched, start=missing[0]):
+                have[n - first] = fresh
+        else:
+            self.stats.block_hits += 1
+            self.pool.stats.count("data.block_hits")
+        blocks = [b for b in have if b is not None]
+        skip = within - first * block
+        if len(blocks) == 1:
+            return bytes(blocks[0][skip : skip + take])
+        return b"".join(blocks)[skip : skip + take]
+
+    async def _fetch_blocks(
+        self, record: ChunkRecord, i: int, first: int, last: int
+    ) -> list[memoryview]:
+        """Blocks ``first..last`` of data shard ``i``, verified and kept in `blocks`."""
         sid = shard_id(record.id, i)
         node = record.nodes[i]
         if not node:
             raise NotEnoughShards(f"shard {sid} was never stored (degraded write)")
-        first, last = within // RANGE_BLOCK, (within + take - 1) // RANGE_BLOCK
-        start, stop = first * RANGE_BLOCK, min((last + 1) * RANGE_BLOCK, record.shard_size)
+        block = record.blocks_of
+        start, stop = first * block, min((last + 1) * block, record.shard_size)
         try:
             reply = await self.pool.call(
                 await self._address(node),
@@ -381,15 +424,49 @@ class DataClient:
         except PrismError:
             self.stats.failed_nodes.add(node)
             raise
-        data = bytes(reply.payload)
+        view = memoryview(reply.payload)
         sums = record.block_sums[i]
-        if len(data) != stop - start or any(
-            block_sums(data[at : at + RANGE_BLOCK]) != sums[(first + n) * 8 : (first + n + 1) * 8]
-            for n, at in enumerate(range(0, len(data), RANGE_BLOCK))
+        out = [view[at : at + block] for at in range(0, len(view), block)]
+        if len(view) != stop - start or any(
+            xxhash.xxh3_64_digest(got) != sums[(first + n) * 8 : (first + n + 1) * 8]
+            for n, got in enumerate(out)
         ):
             self.stats.corrupt.append(sid)
             raise CorruptShard(f"shard {sid}: blocks {first}..{last} do not match their digests")
-        return data[within - start : within - start + take]
+        for n, got in enumerate(out, start=first):
+            # (a view of a reply of several blocks would keep all of it alive
+            # in the cache as long as any one of them stays: those are copied)
+            self.blocks.put((record.id, i, n), got if len(out) == 1 else memoryview(bytes(got)))
+        return out
+
+
+class BlockCache:
+    """Verified blocks of data shards read lately, by (chunk id, shard, block):
+    a chunk is never changed once written (a change writes a new chunk under
+    a new id), so an entry is never stale. LRU, at most ``max_bytes``."""
+
+    def __init__(self, max_bytes: int = BLOCK_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._blocks: OrderedDict[tuple[bytes, int, int], memoryview] = OrderedDict()
+
+    def get(self, key: tuple[bytes, int, int]) -> memoryview | None:
+        got = self._blocks.get(key)
+        if got is not None:
+            self._blocks.move_to_end(key)
+        return got
+
+    def put(self, key: tuple[bytes, int, int], data: memoryview) -> None:
+        old = self._blocks.pop(key, None)
+        if old is not None:
+            self.size -= len(old)
+        if len(data) > self.max_bytes:
+            return
+        self._blocks[key] = data
+        self.size += len(data)
+        while self.size > self.max_bytes:
+            _, dropped = self._blocks.popitem(last=False)
+            self.size -= len(dropped)
 
 
 def chunk_ranges(offset: int, size: int, chunk_size: int) -> Sequence[tuple[int, int, int]]:

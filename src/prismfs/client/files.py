@@ -42,12 +42,12 @@ import stat
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
 from prismfs.client.data import DataClient, chunk_ranges
-from prismfs.data.codec import NotEnoughShards
+from prismfs.data.codec import ChunkBytes, NotEnoughShards
 from prismfs.data.layout import Layout
 from prismfs.errors import (
     Conflict,
@@ -79,9 +79,32 @@ log = logging.getLogger("prismfs.client.files")
 
 READ_CACHE_CHUNKS = 8
 PARALLEL_CHUNKS = 4
+READ_AHEAD_CHUNKS = 4  # chunks fetched ahead of a sequential reader (with a nursery)
 COMMIT_EVERY = 32  # chunks recorded per commit during a put
 COMMIT_ATTEMPTS = 10  # commits of one flush that may conflict (each merges) before giving up
 Progress = Callable[[int], None]
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Fetch:
+    """A chunk being fetched: its record, and its bytes once ``done`` (None if it failed)."""
+
+    record: ChunkRecord
+    data: bytes | ChunkBytes | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
+class _Upload:
+    """A full chunk uploaded ahead of its commit while the writer goes on:
+    the bytes it copied (of buffer version ``version``), and once ``done``
+    its record (None if the upload failed: the flush uploads it again)."""
+
+    version: int
+    body: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    record: ChunkRecord | None = None
 
 
 @dataclass
@@ -93,8 +116,22 @@ class _Dirty:
     buf: bytearray
     base: tuple[bytes, int]
     ranges: list[tuple[int, int]] = field(default_factory=list)
+    version: int = 0  # writes so far: an upload ahead is of the version it copied
+    ahead: _Upload | None = None
+
+    @property
+    def uploaded(self) -> _Upload | None:
+        """The upload ahead of this buffer as it is now (none, or of older bytes: None)."""
+        ahead = self.ahead
+        return ahead if ahead is not None and ahead.version == self.version else None
+
+    def body(self) -> bytes:
+        """The bytes to store: those of the upload ahead, if it is of them."""
+        ahead = self.uploaded
+        return ahead.body if ahead is not None else bytes(self.buf)
 
     def write(self, within: int, data: bytes | memoryview) -> None:
+        self.version += 1
         end = within + len(data)
         if len(self.buf) < end:
             self.buf.extend(bytes(end - len(self.buf)))
@@ -153,8 +190,16 @@ class OpenFile:
         self._records: dict[int, ChunkRecord] = {}
         self._dirty: dict[int, _Dirty] = {}
         self._flushing: dict[int, _Dirty] = {}
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache: OrderedDict[int, bytes | ChunkBytes] = OrderedDict()
+        # Chunks being fetched, by index: a read of one waits for that fetch.
+        self._fetching: dict[int, _Fetch] = {}
+        self._version = 0  # chunk maps loaded (`refresh`)
+        # Where reads ahead and background uploads run (the mount's); without
+        # one, reads fetch only what they need and the next chunk.
+        self.nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # one flush at a time
+        self._ahead = trio.Semaphore(PARALLEL_CHUNKS)  # uploads ahead in flight
+        self.uploads_ahead = 0  # chunks uploaded ahead of their flush
         self._write_lock = trio.Lock()  # one write (or truncate) at a time
         self._closed = False
         self._last_read_end = -1
@@ -229,6 +274,7 @@ class OpenFile:
                 break
             first = cmap.chunks[-1][0] + 1
         self._records = records
+        self._version += 1
         coded = [r for r in records.values() if not r.is_inline]
         if coded:
             # The file's layout, as its chunks say (a chunk written with a
@@ -245,6 +291,11 @@ class OpenFile:
 
     async def _chunk(self, idx: int) -> bytes:
         """The valid bytes of chunk ``idx`` as committed (or as buffered)."""
+        chunk = await self._chunk_any(idx)
+        return chunk if isinstance(chunk, bytes) else chunk.tobytes()
+
+    async def _chunk_any(self, idx: int) -> bytes | ChunkBytes:
+        """`_chunk`, as the cache keeps it: in one piece or as its data shards."""
         if idx in self._dirty:
             return bytes(self._dirty[idx].buf)
         if idx in self._flushing:  # being committed: newer than the committed record
@@ -253,12 +304,64 @@ class OpenFile:
         if cached is not None:
             self._cache.move_to_end(idx)
             return cached
+        fetch = self._fetching.get(idx)
         record = self._records.get(idx)
-        data = b"" if record is None else await self._read(idx, record, self.data.read_chunk)
+        if fetch is not None and fetch.record is record:
+            await fetch.done.wait()
+            if fetch.data is not None:
+                return fetch.data
+            # (it failed: again here, where the error reaches the reader)
+        return await self._fetch(idx, record)
+
+    async def _fetch(self, idx: int, record: ChunkRecord | None) -> bytes | ChunkBytes:
+        """Chunk ``idx`` of ``record``, kept in the cache if the file still has
+        that record when it arrives (a write or refresh meanwhile wins)."""
+        if record is None:
+            return b""
+        fetch = self._fetching[idx] = _Fetch(record)
+        try:
+            data = await self._read(idx, record, self.data.read_chunk_parts)
+            fetch.data = data
+        finally:
+            fetch.done.set()
+            if self._fetching.get(idx) is fetch:
+                del self._fetching[idx]
+        if self._records.get(idx) is record:
+            self._keep(idx, data)
+        return data
+
+    def _keep(self, idx: int, data: bytes | ChunkBytes) -> None:
+        if idx in self._dirty or idx in self._flushing:
+            return
         self._cache[idx] = data
+        self._cache.move_to_end(idx)
         while len(self._cache) > READ_CACHE_CHUNKS:
             self._cache.popitem(last=False)
-        return data
+
+    def _read_ahead(self, after: int) -> None:
+        """Fetch up to `READ_AHEAD_CHUNKS` chunks past ``after`` in the background."""
+        nursery = self.nursery
+        if nursery is None:
+            return
+        for idx in range(after + 1, after + 1 + READ_AHEAD_CHUNKS):
+            if idx * self.chunk_size >= self.size:
+                break
+            record = self._records.get(idx)
+            if record is None or self._have(idx) or idx in self._fetching:
+                continue
+            self.data.pool.stats.count("data.read_ahead")
+            try:
+                nursery.start_soon(self._fetch_quietly, idx, record)
+            except RuntimeError:  # the nursery closed (unmounting)
+                self.nursery = None
+                return
+
+    async def _fetch_quietly(self, idx: int, record: ChunkRecord) -> None:
+        """A read ahead: a failure is left to the read that needs the chunk."""
+        try:
+            await self._fetch(idx, record)
+        except PrismError as exc:
+            log.info("read ahead of chunk %d of inode %d: %s", idx, self.ino, exc.message)
 
     @property
     def stale(self) -> bool:
@@ -273,45 +376,84 @@ class OpenFile:
             )
 
     async def read(self, offset: int, size: int) -> bytes:
+        return bytes(await self.read_view(offset, size))
+
+    async def read_view(self, offset: int, size: int) -> bytes | memoryview:
+        """`read`, as a view of the cached chunk where the bytes are one piece of
+        it (no copy: what the FUSE layer hands to the kernel).
+
+        A read that finds its file's chunks replaced midway (`_read` moves to
+        the current version) is read again, all of it from that version: one
+        read never returns bytes of two versions."""
         if offset < 0 or size < 0:
             raise InvalidArgument("negative offset or size")
         self._check_session()
+        for _ in range(3):
+            version = self._version
+            got = await self._read_once(offset, size)
+            if self._version == version:
+                break
+        return got
+
+    async def _read_once(self, offset: int, size: int) -> bytes | memoryview:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
         pieces = chunk_ranges(offset, end - offset, self.chunk_size)
         sequential = offset == self._last_read_end
-        out = bytearray()
+        # (set now: the kernel sends a reader's next read before this one is answered)
+        self._last_read_end = end
+        # Fetch the chunks of this read in parallel; a sequential reader's
+        # next chunks are fetched ahead in the background (with no background
+        # nursery: the next one, here); a small read out of sequence fetches
+        # just the blocks it needs.
+        wanted = [idx for idx, _, _ in pieces if not self._have(idx)]
+        if sequential:
+            if self.nursery is not None:
+                self._read_ahead(pieces[-1][0])
+            else:
+                nxt = pieces[-1][0] + 1
+                if nxt * self.chunk_size < self.size and nxt in self._records:
+                    wanted.append(nxt)
+        elif end - offset <= self.chunk_size // 4:
+            wanted = []
+        if len(wanted) <= 1:  # (no nursery to open: the common case)
+            return await self._pieces(pieces, wanted)
         with single_exception():
             async with trio.open_nursery() as nursery:
-                # Fetch the chunks of this read in parallel (and the next one if sequential).
-                wanted = [idx for idx, _, _ in pieces if not self._have(idx)]
-                if sequential:
-                    nxt = pieces[-1][0] + 1
-                    if nxt * self.chunk_size < self.size and nxt in self._records:
-                        wanted.append(nxt)
-                elif end - offset <= self.chunk_size // 4:
-                    wanted = []  # a small read out of sequence: just its blocks (below)
                 for idx in wanted[1:]:
-                    nursery.start_soon(self._chunk, idx)
-                for idx, within, n in pieces:
-                    record = self._records.get(idx)
-                    if self._have(idx) or idx in wanted or record is None:
-                        chunk = await self._chunk(idx)
-                        piece = chunk[within : within + n]
-                    else:
+                    nursery.start_soon(self._chunk_any, idx)
+                return await self._pieces(pieces, wanted)
 
-                        async def part(rec: ChunkRecord, within: int = within, n: int = n) -> bytes:
-                            return await self.data.read_range(rec, within, n)
+    async def _pieces(
+        self, pieces: Sequence[tuple[int, int, int]], wanted: list[int]
+    ) -> bytes | memoryview:
+        out: list[bytes | memoryview] = []
+        for idx, within, n in pieces:
+            record = self._records.get(idx)
+            whole = idx in wanted or idx in self._fetching or record is None
+            if whole or self._have(idx):
+                chunk = await self._chunk_any(idx)
+                piece: bytes | memoryview = (
+                    chunk.view(within, n)
+                    if isinstance(chunk, ChunkBytes)
+                    else memoryview(chunk)[within : within + n]
+                )
+            else:
+                assert record is not None
 
-                        piece = await self._read(idx, record, part)
-                    out += piece + bytes(n - len(piece))  # past a chunk's length: zeros
-        self._last_read_end = end
-        return bytes(out)
+                async def part(rec: ChunkRecord, within: int = within, n: int = n) -> bytes:
+                    return await self.data.read_range(rec, within, n)
+
+                piece = await self._read(idx, record, part)
+            out.append(piece)
+            if len(piece) < n:
+                out.append(bytes(n - len(piece)))  # past a chunk's length: zeros
+        return out[0] if len(out) == 1 else b"".join(out)
 
     async def _read(
-        self, idx: int, record: ChunkRecord, read: Callable[[ChunkRecord], Awaitable[bytes]]
-    ) -> bytes:
+        self, idx: int, record: ChunkRecord, read: Callable[[ChunkRecord], Awaitable[_T]]
+    ) -> _T | bytes:
         """``read(record)``; if too few of its shards are where the record (as of
         this open) says: when the shards of that chunk moved since (a drain,
         rebalance or repair), read again where they are now; when the chunk was
@@ -361,6 +503,7 @@ class OpenFile:
     async def _write(self, offset: int, data: bytes | memoryview) -> int:
         view = memoryview(data)
         pos = 0
+        full: list[int] = []
         for idx, within, n in chunk_ranges(offset, len(view), self.chunk_size):
             dirty = self._dirty.get(idx)
             if dirty is None:
@@ -368,13 +511,72 @@ class OpenFile:
                 self._cache.pop(idx, None)
             dirty.write(within, view[pos : pos + n])
             pos += n
+            if within + n == self.chunk_size and len(dirty.buf) == self.chunk_size:
+                full.append(idx)  # written to its end: likely done with (sequential)
         self.size = max(self.size, offset + len(view))
         self.modified_ns = now_ns()
         if self.dirty_since is None:
             self.dirty_since = trio.current_time()
+        for idx in full:
+            await self._upload_ahead(idx)
         if sum(len(d.buf) for d in self._dirty.values()) >= self.max_dirty:
-            await self.flush()
+            await self._flush_uploaded()
         return len(view)
+
+    async def _upload_ahead(self, idx: int) -> None:
+        """Start uploading full chunk ``idx`` in the background (with a nursery):
+        at most `PARALLEL_CHUNKS` of this file at once, the writer waiting
+        for room. Its commit waits for the next flush, which uses the upload
+        if the chunk was not written again since."""
+        dirty = self._dirty.get(idx)
+        if self.nursery is None or dirty is None or dirty.uploaded is not None:
+            return
+        await self._ahead.acquire()
+        if self._dirty.get(idx) is not dirty:  # flushed meanwhile
+            self._ahead.release()
+            return
+        upload = dirty.ahead = _Upload(dirty.version, bytes(dirty.buf))
+        try:
+            self.nursery.start_soon(self._upload_behind, upload)
+        except RuntimeError:  # the nursery closed (unmounting): the flush uploads it
+            self.nursery = None
+            dirty.ahead = None
+            upload.done.set()
+            self._ahead.release()
+
+    async def _upload_behind(self, upload: _Upload) -> None:
+        try:
+            layout = await self._known_layout([upload.body])
+            upload.record = await self.data.write_chunk(upload.body, layout)
+            self.uploads_ahead += 1
+            self.data.pool.stats.count("data.uploads_ahead")
+        except PrismError as exc:
+            log.info("inode %d: upload ahead failed (the flush retries): %s", self.ino, exc.message)
+        except Exception:
+            log.exception("inode %d: upload ahead failed (the flush retries)", self.ino)
+        finally:
+            upload.done.set()
+            self._ahead.release()
+
+    async def _flush_uploaded(self) -> None:
+        """Over ``max_dirty``: commit the chunks uploaded ahead (waiting for the
+        first of them if none is done yet), so a sequential writer never waits
+        for a whole flush; without any upload ahead, flush everything."""
+        ahead = sorted(idx for idx, d in self._dirty.items() if d.uploaded is not None)
+        if not ahead:
+            await self.flush()
+            return
+        first = self._dirty[ahead[0]].uploaded
+        assert first is not None
+        await first.done.wait()
+        ready = [
+            idx
+            for idx in ahead
+            if (d := self._dirty.get(idx)) is not None
+            and (up := d.uploaded) is not None
+            and up.done.is_set()
+        ]
+        await self.flush(only=ready)
 
     async def _start_dirty(self, idx: int, within: int, n: int) -> _Dirty:
         """A buffer for chunk ``idx``: the content this handle sees (committed, or
@@ -492,8 +694,8 @@ class OpenFile:
             return
         snapshot = self._take_dirty()
         try:
-            bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
-            records = await self._upload(bodies)
+            bodies = {idx: d.body() for idx, d in snapshot.items()}
+            records = await self._upload(bodies, snapshot)
         except BaseException:
             self._put_back(snapshot)
             raise
@@ -520,11 +722,11 @@ class OpenFile:
                     task_status.started()
                     return
                 snapshot = self._take_dirty()
-                bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
+                bodies = {idx: d.body() for idx, d in snapshot.items()}
                 self._staging = True
                 task_status.started()
                 try:
-                    records = await self._upload(bodies)
+                    records = await self._upload(bodies, snapshot)
                 except BaseException as exc:
                     self._put_back(snapshot)
                     if isinstance(exc, PrismError):
@@ -571,12 +773,17 @@ class OpenFile:
         self.prelude, self._after, self._dirty = [], [], {}
         self.delegated = ()
 
-    def _take_dirty(self) -> dict[int, _Dirty]:
-        """The buffers become immutable snapshots while they are uploaded
-        and committed; writes meanwhile start new buffers from them."""
-        snapshot, self._dirty = self._dirty, {}
+    def _take_dirty(self, only: list[int] | None = None) -> dict[int, _Dirty]:
+        """The buffers (``only`` these chunks') become immutable snapshots while
+        they are uploaded and committed; writes meanwhile start new buffers
+        from them."""
+        if only is None:
+            snapshot, self._dirty = self._dirty, {}
+        else:
+            snapshot = {idx: self._dirty.pop(idx) for idx in only if idx in self._dirty}
         self._flushing = snapshot
-        self.dirty_since = None
+        if not self._dirty:
+            self.dirty_since = None
         return snapshot
 
     def _put_back(self, snapshot: dict[int, _Dirty]) -> None:
@@ -598,7 +805,9 @@ class OpenFile:
         while len(self._cache) > READ_CACHE_CHUNKS:
             self._cache.popitem(last=False)
 
-    async def flush(self, after: list[MetaCommand] | None = None) -> list[Attr | None]:
+    async def flush(
+        self, after: list[MetaCommand] | None = None, *, only: list[int] | None = None
+    ) -> list[Attr | None]:
         """Upload the dirty chunks as new chunks and commit them in one step
         (with the prelude before and ``after`` behind, in the same batch);
         returns the results of ``after``.
@@ -611,24 +820,28 @@ class OpenFile:
         if self.prelude and self.depends is not None:
             await self.depends()
         async with self._lock:
-            return await self._flush_now(after or [])
+            return await self._flush_now(after or [], only)
 
-    async def _flush_now(self, after: list[MetaCommand]) -> list[Attr | None]:
-        """`flush`, with the lock held."""
+    async def _flush_now(
+        self, after: list[MetaCommand], only: list[int] | None = None
+    ) -> list[Attr | None]:
+        """`flush`, with the lock held (``only``: just these chunks' buffers)."""
         if self._dirty or self.prelude or after:
             self._check_session()
         if self.lost is not None:
             self._dirty = {}
             raise self.lost
+        if only is not None and not any(idx in self._dirty for idx in only):
+            return []  # (flushed meanwhile)
         if not self._dirty:
             return await self._send(after) if after or self.prelude else []
         # (times set while a background upload of it failed: behind its data)
         before, self._after = self._after, []
-        snapshot = self._take_dirty()
+        snapshot = self._take_dirty(only)
         try:
-            bodies = {idx: bytes(d.buf) for idx, d in snapshot.items()}
+            bodies = {idx: d.body() for idx, d in snapshot.items()}
             bases = {idx: d.base for idx, d in snapshot.items()}
-            records = await self._upload(bodies)
+            records = await self._upload(bodies, snapshot)
             results = await self._commit(snapshot, bodies, bases, records, before + after)
         except BaseException:
             self._put_back(snapshot)
@@ -652,13 +865,27 @@ class OpenFile:
             self.layout_known = True
         return self.layout
 
-    async def _upload(self, bodies: dict[int, bytes]) -> dict[int, ChunkRecord]:
-        """Each body as a new chunk (several at once); their records."""
+    async def _upload(
+        self, bodies: dict[int, bytes], buffers: dict[int, _Dirty] | None = None
+    ) -> dict[int, ChunkRecord]:
+        """Each body as a new chunk (several at once); their records. A body
+        whose buffer (in ``buffers``) was uploaded ahead as it is takes that
+        upload's record; an upload ahead of bytes written again since is
+        deleted (best effort: the orphan sweep takes what this misses)."""
         await self._known_layout(bodies.values())
         records: dict[int, ChunkRecord] = {}
         limiter = trio.Semaphore(PARALLEL_CHUNKS)
 
         async def upload(idx: int, body: bytes) -> None:
+            dirty = (buffers or {}).get(idx)
+            if dirty is not None and dirty.ahead is not None:
+                await dirty.ahead.done.wait()
+                done = dirty.ahead.record
+                if done is not None and dirty.uploaded is not None:
+                    records[idx] = done
+                    return
+                if done is not None:  # of bytes written again since
+                    await self.data.forget_chunk(done)
             async with limiter:
                 records[idx] = await self.data.write_chunk(body, self.layout)
 

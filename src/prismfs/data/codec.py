@@ -7,6 +7,9 @@ digest, kept in the chunk record. Each data shard also gets an xxh3-64
 digest per `RANGE_BLOCK` bytes (`block_sums`), so a small read can fetch and
 verify just the blocks it needs of one data shard (zfec is systematic: data
 shard i holds the chunk's bytes ``[i * shard_size, (i + 1) * shard_size)``).
+The block size is recorded with the digests (`ChunkRecord.block_size`):
+32 KiB, so a random 4 KiB read moves and hashes 32 KiB, not the 128 KiB of
+the chunks written before the size was recorded.
 
 zfec 1.6 trusts its input: it decodes corrupt shards to wrong data without
 a word and hangs on duplicate shard ids. So `decode_chunk` checks ids
@@ -21,7 +24,7 @@ thread (`encode_chunk_async`, `decode_chunk_async`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -30,8 +33,9 @@ import zfec
 
 from prismfs.errors import InvalidArgument, PrismError
 
+Buffer = bytes | bytearray | memoryview
 MAX_M = 16
-RANGE_BLOCK = 128 * 1024
+RANGE_BLOCK = 32 * 1024
 
 
 class NotEnoughShards(PrismError):
@@ -45,12 +49,11 @@ def shard_checksum(data: bytes | bytearray | memoryview) -> bytes:
     return xxhash.xxh3_128_digest(data)
 
 
-def block_sums(shard: bytes | memoryview) -> bytes:
-    """The 8-byte xxh3-64 digests of the shard's `RANGE_BLOCK`-byte blocks, concatenated."""
+def block_sums(shard: bytes | bytearray | memoryview, block: int = RANGE_BLOCK) -> bytes:
+    """The 8-byte xxh3-64 digests of the shard's ``block``-byte blocks, concatenated."""
     view = memoryview(shard)
     return b"".join(
-        xxhash.xxh3_64_digest(view[at : at + RANGE_BLOCK])
-        for at in range(0, len(view), RANGE_BLOCK)
+        xxhash.xxh3_64_digest(view[at : at + block]) for at in range(0, len(view), block)
     )
 
 
@@ -66,12 +69,53 @@ class Encoded:
     shard_size: int
     length: int
     block_sums: tuple[bytes, ...] = ()  # of the k data shards
+    block_size: int = RANGE_BLOCK
+
+
+class ChunkBytes:
+    """A chunk's bytes kept as its k data shards, as they arrived: a read of a
+    part of it is a view of one shard, with no join of megabytes first."""
+
+    __slots__ = ("length", "parts", "shard_size")
+
+    def __init__(self, parts: Sequence[Buffer], length: int) -> None:
+        self.parts = tuple(parts)
+        self.shard_size = len(self.parts[0]) if self.parts else 0
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def view(self, start: int, n: int) -> bytes | memoryview:
+        """Bytes ``[start, start + n)`` (cut at the length): a view where they
+        lie in one shard, a copy where they cross into the next."""
+        end = min(start + n, self.length)
+        if start >= end:
+            return b""
+        i, within = divmod(start, self.shard_size)
+        if within + (end - start) <= self.shard_size:
+            return memoryview(self.parts[i])[within : within + end - start]
+        out = bytearray()
+        while start < end:
+            i, within = divmod(start, self.shard_size)
+            take = min(self.shard_size - within, end - start)
+            out += memoryview(self.parts[i])[within : within + take]
+            start += take
+        return bytes(out)
+
+    def tobytes(self) -> bytes:
+        data = b"".join(self.parts)
+        return data if len(data) == self.length else data[: self.length]
 
 
 @dataclass
 class Decoded:
-    data: bytes
+    chunk: ChunkBytes
     bad: list[int] = field(default_factory=list)  # shard ids that failed their checksum or size
+
+    @property
+    def data(self) -> bytes:
+        return self.chunk.tobytes()
 
 
 def encode_chunk(data: bytes | memoryview, k: int, m: int) -> Encoded:
@@ -96,11 +140,12 @@ def encode_chunk(data: bytes | memoryview, k: int, m: int) -> Encoded:
         shard_size,
         length,
         tuple(block_sums(s) for s in shards[:k]),
+        RANGE_BLOCK,
     )
 
 
 def decode_chunk(
-    shards: Mapping[int, bytes],
+    shards: Mapping[int, Buffer],
     *,
     k: int,
     m: int,
@@ -114,7 +159,7 @@ def decode_chunk(
         raise InvalidArgument(f"{len(checksums)} checksums for {m} shards")
     if not 0 < length <= k * shard_size:
         raise InvalidArgument(f"chunk length {length} does not fit {k} x {shard_size}")
-    good: dict[int, bytes] = {}
+    good: dict[int, Buffer] = {}
     bad: list[int] = []
     for sid, shard in shards.items():
         if not isinstance(sid, int) or not 0 <= sid < m:
@@ -136,12 +181,12 @@ def decode_chunk(
     else:
         ids = tuple(sorted(good)[:k])  # distinct by construction: zfec never sees duplicates
         blocks = zfec.Decoder(k, m).decode(tuple(good[i] for i in ids), ids)
-    return Decoded(b"".join(blocks)[:length], bad)
+    return Decoded(ChunkBytes(blocks, length), bad)
 
 
 async def encode_chunk_async(data: bytes | memoryview, k: int, m: int) -> Encoded:
     return await trio.to_thread.run_sync(encode_chunk, data, k, m)
 
 
-async def decode_chunk_async(shards: Mapping[int, bytes], **kw: object) -> Decoded:
+async def decode_chunk_async(shards: Mapping[int, Buffer], **kw: object) -> Decoded:
     return await trio.to_thread.run_sync(lambda: decode_chunk(shards, **kw))  # type: ignore[arg-type]

@@ -366,6 +366,7 @@ async def store_chunk(
         tuple(placed),
         encoded.checksums,
         block_sums=encoded.block_sums,
+        block_size=encoded.block_size,
         want_k=want[0],
         want_m=want[1],
     )

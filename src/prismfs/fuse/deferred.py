@@ -108,6 +108,7 @@ class MountOptions:
     settle_s: float = 1.0  # how long a deferred create may stay unknown to other mounts
     writeback_s: float = 30.0  # how long written data may stay buffered in an open file
     leases: bool = True  # directory leases (`prismfs.fuse.leased`); False: no_leases
+    readahead_kb: int = 1024  # the kernel's read-ahead on this mount (`set_readahead`)
 
 
 @dataclass
@@ -216,6 +217,7 @@ class DeferredWork(pyfuse3.Operations):
         self._create_dirs: dict[int, int] = {}  # directory -> time of its latest held create
         self._wb_lost: PrismError | None = None  # a flush refused since the last fsync
         self._uploads: Uploads | None = None  # background uploads (while `background` runs)
+        self.nursery: trio.Nursery | None = None  # `background`'s, while it runs
         if self._leases is not None:
             self._leases.before_ack = self._flush_for_recall
             # A delegation something is held back under stays renewed until
@@ -871,6 +873,7 @@ class DeferredWork(pyfuse3.Operations):
         see them), and commit data buffered in open files for longer than
         ``writeback_s`` (the kernel never tells a FUSE daemon of ``sync``)."""
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery  # reads ahead of open files run here
             if self._leases is not None:
                 nursery.start_soon(self._leases.run)
                 nursery.start_soon(self._leases.renew)

@@ -946,6 +946,7 @@ class PrismOperations(DeferredWork):
             f.max_dirty = self.opts.writeback_mb << 20
             if lazy:
                 self._queue_open(f.session, inode)
+        f.nursery = self.nursery
         handle = self._open[inode] = Handle(f)
         return handle
 
@@ -1050,6 +1051,7 @@ class PrismOperations(DeferredWork):
                 ino=ino,
             )
         )
+        f.nursery = self.nursery
         handle = self._open[ino] = Handle(
             f,
             attr=attr,
@@ -1081,9 +1083,12 @@ class PrismOperations(DeferredWork):
         return pyfuse3.FileInfo(fh=self._new_fh(handle)), self._named(parent_inode, name, attr)
 
     @_op
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]
+        self, fh: int, off: int, size: int
+    ) -> bytes | memoryview:
+        # (pyfuse3 replies with any buffer: a view of a cached chunk is sent as it is)
         handle = self._fh[fh]
-        data = await handle.file.read(off, size)
+        data = await handle.file.read_view(off, size)
         if not handle.read_noted:  # relatime: the first read of an open may move atime
             handle.read_noted = True
             attr = handle.file.attr_at_open  # None for a file created here: atime is new

@@ -201,6 +201,11 @@ class Release(MetaCommand, frozen=True):
     ino: U64
 
 
+LEGACY_BLOCK_SIZE = 128 * 1024
+BLOCK_SIZES = frozenset(4096 << n for n in range(9))
+"""Block sizes a chunk record may name: powers of two from 4 KiB to 1 MiB."""
+
+
 class ChunkRecord(Message, frozen=True):
     """Where one chunk of a file lives: m shards, shard i on ``nodes[i]``.
 
@@ -225,13 +230,22 @@ class ChunkRecord(Message, frozen=True):
     checksums: tuple[bytes, ...] = ()
     inline: bytes = b""
     block_sums: tuple[bytes, ...] = ()
-    """Per data shard (k of them, or none): xxh3-64 digests of its 128 KiB
-    blocks, for reads of a part of a chunk (see `prismfs.data.codec`)."""
+    """Per data shard (k of them, or none): xxh3-64 digests of its blocks of
+    ``block_size`` bytes, for reads of a part of a chunk (see
+    `prismfs.data.codec`)."""
     want_k: U8 = 0
     want_m: U8 = 0
     """The layout the chunk should have, when it was written with a smaller one
     because too few nodes were up (0: as ``k`` and ``m``). The leader's mover
     re-encodes such a chunk to this layout once enough nodes are up."""
+    block_size: U32 = 0
+    """The size of the blocks ``block_sums`` digest; 0 for a record written
+    before it was recorded, whose blocks are `LEGACY_BLOCK_SIZE` (128 KiB)."""
+
+    @property
+    def blocks_of(self) -> int:
+        """The size of the blocks ``block_sums`` digest, in bytes."""
+        return self.block_size or LEGACY_BLOCK_SIZE
 
     @property
     def is_inline(self) -> bool:

@@ -68,6 +68,7 @@ from prismfs.errors import (
 )
 from prismfs.meta.cluster_tables import CHUNK_PAGE, ClusterTables, decode_record
 from prismfs.meta.commands import (
+    BLOCK_SIZES,
     DEFAULT_CHUNK_SIZE,
     INLINE_MAX,
     MAX_BATCH,
@@ -1491,6 +1492,7 @@ def _well_formed(rec: ChunkRecord) -> bool:
         and len(rec.nodes) == rec.m
         and not rec.inline
         and len(rec.block_sums) in (0, rec.k)
+        and rec.block_size in (0, *BLOCK_SIZES)
     )
 
 
