@@ -114,3 +114,40 @@ def test_block_sums_cover_each_data_shard_block() -> None:
         ]
     # Data shard i is the chunk's bytes [i * shard_size, (i + 1) * shard_size).
     assert enc.shards[0] + enc.shards[1][: len(data) - enc.shard_size] == data
+
+
+def test_chunk_bytes_views_within_and_across_shards() -> None:
+    from prismfs.data.codec import ChunkBytes
+
+    data = os.urandom(3 * 1000 - 7)
+    encoded = encode_chunk(data, 3, 5)
+    chunk = decode_chunk(
+        dict(enumerate(encoded.shards)),
+        k=3,
+        m=5,
+        length=len(data),
+        shard_size=encoded.shard_size,
+        checksums=encoded.checksums,
+    ).chunk
+    assert isinstance(chunk, ChunkBytes) and len(chunk) == len(data)
+    assert chunk.tobytes() == data
+    for start, n in [(0, 10), (990, 20), (999, 1), (1000, 1000), (500, 2000), (2980, 100)]:
+        got = chunk.view(start, n)
+        assert bytes(got) == data[start : start + n]
+    assert isinstance(chunk.view(10, 20), memoryview)  # within one shard: no copy
+    assert chunk.view(len(data), 10) == b""
+
+
+def test_block_cache_keeps_the_last_used_blocks_within_its_bound() -> None:
+    from prismfs.client.data import BlockCache
+
+    cache = BlockCache(max_bytes=100)
+    for n in range(5):
+        cache.put((b"c", 0, n), memoryview(bytes([n]) * 30))
+    assert cache.size <= 100
+    assert cache.get((b"c", 0, 0)) is None and cache.get((b"c", 0, 1)) is None
+    assert bytes(cache.get((b"c", 0, 2)) or b"") == bytes([2]) * 30
+    cache.put((b"c", 0, 5), memoryview(b"x" * 30))  # evicts 3, the least recently used
+    assert cache.get((b"c", 0, 3)) is None and cache.get((b"c", 0, 2)) is not None
+    cache.put((b"c", 0, 6), memoryview(b"y" * 101))  # larger than the whole cache: not kept
+    assert cache.get((b"c", 0, 6)) is None and cache.size <= 100

@@ -171,3 +171,56 @@ def test_local_store_removes_what_a_crashed_put_left(tmp_path: Path) -> None:
     assert trio.run(store.clean_temporary) == 1
     assert sorted(p.name for p in crumbs.iterdir()) == [f".{sid}.tmp{os.getpid()}-77", sid]
     assert (crumbs / sid).stat().st_mode & 0o777 == 0o600
+
+
+async def test_local_store_open_descriptors_never_serve_a_shard_that_is_gone(
+    tmp_path: Path,
+) -> None:
+    """Reads keep shard files open; whatever happens to a file behind the
+    store's back (deleted, replaced by a rename, rewritten in place), the
+    next read sees the file system as it is, never the old descriptor's
+    content. The descriptor cache stays within its bound."""
+    from prismfs.data.stores.local import LocalStore
+
+    store = LocalStore(tmp_path)
+    store.open_shards.capacity = 4
+    one = sid(1)
+    await store.put(one, b"first")
+    assert await store.get(one) == b"first"
+    assert await store.get(one, 1, 3) == b"irs"  # (from the cached descriptor)
+    path = tmp_path / one[0:2] / one[2:4] / one
+    path.unlink()
+    with pytest.raises(NotFound):
+        await store.get(one)
+    path.write_bytes(b"second")
+    assert await store.get(one) == b"second"
+    other = path.with_name("elsewhere")
+    other.write_bytes(b"third")
+    os.replace(other, path)
+    assert await store.get(one) == b"third"
+    fd = os.open(path, os.O_WRONLY)  # in place: the same file
+    os.pwrite(fd, b"THI", 0)
+    os.close(fd)
+    assert await store.get(one) == b"THIrd"
+    await store.put(one, b"fourth")
+    assert await store.get(one) == b"fourth"
+    assert await store.delete(one) is True
+    with pytest.raises(NotFound):
+        await store.get(one)
+    # Many shards read at once by several threads: every read right, at most
+    # `capacity` descriptors kept, none closed under a reader.
+    bodies = {sid(n): os.urandom(5000 + n) for n in range(20)}
+    for name, body in bodies.items():
+        await store.put(name, body)
+    for _ in range(3):
+        async with trio.open_nursery() as nursery:
+            for name, body in bodies.items():
+
+                async def read(name: str = name, body: bytes = body) -> None:
+                    assert await trio.to_thread.run_sync(store._get, name, 0, None) == body
+                    assert await store.get(name, 100, 50) == body[100:150]
+
+                nursery.start_soon(read)
+    assert len(store.open_shards._open) <= 4
+    await store.close()
+    assert store.open_shards._open == {}
