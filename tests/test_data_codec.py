@@ -113,7 +113,7 @@ def test_block_sums_cover_each_data_shard_block() -> None:
             xxhash.xxh3_64_digest(b) for b in blocks
         ]
     # Data shard i is the chunk's bytes [i * shard_size, (i + 1) * shard_size).
-    assert enc.shards[0] + enc.shards[1][: len(data) - enc.shard_size] == data
+    assert bytes(enc.shards[0]) + bytes(enc.shards[1][: len(data) - enc.shard_size]) == data
 
 
 def test_chunk_bytes_views_within_and_across_shards() -> None:

@@ -133,7 +133,9 @@ class DataClient:
 
     # --- writing ---------------------------------------------------------------------------
 
-    async def write_chunk(self, data: bytes | memoryview, layout: Layout) -> ChunkRecord:
+    async def write_chunk(
+        self, data: bytes | bytearray | memoryview, layout: Layout
+    ) -> ChunkRecord:
         """Store one chunk; its record. With every node of the layout up, k-of-m
         on m nodes. With fewer up (or failing), the widest layout the live nodes
         allow that still survives ``min_redundancy`` more losses (2-of-3 on two
@@ -175,7 +177,7 @@ class DataClient:
 
     async def _store(
         self,
-        data: bytes | memoryview,
+        data: bytes | bytearray | memoryview,
         k: int,
         m: int,
         candidates: list[Candidate],

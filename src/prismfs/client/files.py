@@ -84,6 +84,7 @@ COMMIT_EVERY = 32  # chunks recorded per commit during a put
 COMMIT_ATTEMPTS = 10  # commits of one flush that may conflict (each merges) before giving up
 Progress = Callable[[int], None]
 _T = TypeVar("_T")
+Body = bytes | bytearray  # a chunk's bytes to store
 
 
 @dataclass
@@ -102,7 +103,7 @@ class _Upload:
     its record (None if the upload failed: the flush uploads it again)."""
 
     version: int
-    body: bytes
+    body: Body  # (never written again: see `_Dirty.frozen`)
     done: trio.Event = field(default_factory=trio.Event)
     record: ChunkRecord | None = None
 
@@ -116,8 +117,11 @@ class _Dirty:
     buf: bytearray
     base: tuple[bytes, int]
     ranges: list[tuple[int, int]] = field(default_factory=list)
-    version: int = 0  # writes so far: an upload ahead is of the version it copied
+    version: int = 0  # writes so far: an upload ahead is of the version it took
     ahead: _Upload | None = None
+    # ``buf`` is being uploaded as it is (`_Upload.body`): the next write
+    # copies it first (copy-on-write), so the upload's bytes never change.
+    frozen: bool = False
 
     @property
     def uploaded(self) -> _Upload | None:
@@ -125,20 +129,30 @@ class _Dirty:
         ahead = self.ahead
         return ahead if ahead is not None and ahead.version == self.version else None
 
-    def body(self) -> bytes:
+    def body(self) -> Body:
         """The bytes to store: those of the upload ahead, if it is of them."""
         ahead = self.uploaded
         return ahead.body if ahead is not None else bytes(self.buf)
 
+    def freeze(self) -> bytearray:
+        """``buf`` for an upload that keeps it: no copy, later writes copy first."""
+        self.frozen = True
+        return self.buf
+
     def write(self, within: int, data: bytes | memoryview) -> None:
+        if self.frozen:
+            self.buf, self.frozen = bytearray(self.buf), False
         self.version += 1
         end = within + len(data)
-        if len(self.buf) < end:
-            self.buf.extend(bytes(end - len(self.buf)))
-        self.buf[within:end] = data
+        if within == len(self.buf):
+            self.buf += data  # (appending: one copy, no zeros first)
+        else:
+            if len(self.buf) < end:
+                self.buf.extend(bytes(end - len(self.buf)))
+            self.buf[within:end] = data
         self.ranges = _add_range(self.ranges, within, end)
 
-    def merged_onto(self, content: bytes) -> bytes:
+    def merged_onto(self, content: Body) -> bytes:
         """``content`` (another client's version) with this handle's writes on top."""
         out = bytearray(content)
         for start, end in self.ranges:
@@ -147,10 +161,10 @@ class _Dirty:
             out[start:end] = self.buf[start:end]
         return bytes(out)
 
-    def rebase(self, committed: bytes, record: tuple[bytes, int]) -> None:
+    def rebase(self, committed: Body, record: tuple[bytes, int]) -> None:
         """The chunk was committed as ``committed`` while this buffer was written:
         build on that, with this buffer's writes on top."""
-        self.buf = bytearray(self.merged_onto(committed))
+        self.buf, self.frozen = bytearray(self.merged_onto(committed)), False
         self.base = record
 
 
@@ -535,7 +549,7 @@ class OpenFile:
         if self._dirty.get(idx) is not dirty:  # flushed meanwhile
             self._ahead.release()
             return
-        upload = dirty.ahead = _Upload(dirty.version, bytes(dirty.buf))
+        upload = dirty.ahead = _Upload(dirty.version, dirty.freeze())
         try:
             self.nursery.start_soon(self._upload_behind, upload)
         except RuntimeError:  # the nursery closed (unmounting): the flush uploads it
@@ -748,7 +762,7 @@ class OpenFile:
             uploads.release(size)
 
     def _staged(
-        self, snapshot: dict[int, _Dirty], bodies: dict[int, bytes], records: dict[int, ChunkRecord]
+        self, snapshot: dict[int, _Dirty], bodies: dict[int, Body], records: dict[int, ChunkRecord]
     ) -> None:
         """The commit of an upload joins the prelude, and what waited for it."""
         order = sorted(records)
@@ -793,12 +807,13 @@ class OpenFile:
             self._dirty.setdefault(idx, dirty)
         self.dirty_since = trio.current_time()
 
-    def _stored(self, bodies: dict[int, bytes], records: dict[int, ChunkRecord]) -> None:
+    def _stored(self, bodies: dict[int, Body], records: dict[int, ChunkRecord]) -> None:
         """``bodies`` are now ``records``: kept for reads, and a buffer written
         meanwhile is now on the new record."""
         self._records.update(records)
         for idx, body in bodies.items():
-            self._cache[idx] = body
+            # (a bytearray kept is one an upload froze: never written again)
+            self._cache[idx] = body if isinstance(body, bytes) else ChunkBytes([body], len(body))
             newer = self._dirty.get(idx)
             if newer is not None:
                 newer.rebase(body, (records[idx].id, records[idx].length))
@@ -855,7 +870,7 @@ class OpenFile:
             self.opened_as = (attr.mtime_ns, attr.size)
         return results[1 + len(before) :]
 
-    async def _known_layout(self, bodies: Iterable[bytes]) -> Layout:
+    async def _known_layout(self, bodies: Iterable[Body]) -> Layout:
         """The layout to code these bodies with: the file's own, once it is
         known (its chunks, or the directory it was created in); else, if any
         body is too big to go inline, its directory's, asked for now."""
@@ -866,7 +881,7 @@ class OpenFile:
         return self.layout
 
     async def _upload(
-        self, bodies: dict[int, bytes], buffers: dict[int, _Dirty] | None = None
+        self, bodies: dict[int, Body], buffers: dict[int, _Dirty] | None = None
     ) -> dict[int, ChunkRecord]:
         """Each body as a new chunk (several at once); their records. A body
         whose buffer (in ``buffers``) was uploaded ahead as it is takes that
@@ -876,7 +891,7 @@ class OpenFile:
         records: dict[int, ChunkRecord] = {}
         limiter = trio.Semaphore(PARALLEL_CHUNKS)
 
-        async def upload(idx: int, body: bytes) -> None:
+        async def upload(idx: int, body: Body) -> None:
             dirty = (buffers or {}).get(idx)
             if dirty is not None and dirty.ahead is not None:
                 await dirty.ahead.done.wait()
@@ -898,7 +913,7 @@ class OpenFile:
     async def _commit(
         self,
         dirty: dict[int, _Dirty],
-        bodies: dict[int, bytes],
+        bodies: dict[int, Body],
         bases: dict[int, tuple[bytes, int]],
         records: dict[int, ChunkRecord],
         after: list[MetaCommand],

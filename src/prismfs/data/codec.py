@@ -64,7 +64,7 @@ def check_geometry(k: int, m: int) -> None:
 
 @dataclass(frozen=True)
 class Encoded:
-    shards: tuple[bytes, ...]  # m shards, data shards first
+    shards: tuple[Buffer, ...]  # m shards, data shards first (views of the chunk's bytes)
     checksums: tuple[bytes, ...]
     shard_size: int
     length: int
@@ -118,22 +118,28 @@ class Decoded:
         return self.chunk.tobytes()
 
 
-def encode_chunk(data: bytes | memoryview, k: int, m: int) -> Encoded:
+def encode_chunk(data: Buffer, k: int, m: int) -> Encoded:
+    """The m shards of ``data``: the k data shards are views of ``data`` (not
+    copies; only a short last one is padded), zfec computes just the m - k
+    parity shards."""
     check_geometry(k, m)
     length = len(data)
     if length == 0:
         raise InvalidArgument("an empty chunk is not stored")
     shard_size = -(-length // k)
     view = memoryview(data)
-    blocks = []
+    blocks: list[Buffer] = []
     for i in range(k):
-        block = bytes(view[i * shard_size : (i + 1) * shard_size])
+        block: Buffer = view[i * shard_size : (i + 1) * shard_size]
         if len(block) < shard_size:
-            block += bytes(shard_size - len(block))
+            block = bytes(block) + bytes(shard_size - len(block))
         blocks.append(block)
-    shards = tuple(zfec.Encoder(k, m).encode(tuple(blocks))) if m > k else tuple(blocks)
+    shards: tuple[Buffer, ...]
     if k == 1:
-        shards = tuple(shards[0] for _ in range(m))  # replication: m copies
+        shards = tuple(blocks[0] for _ in range(m))  # replication: m copies
+    else:
+        parity = zfec.Encoder(k, m).encode(blocks, list(range(k, m))) if m > k else []
+        shards = (*blocks, *parity)
     return Encoded(
         shards,
         tuple(shard_checksum(s) for s in shards),
@@ -184,7 +190,7 @@ def decode_chunk(
     return Decoded(ChunkBytes(blocks, length), bad)
 
 
-async def encode_chunk_async(data: bytes | memoryview, k: int, m: int) -> Encoded:
+async def encode_chunk_async(data: Buffer, k: int, m: int) -> Encoded:
     return await trio.to_thread.run_sync(encode_chunk, data, k, m)
 
 

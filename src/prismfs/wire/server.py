@@ -124,18 +124,19 @@ class RpcServer:
         self._conn_scope = trio.CancelScope()
         self.stats = Stats()  # calls served, by request type (the node shares its own)
         self._notices: dict[type[Message], Callable[[Any, str], None]] = {}
-        self._fast: dict[type[Message], Callable[[Any, Call], Message | None]] = {}
+        self._fast: dict[type[Message], Callable[[Any, Call], Message | Reply | None]] = {}
 
     def register(
         self,
         message_type: type[M],
         handler: Callable[[M, Call], Awaitable[Message | Reply]],
         *,
-        fast: Callable[[M, Call], Message | None] | None = None,
+        fast: Callable[[M, Call], Message | Reply | None] | None = None,
     ) -> None:
         """``handler`` runs in a task of its own per request. ``fast``, if given,
         is tried first right in the reader: a plain function that answers at
-        once (a reply without payload) or returns None for the usual way."""
+        once (a message, or a `Reply` with its payload) or returns None for
+        the usual way."""
         if message_type in self._handlers:
             raise ValueError(f"a handler for {message_type.__name__} is already registered")
         self._handlers[message_type] = handler
@@ -378,7 +379,7 @@ class RpcServer:
 
     def _answer_now(
         self,
-        fast: Callable[[Any, Call], Message | None],
+        fast: Callable[[Any, Call], Message | Reply | None],
         request: Message,
         call: Call,
         state: _ConnectionState,
@@ -386,17 +387,23 @@ class RpcServer:
         """Try ``fast`` in the reader; True if the call is answered."""
         name = type(request).__name__
         start = trio.current_time()
+        payload: Payload = b""
+        reply: Message
         try:
-            reply = fast(request, call)
+            answer = fast(request, call)
         except PrismError as exc:
             kind, reply = FrameKind.ERROR, ErrorReply.from_error(exc)
         except Exception:
             return False  # the task's handler runs it again and reports the bug
         else:
-            if reply is None:
+            if answer is None:
                 return False
+            if isinstance(answer, Reply):
+                reply, payload = answer.message, answer.payload
+            else:
+                reply = answer
             kind = FrameKind.RESPONSE
-        if not state.conn.send_nowait(kind, call.request_id, reply):
+        if not state.conn.send_nowait(kind, call.request_id, reply, payload):
             return False  # no room to queue the answer: the usual way waits for it
         self.stats.observe(f"served.{name}", trio.current_time() - start)
         self.stats.count(f"served.{name}.at_once")

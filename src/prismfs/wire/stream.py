@@ -128,13 +128,15 @@ class FramedStream:
             self.on_sent()
         return True
 
-    def send_nowait(self, kind: FrameKind, request_id: int, message: Message) -> bool:
-        """Queue a small frame without waiting; False if there was no room."""
+    def send_nowait(
+        self, kind: FrameKind, request_id: int, message: Message, payload: Payload = b""
+    ) -> bool:
+        """Queue a frame without waiting; False if there was no room."""
         header = encode_message(message)
-        if self._send_now(kind, request_id, header, b""):
+        if self._send_now(kind, request_id, header, payload):
             return True
         try:
-            self._send_q.send_nowait((kind, request_id, header, b""))
+            self._send_q.send_nowait((kind, request_id, header, payload))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             return False
         self.unsent += 1

@@ -225,19 +225,26 @@ class LocalStore(ThreadedStore):
                             removed += 1
         return removed
 
+    def get_cached(
+        self, shard_id: str, offset: int = 0, length: int | None = None
+    ) -> bytearray | None:
+        """The read, if the shard is open here and its bytes are in the page cache."""
+        desc = self.open_shards.take(validate_shard_id(shard_id)) if _NOWAIT else None
+        if desc is None:
+            return None
+        try:
+            return _read_at(desc.fd, offset, length, _NOWAIT)
+        except OSError:
+            return None  # not (all) in the page cache, or failing: in a thread
+        finally:
+            self.open_shards.release(desc)
+
     async def get(
         self, shard_id: str, offset: int = 0, length: int | None = None
     ) -> bytes | bytearray:
-        desc = self.open_shards.take(validate_shard_id(shard_id)) if _NOWAIT else None
-        if desc is not None:
-            try:
-                data = _read_at(desc.fd, offset, length, _NOWAIT)
-                if data is not None:
-                    return data
-            except OSError:
-                pass  # not (all) in the page cache, or failing: in a thread, below
-            finally:
-                self.open_shards.release(desc)
+        data = self.get_cached(shard_id, offset, length)
+        if data is not None:
+            return data
         return await super().get(shard_id, offset, length)
 
     def _get(self, shard_id: str, offset: int, length: int | None) -> bytearray:

@@ -58,6 +58,13 @@ class ThreadedStore(abc.ABC):
             )
         self._put(shard_id, data)
 
+    def get_cached(
+        self, shard_id: str, offset: int = 0, length: int | None = None
+    ) -> bytes | bytearray | None:
+        """`get` if it can be answered at once without blocking (from memory),
+        else None: then `get`. None here; a store that can, says so."""
+        return None
+
     async def get(
         self, shard_id: str, offset: int = 0, length: int | None = None
     ) -> bytes | bytearray:
