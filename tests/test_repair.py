@@ -97,6 +97,14 @@ async def test_a_lost_node_is_repaired_around_and_a_second_loss_loses_nothing(
         await wait_until(repaired, 90)
         for r in await records(meta, ino):
             assert len(set(r.nodes)) == 3 and "" not in r.nodes  # 3 distinct live nodes
+        # Each lost shard was rebuilt by the node that now holds it (its log
+        # says so): the bytes went node to node, not through the leader.
+        rebuilt = sum(
+            (Path(str(n["data_dir"])) / "node.log").read_text().count("rebuilt shards [")
+            for n in nodes
+            if n is not victim
+        )
+        assert rebuilt >= on_victim
         # A second node dies: every chunk still has 2 of its 3 shards.
         second = next(n for n in nodes[1:] if n is not victim)
         os.kill(int(second["pid"]), signal.SIGKILL)  # type: ignore[call-overload]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from prismfs.wire.codec import U32, U64, Message
+from prismfs.meta.commands import ChunkRecord
+from prismfs.wire.codec import U8, U32, U64, Message
 
 
 class DataMessage(Message, frozen=True):
@@ -73,6 +74,34 @@ class StoreStatsReply(DataMessage, frozen=True):
     total: U64
     used: U64
     corrupt_found: U64 = 0
+
+
+class CopyShard(DataMessage, frozen=True):
+    """Fetch shard ``shard_id`` from the node at ``source`` and store it here,
+    checked against ``checksum``: a move of the leader's mover, the bytes
+    going from node to node (not through the leader). Answered `ShardPut`."""
+
+    shard_id: str
+    checksum: bytes
+    source: str
+
+
+class RebuildShards(DataMessage, frozen=True):
+    """Rebuild shards ``indices`` of the chunk ``record`` here: read k of its
+    other shards from ``sources`` ((shard index, node address), in the order
+    to try), decode, re-encode, check each rebuilt shard against the record's
+    checksum and store it. Repair's work, done by the node that keeps the
+    result. Answered `ShardsRebuilt`."""
+
+    record: ChunkRecord
+    indices: tuple[U8, ...]
+    sources: tuple[tuple[U8, str], ...]
+
+
+class ShardsRebuilt(DataMessage, frozen=True):
+    stored: U32
+    bytes_read: U64
+    bytes_written: U64
 
 
 class NodeHeartbeat(DataMessage, frozen=True):

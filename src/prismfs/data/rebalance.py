@@ -43,7 +43,7 @@ from typing import TypeVar
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.data.messages import DeleteShards, GetShard, PutShard
+from prismfs.data.messages import CopyShard, DeleteShards, ShardPut
 from prismfs.data.placement import Candidate, score, up_candidates
 from prismfs.data.repair import (
     Health,
@@ -53,6 +53,7 @@ from prismfs.data.repair import (
     store_chunk,
     usable,
 )
+from prismfs.data.service import COPY_TIMEOUT_S
 from prismfs.data.stores import shard_id
 from prismfs.errors import PrismError
 from prismfs.exception_groups import single_exception
@@ -303,11 +304,14 @@ class Mover:
         sid = shard_id(rec.id, i)
         started = trio.current_time()
         try:
+            # The new node copies the shard from the old one: node to node.
             reply = await self.pool.call(
-                nodes[src].address, GetShard(sid, checksum=rec.checksums[i]), timeout=30
+                nodes[to].address,
+                CopyShard(sid, rec.checksums[i], nodes[src].address),
+                timeout=COPY_TIMEOUT_S,
             )
         except PrismError as exc:
-            log.info("move of %s: %s unreadable (%s); rebuilding it", sid, src, exc.message)
+            log.info("move of %s from %s: %s; rebuilding it", sid, src, exc.message)
             try:
                 return bool(
                     await repair_chunk(
@@ -323,9 +327,9 @@ class Mover:
             except PrismError as exc2:
                 log.info("move of %s failed, will retry: %s", sid, exc2.message)
                 return False
-        body = reply.payload
+        assert isinstance(reply.message, ShardPut)
+        size = reply.message.size
         try:
-            await self.pool.call(nodes[to].address, PutShard(sid, rec.checksums[i]), body)
             committed = await commit_chunk_change(
                 self.consensus, MoveShards(wall_ns(), rec.id, ((i, src, to),))
             )
@@ -336,10 +340,10 @@ class Mover:
             log.debug("chunk %s changed during the move of shard %d", rec.id.hex(), i)
             return False
         self.stats.shards_moved += 1
-        self.stats.bytes_moved += len(body)
+        self.stats.bytes_moved += size
         self._deletes.append((trio.current_time() + self.delete_after_s, src, sid))
         # Read once, written once; the budget is shared by the moves in flight.
-        spent = 2 * len(body) * PARALLEL_MOVES
+        spent = 2 * size * PARALLEL_MOVES
         await trio.sleep_until(started + spent / (self.mb_per_s * 1e6))
         return True
 

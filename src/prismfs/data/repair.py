@@ -11,12 +11,14 @@ node down sooner than ``node_down_after_s`` after taking over.
 Repair: once a node has been down for ``repair_after_s`` (and for shards a
 degraded write never stored, at once), `repair_pass` walks the chunk
 records that have a shard on such a node, the most endangered first (fewest
-live shards). For each it fetches k intact shards from live nodes (each
-checked against its checksum by the node and here), decodes the chunk,
-re-encodes it (zfec is deterministic: the rebuilt shards are byte for byte
-the lost ones, checked against the record's checksums), stores each lost
-shard on a node chosen by placement among the "up" nodes that hold none of
-the chunk, and commits `MoveShards`. The commit is refused if the file
+live shards). For each lost shard it picks a node by placement among the
+"up" nodes that hold none of the chunk and asks that node to rebuild it
+(`RebuildShards`): the node fetches k intact shards from live nodes (each
+checked against its checksum by the node that holds it and again there),
+decodes the chunk, re-encodes it (zfec is deterministic: the rebuilt shards
+are byte for byte the lost ones, checked against the record's checksums)
+and stores its shard. The bytes go node to node, never through the leader.
+Then the leader commits `MoveShards`. The commit is refused if the file
 changed the chunk meanwhile; the shard written is then an orphan, which the
 node's orphan sweep deletes. Repair is paced to ``repair_mb_per_s`` (bytes
 read and written) and works on two chunks at a time. A chunk with fewer
@@ -38,11 +40,18 @@ from dataclasses import dataclass, field
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.data.codec import decode_chunk_async, encode_chunk_async
-from prismfs.data.messages import GetShard, HeartbeatAck, NodeHeartbeat, PutShard
+from prismfs.data.codec import encode_chunk_async
+from prismfs.data.messages import (
+    HeartbeatAck,
+    NodeHeartbeat,
+    PutShard,
+    RebuildShards,
+    ShardsRebuilt,
+)
 from prismfs.data.placement import NotEnoughNodes, fit_layout, place, up_candidates
+from prismfs.data.rebuild import NotEnoughShardsToRepair, read_chunk_from
 from prismfs.data.stores import shard_id
-from prismfs.errors import InternalError, NotFound, PrismError, Unavailable
+from prismfs.errors import NotFound, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.commands import (
     ChunkRecord,
@@ -58,6 +67,8 @@ from prismfs.wire.codec import decode_message, encode_message
 from prismfs.wire.server import Call, RpcServer
 
 log = logging.getLogger("prismfs.data.repair")
+
+REBUILD_TIMEOUT_S = 120.0  # a node reads k shards, decodes, re-encodes and stores
 
 PARALLEL_CHUNKS = 2
 
@@ -267,12 +278,6 @@ async def repair_pass(
     return done
 
 
-class NotEnoughShardsToRepair(Unavailable):
-    """Fewer than k shards of a chunk are readable, or no node can take one."""
-
-    code = "not_enough_shards_to_repair"
-
-
 def unavailable_nodes(namespace: Namespace) -> set[str]:
     """Nodes whose shards cannot be read now: down or removed."""
     return {n.node for n in namespace.nodes() if n.state in ("down", "removed")}
@@ -296,36 +301,18 @@ async def commit_chunk_change(consensus: Consensus, command: MoveShards | Reenco
 async def read_from_shards(
     pool: RpcPool, rec: ChunkRecord, sources: Sequence[int], nodes: dict[str, NodeInfo]
 ) -> bytes:
-    """The chunk's bytes from k of the shards ``sources`` (each checked against its
-    checksum where it is read and again here); `NotEnoughShardsToRepair` if fewer
-    than k can be read."""
-    got: dict[int, bytes] = {}
-    for i in sources:
-        if len(got) >= rec.k:
-            break
-        info = nodes[rec.nodes[i]]
-        try:
-            reply = await pool.call(
-                info.address,
-                GetShard(shard_id(rec.id, i), checksum=rec.checksums[i]),
-                timeout=30,
-            )
-            got[i] = bytes(reply.payload)
-        except PrismError as exc:
-            log.info("shard %d of %s unreadable: %s", i, rec.id.hex(), exc.message)
-    if len(got) < rec.k:
-        raise NotEnoughShardsToRepair(
-            f"{len(got)} of the {rec.k} shards needed are readable ({rec.m - len(sources)} lost)"
-        )
-    decoded = await decode_chunk_async(
-        got,
-        k=rec.k,
-        m=rec.m,
-        length=rec.length,
-        shard_size=rec.shard_size,
-        checksums=rec.checksums,
-    )
-    return decoded.data
+    """The chunk's bytes, read here (by the leader) from k of the shards
+    ``sources``: for a re-encode to another layout, which needs the whole
+    chunk where the new record is made."""
+    data, _ = await read_chunk_from(pool, rec, addressed(rec, sources, nodes))
+    return data
+
+
+def addressed(
+    rec: ChunkRecord, sources: Sequence[int], nodes: dict[str, NodeInfo]
+) -> tuple[tuple[int, str], ...]:
+    """(shard index, address of the node holding it) for ``sources``."""
+    return tuple((i, nodes[rec.nodes[i]].address) for i in sources)
 
 
 async def store_chunk(
@@ -432,11 +419,6 @@ async def repair_chunk(
     if not missing and not rewrite:
         return 0
     sources = [i for i in range(rec.m) if i not in missing and i not in rewrite]
-    data = await read_from_shards(pool, rec, sources, nodes)
-    encoded = await encode_chunk_async(data, rec.k, rec.m)
-    for i in missing + rewrite:
-        if encoded.checksums[i] != rec.checksums[i]:
-            raise InternalError(f"shard {i} of {rec.id.hex()} rebuilt differently")
     holders = [n for n in rec.nodes if n]
     targets: list[str] = []
     if missing:
@@ -446,24 +428,32 @@ async def repair_chunk(
             if rewrite:
                 raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
             live = len(rec.nodes) - len(missing)
+            data = await read_from_shards(pool, rec, sources, nodes)
             return await reduce_chunk(
                 consensus, pool, rec, data, live, nodes, stats, min_redundancy, exc
             )
+    # Each node that is to hold a rebuilt shard rebuilds it itself.
+    jobs: dict[str, list[int]] = {}
+    for i, target in zip(missing, targets, strict=True):
+        jobs.setdefault(target, []).append(i)
+    for i in rewrite:
+        jobs.setdefault(rec.nodes[i], []).append(i)
+    from_nodes = addressed(rec, sources, nodes)
 
-    async def put(i: int, target: str) -> None:
-        sid = shard_id(rec.id, i)
-        await pool.call(
-            nodes[target].address, PutShard(sid, encoded.checksums[i]), encoded.shards[i]
+    async def rebuild(target: str, indices: list[int]) -> None:
+        reply = await pool.call(
+            nodes[target].address,
+            RebuildShards(rec, tuple(indices), from_nodes),
+            timeout=REBUILD_TIMEOUT_S,
         )
-        stats.shards_written += 1
-        stats.bytes_written += len(encoded.shards[i])
+        assert isinstance(reply.message, ShardsRebuilt)
+        stats.shards_written += reply.message.stored
+        stats.bytes_written += reply.message.bytes_written
 
     with single_exception():
         async with trio.open_nursery() as nursery:
-            for i, target in zip(missing, targets, strict=True):
-                nursery.start_soon(put, i, target)
-            for i in rewrite:
-                nursery.start_soon(put, i, rec.nodes[i])
+            for target, indices in jobs.items():
+                nursery.start_soon(rebuild, target, indices)
     if not missing:
         log.info("repair: rewrote shards %s of chunk %s in place", rewrite, rec.id.hex())
         return len(rewrite)

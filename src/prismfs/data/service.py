@@ -1,4 +1,6 @@
-"""The shard service of a storage node: put, get, delete, list, stats over RPC.
+"""The shard service of a storage node: put, get, delete, list, stats over RPC;
+and, as the leader directs, shards copied from another node (`CopyShard`) or
+rebuilt from the chunk's other shards (`RebuildShards`), stored here.
 
 Every put is checked against the checksum the client computed before it is
 stored; a whole-shard get with a checksum is checked before it is sent, and
@@ -13,33 +15,41 @@ import time
 
 import trio
 
-from prismfs.data.codec import shard_checksum
+from prismfs.data.codec import encode_chunk_async, shard_checksum
 from prismfs.data.messages import (
+    CopyShard,
     DeleteShards,
     GetShard,
     ListShards,
     PutShard,
+    RebuildShards,
     ShardData,
     ShardInfo,
     ShardList,
     ShardPut,
     ShardsDeleted,
+    ShardsRebuilt,
     ShardsVerified,
     StoreStats,
     StoreStatsReply,
     VerifyShards,
 )
-from prismfs.data.stores import ShardStore, validate_shard_id
+from prismfs.data.rebuild import read_chunk_from
+from prismfs.data.stores import ShardStore, shard_id, validate_shard_id
 from prismfs.data.stores.threaded import ThreadedStore
-from prismfs.errors import CorruptShard, InvalidArgument, NotFound
+from prismfs.errors import CorruptShard, InternalError, InvalidArgument, NotFound, Unavailable
+from prismfs.wire.client import RpcPool
 from prismfs.wire.server import Call, Reply, RpcServer
+
+COPY_TIMEOUT_S = 60.0
 
 log = logging.getLogger("prismfs.data.service")
 
 
 class ShardService:
-    def __init__(self, store: ShardStore) -> None:
+    def __init__(self, store: ShardStore, pool: RpcPool | None = None) -> None:
         self.store = store
+        self.pool = pool  # to read from other nodes (copies, rebuilds)
         self.corrupt_found = 0
 
     def register(self, server: RpcServer) -> None:
@@ -49,20 +59,66 @@ class ShardService:
         server.register(ListShards, self._list)
         server.register(StoreStats, self._stats)
         server.register(VerifyShards, self._verify)
+        server.register(CopyShard, self._copy)
+        server.register(RebuildShards, self._rebuild)
 
     async def _put(self, request: PutShard, call: Call) -> ShardPut:
-        validate_shard_id(request.shard_id)
+        await self._put_checked(request.shard_id, call.payload, request.checksum)
+        return ShardPut(len(call.payload))
+
+    async def _put_checked(
+        self, sid: str, data: bytes | bytearray | memoryview, checksum: bytes
+    ) -> None:
+        validate_shard_id(sid)
         if isinstance(self.store, ThreadedStore):
             # checked and written in one worker thread, off the event loop
-            await self.store.put_checked(request.shard_id, call.payload, request.checksum)
-            return ShardPut(len(call.payload))
-        if await trio.to_thread.run_sync(shard_checksum, call.payload) != request.checksum:
+            await self.store.put_checked(sid, data, checksum)
+            return
+        if await trio.to_thread.run_sync(shard_checksum, data) != checksum:
             raise InvalidArgument(
-                f"shard {request.shard_id}: payload does not match its checksum "
-                "(damaged in transit)"
+                f"shard {sid}: payload does not match its checksum (damaged in transit)"
             )
-        await self.store.put(request.shard_id, call.payload)
-        return ShardPut(len(call.payload))
+        await self.store.put(sid, data)
+
+    def _peers(self) -> RpcPool:
+        if self.pool is None:
+            raise Unavailable("this node cannot reach other nodes yet")
+        return self.pool
+
+    async def _copy(self, request: CopyShard, call: Call) -> ShardPut:
+        validate_shard_id(request.shard_id)
+        reply = await self._peers().call(
+            request.source,
+            GetShard(request.shard_id, checksum=request.checksum),
+            timeout=COPY_TIMEOUT_S,
+        )
+        await self._put_checked(request.shard_id, reply.payload, request.checksum)
+        log.info("copied shard %s from %s", request.shard_id, request.source)
+        return ShardPut(len(reply.payload))
+
+    async def _rebuild(self, request: RebuildShards, call: Call) -> ShardsRebuilt:
+        rec = request.record
+        if (
+            rec.is_inline
+            or len(rec.checksums) != rec.m
+            or not request.indices
+            or len(set(request.indices)) != len(request.indices)
+            or any(not 0 <= i < rec.m for i in request.indices)
+            or any(not 0 <= i < rec.m or i in request.indices for i, _ in request.sources)
+        ):
+            raise InvalidArgument("a rebuild names shards out of range, twice, or as sources")
+        data, read = await read_chunk_from(self._peers(), rec, request.sources)
+        encoded = await encode_chunk_async(data, rec.k, rec.m)
+        written = 0
+        for i in request.indices:
+            # zfec is deterministic: a rebuilt shard is byte for byte the lost one
+            if encoded.checksums[i] != rec.checksums[i]:
+                raise InternalError(f"shard {i} of {rec.id.hex()} rebuilt differently")
+        for i in request.indices:
+            await self._put_checked(shard_id(rec.id, i), encoded.shards[i], rec.checksums[i])
+            written += len(encoded.shards[i])
+        log.info("rebuilt shards %s of chunk %s", list(request.indices), rec.id.hex())
+        return ShardsRebuilt(len(request.indices), read, written)
 
     def _get_cached(self, request: GetShard, call: Call) -> Reply | None:
         """A part of a shard the page cache holds, answered right in the RPC

@@ -130,7 +130,8 @@ async def serve_node(
             raise ConfigError(f"[data] default_layout: {exc.message}") from None
     raise_open_file_limit()
     store = open_store(config.store.backend, config.store.store_options(config.data_dir))
-    ShardService(store).register(service.server)
+    shards = ShardService(store)
+    shards.register(service.server)
     host, port = config.listen_address
     tls = config.tls_config()
     peer_tls = client_context(tls.ca) if tls.ca else None
@@ -141,6 +142,7 @@ async def serve_node(
         ):
             pool.unreachable = faults.partition(config.data_dir)
             pool.stats = service.server.stats  # one set of counters per node (`/metrics`)
+            shards.pool = pool  # copies and rebuilds read from other nodes
             try:
                 addresses = await nursery.start(service.server.serve, host, port)
             except OSError as exc:
