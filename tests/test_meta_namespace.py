@@ -15,12 +15,14 @@ from prismfs.meta.commands import (
     INLINE_MAX,
     MAX_BATCH,
     RENAME_EXCHANGE,
+    REPLY_RECORD_BYTES,
     ROOT_INO,
     XATTR_CREATE,
     XATTR_REPLACE,
     Attr,
     Batch,
     BatchResults,
+    ChunkMap,
     ChunkRecord,
     CommitChunks,
     MetaCommand,
@@ -405,3 +407,49 @@ def test_a_checked_command_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> N
         ns.apply(i, client_command("c", i, op))
     assert decoded.count(mkdir) == decoded.count(batch) == decoded.count(inner) == 1
     assert ns.lookup(ROOT_INO, b"a").ino and ns.lookup(ROOT_INO, b"b").ino
+
+
+def test_a_big_chunk_map_comes_in_replies_that_fit_a_frame(d: Driver) -> None:
+    """1,000 records of 4 MiB chunks with 32 KiB block digests weigh about
+    1.2 MB: more than a reply's header may carry (1 MiB). The namespace cuts
+    its answer at `REPLY_RECORD_BYTES` and says there is more; the client's
+    `chunk_map_all` asks again until it has them all, in order."""
+    import trio
+
+    from prismfs.meta.client import MetaClient
+    from prismfs.wire.codec import encode_message
+
+    f = d.run(Mknod(1, ROOT_INO, b"big", stat.S_IFREG | 0o644, 0, 0))
+    assert f is not None
+    chunk = 4 << 20
+    sums = bytes(8 * 64)
+    records = [
+        ChunkRecord(
+            i.to_bytes(16, "big"),
+            chunk,
+            chunk // 2,
+            2,
+            3,
+            ("n1", "n2", "n3"),
+            (bytes(16),) * 3,
+            block_sums=(sums, sums),
+            block_size=32 * 1024,
+        )
+        for i in range(1000)
+    ]
+    for at in range(0, 1000, 50):
+        batch = tuple((i, records[i]) for i in range(at, at + 50))
+        d.run(CommitChunks(2 + at, f.ino, batch, (at + 50) * chunk))
+    first = d.ns.chunk_map(f.ino, 0, 4096)
+    assert first.more and 0 < len(first.chunks) < 1000
+    assert len(encode_message(first)) <= REPLY_RECORD_BYTES + 64 * 1024 < 1 << 20
+
+    class Local:
+        async def chunk_map(self, ino: int, first: int = 0, count: int = 1024) -> ChunkMap:
+            return d.ns.chunk_map(ino, first, count)
+
+    whole = trio.run(MetaClient.chunk_map_all, Local(), f.ino)  # type: ignore[arg-type]
+    assert [i for i, _ in whole.chunks] == list(range(1000)) and not whole.more
+    assert [r for _, r in whole.chunks] == records
+    part = trio.run(MetaClient.chunk_map_all, Local(), f.ino, 990, 5)  # type: ignore[arg-type]
+    assert [i for i, _ in part.chunks] == [990, 991, 992, 993, 994]

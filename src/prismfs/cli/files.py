@@ -231,7 +231,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
                     text = (await meta.layout(a.ino)).decode() or str(Layout()) + " (default)"
                     click.echo(f"layout: {text} (for new files)")
                 elif stat_mod.S_ISREG(a.mode):
-                    cmap = await meta.chunk_map(a.ino)
+                    cmap = await meta.chunk_map_all(a.ino)
                     geometry = {(r.k, r.m) for _, r in cmap.chunks if not r.is_inline}
                     click.echo(
                         f"chunks: {len(cmap.chunks)} of {cmap.chunk_size} bytes, "

@@ -278,15 +278,9 @@ class OpenFile:
 
     async def refresh(self) -> None:
         """Reload size and chunk map (close-to-open: called at open)."""
-        first = 0
-        records: dict[int, ChunkRecord] = {}
-        while True:
-            cmap = await self.meta.chunk_map(self.ino, first, 4096)
-            self.chunk_size, self.size = cmap.chunk_size, cmap.size
-            records.update(dict(cmap.chunks))
-            if len(cmap.chunks) < 4096:
-                break
-            first = cmap.chunks[-1][0] + 1
+        cmap = await self.meta.chunk_map_all(self.ino)
+        self.chunk_size, self.size = cmap.chunk_size, cmap.size
+        records = dict(cmap.chunks)
         self._records = records
         self._version += 1
         coded = [r for r in records.values() if not r.is_inline]
@@ -961,11 +955,8 @@ class OpenFile:
         wanted = set(indices)
         out: dict[int, ChunkRecord] = {}
         first, last = min(indices), max(indices)
-        while first <= last:
-            count = min(last - first + 1, 4096)
-            cmap = await self.meta.chunk_map(self.ino, first, count)
-            out.update((i, r) for i, r in cmap.chunks if i in wanted)
-            first += count
+        cmap = await self.meta.chunk_map_all(self.ino, first, last - first + 1)
+        out.update((i, r) for i, r in cmap.chunks if i in wanted)
         return out
 
     async def fsync(self) -> None:

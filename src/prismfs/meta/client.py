@@ -506,7 +506,23 @@ class MetaClient:
         return (await self.query(ListXattr(ino), MetaValue)).names
 
     async def chunk_map(self, ino: int, first: int = 0, count: int = 1024) -> ChunkMap:
+        """Records of chunks ``first`` to ``first + count - 1``, or a first part of
+        them (``more``: see `chunk_map_all`)."""
         return await self.query(GetChunks(ino, first, count), ChunkMap)
+
+    async def chunk_map_all(self, ino: int, first: int = 0, count: int = 1 << 40) -> ChunkMap:
+        """Every record of chunks ``first`` to ``first + count - 1``, in as many
+        queries as their size needs (size and chunk size from the last one)."""
+        end = first + count
+        chunks: list[tuple[int, ChunkRecord]] = []
+        while True:
+            part = await self.chunk_map(ino, first, min(end - first, 100_000))
+            chunks += part.chunks
+            if not part.more or not part.chunks:
+                return ChunkMap(part.chunk_size, part.size, tuple(chunks))
+            first = part.chunks[-1][0] + 1
+            if first >= end:
+                return ChunkMap(part.chunk_size, part.size, tuple(chunks))
 
     async def statfs(self) -> FsStats:
         return await self.query(StatFs(), FsStats)

@@ -201,6 +201,9 @@ class Release(MetaCommand, frozen=True):
     ino: U64
 
 
+REPLY_RECORD_BYTES = 512 * 1024
+"""Chunk records one query's reply carries at most (a reply's header is at
+most 1 MiB; a record of a 4 MiB chunk with 32 KiB blocks is about 1.2 KiB)."""
 LEGACY_BLOCK_SIZE = 128 * 1024
 BLOCK_SIZES = frozenset(4096 << n for n in range(9))
 """Block sizes a chunk record may name: powers of two from 4 KiB to 1 MiB."""
@@ -491,6 +494,9 @@ class ChunkMap(Message, frozen=True):
     chunk_size: U32
     size: U64
     chunks: tuple[tuple[U64, ChunkRecord], ...]
+    more: bool = False
+    """The reply was cut at `REPLY_RECORD_BYTES` of records: ask again from
+    the index after the last one (`MetaClient.chunk_map_all`)."""
 
 
 class FsStats(Message, frozen=True):

@@ -75,6 +75,7 @@ from prismfs.meta.commands import (
     MIN_REDUNDANCY_XATTR,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
+    REPLY_RECORD_BYTES,
     ROOT_INO,
     SESSION_TOMBSTONE_NS,
     XATTR_CREATE,
@@ -711,9 +712,17 @@ class Namespace(ClusterTables):
         rows = self.db.execute(
             "SELECT idx, record FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx LIMIT ?",
             (ino, first, max(0, min(count, 100_000))),
-        ).fetchall()
-        chunks = tuple((int(i), decode_record(r)) for i, r in rows)
-        return ChunkMap(chunk_size or DEFAULT_CHUNK_SIZE, size, chunks)
+        )
+        chunks: list[tuple[int, ChunkRecord]] = []
+        spent = 0
+        more = False
+        for i, r in rows:
+            if chunks and spent + len(r) > REPLY_RECORD_BYTES:
+                more = True  # (the rest: another query)
+                break
+            spent += len(r)
+            chunks.append((int(i), decode_record(r)))
+        return ChunkMap(chunk_size or DEFAULT_CHUNK_SIZE, size, tuple(chunks), more)
 
     def statfs(self) -> FsStats:
         usage = self.db.execute("SELECT node, bytes FROM node_usage ORDER BY node").fetchall()
@@ -726,8 +735,16 @@ class Namespace(ClusterTables):
         )
 
     def gc_pending(self, limit: int = 1000) -> list[tuple[int, ChunkRecord]]:
+        """The oldest GC entries, at most ``limit`` and `REPLY_RECORD_BYTES` of records."""
         rows = self.db.execute("SELECT seq, record FROM gc ORDER BY seq LIMIT ?", (limit,))
-        return [(int(seq), decode_record(r)) for seq, r in rows]
+        out: list[tuple[int, ChunkRecord]] = []
+        spent = 0
+        for seq, r in rows:
+            if out and spent + len(r) > REPLY_RECORD_BYTES:
+                break
+            spent += len(r)
+            out.append((int(seq), decode_record(r)))
+        return out
 
     def readlink(self, ino: int) -> bytes:
         attr = self.getattr(ino)
