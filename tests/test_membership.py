@@ -220,7 +220,8 @@ def test_an_application_on_a_mount_sees_no_error_through_membership_changes(
         assert moved > 0
         # The nodes that took them copied them from the old ones themselves
         # (node to node, not through the leader).
-        copied = sum(log.read_text().count("copied shard ") for log in tmp_path.glob("*.log"))
+        logs = [tmp_path / "node5.log", *tmp_path.glob("state/*/node*/node.log")]
+        copied = sum(log.read_text().count("copied shard ") for log in logs)
         assert copied >= moved
         seen = app.progress(seen)
 
