@@ -213,7 +213,6 @@ class OpenFile:
         self.nursery: trio.Nursery | None = None
         self._lock = trio.Lock()  # one flush at a time
         self._ahead = trio.Semaphore(PARALLEL_CHUNKS)  # uploads ahead in flight
-        self.uploads_ahead = 0  # chunks uploaded ahead of their flush
         self._write_lock = trio.Lock()  # one write (or truncate) at a time
         self._closed = False
         self._last_read_end = -1
@@ -556,7 +555,6 @@ class OpenFile:
         try:
             layout = await self._known_layout([upload.body])
             upload.record = await self.data.write_chunk(upload.body, layout)
-            self.uploads_ahead += 1
             self.data.pool.stats.count("data.uploads_ahead")
         except PrismError as exc:
             log.info("inode %d: upload ahead failed (the flush retries): %s", self.ino, exc.message)
