@@ -25,6 +25,8 @@ from prismfs.client.data import INLINE_DEFAULT, BlockCache, DataClient
 from prismfs.client.files import OpenFile, get_file, put_file
 from prismfs.data.codec import RANGE_BLOCK, block_sums
 from prismfs.data.layout import Layout
+from prismfs.data.messages import ReencodeShards, ShardsReencoded
+from prismfs.errors import InvalidArgument
 from prismfs.meta.client import open_meta_client
 from prismfs.meta.commands import LEGACY_BLOCK_SIZE, ROOT_INO
 from prismfs.wire.client import open_rpc_pool
@@ -380,6 +382,56 @@ async def test_small_chunks_go_inline_and_larger_ones_to_shards(cluster: Cluster
         g = await OpenFile.open(meta, data, ino_small)
         assert await g.read(0, 1 << 20) == small + b"x" * 100
         await g.close()
+
+
+async def test_a_node_reencodes_a_chunk_onto_the_nodes_named_and_refuses_a_bad_request(
+    cluster: Cluster,
+) -> None:
+    """`ReencodeShards`: the node asked reads the chunk from k shards, encodes it
+    with the new layout and stores every new shard on its node; the record it
+    answers reads back the same bytes. A malformed request stores nothing."""
+    nodes = await trio.to_thread.run_sync(up, cluster)
+    ids = tuple(str(n["id"]) for n in nodes)
+    by_id = {str(n["id"]): str(n["rpc_address"]) for n in nodes}
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, list(by_id.values())) as meta,
+    ):
+        data = DataClient(pool, meta)
+        payload = os.urandom(3_000_000)
+        ino = await put_file(meta, data, ROOT_INO, b"f", reader(payload))
+        rec = (await meta.chunk_map(ino)).chunks[0][1]
+        assert (rec.k, rec.m) == (2, 3)
+        sources = tuple((i, by_id[n]) for i, n in enumerate(rec.nodes))
+        targets = tuple(by_id[n] for n in ids)
+        new_id = os.urandom(16)
+        bad = [
+            ReencodeShards(rec, sources, new_id, 0, 3, ids, targets),  # k = 0
+            ReencodeShards(rec, sources, new_id, 2, 3, ids[:2], targets[:2]),  # 2 nodes for 3
+            ReencodeShards(rec, sources, rec.id, 1, 3, ids, targets),  # its own id
+            ReencodeShards(rec, ((7, targets[0]),), new_id, 1, 3, ids, targets),  # no shard 7
+        ]
+        for request in bad:
+            with pytest.raises(InvalidArgument):
+                await pool.call(targets[0], request)
+        assert not [p for p in shard_files(cluster) if p.name.startswith(new_id.hex())]
+
+        reply = await pool.call(
+            targets[1], ReencodeShards(rec, sources, new_id, 1, 3, ids, targets, 2, 3)
+        )
+        done = reply.message
+        assert isinstance(done, ShardsReencoded)
+        new = done.record
+        assert (new.id, new.k, new.m, new.nodes, new.layout) == (new_id, 1, 3, ids, (2, 3))
+        assert done.bytes_read >= len(payload) and done.bytes_written == 3 * len(payload)
+        stored = sorted(p.name for p in shard_files(cluster) if p.name.startswith(new_id.hex()))
+        assert stored == [f"{new_id.hex()}.{i}" for i in range(3)]
+        # Every replica alone reads back the chunk.
+        for keep in range(3):
+            alone = msgspec.structs.replace(
+                new, nodes=tuple(n if i == keep else "" for i, n in enumerate(new.nodes))
+            )
+            assert bytes(await data.read_chunk(alone)) == payload
 
 
 async def test_small_reads_fetch_verified_blocks_and_read_around_bit_rot(cluster: Cluster) -> None:

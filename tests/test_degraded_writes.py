@@ -104,6 +104,11 @@ def test_writes_go_on_with_one_node_of_three_down_and_are_reencoded_after(
             r"(\d+) chunks re-encoded to their layout", nodes.ok("cluster", "status")
         )
         assert reencoded and int(reencoded.group(1)) >= 6
+        # Each was read, encoded and stored by a node (its log says so), not
+        # by the leader: the bytes went node to node.
+        node_logs = [Path(str(n["data_dir"])) / "node.log" for n in started]
+        by_nodes = sum(log.read_text().count("re-encoded chunk ") for log in node_logs)
+        assert by_nodes >= int(reencoded.group(1))
 
         async def check_layout() -> None:
             client = load_client_toml(nodes.client_toml)

@@ -442,7 +442,9 @@ async def test_direct_sends_that_the_socket_takes_in_part_stay_whole_and_in_orde
     for i, size in enumerate(sizes):
         payload = bytes([i]) * size
         # up to 64 KiB goes out by writev from a view, whole or in part
-        await conn.send(FrameKind.REQUEST, i + 1, Echo(), memoryview(payload) if i % 2 == 0 else payload)
+        await conn.send(
+            FrameKind.REQUEST, i + 1, Echo(), memoryview(payload) if i % 2 == 0 else payload
+        )
     assert conn.unsent > 0  # the socket did not take everything: the writer has the rest
     decoder = FrameDecoder()
     got: list[tuple[int, bytes]] = []

@@ -104,6 +104,31 @@ class ShardsRebuilt(DataMessage, frozen=True):
     bytes_written: U64
 
 
+class ReencodeShards(DataMessage, frozen=True):
+    """Read the chunk ``record`` from k of ``sources`` ((shard index, node
+    address), in the order to try), encode it ``k``-of-``m`` as the new chunk
+    ``chunk_id`` and store its shard i on the node at ``targets[i]``: a change
+    of layout (repair with too few nodes, the mover giving a chunk its layout
+    back), done by a node, not the leader. Answered `ShardsReencoded`, whose
+    record names ``nodes`` and the layout ``want_k``/``want_m``."""
+
+    record: ChunkRecord
+    sources: tuple[tuple[U8, str], ...]
+    chunk_id: bytes
+    k: U8
+    m: U8
+    nodes: tuple[str, ...]
+    targets: tuple[str, ...]
+    want_k: U8 = 0
+    want_m: U8 = 0
+
+
+class ShardsReencoded(DataMessage, frozen=True):
+    record: ChunkRecord
+    bytes_read: U64
+    bytes_written: U64
+
+
 class NodeHeartbeat(DataMessage, frozen=True):
     """A node tells the leader it is alive (see `prismfs.data.repair`)."""
 

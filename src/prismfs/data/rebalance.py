@@ -48,9 +48,8 @@ from prismfs.data.placement import Candidate, score, up_candidates
 from prismfs.data.repair import (
     Health,
     commit_chunk_change,
-    read_from_shards,
+    reencode_on_node,
     repair_chunk,
-    store_chunk,
     usable,
 )
 from prismfs.data.service import COPY_TIMEOUT_S
@@ -194,8 +193,7 @@ class Mover:
         lost = {n.node for n in nodes.values() if n.state in ("down", "removed")}
         sources = [i for i, n in enumerate(rec.nodes) if usable(n, lost, nodes)]
         try:
-            data = await read_from_shards(self.pool, rec, sources, nodes)
-            record = await store_chunk(self.pool, data, *rec.layout, nodes)
+            record = await reencode_on_node(self.pool, rec, sources, *rec.layout, nodes)
             committed = await commit_chunk_change(
                 self.consensus, ReencodeChunk(wall_ns(), rec.id, record)
             )

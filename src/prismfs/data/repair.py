@@ -40,18 +40,17 @@ from dataclasses import dataclass, field
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.data.codec import encode_chunk_async
 from prismfs.data.messages import (
     HeartbeatAck,
     NodeHeartbeat,
-    PutShard,
     RebuildShards,
+    ReencodeShards,
     ShardsRebuilt,
+    ShardsReencoded,
 )
 from prismfs.data.placement import NotEnoughNodes, fit_layout, place, up_candidates
-from prismfs.data.rebuild import NotEnoughShardsToRepair, read_chunk_from
-from prismfs.data.stores import shard_id
-from prismfs.errors import NotFound, PrismError
+from prismfs.data.rebuild import NotEnoughShardsToRepair
+from prismfs.errors import InternalError, NotFound, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.commands import (
     ChunkRecord,
@@ -298,16 +297,6 @@ async def commit_chunk_change(consensus: Consensus, command: MoveShards | Reenco
     return getattr(result, "code", "") != NotFound.code
 
 
-async def read_from_shards(
-    pool: RpcPool, rec: ChunkRecord, sources: Sequence[int], nodes: dict[str, NodeInfo]
-) -> bytes:
-    """The chunk's bytes, read here (by the leader) from k of the shards
-    ``sources``: for a re-encode to another layout, which needs the whole
-    chunk where the new record is made."""
-    data, _ = await read_chunk_from(pool, rec, addressed(rec, sources, nodes))
-    return data
-
-
 def addressed(
     rec: ChunkRecord, sources: Sequence[int], nodes: dict[str, NodeInfo]
 ) -> tuple[tuple[int, str], ...]:
@@ -315,55 +304,46 @@ def addressed(
     return tuple((i, nodes[rec.nodes[i]].address) for i in sources)
 
 
-async def store_chunk(
+async def reencode_on_node(
     pool: RpcPool,
-    data: bytes,
+    rec: ChunkRecord,
+    sources: Sequence[int],
     k: int,
     m: int,
     nodes: dict[str, NodeInfo],
     want: tuple[int, int] = (0, 0),
     stats: RepairStats | None = None,
 ) -> ChunkRecord:
-    """``data`` as a new k-of-m chunk on the "up" nodes placement picks (all m
-    shards stored, or an error); its record, naming ``want`` as its layout."""
+    """``rec``'s bytes (read from k of ``sources``) as a new k-of-m chunk on the
+    "up" nodes placement picks, all m shards stored, or an error; its record,
+    naming ``want`` as its layout. The node that gets the first new shard
+    reads, encodes and stores (`ReencodeShards`): the leader carries no bytes."""
     chunk_id = os.urandom(16)
-    encoded = await encode_chunk_async(data, k, m)
-    placed = place(chunk_id, up_candidates(nodes.values()), m)
-
-    async def put(i: int) -> None:
-        await pool.call(
-            nodes[placed[i]].address,
-            PutShard(shard_id(chunk_id, i), encoded.checksums[i]),
-            encoded.shards[i],
-        )
-        if stats is not None:
-            stats.shards_written += 1
-            stats.bytes_written += len(encoded.shards[i])
-
-    with single_exception():
-        async with trio.open_nursery() as nursery:
-            for i in range(m):
-                nursery.start_soon(put, i)
-    return ChunkRecord(
-        chunk_id,
-        encoded.length,
-        encoded.shard_size,
-        k,
-        m,
-        tuple(placed),
-        encoded.checksums,
-        block_sums=encoded.block_sums,
-        block_size=encoded.block_size,
-        want_k=want[0],
-        want_m=want[1],
+    placed = tuple(place(chunk_id, up_candidates(nodes.values()), m))
+    targets = tuple(nodes[n].address for n in placed)
+    reply = await pool.call(
+        targets[0],
+        ReencodeShards(rec, addressed(rec, sources, nodes), chunk_id, k, m, placed, targets, *want),
+        timeout=REBUILD_TIMEOUT_S,
     )
+    done = reply.message
+    assert isinstance(done, ShardsReencoded)
+    record = done.record
+    if (record.id, record.k, record.m, record.nodes) != (chunk_id, k, m, placed):
+        raise InternalError(
+            f"node {placed[0]} re-encoded chunk {rec.id.hex()} otherwise than asked"
+        )
+    if stats is not None:
+        stats.shards_written += m
+        stats.bytes_written += done.bytes_written
+    return record
 
 
 async def reduce_chunk(
     consensus: Consensus,
     pool: RpcPool,
     rec: ChunkRecord,
-    data: bytes,
+    sources: Sequence[int],
     live: int,
     nodes: dict[str, NodeInfo],
     stats: RepairStats,
@@ -382,7 +362,7 @@ async def reduce_chunk(
         raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
     if m - k <= live - rec.k:
         raise NotEnoughShardsToRepair(f"no node to rebuild on: {why.message}")
-    record = await store_chunk(pool, data, k, m, nodes, want=want, stats=stats)
+    record = await reencode_on_node(pool, rec, sources, k, m, nodes, want=want, stats=stats)
     if not await commit_chunk_change(consensus, ReencodeChunk(wall_ns(), rec.id, record)):
         log.info("chunk %s changed during its repair; the rebuilt shards are orphans", rec.id.hex())
         return 0
@@ -428,9 +408,8 @@ async def repair_chunk(
             if rewrite:
                 raise NotEnoughShardsToRepair(f"no node to rebuild on: {exc.message}") from None
             live = len(rec.nodes) - len(missing)
-            data = await read_from_shards(pool, rec, sources, nodes)
             return await reduce_chunk(
-                consensus, pool, rec, data, live, nodes, stats, min_redundancy, exc
+                consensus, pool, rec, sources, live, nodes, stats, min_redundancy, exc
             )
     # Each node that is to hold a rebuilt shard rebuilds it itself.
     jobs: dict[str, list[int]] = {}

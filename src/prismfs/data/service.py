@@ -1,6 +1,8 @@
 """The shard service of a storage node: put, get, delete, list, stats over RPC;
 and, as the leader directs, shards copied from another node (`CopyShard`) or
-rebuilt from the chunk's other shards (`RebuildShards`), stored here.
+rebuilt from the chunk's other shards (`RebuildShards`), stored here; or a
+chunk encoded anew with another layout and stored on the nodes the leader
+names (`ReencodeShards`).
 
 Every put is checked against the checksum the client computed before it is
 stored; a whole-shard get with a checksum is checked before it is sent, and
@@ -23,12 +25,14 @@ from prismfs.data.messages import (
     ListShards,
     PutShard,
     RebuildShards,
+    ReencodeShards,
     ShardData,
     ShardInfo,
     ShardList,
     ShardPut,
     ShardsDeleted,
     ShardsRebuilt,
+    ShardsReencoded,
     ShardsVerified,
     StoreStats,
     StoreStatsReply,
@@ -38,6 +42,8 @@ from prismfs.data.rebuild import read_chunk_from
 from prismfs.data.stores import ShardStore, shard_id, validate_shard_id
 from prismfs.data.stores.threaded import ThreadedStore
 from prismfs.errors import CorruptShard, InternalError, InvalidArgument, NotFound, Unavailable
+from prismfs.exception_groups import single_exception
+from prismfs.meta.commands import ChunkRecord
 from prismfs.wire.client import RpcPool
 from prismfs.wire.server import Call, Reply, RpcServer
 
@@ -61,6 +67,7 @@ class ShardService:
         server.register(VerifyShards, self._verify)
         server.register(CopyShard, self._copy)
         server.register(RebuildShards, self._rebuild)
+        server.register(ReencodeShards, self._reencode)
 
     async def _put(self, request: PutShard, call: Call) -> ShardPut:
         await self._put_checked(request.shard_id, call.payload, request.checksum)
@@ -119,6 +126,51 @@ class ShardService:
             written += len(encoded.shards[i])
         log.info("rebuilt shards %s of chunk %s", list(request.indices), rec.id.hex())
         return ShardsRebuilt(len(request.indices), read, written)
+
+    async def _reencode(self, request: ReencodeShards, call: Call) -> ShardsReencoded:
+        rec, k, m = request.record, request.k, request.m
+        if (
+            rec.is_inline
+            or len(rec.checksums) != rec.m
+            or not 1 <= k <= m
+            or len(request.nodes) != m
+            or len(request.targets) != m
+            or len(request.chunk_id) != len(rec.id)
+            or request.chunk_id == rec.id
+            or any(not 0 <= i < rec.m for i, _ in request.sources)
+        ):
+            raise InvalidArgument("a re-encoding names a bad layout, chunk id or shards")
+        pool = self._peers()
+        data, read = await read_chunk_from(pool, rec, request.sources)
+        encoded = await encode_chunk_async(data, k, m)
+
+        async def put(i: int) -> None:
+            await pool.call(
+                request.targets[i],
+                PutShard(shard_id(request.chunk_id, i), encoded.checksums[i]),
+                encoded.shards[i],
+                timeout=COPY_TIMEOUT_S,
+            )
+
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                for i in range(m):
+                    nursery.start_soon(put, i)
+        log.info("re-encoded chunk %s %d-of-%d as %s", rec.id.hex(), k, m, request.chunk_id.hex())
+        record = ChunkRecord(
+            request.chunk_id,
+            encoded.length,
+            encoded.shard_size,
+            k,
+            m,
+            request.nodes,
+            encoded.checksums,
+            block_sums=encoded.block_sums,
+            block_size=encoded.block_size,
+            want_k=request.want_k,
+            want_m=request.want_m,
+        )
+        return ShardsReencoded(record, read, sum(len(s) for s in encoded.shards))
 
     def _get_cached(self, request: GetShard, call: Call) -> Reply | None:
         """A part of a shard the page cache holds, answered right in the RPC

@@ -15,8 +15,9 @@ never copying it.
 
 Bypass: on plain TCP, a frame of up to 64 KiB sent while nothing is queued
 or being written goes straight to the socket with one non-blocking
-``writev`` (header and payload, no copy) from the caller, which cannot be interrupted half-way (it is not an await). If the
-kernel takes only part of it, the rest is queued first for the writer, so
+``writev`` (header and payload, no copy) from the caller, which cannot be
+interrupted half-way (it is not an await). If the kernel takes only part
+of it, the rest is queued first for the writer, so
 the peer still sees whole frames in order. That saves a task switch per
 message on the common, uncongested path.
 
