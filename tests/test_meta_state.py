@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -182,6 +183,63 @@ def test_expired_session_releases_its_files(d: Driver) -> None:
     assert [s for s, _ in d.ns.session_leases()] == []
 
 
+def test_a_session_end_forgets_the_lanes_of_that_session_only(d: Driver) -> None:
+    """The exactly-once rows of an ended session's lanes ("<session>/<n>") go
+    (a range of the key, no scan), and no others: not those of sessions whose
+    names sort right next to it."""
+    names = ("a", "a.", "a0", "ab")
+    for s in names:
+        d.run(OpenSession(0, s, 60 * SECOND))
+        d.index += 1
+        renew = encode_message(OpenSession(0, s, 60 * SECOND))
+        d.ns.apply(d.index, client_command(f"{s}/1", 1, renew))
+
+    def lanes() -> list[str]:
+        return [str(r[0]) for r in d.ns.db.execute("SELECT client FROM clients ORDER BY client")]
+
+    assert lanes() == sorted(f"{s}/1" for s in names)
+    d.run(CloseSession(1, "a"))
+    assert lanes() == ["a./1", "a0/1", "ab/1"]
+
+
+def tables_scanned(ns: Namespace, action: Callable[[], object]) -> set[str]:
+    """The tables SQLite reads whole (``SCAN``, per EXPLAIN QUERY PLAN) in the
+    statements ``action`` runs."""
+    statements: list[str] = []
+    ns.db.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        ns.db.set_trace_callback(None)
+    scanned = set()
+    for sql in statements:
+        if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
+            continue
+        for row in ns.db.execute("EXPLAIN QUERY PLAN " + sql, [None] * sql.count("?")):
+            if str(row[3]).startswith("SCAN "):
+                scanned.add(str(row[3]).split()[1])
+    return scanned
+
+
+def test_closes_session_ends_and_statfs_read_no_whole_table(d: Driver) -> None:
+    """Apply work follows the change, not the size of the tables: a release,
+    a session's end and statfs read no table whole (each did: every open file
+    of every session, every lane, the whole GC queue)."""
+    d.run(OpenSession(0, "s1", 60 * SECOND))
+    d.run(OpenSession(0, "s2", 60 * SECOND))
+    ino = make_file(d)
+    d.run(Open(1, "s1", ino))
+    d.run(Open(1, "s2", ino))
+    d.run(CommitChunks(2, ino, ((0, rec("a0", 100)),), 100))
+    d.run(CommitChunks(3, ino, ((0, rec("b0", 100)),), 100))  # a0 goes to the GC queue
+    assert tables_scanned(d.ns, lambda: d.run(Release(4, "s1", ino))) == set()
+    assert tables_scanned(d.ns, lambda: d.run(CloseSession(5, "s2"))) == set()
+    # (the orphan sweep reads its own table: unlinked files still open, its work)
+    assert tables_scanned(d.ns, lambda: d.run(ExpireSessions(6, ("s1",)))) <= {"orphans"}
+    assert tables_scanned(d.ns, d.ns.statfs) == {"node_usage"}  # a row per node: the answer
+    assert d.ns.statfs().gc_pending == 1
+
+
 def test_open_needs_a_live_session(d: Driver) -> None:
     ino = make_file(d)
     with pytest.raises(SessionExpired):
@@ -270,8 +328,12 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
     ns.db.execute("INSERT INTO sessions VALUES ('s', 123)")
     ns.db.execute("UPDATE state SET value = 1 WHERE key = 'schema'")
     ns.db.execute("DELETE FROM state WHERE key = 'clock_ns'")
+    ns.db.execute("DELETE FROM state WHERE key = 'gc_pending'")  # counted by schema 5
+    for seq in (1, 2):
+        ns.db.execute("INSERT INTO gc VALUES (?, x'00', x'00')", (seq,))
     ns.db.close()
     migrated = Namespace(path)
+    assert migrated.statfs().gc_pending == 2
     assert migrated.session_leases() == [("s", 60 * SECOND)]
     assert migrated.db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()[0] >= 2
     with pytest.raises(sqlite3.OperationalError):
@@ -300,6 +362,7 @@ def test_commit_chunks_replaces_and_queues_the_old_ones(d: Driver) -> None:
     d.run(GcDone(7, (seq,)))  # retried: harmless
     assert dict(d.ns.statfs().node_usage) == {"a": 100, "b": 100, "c": 100}
     assert d.ns.gc_pending() == []
+    assert d.ns.statfs().gc_pending == 0  # a counter kept in apply: not below 0 on the retry
 
 
 def test_commit_chunks_refuses_bad_input_and_changes_nothing(d: Driver) -> None:

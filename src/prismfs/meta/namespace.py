@@ -148,7 +148,7 @@ MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ORPHAN_GRACE_NS = 2 * 10**9
 """An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
 every few seconds) once a whole sweep interval and this much of the leader's
@@ -160,6 +160,7 @@ opens wait while there is no leader); a mount's own unlink or rename carries
 its queued opens in the same entry."""
 INDEXES = """
 CREATE INDEX IF NOT EXISTS chunks_reduced ON chunks (chunk_id) WHERE reduced = 1;
+CREATE INDEX IF NOT EXISTS ended_sessions_by_time ON ended_sessions (ended_ns);
 """
 DEFAULT_LEASE_NS = 60 * 10**9
 MIN_LEASE_NS = 10**9
@@ -326,7 +327,8 @@ class Namespace(ClusterTables):
             )
             self.db.execute(
                 "INSERT INTO state VALUES ('next_ino', ?), ('applied', 0), ('next_cookie', 1),"
-                " ('next_gc', 1), ('files', 1), ('bytes', 0), ('clock_ns', 0), ('schema', ?)",
+                " ('next_gc', 1), ('files', 1), ('bytes', 0), ('clock_ns', 0), ('gc_pending', 0),"
+                " ('schema', ?)",
                 (ROOT_INO + 1, SCHEMA_VERSION),
             )
             self.db.execute("COMMIT")
@@ -401,6 +403,9 @@ class Namespace(ClusterTables):
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, seen_ns INTEGER NOT NULL)"
         )
+        # The length of the GC queue is a counter kept in apply (statfs read it
+        # with a count over the whole queue).
+        self.db.execute("INSERT OR IGNORE INTO state SELECT 'gc_pending', count(*) FROM gc")
         if "reduced" not in self._columns("chunks"):
             # Chunks written with a reduced layout are marked (and indexed).
             self.db.execute("ALTER TABLE chunks ADD COLUMN reduced INTEGER NOT NULL DEFAULT 0")
@@ -726,12 +731,11 @@ class Namespace(ClusterTables):
 
     def statfs(self) -> FsStats:
         usage = self.db.execute("SELECT node, bytes FROM node_usage ORDER BY node").fetchall()
-        (pending,) = self.db.execute("SELECT count(*) FROM gc").fetchone()
         return FsStats(
             self._state("files"),
             self._state("bytes"),
             tuple((str(n), int(b)) for n, b in usage),
-            pending,
+            self._state("gc_pending"),
         )
 
     def gc_pending(self, limit: int = 1000) -> list[tuple[int, ChunkRecord]]:
@@ -789,6 +793,7 @@ class Namespace(ClusterTables):
         self.db.execute(
             "INSERT INTO gc VALUES (?, ?, ?)", (self._bump("next_gc"), record, chunk_id)
         )
+        self._bump("gc_pending")
 
     def _free(self, ino: int) -> None:
         """Delete an inode nothing refers to any more; its chunks go to the GC queue."""
@@ -1307,9 +1312,10 @@ class Namespace(ClusterTables):
             # The exactly-once rows of its lanes ("<session>/<n>") go; the
             # session is remembered as ended instead, so that a late retry on
             # one of its lanes is refused rather than applied a second time.
+            # (a range of the primary key: "0" sorts right after "/")
             self.db.execute(
-                "DELETE FROM clients WHERE substr(client, 1, ?) = ?",
-                (len(session) + 1, session + "/"),
+                "DELETE FROM clients WHERE client >= ? AND client < ?",
+                (session + "/", session + "0"),
             )
             self.db.execute(
                 "INSERT OR REPLACE INTO ended_sessions VALUES (?, ?)",
@@ -1361,7 +1367,9 @@ class Namespace(ClusterTables):
         self.db.execute(
             "UPDATE opens SET count = count - 1 WHERE session = ? AND ino = ?", (c.session, c.ino)
         )
-        self.db.execute("DELETE FROM opens WHERE count <= 0")
+        self.db.execute(
+            "DELETE FROM opens WHERE session = ? AND ino = ? AND count <= 0", (c.session, c.ino)
+        )
         self._free_if_orphan(c.ino)
 
     # --- chunk maps ---------------------------------------------------------------------
@@ -1474,6 +1482,7 @@ class Namespace(ClusterTables):
                     (rec.shard_size, node),
                 )
             self.db.execute("DELETE FROM gc WHERE seq = ?", (seq,))
+            self._bump("gc_pending", -1)
         self.db.execute("DELETE FROM node_usage WHERE bytes = 0")
 
     # --- node registry ------------------------------------------------------------------
