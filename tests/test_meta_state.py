@@ -4,6 +4,7 @@ statfs counters, readdir cookies, queries."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from collections.abc import Callable
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from prismfs.errors import InvalidArgument, NotFound, SessionExpired
+from prismfs.meta.cluster_tables import decode_record
 from prismfs.meta.commands import (
     ROOT_INO,
     ChunkRecord,
@@ -26,9 +31,11 @@ from prismfs.meta.commands import (
     MetaOk,
     Mkdir,
     Mknod,
+    MoveShards,
     Open,
     OpenSession,
     ReadDir,
+    ReencodeChunk,
     Release,
     Rename,
     SetAttr,
@@ -217,7 +224,7 @@ def tables_scanned(ns: Namespace, action: Callable[[], object]) -> set[str]:
             continue
         for row in ns.db.execute("EXPLAIN QUERY PLAN " + sql, [None] * sql.count("?")):
             if str(row[3]).startswith("SCAN "):
-                scanned.add(str(row[3]).split()[1])
+                scanned.add(str(row[3]).removeprefix("SCAN "))  # "t" or "t USING INDEX i"
     return scanned
 
 
@@ -237,6 +244,12 @@ def test_closes_session_ends_and_statfs_read_no_whole_table(d: Driver) -> None:
     # (the orphan sweep reads its own table: unlinked files still open, its work)
     assert tables_scanned(d.ns, lambda: d.run(ExpireSessions(6, ("s1",)))) <= {"orphans"}
     assert tables_scanned(d.ns, d.ns.statfs) == {"node_usage"}  # a row per node: the answer
+    # Repair's and the health view's reads: the shards of the nodes asked
+    # about (an index), and the chunks written with a reduced layout (a
+    # partial index of those only).
+    assert tables_scanned(d.ns, lambda: list(d.ns.iter_chunks_on({"a"}))) == set()
+    reduced_only = {"chunks USING INDEX chunks_reduced"}
+    assert tables_scanned(d.ns, lambda: d.ns.chunk_health({"a"})) == reduced_only
     assert d.ns.statfs().gc_pending == 1
 
 
@@ -680,3 +693,130 @@ def test_checkpoints_run_beside_the_writer_not_inside_commits(tmp_path: Path) ->
     assert ns.wal_bytes() == grown  # the file stays, its frames are reused from the start
     again = Namespace(tmp_path / "ns.db")  # everything reads back
     assert again.lookup(ROOT_INO, b"d299").ino and again.lookup(ROOT_INO, b"after2").ino
+
+
+# --- the shards index against a full scan ----------------------------------------------------
+
+
+NODE_NAMES = ("n1", "n2", "n3", "n4", "n5")
+
+
+class ShardIndexMachine(RuleBasedStateMachine):
+    """Random commits (with shards never stored, inline chunks, reduced
+    layouts), moves, re-encodings, truncates and deletes: the index of shards
+    by node and the count of chunks with shards always agree with decoding
+    every record, as repair, drains and the health view read them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = Driver()
+        self.files: list[bytes] = []
+        self.ids = itertools.count(1)
+        self.clock = itertools.count(10)
+
+    def _record(self, data: st.DataObject, chunk_id: bytes) -> ChunkRecord:
+        if data.draw(st.integers(0, 5)) == 0:
+            return ChunkRecord(chunk_id, 3, 0, 0, 0, (), inline=b"abc")
+        k, m = data.draw(st.sampled_from([(1, 2), (2, 3), (3, 5)]))
+        nodes = data.draw(st.permutations(NODE_NAMES))[:m]
+        holes = data.draw(st.sets(st.integers(0, m - 1), max_size=1))
+        nodes = tuple("" if i in holes else n for i, n in enumerate(nodes))
+        want = data.draw(st.sampled_from([(0, 0), (k, m), (2, 3)]))
+        return ChunkRecord(chunk_id, 100, 50, k, m, nodes, want_k=want[0], want_m=want[1])
+
+    def _rows(self) -> list[tuple[int, int, ChunkRecord]]:
+        rows = self.d.ns.db.execute("SELECT ino, idx, record FROM chunks").fetchall()
+        return [(int(i), int(x), decode_record(b)) for i, x, b in rows]
+
+    @rule(data=st.data())
+    def commit(self, data: st.DataObject) -> None:
+        if not self.files or data.draw(st.booleans()):
+            name = f"f{next(self.ids)}".encode()
+            self.d.run(Mknod(1, ROOT_INO, name, REG, 0, 0, chunk_size=4096))
+            self.files.append(name)
+        name = data.draw(st.sampled_from(self.files))
+        ino = self.d.ns.lookup(ROOT_INO, name).ino
+        idx = data.draw(st.integers(0, 3))
+        record = self._record(data, next(self.ids).to_bytes(16, "big"))
+        self.d.run(CommitChunks(next(self.clock), ino, ((idx, record),), idx * 4096 + 100))
+
+    @rule(data=st.data())
+    def move(self, data: st.DataObject) -> None:
+        coded = [r for _, _, r in self._rows() if not r.is_inline]
+        if not coded:
+            return
+        r = data.draw(st.sampled_from(coded))
+        free = [n for n in NODE_NAMES if n not in r.nodes]
+        if not free:
+            return
+        i = data.draw(st.integers(0, r.m - 1))
+        self.d.run(MoveShards(next(self.clock), r.id, ((i, r.nodes[i], free[0]),)))
+
+    @rule(data=st.data())
+    def reencode(self, data: st.DataObject) -> None:
+        rows = self._rows()
+        if not rows:
+            return
+        _, _, old = data.draw(st.sampled_from(rows))
+        new = self._record(data, next(self.ids).to_bytes(16, "big"))
+        if new.is_inline:
+            return
+        new = msgspec.structs.replace(new, length=old.length)
+        self.d.run(ReencodeChunk(next(self.clock), old.id, new))
+
+    @rule(data=st.data())
+    def truncate_or_delete(self, data: st.DataObject) -> None:
+        if not self.files:
+            return
+        name = data.draw(st.sampled_from(self.files))
+        if data.draw(st.booleans()):
+            ino = self.d.ns.lookup(ROOT_INO, name).ino
+            self.d.run(SetAttr(next(self.clock), ino, size=data.draw(st.integers(0, 4 * 4096))))
+        else:
+            self.d.run(Unlink(next(self.clock), ROOT_INO, name))
+            self.files.remove(name)
+
+    @invariant()
+    def index_agrees_with_a_full_scan(self) -> None:
+        rows = self._rows()
+        coded = [(i, x, r) for i, x, r in rows if not r.is_inline]
+        per_node: dict[str, int] = {}
+        for _, _, r in coded:
+            for n in filter(None, r.nodes):
+                per_node[n] = per_node.get(n, 0) + 1
+        assert self.d.ns.shards_per_node() == per_node
+        for bad in (set(), {"n1"}, {"n2", "n4"}, set(NODE_NAMES)):
+            expect = sorted(r.id for _, _, r in coded if any(not n or n in bad for n in r.nodes))
+            assert sorted(r.id for r in self.d.ns.iter_chunks_on(bad)) == expect
+            healthy = degraded = unavailable = 0
+            for _, _, r in coded:
+                live = sum(1 for n in r.nodes if n and n not in bad)
+                if live >= r.m and not r.reduced:
+                    healthy += 1
+                elif live >= r.k:
+                    degraded += 1
+                else:
+                    unavailable += 1
+            assert self.d.ns.chunk_health(bad) == (len(coded), healthy, degraded, unavailable)
+
+
+ShardIndexMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=25, deadline=None
+)
+test_the_shards_index_agrees_with_a_full_scan = ShardIndexMachine.TestCase
+
+
+def test_a_database_before_the_shards_index_gets_it_built(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    d = Driver(Namespace(path))
+    f, g = make_file(d, b"f"), make_file(d, b"g")
+    d.run(CommitChunks(2, f, ((0, rec("a0", nodes=("n1", "", "n3"))),), 100))
+    d.run(CommitChunks(3, g, ((0, rec("a1", nodes=("n2", "n3", "n1"))),), 100))
+    d.ns.db.execute("DROP TABLE shards")
+    d.ns.db.execute("DELETE FROM state WHERE key = 'coded_chunks'")
+    d.ns.db.execute("UPDATE state SET value = 5 WHERE key = 'schema'")
+    d.ns.db.close()
+    migrated = Namespace(path)
+    assert migrated.shards_per_node() == {"n1": 2, "n2": 1, "n3": 2}
+    assert [r.id for r in migrated.iter_chunks_on(set())] == [b"a0"]
+    assert migrated.chunk_health({"n2"}) == (2, 0, 2, 0)

@@ -10,6 +10,7 @@ kept apart because none of it touches the directory tree.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 
@@ -35,7 +36,20 @@ from prismfs.meta.commands import (
 )
 from prismfs.wire.codec import decode_message, encode_message
 
-CHUNK_PAGE = 500  # chunk records per page of `chunks_on` and `coded_chunks`
+CHUNK_PAGE = 500  # chunk records per page of `iter_chunks_on` and `coded_chunks`
+SHARDS_TABLE = """
+CREATE TABLE IF NOT EXISTS shards (
+    node TEXT NOT NULL,
+    chunk_id BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (node, chunk_id, ino, idx)
+) WITHOUT ROWID;
+"""
+"""Which chunk rows (file ``ino``, chunk ``idx``) place a shard on each node
+("" for a shard a degraded write never stored), kept in apply with the
+``chunks`` table: repair, drains and the health view read the rows of the
+nodes they ask about instead of decoding every record."""
 
 
 class ClusterTables:
@@ -113,50 +127,95 @@ class ClusterTables:
     def chunk_health(self, bad: set[str]) -> tuple[int, int, int, int]:
         """(chunks with shards, healthy, degraded, unavailable), counting shards on
         ``bad`` nodes or never stored as lost; a chunk written with a reduced
-        layout (fewer nodes were up) is degraded until it is re-encoded."""
-        total = healthy = degraded = unavailable = 0
-        for (blob,) in self.db.execute("SELECT record FROM chunks"):
-            rec = decode_record(blob)
-            if rec.is_inline:
+        layout (fewer nodes were up) is degraded until it is re-encoded. Reads
+        only the chunks with a shard on those nodes and the reduced ones."""
+        (total,) = self.db.execute("SELECT value FROM state WHERE key = 'coded_chunks'").fetchone()
+        seen: set[tuple[int, int]] = set()
+        degraded = unavailable = 0
+        reduced = (
+            (int(ino), int(idx), decode_record(blob))
+            for ino, idx, blob in self.db.execute(
+                "SELECT ino, idx, record FROM chunks WHERE reduced = 1"
+            )
+        )
+        for ino, idx, rec in itertools.chain(self._rows_on(sorted(bad | {""})), reduced):
+            if (ino, idx) in seen:
                 continue
-            total += 1
+            seen.add((ino, idx))
             live = sum(1 for n in rec.nodes if n and n not in bad)
             if live >= rec.m and not rec.reduced:
-                healthy += 1
-            elif live >= rec.k:
+                continue  # healthy
+            if live >= rec.k:
                 degraded += 1
             else:
                 unavailable += 1
-        return total, healthy, degraded, unavailable
+        return int(total), int(total) - degraded - unavailable, degraded, unavailable
 
     def shards_per_node(self) -> dict[str, int]:
         """How many shards the chunk records place on each node."""
-        counts: dict[str, int] = {}
-        for (blob,) in self.db.execute("SELECT record FROM chunks"):
-            for n in decode_record(blob).nodes:
-                if n:
-                    counts[n] = counts.get(n, 0) + 1
-        return counts
-
-    def chunks_on(
-        self, bad: set[str], after: bytes = b"", limit: int = CHUNK_PAGE
-    ) -> list[ChunkRecord]:
-        """Chunk records (ordered by id, after ``after``) with a shard on a node of
-        ``bad`` or never stored (node ""): what repair works on."""
-        return self._chunks_where(
-            lambda rec: any(not n or n in bad for n in rec.nodes), after, limit
+        rows = self.db.execute(
+            "SELECT node, count(*) FROM shards WHERE node != '' GROUP BY node ORDER BY node"
         )
+        return {str(node): int(n) for node, n in rows}
 
     def iter_chunks_on(self, bad: set[str]) -> Iterator[ChunkRecord]:
-        """Every record `chunks_on` would give, page by page (no cursor is held
-        open between pages)."""
-        after = b""
-        while True:
-            page = self.chunks_on(bad, after)
-            yield from page
-            if len(page) < CHUNK_PAGE:
-                return
-            after = page[-1].id
+        """Every chunk record with a shard on a node of ``bad`` or never stored
+        (node ""): what repair works on. Node by node, each by chunk id, each
+        record once; page by page (no cursor is held open between pages)."""
+        yield from (rec for _, _, rec in self._rows_on(sorted(set(bad) | {""})))
+
+    def _rows_on(self, order: Sequence[str]) -> Iterator[tuple[int, int, ChunkRecord]]:
+        """(ino, idx, record) of the chunk rows with a shard on the nodes of
+        ``order`` (sorted), each row once: under the first of its nodes."""
+        for pos, node in enumerate(order):
+            earlier = set(order[:pos])
+            after: tuple[bytes, int, int] = (b"", -1, -1)
+            while True:
+                rows = self.db.execute(
+                    "SELECT chunk_id, ino, idx FROM shards WHERE node = ?"
+                    " AND (chunk_id, ino, idx) > (?, ?, ?) ORDER BY chunk_id, ino, idx LIMIT ?",
+                    (node, *after, CHUNK_PAGE),
+                ).fetchall()
+                for _, ino, idx in rows:
+                    row = self.db.execute(
+                        "SELECT record FROM chunks WHERE ino = ? AND idx = ?", (ino, idx)
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    rec = decode_record(row[0])
+                    if not any(n in earlier for n in rec.nodes):
+                        yield int(ino), int(idx), rec
+                if len(rows) < CHUNK_PAGE:
+                    break
+                after = (bytes(rows[-1][0]), int(rows[-1][1]), int(rows[-1][2]))
+
+    def _index_shards(
+        self, ino: int, idx: int, old: ChunkRecord | None, new: ChunkRecord | None
+    ) -> None:
+        """Keep `shards` and the count of chunks with shards in step with a change
+        of chunk row (ino, idx) from ``old`` to ``new`` (None: no row)."""
+        if old is not None and not old.is_inline:
+            for node in set(old.nodes):
+                self.db.execute(
+                    "DELETE FROM shards WHERE node = ? AND chunk_id = ? AND ino = ? AND idx = ?",
+                    (node, old.id, ino, idx),
+                )
+            self.db.execute("UPDATE state SET value = value - 1 WHERE key = 'coded_chunks'")
+        if new is not None and not new.is_inline:
+            for node in set(new.nodes):
+                self.db.execute(
+                    "INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?)", (node, new.id, ino, idx)
+                )
+            self.db.execute("UPDATE state SET value = value + 1 WHERE key = 'coded_chunks'")
+
+    def _index_all_shards(self) -> None:
+        """Build `shards` and the count from the chunk rows (a database of a
+        schema before 6), in the caller's transaction."""
+        self.db.execute(SHARDS_TABLE)  # (a restored snapshot image may not have it)
+        self.db.execute("DELETE FROM shards")
+        self.db.execute("INSERT OR REPLACE INTO state VALUES ('coded_chunks', 0)")
+        for ino, idx, blob in self.db.execute("SELECT ino, idx, record FROM chunks").fetchall():
+            self._index_shards(int(ino), int(idx), None, decode_record(blob))
 
     def nodes(self) -> list[NodeInfo]:
         rows = self.db.execute(
@@ -204,6 +263,7 @@ class ClusterTables:
                 "UPDATE chunks SET record = ? WHERE ino = ? AND idx = ?",
                 (encode_message(moved), ino, idx),
             )
+            self._index_shards(ino, idx, rec, moved)
         self.db.execute("DELETE FROM node_usage WHERE bytes = 0")
 
     def _set_node_state(self, c: SetNodeState) -> None:

@@ -66,7 +66,7 @@ from prismfs.errors import (
     TooManyLinks,
     ValueTooLarge,
 )
-from prismfs.meta.cluster_tables import CHUNK_PAGE, ClusterTables, decode_record
+from prismfs.meta.cluster_tables import CHUNK_PAGE, SHARDS_TABLE, ClusterTables, decode_record
 from prismfs.meta.commands import (
     BLOCK_SIZES,
     DEFAULT_CHUNK_SIZE,
@@ -148,7 +148,7 @@ MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 ORPHAN_GRACE_NS = 2 * 10**9
 """An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
 every few seconds) once a whole sweep interval and this much of the leader's
@@ -317,7 +317,7 @@ class Namespace(ClusterTables):
             # in a worker thread instead.
             self.db.execute("PRAGMA wal_autocheckpoint=0")
             self.db.execute("PRAGMA busy_timeout=2000")
-        self.db.executescript(SCHEMA)
+        self.db.executescript(SCHEMA + SHARDS_TABLE)
         if self.db.execute("SELECT 1 FROM inodes WHERE ino = ?", (ROOT_INO,)).fetchone() is None:
             self.db.execute("BEGIN")
             self.db.execute(
@@ -328,7 +328,7 @@ class Namespace(ClusterTables):
             self.db.execute(
                 "INSERT INTO state VALUES ('next_ino', ?), ('applied', 0), ('next_cookie', 1),"
                 " ('next_gc', 1), ('files', 1), ('bytes', 0), ('clock_ns', 0), ('gc_pending', 0),"
-                " ('schema', ?)",
+                " ('coded_chunks', 0), ('schema', ?)",
                 (ROOT_INO + 1, SCHEMA_VERSION),
             )
             self.db.execute("COMMIT")
@@ -409,6 +409,8 @@ class Namespace(ClusterTables):
         if "reduced" not in self._columns("chunks"):
             # Chunks written with a reduced layout are marked (and indexed).
             self.db.execute("ALTER TABLE chunks ADD COLUMN reduced INTEGER NOT NULL DEFAULT 0")
+        if version < 6:
+            self._index_all_shards()
         self.db.execute("UPDATE state SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         self.db.execute("COMMIT")
 
@@ -800,10 +802,11 @@ class Namespace(ClusterTables):
         mode, size = self.db.execute(
             "SELECT mode, size FROM inodes WHERE ino = ?", (ino,)
         ).fetchone()
-        for (record,) in self.db.execute(
-            "SELECT record FROM chunks WHERE ino = ? ORDER BY idx", (ino,)
+        for idx, record in self.db.execute(
+            "SELECT idx, record FROM chunks WHERE ino = ? ORDER BY idx", (ino,)
         ).fetchall():
             self._gc_push(record)
+            self._index_shards(ino, idx, decode_record(record), None)
         self.db.execute("DELETE FROM chunks WHERE ino = ?", (ino,))
         self.db.execute("DELETE FROM xattrs WHERE ino = ?", (ino,))
         self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
@@ -825,11 +828,12 @@ class Namespace(ClusterTables):
         chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
         if size < old:
             first_gone = -(-size // chunk_size)
-            for (record,) in self.db.execute(
-                "SELECT record FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx",
+            for idx, record in self.db.execute(
+                "SELECT idx, record FROM chunks WHERE ino = ? AND idx >= ? ORDER BY idx",
                 (ino, first_gone),
             ).fetchall():
                 self._gc_push(record)
+                self._index_shards(ino, idx, decode_record(record), None)
             self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_gone))
             if size % chunk_size:
                 idx = size // chunk_size
@@ -1417,6 +1421,7 @@ class Namespace(ClusterTables):
                 "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
                 (c.ino, idx, encode_message(rec), rec.id, int(rec.reduced)),
             )
+            self._index_shards(c.ino, idx, None if old is None else decode_record(old), rec)
             for node in filter(None, rec.nodes):
                 self.db.execute(
                     "INSERT INTO node_usage VALUES (?, ?)"
@@ -1442,6 +1447,7 @@ class Namespace(ClusterTables):
                 "UPDATE chunks SET record = ?, chunk_id = ?, reduced = ? WHERE ino = ? AND idx = ?",
                 (encode_message(rec), rec.id, int(rec.reduced), ino, idx),
             )
+            self._index_shards(ino, idx, decode_record(blob), rec)
             self._gc_push(bytes(blob))
         for node in filter(None, rec.nodes):
             self.db.execute(
