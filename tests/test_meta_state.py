@@ -342,11 +342,13 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
     ns.db.execute("UPDATE state SET value = 1 WHERE key = 'schema'")
     ns.db.execute("DELETE FROM state WHERE key = 'clock_ns'")
     ns.db.execute("DELETE FROM state WHERE key = 'gc_pending'")  # counted by schema 5
+    ns.db.execute("ALTER TABLE nodes DROP COLUMN state_ns")  # schema 7
     for seq in (1, 2):
         ns.db.execute("INSERT INTO gc VALUES (?, x'00', x'00')", (seq,))
     ns.db.close()
     migrated = Namespace(path)
     assert migrated.statfs().gc_pending == 2
+    assert migrated.nodes() == []  # read with the column schema 7 added
     assert migrated.session_leases() == [("s", 60 * SECOND)]
     assert migrated.db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()[0] >= 2
     with pytest.raises(sqlite3.OperationalError):
@@ -599,7 +601,13 @@ def test_node_registry(d: Driver) -> None:
         5,
     )
     assert (n2.zone, n2.state, n2.used) == ("rack-b", "up", 50)
+    # When the state last changed: at registration, then at each change (a
+    # restart or the same state again keeps it).
+    assert (n1.state_ns, n2.state_ns) == (7, 6)
+    d.run(SetNodeState(9, "n1", "draining"))
+    assert d.ns.nodes()[0].state_ns == 7
     d.run(SetNodeState(10, "n2", "removed"))
+    assert d.ns.nodes()[1].state_ns == 10
     with pytest.raises(NotPermitted):
         d.run(RegisterNode(11, "n2", "10.0.0.2:7070"))
     with pytest.raises(NotFound):

@@ -21,10 +21,11 @@ from prismfs.client.data import DataClient
 from prismfs.client.files import get_file, put_file
 from prismfs.data.layout import Layout
 from prismfs.meta.client import MetaClient, open_meta_client
-from prismfs.meta.commands import ROOT_INO, ChunkRecord
+from prismfs.meta.commands import ROOT_INO, ChunkRecord, NodeInfo
+from prismfs.node.consensus_messages import TransferLeadership
 from prismfs.wire.client import open_rpc_pool
 from test_data_cluster import up as start_cluster
-from test_raft_cluster import Cluster
+from test_raft_cluster import Cluster, find_leader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -142,3 +143,63 @@ async def test_a_lost_node_is_repaired_around_and_a_second_loss_loses_nothing(
             return shard_names(victim_now) == placed
 
         await wait_until(swept, 30)
+
+
+@pytest.fixture
+def slow_repair(tmp_path: Path):  # type: ignore[no-untyped-def]
+    config = tmp_path / "node.toml"
+    config.write_text("[data]\nheartbeat_s = 0.2\nnode_down_after_s = 1.5\nrepair_after_s = 4\n")
+    c = Cluster(tmp_path)
+    c.node_config = config  # type: ignore[attr-defined]
+    yield c
+    c.cleanup()
+
+
+async def test_a_new_leader_keeps_a_node_down_and_goes_on_with_its_repair(
+    slow_repair: Cluster,
+) -> None:
+    """When a node went down is recorded through the log: after a change of
+    leader the node stays down (the new leader has not heard from it, but
+    does not give it a fresh allowance and mark it up), its recorded time
+    stays, and repair goes on from that time."""
+    nodes = await trio.to_thread.run_sync(start_cluster, slow_repair, 5)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    by_id = {str(n["id"]): n for n in nodes}
+    async with (
+        open_rpc_pool(slow_repair.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses) as meta,
+    ):
+        data = DataClient(pool, meta, hedge_after=1.0)
+        stream = io.BytesIO(os.urandom(8 << 20))
+
+        async def read(n: int) -> bytes:
+            return stream.read(n)
+
+        ino = await put_file(meta, data, ROOT_INO, b"f", read, layout=Layout(2, 3, 1 << 20))
+        leader = (await find_leader(pool, addresses)).node_id
+        held = {n for r in await records(meta, ino) for n in r.nodes}
+        victim = next(i for i in by_id if i in held and i != leader)
+        os.kill(int(by_id[victim]["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+
+        async def victim_info() -> NodeInfo:
+            return next(n for n in await meta.nodes() if n.node == victim)
+
+        async def marked_down() -> bool:
+            return (await victim_info()).state == "down"
+
+        await wait_until(marked_down, 30)
+        down_at = (await victim_info()).state_ns
+        assert down_at > 0
+        # Leadership moves to a live node before repair starts (4 s after).
+        target = next(i for i in by_id if i not in (leader, victim))
+        await pool.call(str(by_id[leader]["rpc_address"]), TransferLeadership(target), timeout=5)
+
+        async def repaired() -> bool:
+            info = await victim_info()
+            assert (info.state, info.state_ns) == ("down", down_at)  # never marked up again
+            return all(victim not in r.nodes for r in await records(meta, ino))
+
+        with trio.fail_after(60):
+            while not await repaired():
+                await trio.sleep(0.1)
+        assert (await find_leader(pool, addresses)).node_id != leader

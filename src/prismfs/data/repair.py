@@ -5,8 +5,12 @@ Theory of operation. Every node sends a `NodeHeartbeat` to the leader every
 node (`Health`); a node silent for ``node_down_after_s`` is marked "down" in
 the node registry (`SetNodeState`, through the log, so placement on every
 client stops choosing it), and "up" again when it is heard from. A new
-leader starts every node's clock at its own start, so it never declares a
-node down sooner than ``node_down_after_s`` after taking over.
+leader starts the clock of every node the registry has up at its own start,
+so it never declares a node down sooner than ``node_down_after_s`` after
+taking over; a node the registry has down stays down until it is heard
+from, down since the time its state changed (`NodeInfo.state_ns`, recorded
+through the log), so repair goes on after a change of leader instead of
+waiting its delay again.
 
 Repair: once a node has been down for ``repair_after_s`` (and for shards a
 degraded write never stored, at once), `repair_pass` walks the chunk
@@ -33,6 +37,7 @@ it comes back, its orphan sweep (which asks which shards a record places on
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +101,7 @@ class Health:
         self.last_seen[node] = trio.current_time()
 
     def silent_for(self, node: str) -> float:
+        """Seconds since this leader last heard from ``node`` (or took over)."""
         return trio.current_time() - self.last_seen.get(node, self.since)
 
     def restart(self) -> None:
@@ -167,10 +173,12 @@ async def watch_nodes(
         registry = namespace.nodes()
         health.removed = {n.node for n in registry if n.state == "removed"}
         for node in registry:
-            # A node this leader has not heard of yet (just registered, or the
-            # leader is new) gets a full allowance from now.
-            health.last_seen.setdefault(node.node, now)
-            silent = health.silent_for(node.node)
+            if node.node not in health.last_seen and node.state != "down":
+                # A node this leader has not heard of yet (just registered, or
+                # the leader is new) gets a full allowance from now; one the
+                # registry has down stays down until it is heard from.
+                health.last_seen[node.node] = now
+            silent = now - health.last_seen.get(node.node, -math.inf)
             new_state = ""
             if node.state == "up" and silent > down_after:
                 new_state = "down"
@@ -187,7 +195,12 @@ async def watch_nodes(
                     continue
             state = new_state or node.state
             if state == "down":
-                health.down_since.setdefault(node.node, now)
+                # Down since the time the log recorded (a new leader goes on
+                # from there; repair does not wait its delay again).
+                since = now
+                if not new_state and node.state_ns:
+                    since = now - max(0, wall_ns() - node.state_ns) / 1e9
+                health.down_since.setdefault(node.node, since)
             else:
                 health.down_since.pop(node.node, None)
 

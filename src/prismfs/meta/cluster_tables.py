@@ -220,7 +220,8 @@ class ClusterTables:
     def nodes(self) -> list[NodeInfo]:
         rows = self.db.execute(
             "SELECT n.node, n.address, n.zone, n.capacity, n.state, n.registered_ns,"
-            " coalesce(u.bytes, 0) FROM nodes n LEFT JOIN node_usage u ON u.node = n.node"
+            " coalesce(u.bytes, 0), n.state_ns"
+            " FROM nodes n LEFT JOIN node_usage u ON u.node = n.node"
             " ORDER BY n.node"
         ).fetchall()
         return [NodeInfo(*row) for row in rows]
@@ -232,10 +233,10 @@ class ClusterTables:
         if row is not None and row[0] == "removed":
             raise NotPermitted(f"node {c.node} was removed from the cluster")
         self.db.execute(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, 'up', ?) ON CONFLICT (node) DO UPDATE SET"
+            "INSERT INTO nodes VALUES (?, ?, ?, ?, 'up', ?, ?) ON CONFLICT (node) DO UPDATE SET"
             " address = excluded.address, capacity = excluded.capacity,"
             " zone = CASE WHEN excluded.zone = '' THEN zone ELSE excluded.zone END",
-            (c.node, c.address, c.zone, c.capacity, c.now_ns),
+            (c.node, c.address, c.zone, c.capacity, c.now_ns, c.now_ns),
         )
 
     def _move_shards(self, c: MoveShards) -> None:
@@ -274,7 +275,11 @@ class ClusterTables:
             raise Conflict(f"node {c.node} is {row[0]}, not {c.expect}")
         if row[0] == "removed" and c.state != "removed":
             raise NotPermitted(f"node {c.node} was removed from the cluster")
-        self.db.execute("UPDATE nodes SET state = ? WHERE node = ?", (c.state, c.node))
+        if row[0] != c.state:
+            self.db.execute(
+                "UPDATE nodes SET state = ?, state_ns = ? WHERE node = ?",
+                (c.state, c.now_ns, c.node),
+            )
 
     def _create_token(self, c: CreateToken) -> None:
         if not (1 <= len(c.token_id) <= 64 and c.token_id.isalnum()) or len(c.digest) != 32:

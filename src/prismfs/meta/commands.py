@@ -554,6 +554,10 @@ class NodeInfo(Message, frozen=True):
     state: str
     registered_ns: I64
     used: U64 = 0
+    state_ns: I64 = 0
+    """When the state last changed, by the wall clock of the leader that
+    proposed the change (0: before it was recorded): a new leader goes on
+    timing a node's absence from there instead of from its own start."""
 
 
 class NodeList(Message, frozen=True):

@@ -148,7 +148,7 @@ MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 ORPHAN_GRACE_NS = 2 * 10**9
 """An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
 every few seconds) once a whole sweep interval and this much of the leader's
@@ -234,7 +234,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     zone TEXT NOT NULL,
     capacity INTEGER NOT NULL,
     state TEXT NOT NULL,
-    registered_ns INTEGER NOT NULL
+    registered_ns INTEGER NOT NULL,
+    state_ns INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (
     client TEXT PRIMARY KEY,
@@ -411,6 +412,9 @@ class Namespace(ClusterTables):
             self.db.execute("ALTER TABLE chunks ADD COLUMN reduced INTEGER NOT NULL DEFAULT 0")
         if version < 6:
             self._index_all_shards()
+        if "state_ns" not in self._columns("nodes"):
+            # When a node's state last changed (0: unknown, before schema 7).
+            self.db.execute("ALTER TABLE nodes ADD COLUMN state_ns INTEGER NOT NULL DEFAULT 0")
         self.db.execute("UPDATE state SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         self.db.execute("COMMIT")
 
