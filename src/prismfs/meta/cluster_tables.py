@@ -172,17 +172,14 @@ class ClusterTables:
             after: tuple[bytes, int, int] = (b"", -1, -1)
             while True:
                 rows = self.db.execute(
-                    "SELECT chunk_id, ino, idx FROM shards WHERE node = ?"
-                    " AND (chunk_id, ino, idx) > (?, ?, ?) ORDER BY chunk_id, ino, idx LIMIT ?",
+                    "SELECT s.chunk_id, s.ino, s.idx, c.record FROM shards s"
+                    " JOIN chunks c ON c.ino = s.ino AND c.idx = s.idx WHERE s.node = ?"
+                    " AND (s.chunk_id, s.ino, s.idx) > (?, ?, ?)"
+                    " ORDER BY s.chunk_id, s.ino, s.idx LIMIT ?",
                     (node, *after, CHUNK_PAGE),
                 ).fetchall()
-                for _, ino, idx in rows:
-                    row = self.db.execute(
-                        "SELECT record FROM chunks WHERE ino = ? AND idx = ?", (ino, idx)
-                    ).fetchone()
-                    if row is None:
-                        continue
-                    rec = decode_record(row[0])
+                for _, ino, idx, blob in rows:
+                    rec = decode_record(blob)
                     if not any(n in earlier for n in rec.nodes):
                         yield int(ino), int(idx), rec
                 if len(rows) < CHUNK_PAGE:
@@ -193,7 +190,19 @@ class ClusterTables:
         self, ino: int, idx: int, old: ChunkRecord | None, new: ChunkRecord | None
     ) -> None:
         """Keep `shards` and the count of chunks with shards in step with a change
-        of chunk row (ino, idx) from ``old`` to ``new`` (None: no row)."""
+        of chunk row (ino, idx) from ``old`` to ``new`` (None: no row). A move
+        (same chunk, shards on other nodes) touches only the nodes it changes."""
+        if old is not None and new is not None and old.id == new.id and not old.is_inline:
+            for node in set(old.nodes) - set(new.nodes):
+                self.db.execute(
+                    "DELETE FROM shards WHERE node = ? AND chunk_id = ? AND ino = ? AND idx = ?",
+                    (node, old.id, ino, idx),
+                )
+            for node in set(new.nodes) - set(old.nodes):
+                self.db.execute(
+                    "INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?)", (node, new.id, ino, idx)
+                )
+            return
         if old is not None and not old.is_inline:
             for node in set(old.nodes):
                 self.db.execute(
