@@ -107,6 +107,7 @@ def test_writes_go_on_with_one_node_of_three_down_and_are_reencoded_after(
         # Each was read, encoded and stored by a node (its log says so), not
         # by the leader: the bytes went node to node.
         node_logs = [Path(str(n["data_dir"])) / "node.log" for n in started]
+        node_logs.append(data_dir.parent / f"{data_dir.name}.log")  # the victim, restarted
         by_nodes = sum(log.read_text().count("re-encoded chunk ") for log in node_logs)
         assert by_nodes >= int(reencoded.group(1))
 
