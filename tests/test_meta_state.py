@@ -515,6 +515,67 @@ def test_snapshot_of_a_wal_database_restores_anywhere(tmp_path: Path) -> None:
         assert target.digest() == source.ns.digest()
 
 
+def test_a_file_snapshot_is_consistent_while_apply_goes_on(tmp_path: Path) -> None:
+    """`snapshot_to` copies the database from a thread of its own while the
+    replica keeps applying: the copy is the state at the applied index it
+    names (replaying the rest of the log onto it gives the live database),
+    and `restore_file` brings it back."""
+    import threading
+
+    source = Driver(Namespace(tmp_path / "a.db"))
+    for n in range(300):
+        make_file(source, f"f{n}".encode())
+    history: dict[int, str] = {}
+    made: list[int | None] = []
+    done = threading.Event()
+
+    def copy() -> None:
+        made.append(source.ns.snapshot_to(tmp_path / "copy.db"))
+        done.set()
+
+    thread = threading.Thread(target=copy)
+    n = 0
+    history[source.ns.applied] = source.ns.digest()
+    thread.start()
+    while not done.is_set() or n < 50:
+        make_file(source, f"g{n}".encode())
+        history[source.ns.applied] = source.ns.digest()
+        n += 1
+    thread.join()
+    index = made[0]
+    assert index is not None
+    target = Namespace(tmp_path / "b.db")
+    target.check_image(tmp_path / "copy.db")
+    target.restore_file(tmp_path / "copy.db")
+    assert target.applied == index
+    # The copy is exactly the state at its index, before or during the writes.
+    assert target.digest() == history[index]
+    assert Namespace().snapshot_to(tmp_path / "none.db") is None  # no file: in memory
+
+
+def test_a_damaged_snapshot_file_is_refused_before_it_replaces_anything(tmp_path: Path) -> None:
+    from prismfs.errors import LogCorrupt
+
+    source = Driver(Namespace(tmp_path / "a.db"))
+    for n in range(200):
+        make_file(source, f"f{n}".encode())
+    assert source.ns.snapshot_to(tmp_path / "copy.db") == source.ns.applied
+    image = (tmp_path / "copy.db").read_bytes()
+    target = Namespace(tmp_path / "b.db")
+    page = 4096
+    for at in (page, len(image) // page // 2 * page):
+        bad = bytearray(image)
+        bad[at : at + page] = os.urandom(page)
+        (tmp_path / "bad.db").write_bytes(bad)
+        with pytest.raises(LogCorrupt):
+            target.check_image(tmp_path / "bad.db")
+    (tmp_path / "bad.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(LogCorrupt):
+        target.check_image(tmp_path / "bad.db")
+    target.restore_file(tmp_path / "copy.db")
+    assert target.digest() == source.ns.digest()
+
+
 def test_batched_apply_equals_one_by_one(tmp_path: Path) -> None:
     """The driver applies a Ready's entries in one transaction: refused
     entries and undecodable ones undo only themselves, and the result is

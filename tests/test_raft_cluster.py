@@ -344,7 +344,11 @@ async def test_lagging_follower_catches_up_through_a_snapshot(tmp_path: Path) ->
                     if st3.applied >= leader.commit:
                         break
                     await trio.sleep(0.1)
-            assert (tmp_path / "n3" / "raft" / "snapshot").exists()
+            # The image arrived as a file, a chunk at a time, and stays one.
+            raft3 = tmp_path / "n3" / "raft"
+            assert (raft3 / "snapshot.meta").exists()
+            assert len(list(raft3.glob("image-*.db"))) == 1
+            assert not (raft3 / "snapshot").exists() and not (raft3 / "incoming.tmp").exists()
             assert "installed a snapshot" in (tmp_path / "n3" / "node.log").read_text()
             log_text = (tmp_path / "n1" / "node.log").read_text()
             assert "snapshot at index" in log_text

@@ -10,8 +10,8 @@ import pytest
 
 from prismfs.errors import LogCorrupt
 from prismfs.raft import durable_log
-from prismfs.raft.durable_log import DurableLog
-from prismfs.raft.messages import ConfState, Entry, HardState, SnapshotMeta
+from prismfs.raft.durable_log import DurableLog, FileSink
+from prismfs.raft.messages import ConfState, Entry, HardState, SnapshotMeta, image_checksum
 from prismfs.raft.ready import Ready, Snapshot
 
 
@@ -348,3 +348,116 @@ def test_segments_of_the_first_format_are_read_and_not_appended_to(tmp_path: Pat
     _, rec = reopen(tmp_path)
     assert rec.entries == entries(1, 6)
     assert len(list(tmp_path.glob("seg-*.log"))) == 2
+
+
+def file_snapshot(dl: DurableLog, index: int, term: int, image: bytes) -> Snapshot:
+    """A snapshot whose image is a file, as a compaction makes it."""
+    tmp = dl.dir / "image.tmp"
+    tmp.write_bytes(image)
+    path = dl.adopt_image(tmp, index, term)
+    meta = SnapshotMeta(index, term, ConfState(("a",)), image_checksum(image))
+    return Snapshot(meta, file=path)
+
+
+def test_a_file_snapshot_is_kept_as_a_file_and_read_back_a_chunk_at_a_time(
+    tmp_path: Path,
+) -> None:
+    dl, _ = reopen(tmp_path)
+    dl.save(Ready(entries=entries(1, 70)))
+    image = os.urandom(3 * 1024 * 1024 + 17)
+    dl.save_snapshot(file_snapshot(dl, 60, 1, image))
+    dl.compact(60)
+    dl.close()
+    _, rec = reopen(tmp_path)
+    snap = rec.snapshot
+    assert snap is not None and snap.data == b"" and snap.file == dl.image_path(60, 1)
+    assert snap.size == len(image)
+    assert snap.read(0, 1000) + snap.read(1000, len(image)) == image
+    assert snap.read(len(image) - 5, 100) == image[-5:]
+    assert (snap.file.stat().st_mode & 0o777) == 0o600
+    assert rec.entries[0].index <= 61 and rec.entries[-1].index == 70
+    # A newer file snapshot replaces the image of the older one.
+    dl2, _ = reopen(tmp_path)
+    dl2.save_snapshot(file_snapshot(dl2, 65, 1, b"newer image"))
+    assert [p.name for p in tmp_path.glob("image-*.db")] == [dl2.image_path(65, 1).name]
+    dl2.close()
+    _, rec = reopen(tmp_path)
+    assert rec.snapshot is not None and rec.snapshot.read(0, 100) == b"newer image"
+
+
+def test_a_damaged_or_missing_snapshot_image_refuses_to_start(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path)
+    image = os.urandom(100_000)
+    snap = file_snapshot(dl, 5, 2, image)
+    dl.save_snapshot(snap)
+    dl.close()
+    assert snap.file is not None
+    damaged = bytearray(image)
+    damaged[50_000] ^= 1
+    snap.file.write_bytes(damaged)
+    with pytest.raises(LogCorrupt, match="does not match its checksum"):
+        reopen(tmp_path)
+    snap.file.unlink()
+    with pytest.raises(LogCorrupt, match="missing"):
+        reopen(tmp_path)
+
+
+def test_strays_are_deleted_and_the_newer_of_two_snapshot_kinds_wins(tmp_path: Path) -> None:
+    """A crash can leave an unfinished incoming image, an image no meta names
+    (made, not yet saved), or both snapshot kinds (between writing one and
+    deleting the other): open keeps the newest snapshot and deletes the rest."""
+    dl, _ = reopen(tmp_path)
+    dl.save_snapshot(file_snapshot(dl, 5, 1, b"file image"))
+    dl.close()
+    (tmp_path / "incoming.tmp").write_bytes(b"half an image")
+    dl.image_path(9, 1).write_bytes(b"never saved")
+    inline = Snapshot(SnapshotMeta(3, 1, ConfState(("a",))), b"older inline")
+    meta = durable_log.encode_message(inline.meta)
+    (tmp_path / "snapshot").write_bytes(durable_log._LEN.pack(len(meta)) + meta + inline.data)
+    _, rec = reopen(tmp_path)
+    assert rec.snapshot is not None and rec.snapshot.meta.index == 5
+    assert rec.snapshot.read(0, 100) == b"file image"
+    assert sorted(p.name for p in tmp_path.iterdir() if "image" in p.name or "tmp" in p.name) == [
+        dl.image_path(5, 1).name
+    ]
+    # An inline snapshot newer than the file one wins, and saving it drops the file.
+    dl3, _ = reopen(tmp_path)
+    dl3.save_snapshot(Snapshot(SnapshotMeta(8, 1, ConfState(("a",))), b"newer inline"))
+    assert not list(tmp_path.glob("image-*.db")) and not (tmp_path / "snapshot.meta").exists()
+    dl3.close()
+    _, rec = reopen(tmp_path)
+    assert rec.snapshot is not None and rec.snapshot.data == b"newer inline"
+
+
+def test_saving_a_snapshot_keeps_a_newer_image_received_meanwhile(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path)
+    dl.save_snapshot(file_snapshot(dl, 5, 1, b"old"))
+    received = file_snapshot(dl, 40, 2, b"received from the leader")
+    dl.save_snapshot(file_snapshot(dl, 10, 1, b"made here"))
+    assert received.file is not None and received.file.exists()
+    assert not dl.image_path(5, 1).exists()
+    dl.save(Ready(snapshot=received))
+    assert [p.name for p in tmp_path.glob("image-*.db")] == [received.file.name]
+
+
+def test_a_file_sink_writes_chunks_to_disk_and_checks_the_whole(tmp_path: Path) -> None:
+    dl, _ = reopen(tmp_path)
+    image = os.urandom(1_000_000)
+    meta = SnapshotMeta(7, 3, ConfState(("a",)), image_checksum(image))
+    sink = FileSink(dl, meta)
+    for at in range(0, len(image), 300_000):
+        sink.write(image[at : at + 300_000])
+        assert (tmp_path / "incoming.tmp").stat().st_size == min(at + 300_000, len(image))
+    assert sink.size == len(image)
+    snap = sink.finish()
+    assert snap is not None and snap.file == dl.image_path(7, 3) and snap.file.read_bytes() == image
+    assert not (tmp_path / "incoming.tmp").exists()
+    # A damaged chunk: nothing is kept.
+    bad = FileSink(dl, SnapshotMeta(8, 3, ConfState(("a",)), image_checksum(image)))
+    bad.write(image[:-1] + b"\0")
+    assert bad.finish() is None
+    assert not (tmp_path / "incoming.tmp").exists() and not dl.image_path(8, 3).exists()
+    dropped = FileSink(dl, meta)
+    dropped.write(b"part")
+    dropped.discard()
+    assert not (tmp_path / "incoming.tmp").exists()

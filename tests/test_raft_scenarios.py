@@ -5,12 +5,22 @@ changes and snapshots."""
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
 
 import pytest
 
 from prismfs.errors import ConfChangeInProgress, InvalidArgument, LeadershipTransfer, NotLeader
-from prismfs.raft.messages import Append, ConfChange, Entry, InstallSnapshot, TimeoutNow, Vote
+from prismfs.raft.durable_log import DurableLog, FileSink
+from prismfs.raft.messages import (
+    Append,
+    ConfChange,
+    Entry,
+    InstallSnapshot,
+    TimeoutNow,
+    Vote,
+    image_checksum,
+)
 from prismfs.raft.ready import TRANSITIONS, Role
 from raft_network import Network
 
@@ -431,6 +441,36 @@ def test_a_snapshot_damaged_on_the_way_is_never_installed_and_is_sent_again() ->
     chunks = [m for m in net.sent if isinstance(m, InstallSnapshot) and m.to == "c"]
     assert [m.offset for m in chunks].count(0) >= 2  # sent again from the start
     assert net.disks["c"].snapshot is not None and net.disks["c"].snapshot.data == state
+    net.propose("a", b"after")
+    assert net.applied["c"][-1] == b"after"
+
+
+def test_a_file_snapshot_goes_out_and_comes_in_a_chunk_at_a_time(tmp_path: pathlib.Path) -> None:
+    """The leader's image is a file it reads a chunk at a time; the follower
+    writes each chunk to its own file (`FileSink`) and installs the file."""
+    c_log = DurableLog(tmp_path / "c")
+    c_log.open()
+    net = Network(
+        ABC,
+        snapshot_chunk_bytes=64 * 1024,
+        image_sink=lambda meta: FileSink(c_log, meta),
+    )
+    a = net.elect("a")
+    net.isolate("c")
+    net.propose("a", *[b"cmd%d" % i for i in range(20)])
+    image = os.urandom(300_000)
+    made = tmp_path / "a-image.db"
+    made.write_bytes(image)
+    assert a.compact(a.applied, file=made, checksum=image_checksum(image))
+    assert not a.compact(a.applied, file=made, checksum=b"")  # nothing newer to compact
+    net.heal()
+    net.tick(times=10)
+    chunks = [m for m in net.sent if isinstance(m, InstallSnapshot) and m.to == "c"]
+    assert len(chunks) == 5 and chunks[-1].done
+    assert all(len(m.data) <= 64 * 1024 for m in chunks)
+    installed = net.disks["c"].snapshot
+    assert installed is not None and installed.file == c_log.image_path(a.log.offset, a.term)
+    assert installed.file.read_bytes() == image
     net.propose("a", b"after")
     assert net.applied["c"][-1] == b"after"
 

@@ -28,8 +28,10 @@ cookie, so a listing interrupted by creates, unlinks and renames returns
 every entry that was there throughout exactly once (a renamed entry gets a
 new cookie, like a new entry).
 
-Snapshots are consistent copies of the database (`serialize`); `restore`
-copies one back with SQLite's backup API.
+Snapshots are consistent copies of the database: a file written by
+``VACUUM INTO`` from a read-only connection in a worker thread
+(`snapshot_to`), or an in-memory image (`serialize`) for a database without
+a file; `restore_file` and `restore` copy one back with SQLite's backup API.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -288,6 +291,20 @@ def inherit_from_parent(parent: Attr, mode: int, gid: int) -> tuple[int, int]:
     if not parent.mode & stat.S_ISGID:
         return mode, gid
     return (mode | stat.S_ISGID if stat.S_ISDIR(mode) else mode), parent.gid
+
+
+def _read_only_uri(path: str | os.PathLike[str]) -> str:
+    return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
+def _check_sound(db: sqlite3.Connection) -> None:
+    try:
+        verdict = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise LogCorrupt(f"the snapshot image is not a database: {exc}") from None
+    if verdict != [("ok",)]:
+        problems = "; ".join(str(row[0]) for row in verdict[:3])
+        raise LogCorrupt(f"the snapshot image is damaged: {problems}")
 
 
 class Namespace(ClusterTables):
@@ -626,6 +643,45 @@ class Namespace(ClusterTables):
         image[18:20] = b"\x01\x01"
         return bytes(image)
 
+    def snapshot_to(self, path: Path) -> int | None:
+        """Write a consistent copy of the database to the new file ``path`` and
+        return the applied index it holds; None for an in-memory database
+        (use `snapshot`). ``VACUUM INTO`` runs on a read-only connection of its
+        own, in one read transaction: call this from a worker thread while
+        apply goes on; nothing is held in memory."""
+        if self.path == ":memory:":
+            return None
+        path.unlink(missing_ok=True)
+        source = sqlite3.connect(_read_only_uri(self.path), uri=True, isolation_level=None)
+        try:
+            source.execute("VACUUM INTO ?", (os.fspath(path),))
+        finally:
+            source.close()
+        copy = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            return int(copy.execute("SELECT value FROM state WHERE key = 'applied'").fetchone()[0])
+        finally:
+            copy.close()
+
+    def check_image(self, path: Path) -> None:
+        """Refuse (`LogCorrupt`) a snapshot file that is not a sound database.
+        Reads the whole file: call it from a worker thread before `restore_file`."""
+        source = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            _check_sound(source)
+        finally:
+            source.close()
+
+    def restore_file(self, path: Path) -> None:
+        """Replace the whole database by the snapshot file ``path`` (see `check_image`)."""
+        source = sqlite3.connect(_read_only_uri(path), uri=True)
+        try:
+            source.backup(self.db)
+        finally:
+            source.close()
+        self._migrate()
+        self.db.executescript(INDEXES)
+
     def restore(self, snapshot: bytes) -> None:
         """Replace the whole database by a snapshot image, after SQLite checked it
         (an image that is not a sound database is refused: `LogCorrupt`)."""
@@ -633,12 +689,9 @@ class Namespace(ClusterTables):
         try:
             try:
                 source.deserialize(snapshot)
-                verdict = source.execute("PRAGMA quick_check").fetchall()
             except sqlite3.DatabaseError as exc:
                 raise LogCorrupt(f"the snapshot image is not a database: {exc}") from None
-            if verdict != [("ok",)]:
-                problems = "; ".join(str(row[0]) for row in verdict[:3])
-                raise LogCorrupt(f"the snapshot image is damaged: {problems}")
+            _check_sound(source)
             source.backup(self.db)
         finally:
             source.close()

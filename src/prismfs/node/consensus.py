@@ -78,7 +78,7 @@ from prismfs.node.consensus_messages import (
 )
 from prismfs.node.leases import Change, LeaseService, is_lookup
 from prismfs.raft.core import RaftNode
-from prismfs.raft.durable_log import DurableLog
+from prismfs.raft.durable_log import DurableLog, FileSink, file_checksum
 from prismfs.raft.lease import LeaderLease, lease_seconds
 from prismfs.raft.messages import (
     ConfChange,
@@ -88,7 +88,7 @@ from prismfs.raft.messages import (
     Heartbeat,
     RaftMessage,
 )
-from prismfs.raft.ready import RaftConfig, Ready, Role
+from prismfs.raft.ready import RaftConfig, Ready, Role, Snapshot
 from prismfs.raft.state_machine import (
     CommandRejected,
     ExactlyOnce,
@@ -163,6 +163,10 @@ class Consensus:
         self._check_command = getattr(state_machine, "check_command", None)
         self._check_query = getattr(state_machine, "check_query", None)
         self.log = DurableLog(raft_dir)
+        # The durable log is written from worker threads by the Ready loop and
+        # by a compaction running beside it: one at a time.
+        self._log_lock = trio.Lock()
+        self._compacting = False
         self.core: RaftNode | None = None
         self._inbox: list[Callable[[RaftNode], None]] = []
         self._kick = trio.Event()
@@ -211,7 +215,11 @@ class Consensus:
         # keeps its state; the log replay skips what it holds.
         snapshot = recovered.snapshot
         if snapshot is not None and getattr(self.sm, "applied", 0) < snapshot.meta.index:
-            self.sm.restore(snapshot.data)
+            await self._check_image(snapshot)
+            self._restore(snapshot)
+        # A state machine that restores from a file receives snapshots into
+        # one, a chunk at a time; others (small, in memory) into memory.
+        files = hasattr(self.sm, "restore_file")
         self._term_vote = (recovered.hard_state.term, recovered.hard_state.vote)
         self.core = RaftNode(
             RaftConfig(
@@ -220,6 +228,7 @@ class Consensus:
                 heartbeat_ticks=self.cfg.heartbeat_ticks,
                 max_append_bytes=self.cfg.max_batch_bytes // 2,
                 snapshot_chunk_bytes=self.cfg.max_batch_bytes // 2,
+                image_sink=(lambda meta: FileSink(self.log, meta)) if files else None,
                 lease=self.cfg.lease_reads,
             ),
             random.Random(secrets.randbits(64)),
@@ -282,10 +291,13 @@ class Consensus:
                         self._send(m)
                 # A Ready whose hard state only moves the commit index writes
                 # nothing (`DurableLog.save`): no thread hop for it.
+                if rd.snapshot is not None:
+                    await self._check_image(rd.snapshot)
                 if rd.entries or rd.snapshot is not None or self._new_term_or_vote(rd):
                     fsyncs = self.log.fsyncs
                     start = trio.current_time()
-                    await trio.to_thread.run_sync(self.log.save, rd)
+                    async with self._log_lock:
+                        await trio.to_thread.run_sync(self.log.save, rd)
                     self.stats.observe("raft.persist", trio.current_time() - start)
                     self.stats.count("raft.persist_hop")
                     self.stats.count("raft.fsync", self.log.fsyncs - fsyncs)
@@ -310,7 +322,7 @@ class Consensus:
                     self._known_leader = core.leader
                     for scope in self._forwarding:
                         scope.cancel()
-                await self._maybe_snapshot(core)
+                self._maybe_snapshot(core)
 
     def _note_heartbeats(self, core: RaftNode, rd: Ready) -> None:
         """When each heartbeat broadcast leaves: the leader lease is timed from it."""
@@ -333,7 +345,7 @@ class Consensus:
 
     def _apply(self, rd: Ready) -> None:
         if rd.snapshot is not None:
-            self.sm.restore(rd.snapshot.data)
+            self._restore(rd.snapshot)
             meta = rd.snapshot.meta
             log.info(
                 "installed a snapshot at index %d (term %d) from the leader", meta.index, meta.term
@@ -412,16 +424,64 @@ class Consensus:
             waiter.finish(error=error)
         self._reads.clear()
 
-    async def _maybe_snapshot(self, core: RaftNode) -> None:
-        if core.applied - core.log.offset < self.cfg.snapshot_every:
+    async def _check_image(self, snapshot: Snapshot) -> None:
+        """Refuse a snapshot file that is not a sound image, reading it in a
+        worker thread (`LogCorrupt` stops the node, as a damaged log does)."""
+        check = getattr(self.sm, "check_image", None)
+        if snapshot.file is not None and check is not None:
+            await trio.to_thread.run_sync(check, snapshot.file)
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        if snapshot.file is None:
+            self.sm.restore(snapshot.data)
+        elif hasattr(self.sm, "restore_file"):
+            self.sm.restore_file(snapshot.file)
+        else:
+            self.sm.restore(snapshot.file.read_bytes())
+
+    def _maybe_snapshot(self, core: RaftNode) -> None:
+        if self._compacting or core.applied - core.log.offset < self.cfg.snapshot_every:
             return
-        index = core.applied
-        core.compact(index, self.sm.snapshot())
-        snapshot = core.snapshot
-        assert snapshot is not None
-        await trio.to_thread.run_sync(self.log.save_snapshot, snapshot)
-        await trio.to_thread.run_sync(self.log.compact, index)
-        log.info("snapshot at index %d (%d bytes)", index, len(snapshot.data))
+        self._compacting = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._compact, core, name="raft-compact")
+
+    async def _compact(self, core: RaftNode) -> None:
+        """Snapshot the state machine and drop the log it covers, beside the
+        Ready loop: a state machine with a file (the namespace) copies it in a
+        worker thread (`snapshot_to`) and its image is hashed there too, so
+        heartbeats and applies go on however large it is. Only a small state
+        machine without one is serialized in memory, on the loop."""
+        try:
+            start = trio.current_time()
+            snapshot_to = getattr(self.sm, "snapshot_to", None)
+            tmp = self.dir / "image.tmp"
+            index = None
+            if snapshot_to is not None:
+                index = await trio.to_thread.run_sync(snapshot_to, tmp)
+            async with self._log_lock:
+                if index is None:
+                    index = core.applied
+                    if not core.compact(index, self.sm.snapshot()):
+                        return
+                else:
+                    checksum = await trio.to_thread.run_sync(file_checksum, tmp)
+                    if index <= core.log.offset:  # a snapshot from the leader came first
+                        tmp.unlink(missing_ok=True)
+                        return
+                    term = core.log.term(index)
+                    assert term is not None
+                    final = self.log.adopt_image(tmp, index, term)
+                    core.compact(index, file=final, checksum=checksum)
+                snapshot = core.snapshot
+                assert snapshot is not None
+                await trio.to_thread.run_sync(self.log.save_snapshot, snapshot)
+                await trio.to_thread.run_sync(self.log.compact, index)
+            elapsed = trio.current_time() - start
+            self.stats.observe("raft.snapshot", elapsed)
+            log.info("snapshot at index %d (%d bytes, %.2f s)", index, snapshot.size, elapsed)
+        finally:
+            self._compacting = False
 
     # --- transport -------------------------------------------------------------------
 

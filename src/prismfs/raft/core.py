@@ -32,6 +32,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from prismfs.errors import ConfChangeInProgress, InvalidArgument, LeadershipTransfer, NotLeader
 from prismfs.raft.log import RaftLog
@@ -58,7 +59,16 @@ from prismfs.raft.messages import (
 )
 from prismfs.raft.progress import Progress
 from prismfs.raft.quorum import committed_index, has_quorum, vote_result
-from prismfs.raft.ready import TRANSITIONS, RaftConfig, ReadState, Ready, Role, Snapshot
+from prismfs.raft.ready import (
+    TRANSITIONS,
+    ImageSink,
+    MemorySink,
+    RaftConfig,
+    ReadState,
+    Ready,
+    Role,
+    Snapshot,
+)
 from prismfs.wire.codec import decode_message, encode_message
 
 
@@ -131,7 +141,7 @@ class RaftNode:
         self._transferee = ""
         self._reads: list[_PendingRead] = []
         self._reads_waiting: list[tuple[int, str]] = []
-        self._incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
+        self._incoming_snapshot: tuple[SnapshotMeta, ImageSink] | None = None
         self._pending_snapshot: Snapshot | None = None
         self._msgs: list[RaftMessage] = []
         self._read_states: list[ReadState] = []
@@ -296,19 +306,27 @@ class RaftNode:
         else:
             self._send_append(target)
 
-    def compact(self, index: int, data: bytes) -> None:
-        """The driver snapshotted the state machine at ``index`` (<= applied)."""
+    def compact(
+        self, index: int, data: bytes = b"", *, file: Path | None = None, checksum: bytes = b""
+    ) -> bool:
+        """The driver snapshotted the state machine at ``index`` (<= applied):
+        its image is ``data``, or the file ``file`` whose ``checksum`` the
+        driver computed (off the event loop). False if the log already starts
+        at or after ``index`` (a newer snapshot came first): nothing changes."""
         if index > self.applied:
             raise InvalidArgument(f"cannot snapshot at {index}, applied is {self.applied}")
         if index <= self.log.offset:
-            return
+            return False
         term = self.log.term(index)
         assert term is not None
-        meta = SnapshotMeta(index, term, self.conf_at(index), image_checksum(data))
-        self._snapshot = Snapshot(meta, data)
+        if file is None:
+            checksum = image_checksum(data)
+        meta = SnapshotMeta(index, term, self.conf_at(index), checksum)
+        self._snapshot = Snapshot(meta, data, file)
         self.log.compact(index)
         keep = [(at, c) for at, c in self._conf_history if at > index]
         self._conf_history = [(index, self.conf_at(index)), *keep]
+        return True
 
     # --- ready / advance ---------------------------------------------------------
 
@@ -677,10 +695,11 @@ class RaftNode:
         if snap.meta.index != pr.snapshot_index:
             pr.become_snapshot(snap.meta.index)  # a newer snapshot replaced the one in flight
         offset = pr.snapshot_offset
-        if offset >= len(snap.data) and offset:
+        size = snap.size
+        if offset >= size and offset:
             return  # all sent; the follower answers with an AppendResponse once installed
-        chunk = snap.data[offset : offset + self.cfg.snapshot_chunk_bytes]
-        done = offset + len(chunk) >= len(snap.data)
+        chunk = snap.read(offset, self.cfg.snapshot_chunk_bytes)
+        done = offset + len(chunk) >= size
         self._send(
             InstallSnapshot(
                 self.id, to, self.term, meta=snap.meta, offset=offset, data=chunk, done=done
@@ -695,32 +714,34 @@ class RaftNode:
         if self.log.match_term(meta.index, meta.term):
             # Our log already holds everything the snapshot covers: no need to
             # install it, just learn that it is committed.
-            self._incoming_snapshot = None
+            self._drop_incoming()
             self.commit = meta.index
             self._send(AppendResponse(self.id, m.frm, self.term, index=meta.index))
             return
         if m.offset == 0:
-            self._incoming_snapshot = (meta, bytearray())
+            self._drop_incoming()
+            sink = (self.cfg.image_sink or MemorySink)(meta)
+            self._incoming_snapshot = (meta, sink)
         incoming = self._incoming_snapshot
-        if incoming is None or incoming[0] != meta or len(incoming[1]) != m.offset:
-            have = len(incoming[1]) if incoming is not None and incoming[0] == meta else 0
+        if incoming is None or incoming[0] != meta or incoming[1].size != m.offset:
+            have = incoming[1].size if incoming is not None and incoming[0] == meta else 0
             self._send(SnapshotResponse(self.id, m.frm, self.term, index=meta.index, offset=have))
             return
-        incoming[1].extend(m.data)
+        incoming[1].write(m.data)
         if not m.done:
             self._send(
                 SnapshotResponse(
-                    self.id, m.frm, self.term, index=meta.index, offset=len(incoming[1])
+                    self.id, m.frm, self.term, index=meta.index, offset=incoming[1].size
                 )
             )
             return
         self._incoming_snapshot = None
-        image = bytes(incoming[1])
-        if meta.checksum and image_checksum(image) != meta.checksum:
+        received = incoming[1].finish()
+        if received is None:
             # Damaged on the way: never install it; ask for it again from the start.
             self._send(SnapshotResponse(self.id, m.frm, self.term, index=meta.index, offset=0))
             return
-        snap = Snapshot(meta, image)
+        snap = received
         # Ready.snapshot tells the driver to replace its whole durable log by
         # this snapshot point; the core's log does the same.
         self.log.reset(meta.index, meta.term)
@@ -732,6 +753,11 @@ class RaftNode:
         self._conf_history = [(meta.index, meta.conf)]
         self._scan_conf(meta.index + 1)
         self._send(AppendResponse(self.id, m.frm, self.term, index=meta.index))
+
+    def _drop_incoming(self) -> None:
+        if self._incoming_snapshot is not None:
+            self._incoming_snapshot[1].discard()
+            self._incoming_snapshot = None
 
     # --- leader timers, reads, membership ------------------------------------------
 

@@ -11,8 +11,18 @@ Layout of the directory (files 0600)::
                                         atomically: temp + fsync + rename, when
                                         the term or vote changes (the commit in
                                         it is a lower bound, not the latest)
-    snapshot                           latest snapshot: meta (with the image's
-                                        xxh3-128) + image, replaced atomically
+    snapshot                           latest snapshot held in memory (the
+                                        small state machines of tests): meta
+                                        (with the image's xxh3-128) + image,
+                                        replaced atomically
+    snapshot.meta                      latest snapshot whose image is a file
+                                        (the namespace): its meta, replaced
+                                        atomically after the image is durable
+    image-<index>-<term>.db            that image (a SQLite database); images
+                                        of older snapshots are deleted once a
+                                        newer one is durable
+    incoming.tmp                       a snapshot being received from the
+                                        leader (`FileSink`); deleted on open
 
 Segment layout (big-endian)::
 
@@ -34,7 +44,8 @@ own batch may have reached the disk out of order): the file is truncated
 there and the event logged. A bad record with a later batch after it, a bad
 record in an earlier segment, or a checksummed record with the wrong index is
 corruption of acknowledged data and refuses to start (`LogCorrupt`); so does a
-snapshot whose image does not match its checksum. Segments left behind by a
+snapshot whose image does not match its checksum (a file image is hashed a
+MiB at a time, never held whole). Segments left behind by a
 crash during a snapshot install are deleted. Segments of the first format
 (no header, no batch in records) are still read; new entries go to a new
 segment.
@@ -68,6 +79,54 @@ MAX_RECORD = 256 * 1024 * 1024
 # Every record body starts with these bytes (the msgpack map header and tag of
 # an Entry); recovery looks for them to find intact records after a bad one.
 _ENTRY_PREFIX = encode_message(Entry(0, 0, "normal", b""))[:14]
+
+
+def file_checksum(path: Path) -> bytes:
+    """`image_checksum` of a file's contents, read a MiB at a time."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.digest()
+
+
+class FileSink:
+    """An incoming snapshot image written to ``incoming.tmp`` as its chunks
+    arrive (the core's `ImageSink`): a follower never holds a whole image in
+    memory. `finish` checks the checksum and moves the file to the log's
+    `image_path`; `DurableLog.save_snapshot` makes it durable."""
+
+    def __init__(self, log: DurableLog, meta: SnapshotMeta) -> None:
+        self.log = log
+        self.meta = meta
+        self.size = 0
+        self.path = log.dir / "incoming.tmp"
+        self._hash = xxhash.xxh3_128()
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None
+        write_all(self._fd, data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self) -> Snapshot | None:
+        self._close()
+        if self.meta.checksum and self._hash.digest() != self.meta.checksum:
+            self.path.unlink(missing_ok=True)
+            return None
+        final = self.log.image_path(self.meta.index, self.meta.term)
+        os.replace(self.path, final)
+        return Snapshot(self.meta, file=final)
+
+    def discard(self) -> None:
+        self._close()
+        self.path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _record(entry: Entry, batch: int) -> bytes:
@@ -116,7 +175,12 @@ class DurableLog:
         entries: list[Entry] = []
         truncated = 0
         paths = sorted(self.dir.glob("seg-*.log"))
-        for path in [*paths, self.dir / "hardstate", self.dir / "snapshot"]:
+        for path in [
+            *paths,
+            self.dir / "hardstate",
+            self.dir / "snapshot",
+            self.dir / "snapshot.meta",
+        ]:
             if path.exists() and path.stat().st_mode & 0o077:
                 path.chmod(FILE_MODE)  # made by an earlier version, readable by others
         for n, path in enumerate(paths):
@@ -274,8 +338,35 @@ class DurableLog:
             raise LogCorrupt(f"{self.dir / 'hardstate'} does not hold a hard state")
         return hs
 
+    def image_path(self, index: int, term: int) -> Path:
+        """Where the image of a file snapshot at (index, term) lives."""
+        return self.dir / f"image-{index:020d}-{term}.db"
+
+    def adopt_image(self, path: Path, index: int, term: int) -> Path:
+        """Move a snapshot image made elsewhere in this directory to its
+        `image_path`, readable by the owner only (it holds the namespace)."""
+        final = self.image_path(index, term)
+        os.chmod(path, FILE_MODE)
+        os.replace(path, final)
+        return final
+
     def _read_snapshot(self) -> Snapshot | None:
-        path = self.dir / "snapshot"
+        """The newest of the in-memory and the file snapshot (a crash between
+        writing one and deleting the other leaves both); stray images and an
+        unfinished incoming one are deleted."""
+        inline = self._read_inline_snapshot()
+        in_file = self._read_file_snapshot()
+        snapshot = inline
+        if in_file is not None and (inline is None or in_file.meta.index >= inline.meta.index):
+            snapshot = in_file
+        keep = snapshot.file if snapshot is not None else None
+        for path in [*self.dir.glob("image-*.db"), self.dir / "incoming.tmp"]:
+            if path != keep and path.exists():
+                log.info("deleting %s: no snapshot refers to it", path.name)
+                path.unlink()
+        return snapshot
+
+    def _read_meta(self, path: Path) -> tuple[SnapshotMeta, bytes] | None:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -287,13 +378,41 @@ class DurableLog:
             meta = None
         if not isinstance(meta, SnapshotMeta):
             raise LogCorrupt(f"{path} is malformed")
-        image = raw[_LEN.size + meta_len :]
+        return meta, raw[_LEN.size + meta_len :]
+
+    def _read_inline_snapshot(self) -> Snapshot | None:
+        path = self.dir / "snapshot"
+        read = self._read_meta(path)
+        if read is None:
+            return None
+        meta, image = read
         if meta.checksum and image_checksum(image) != meta.checksum:
             raise LogCorrupt(
                 f"{path}: the image does not match its checksum (damaged on disk); "
                 "wipe this node's data directory and add it again"
             )
         return Snapshot(meta, image)
+
+    def _read_file_snapshot(self) -> Snapshot | None:
+        path = self.dir / "snapshot.meta"
+        read = self._read_meta(path)
+        if read is None:
+            return None
+        meta, _ = read
+        image = self.image_path(meta.index, meta.term)
+        try:
+            checksum = file_checksum(image)
+        except FileNotFoundError:
+            raise LogCorrupt(
+                f"{path} names the image {image.name}, which is missing; "
+                "wipe this node's data directory and add it again"
+            ) from None
+        if meta.checksum and checksum != meta.checksum:
+            raise LogCorrupt(
+                f"{image}: the image does not match its checksum (damaged on disk); "
+                "wipe this node's data directory and add it again"
+            )
+        return Snapshot(meta, file=image)
 
     # --- writing -----------------------------------------------------------------
 
@@ -315,10 +434,28 @@ class DurableLog:
             self._term_vote = (hs.term, hs.vote)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Make a snapshot durable and the latest. A file image must already
+        be at `image_path` (it is fsynced here, before the meta that names it
+        is written); the image of the snapshot it replaces is deleted after."""
         meta = encode_message(snapshot.meta)
-        write_atomic(
-            self.dir / "snapshot", _LEN.pack(len(meta)) + meta + snapshot.data, mode=FILE_MODE
-        )
+        if snapshot.file is None:
+            write_atomic(
+                self.dir / "snapshot", _LEN.pack(len(meta)) + meta + snapshot.data, mode=FILE_MODE
+            )
+            stale = [self.dir / "snapshot.meta", *self.dir.glob("image-*.db")]
+        else:
+            if snapshot.file != self.image_path(snapshot.meta.index, snapshot.meta.term):
+                raise ValueError(f"a snapshot image must be at image_path, not {snapshot.file}")
+            with open(snapshot.file, "rb") as f:
+                os.fsync(f.fileno())
+            fsync_dir(self.dir)
+            write_atomic(self.dir / "snapshot.meta", _LEN.pack(len(meta)) + meta, mode=FILE_MODE)
+            # Only older images: a newer one may be an incoming snapshot that
+            # was received while this one was being made, about to be saved.
+            stale = [self.dir / "snapshot"]
+            stale += [p for p in self.dir.glob("image-*.db") if p.name < snapshot.file.name]
+        for path in stale:
+            path.unlink(missing_ok=True)
 
     def _append(self, entries: list[Entry]) -> None:
         first = entries[0].index

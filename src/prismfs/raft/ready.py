@@ -5,7 +5,13 @@ the driver to carry out (see the core's docstring for the order)."""
 from __future__ import annotations
 
 import enum
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import xxhash
 
 from prismfs.raft.messages import Entry, HardState, RaftMessage, SnapshotMeta
 
@@ -39,6 +45,10 @@ class RaftConfig:
     max_append_bytes: int = 1 << 20
     max_inflight: int = 64
     snapshot_chunk_bytes: int = 1 << 20
+    image_sink: Callable[[SnapshotMeta], ImageSink] | None = None
+    """Where a follower gathers the chunks of a snapshot it receives: None
+    keeps them in memory (`MemorySink`); the node's driver gives a sink that
+    writes them to a file (`prismfs.raft.durable_log.FileSink`)."""
     lease: bool = False
     """Count heartbeat acknowledgements for the driver's leader lease (`lease_seq`),
     and refuse votes for an election timeout after a (re)start, as a follower
@@ -49,8 +59,62 @@ class RaftConfig:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A snapshot point and its image: in memory (``data``) or, for images too
+    large to hold, in a file (``file``) that is read a chunk at a time."""
+
     meta: SnapshotMeta
-    data: bytes
+    data: bytes = b""
+    file: Path | None = None
+
+    @property
+    def size(self) -> int:
+        return os.path.getsize(self.file) if self.file is not None else len(self.data)
+
+    def read(self, offset: int, n: int) -> bytes:
+        """``n`` bytes of the image from ``offset`` (fewer at its end)."""
+        if self.file is None:
+            return self.data[offset : offset + n]
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            return os.pread(fd, n, offset)
+        finally:
+            os.close(fd)
+
+
+class ImageSink(Protocol):
+    """The chunks of one incoming snapshot image, in order."""
+
+    size: int
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> Snapshot | None:
+        """The whole image as a `Snapshot`, or None (and nothing kept) when
+        it does not match the meta's checksum."""
+        ...
+
+    def discard(self) -> None: ...
+
+
+class MemorySink:
+    def __init__(self, meta: SnapshotMeta) -> None:
+        self.meta = meta
+        self.size = 0
+        self._buf = bytearray()
+        self._hash = xxhash.xxh3_128()
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        self._hash.update(data)
+        self.size += len(data)
+
+    def finish(self) -> Snapshot | None:
+        if self.meta.checksum and self._hash.digest() != self.meta.checksum:
+            return None
+        return Snapshot(self.meta, bytes(self._buf))
+
+    def discard(self) -> None:
+        self._buf = bytearray()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,89 @@
+"""Snapshots of the namespace in a running driver: made from the database
+file beside the Ready loop (never stalling it), kept as a file, and used to
+rebuild a replica that lost its database."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from pathlib import Path
+
+import trio
+
+from prismfs.meta.commands import ROOT_INO, Mknod
+from prismfs.meta.namespace import Namespace
+from prismfs.node.consensus import Consensus, ConsensusConfig, prepare_bootstrap
+from prismfs.wire.codec import encode_message
+
+
+def mknod(n: int) -> bytes:
+    return encode_message(Mknod(1, ROOT_INO, f"f{n}".encode(), stat.S_IFREG | 0o644, 0, 0))
+
+
+def lose_database(directory: Path) -> None:
+    for path in directory.glob("meta.db*"):
+        path.unlink()
+
+
+async def wait_for(condition, what: str, seconds: float = 10) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def test_a_snapshot_is_made_beside_the_loop_and_rebuilds_a_lost_database(
+    tmp_path: Path,
+) -> None:
+    raft_dir = tmp_path / "raft"
+    prepare_bootstrap(raft_dir)
+    ns = Namespace(tmp_path / "meta.db")
+    started, release = threading.Event(), threading.Event()
+    real_snapshot_to = ns.snapshot_to
+
+    def slow_snapshot_to(path: Path) -> int | None:
+        started.set()
+        release.wait(30)  # a copy of a large database, in its worker thread
+        return real_snapshot_to(path)
+
+    ns.snapshot_to = slow_snapshot_to  # type: ignore[method-assign]
+    cfg = ConsensusConfig(snapshot_every=20)
+    consensus = Consensus("n1", "127.0.0.1:1", raft_dir, None, ns, cfg)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(consensus.run)
+        await wait_for(lambda: consensus.role == "leader", "leadership")
+        seq = 0
+        for _ in range(25):
+            seq += 1
+            await consensus.propose("c1", seq, mknod(seq))
+        await wait_for(started.is_set, "the snapshot to start")
+        # The copy is stuck in its thread; proposals still commit and apply.
+        with trio.fail_after(10):
+            for _ in range(40):
+                seq += 1
+                await consensus.propose("c1", seq, mknod(seq))
+        assert ns.applied >= 65
+        assert not (raft_dir / "snapshot.meta").exists()
+        release.set()
+        await wait_for((raft_dir / "snapshot.meta").exists, "the snapshot to be saved")
+        await wait_for(lambda: not consensus._compacting, "the compaction to end")
+        core = consensus.core
+        assert core is not None and core.snapshot is not None
+        index = core.snapshot.meta.index
+        assert index >= 26 and core.log.offset == index
+        assert core.snapshot.file == consensus.log.image_path(index, core.snapshot.meta.term)
+        assert [p.name for p in raft_dir.glob("image-*.db")] == [core.snapshot.file.name]
+        assert not (raft_dir / "image.tmp").exists()
+        digest = ns.digest()
+        nursery.cancel_scope.cancel()
+    ns.db.close()
+    # The database is lost: the replica restores the image, then replays the log after it.
+    lose_database(tmp_path)
+    rebuilt = Namespace(tmp_path / "meta.db")
+    again = Consensus("n1", "127.0.0.1:1", raft_dir, None, rebuilt, cfg)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(again.run)
+        await wait_for(lambda: again.role == "leader", "leadership")
+        await wait_for(lambda: rebuilt.applied >= seq + 1, "the replay")
+        assert rebuilt.digest() == digest
+        nursery.cancel_scope.cancel()
+    rebuilt.db.close()
