@@ -9,9 +9,9 @@ from typing import Any
 
 import trio
 
-from prismfs.data.gc import gc_once
 from prismfs.data.messages import DeleteShards, ShardsDeleted
 from prismfs.errors import Unavailable
+from prismfs.leader.gc import gc_once
 from prismfs.meta.commands import ROOT_INO, ChunkRecord, CommitChunks, Mknod, RegisterNode
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus_messages import Proposed

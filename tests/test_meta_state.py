@@ -42,7 +42,8 @@ from prismfs.meta.commands import (
     StatFs,
     Unlink,
 )
-from prismfs.meta.namespace import ORPHAN_GRACE_NS, Namespace
+from prismfs.meta.namespace import Namespace
+from prismfs.meta.schema import ORPHAN_GRACE_NS
 from prismfs.raft.state_machine import client_command
 from prismfs.wire.codec import decode_message, encode_message
 from test_meta_namespace import Driver

@@ -3,7 +3,7 @@ remove, fsck, scrub, and the health part of ``cluster status`` (with
 ``--watch``, a live view with progress bars).
 
 Each finds the leader through any reachable node's `RaftStatus` and sends
-the request there (see `prismfs.node.admin`); a leader that hands over
+the request there (see `prismfs.leader.admin`); a leader that hands over
 leadership meanwhile (draining or removing itself) is followed to the new
 one. Errors are one line on stderr and a non-zero exit. ``prismfs fsck``
 exits 0 when everything is clean, 1 when it found problems and 2 when it
@@ -26,7 +26,7 @@ import trio
 from prismfs.client.config import ClientConfig
 from prismfs.client.leader import call_leader
 from prismfs.errors import PrismError
-from prismfs.node.admin import (
+from prismfs.leader.admin import (
     AddNode,
     CancelDrain,
     ClusterHealth,

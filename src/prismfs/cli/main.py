@@ -27,10 +27,10 @@ from prismfs.cli import files as files_cli
 from prismfs.cli import mount_stats as mount_stats_cli
 from prismfs.cli import tokens as tokens_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
+from prismfs.daemon import run_node
 from prismfs.errors import ConfigError, PrismError
 from prismfs.node import datadir
 from prismfs.node.config import load_node_config
-from prismfs.node.daemon import run_node
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool

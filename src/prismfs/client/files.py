@@ -72,7 +72,7 @@ from prismfs.meta.commands import (
     Rename,
     Symlink,
 )
-from prismfs.meta.namespace import NAME_MAX
+from prismfs.meta.schema import NAME_MAX
 from prismfs.wire.codec import encode_message
 
 log = logging.getLogger("prismfs.client.files")

@@ -4,7 +4,7 @@ The leader is found through any reachable node's `RaftStatus`; a leader
 that hands over leadership while the request is on its way (draining or
 removing itself) answers `NotLeader` naming its successor, which is asked
 next. Used by the admin CLI and the HTTP gateway for the leader-only admin
-RPCs (`prismfs.node.admin`).
+RPCs (`prismfs.leader.admin`).
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class ShardsReencoded(DataMessage, frozen=True):
 
 
 class NodeHeartbeat(DataMessage, frozen=True):
-    """A node tells the leader it is alive (see `prismfs.data.repair`)."""
+    """A node tells the leader it is alive (see `prismfs.leader.repair`)."""
 
     node: str
 

@@ -60,7 +60,7 @@ from prismfs.meta.commands import (
     Symlink,
     Unlink,
 )
-from prismfs.meta.namespace import check_name, inherit_from_parent
+from prismfs.meta.schema import check_name, inherit_from_parent
 from prismfs.stats import Stats
 
 log = logging.getLogger("prismfs.fuse")

@@ -71,10 +71,7 @@ from prismfs.gateway import problems
 from prismfs.gateway.metrics import Metrics
 from prismfs.gateway.openapi import openapi_document
 from prismfs.gateway.tokens import TokenCache
-from prismfs.meta.client import MetaClient
-from prismfs.meta.commands import RENAME_NOREPLACE, Attr
-from prismfs.meta.namespace import check_name
-from prismfs.node.admin import (
+from prismfs.leader.admin import (
     AddNode,
     ClusterHealth,
     ClusterHealthReply,
@@ -82,6 +79,9 @@ from prismfs.node.admin import (
     NodeChanged,
     RemoveNode,
 )
+from prismfs.meta.client import MetaClient
+from prismfs.meta.commands import RENAME_NOREPLACE, Attr
+from prismfs.meta.schema import check_name
 from prismfs.wire.address import parse_address
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import Message

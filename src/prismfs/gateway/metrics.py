@@ -37,8 +37,8 @@ from prometheus_client.registry import Collector
 from prismfs.stats import Stats
 
 if TYPE_CHECKING:
-    from prismfs.data.rebalance import Mover
-    from prismfs.data.repair import Health
+    from prismfs.leader.rebalance import Mover
+    from prismfs.leader.repair import Health
     from prismfs.meta.namespace import Namespace
     from prismfs.node.consensus import Consensus
 
@@ -57,7 +57,7 @@ class NodeCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        from prismfs.data.repair import unavailable_nodes
+        from prismfs.leader.repair import unavailable_nodes
 
         status = self.consensus.status()
         for name, value, doc in (

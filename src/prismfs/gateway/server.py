@@ -16,12 +16,12 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from prismfs.client.data import DataClient
-from prismfs.data.rebalance import Mover
-from prismfs.data.repair import Health
 from prismfs.errors import PrismError
 from prismfs.gateway.app import Gateway, build_app
 from prismfs.gateway.metrics import Metrics, NodeCollector
 from prismfs.gateway.tokens import TokenCache
+from prismfs.leader.rebalance import Mover
+from prismfs.leader.repair import Health
 from prismfs.meta.client import MetaClient, keep_session
 from prismfs.meta.namespace import Namespace
 from prismfs.node.config import HttpSection

@@ -36,7 +36,7 @@ from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import decode_message, encode_message
 
-log = logging.getLogger("prismfs.data.gc")
+log = logging.getLogger("prismfs.leader.gc")
 
 
 async def gc_once(consensus: Consensus, namespace: Namespace, pool: RpcPool) -> int:

@@ -36,9 +36,6 @@ from typing import ClassVar
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.data.rebalance import Mover
-from prismfs.data.repair import Health, unavailable_nodes, usable
-from prismfs.data.scrub import Findings, Scrub, check_chunks, find_orphans
 from prismfs.errors import (
     ConfChangeInProgress,
     DeadlineExceeded,
@@ -48,6 +45,9 @@ from prismfs.errors import (
     NotPermitted,
     PrismError,
 )
+from prismfs.leader.rebalance import Mover
+from prismfs.leader.repair import Health, unavailable_nodes, usable
+from prismfs.leader.scrub import Findings, Scrub, check_chunks, find_orphans
 from prismfs.meta.client import decode_result
 from prismfs.meta.commands import ChunkRecord, MetaCommand, NodeInfo, SetNodeState, SetNodeZone
 from prismfs.meta.namespace import Namespace
@@ -59,7 +59,7 @@ from prismfs.wire.codec import I64, U64, Message, encode_message
 from prismfs.wire.messages import Ping, Pong
 from prismfs.wire.server import Call, RpcServer
 
-log = logging.getLogger("prismfs.node.admin")
+log = logging.getLogger("prismfs.leader.admin")
 
 
 class AdminMessage(Message, frozen=True):

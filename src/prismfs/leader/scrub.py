@@ -30,15 +30,15 @@ import trio
 
 from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards, ListShards, ShardList, ShardsVerified, VerifyShards
-from prismfs.data.repair import RepairStats, repair_chunk, unavailable_nodes, usable
 from prismfs.data.stores import shard_id
 from prismfs.errors import PrismError
+from prismfs.leader.repair import RepairStats, repair_chunk, unavailable_nodes, usable
 from prismfs.meta.commands import ChunkRecord, NodeInfo
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
 
-log = logging.getLogger("prismfs.data.scrub")
+log = logging.getLogger("prismfs.leader.scrub")
 
 
 @dataclass

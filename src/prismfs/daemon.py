@@ -25,11 +25,7 @@ import trio
 
 from prismfs import __version__, clock, faults
 from prismfs.clock import wall_ns
-from prismfs.data.gc import gc_loop, orphan_loop
 from prismfs.data.layout import LAYOUT_XATTR, Layout
-from prismfs.data.rebalance import Mover
-from prismfs.data.repair import Health, repair_loop, send_heartbeats, watch_nodes
-from prismfs.data.scrub import Scrub
 from prismfs.data.service import ShardService
 from prismfs.data.stores import ShardStore, open_store
 from prismfs.errors import (
@@ -42,6 +38,11 @@ from prismfs.errors import (
 from prismfs.exception_groups import single_exception
 from prismfs.gateway.server import serve_http
 from prismfs.ids import NodeId
+from prismfs.leader.admin import Admin
+from prismfs.leader.gc import gc_loop, orphan_loop
+from prismfs.leader.rebalance import Mover
+from prismfs.leader.repair import Health, repair_loop, send_heartbeats, watch_nodes
+from prismfs.leader.scrub import Scrub
 from prismfs.meta.commands import (
     MIN_REDUNDANCY_XATTR,
     ROOT_INO,
@@ -51,7 +52,6 @@ from prismfs.meta.commands import (
 )
 from prismfs.meta.namespace import Namespace
 from prismfs.node import datadir
-from prismfs.node.admin import Admin
 from prismfs.node.config import NodeConfig
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership

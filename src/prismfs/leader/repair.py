@@ -70,7 +70,7 @@ from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import decode_message, encode_message
 from prismfs.wire.server import Call, RpcServer
 
-log = logging.getLogger("prismfs.data.repair")
+log = logging.getLogger("prismfs.leader.repair")
 
 REBUILD_TIMEOUT_S = 120.0  # a node reads k shards, decodes, re-encodes and stores
 

@@ -45,23 +45,23 @@ import trio
 from prismfs.clock import wall_ns
 from prismfs.data.messages import CopyShard, DeleteShards, ShardPut
 from prismfs.data.placement import Candidate, score, up_candidates
-from prismfs.data.repair import (
+from prismfs.data.service import COPY_TIMEOUT_S
+from prismfs.data.stores import shard_id
+from prismfs.errors import PrismError
+from prismfs.exception_groups import single_exception
+from prismfs.leader.repair import (
     Health,
     commit_chunk_change,
     reencode_on_node,
     repair_chunk,
     usable,
 )
-from prismfs.data.service import COPY_TIMEOUT_S
-from prismfs.data.stores import shard_id
-from prismfs.errors import PrismError
-from prismfs.exception_groups import single_exception
 from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo, ReencodeChunk
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
 
-log = logging.getLogger("prismfs.data.rebalance")
+log = logging.getLogger("prismfs.leader.rebalance")
 
 T = TypeVar("T")
 
