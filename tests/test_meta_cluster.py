@@ -171,6 +171,55 @@ async def test_vanished_client_loses_its_open_files_after_the_lease(cluster: Clu
         await gone.renew_session()
 
 
+async def test_renewals_stay_out_of_the_log_and_survive_a_leader_change(
+    cluster: Cluster,
+) -> None:
+    """A session renewed every 0.3 s for longer than its 2 s lease stays
+    alive, and its renewals add no log entries (the leader's sweeps, every
+    5 s, add one each); a new leader gives it a full lease and takes its
+    renewals; once renewals stop, the session ends."""
+    from prismfs.node.consensus_messages import RaftStatus, RaftStatusReply, TransferLeadership
+
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with open_rpc_pool(cluster.creds, connect_timeout=1) as pool:
+        meta = MetaClient(pool, addresses)
+        await meta.open_session(lease_s=2.0)
+        f = await meta.mknod(ROOT_INO, b"kept-open", REG, open_it=True)
+        await meta.unlink(ROOT_INO, b"kept-open")  # lives only as long as the session
+        leader = await find_leader(pool, addresses)
+        start = leader.commit
+        for _ in range(12):
+            await meta.renew_session()
+            await trio.sleep(0.3)
+        leader = await find_leader(pool, addresses)
+        assert leader.commit - start <= 3  # sweeps only; 12 renewals in the log would be 12+
+        assert meta.sessions_lost == 0
+        assert (await meta.getattr(f.ino)).nlink == 0  # still there: the session lives
+        # Another node leads: the session goes on there.
+        others = []
+        for address in addresses:
+            reply = (await pool.call(address, RaftStatus())).message
+            assert isinstance(reply, RaftStatusReply)
+            if reply.node_id != leader.node_id and reply.node_id in leader.voters:
+                others.append(reply.node_id)
+        await pool.call(leader.leader_address, TransferLeadership(others[0]))
+        with trio.fail_after(10):
+            while (await find_leader(pool, addresses)).node_id == leader.node_id:
+                await trio.sleep(0.1)
+        for _ in range(12):
+            await meta.renew_session()
+            await trio.sleep(0.3)
+        assert meta.sessions_lost == 0
+        assert (await meta.getattr(f.ino)).nlink == 0
+        # Renewals stop: the lease runs out, a sweep ends the session, the file goes.
+        await wait_freed(meta, f.ino)
+        first = meta.session
+        with pytest.raises(SessionExpired):
+            await meta.renew_session()
+        assert meta.session != first and meta.sessions_lost == 1
+
+
 async def test_bad_requests_get_clear_errors_and_change_nothing(cluster: Cluster) -> None:
     from prismfs.errors import InvalidArgument, ProtocolError
     from prismfs.meta.commands import GetAttr, Mkdir

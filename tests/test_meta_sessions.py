@@ -29,6 +29,8 @@ from prismfs.node.consensus_messages import (
     QueryResult,
     RaftStatus,
     RaftStatusReply,
+    RenewSession,
+    SessionRenewed,
 )
 from prismfs.raft.state_machine import client_command
 from prismfs.wire.client import Response
@@ -57,6 +59,11 @@ class ScriptedCluster:
             return Response(RaftStatusReply("n1", "leader", 1, "n1", "a", 1, 1, 1, ("n1",), (), ()))
         if isinstance(request, Query):
             return Response(QueryResult(self.index, self.ns.query(request.op)))
+        if isinstance(request, RenewSession):  # the leader's check, without its clock
+            lease_ns = self.ns.session_lease(request.session)
+            if lease_ns is None:
+                raise SessionExpired(f"client session {request.session!r} is unknown")
+            return Response(SessionRenewed(lease_ns))
         assert isinstance(request, Propose)
         self.lanes.append((request.client, request.seq))
         fate = self.fail(request)

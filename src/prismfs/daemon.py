@@ -162,6 +162,7 @@ async def serve_node(
             )
             consensus.stats = service.server.stats
             consensus.register(service.server)
+            leases.register(service.server, consensus)
             if config.meta.dir_lease_s > 0:
                 consensus.leases = LeaseService(
                     namespace, config.meta.dir_lease_s, service.server.stats

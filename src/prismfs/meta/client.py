@@ -45,6 +45,7 @@ from prismfs.errors import (
     InvalidArgument,
     PrismError,
     SessionExpired,
+    UnknownMethod,
     registered_errors,
 )
 from prismfs.meta.commands import (
@@ -112,6 +113,8 @@ from prismfs.node.consensus_messages import (
     QueryResult,
     RaftStatus,
     RaftStatusReply,
+    RenewSession,
+    SessionRenewed,
 )
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import Message, decode_message, encode_message
@@ -172,6 +175,7 @@ class MetaClient:
         self.lease_s = 0.0  # the session's lease, once opened (0: no session)
         self.sessions_lost = 0
         self._unopened = False  # a new session could not be started yet
+        self._renew_in_log = False  # the leader predates `RenewSession`
         # Told the directories each applied command changed (`MetaOk.parents`):
         # a mount keeps them to answer the kernel's next getattr of them.
         self.on_parents: Callable[[tuple[Attr, ...]], None] | None = None
@@ -585,7 +589,16 @@ class MetaClient:
             return
         session = self.session
         try:
-            await self.propose(OpenSession(now_ns(), session, int(self.lease_s * 1e9), renew=True))
+            if self._renew_in_log:
+                await self.propose(
+                    OpenSession(now_ns(), session, int(self.lease_s * 1e9), renew=True)
+                )
+            else:
+                await self._call(RenewSession(session), SessionRenewed, to_leader=True)
+        except UnknownMethod:
+            # A leader of an earlier version: renewals go through the log there.
+            self._renew_in_log = True
+            await self.renew_session()
         except SessionExpired:
             if session == self.session:
                 await self._session_lost("its renewal was refused")

@@ -48,6 +48,17 @@ class SessionTables(ChunkTables):
             "its open files were released"
         )
 
+    def session_lease(self, session: str) -> int | None:
+        """The lease (ns) of a live session; None if this replica does not
+        know it; `SessionExpired` if it ended."""
+        ended = self._ended(session)
+        if ended is not None:
+            raise ended
+        row = self.db.execute(
+            "SELECT lease_ns FROM sessions WHERE session = ?", (session,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
     def _add_open(self, session: str, ino: int) -> None:
         self.db.execute(
             "INSERT INTO opens VALUES (?, ?, 1)"

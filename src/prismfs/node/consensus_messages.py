@@ -124,6 +124,17 @@ class LeaseRecalls(ConsensusMessage, frozen=True):
     recalls: tuple[tuple[U64, U64, U64], ...] = ()
 
 
+class RenewSession(ConsensusMessage, frozen=True):
+    """A client's session renewal, to the leader only and outside the log:
+    the leader notes it on its own clock (`prismfs.node.sessions`)."""
+
+    session: str
+
+
+class SessionRenewed(ConsensusMessage, frozen=True):
+    lease_ns: U64
+
+
 class ChangeMembership(ConsensusMessage, frozen=True):
     op: Literal["add_learner", "add_voter", "demote", "remove"]
     node: str
