@@ -577,6 +577,40 @@ def test_a_damaged_snapshot_file_is_refused_before_it_replaces_anything(tmp_path
     assert target.digest() == source.ns.digest()
 
 
+def test_cluster_counts_are_read_on_a_connection_of_their_own(tmp_path: Path) -> None:
+    """`reader` gives the health and shard counts from a read-only connection
+    that a worker thread may use while the loop's connection is in the middle
+    of a batch: it sees what is committed, never half a batch."""
+    import threading
+
+    d = Driver(Namespace(tmp_path / "a.db"))
+    for n in range(20):
+        ino = make_file(d, f"f{n}".encode())
+        nodes = ("a", "b", "c") if n % 2 else ("a", "c", "d")
+        d.run(CommitChunks(2, ino, ((0, rec(f"c{n}", nodes=nodes)),), 100))
+    committed = (d.ns.chunk_health({"b"}), d.ns.shards_per_node())
+    assert committed == ((20, 10, 10, 0), {"a": 20, "b": 10, "c": 20, "d": 10})
+    seen: list[object] = []
+
+    def read() -> None:
+        with d.ns.reader() as view:
+            assert view is not d.ns and view.db is not d.ns.db
+            seen.append((view.chunk_health({"b"}), view.shards_per_node()))
+
+    with d.ns.batch():
+        ino = make_file(d, b"in-the-batch")
+        d.run(CommitChunks(2, ino, ((0, rec("new", nodes=("b", "e", "f"))),), 100))
+        assert d.ns.shards_per_node()["b"] == 11  # the loop's connection sees its batch
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join(10)
+    assert seen == [committed]
+    with d.ns.reader() as view:
+        assert view.chunk_health({"b"}) == (21, 10, 11, 0)
+    with Namespace().reader() as same:  # no file: the database itself, on the loop
+        assert isinstance(same, Namespace)
+
+
 def test_batched_apply_equals_one_by_one(tmp_path: Path) -> None:
     """The driver applies a Ready's entries in one transaction: refused
     entries and undecodable ones undo only themselves, and the result is

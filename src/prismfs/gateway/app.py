@@ -501,7 +501,7 @@ async def health(gw: Gateway, request: Request) -> Response:
 
 
 async def metrics(gw: Gateway, request: Request) -> Response:
-    body, content_type = gw.metrics.render()
+    body, content_type = await gw.metrics.render()
     return Response(body, media_type=content_type)
 
 

@@ -55,9 +55,15 @@ class NodeCollector(Collector):
             health,
             mover,
         )
+        self.chunk_health = (0, 0, 0, 0)  # as of the last `refresh`
+
+    async def refresh(self) -> None:
+        """Read the chunk health off the event loop (`cluster_counts`) before a scrape."""
+        from prismfs.leader.repair import cluster_counts
+
+        self.chunk_health = (await cluster_counts(self.namespace))[0]
 
     def collect(self) -> Iterator[Metric]:
-        from prismfs.leader.repair import unavailable_nodes
 
         status = self.consensus.status()
         for name, value, doc in (
@@ -70,9 +76,7 @@ class NodeCollector(Collector):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
             yield g
-        _, healthy, degraded, unavailable = self.namespace.chunk_health(
-            unavailable_nodes(self.namespace)
-        )
+        _, healthy, degraded, unavailable = self.chunk_health
         chunks = GaugeMetricFamily(
             "prismfs_chunks",
             "Chunks with shards, by health (this replica's view).",
@@ -152,7 +156,8 @@ def stats_metrics(stats: Stats) -> Iterator[Metric]:
 
 
 class Metrics:
-    def __init__(self, node: Collector | None = None) -> None:
+    def __init__(self, node: NodeCollector | None = None) -> None:
+        self.node = node
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "prismfs_http_requests",
@@ -179,5 +184,7 @@ class Metrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def render(self) -> tuple[bytes, str]:
+    async def render(self) -> tuple[bytes, str]:
+        if self.node is not None:
+            await self.node.refresh()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

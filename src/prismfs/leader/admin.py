@@ -46,7 +46,7 @@ from prismfs.errors import (
     PrismError,
 )
 from prismfs.leader.rebalance import Mover
-from prismfs.leader.repair import Health, unavailable_nodes, usable
+from prismfs.leader.repair import Health, cluster_counts, unavailable_nodes, usable
 from prismfs.leader.scrub import Findings, Scrub, check_chunks, find_orphans
 from prismfs.meta.client import decode_result
 from prismfs.meta.commands import ChunkRecord, MetaCommand, NodeInfo, SetNodeState, SetNodeZone
@@ -222,11 +222,8 @@ class Admin:
     async def _cluster_health(self, request: ClusterHealth, call: Call) -> ClusterHealthReply:
         self._leader_only()
         status = self.consensus.status()
-        total, healthy, degraded, unavailable = self.namespace.chunk_health(
-            unavailable_nodes(self.namespace)
-        )
+        (total, healthy, degraded, unavailable), shards = await cluster_counts(self.namespace)
         stats = self.health.stats
-        shards = self.namespace.shards_per_node()
         registry = self.namespace.nodes()
         moves = self.mover.stats
         return ClusterHealthReply(

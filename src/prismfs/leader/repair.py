@@ -295,6 +295,22 @@ def unavailable_nodes(namespace: Namespace) -> set[str]:
     return {n.node for n in namespace.nodes() if n.state in ("down", "removed")}
 
 
+async def cluster_counts(namespace: Namespace) -> tuple[tuple[int, int, int, int], dict[str, int]]:
+    """(chunk health, shards per node) as `cluster status` and `/metrics` show
+    them, read in a worker thread on a connection of its own: with a node
+    down, health reads every chunk with a shard there (a million rows for a
+    large node), which must not hold the event loop that sends heartbeats."""
+    bad = unavailable_nodes(namespace)
+
+    def read() -> tuple[tuple[int, int, int, int], dict[str, int]]:
+        with namespace.reader() as view:
+            return view.chunk_health(bad), view.shards_per_node()
+
+    if namespace.in_memory:
+        return read()
+    return await trio.to_thread.run_sync(read)
+
+
 def usable(node: str, lost: set[str], nodes: dict[str, NodeInfo]) -> bool:
     """Is ``node`` a live holder of a shard (set, not lost, in the registry, not removed)?"""
     info = nodes.get(node)

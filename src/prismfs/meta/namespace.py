@@ -62,7 +62,7 @@ from prismfs.errors import (
     ProtocolError,
     ReplicaHalted,
 )
-from prismfs.meta.cluster_tables import SHARDS_TABLE
+from prismfs.meta.cluster_tables import SHARDS_TABLE, ClusterTables
 from prismfs.meta.commands import (
     MAX_BATCH,
     ROOT_INO,
@@ -483,6 +483,29 @@ class Namespace(InodeTables):
         # in-memory copy cannot open as WAL, so the image says "rollback".
         image[18:20] = b"\x01\x01"
         return bytes(image)
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[ClusterTables]:
+        """The cluster tables' reads (chunk health, shards per node) on a
+        read-only connection of their own, for a worker thread: a read over
+        every chunk of a node must not hold the event loop, and must not share
+        the connection the loop applies on. An in-memory database (tests) has
+        no second connection: its view is itself, to be used on the loop."""
+        if self.path == ":memory:":
+            yield self
+            return
+        view = ClusterTables()
+        view.db = sqlite3.connect(
+            _read_only_uri(self.path), uri=True, isolation_level=None, check_same_thread=False
+        )
+        try:
+            yield view
+        finally:
+            view.db.close()
+
+    @property
+    def in_memory(self) -> bool:
+        return self.path == ":memory:"
 
     def snapshot_to(self, path: Path) -> int | None:
         """Write a consistent copy of the database to the new file ``path`` and
