@@ -24,8 +24,11 @@ are byte for byte the lost ones, checked against the record's checksums)
 and stores its shard. The bytes go node to node, never through the leader.
 Then the leader commits `MoveShards`. The commit is refused if the file
 changed the chunk meanwhile; the shard written is then an orphan, which the
-node's orphan sweep deletes. Repair is paced to ``repair_mb_per_s`` (bytes
-read and written) and works on two chunks at a time. A chunk with fewer
+node's orphan sweep deletes. Repair reads the records a page at a time in a
+worker thread (the endangered ones, one loss from unavailable, in a first
+sweep), works on two chunks per up node at a time (at most 32), and is
+paced to ``repair_mb_per_s`` per up node (bytes read and written): the
+more nodes, the faster, each doing its share. A chunk with fewer
 than k live shards cannot be rebuilt: it is counted as unavailable and
 logged, and tried again on the next pass (its node may come back).
 
@@ -36,10 +39,11 @@ it comes back, its orphan sweep (which asks which shards a record places on
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -57,6 +61,7 @@ from prismfs.data.placement import NotEnoughNodes, fit_layout, place, up_candida
 from prismfs.data.rebuild import NotEnoughShardsToRepair
 from prismfs.errors import InternalError, NotFound, PrismError
 from prismfs.exception_groups import single_exception
+from prismfs.meta.cluster_tables import CHUNK_PAGE
 from prismfs.meta.commands import (
     ChunkRecord,
     MoveShards,
@@ -74,7 +79,8 @@ log = logging.getLogger("prismfs.leader.repair")
 
 REBUILD_TIMEOUT_S = 120.0  # a node reads k shards, decodes, re-encodes and stores
 
-PARALLEL_CHUNKS = 2
+PER_NODE_CHUNKS = 2  # chunks rebuilt at once per up node
+MAX_PARALLEL_CHUNKS = 32
 
 
 @dataclass
@@ -236,58 +242,105 @@ async def repair_pass(
     mb_per_s: float,
 ) -> int:
     """Rebuild the shards of every chunk with a shard on a ``lost`` node or never
-    stored; returns the number of chunks repaired."""
+    stored; returns the number of chunks repaired.
+
+    The records are read a page at a time in a worker thread (`_pages`), never
+    all at once nor on the event loop, in two sweeps: first the chunks one
+    more loss would make unavailable (live shards <= k), then the rest.
+    ``PER_NODE_CHUNKS`` chunks per up node are rebuilt at once (at most
+    ``MAX_PARALLEL_CHUNKS``), each by its own target node, and the budget is
+    ``mb_per_s`` per up node: repair gets faster as the cluster grows."""
     stats.passes += 1
-    records = list(namespace.iter_chunks_on(lost))
-    stats.pending = len(records)
-    if not records:
-        stats.unavailable = 0
-        return 0
     nodes = {n.node: n for n in namespace.nodes()}
     redundancy = namespace.min_redundancy()
+    up = max(1, sum(1 for n in nodes.values() if n.state == "up" and n.node not in lost))
+    parallel = min(MAX_PARALLEL_CHUNKS, PER_NODE_CHUNKS * up)
+    budget = mb_per_s * 1e6 * up  # bytes per second, shared by the chunks in flight
+    done = unavailable = seen = 0
+    stuck: list[str] = []
 
     def live(rec: ChunkRecord) -> int:
         return sum(1 for n in rec.nodes if usable(n, lost, nodes))
 
-    records.sort(key=live)  # the most endangered first
-    limiter = trio.Semaphore(PARALLEL_CHUNKS)
-    done = 0
-    unavailable = 0
-    stuck: list[str] = []
-
     async def one(rec: ChunkRecord) -> None:
         nonlocal done, unavailable
-        async with limiter:
-            started = trio.current_time()
-            try:
-                moved = await repair_chunk(
-                    consensus, pool, rec, lost, nodes, stats, min_redundancy=redundancy
-                )
-            except NotEnoughShardsToRepair as exc:
-                unavailable += 1
-                log.debug("chunk %s cannot be repaired now: %s", rec.id.hex(), exc.message)
-                stuck.append(f"{rec.id.hex()}: {exc.message}")
-                return
-            except PrismError as exc:
-                log.info("repair of chunk %s failed, will retry: %s", rec.id.hex(), exc.message)
-                return
-            if moved:
-                done += 1
-            # Pace to the bandwidth budget (k shards read, the lost ones written),
-            # shared by the chunks repaired at once.
-            spent = rec.shard_size * (rec.k + moved)
-            await trio.sleep_until(started + spent * PARALLEL_CHUNKS / (mb_per_s * 1e6))
+        started = trio.current_time()
+        try:
+            moved = await repair_chunk(
+                consensus, pool, rec, lost, nodes, stats, min_redundancy=redundancy
+            )
+        except NotEnoughShardsToRepair as exc:
+            unavailable += 1
+            log.debug("chunk %s cannot be repaired now: %s", rec.id.hex(), exc.message)
+            stuck.append(f"{rec.id.hex()}: {exc.message}")
+            return
+        except PrismError as exc:
+            log.info("repair of chunk %s failed, will retry: %s", rec.id.hex(), exc.message)
+            return
+        if moved:
+            done += 1
+        # Pace to the bandwidth budget (k shards read, the lost ones written),
+        # shared by the chunks repaired at once.
+        spent = rec.shard_size * (rec.k + moved)
+        await trio.sleep_until(started + spent * parallel / budget)
 
-    with single_exception():
-        async with trio.open_nursery() as nursery:
-            for rec in records:
-                nursery.start_soon(one, rec)
+    async def worker(receive: trio.MemoryReceiveChannel[ChunkRecord]) -> None:
+        async with receive:
+            async for rec in receive:
+                await one(rec)
+
+    for sweep in ("endangered", "the rest"):
+        pages_in, pages_out = trio.open_memory_channel[list[ChunkRecord]](2)
+        work_in, work_out = trio.open_memory_channel[ChunkRecord](parallel)
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pages, namespace, lost, pages_in)
+                async with work_out:
+                    for _ in range(parallel):
+                        nursery.start_soon(worker, work_out.clone())
+                async with work_in, pages_out:
+                    async for page in pages_out:
+                        if sweep == "endangered":
+                            seen += len(page)
+                            stats.pending = max(stats.pending, seen)
+                        for rec in page:
+                            if (live(rec) <= rec.k) == (sweep == "endangered"):
+                                await work_in.send(rec)
+        if sweep == "endangered":
+            stats.pending = seen
+            if not seen:
+                break
     if unavailable != stats.unavailable and stuck:
         log.error("repair: %d chunks cannot be rebuilt now, e.g. %s", unavailable, stuck[0])
     stats.unavailable = unavailable
     if done:
         log.info("repair: rebuilt %d chunks (%d unavailable)", done, unavailable)
     return done
+
+
+async def _pages(
+    namespace: Namespace, lost: set[str], send: trio.MemorySendChannel[list[ChunkRecord]]
+) -> None:
+    """The records with a shard on a ``lost`` node (or never stored), in pages
+    of ``CHUNK_PAGE``, read in a worker thread on a connection of its own; the
+    channel's small buffer bounds what is held while repairs go on."""
+
+    def pages(records: Iterator[ChunkRecord]) -> Iterator[list[ChunkRecord]]:
+        while page := list(itertools.islice(records, CHUNK_PAGE)):
+            yield page
+
+    async with send:
+        if namespace.in_memory:  # tests: no second connection; a page at a time on the loop
+            for page in pages(namespace.iter_chunks_on(lost)):
+                await send.send(page)
+            return
+
+        def produce() -> None:
+            with namespace.reader() as view:
+                for page in pages(view.iter_chunks_on(lost)):
+                    trio.from_thread.run(send.send, page)
+
+        await trio.to_thread.run_sync(produce)
 
 
 def unavailable_nodes(namespace: Namespace) -> set[str]:

@@ -1,0 +1,88 @@
+"""A repair pass over many chunk records, with the rebuild itself replaced:
+the records come a page at a time from a worker thread, the endangered ones
+(one loss from unavailable) first, with a bounded number in flight that grows
+with the nodes up."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from prismfs.leader import repair
+from prismfs.leader.repair import MAX_PARALLEL_CHUNKS, PER_NODE_CHUNKS, RepairStats
+from prismfs.meta.commands import ROOT_INO, ChunkRecord, CommitChunks, Mknod, RegisterNode
+from prismfs.meta.namespace import Namespace
+from test_meta_namespace import Driver
+
+NODES = [f"n{i}" for i in range(8)]
+
+
+def fill(ns: Namespace, files: int) -> dict[bytes, int]:
+    """``files`` chunks of 2-of-4 over the 8 nodes; returns each chunk's
+    number of shards on the lost nodes n0 and n1."""
+    d = Driver(ns)
+    for node in NODES:
+        d.run(RegisterNode(1, node, f"127.0.0.1:{7000 + len(node)}"))
+    on_lost = {}
+    for n in range(files):
+        attr = d.run(Mknod(1, ROOT_INO, f"f{n}".encode(), stat.S_IFREG | 0o644, 0, 0))
+        assert attr is not None
+        # Every 7th chunk has two shards on lost nodes (2 live: one loss from
+        # unavailable); the others one.
+        nodes = ("n0", "n1", "n4", "n5") if n % 7 == 0 else ("n0", "n2", "n3", "n6")
+        chunk_id = n.to_bytes(16, "big")
+        rec = ChunkRecord(chunk_id, 100, 50, 2, 4, nodes)
+        d.run(CommitChunks(2, attr.ino, ((0, rec),), 100))
+        on_lost[chunk_id] = sum(1 for x in nodes if x in ("n0", "n1"))
+    return on_lost
+
+
+def test_a_pass_goes_a_page_at_a_time_endangered_first_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = Namespace(tmp_path / "meta.db")
+    on_lost = fill(ns, 1300)
+    order: list[bytes] = []
+    in_flight = peak = 0
+    threads: set[bool] = set()
+
+    async def rebuild(consensus: Any, pool: Any, rec: ChunkRecord, *args: Any, **kw: Any) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        order.append(rec.id)
+        await trio.sleep(0.001)
+        in_flight -= 1
+        return 1
+
+    real_reader = ns.reader
+
+    def reader() -> Any:
+        import threading
+
+        threads.add(threading.current_thread() is threading.main_thread())
+        return real_reader()
+
+    monkeypatch.setattr(repair, "repair_chunk", rebuild)
+    monkeypatch.setattr(ns, "reader", reader)
+    stats = RepairStats()
+    done = trio.run(
+        repair.repair_pass,
+        None,
+        ns,
+        None,
+        stats,
+        {"n0", "n1"},
+        1e9,  # type: ignore[arg-type]
+    )
+    assert done == 1300 and stats.pending == 1300
+    assert sorted(order) == sorted(on_lost)  # each chunk once
+    endangered = [i for i, chunk in enumerate(order) if on_lost[chunk] == 2]
+    assert len(endangered) == 186 and max(endangered) == 185  # all of them first
+    assert threads == {False}  # read in worker threads only
+    # 6 nodes up: 2 chunks each at once.
+    assert peak == min(MAX_PARALLEL_CHUNKS, PER_NODE_CHUNKS * 6)
