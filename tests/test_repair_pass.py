@@ -86,3 +86,46 @@ def test_a_pass_goes_a_page_at_a_time_endangered_first_bounded(
     assert threads == {False}  # read in worker threads only
     # 6 nodes up: 2 chunks each at once.
     assert peak == min(MAX_PARALLEL_CHUNKS, PER_NODE_CHUNKS * 6)
+
+
+def test_rebalance_plans_from_a_cursor_that_goes_on_from_pass_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning a pass of moves reads each node's chunk list through a cursor:
+    the next pass goes on where the last one stopped instead of planning the
+    same chunks again from the start (the moves here are not committed, so
+    only the cursors keep the second pass off the first one's chunks)."""
+    from types import SimpleNamespace
+
+    from prismfs.leader.rebalance import MOVES_PER_PASS, Mover
+    from prismfs.leader.repair import Health
+
+    ns = Namespace(tmp_path / "meta.db")
+    d = Driver(ns)
+    for node in ("n0", "n1", "n2", "n3"):
+        d.run(RegisterNode(1, node, f"127.0.0.1:{7000 + int(node[1])}", capacity=10**12))
+    for n in range(400):  # n3 holds nothing: the others are above the mean
+        attr = d.run(Mknod(1, ROOT_INO, f"f{n}".encode(), stat.S_IFREG | 0o644, 0, 0))
+        assert attr is not None
+        rec = ChunkRecord(n.to_bytes(16, "big"), 10**6, 5 * 10**5, 2, 3, ("n0", "n1", "n2"))
+        d.run(CommitChunks(2, attr.ino, ((0, rec),), 10**6))
+    planned: list[tuple[bytes, str, str]] = []
+
+    async def move(rec: ChunkRecord, i: int, nodes: Any, to: str) -> bool:
+        planned.append((rec.id, rec.nodes[i], to))
+        return True  # not committed: the records stay as they were
+
+    async def main() -> None:
+        leader = SimpleNamespace(role="leader")
+        mover = Mover(leader, ns, None, Health(), spread=0.01)  # type: ignore[arg-type]
+        monkeypatch.setattr(mover, "move", move)
+        assert await mover.rebalance_pass() == MOVES_PER_PASS
+        first = {(chunk, src) for chunk, src, _ in planned}
+        assert len(first) == MOVES_PER_PASS and {to for _, _, to in planned} == {"n3"}
+        planned.clear()
+        assert await mover.rebalance_pass() == MOVES_PER_PASS
+        second = {(chunk, src) for chunk, src, _ in planned}
+        # Each node's cursor went on: no chunk planned again from the same node.
+        assert len(second) == MOVES_PER_PASS and not first & second
+
+    trio.run(main)

@@ -36,7 +36,7 @@ Progress (`MoveStats`) is kept in the leader's memory and shown by
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -51,6 +51,8 @@ from prismfs.errors import PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.leader.repair import (
     Health,
+    chunk_pages,
+    cluster_counts,
     commit_chunk_change,
     reencode_on_node,
     repair_chunk,
@@ -67,6 +69,7 @@ T = TypeVar("T")
 
 PARALLEL_MOVES = 2
 MOVES_PER_PASS = 64  # then the usage is read again
+SCAN_PER_PASS = 5000  # records of one node a rebalance pass looks at, at most
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Mover:
         self.stats = MoveStats()
         self._deletes: list[tuple[float, str, str]] = []  # (due, node, shard id)
         self._stuck: dict[str, int] = {}  # draining node -> chunks no node can take (logged)
+        self._cursors: dict[str, _Cursor] = {}  # rebalance: where each node's list was left
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -129,12 +133,13 @@ class Mover:
             self.stats.draining.pop(gone, None)
             self.stats.drain_total.pop(gone, None)
         moved = 0
+        counts = (await cluster_counts(self.namespace))[1] if draining else {}
         for node in draining:
-            records = self.all_on(node)
-            self.stats.draining[node] = len(records)
-            total = self.stats.drain_total.setdefault(node, len(records))
-            self.stats.drain_total[node] = max(total, len(records))
-            if not records:
+            left = counts.get(node, 0)
+            self.stats.draining[node] = left
+            total = self.stats.drain_total.setdefault(node, left)
+            self.stats.drain_total[node] = max(total, left)
+            if not left:
                 continue
             self.stats.passes += 1
             stuck: set[bytes] = set()
@@ -147,8 +152,18 @@ class Mover:
                     return False
                 return await self.move(rec, i, nodes, target)
 
-            done = await self._run_moves(records, one)
-            self.stats.draining[node] = max(0, len(records) - done)
+            # A page at a time, read in a worker thread: a node's million
+            # records are never listed at once nor read on the event loop.
+            done = 0
+            pages_in, pages_out = trio.open_memory_channel[list[ChunkRecord]](1)
+            with single_exception():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(chunk_pages, self.namespace, {node}, pages_in)
+                    async with pages_out:
+                        async for page in pages_out:
+                            mine = [r for r in page if node in r.nodes]
+                            done += await self._run_moves(mine, one)
+                            self.stats.draining[node] = max(0, left - done)
             moved += done
             if stuck and len(stuck) != self._stuck.get(node):
                 log.warning(
@@ -159,10 +174,11 @@ class Mover:
                 )
             self._stuck[node] = len(stuck)
             if done:
-                log.info("drain of %s: moved %d shards, %d left", node, done, len(records) - done)
+                log.info("drain of %s: moved %d shards, %d left", node, done, max(0, left - done))
         return moved
 
     def all_on(self, node: str) -> list[ChunkRecord]:
+        # Only for a removal's check of what a node holds (an admin's command).
         """Every chunk record with a shard on ``node``."""
         return [r for r in self.namespace.iter_chunks_on({node}) if node in r.nodes]
 
@@ -225,6 +241,12 @@ class Mover:
         total_cap = sum(n.capacity for n in up)
         if total_used == 0:
             return 0
+        # Each pass: a fresh look at up to SCAN_PER_PASS records of each node,
+        # from where the last pass left off (from the start once at the end).
+        self._cursors = {n: c for n, c in self._cursors.items() if not c.done}
+        for cursor in self._cursors.values():
+            cursor.budget = SCAN_PER_PASS
+            cursor.passed.clear()
         target = {n.node: total_used * n.capacity / total_cap for n in up}
         band = self.spread * total_used / len(up)
         rough = int(sum(max(0.0, used[n] - target[n] - band) for n in used))
@@ -264,16 +286,23 @@ class Mover:
         self, src: str, dst: str, nodes: dict[str, NodeInfo], skip: set[bytes]
     ) -> ChunkRecord | None:
         """A chunk with a shard on ``src``, none on ``dst``, whose spread over the
-        failure domains the move keeps."""
-        for rec in self.namespace.iter_chunks_on({src}):
+        failure domains the move keeps. The chunks of ``src`` are read through
+        a cursor kept from move to move and pass to pass (`_Cursor`), at most
+        ``SCAN_PER_PASS`` records a pass, so planning never walks a node's
+        whole list on the event loop, let alone once per move."""
+
+        def fits(rec: ChunkRecord) -> bool:
             if rec.id in skip or src not in rec.nodes or dst in rec.nodes:
-                continue
+                return False
             zones = [nodes[n].zone if n in nodes else "" for n in rec.nodes]
             i = rec.nodes.index(src)
             after_move = [*zones[:i], nodes[dst].zone, *zones[i + 1 :]]
-            if len(set(after_move)) >= len(set(zones)):
-                return rec
-        return None
+            return len(set(after_move)) >= len(set(zones))
+
+        cursor = self._cursors.get(src)
+        if cursor is None:
+            cursor = self._cursors[src] = _Cursor(self.namespace.iter_chunks_on({src}))
+        return cursor.next_fitting(fits)
 
     # --- one move -------------------------------------------------------------------------
 
@@ -385,3 +414,33 @@ def pick_target(rec: ChunkRecord, i: int, nodes: dict[str, NodeInfo]) -> str | N
     fresh = [c for c in candidates if c.zone not in others]
     choices: list[Candidate] = fresh or candidates
     return max(choices, key=lambda c: (score(rec.id, c), c.node)).node
+
+
+class _Cursor:
+    """Where the rebalancer is in one node's chunk list: records it passed over
+    for one destination are kept, within a pass, for the next; the list starts
+    over once read to its end (`done`)."""
+
+    def __init__(self, records: Iterator[ChunkRecord]) -> None:
+        self.records = records
+        self.passed: list[ChunkRecord] = []
+        self.budget = SCAN_PER_PASS
+        self.done = False
+
+    def next_fitting(self, fits: Callable[[ChunkRecord], bool]) -> ChunkRecord | None:
+        for k, earlier in enumerate(self.passed):
+            if fits(earlier):
+                del self.passed[k]
+                return earlier
+        while self.budget > 0:
+            rec = next(self.records, None)
+            if rec is None:
+                self.budget = 0
+                self.done = True  # read again from the start next pass
+                return None
+            self.budget -= 1
+            if fits(rec):
+                return rec
+            if len(self.passed) < SCAN_PER_PASS:
+                self.passed.append(rec)
+        return None

@@ -244,7 +244,7 @@ async def repair_pass(
     """Rebuild the shards of every chunk with a shard on a ``lost`` node or never
     stored; returns the number of chunks repaired.
 
-    The records are read a page at a time in a worker thread (`_pages`), never
+    The records are read a page at a time in a worker thread (`chunk_pages`), never
     all at once nor on the event loop, in two sweeps: first the chunks one
     more loss would make unavailable (live shards <= k), then the rest.
     ``PER_NODE_CHUNKS`` chunks per up node are rebuilt at once (at most
@@ -294,7 +294,7 @@ async def repair_pass(
         work_in, work_out = trio.open_memory_channel[ChunkRecord](parallel)
         with single_exception():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pages, namespace, lost, pages_in)
+                nursery.start_soon(chunk_pages, namespace, lost, pages_in)
                 async with work_out:
                     for _ in range(parallel):
                         nursery.start_soon(worker, work_out.clone())
@@ -318,7 +318,7 @@ async def repair_pass(
     return done
 
 
-async def _pages(
+async def chunk_pages(
     namespace: Namespace, lost: set[str], send: trio.MemorySendChannel[list[ChunkRecord]]
 ) -> None:
     """The records with a shard on a ``lost`` node (or never stored), in pages
