@@ -45,6 +45,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -61,7 +62,7 @@ from prismfs.data.placement import NotEnoughNodes, fit_layout, place, up_candida
 from prismfs.data.rebuild import NotEnoughShardsToRepair
 from prismfs.errors import InternalError, NotFound, PrismError
 from prismfs.exception_groups import single_exception
-from prismfs.meta.cluster_tables import CHUNK_PAGE
+from prismfs.meta.cluster_tables import CHUNK_PAGE, ClusterTables
 from prismfs.meta.commands import (
     ChunkRecord,
     MoveShards,
@@ -80,6 +81,7 @@ log = logging.getLogger("prismfs.leader.repair")
 REBUILD_TIMEOUT_S = 120.0  # a node reads k shards, decodes, re-encodes and stores
 
 PER_NODE_CHUNKS = 2  # chunks rebuilt at once per up node
+T = TypeVar("T")
 MAX_PARALLEL_CHUNKS = 32
 
 
@@ -354,14 +356,21 @@ async def cluster_counts(namespace: Namespace) -> tuple[tuple[int, int, int, int
     down, health reads every chunk with a shard there (a million rows for a
     large node), which must not hold the event loop that sends heartbeats."""
     bad = unavailable_nodes(namespace)
+    return await off_loop(namespace, lambda view: (view.chunk_health(bad), view.shards_per_node()))
 
-    def read() -> tuple[tuple[int, int, int, int], dict[str, int]]:
+
+async def off_loop(namespace: Namespace, read: Callable[[ClusterTables], T]) -> T:
+    """``read`` on the cluster tables in a worker thread, on a read-only
+    connection of its own (`Namespace.reader`); on the loop for a database
+    without a file (tests)."""
+
+    def run() -> T:
         with namespace.reader() as view:
-            return view.chunk_health(bad), view.shards_per_node()
+            return read(view)
 
     if namespace.in_memory:
-        return read()
-    return await trio.to_thread.run_sync(read)
+        return run()
+    return await trio.to_thread.run_sync(run)
 
 
 def usable(node: str, lost: set[str], nodes: dict[str, NodeInfo]) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -32,7 +33,8 @@ from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards, ListShards, ShardList, ShardsVerified, VerifyShards
 from prismfs.data.stores import shard_id
 from prismfs.errors import PrismError
-from prismfs.leader.repair import RepairStats, repair_chunk, unavailable_nodes, usable
+from prismfs.leader.repair import RepairStats, off_loop, repair_chunk, unavailable_nodes, usable
+from prismfs.meta.cluster_tables import ClusterTables
 from prismfs.meta.commands import ChunkRecord, NodeInfo
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
@@ -67,6 +69,10 @@ class Findings:
         )
 
 
+def _coded_page(view: ClusterTables, after: bytes) -> list[ChunkRecord]:
+    return view.coded_chunks(after)
+
+
 async def check_chunks(
     consensus: Consensus,
     namespace: Namespace,
@@ -80,7 +86,9 @@ async def check_chunks(
     after = b""
     stats = RepairStats()
     while True:
-        page = namespace.coded_chunks(after)
+        # Read in a worker thread: a page may have to pass over many small
+        # files' inline chunks to find its coded ones.
+        page = await off_loop(namespace, partial(_coded_page, after=after))
         if not page:
             return findings
         after = page[-1].id
