@@ -6,11 +6,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := fuse3 libfuse3-dev pkg-config rsync git sqlite3 attr
+DEBS := fuse3 libfuse3-dev pkg-config rsync git sqlite3 attr iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .demo
 
-.PHONY: install system-deps demo down test lint bench bench-peers clean install-mount-helper
+.PHONY: install system-deps demo down test lint bench bench-peers clean install-mount-helper jepsen
 
 ## Debian packages pyfuse3 builds against and the mount needs, when missing.
 system-deps:
@@ -55,6 +55,14 @@ down:
 
 test: install
 	$(BIN)/pytest
+
+## Five hosts in network namespaces under ROUNDS random faults (default 20);
+## SEED=N replays a run (the seed is printed).
+ROUNDS ?= 20
+SEED ?= 0
+jepsen: install
+	PRISMFS_JEPSEN_ROUNDS=$(ROUNDS) PRISMFS_JEPSEN_SEED=$(SEED) $(BIN)/pytest -s \
+	  tests/test_multihost.py
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
