@@ -69,6 +69,19 @@ def is_mounted(mountpoint: Path) -> bool:
         return any(line.split()[1] == str(mountpoint) for line in f)
 
 
+def stop_daemon(pidfile: Path) -> None:
+    """Wait up to 10 s for the mount daemon in ``pidfile`` to exit after its
+    unmount, then kill it."""
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        pid = int(pidfile.read_text().strip())
+        deadline = time.monotonic() + 10
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 class Mount:
     def __init__(self, base: Path, name: str = "mnt") -> None:
         self.base = base
@@ -131,14 +144,7 @@ class Mount:
         self._stop_daemon()
 
     def _stop_daemon(self) -> None:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            pid = int(self.pidfile.read_text().strip())
-            deadline = time.monotonic() + 10
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if process_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        stop_daemon(self.pidfile)
 
     async def library(self, fn, *args):  # type: ignore[no-untyped-def]
         """Run ``fn(meta, *args)`` with a MetaClient of this cluster (beside the mount)."""

@@ -134,7 +134,8 @@ class Crash:
     def settled(self, timeout: float = 180) -> None:
         """Every replica's namespace digest equal; every chunk fully redundant
         (status exit 0); fsck clean."""
-        trio.run(self._converged, [str(n["rpc_address"]) for n in self.started])
+        addresses = [str(n["rpc_address"]) for n in self.started]
+        trio.run(digests_converged, self.nodes.client_toml, addresses)
         wait_for(lambda: self.nodes.cli("cluster", "status")[0] == 0, timeout, "status clean")
         code, out, err = self.nodes.cli("fsck", timeout=600)
         assert code == 0, out + err + self._trace_missing()
@@ -165,27 +166,29 @@ class Crash:
                     lines.append(f"{path.name}: {line[:200]} [{' '.join(found)}]")
         return "\n".join(lines[:60])
 
-    async def _converged(self, addresses: list[str]) -> None:
-        client = load_client_toml(self.nodes.client_toml)
-        async with open_rpc_pool(client.credentials(), connect_timeout=2) as pool:
-            meta = MetaClient(pool, addresses)
-            with trio.fail_after(60):
-                while True:
-                    digests = set()
-                    for address in addresses:
-                        try:
-                            digests.add(await meta.digest(address))
-                        except PrismError as exc:
-                            digests.add(f"{address}: {exc.message}")
-                    if len(digests) == 1:
-                        return
-                    await trio.sleep(0.5)
-
     def cleanup(self) -> None:
         if self.workload is not None and self.workload.poll() is None:
             self.workload.kill()
             self.workload.wait(timeout=30)
         self.nodes.cleanup()
+
+
+async def digests_converged(client_toml: Path, addresses: list[str], deadline: float = 120) -> None:
+    """Until every replica's namespace digest is the same."""
+    client = load_client_toml(client_toml)
+    async with open_rpc_pool(client.credentials(), connect_timeout=2) as pool:
+        meta = MetaClient(pool, addresses)
+        with trio.fail_after(deadline):
+            while True:
+                digests = set()
+                for address in addresses:
+                    try:
+                        digests.add(await meta.digest(address))
+                    except PrismError as exc:
+                        digests.add(f"{address}: {exc.message}")
+                if len(digests) == 1:
+                    return
+                await trio.sleep(0.5)
 
 
 @pytest.fixture

@@ -40,12 +40,9 @@ import pytest
 import trio
 
 from crash_workload import check, replay
-from fuse_mount import fuse_available, is_mounted
+from fuse_mount import fuse_available, is_mounted, stop_daemon
 from prismfs.client.config import load_client_toml, write_client_toml
-from prismfs.errors import PrismError
-from prismfs.meta.client import MetaClient
-from prismfs.procs import process_alive
-from prismfs.wire.client import open_rpc_pool
+from test_crash_consistency import digests_converged
 from test_membership import wait_for
 
 ROUNDS = int(os.environ.get("PRISMFS_JEPSEN_ROUNDS", "0"))
@@ -239,14 +236,7 @@ class Hosts:
             self.heal()
         if is_mounted(self.point):
             subprocess.run(["fusermount3", "-u", "-z", str(self.point)], timeout=30, check=False)
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            pid = int(self.pidfile.read_text().strip())
-            deadline = time.monotonic() + 10
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if process_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        stop_daemon(self.pidfile)
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.kill()
@@ -300,23 +290,6 @@ def fault_round(hosts: Hosts, kind: str, rng: random.Random) -> None:
     time.sleep(2)
 
 
-async def converged(hosts: Hosts) -> None:
-    client = load_client_toml(hosts.client_toml)
-    async with open_rpc_pool(client.credentials(), connect_timeout=2) as pool:
-        meta = MetaClient(pool, list(client.addresses))
-        with trio.fail_after(120):
-            while True:
-                digests = set()
-                for address in client.addresses:
-                    try:
-                        digests.add(await meta.digest(address))
-                    except PrismError as exc:
-                        digests.add(f"{address}: {exc.message}")
-                if len(digests) == 1:
-                    return
-                await trio.sleep(0.5)
-
-
 def test_five_hosts_under_partitions_lose_nothing(hosts: Hosts) -> None:
     kinds = ["isolate-leader", "split", "slow", "kill-restart"]
     rng = random.Random(SEED)
@@ -349,7 +322,8 @@ def test_five_hosts_under_partitions_lose_nothing(hosts: Hosts) -> None:
     assert not report.missing, f"missing: {report.missing[:10]}"
     assert not report.back, f"removed after fsyncdir, yet back: {report.back[:10]}"
     assert report.written > 10, "the workload hardly ran"
-    trio.run(converged, hosts)
+    client = load_client_toml(hosts.client_toml)
+    trio.run(digests_converged, hosts.client_toml, list(client.addresses))
     wait_for(lambda: hosts.cli("cluster", "status")[0] == 0, 240, "cluster status clean")
     code, out, err = hosts.cli("fsck", timeout=600)
     assert code == 0, out + err

@@ -129,6 +129,14 @@ class FileSink:
             self._fd = None
 
 
+def _check_image(path: Path, meta: SnapshotMeta, checksum: bytes) -> None:
+    if meta.checksum and checksum != meta.checksum:
+        raise LogCorrupt(
+            f"{path}: the image does not match its checksum (damaged on disk); "
+            "wipe this node's data directory and add it again"
+        )
+
+
 def _record(entry: Entry, batch: int) -> bytes:
     body = encode_message(entry)
     head = _HEAD.pack(len(body), batch)
@@ -386,11 +394,7 @@ class DurableLog:
         if read is None:
             return None
         meta, image = read
-        if meta.checksum and image_checksum(image) != meta.checksum:
-            raise LogCorrupt(
-                f"{path}: the image does not match its checksum (damaged on disk); "
-                "wipe this node's data directory and add it again"
-            )
+        _check_image(path, meta, image_checksum(image))
         return Snapshot(meta, image)
 
     def _read_file_snapshot(self) -> Snapshot | None:
@@ -407,11 +411,7 @@ class DurableLog:
                 f"{path} names the image {image.name}, which is missing; "
                 "wipe this node's data directory and add it again"
             ) from None
-        if meta.checksum and checksum != meta.checksum:
-            raise LogCorrupt(
-                f"{image}: the image does not match its checksum (damaged on disk); "
-                "wipe this node's data directory and add it again"
-            )
+        _check_image(image, meta, checksum)
         return Snapshot(meta, file=image)
 
     # --- writing -----------------------------------------------------------------
