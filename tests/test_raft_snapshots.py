@@ -87,3 +87,27 @@ async def test_a_snapshot_is_made_beside_the_loop_and_rebuilds_a_lost_database(
         assert rebuilt.digest() == digest
         nursery.cancel_scope.cancel()
     rebuilt.db.close()
+
+
+async def test_a_snapshot_is_also_made_after_enough_bytes_of_entries(tmp_path: Path) -> None:
+    """Few, large entries (batches of creates) make a snapshot by their bytes,
+    long before their count would: the log between snapshots is in memory."""
+    from prismfs.meta.commands import Batch
+
+    raft_dir = tmp_path / "raft"
+    prepare_bootstrap(raft_dir)
+    ns = Namespace(tmp_path / "meta.db")
+    cfg = ConsensusConfig(snapshot_every=10**6, snapshot_bytes=64 * 1024)
+    consensus = Consensus("n1", "127.0.0.1:1", raft_dir, None, ns, cfg)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(consensus.run)
+        await wait_for(lambda: consensus.role == "leader", "leadership")
+        for seq in range(1, 4):  # 3 entries of about 40 KB
+            ops = tuple(mknod(seq * 1000 + n) for n in range(500))
+            await consensus.propose("c1", seq, encode_message(Batch(0, ops)))
+        await wait_for((raft_dir / "snapshot.meta").exists, "a snapshot")
+        await wait_for(lambda: not consensus._compacting, "the compaction to end")
+        core = consensus.core
+        assert core is not None and core.log.offset >= 3
+        nursery.cancel_scope.cancel()
+    ns.db.close()

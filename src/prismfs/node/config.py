@@ -81,6 +81,7 @@ class RaftSection(_Section):
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     snapshot_every: int = 10_000
+    snapshot_mb: int = 64
     lease_reads: bool = True
 
 
@@ -177,6 +178,7 @@ class NodeConfig(_Section):
             election_ticks=self.raft.election_ticks,
             heartbeat_ticks=self.raft.heartbeat_ticks,
             snapshot_every=self.raft.snapshot_every,
+            snapshot_bytes=self.raft.snapshot_mb << 20,
             lease_reads=self.raft.lease_reads,
         )
 
@@ -245,6 +247,8 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("raft: need tick_ms >= 1 and 1 <= heartbeat_ticks < election_ticks")
     if raft.snapshot_every < 1:
         raise ConfigError("raft.snapshot_every must be at least 1")
+    if raft.snapshot_mb < 1:
+        raise ConfigError("raft.snapshot_mb must be at least 1")
     if not 0 < config.rpc.handshake_timeout <= 300:
         raise ConfigError("rpc.handshake_timeout must be more than 0 and at most 300 seconds")
     if not 0 <= config.meta.dir_lease_s <= 60:

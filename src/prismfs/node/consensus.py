@@ -112,6 +112,10 @@ class ConsensusConfig:
     election_ticks: int = 10
     heartbeat_ticks: int = 2
     snapshot_every: int = 10_000
+    snapshot_bytes: int = 64 << 20
+    """Also snapshot once this many bytes of entries applied since the last
+    one: the log between snapshots is held in memory (large batches of
+    creates make few, large entries)."""
     max_batch_bytes: int = 512 * 1024
     call_timeout: float = 10.0
     lease_reads: bool = True
@@ -167,6 +171,7 @@ class Consensus:
         # by a compaction running beside it: one at a time.
         self._log_lock = trio.Lock()
         self._compacting = False
+        self._applied_bytes = 0  # of entries applied since the last snapshot began
         self.core: RaftNode | None = None
         self._inbox: list[Callable[[RaftNode], None]] = []
         self._kick = trio.Event()
@@ -357,6 +362,7 @@ class Consensus:
             self._apply_committed(rd)
             self.stats.observe("raft.apply", trio.current_time() - start)
             self.stats.count("raft.applied_entries", len(rd.committed))
+            self._applied_bytes += sum(len(e.data) for e in rd.committed)
         for rs in rd.read_states:
             waiter = self._reads.pop(rs.context, None)
             if waiter is not None:
@@ -440,9 +446,15 @@ class Consensus:
             self.sm.restore(snapshot.file.read_bytes())
 
     def _maybe_snapshot(self, core: RaftNode) -> None:
-        if self._compacting or core.applied - core.log.offset < self.cfg.snapshot_every:
+        if self._compacting:
+            return
+        if (
+            core.applied - core.log.offset < self.cfg.snapshot_every
+            and self._applied_bytes < self.cfg.snapshot_bytes
+        ):
             return
         self._compacting = True
+        self._applied_bytes = 0
         assert self._nursery is not None
         self._nursery.start_soon(self._compact, core, name="raft-compact")
 
