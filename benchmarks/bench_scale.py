@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -159,8 +160,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.catch_up:
                 result["catch_up"] = await catch_up(cluster, pool, addresses)
     finally:
+        if args.keep_logs:
+            keep_logs(cluster, Path(args.keep_logs))
         await trio.to_thread.run_sync(cluster.teardown)
     return result
+
+
+def keep_logs(cluster: DevCluster, into: Path) -> None:
+    """Copy every node's log out of the cluster's directory before it goes."""
+    into.mkdir(parents=True, exist_ok=True)
+    for log in [*cluster.dir.glob("node*/node.log"), cluster.base / "node4.log"]:
+        if log.exists():
+            name = log.parent.name if log.name == "node.log" else log.stem
+            shutil.copy(log, into / f"{name}.log")
 
 
 def start_node(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -226,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--catch-up", action="store_true", help="then time a new node's catch-up")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the nodes' logs there at the end")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = trio.run(run, args)
