@@ -40,7 +40,7 @@ import xxhash
 
 from prismfs.meta.commands import ROOT_INO, Mkdir, Mknod
 from prismfs.meta.namespace import Namespace
-from prismfs.raft.durable_log import file_checksum
+from prismfs.raft.durable_log import file_digest
 from prismfs.wire.codec import encode_message
 
 REG = stat.S_IFREG | 0o644
@@ -143,7 +143,7 @@ async def from_file(ns: Namespace, index: int, directory: Path) -> dict[str, Any
         start = time.perf_counter()
         at = await trio.to_thread.run_sync(ns.snapshot_to, path)
         copied = time.perf_counter() - start
-        await trio.to_thread.run_sync(file_checksum, path)
+        await trio.to_thread.run_sync(file_digest, path)
         seconds = time.perf_counter() - start
         probe.stop = True
     result.update(

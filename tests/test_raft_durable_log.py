@@ -10,7 +10,7 @@ import pytest
 
 from prismfs.errors import LogCorrupt
 from prismfs.raft import durable_log
-from prismfs.raft.durable_log import DurableLog, FileSink
+from prismfs.raft.durable_log import DurableLog, FileSink, read_image
 from prismfs.raft.messages import ConfState, Entry, HardState, SnapshotMeta, image_checksum
 from prismfs.raft.ready import Ready, Snapshot
 
@@ -356,7 +356,7 @@ def file_snapshot(dl: DurableLog, index: int, term: int, image: bytes) -> Snapsh
     tmp.write_bytes(image)
     path = dl.adopt_image(tmp, index, term)
     meta = SnapshotMeta(index, term, ConfState(("a",)), image_checksum(image))
-    return Snapshot(meta, file=path)
+    return Snapshot(meta, file=path, file_size=len(image))
 
 
 def test_a_file_snapshot_is_kept_as_a_file_and_read_back_a_chunk_at_a_time(
@@ -372,8 +372,8 @@ def test_a_file_snapshot_is_kept_as_a_file_and_read_back_a_chunk_at_a_time(
     snap = rec.snapshot
     assert snap is not None and snap.data == b"" and snap.file == dl.image_path(60, 1)
     assert snap.size == len(image)
-    assert snap.read(0, 1000) + snap.read(1000, len(image)) == image
-    assert snap.read(len(image) - 5, 100) == image[-5:]
+    assert read_image(snap.file, 0, 1000) + read_image(snap.file, 1000, len(image)) == image
+    assert read_image(snap.file, len(image) - 5, 100) == image[-5:]
     assert (snap.file.stat().st_mode & 0o777) == 0o600
     assert rec.entries[0].index <= 61 and rec.entries[-1].index == 70
     # A newer file snapshot replaces the image of the older one.
@@ -382,7 +382,8 @@ def test_a_file_snapshot_is_kept_as_a_file_and_read_back_a_chunk_at_a_time(
     assert [p.name for p in tmp_path.glob("image-*.db")] == [dl2.image_path(65, 1).name]
     dl2.close()
     _, rec = reopen(tmp_path)
-    assert rec.snapshot is not None and rec.snapshot.read(0, 100) == b"newer image"
+    assert rec.snapshot is not None and rec.snapshot.file is not None
+    assert read_image(rec.snapshot.file, 0, 100) == b"newer image"
 
 
 def test_a_damaged_or_missing_snapshot_image_refuses_to_start(tmp_path: Path) -> None:
@@ -416,7 +417,8 @@ def test_strays_are_deleted_and_the_newer_of_two_snapshot_kinds_wins(tmp_path: P
     (tmp_path / "snapshot").write_bytes(durable_log._LEN.pack(len(meta)) + meta + inline.data)
     _, rec = reopen(tmp_path)
     assert rec.snapshot is not None and rec.snapshot.meta.index == 5
-    assert rec.snapshot.read(0, 100) == b"file image"
+    assert rec.snapshot.file is not None and rec.snapshot.size == len(b"file image")
+    assert read_image(rec.snapshot.file, 0, 100) == b"file image"
     assert sorted(p.name for p in tmp_path.iterdir() if "image" in p.name or "tmp" in p.name) == [
         dl.image_path(5, 1).name
     ]

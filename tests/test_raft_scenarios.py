@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 from prismfs.errors import ConfChangeInProgress, InvalidArgument, LeadershipTransfer, NotLeader
-from prismfs.raft.durable_log import DurableLog, FileSink
+from prismfs.raft.durable_log import DurableLog, FileSink, read_image
 from prismfs.raft.messages import (
     Append,
     ConfChange,
@@ -454,6 +454,7 @@ def test_a_file_snapshot_goes_out_and_comes_in_a_chunk_at_a_time(tmp_path: pathl
         ABC,
         snapshot_chunk_bytes=64 * 1024,
         image_sink=lambda meta: FileSink(c_log, meta),
+        read_image=read_image,
     )
     a = net.elect("a")
     net.isolate("c")
@@ -461,7 +462,7 @@ def test_a_file_snapshot_goes_out_and_comes_in_a_chunk_at_a_time(tmp_path: pathl
     image = os.urandom(300_000)
     made = tmp_path / "a-image.db"
     made.write_bytes(image)
-    assert a.compact(a.applied, file=made, checksum=image_checksum(image))
+    assert a.compact(a.applied, file=made, checksum=image_checksum(image), size=len(image))
     assert not a.compact(a.applied, file=made, checksum=b"")  # nothing newer to compact
     net.heal()
     net.tick(times=10)
@@ -518,7 +519,7 @@ def test_transition_table_is_respected() -> None:
 def test_raft_core_imports_no_io() -> None:
     banned = {"trio", "socket", "time", "os", "asyncio", "threading", "select"}
     root = pathlib.Path(__file__).parent.parent / "src" / "prismfs" / "raft"
-    pure = ["core", "log", "progress", "quorum", "messages", "__init__"]
+    pure = ["core", "ready", "log", "progress", "quorum", "messages", "__init__"]
     for path in (root / f"{name}.py" for name in pure):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

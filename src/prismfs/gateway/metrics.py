@@ -34,6 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from prismfs.leader.repair import cluster_counts
 from prismfs.stats import Stats
 
 if TYPE_CHECKING:
@@ -59,8 +60,6 @@ class NodeCollector(Collector):
 
     async def refresh(self) -> None:
         """Read the chunk health off the event loop (`cluster_counts`) before a scrape."""
-        from prismfs.leader.repair import cluster_counts
-
         self.chunk_health = (await cluster_counts(self.namespace))[0]
 
     def collect(self) -> Iterator[Metric]:

@@ -178,8 +178,8 @@ class Mover:
         return moved
 
     def all_on(self, node: str) -> list[ChunkRecord]:
-        # Only for a removal's check of what a node holds (an admin's command).
-        """Every chunk record with a shard on ``node``."""
+        """Every chunk record with a shard on ``node``, at once, on the loop: only
+        for a removal's check of what the node holds (an admin's command)."""
         return [r for r in self.namespace.iter_chunks_on({node}) if node in r.nodes]
 
     # --- re-encoding ----------------------------------------------------------------------

@@ -78,7 +78,7 @@ from prismfs.node.consensus_messages import (
 )
 from prismfs.node.leases import Change, LeaseService, is_lookup
 from prismfs.raft.core import RaftNode
-from prismfs.raft.durable_log import DurableLog, FileSink, file_checksum
+from prismfs.raft.durable_log import DurableLog, FileSink, file_digest, read_image
 from prismfs.raft.lease import LeaderLease, lease_seconds
 from prismfs.raft.messages import (
     ConfChange,
@@ -234,6 +234,7 @@ class Consensus:
                 max_append_bytes=self.cfg.max_batch_bytes // 2,
                 snapshot_chunk_bytes=self.cfg.max_batch_bytes // 2,
                 image_sink=(lambda meta: FileSink(self.log, meta)) if files else None,
+                read_image=read_image,
                 lease=self.cfg.lease_reads,
             ),
             random.Random(secrets.randbits(64)),
@@ -477,14 +478,14 @@ class Consensus:
                     if not core.compact(index, self.sm.snapshot()):
                         return
                 else:
-                    checksum = await trio.to_thread.run_sync(file_checksum, tmp)
+                    checksum, size = await trio.to_thread.run_sync(file_digest, tmp)
                     if index <= core.log.offset:  # a snapshot from the leader came first
                         tmp.unlink(missing_ok=True)
                         return
                     term = core.log.term(index)
                     assert term is not None
                     final = self.log.adopt_image(tmp, index, term)
-                    core.compact(index, file=final, checksum=checksum)
+                    core.compact(index, file=final, checksum=checksum, size=size)
                 snapshot = core.snapshot
                 assert snapshot is not None
                 await trio.to_thread.run_sync(self.log.save_snapshot, snapshot)

@@ -307,11 +307,17 @@ class RaftNode:
             self._send_append(target)
 
     def compact(
-        self, index: int, data: bytes = b"", *, file: Path | None = None, checksum: bytes = b""
+        self,
+        index: int,
+        data: bytes = b"",
+        *,
+        file: Path | None = None,
+        checksum: bytes = b"",
+        size: int = 0,
     ) -> bool:
         """The driver snapshotted the state machine at ``index`` (<= applied):
-        its image is ``data``, or the file ``file`` whose ``checksum`` the
-        driver computed (off the event loop). False if the log already starts
+        its image is ``data``, or the file ``file`` of ``size`` bytes whose
+        ``checksum`` the driver computed (off the event loop). False if the log already starts
         at or after ``index`` (a newer snapshot came first): nothing changes."""
         if index > self.applied:
             raise InvalidArgument(f"cannot snapshot at {index}, applied is {self.applied}")
@@ -322,7 +328,7 @@ class RaftNode:
         if file is None:
             checksum = image_checksum(data)
         meta = SnapshotMeta(index, term, self.conf_at(index), checksum)
-        self._snapshot = Snapshot(meta, data, file)
+        self._snapshot = Snapshot(meta, data, file, size)
         self.log.compact(index)
         keep = [(at, c) for at, c in self._conf_history if at > index]
         self._conf_history = [(index, self.conf_at(index)), *keep]
@@ -698,7 +704,12 @@ class RaftNode:
         size = snap.size
         if offset >= size and offset:
             return  # all sent; the follower answers with an AppendResponse once installed
-        chunk = snap.read(offset, self.cfg.snapshot_chunk_bytes)
+        n = self.cfg.snapshot_chunk_bytes
+        if snap.file is None:
+            chunk = snap.data[offset : offset + n]
+        else:
+            assert self.cfg.read_image is not None, "a file snapshot needs RaftConfig.read_image"
+            chunk = self.cfg.read_image(snap.file, offset, n)
         done = offset + len(chunk) >= size
         self._send(
             InstallSnapshot(

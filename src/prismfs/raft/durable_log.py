@@ -81,13 +81,25 @@ MAX_RECORD = 256 * 1024 * 1024
 _ENTRY_PREFIX = encode_message(Entry(0, 0, "normal", b""))[:14]
 
 
-def file_checksum(path: Path) -> bytes:
-    """`image_checksum` of a file's contents, read a MiB at a time."""
+def file_digest(path: Path) -> tuple[bytes, int]:
+    """`image_checksum` of a file's contents, read a MiB at a time, and its size."""
     h = xxhash.xxh3_128()
+    size = 0
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
-    return h.digest()
+            size += len(block)
+    return h.digest(), size
+
+
+def read_image(path: Path, offset: int, n: int) -> bytes:
+    """``n`` bytes of a snapshot image file from ``offset`` (fewer at its end):
+    the core's `RaftConfig.read_image`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, n, offset)
+    finally:
+        os.close(fd)
 
 
 class FileSink:
@@ -117,7 +129,7 @@ class FileSink:
             return None
         final = self.log.image_path(self.meta.index, self.meta.term)
         os.replace(self.path, final)
-        return Snapshot(self.meta, file=final)
+        return Snapshot(self.meta, file=final, file_size=self.size)
 
     def discard(self) -> None:
         self._close()
@@ -405,14 +417,14 @@ class DurableLog:
         meta, _ = read
         image = self.image_path(meta.index, meta.term)
         try:
-            checksum = file_checksum(image)
+            checksum, size = file_digest(image)
         except FileNotFoundError:
             raise LogCorrupt(
                 f"{path} names the image {image.name}, which is missing; "
                 "wipe this node's data directory and add it again"
             ) from None
         _check_image(image, meta, checksum)
-        return Snapshot(meta, file=image)
+        return Snapshot(meta, file=image, file_size=size)
 
     # --- writing -----------------------------------------------------------------
 

@@ -5,7 +5,6 @@ the driver to carry out (see the core's docstring for the order)."""
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,9 @@ class RaftConfig:
     max_append_bytes: int = 1 << 20
     max_inflight: int = 64
     snapshot_chunk_bytes: int = 1 << 20
+    read_image: Callable[[Path, int, int], bytes] | None = None
+    """How the leader reads ``n`` bytes at ``offset`` of a snapshot image kept
+    in a file (`Snapshot.file`); the driver gives it (the core does no I/O)."""
     image_sink: Callable[[SnapshotMeta], ImageSink] | None = None
     """Where a follower gathers the chunks of a snapshot it receives: None
     keeps them in memory (`MemorySink`); the node's driver gives a sink that
@@ -60,25 +62,17 @@ class RaftConfig:
 @dataclass(frozen=True)
 class Snapshot:
     """A snapshot point and its image: in memory (``data``) or, for images too
-    large to hold, in a file (``file``) that is read a chunk at a time."""
+    large to hold, in a file (``file``, of ``file_size`` bytes) that the
+    leader reads a chunk at a time through `RaftConfig.read_image`."""
 
     meta: SnapshotMeta
     data: bytes = b""
     file: Path | None = None
+    file_size: int = 0
 
     @property
     def size(self) -> int:
-        return os.path.getsize(self.file) if self.file is not None else len(self.data)
-
-    def read(self, offset: int, n: int) -> bytes:
-        """``n`` bytes of the image from ``offset`` (fewer at its end)."""
-        if self.file is None:
-            return self.data[offset : offset + n]
-        fd = os.open(self.file, os.O_RDONLY)
-        try:
-            return os.pread(fd, n, offset)
-        finally:
-            os.close(fd)
+        return self.file_size if self.file is not None else len(self.data)
 
 
 class ImageSink(Protocol):
