@@ -9,8 +9,9 @@ then the two ways of snapshotting it are measured:
   database serialized (`Namespace.snapshot`) and its xxh3-128, in the
   event loop: the loop stalls for the whole time, and the image is held.
 * **from the file, in a worker thread** (`Namespace.snapshot_to`, what the
-  driver does now): ``VACUUM INTO`` from a read-only connection, then the
-  file's checksum, both in a worker thread, while the loop keeps applying
+  driver does now, unpaced here): SQLite's backup API from a read-only
+  connection holding one read transaction, then the file's checksum, both
+  in a worker thread, while the loop keeps applying
   creates (as a leader would) and a probe task measures how late 10 ms
   sleeps wake up (the loop's worst stall).
 

@@ -531,7 +531,8 @@ def test_a_file_snapshot_is_consistent_while_apply_goes_on(tmp_path: Path) -> No
     done = threading.Event()
 
     def copy() -> None:
-        made.append(source.ns.snapshot_to(tmp_path / "copy.db"))
+        # One page a step: the copy spans many of the writes below.
+        made.append(source.ns.snapshot_to(tmp_path / "copy.db", step_bytes=1))
         done.set()
 
     thread = threading.Thread(target=copy)
@@ -552,6 +553,49 @@ def test_a_file_snapshot_is_consistent_while_apply_goes_on(tmp_path: Path) -> No
     # The copy is exactly the state at its index, before or during the writes.
     assert target.digest() == history[index]
     assert Namespace().snapshot_to(tmp_path / "none.db") is None  # no file: in memory
+
+
+def test_a_file_snapshot_is_paced_and_a_plain_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``mb_per_s``, the copy sleeps between steps so that the whole
+    takes about size / rate; each step is flushed. The image is a plain
+    (rollback-journal) database, opened read-only without side files."""
+    import sqlite3
+
+    from prismfs.meta import namespace
+
+    source = Driver(Namespace(tmp_path / "a.db"))
+    for n in range(400):
+        make_file(source, f"f{n}".encode() * 20)
+    slept: list[float] = []
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(namespace.time, "sleep", slept.append)
+
+    def counting_fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(namespace.os, "fdatasync", counting_fdatasync)
+    rate = 0.5  # MB/s
+    assert source.ns.snapshot_to(tmp_path / "copy.db", mb_per_s=rate, step_bytes=16384) == (
+        source.ns.applied
+    )
+    size = (tmp_path / "copy.db").stat().st_size
+    steps = -(-size // 16384)
+    assert len(synced) == steps
+    # The sleeps here return at once, so each asks for all the time due so
+    # far: the last one is about the whole copy at the rate.
+    assert slept == sorted(slept)
+    assert size / (rate * 1e6) * 0.8 <= slept[-1] <= size / (rate * 1e6)
+    monkeypatch.undo()
+    copy = sqlite3.connect(f"file:{tmp_path / 'copy.db'}?mode=ro", uri=True)
+    try:
+        assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        copy.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("copy")) == ["copy.db"]
 
 
 def test_a_damaged_snapshot_file_is_refused_before_it_replaces_anything(tmp_path: Path) -> None:

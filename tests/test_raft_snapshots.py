@@ -40,10 +40,10 @@ async def test_a_snapshot_is_made_beside_the_loop_and_rebuilds_a_lost_database(
     started, release = threading.Event(), threading.Event()
     real_snapshot_to = ns.snapshot_to
 
-    def slow_snapshot_to(path: Path) -> int | None:
+    def slow_snapshot_to(path: Path, **pace: float) -> int | None:
         started.set()
         release.wait(30)  # a copy of a large database, in its worker thread
-        return real_snapshot_to(path)
+        return real_snapshot_to(path, **pace)
 
     ns.snapshot_to = slow_snapshot_to  # type: ignore[method-assign]
     cfg = ConsensusConfig(snapshot_every=20)

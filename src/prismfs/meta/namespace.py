@@ -29,7 +29,7 @@ every entry that was there throughout exactly once (a renamed entry gets a
 new cookie, like a new entry).
 
 Snapshots are consistent copies of the database: a file written by
-``VACUUM INTO`` from a read-only connection in a worker thread
+SQLite's backup API, paced, from a read-only connection in a worker thread
 (`snapshot_to`), or an in-memory image (`serialize`) for a database without
 a file; `restore_file` and `restore` copy one back with SQLite's backup API.
 
@@ -49,6 +49,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -507,25 +508,52 @@ class Namespace(InodeTables):
     def in_memory(self) -> bool:
         return self.path == ":memory:"
 
-    def snapshot_to(self, path: Path) -> int | None:
+    def snapshot_to(
+        self, path: Path, *, mb_per_s: float = 0.0, step_bytes: int = 4 << 20
+    ) -> int | None:
         """Write a consistent copy of the database to the new file ``path`` and
         return the applied index it holds; None for an in-memory database
-        (use `snapshot`). ``VACUUM INTO`` runs on a read-only connection of its
-        own, in one read transaction: call this from a worker thread while
-        apply goes on; nothing is held in memory."""
+        (use `snapshot`). Call it from a worker thread while apply goes on:
+        SQLite's backup API copies ``step_bytes`` at a time from a read-only
+        connection that holds one read transaction throughout (so the copy
+        is of one applied index and never restarts), and nothing is held in
+        memory. Each step is flushed to disk before the next, and with
+        ``mb_per_s`` the copy is paced to that rate: a copy of a large
+        database written in one burst leaves so much dirty data that the
+        Raft log's fsync on the same disk waits behind its write-back."""
         if self.path == ":memory:":
             return None
         path.unlink(missing_ok=True)
         source = sqlite3.connect(_read_only_uri(self.path), uri=True, isolation_level=None)
+        target = sqlite3.connect(path, isolation_level=None)
+        fd = -1
         try:
-            source.execute("VACUUM INTO ?", (os.fspath(path),))
+            source.execute("BEGIN")
+            row = source.execute("SELECT value FROM state WHERE key = 'applied'").fetchone()
+            applied = int(row[0])
+            page_size = int(source.execute("PRAGMA page_size").fetchone()[0])
+            pages = max(1, step_bytes // page_size)
+            target.execute("PRAGMA journal_mode = OFF")
+            target.execute("PRAGMA synchronous = OFF")
+            fd = os.open(path, os.O_RDONLY)
+            started = time.monotonic()
+
+            def pace(_status: int, remaining: int, total: int) -> None:
+                os.fdatasync(fd)
+                if mb_per_s > 0:
+                    due = started + (total - remaining) * page_size / (mb_per_s * 1e6)
+                    time.sleep(max(0.0, due - time.monotonic()))
+
+            source.backup(target, pages=pages, progress=pace)
+            source.execute("COMMIT")
+            # The copy carries the source's WAL flag; an image is a plain file.
+            target.execute("PRAGMA journal_mode = DELETE")
+            return applied
         finally:
+            if fd >= 0:
+                os.close(fd)
+            target.close()
             source.close()
-        copy = sqlite3.connect(_read_only_uri(path), uri=True)
-        try:
-            return int(copy.execute("SELECT value FROM state WHERE key = 'applied'").fetchone()[0])
-        finally:
-            copy.close()
 
     def check_image(self, path: Path) -> None:
         """Refuse (`LogCorrupt`) a snapshot file that is not a sound database.

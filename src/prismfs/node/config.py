@@ -82,6 +82,7 @@ class RaftSection(_Section):
     heartbeat_ticks: int = 2
     snapshot_every: int = 10_000
     snapshot_mb: int = 64
+    snapshot_mb_per_s: float = 50.0
     lease_reads: bool = True
 
 
@@ -179,6 +180,7 @@ class NodeConfig(_Section):
             heartbeat_ticks=self.raft.heartbeat_ticks,
             snapshot_every=self.raft.snapshot_every,
             snapshot_bytes=self.raft.snapshot_mb << 20,
+            snapshot_mb_per_s=self.raft.snapshot_mb_per_s,
             lease_reads=self.raft.lease_reads,
         )
 
@@ -249,6 +251,8 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("raft.snapshot_every must be at least 1")
     if raft.snapshot_mb < 1:
         raise ConfigError("raft.snapshot_mb must be at least 1")
+    if raft.snapshot_mb_per_s < 0:
+        raise ConfigError("raft.snapshot_mb_per_s must be 0 (unpaced) or more")
     if not 0 < config.rpc.handshake_timeout <= 300:
         raise ConfigError("rpc.handshake_timeout must be more than 0 and at most 300 seconds")
     if not 0 <= config.meta.dir_lease_s <= 60:

@@ -42,6 +42,7 @@ or in synchronous code queued to it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -116,6 +117,11 @@ class ConsensusConfig:
     """Also snapshot once this many bytes of entries applied since the last
     one: the log between snapshots is held in memory (large batches of
     creates make few, large entries)."""
+    snapshot_mb_per_s: float = 50.0
+    """How fast a snapshot copies the database (0: unpaced). Each replica
+    snapshots on its own; a burst of a large copy delays the log's fsyncs
+    on the same disk, and a follower that answers nothing for an election
+    timeout costs the leader its quorum."""
     max_batch_bytes: int = 512 * 1024
     call_timeout: float = 10.0
     lease_reads: bool = True
@@ -133,6 +139,11 @@ class _Waiter:
         if not self.done.is_set():
             self.result, self.error = result, error
             self.done.set()
+
+
+def _spread() -> float:
+    """A factor in [0.75, 1.25) for the next snapshot's thresholds."""
+    return 0.75 + random.random() / 2
 
 
 def prepare_bootstrap(raft_dir: Path) -> None:
@@ -172,6 +183,9 @@ class Consensus:
         self._log_lock = trio.Lock()
         self._compacting = False
         self._applied_bytes = 0  # of entries applied since the last snapshot began
+        # Replicas apply the same entries at about the same time: a factor
+        # drawn afresh after each snapshot keeps their copies apart.
+        self._snapshot_spread = _spread()
         self.core: RaftNode | None = None
         self._inbox: list[Callable[[RaftNode], None]] = []
         self._kick = trio.Event()
@@ -449,13 +463,15 @@ class Consensus:
     def _maybe_snapshot(self, core: RaftNode) -> None:
         if self._compacting:
             return
+        spread = self._snapshot_spread
         if (
-            core.applied - core.log.offset < self.cfg.snapshot_every
-            and self._applied_bytes < self.cfg.snapshot_bytes
+            core.applied - core.log.offset < self.cfg.snapshot_every * spread
+            and self._applied_bytes < self.cfg.snapshot_bytes * spread
         ):
             return
         self._compacting = True
         self._applied_bytes = 0
+        self._snapshot_spread = _spread()
         assert self._nursery is not None
         self._nursery.start_soon(self._compact, core, name="raft-compact")
 
@@ -471,7 +487,8 @@ class Consensus:
             tmp = self.dir / "image.tmp"
             index = None
             if snapshot_to is not None:
-                index = await trio.to_thread.run_sync(snapshot_to, tmp)
+                copy = functools.partial(snapshot_to, tmp, mb_per_s=self.cfg.snapshot_mb_per_s)
+                index = await trio.to_thread.run_sync(copy)
             async with self._log_lock:
                 if index is None:
                     index = core.applied
