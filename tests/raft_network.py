@@ -23,6 +23,19 @@ class Disk:
     hard_state: HardState = field(default_factory=HardState)
     entries: list[Entry] = field(default_factory=list)
     snapshot: Snapshot | None = None
+    reads: int = 0
+
+    def read_entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """The driver's read-back of persisted entries (`RaftConfig.read_entries`)."""
+        out, size = [], 0
+        for entry in self.entries:
+            if lo <= entry.index < hi:
+                out.append(entry)
+                size += len(entry.data)
+                if size > max_bytes:
+                    break
+        self.reads += len(out)
+        return out
 
     def persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -42,9 +55,13 @@ class Network:
         learners: Iterable[str] = (),
         *,
         seed: int = 1,
+        read_back: bool = False,
         **config: object,
     ) -> None:
+        """``read_back``: each node drops applied entries from memory and reads
+        them back from its disk model (`RaftConfig.read_entries`)."""
         self.conf = ConfState(tuple(voters), tuple(learners))
+        self.read_back = read_back
         self.config = config
         self.seed = seed
         self.nodes: dict[str, RaftNode] = {}
@@ -59,12 +76,17 @@ class Network:
         for node_id in self.conf.members():
             self.add(node_id)
 
+    def _config(self, node_id: str) -> RaftConfig:
+        disk = self.disks[node_id]
+        reader = {"read_entries": disk.read_entries} if self.read_back else {}
+        return RaftConfig(node_id=node_id, **reader, **self.config)  # type: ignore[arg-type]
+
     def add(self, node_id: str, conf: ConfState | None = None) -> RaftNode:
-        cfg = RaftConfig(node_id=node_id, **self.config)  # type: ignore[arg-type]
+        self.disks[node_id] = Disk()
+        cfg = self._config(node_id)
         rng = random.Random(f"{self.seed}-{node_id}")
         node = RaftNode(cfg, rng, conf=conf or self.conf)
         self.nodes[node_id] = node
-        self.disks[node_id] = Disk()
         self.applied[node_id] = []
         self.applied_entries[node_id] = []
         self.read_states[node_id] = []
@@ -73,7 +95,7 @@ class Network:
     def restart(self, node_id: str) -> RaftNode:
         """Crash and restart from the disk (un-persisted state is lost)."""
         disk = self.disks[node_id]
-        cfg = RaftConfig(node_id=node_id, **self.config)  # type: ignore[arg-type]
+        cfg = self._config(node_id)
         node = RaftNode(
             cfg,
             random.Random(f"{self.seed}-{node_id}-restart"),

@@ -463,3 +463,33 @@ def test_a_file_sink_writes_chunks_to_disk_and_checks_the_whole(tmp_path: Path) 
     dropped.write(b"part")
     dropped.discard()
     assert not (tmp_path / "incoming.tmp").exists()
+
+
+def test_entries_are_read_back_across_segments_within_a_budget(tmp_path: Path) -> None:
+    """`read_entries` gives back what was written, from any segment (a core
+    that dropped applied entries from memory asks for them this way), stops
+    after the first record past its byte budget, and names a range the log
+    does not hold instead of returning less."""
+    dl, _ = reopen(tmp_path, segment_bytes=600)
+    written = entries(1, 40, size=50)
+    for lo in range(0, 40, 7):
+        dl.save(Ready(entries=written[lo : lo + 7]))
+    assert len(list(tmp_path.glob("seg-*.log"))) > 3
+    assert dl.read_entries(1, 41, 1 << 30) == written
+    assert dl.read_entries(9, 23, 1 << 30) == written[8:22]
+    some = dl.read_entries(5, 41, 200)  # records are about 80 bytes
+    assert 1 <= len(some) <= 4 and some == written[4 : 4 + len(some)]
+    assert dl.read_entries(7, 8, 0) == [written[6]]  # at least one entry
+    # Entries written after the read-back began are found too (the same log object).
+    dl.save(Ready(entries=entries(41, 45, size=50)))
+    assert dl.read_entries(38, 46, 1 << 30) == [*written[37:], *entries(41, 45, size=50)]
+    with pytest.raises(LogCorrupt):
+        dl.read_entries(44, 50, 1 << 30)
+    # A record damaged on disk is refused rather than sent to a follower.
+    last = sorted(tmp_path.glob("seg-*.log"))[-1]
+    data = bytearray(last.read_bytes())
+    data[-5] ^= 0xFF
+    last.write_bytes(bytes(data))
+    with pytest.raises(LogCorrupt):
+        dl.read_entries(45, 46, 1 << 30)
+    dl.close()

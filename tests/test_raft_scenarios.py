@@ -569,3 +569,41 @@ def test_leader_that_removed_itself_and_stepped_down_does_not_deadlock_the_group
     net.heal()
     net.tick(times=300)
     assert net.leader() is not None
+
+
+# --- entries released from memory ------------------------------------------------------
+
+
+def test_applied_entries_leave_memory_and_a_lagging_follower_gets_them_from_disk() -> None:
+    """With `RaftConfig.read_entries`, entries both applied and persisted keep
+    only their terms in memory; a follower that was cut off is sent them read
+    back from the leader's disk, within the append byte budget, and ends
+    with the same log and the same applied commands."""
+    net = Network(ABC, read_back=True, max_append_bytes=3000)
+    leader = net.elect("a")
+    net.isolate("c")
+    commands = [bytes([n]) * 1000 for n in range(60)]
+    for command in commands:
+        net.propose("a", command)
+    net.stabilize()
+    assert leader.commit == leader.applied == leader.log.last_index
+    kept = [e for e in leader.log.entries if e.kind == "normal" and e.data]
+    assert kept == []  # every applied entry's data left memory
+    assert leader.log.released == leader.applied
+    assert net.disks["a"].reads == 0  # no follower needed one yet
+    net.heal()
+    for _ in range(5):
+        net.tick()
+        net.stabilize()
+    assert net.applied["c"] == net.applied["a"] and net.applied["c"][-60:] == commands
+    assert net.disks["a"].reads >= 60
+    # Read back a few at a time: no Append carried more than the budget (+1 entry).
+    sizes = [
+        sum(len(e.data) for e in m.entries)
+        for m in net.sent
+        if isinstance(m, Append) and m.to == "c" and m.entries
+    ]
+    assert sizes and max(sizes) <= 3000 + 1000
+    full = {i: [(e.index, e.term, e.data) for e in net.nodes[i].log.slice(1, 62)] for i in ABC}
+    assert full["a"] == full["b"] == full["c"]
+    assert [data for _, _, data in full["a"] if data][-60:] == commands

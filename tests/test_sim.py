@@ -47,11 +47,12 @@ def test_many_seeds_keep_every_invariant(nodes: int) -> None:
         seen["lease_reads"] += sim.lease_reads > 0
         seen["pause"] += sim.pauses > 0
         seen["clock_skew"] += len(set(sim.rates.values())) > 1
+        seen["read_back"] += sum(n.disk.reads for n in sim.nodes.values()) > 0
     # Every kind of fault was exercised by a good share of the seeds.
     kinds = ["crash", "torn", "drop", "duplicate", "partition", "membership", "namespace"]
     kinds += ["lease_reads", "pause", "clock_skew"]
     if nodes > 1:
-        kinds += ["no_check_quorum", "transfer", "snapshot", "snapshot_chunks"]
+        kinds += ["no_check_quorum", "transfer", "snapshot", "snapshot_chunks", "read_back"]
     for kind in kinds:
         assert seen[kind] >= SEEDS_PER_SIZE // 20, (kind, seen)
 

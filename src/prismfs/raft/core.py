@@ -114,7 +114,7 @@ class RaftNode:
         self.term = hs.term
         self.vote = hs.vote
         base = snapshot.meta if snapshot else SnapshotMeta(0, 0, conf)
-        self.log = RaftLog(base.index, base.term, entries)
+        self.log = RaftLog(base.index, base.term, entries, loader=config.read_entries)
         self._snapshot = snapshot
         # A commit index beyond the log would claim entries this node does not
         # hold; never trust it past what is on disk.
@@ -394,6 +394,9 @@ class RaftNode:
             self._persisted_hs = rd.hard_state
         if rd.committed:
             self.applied = max(self.applied, rd.committed[-1].index)
+        # Applied and on disk: no longer needed in memory (read back for a
+        # follower that lags, through RaftConfig.read_entries).
+        self.log.release(min(self.applied, self.stable))
         if self._role == Role.LEADER:
             # The followers learn the new commit index from the next Append or
             # heartbeat (at most ``heartbeat_ticks`` later): no round of its own.
@@ -663,9 +666,8 @@ class RaftNode:
             return self._start_snapshot(to, pr)
         entries: list[Entry] = []
         size = 0
-        for entry in self.log.slice(pr.next, self.log.last_index + 1)[
-            : self.cfg.max_append_entries
-        ]:
+        hi = min(self.log.last_index + 1, pr.next + self.cfg.max_append_entries)
+        for entry in self.log.slice(pr.next, hi, self.cfg.max_append_bytes):
             size += len(entry.data) + 32
             if entries and size > self.cfg.max_append_bytes:
                 break

@@ -426,6 +426,46 @@ class DurableLog:
         _check_image(image, meta, checksum)
         return Snapshot(meta, file=image, file_size=size)
 
+    # --- reading back ------------------------------------------------------------
+
+    def read_entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """The entries lo <= index < hi as written, stopping after the first
+        whose record takes the bytes read past ``max_bytes`` (at least one
+        entry; `prismfs.raft.log.Loader`).
+
+        Called on the event loop while `save` may append from a worker thread:
+        it reads only entries already written and made durable (the core asks
+        only for entries it persisted), through a file of its own."""
+        out: list[Entry] = []
+        for segment in list(self._segments):
+            if segment.last < lo or segment.first >= hi:
+                continue
+            start = max(lo, segment.first) - segment.first
+            stop = min(hi, segment.last + 1) - segment.first
+            # Read no further than the budget needs (the first record past it too).
+            begin, budget, k = segment.offsets[start], max_bytes, start + 1
+            while k < stop and segment.offsets[k] - begin <= budget:
+                k += 1
+            end = segment.offsets[k] if k < len(segment.offsets) else segment.size
+            fd = os.open(segment.path, os.O_RDONLY)
+            try:
+                data = os.pread(fd, end - begin, begin)
+            finally:
+                os.close(fd)
+            pos = 0
+            for index in range(segment.first + start, segment.first + k):
+                parsed = self._parse(data, pos, segment.version)
+                if parsed is None or parsed[0].index != index:
+                    raise LogCorrupt(f"cannot read back entry {index} from {segment.path}")
+                out.append(parsed[0])
+                pos = parsed[2]
+            max_bytes -= end - begin
+            if k < stop or max_bytes < 0:
+                return out
+        if (out[-1].index + 1 if out else lo) != hi:
+            raise LogCorrupt(f"the log on disk does not hold entries {lo}..{hi - 1}")
+        return out
+
     # --- writing -----------------------------------------------------------------
 
     def save(self, rd: Ready) -> None:

@@ -4,22 +4,38 @@ Pure data structure, no I/O. Index ``offset`` is the last index covered by the
 snapshot (its term is ``offset_term``); ``entries[i]`` has index
 ``offset + 1 + i``. The durable copy is the driver's business: the core tells
 it what to append (and from where to truncate) through `Ready`.
+
+With a ``loader`` (the driver's reader of its durable log), the data of
+entries up to ``released`` may be dropped from memory (`release`): their
+terms stay, and `slice` reads their data back through the loader when a
+follower that lags needs them. Only normal entries are released; config
+entries are small and the core folds them into its membership history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prismfs.raft.messages import Entry
+
+Loader = Callable[[int, int, int], list[Entry]]
+"""``loader(lo, hi, max_bytes)``: the entries lo <= index < hi as stored, in
+order, stopping after the first whose data takes the total past ``max_bytes``."""
 
 
 class RaftLog:
     def __init__(
-        self, offset: int = 0, offset_term: int = 0, entries: Sequence[Entry] = ()
+        self,
+        offset: int = 0,
+        offset_term: int = 0,
+        entries: Sequence[Entry] = (),
+        loader: Loader | None = None,
     ) -> None:
         self.offset = offset
         self.offset_term = offset_term
         self.entries: list[Entry] = list(entries)
+        self.loader = loader
+        self.released = offset  # entries up to here may hold no data (see `release`)
         for i, entry in enumerate(self.entries):
             if entry.index != offset + 1 + i:
                 raise ValueError(f"log entry {entry.index} found where {offset + 1 + i} belongs")
@@ -46,10 +62,36 @@ class RaftLog:
     def entry(self, index: int) -> Entry:
         return self.entries[index - self.offset - 1]
 
-    def slice(self, lo: int, hi: int) -> list[Entry]:
-        """Entries with lo <= index < hi (lo > offset)."""
+    def slice(self, lo: int, hi: int, max_bytes: int = 0) -> list[Entry]:
+        """Entries with lo <= index < hi (lo > offset). Released ones are read
+        back through the loader; with ``max_bytes``, the slice may stop after
+        the first released entry that takes their data past it."""
         assert lo > self.offset, (lo, self.offset)
-        return self.entries[lo - self.offset - 1 : hi - self.offset - 1]
+        out = self.entries[lo - self.offset - 1 : hi - self.offset - 1]
+        if lo > self.released or not out:
+            return out
+        assert self.loader is not None
+        upto = min(hi, self.released + 1, lo + len(out))
+        loaded = self.loader(lo, upto, max_bytes or (1 << 62))
+        for pos, entry in enumerate(loaded):
+            kept = out[pos]
+            if entry.index != kept.index or entry.term != kept.term:
+                raise ValueError(f"the stored log holds {entry} where {kept} belongs")
+        if len(loaded) < upto - lo:
+            return loaded
+        return loaded + out[upto - lo :]
+
+    def release(self, index: int) -> None:
+        """Drop from memory the data of normal entries up to ``index``, which
+        the driver's log holds durably (needs a loader)."""
+        index = min(index, self.last_index)
+        if self.loader is None or index <= self.released:
+            return
+        for pos in range(self.released - self.offset, index - self.offset):
+            entry = self.entries[pos]
+            if entry.kind == "normal" and entry.data:
+                self.entries[pos] = Entry(entry.term, entry.index, entry.kind)
+        self.released = index
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Raft §5.4.1: a candidate's log is at least as up to date as ours."""
@@ -110,8 +152,10 @@ class RaftLog:
         assert term is not None, "cannot compact beyond the log"
         del self.entries[: index - self.offset]
         self.offset, self.offset_term = index, term
+        self.released = max(self.released, index)
 
     def reset(self, index: int, term: int) -> None:
         """Replace the whole log by a snapshot point (InstallSnapshot)."""
         self.entries.clear()
         self.offset, self.offset_term = index, term
+        self.released = index

@@ -47,6 +47,12 @@ class RaftConfig:
     read_image: Callable[[Path, int, int], bytes] | None = None
     """How the leader reads ``n`` bytes at ``offset`` of a snapshot image kept
     in a file (`Snapshot.file`); the driver gives it (the core does no I/O)."""
+    read_entries: Callable[[int, int, int], list[Entry]] | None = None
+    """How the core reads back entries its driver persisted, ``(lo, hi,
+    max_bytes)`` as `prismfs.raft.log.Loader`: with it, the data of entries
+    both applied and persisted is dropped from memory, and read back only for
+    a follower that lags (the log between snapshots is then no longer held).
+    None keeps every entry in memory until a snapshot covers it."""
     image_sink: Callable[[SnapshotMeta], ImageSink] | None = None
     """Where a follower gathers the chunks of a snapshot it receives: None
     keeps them in memory (`MemorySink`); the node's driver gives a sink that
