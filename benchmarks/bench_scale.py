@@ -195,7 +195,7 @@ async def catch_up(cluster: DevCluster, pool: RpcPool, addresses: list[str]) -> 
     proc = start_node(
         [
             *("--data-dir", str(data), "--listen", "127.0.0.1:0"),
-            *("--join", leader.leader_address, "--secret-file", str(secret)),
+            *("--join", leader.leader_address, "--replica", "--secret-file", str(secret)),
             *("--log-file", str(cluster.base / "node4.log")),
         ],
         cluster.env,

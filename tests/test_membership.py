@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -52,6 +53,10 @@ class Nodes:
         return self.mount.env
 
     @property
+    def secret(self) -> Path:
+        return self.mount.dir / "node1" / "cluster.secret"
+
+    @property
     def client_toml(self) -> Path:
         return self.mount.dir / "client.toml"
 
@@ -72,14 +77,18 @@ class Nodes:
         assert result.returncode == 0, result.stderr
         return list(json.loads(result.stdout)["nodes"])
 
-    def start(self, data_dir: Path, listen: str = "127.0.0.1:0", *, new: bool = True) -> str:
-        """Start a node process on ``data_dir`` (a new one: with the cluster secret,
-        not joined); returns its address once it serves."""
+    def start(
+        self, data_dir: Path, listen: str = "127.0.0.1:0", *, new: bool = True, join: str = ""
+    ) -> str:
+        """Start a node process on ``data_dir`` (a new one: with the cluster secret;
+        not joined unless ``join``); returns its address once it serves."""
         (data_dir / "node.json").unlink(missing_ok=True)
         args = ["--data-dir", str(data_dir), "--listen", listen, "--config", str(self.config)]
         args += ["--log-file", str(data_dir.parent / f"{data_dir.name}.log")]
         if new:
-            args += ["--secret-file", str(self.mount.dir / "node1" / "cluster.secret")]
+            args += ["--secret-file", str(self.secret)]
+        if join:
+            args += ["--join", join]
         self.procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "prismfs", "node", "start", *args],
@@ -367,6 +376,85 @@ def test_a_node_wiped_while_down_is_rebuilt_around_and_rejoins_empty(
     assert code == 0, out2 + err
 
 
+def test_storage_only_nodes_hold_shards_and_no_namespace(nodes: Nodes, tmp_path: Path) -> None:
+    """Nodes outside the Raft group: one joins with --join, one is added with
+    `node add`. They store shards and serve them, replay no log and hold no
+    copy of the namespace, answer a client's calls by forwarding them, find a
+    new leader after the old one is killed, find the cluster again after a
+    restart from the addresses they remember, and stop once removed."""
+    started = nodes.up(3)
+    seed = str(started[0]["rpc_address"])
+    joined_dir, added_dir = tmp_path / "node4", tmp_path / "node5"
+    joined = nodes.start(joined_dir, join=seed)
+    added = nodes.start(added_dir)
+    out = json.loads(nodes.ok("node", "add", added, "--json"))
+    assert out["role"] == "storage" and "storage-only" in out["message"], out
+    storage = {joined, added}
+
+    def storage_rows() -> list[dict[str, Any]]:
+        return [n for n in nodes.health()["nodes"] if n["address"] in storage]
+
+    wait_for(lambda: len(storage_rows()) == 2, 60, "both storage-only nodes registered")
+    assert all(n["role"] == "storage" and n["state"] == "up" for n in storage_rows())
+
+    # A 2-of-5 file puts a shard of every chunk on each of the five nodes.
+    body = os.urandom(6 << 20)
+    (tmp_path / "f.src").write_bytes(body)
+    nodes.ok("put", "--layout", "k=2,m=5", str(tmp_path / "f.src"), "/f")
+    for data_dir in (joined_dir, added_dir):
+        shards = [p for p in (data_dir / "shards").glob("*/*/*") if not p.name.startswith(".")]
+        assert len(shards) == 2, data_dir  # one shard of each of the two chunks
+        assert not list((data_dir / "raft").glob("seg-*.log"))  # no Raft log replayed
+        db = sqlite3.connect(f"file:{data_dir / 'meta' / 'namespace.db'}?mode=ro", uri=True)
+        try:
+            assert db.execute("SELECT count(*) FROM dentries").fetchone()[0] == 0
+        finally:
+            db.close()
+        remembered = json.loads((data_dir / "raft" / "seeds.json").read_text())
+        assert set(remembered) == {str(n["rpc_address"]) for n in started}
+
+    # A client that knows only a storage-only node is served through it.
+    def get_through(address: str) -> bytes:
+        dst = tmp_path / "through.out"
+        dst.unlink(missing_ok=True)
+        result = run_cli(
+            "get", "/f", str(dst), "--cluster", address, "--secret-file", str(nodes.secret),
+            env=nodes.env, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return dst.read_bytes()
+
+    assert get_through(joined) == body
+
+    # The leader is killed: the storage-only nodes find the next one (their
+    # heartbeats reach it, so it never marks them down).
+    leader = nodes.health()["leader"]
+    victim = next(n for n in started if n["id"] == leader)
+    kill9(int(victim["pid"]))
+    wait_for(lambda: nodes.health()["leader"] not in ("", leader), 60, "a new leader")
+    time.sleep(4)  # past node_down_after_s on the new leader
+    assert all(n["state"] == "up" and n["silent_s"] < 2 for n in storage_rows()), storage_rows()
+
+    # Restarted without --join, a storage-only node finds the cluster from
+    # the members it remembers (one of them is down).
+    pid = json.loads((joined_dir / "node.json").read_text())["pid"]
+    os.kill(int(pid), signal.SIGTERM)
+    wait_for(lambda: not process_alive(int(pid)), 30, "the node to stop")
+    nodes.start(joined_dir, joined, new=False)
+    wait_for(
+        lambda: all(n["state"] == "up" and n["silent_s"] < 1 for n in storage_rows()),
+        30,
+        "the restarted node heard from",
+    )
+    assert get_through(joined) == body
+
+    # Removed, a storage-only node is told so by the leader and stops.
+    added_id = next(n["node"] for n in storage_rows() if n["address"] == added)
+    nodes.ok("node", "remove", added_id, "--force")
+    added_pid = int(json.loads((added_dir / "node.json").read_text())["pid"])
+    wait_for(lambda: not process_alive(added_pid), 30, "the removed node to stop")
+
+
 # --- the CLI -----------------------------------------------------------------------------
 
 
@@ -379,10 +467,10 @@ def test_node_commands_happy_paths_and_errors(nodes: Nodes, tmp_path: Path) -> N
     put(nodes, tmp_path, "f", 9 << 20)
     ids = [str(n["id"]) for n in started]
 
-    # add: as a learner in a zone; then again with --voter promotes it.
+    # add: storage-only, in a zone; then again with --voter promotes it.
     address = nodes.start(tmp_path / "node4")
     out = nodes.ok("node", "add", address, "--zone", "rack-b")
-    assert "is a learner" in out
+    assert "is storage-only" in out
     listed = {n["node"]: n for n in json.loads(nodes.ok("node", "list", "--json"))}
     new = next(n for n in listed if n not in ids)
     assert listed[new]["zone"] == "rack-b" and listed[new]["state"] == "up"

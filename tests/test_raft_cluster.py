@@ -207,6 +207,7 @@ async def test_failover_restart_and_membership_without_losing_writes(cluster: Cl
                 str(cluster.dir / "node1" / "cluster.secret"),
                 "--join",
                 addresses[0],
+                "--replica",
                 "--log-file",
                 str(fourth_dir / "node.log"),
             )
@@ -310,7 +311,7 @@ async def test_lagging_follower_catches_up_through_a_snapshot(tmp_path: Path) ->
         if name != "n1":
             args += ["--secret-file", secret]
         if join:
-            args += ["--join", join]
+            args += ["--join", join, "--replica"]
         (data / "node.json").unlink(missing_ok=True)
         procs[name] = spawn_node(*args)
         with trio.fail_after(30):

@@ -119,7 +119,11 @@ class NodeService:
 
 
 async def serve_node(
-    config: NodeConfig, creds: ClusterCredentials, node_id: NodeId, join: str | None = None
+    config: NodeConfig,
+    creds: ClusterCredentials,
+    node_id: NodeId,
+    join: str | None = None,
+    replica: bool = False,
 ) -> None:
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
@@ -269,8 +273,12 @@ async def serve_node(
                 nursery.start_soon(_clean_store, clean)
             me = (node_id, service.rpc_address, config.node.zone, store)
             nursery.start_soon(_register, consensus, *me)
-            if join and node_id not in consensus.status().voters + consensus.status().learners:
-                nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
+            if join and not consensus.is_member():
+                # Storage-only unless asked to replicate the namespace: it
+                # reaches the metadata group through ``join`` (remembered).
+                consensus.link.add_seed(join, own=service.rpc_address)
+                if replica:
+                    nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 http_shutdown.set()
@@ -401,6 +409,7 @@ def run_node(
     config: NodeConfig,
     secret_file: Path | None = None,
     join: str | None = None,
+    replica: bool = False,
 ) -> None:
     """Blocking entry point of ``prismfs node start``."""
     data_dir = config.data_dir
@@ -418,7 +427,7 @@ def run_node(
         node_id = datadir.node_id(data_dir)
         setup_logging(node_id, config.log.level, config.log.file, config.log.format)
         try:
-            trio.run(serve_node, config, creds, node_id, join)
+            trio.run(serve_node, config, creds, node_id, join, replica)
         finally:
             datadir.clear_state(data_dir)
     finally:

@@ -215,14 +215,21 @@ def register(
     @client_options
     @click.argument("address", metavar="HOST:PORT")
     @click.option("--zone", default="", help="Failure domain to place the node in.")
-    @click.option("--voter", is_flag=True, help="Also give it a Raft vote (at most 5 voters).")
+    @click.option(
+        "--voter", is_flag=True, help="Replicate the namespace and vote (at most 5 voters)."
+    )
+    @click.option(
+        "--replica", is_flag=True, help="Replicate the namespace without a vote (a learner)."
+    )
     @json_option
-    def node_add(client: ClientConfig, address: str, zone: str, voter: bool, as_json: bool) -> None:
+    def node_add(
+        client: ClientConfig, address: str, zone: str, voter: bool, replica: bool, as_json: bool
+    ) -> None:
         """Add the node running at HOST:PORT (started with the cluster secret, without
-        --join) to the cluster. It stores shards at once; rebalancing moves shards to it
-        in the background."""
+        --join) to the cluster: storage-only unless --voter or --replica. It stores
+        shards at once; rebalancing moves shards to it in the background."""
         parse_address(address)
-        changed(membership(client, AddNode(address, zone, voter)), as_json)
+        changed(membership(client, AddNode(address, zone, voter, replica)), as_json)
 
     @node.command("drain")
     @client_options

@@ -124,7 +124,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(node: DevNode, join: str | None, node_config: str = "") -> subprocess.Popen[bytes]:
+def _spawn(
+    node: DevNode, join: str | None, node_config: str = "", replica: bool = False
+) -> subprocess.Popen[bytes]:
     log = open(node.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         return subprocess.Popen(
@@ -141,6 +143,7 @@ def _spawn(node: DevNode, join: str | None, node_config: str = "") -> subprocess
                 "--log-file",
                 str(node.log_file),
                 *(["--join", join] if join else []),
+                *(["--replica"] if join and replica else []),
                 *(["--config", node_config] if node_config else []),
                 *(["--http", node.http_address] if node.http_address else []),
             ],
@@ -276,11 +279,13 @@ def _up(
     elif len(cluster.nodes) != n_nodes:
         say(f"note: {directory} holds a {len(cluster.nodes)}-node cluster; restarting it as it was")
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    voters = cluster.nodes[:MAX_VOTERS]  # the rest are storage-only
     for node in cluster.nodes:
         if node.alive():
             continue
         first = cluster.nodes[0]
-        proc = _spawn(node, None if node is first else first.rpc_address, cluster.node_config)
+        join = None if node is first else first.rpc_address
+        proc = _spawn(node, join, cluster.node_config, replica=node in voters)
         node.pid = proc.pid
         procs[node.name] = proc
     cluster.started = time.time()
@@ -336,7 +341,8 @@ MAX_VOTERS = 5
 
 
 async def _form_voters(cluster: DevCluster) -> None:
-    """Promote the joined learners to voters (up to five), one change at a time."""
+    """Promote the joined learners to voters (up to five), one change at a time;
+    further nodes joined storage-only."""
     creds = read_secret_file(cluster.secret_file)
     seed = cluster.nodes[0].rpc_address
     async with open_rpc_pool(

@@ -225,7 +225,14 @@ def node() -> None:
 @click.option("--zone", help="Failure domain of this node (node.zone).")
 @click.option("--http", metavar="HOST:PORT", help="Serve the HTTP API here (http.listen).")
 @click.option(
-    "--join", metavar="HOST:PORT", help="Ask the cluster at this member to add this node."
+    "--join",
+    metavar="HOST:PORT",
+    help="Join the cluster through this member, as a storage-only node.",
+)
+@click.option(
+    "--replica",
+    is_flag=True,
+    help="With --join: also replicate the namespace (a non-voting Raft learner).",
 )
 @click.option(
     "--tls-cert",
@@ -250,6 +257,7 @@ def node_start(
     zone: str | None,
     http: str | None,
     join: str | None,
+    replica: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -272,7 +280,9 @@ def node_start(
     config = load_node_config(config_file, overrides)
     if join:
         parse_address(join)
-    run_node(config, secret_file, join)
+    elif replica:
+        raise click.UsageError("--replica needs --join (or use `prismfs node add --replica`)")
+    run_node(config, secret_file, join, replica)
 
 
 def _str(path: Path | None) -> str | None:

@@ -12,10 +12,13 @@ the call itself; with ``repair`` it also rebuilds what it found and deletes
 orphans.
 
 Membership. `AddNode` asks the node at an address for its id (it must be
-running with the cluster's secret and not be a member yet), makes it a Raft
-learner, waits for it to enter the node registry, sets its zone if given,
-and with ``voter`` promotes it once it has caught up with the log (at most
-`MAX_VOTERS` voters; further nodes stay learners and only store shards).
+running with the cluster's secret and not be a member yet) and makes it a
+storage-only node by default (it is told where the metadata group's members
+are, `ClusterSeeds`, and replays no log), or with ``replica`` a Raft learner
+(a non-voting copy of the namespace); it waits for the node to enter the
+node registry, sets its zone if given, and with ``voter`` makes it a learner
+and promotes it once it has caught up with the log (at most `MAX_VOTERS`
+voters).
 `DrainNode` marks the node "draining" (placement skips it; the `Mover`
 moves its shards off), hands its vote to a learner if one is up (else it is
 demoted only if three voters remain; otherwise it keeps its vote until it
@@ -53,7 +56,12 @@ from prismfs.meta.commands import ChunkRecord, MetaCommand, NodeInfo, SetNodeSta
 from prismfs.meta.namespace import Namespace
 from prismfs.node.config import ORPHAN_GRACE_S
 from prismfs.node.consensus import Consensus
-from prismfs.node.consensus_messages import ChangeMembership, RaftStatus, RaftStatusReply
+from prismfs.node.consensus_messages import (
+    ChangeMembership,
+    ClusterSeeds,
+    RaftStatus,
+    RaftStatusReply,
+)
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import I64, U64, Message, encode_message
 from prismfs.wire.messages import Ping, Pong
@@ -79,7 +87,7 @@ class NodeHealth(AdminMessage, frozen=True):
     capacity: U64
     used: U64
     silent_s: float  # since the leader last heard from it
-    role: str = ""  # voter, learner or "" (not in the Raft group)
+    role: str = ""  # voter, learner or storage (not in the Raft group)
     shards: U64 = 0  # shards the chunk records place on it
 
 
@@ -153,6 +161,9 @@ class AddNode(AdminMessage, frozen=True):
     address: str
     zone: str = ""
     voter: bool = False
+    replica: bool = False
+    """A non-voting replica of the namespace (a Raft learner); without it
+    or ``voter`` the node is storage-only."""
 
 
 class DrainNode(AdminMessage, frozen=True):
@@ -357,9 +368,17 @@ class Admin:
                 f"the cluster has {len(status.voters)} voters, the most it takes; "
                 "add the node without --voter (it stores shards all the same)"
             )
-        if node not in status.voters + status.learners:
+        replica = request.voter or request.replica
+        if replica and node not in status.voters + status.learners:
             await self._membership(ChangeMembership("add_learner", node, request.address))
             log.info("node %s at %s added as a learner", node, request.address)
+        elif not replica and known is None:
+            # Storage-only: it learns where the metadata group is and
+            # registers itself through it; it replays no log.
+            members = set(status.voters) | set(status.learners)
+            seeds = tuple(a for n, a in status.addresses if n in members and a)
+            await self.pool.call(request.address, ClusterSeeds(seeds), timeout=5)
+            log.info("node %s at %s added as storage-only", node, request.address)
         info = await self._registered(node)
         if request.zone and info.zone != request.zone:
             await self._propose(SetNodeZone(wall_ns(), node, request.zone))
@@ -368,7 +387,10 @@ class Admin:
             await self._membership(ChangeMembership("add_voter", node, request.address))
             log.info("node %s promoted to voter", node)
         role = _role(self.consensus.status(), node)
-        return self._changed(node, f"node {node} at {request.address} is a {role}")
+        what = {"voter": "a voter", "learner": "a learner (a non-voting replica)"}
+        return self._changed(
+            node, f"node {node} at {request.address} is {what.get(role, 'storage-only')}"
+        )
 
     async def _drain_node(self, request: DrainNode, call: Call) -> NodeChanged:
         self._leader_only()
@@ -488,7 +510,7 @@ class Admin:
                     await trio.sleep(0.2)
 
     async def _registered(self, node: str) -> NodeInfo:
-        """Wait for a new member to enter the node registry (it does, once it
+        """Wait for a new node to enter the node registry (it does, once it
         learns who leads)."""
         with trio.move_on_after(30):
             while True:
@@ -497,7 +519,7 @@ class Admin:
                     return info
                 await trio.sleep(0.2)
         raise DeadlineExceeded(
-            f"node {node} joined the Raft group but did not register within 30 s; "
+            f"node {node} was added but did not register within 30 s; "
             "is its data directory's cluster secret this cluster's?"
         )
 
@@ -534,9 +556,11 @@ class Admin:
 
 
 def _role(status: RaftStatusReply, node: str) -> str:
+    """A node's part in the metadata group: "voter", "learner" (a non-voting
+    replica of the namespace) or "storage" (outside the Raft group)."""
     if node in status.voters:
         return "voter"
-    return "learner" if node in status.learners else ""
+    return "learner" if node in status.learners else "storage"
 
 
 def _live(info: NodeInfo | None) -> bool:

@@ -78,6 +78,7 @@ from prismfs.node.consensus_messages import (
     TransferLeadership,
 )
 from prismfs.node.leases import Change, LeaseService, is_lookup
+from prismfs.node.metalink import MetadataLink
 from prismfs.raft.core import RaftNode
 from prismfs.raft.durable_log import DurableLog, FileSink, file_digest, read_image
 from prismfs.raft.lease import LeaderLease, lease_seconds
@@ -205,6 +206,8 @@ class Consensus:
         # the gate of changes. Set by the node; None: no leases.
         self.leases: LeaseService | None = None
         self.stats = Stats()  # per Ready: messages, thread hops, fsyncs, apply time
+        # A node outside the Raft group (storage-only) reaches it over RPC.
+        self.link = MetadataLink(raft_dir, node_id, pool)
 
     # --- start ---------------------------------------------------------------
 
@@ -216,6 +219,7 @@ class Consensus:
         server.register(ChangeMembership, self._on_membership)
         server.register(RaftStatus, self._on_status)
         server.register(TransferLeadership, self._on_transfer)
+        self.link.register(server)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         recovered = await trio.to_thread.run_sync(self.log.open)
@@ -249,6 +253,7 @@ class Consensus:
                 snapshot_chunk_bytes=self.cfg.max_batch_bytes // 2,
                 image_sink=(lambda meta: FileSink(self.log, meta)) if files else None,
                 read_image=read_image,
+                read_entries=self.log.read_entries,
                 lease=self.cfg.lease_reads,
             ),
             random.Random(secrets.randbits(64)),
@@ -269,6 +274,7 @@ class Consensus:
                 self._nursery = nursery
                 nursery.start_soon(self._ticker, name="raft-ticker")
                 nursery.start_soon(self._loop, name="raft-loop")
+                nursery.start_soon(self.link.run, self.is_member, self.address, name="meta-link")
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -556,6 +562,13 @@ class Consensus:
         conf_address = self.core.conf.address_of(node) if self.core else ""
         return conf_address or self._learned_addresses.get(node, "")
 
+    def is_member(self) -> bool:
+        """Is this node in the Raft group (a voter or a non-voting replica)?
+        Other nodes are storage-only: they hold no namespace and reach the
+        group through `link`."""
+        core = self.core
+        return core is not None and self.node_id in core.conf.members()
+
     async def _on_batch(self, request: RaftBatch, call: Call) -> RaftBatchAck:
         self._on_batch_notice(request, call.peer)
         return RaftBatchAck()
@@ -687,6 +700,12 @@ class Consensus:
             raise InvalidArgument("this state machine serves no queries")
         core = self.core
         leases = self.leases
+        if core is not None and not self.is_member():
+            # Storage-only: no namespace here; the group answers.
+            forwarded: QueryResult = await self._forward(
+                Query(op, holder, exclusive, lease), timeout
+            )
+            return forwarded
         if leases is not None and leases.enabled:
             if core is not None and core.role != Role.LEADER:
                 # Only the leader knows which directories are delegated.
@@ -769,6 +788,22 @@ class Consensus:
 
     def status(self) -> RaftStatusReply:
         core = self._require_core()
+        remote = self.link.status
+        if remote is not None and not self.is_member():
+            # What the group last told this storage-only node, with its own role.
+            return RaftStatusReply(
+                node_id=self.node_id,
+                role=self.role,
+                term=remote.term,
+                leader=remote.leader,
+                leader_address=remote.leader_address,
+                commit=0,
+                applied=0,
+                last_index=0,
+                voters=remote.voters,
+                learners=remote.learners,
+                addresses=remote.addresses,
+            )
         conf = core.conf
         return RaftStatusReply(
             node_id=self.node_id,
@@ -792,7 +827,7 @@ class Consensus:
         if core.role == Role.FOLLOWER and self.node_id in core.conf.learners:
             return "learner"
         if core.role == Role.FOLLOWER and self.node_id not in core.conf.members():
-            return "joining"
+            return "storage"
         return core.role.value
 
     async def _wait(self, waiter: _Waiter, timeout: float | None, what: str) -> None:
@@ -810,6 +845,10 @@ class Consensus:
         core = self._require_core()
         leader = core.leader
         address = self._address_of(leader) if leader else ""
+        remote = False
+        if not address and not self.is_member():
+            leader, address = self.link.leader
+            remote = True
         if not address or leader == self.node_id:
             raise NotLeader("no leader is known yet; retry shortly", leader=None)
         # If this node learns of another leader meanwhile (the old one crashed
@@ -821,6 +860,10 @@ class Consensus:
                 reply = await self.pool.call(
                     address, request, timeout=timeout or self.cfg.call_timeout
                 )
+            except PrismError as exc:
+                if remote and exc.transient:
+                    self.link.forget_leader()  # ask the members who leads now
+                raise
             finally:
                 self._forwarding.discard(scope)
         if scope.cancelled_caught:

@@ -167,3 +167,14 @@ class RaftStatusReply(ConsensusMessage, frozen=True):
     voters: tuple[str, ...]
     learners: tuple[str, ...]
     addresses: tuple[tuple[str, str], ...]
+
+
+class ClusterSeeds(ConsensusMessage, frozen=True):
+    """From the leader to a node it adds as storage-only: where the metadata
+    group's members are (`prismfs.node.metalink`)."""
+
+    addresses: tuple[str, ...]
+
+
+class ClusterSeedsAck(ConsensusMessage, frozen=True):
+    pass
