@@ -158,12 +158,15 @@ class Mount:
 
     def cleanup(self, extra: Sequence[subprocess.Popen[bytes]] = ()) -> None:
         """Unmount, kill the ``extra`` node processes a test started itself, stop
-        the dev cluster, and check that none of its processes is left."""
+        the dev cluster if there is one, and check that none of its processes
+        is left."""
         self.unmount()
         for proc in extra:
             if proc.poll() is None:
                 proc.kill()
             proc.wait(timeout=10)
+        if not (self.dir / "dev.json").exists():
+            return  # no dev cluster: the test started every node itself
         run_cli("dev", "down", "--dir", str(self.dir), env=self.env, timeout=60)
         for node in self.nodes():
             assert not process_alive(int(node["pid"]), str(node["data_dir"]))  # type: ignore[call-overload]

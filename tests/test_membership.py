@@ -26,6 +26,7 @@ import pytest
 
 from conftest import run_cli
 from fuse_mount import Mount, fuse_available
+from prismfs.client.config import write_client_toml
 from prismfs.procs import process_alive
 
 pytestmark = pytest.mark.timeout(600)
@@ -448,11 +449,87 @@ def test_storage_only_nodes_hold_shards_and_no_namespace(nodes: Nodes, tmp_path:
     )
     assert get_through(joined) == body
 
+    # A voter drained while one is down: its vote goes to a storage-only node,
+    # which becomes a learner, receives the namespace and then votes.
+    view = nodes.health()
+    drained = next(v for v in view["voters"] if v != view["leader"] and v != leader)
+    out = json.loads(nodes.ok("node", "drain", drained, "--json"))
+    heir = out["message"].rsplit("its vote went to ", 1)[-1]
+    assert heir in {n["node"] for n in storage_rows()}, out["message"]
+    view = nodes.health()
+    assert heir in view["voters"] and drained not in view["voters"]
+    assert len(view["voters"]) == 3
+    heir_dir = next(d for d in (joined_dir, added_dir) if heir in (d / "node.id").read_text())
+    db = sqlite3.connect(f"file:{heir_dir / 'meta' / 'namespace.db'}?mode=ro", uri=True)
+    try:
+        assert db.execute("SELECT count(*) FROM dentries").fetchone()[0] >= 1
+    finally:
+        db.close()
+    storage.discard(next(n["address"] for n in storage_rows() if n["node"] == heir))
+
     # Removed, a storage-only node is told so by the leader and stops.
+    added = next(iter(storage))
+    added_dir = added_dir if added != joined else joined_dir
     added_id = next(n["node"] for n in storage_rows() if n["address"] == added)
     nodes.ok("node", "remove", added_id, "--force")
     added_pid = int(json.loads((added_dir / "node.json").read_text())["pid"])
     wait_for(lambda: not process_alive(added_pid), 30, "the removed node to stop")
+
+
+def test_nodes_started_by_hand_get_three_voters_and_a_lost_voter_is_replaced(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """The README's way: one node founds the cluster, the others join with
+    --join (storage-only). The leader grows the group to three voters once
+    two more nodes are there (never to an even number on the way from one),
+    leaves further nodes storage-only, and hands the vote of a voter down
+    for `replace_down_voter_s` to an up node."""
+    nodes.config.write_text(NODE_TOML + "[raft]\nreplace_down_voter_s = 4\n")
+    founder = nodes.mount.dir / "node1"
+    assert run_cli("cluster", "init", "--data-dir", str(founder)).returncode == 0
+    first = nodes.start(founder, new=False)
+    write_client_toml(nodes.client_toml, [first], nodes.secret)
+    second = nodes.start(tmp_path / "n2", join=first)
+    wait_for(lambda: len(nodes.health()["nodes"]) == 2, 30, "the second node registered")
+    time.sleep(3)  # two voters would be worse than one: it waits for a third node
+    assert len(nodes.health()["voters"]) == 1
+    third = nodes.start(tmp_path / "n3", join=first)
+    wait_for(lambda: len(nodes.health()["voters"]) == 3, 90, "three voters")
+    fourth = nodes.start(tmp_path / "n4", join=first)
+    write_client_toml(nodes.client_toml, [first, second, third, fourth], nodes.secret)
+    wait_for(lambda: len(nodes.health()["nodes"]) == 4, 30, "the fourth node registered")
+    view = nodes.health()
+    roles = {n["address"]: n["role"] for n in view["nodes"]}
+    assert roles[fourth] == "storage" and len(view["voters"]) == 3
+
+    # A voter (not the leader) is lost: after the delay its vote goes to the
+    # fourth node, which receives the namespace first.
+    lost = next(n for n in view["nodes"] if n["role"] == "voter" and n["node"] != view["leader"])
+    lost_dir = next(
+        d for d in (founder, tmp_path / "n2", tmp_path / "n3")
+        if (d / "node.id").read_text().strip() == lost["node"]
+    )  # fmt: skip
+    kill9(int(json.loads((lost_dir / "node.json").read_text())["pid"]))
+    wait_for(
+        lambda: (
+            roles_of(nodes).get(fourth) == "voter" and lost["node"] not in nodes.health()["voters"]
+        ),
+        90,
+        "the lost voter replaced",
+    )
+    assert len(nodes.health()["voters"]) == 3
+    body = os.urandom(5 << 20)
+    (tmp_path / "f.src").write_bytes(body)
+    nodes.ok("put", str(tmp_path / "f.src"), "/f")  # the group of three commits
+    assert get(nodes, tmp_path, "f") == body
+
+
+def roles_of(nodes: Nodes) -> dict[str, str]:
+    return {n["address"]: n["role"] for n in nodes.health()["nodes"]}
+
+
+def voters_of(nodes: Nodes) -> list[str]:
+    return list(nodes.health()["voters"])
 
 
 # --- the CLI -----------------------------------------------------------------------------

@@ -185,7 +185,8 @@ async def serve_node(
                 mb_per_s=config.data.rebalance_mb_per_s,
                 delete_after_s=config.data.move_delete_after_s,
             )
-            Admin(consensus, namespace, pool, health, scrub, mover).register(service.server)
+            admin = Admin(consensus, namespace, pool, health, scrub, mover)
+            admin.register(service.server)
             await nursery.start(scrub.run)
             await nursery.start(mover.run)
             await nursery.start(consensus.run)
@@ -226,6 +227,9 @@ async def serve_node(
                 ", ".join(addresses),
             )
             nursery.start_soon(expire_sessions, consensus, leases)
+            nursery.start_soon(
+                admin.keep_voters, config.raft.voters, config.raft.replace_down_voter_s
+            )
             nursery.start_soon(_checkpoint_loop, namespace, consensus)
             if config.data.default_layout:
                 nursery.start_soon(

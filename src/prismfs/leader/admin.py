@@ -20,14 +20,18 @@ node registry, sets its zone if given, and with ``voter`` makes it a learner
 and promotes it once it has caught up with the log (at most `MAX_VOTERS`
 voters).
 `DrainNode` marks the node "draining" (placement skips it; the `Mover`
-moves its shards off), hands its vote to a learner if one is up (else it is
-demoted only if three voters remain; otherwise it keeps its vote until it
-is removed), and if it is the leader, hands leadership to another voter
-first and answers `NotLeader` (the CLI asks the new leader, which finds the
-node draining and goes on). `RemoveNode` refuses while some chunk could not
-do without the node's shard (fewer than k other live shards) unless
-``force``; otherwise it marks the node "removed" (its shards, if any, are
-rebuilt by repair) and takes it out of the Raft group. Each step is
+moves its shards off), hands its vote to an up node that does not vote
+(`_successor`: from the zone with the fewest remaining voters, a learner
+before a storage-only node, which first becomes a learner and catches up);
+with no such node it is demoted if more than three voters remain, and
+otherwise keeps its vote until it is removed. If it is the leader, it hands
+leadership to another voter first and answers `NotLeader` (the CLI asks the
+new leader, which finds the node draining and goes on). `RemoveNode`
+refuses while some chunk could not do without the node's shard (fewer than
+k other live shards) unless ``force``; otherwise it marks the node
+"removed" (its shards, if any, are rebuilt by repair), gives its vote to a
+successor first if three or fewer voters would be left, and takes it out of
+the Raft group. Each step is
 idempotent, so a retried request finishes what an interrupted one began.
 """
 
@@ -251,7 +255,7 @@ class Admin:
                     n.capacity,
                     n.used,
                     round(self.health.silent_for(n.node), 3),
-                    _role(status, n.node),
+                    _role(status, n.node, n),
                     shards.get(n.node, 0),
                 )
                 for n in registry
@@ -383,10 +387,8 @@ class Admin:
         if request.zone and info.zone != request.zone:
             await self._propose(SetNodeZone(wall_ns(), node, request.zone))
         if request.voter and node not in self.consensus.status().voters:
-            await self._caught_up(node, request.address)
-            await self._membership(ChangeMembership("add_voter", node, request.address))
-            log.info("node %s promoted to voter", node)
-        role = _role(self.consensus.status(), node)
+            await self._make_voter(node)
+        role = _role(self.consensus.status(), node, self._registry().get(node))
         what = {"voter": "a voter", "learner": "a learner (a non-voting replica)"}
         return self._changed(
             node, f"node {node} at {request.address} is {what.get(role, 'storage-only')}"
@@ -405,13 +407,11 @@ class Admin:
         if info.node in status.voters:
             if info.node == status.node_id:
                 await self._hand_leadership_away(status)
-            registry = self._registry()
-            learners = [n for n in status.learners if _live(registry.get(n))]
-            if learners:
-                await self._caught_up(learners[0], registry[learners[0]].address)
-                await self._membership(ChangeMembership("add_voter", learners[0]))
+            successor = self._successor(status, info.node)
+            if successor is not None:
+                await self._make_voter(successor)
                 await self._membership(ChangeMembership("demote", info.node))
-                vote = f"; its vote went to {learners[0]}"
+                vote = f"; its vote went to {successor}"
             elif len(status.voters) > 3:
                 await self._membership(ChangeMembership("demote", info.node))
                 vote = f"; it no longer votes ({len(status.voters) - 1} voters remain)"
@@ -456,6 +456,11 @@ class Admin:
             await self._hand_leadership_away(status)
         if info is not None and info.state != "removed":
             await self._propose(SetNodeState(wall_ns(), request.node, "removed"))
+        if request.node in status.voters and len(status.voters) <= 3:
+            # Keep three votes: another node takes this one first.
+            successor = self._successor(status, request.node)
+            if successor is not None:
+                await self._make_voter(successor)
         if member:
             await self._membership(ChangeMembership("remove", request.node))
         log.warning(
@@ -491,7 +496,7 @@ class Admin:
             node,
             info.address if info else "",
             info.state if info else "removed",
-            _role(self.consensus.status(), node),
+            _role(self.consensus.status(), node, info),
             shards,
             message,
         )
@@ -522,6 +527,93 @@ class Admin:
             f"node {node} was added but did not register within 30 s; "
             "is its data directory's cluster secret this cluster's?"
         )
+
+    async def keep_voters(self, target: int, replace_after_s: float, interval: float = 2.0) -> None:
+        """On the leader: keep ``target`` voters (3 or 5) by themselves. A
+        cluster with fewer grows when it can reach an odd number (a node at a
+        time, each a learner first); a voter down for ``replace_after_s``
+        hands its vote to an up node (`_successor`, zone-aware) and is
+        demoted. Larger groups an operator made are left as they are."""
+        while True:
+            await trio.sleep(interval)
+            if self.consensus.role != "leader":
+                continue
+            try:
+                await self._balance_voters(target, replace_after_s)
+            except PrismError as exc:
+                log.info("keeping %d voters: %s; will retry", target, exc.message)
+
+    async def _balance_voters(self, target: int, replace_after_s: float) -> None:
+        status = self.consensus.status()
+        registry = self._registry()
+        now = wall_ns()
+        for voter in status.voters:
+            info = registry.get(voter)
+            if (
+                info is None
+                or info.state != "down"
+                or not info.state_ns
+                or now - info.state_ns < replace_after_s * 1e9
+            ):
+                continue
+            successor = self._successor(status, voter)
+            if successor is None:
+                return
+            log.warning(
+                "voter %s has been down for over %g s: its vote goes to %s",
+                voter,
+                replace_after_s,
+                successor,
+            )
+            await self._make_voter(successor)
+            await self._membership(ChangeMembership("demote", voter))
+            return
+        voters = len(status.voters)
+        if voters >= target:
+            return
+        candidates = [n for n in registry.values() if _live(n) and n.node not in status.voters]
+        # From an odd number, grow only when the next odd one is in reach: an
+        # even group tolerates no more failures than the odd one below it.
+        if not candidates or (voters % 2 == 1 and len(candidates) < 2):
+            return
+        successor = self._successor(status, "")
+        if successor is not None:
+            log.info("the metadata group has %d voters of %d: adding %s", voters, target, successor)
+            await self._make_voter(successor)
+
+    def _successor(self, status: RaftStatusReply, leaving: str) -> str | None:
+        """Who takes the vote of ``leaving``: an up node that does not vote,
+        from the zone with the fewest of the remaining voters (so a zone's
+        loss takes as few votes as it can), a learner before a storage-only
+        node (it already holds the namespace); None if no node is up."""
+        registry = self._registry()
+        remaining = [v for v in status.voters if v != leaving]
+        per_zone: dict[str, int] = {}
+        for voter in remaining:
+            zone = registry[voter].zone if voter in registry else ""
+            per_zone[zone] = per_zone.get(zone, 0) + 1
+        candidates = [n for n in registry.values() if _live(n) and n.node not in status.voters]
+        if not candidates:
+            return None
+        learners = set(status.learners)
+        best = min(
+            candidates,
+            key=lambda n: (per_zone.get(n.zone, 0), n.node not in learners, n.node),
+        )
+        return best.node
+
+    async def _make_voter(self, node: str) -> None:
+        """Give ``node`` a vote: a storage-only node first becomes a learner
+        (it receives a snapshot of the namespace), and a learner votes once
+        it has applied the log up to this leader's commit index."""
+        address = self._node(node).address
+        status = self.consensus.status()
+        if node not in status.voters + status.learners:
+            await self._membership(ChangeMembership("add_learner", node, address))
+            log.info("node %s at %s added as a learner", node, address)
+        await self._caught_up(node, address)
+        await self._membership(ChangeMembership("add_voter", node, address))
+        log.info("node %s promoted to voter", node)
 
     async def _caught_up(self, node: str, address: str) -> None:
         """Wait until ``node`` has applied the log up to the leader's commit index."""
@@ -555,12 +647,15 @@ class Admin:
         )
 
 
-def _role(status: RaftStatusReply, node: str) -> str:
+def _role(status: RaftStatusReply, node: str, info: NodeInfo | None) -> str:
     """A node's part in the metadata group: "voter", "learner" (a non-voting
-    replica of the namespace) or "storage" (outside the Raft group)."""
+    replica of the namespace), "storage" (outside the Raft group), or ""
+    once removed."""
     if node in status.voters:
         return "voter"
-    return "learner" if node in status.learners else "storage"
+    if node in status.learners:
+        return "learner"
+    return "" if info is None or info.state == "removed" else "storage"
 
 
 def _live(info: NodeInfo | None) -> bool:

@@ -84,6 +84,11 @@ class RaftSection(_Section):
     snapshot_mb: int = 64
     snapshot_mb_per_s: float = 50.0
     lease_reads: bool = True
+    voters: int = 3
+    """How many voters the leader keeps by itself (3 or 5; others are
+    storage-only or non-voting replicas)."""
+    replace_down_voter_s: float = 600.0
+    """A voter down this long hands its vote to an up node."""
 
 
 class MetaSection(_Section):
@@ -251,6 +256,10 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("raft.snapshot_every must be at least 1")
     if raft.snapshot_mb < 1:
         raise ConfigError("raft.snapshot_mb must be at least 1")
+    if raft.voters not in (3, 5):
+        raise ConfigError("raft.voters must be 3 or 5")
+    if raft.replace_down_voter_s <= 0:
+        raise ConfigError("raft.replace_down_voter_s must be more than 0")
     if raft.snapshot_mb_per_s < 0:
         raise ConfigError("raft.snapshot_mb_per_s must be 0 (unpaced) or more")
     if not 0 < config.rpc.handshake_timeout <= 300:

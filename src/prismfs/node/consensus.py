@@ -116,8 +116,8 @@ class ConsensusConfig:
     snapshot_every: int = 10_000
     snapshot_bytes: int = 64 << 20
     """Also snapshot once this many bytes of entries applied since the last
-    one: the log between snapshots is held in memory (large batches of
-    creates make few, large entries)."""
+    one (large batches of creates make few, large entries): the log between
+    snapshots is on disk, and a new node replays all of it."""
     snapshot_mb_per_s: float = 50.0
     """How fast a snapshot copies the database (0: unpaced). Each replica
     snapshots on its own; a burst of a large copy delays the log's fsyncs
