@@ -137,7 +137,7 @@ def node_pids(cluster: Path) -> dict[str, int]:
     return {n["node_id"]: int(n["pid"]) for n in data["nodes"] if n.get("pid")}
 
 
-def measure(n_nodes: int, phase_s: float) -> dict[str, Any]:
+def measure(n_nodes: int, phase_s: float, keep_logs: Path | None = None) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="prismfs-bench-cluster-"))
     cluster = base / "cluster"
     env = {**os.environ, "PRISMFS_STATE_DIR": str(base / "state"), "PRISMFS_CONFIG": ""}
@@ -190,6 +190,7 @@ def measure(n_nodes: int, phase_s: float) -> dict[str, Any]:
                     "all_nodes_cpu": round(sum(used.values()) / elapsed, 3),
                     "worst_heartbeat_age_s": round(watch.worst_silence, 2),
                     "terms": sorted(watch.terms),
+                    "leader": leader,
                     **({"detail": detail} if detail else {}),
                 }
             )
@@ -252,6 +253,12 @@ def measure(n_nodes: int, phase_s: float) -> dict[str, Any]:
         }
     finally:
         mount.unmount()
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in [*cluster.glob("node*/node.log"), base / "extra.log"]:
+                if log.exists():
+                    name = log.name if log.parent == base else f"{log.parent.name}.log"
+                    shutil.copy(log, keep_logs / name)
         if extra is not None:
             with contextlib.suppress(ProcessLookupError):
                 extra.send_signal(signal.SIGTERM)
@@ -267,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--phase-s", type=float, default=20.0)
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the nodes' logs there at the end")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = measure(args.nodes, args.phase_s)
+    keep = Path(args.keep_logs) if args.keep_logs else None
+    result = measure(args.nodes, args.phase_s, keep)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

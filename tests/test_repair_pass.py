@@ -14,7 +14,14 @@ import trio
 
 from prismfs.leader import repair
 from prismfs.leader.repair import MAX_PARALLEL_CHUNKS, PER_NODE_CHUNKS, RepairStats
-from prismfs.meta.commands import ROOT_INO, ChunkRecord, CommitChunks, Mknod, RegisterNode
+from prismfs.meta.commands import (
+    ROOT_INO,
+    ChunkRecord,
+    CommitChunks,
+    Mknod,
+    NodeInfo,
+    RegisterNode,
+)
 from prismfs.meta.namespace import Namespace
 from test_meta_namespace import Driver
 
@@ -129,3 +136,47 @@ def test_rebalance_plans_from_a_cursor_that_goes_on_from_pass_to_pass(
         assert len(second) == MOVES_PER_PASS and not first & second
 
     trio.run(main)
+
+
+def test_a_chunk_whose_rebuilds_fail_on_two_nodes_at_once_raises_one_error() -> None:
+    """Two lost shards rebuilt on two nodes at once, both refusing (the chunk
+    was freed meanwhile, say): the caller gets one `PrismError`, which its
+    ``except`` handles, and not a group of two that would end the leader's
+    service (as it once stopped a leader during a rebalance)."""
+    from prismfs.data.rebuild import NotEnoughShardsToRepair
+    from prismfs.errors import PrismError
+
+    nodes = {
+        n: NodeInfo(n, f"127.0.0.1:{7000 + i}", "", 1 << 30, "up", 0) for i, n in enumerate(NODES)
+    }
+    rec = ChunkRecord(b"\x01" * 16, 100, 50, 2, 4, ("n0", "n1", "n2", "n3"))
+    calls: list[str] = []
+    both = trio.Event()
+
+    class Refusing:
+        async def call(self, address: str, message: Any, **kw: Any) -> Any:
+            calls.append(address)
+            await both.wait()  # both answers arrive together, as over the network
+            raise NotEnoughShardsToRepair("0 of the 2 shards needed are readable")
+
+    async def answer_both() -> None:
+        while len(calls) < 2:
+            await trio.sleep(0.001)
+        both.set()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_both)
+            with pytest.raises(PrismError) as raised:
+                await repair.repair_chunk(
+                    None,  # type: ignore[arg-type]
+                    Refusing(),  # type: ignore[arg-type]
+                    rec,
+                    {"n0", "n1"},
+                    nodes,
+                    RepairStats(),
+                )
+        assert isinstance(raised.value, NotEnoughShardsToRepair)
+
+    trio.run(main)
+    assert len(calls) == 2  # both targets were asked, at once

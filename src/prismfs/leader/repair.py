@@ -510,20 +510,30 @@ async def repair_chunk(
         jobs.setdefault(rec.nodes[i], []).append(i)
     from_nodes = addressed(rec, sources, nodes)
 
+    failed: list[PrismError] = []
+
     async def rebuild(target: str, indices: list[int]) -> None:
-        reply = await pool.call(
-            nodes[target].address,
-            RebuildShards(rec, tuple(indices), from_nodes),
-            timeout=REBUILD_TIMEOUT_S,
-        )
+        try:
+            reply = await pool.call(
+                nodes[target].address,
+                RebuildShards(rec, tuple(indices), from_nodes),
+                timeout=REBUILD_TIMEOUT_S,
+            )
+        except PrismError as exc:
+            failed.append(exc)
+            return
         assert isinstance(reply.message, ShardsRebuilt)
         stats.shards_written += reply.message.stored
         stats.bytes_written += reply.message.bytes_written
 
-    with single_exception():
-        async with trio.open_nursery() as nursery:
-            for target, indices in jobs.items():
-                nursery.start_soon(rebuild, target, indices)
+    async with trio.open_nursery() as nursery:
+        for target, indices in jobs.items():
+            nursery.start_soon(rebuild, target, indices)
+    if failed:
+        # One error for the caller, however many targets failed at once (a
+        # group of them would pass every ``except PrismError`` above); what
+        # the others rebuilt is an orphan the sweep deletes.
+        raise failed[0]
     if not missing:
         log.info("repair: rewrote shards %s of chunk %s in place", rewrite, rec.id.hex())
         return len(rewrite)
