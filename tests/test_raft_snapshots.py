@@ -8,6 +8,7 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
 import trio
 
 from prismfs.meta.commands import ROOT_INO, Mknod
@@ -87,6 +88,50 @@ async def test_a_snapshot_is_made_beside_the_loop_and_rebuilds_a_lost_database(
         assert rebuilt.digest() == digest
         nursery.cancel_scope.cancel()
     rebuilt.db.close()
+
+
+async def test_hashing_a_snapshot_image_holds_no_lock_the_log_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image's checksum is computed before the lock the Ready loop
+    persists under is taken: hashing gigabytes (a 4 GB image took seconds)
+    must not hold the log's fsyncs, or the leader loses its quorum."""
+    from prismfs.node import consensus as consensus_module
+
+    raft_dir = tmp_path / "raft"
+    prepare_bootstrap(raft_dir)
+    ns = Namespace(tmp_path / "meta.db")
+    started, release = threading.Event(), threading.Event()
+    real_digest = consensus_module.file_digest
+
+    def slow_digest(path: Path) -> tuple[bytes, int]:
+        started.set()
+        release.wait(30)
+        return real_digest(path)
+
+    monkeypatch.setattr(consensus_module, "file_digest", slow_digest)
+    cfg = ConsensusConfig(snapshot_every=20)
+    consensus = Consensus("n1", "127.0.0.1:1", raft_dir, None, ns, cfg)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(consensus.run)
+        await wait_for(lambda: consensus.role == "leader", "leadership")
+        seq = 0
+        for _ in range(25):
+            seq += 1
+            await consensus.propose("c1", seq, mknod(seq))
+        await wait_for(started.is_set, "the hashing to start")
+        with trio.fail_after(10):  # persisted, committed and applied meanwhile
+            for _ in range(40):
+                seq += 1
+                await consensus.propose("c1", seq, mknod(seq))
+        release.set()
+        await wait_for((raft_dir / "snapshot.meta").exists, "the snapshot to be saved")
+        await wait_for(lambda: not consensus._compacting, "the compaction to end")
+        core = consensus.core
+        assert core is not None and core.snapshot is not None
+        assert [p.name for p in raft_dir.glob("image-*.db")] == [core.snapshot.file.name]
+        nursery.cancel_scope.cancel()
+    ns.db.close()
 
 
 async def test_a_snapshot_is_also_made_after_enough_bytes_of_entries(tmp_path: Path) -> None:

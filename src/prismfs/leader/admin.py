@@ -215,6 +215,8 @@ class Admin:
         self.health = health
         self.scrub = scrub
         self.mover = mover
+        # Changes of who votes, one at a time: the voter keeper's and admins'.
+        self._voting = trio.Lock()
 
     def register(self, server: RpcServer) -> None:
         server.register(ClusterHealth, self._cluster_health)
@@ -386,11 +388,12 @@ class Admin:
         info = await self._registered(node)
         if request.zone and info.zone != request.zone:
             await self._propose(SetNodeZone(wall_ns(), node, request.zone))
-        if request.voter and node not in self.consensus.status().voters:
-            await self._make_voter(node)
+        async with self._voting:
+            if request.voter and node not in self.consensus.status().voters:
+                await self._make_voter(node)
         role = _role(self.consensus.status(), node, self._registry().get(node))
         what = {"voter": "a voter", "learner": "a learner (a non-voting replica)"}
-        return self._changed(
+        return await self._changed(
             node, f"node {node} at {request.address} is {what.get(role, 'storage-only')}"
         )
 
@@ -402,23 +405,24 @@ class Admin:
         if info.state != "draining":
             await self._propose(SetNodeState(wall_ns(), info.node, "draining", info.state))
             log.info("node %s is draining", info.node)
-        status = self.consensus.status()
         vote = ""
-        if info.node in status.voters:
-            if info.node == status.node_id:
-                await self._hand_leadership_away(status)
-            successor = self._successor(status, info.node)
-            if successor is not None:
-                await self._make_voter(successor)
-                await self._membership(ChangeMembership("demote", info.node))
-                vote = f"; its vote went to {successor}"
-            elif len(status.voters) > 3:
-                await self._membership(ChangeMembership("demote", info.node))
-                vote = f"; it no longer votes ({len(status.voters) - 1} voters remain)"
-            else:
-                vote = "; it keeps its vote until it is removed (no other node can take it)"
-        shards = len(self.mover.all_on(info.node))
-        return self._changed(
+        async with self._voting:
+            status = self.consensus.status()
+            if info.node in status.voters:
+                if info.node == status.node_id:
+                    await self._hand_leadership_away(status)
+                successor = self._successor(status, info.node)
+                if successor is not None:
+                    await self._make_voter(successor)
+                    await self._membership(ChangeMembership("demote", info.node))
+                    vote = f"; its vote went to {successor}"
+                elif len(status.voters) > 3:
+                    await self._membership(ChangeMembership("demote", info.node))
+                    vote = f"; it no longer votes ({len(status.voters) - 1} voters remain)"
+                else:
+                    vote = "; it keeps its vote until it is removed (no other node can take it)"
+        shards = len(await self.mover.all_on(info.node))
+        return await self._changed(
             info.node, f"node {info.node} is draining: {shards} shards to move off{vote}", shards
         )
 
@@ -429,7 +433,7 @@ class Admin:
             raise InvalidArgument(f"node {info.node} is {info.state}, not draining")
         await self._propose(SetNodeState(wall_ns(), info.node, "up", "draining"))
         log.info("drain of node %s cancelled", info.node)
-        return self._changed(
+        return await self._changed(
             info.node,
             f"node {info.node} takes new shards again (a vote it handed on stays where it "
             "went; `node add --voter` gives it one back)",
@@ -443,7 +447,7 @@ class Admin:
         member = request.node in status.voters + status.learners
         if info is None and not member:
             raise NotFound(f"no node {request.node} in the cluster")
-        held = self.mover.all_on(request.node)
+        held = await self.mover.all_on(request.node)
         lost = unavailable_nodes(self.namespace) | {request.node}
         needed = [r for r in held if _live_shards(r, lost, registry) < r.k]
         if needed and not request.force:
@@ -456,11 +460,13 @@ class Admin:
             await self._hand_leadership_away(status)
         if info is not None and info.state != "removed":
             await self._propose(SetNodeState(wall_ns(), request.node, "removed"))
-        if request.node in status.voters and len(status.voters) <= 3:
-            # Keep three votes: another node takes this one first.
-            successor = self._successor(status, request.node)
-            if successor is not None:
-                await self._make_voter(successor)
+        async with self._voting:
+            status = self.consensus.status()
+            if request.node in status.voters and len(status.voters) <= 3:
+                # Keep three votes: another node takes this one first.
+                successor = self._successor(status, request.node)
+                if successor is not None:
+                    await self._make_voter(successor)
         if member:
             await self._membership(ChangeMembership("remove", request.node))
         log.warning(
@@ -474,7 +480,7 @@ class Admin:
             message += f"; {len(held)} chunks had a shard on it and are rebuilt by repair"
         if needed:
             message += f"; {len(needed)} chunks could not be rebuilt"
-        return self._changed(request.node, message)
+        return await self._changed(request.node, message)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -487,11 +493,11 @@ class Admin:
             raise NotFound(f"no node {node} in the cluster")
         return info
 
-    def _changed(self, node: str, message: str, shards: int | None = None) -> NodeChanged:
+    async def _changed(self, node: str, message: str, shards: int | None = None) -> NodeChanged:
         """The answer to a membership command (``shards``: already counted)."""
         info = self._registry().get(node)
         if shards is None:
-            shards = len(self.mover.all_on(node)) if info else 0
+            shards = len(await self.mover.all_on(node)) if info else 0
         return NodeChanged(
             node,
             info.address if info else "",
@@ -539,7 +545,8 @@ class Admin:
             if self.consensus.role != "leader":
                 continue
             try:
-                await self._balance_voters(target, replace_after_s)
+                async with self._voting:
+                    await self._balance_voters(target, replace_after_s)
             except PrismError as exc:
                 log.info("keeping %d voters: %s; will retry", target, exc.message)
 

@@ -54,6 +54,7 @@ from prismfs.leader.repair import (
     chunk_pages,
     cluster_counts,
     commit_chunk_change,
+    off_loop,
     reencode_on_node,
     repair_chunk,
     usable,
@@ -177,10 +178,13 @@ class Mover:
                 log.info("drain of %s: moved %d shards, %d left", node, done, max(0, left - done))
         return moved
 
-    def all_on(self, node: str) -> list[ChunkRecord]:
-        """Every chunk record with a shard on ``node``, at once, on the loop: only
-        for a removal's check of what the node holds (an admin's command)."""
-        return [r for r in self.namespace.iter_chunks_on({node}) if node in r.nodes]
+    async def all_on(self, node: str) -> list[ChunkRecord]:
+        """Every chunk record with a shard on ``node``, at once, read in a
+        worker thread: only for an admin's command (a removal's check of what
+        the node holds, the count in an answer)."""
+        return await off_loop(
+            self.namespace, lambda view: [r for r in view.iter_chunks_on({node}) if node in r.nodes]
+        )
 
     # --- re-encoding ----------------------------------------------------------------------
 

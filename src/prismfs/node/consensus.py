@@ -142,6 +142,22 @@ class _Waiter:
             self.done.set()
 
 
+def _in_effect(change: ChangeMembership, conf: ConfState) -> bool:
+    """Does the membership ``conf`` already hold what ``change`` asks for?"""
+    if change.op == "add_voter":
+        return change.node in conf.voters
+    if change.op == "add_learner":
+        return change.node in conf.members()
+    if change.op == "demote":
+        return change.node in conf.learners
+    return change.node not in conf.members()  # remove
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 def _spread() -> float:
     """A factor in [0.75, 1.25) for the next snapshot's thresholds."""
     return 0.75 + random.random() / 2
@@ -495,13 +511,17 @@ class Consensus:
             if snapshot_to is not None:
                 copy = functools.partial(snapshot_to, tmp, mb_per_s=self.cfg.snapshot_mb_per_s)
                 index = await trio.to_thread.run_sync(copy)
+            checksum, size = b"", 0
+            if index is not None:
+                # Hashed before the log lock is taken: the Ready loop persists
+                # under it, and hashing gigabytes would hold its fsyncs.
+                checksum, size = await trio.to_thread.run_sync(file_digest, tmp)
             async with self._log_lock:
                 if index is None:
                     index = core.applied
                     if not core.compact(index, self.sm.snapshot()):
                         return
                 else:
-                    checksum, size = await trio.to_thread.run_sync(file_digest, tmp)
                     if index <= core.log.offset:  # a snapshot from the leader came first
                         tmp.unlink(missing_ok=True)
                         return
@@ -511,8 +531,11 @@ class Consensus:
                     core.compact(index, file=final, checksum=checksum, size=size)
                 snapshot = core.snapshot
                 assert snapshot is not None
-                await trio.to_thread.run_sync(self.log.save_snapshot, snapshot)
+                save = functools.partial(self.log.save_snapshot, snapshot, delete_stale=False)
+                stale = await trio.to_thread.run_sync(save)
                 await trio.to_thread.run_sync(self.log.compact, index)
+            # Outside the lock: freeing the old image's gigabytes takes a while.
+            await trio.to_thread.run_sync(_unlink_all, stale)
             elapsed = trio.current_time() - start
             self.stats.observe("raft.snapshot", elapsed)
             log.info("snapshot at index %d (%d bytes, %.2f s)", index, snapshot.size, elapsed)
@@ -778,6 +801,11 @@ class Consensus:
             reply = await self._forward(change, timeout)
             assert isinstance(reply, MembershipChanged)
             return reply
+        conf = core.conf
+        if _in_effect(change, conf):
+            # Already so (a retry, or another caller made the same change):
+            # done, as the caller wants, instead of an error.
+            return MembershipChanged(core.commit, conf.voters, conf.learners)
         conf_change = ConfChange(change.op, change.node, change.address)
         waiter = await self._append_and_wait(
             lambda core: core.propose_conf_change(conf_change), timeout, "membership change"

@@ -485,10 +485,12 @@ class DurableLog:
             self.fsyncs += 2
             self._term_vote = (hs.term, hs.vote)
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
+    def save_snapshot(self, snapshot: Snapshot, *, delete_stale: bool = True) -> list[Path]:
         """Make a snapshot durable and the latest. A file image must already
         be at `image_path` (it is fsynced here, before the meta that names it
-        is written); the image of the snapshot it replaces is deleted after."""
+        is written); the image of the snapshot it replaces is deleted after,
+        or with ``delete_stale=False`` returned for the caller to delete (a
+        large file takes a while to free)."""
         meta = encode_message(snapshot.meta)
         if snapshot.file is None:
             write_atomic(
@@ -506,8 +508,11 @@ class DurableLog:
             # was received while this one was being made, about to be saved.
             stale = [self.dir / "snapshot"]
             stale += [p for p in self.dir.glob("image-*.db") if p.name < snapshot.file.name]
+        if not delete_stale:
+            return stale
         for path in stale:
             path.unlink(missing_ok=True)
+        return []
 
     def _append(self, entries: list[Entry]) -> None:
         first = entries[0].index
