@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from prismfs.raft.core import RaftNode
 from prismfs.raft.messages import ConfState, Entry, HardState, RaftMessage
 from prismfs.raft.ready import RaftConfig, ReadState, Ready, Role, Snapshot
+from prismfs.sim.simulator import read_back
 
 
 @dataclass
@@ -27,13 +28,7 @@ class Disk:
 
     def read_entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
         """The driver's read-back of persisted entries (`RaftConfig.read_entries`)."""
-        out, size = [], 0
-        for entry in self.entries:
-            if lo <= entry.index < hi:
-                out.append(entry)
-                size += len(entry.data)
-                if size > max_bytes:
-                    break
+        out = read_back(self.entries, lo, hi, max_bytes)
         self.reads += len(out)
         return out
 

@@ -32,6 +32,23 @@ async def wait_for(condition, what: str, seconds: float = 10) -> None:  # type: 
             await trio.sleep(0.01)
 
 
+async def propose_past(consensus: Consensus, stuck: threading.Event, what: str) -> int:
+    """Once leader: 25 proposals (a snapshot every 20 starts), then, while
+    the snapshot is ``stuck`` in a worker thread, 40 more that must commit
+    within 10 s; returns the last sequence number."""
+    await wait_for(lambda: consensus.role == "leader", "leadership")
+    seq = 0
+    for _ in range(25):
+        seq += 1
+        await consensus.propose("c1", seq, mknod(seq))
+    await wait_for(stuck.is_set, what)
+    with trio.fail_after(10):
+        for _ in range(40):
+            seq += 1
+            await consensus.propose("c1", seq, mknod(seq))
+    return seq
+
+
 async def test_a_snapshot_is_made_beside_the_loop_and_rebuilds_a_lost_database(
     tmp_path: Path,
 ) -> None:
@@ -51,17 +68,8 @@ async def test_a_snapshot_is_made_beside_the_loop_and_rebuilds_a_lost_database(
     consensus = Consensus("n1", "127.0.0.1:1", raft_dir, None, ns, cfg)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(consensus.run)
-        await wait_for(lambda: consensus.role == "leader", "leadership")
-        seq = 0
-        for _ in range(25):
-            seq += 1
-            await consensus.propose("c1", seq, mknod(seq))
-        await wait_for(started.is_set, "the snapshot to start")
         # The copy is stuck in its thread; proposals still commit and apply.
-        with trio.fail_after(10):
-            for _ in range(40):
-                seq += 1
-                await consensus.propose("c1", seq, mknod(seq))
+        seq = await propose_past(consensus, started, "the snapshot to start")
         assert ns.applied >= 65
         assert not (raft_dir / "snapshot.meta").exists()
         release.set()
@@ -114,16 +122,9 @@ async def test_hashing_a_snapshot_image_holds_no_lock_the_log_needs(
     consensus = Consensus("n1", "127.0.0.1:1", raft_dir, None, ns, cfg)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         await nursery.start(consensus.run)
-        await wait_for(lambda: consensus.role == "leader", "leadership")
-        seq = 0
-        for _ in range(25):
-            seq += 1
-            await consensus.propose("c1", seq, mknod(seq))
-        await wait_for(started.is_set, "the hashing to start")
-        with trio.fail_after(10):  # persisted, committed and applied meanwhile
-            for _ in range(40):
-                seq += 1
-                await consensus.propose("c1", seq, mknod(seq))
+        # Persisted, committed and applied while the hashing is stuck.
+        seq = await propose_past(consensus, started, "the hashing to start")
+        assert ns.applied >= seq
         release.set()
         await wait_for((raft_dir / "snapshot.meta").exists, "the snapshot to be saved")
         await wait_for(lambda: not consensus._compacting, "the compaction to end")

@@ -115,15 +115,22 @@ class Disk:
 
     def read_entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
         """The driver's read-back of persisted entries (`RaftConfig.read_entries`)."""
-        out, size = [], 0
-        for entry in self.entries:
-            if lo <= entry.index < hi:
-                out.append(entry)
-                size += len(entry.data)
-                if size > max_bytes:
-                    break
+        out = read_back(self.entries, lo, hi, max_bytes)
         self.reads += len(out)
         return out
+
+
+def read_back(entries: list[Entry], lo: int, hi: int, max_bytes: int) -> list[Entry]:
+    """A disk model's `prismfs.raft.log.Loader`: the stored entries lo <= index
+    < hi, stopping after the first that takes their data past ``max_bytes``."""
+    out, size = [], 0
+    for entry in entries:
+        if lo <= entry.index < hi:
+            out.append(entry)
+            size += len(entry.data)
+            if size > max_bytes:
+                break
+    return out
 
 
 @dataclass
