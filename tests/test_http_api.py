@@ -327,7 +327,7 @@ def test_cluster_nodes_health_metrics_and_openapi(api: Api, tmp_path: Path) -> N
         r = c.post("/v1/nodes", json={"address": address, "zone": "z4"})
         assert r.status_code == 201, r.text
         added = r.json()
-        assert added["role"] == "learner" and added["state"] == "up"
+        assert added["role"] == "storage" and added["state"] == "up"  # neither voter nor replica
         r = c.post(f"/v1/nodes/{added['node']}/drain")
         assert r.status_code == 202 and r.json()["state"] == "draining"
         problem(c.post("/v1/nodes/nosuch/drain"), 404)

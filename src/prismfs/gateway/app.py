@@ -470,11 +470,19 @@ async def add_node(gw: Gateway, request: Request) -> Response:
         body = msgspec.json.decode(await request.body(), type=dict[str, Any])
     except msgspec.DecodeError as exc:
         raise InvalidArgument(f"the body must be a JSON object: {exc}") from None
-    address, zone, voter = body.get("address"), body.get("zone", ""), body.get("voter", False)
-    if not isinstance(address, str) or not isinstance(zone, str) or not isinstance(voter, bool):
-        raise InvalidArgument('expected {"address": "HOST:PORT", "zone": "...", "voter": false}')
+    address, zone = body.get("address"), body.get("zone", "")
+    voter, replica = body.get("voter", False), body.get("replica", False)
+    if (
+        not isinstance(address, str)
+        or not isinstance(zone, str)
+        or not isinstance(voter, bool)
+        or not isinstance(replica, bool)
+    ):
+        raise InvalidArgument(
+            'expected {"address": "HOST:PORT", "zone": "...", "voter": false, "replica": false}'
+        )
     parse_address(address)
-    reply = await gw.leader(AddNode(address, zone, voter), NodeChanged)
+    reply = await gw.leader(AddNode(address, zone, voter, replica), NodeChanged)
     return JSONResponse(_builtins(reply), status_code=201)
 
 

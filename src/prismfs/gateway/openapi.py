@@ -305,6 +305,11 @@ def openapi_document() -> dict[str, Any]:
                         "address": {"type": "string", "example": "127.0.0.1:7070"},
                         "zone": {"type": "string"},
                         "voter": {"type": "boolean"},
+                        "replica": {
+                            "type": "boolean",
+                            "description": "a non-voting copy of the namespace; "
+                            "without it or voter the node is storage-only",
+                        },
                     },
                 },
                 "NodeChanged": {
