@@ -1,6 +1,6 @@
 """A checksummed, fsync'd workload on a mounted PrismFS, run as its own process.
 
-    python tests/crash_workload.py DIR MANIFEST [--writers N] [--seed S]
+    python tests/crash_workload.py DIR MANIFEST [--writers N] [--seed S] [--no-fsync]
 
 Writer threads create files of random sizes (0 to 8 MiB; contents derived from
 their names), fsync each file and its directory, rename and unlink some of
@@ -11,6 +11,12 @@ failed: a ``done`` line is a promise the file system made. A writer never
 touches again a file whose operation failed (its fate is unknown). Runs until
 SIGTERM, then finishes the operation in progress and exits. `replay` turns a
 manifest into what must be on the file system; `check` compares.
+
+With ``--no-fsync`` the writers only create small files (up to 64 KiB, most
+of them small enough to ride inline in the metadata) and never fsync, as
+``tar x`` does not: ``done`` is written once ``close`` returned. That is no
+promise across a crash of the mount, but it is one across anything else (a
+leader change, a node lost): a running mount loses nothing it acknowledged.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ MAX_SIZE = 8 << 20
 DIRS = 4
 
 
-def body(name: str, seed: int) -> bytes:
+def body(name: str, seed: int, small: bool = False) -> bytes:
     """The content of file ``name``: its size and bytes follow from the name."""
     rng = random.Random(f"{seed}:{name}")
     kind = rng.random()
+    if small:
+        return rng.randbytes(rng.randrange(0, 2048) if kind < 0.7 else rng.randrange(8192, 65536))
     if kind < 0.3:
         size = rng.randrange(0, 8 * 1024)  # inline
     elif kind < 0.7:
@@ -64,8 +72,11 @@ class Manifest:
 
 
 class Writer:
-    def __init__(self, root: Path, manifest: Manifest, who: int, seed: int) -> None:
+    def __init__(
+        self, root: Path, manifest: Manifest, who: int, seed: int, fsync: bool = True
+    ) -> None:
         self.root = root
+        self.fsync = fsync
         self.manifest = manifest
         self.who = who
         self.seed = seed
@@ -83,7 +94,7 @@ class Writer:
         while not stop.is_set():
             choice = self.rng.random()
             try:
-                if choice < 0.7 or len(self.files) < 3:
+                if choice < 0.7 or len(self.files) < 3 or not self.fsync:
                     self.create()
                 elif choice < 0.85:
                     self.rename()
@@ -94,16 +105,18 @@ class Writer:
 
     def create(self) -> None:
         name = f"d{self.n % DIRS}/w{self.who}-{self.n:06d}"
-        data = body(name, self.seed)
+        data = body(name, self.seed, small=not self.fsync)
         digest = hashlib.sha256(data).hexdigest()
         op_id = self.op("create", path=name, sha=digest, size=str(len(data)))
         try:
             with open(self.root / name, "wb") as f:
                 for at in range(0, len(data), 256 * 1024):
                     f.write(data[at : at + 256 * 1024])
-                f.flush()
-                os.fsync(f.fileno())
-            fsync_dir((self.root / name).parent)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            if self.fsync:
+                fsync_dir((self.root / name).parent)
         except OSError as exc:
             self.manifest.write(op="error", id=op_id, error=repr(exc))
             raise
@@ -236,6 +249,7 @@ def main() -> None:
     root, manifest_path = Path(sys.argv[1]), Path(sys.argv[2])
     writers = int(sys.argv[sys.argv.index("--writers") + 1]) if "--writers" in sys.argv else 2
     seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 1
+    fsync = "--no-fsync" not in sys.argv
     for d in range(DIRS):
         (root / f"d{d}").mkdir(parents=True, exist_ok=True)
     fsync_dir(root)
@@ -243,7 +257,9 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = [
-        threading.Thread(target=Writer(root, manifest, w, seed).run, args=(stop,), daemon=True)
+        threading.Thread(
+            target=Writer(root, manifest, w, seed, fsync).run, args=(stop,), daemon=True
+        )
         for w in range(writers)
     ]
     for t in threads:

@@ -254,6 +254,50 @@ def test_a_delegation_ends_when_its_lease_surely_ended_and_a_change_recalls_it()
     assert t.delegate_of("k", 5.3) is None
 
 
+def test_a_delegates_own_change_leaves_its_unflushed_changes_flushable_until_another_comes() -> (
+    None
+):
+    """A mount sends a change of a directory it holds delegated the usual
+    way (changes of an earlier leader's delegation sent again): that ends
+    the delegation, but what it made under it and has not flushed yet still
+    applies, until somebody else reads or changes the directory. (A flush
+    refused there lost closed files when leaders changed under a writer.)"""
+    t = LeaseTable(D)
+    t.start(term=1, now=0.0)
+    t.blind_until = 0.0
+    g = t.grant("k", "a", now=1.0, exclusive=True)
+    assert g is not None and t.delegate_of("k", 1.0) == "a"
+    assert t.begin_change("k", "a", now=1.1) == {}  # its own: nobody to recall
+    assert t.delegate_of("k", 1.2) is None
+    assert t.flushable("k", "a", g, now=1.2)  # while its own change is pending
+    t.end_change("k", "a", now=1.3, exclusive=True)
+    assert t.flushable("k", "a", g, now=1.4)
+    assert not t.flushable("k", "b", g, now=1.4)
+    # Delegated again, and ended again by its own change: both still flush.
+    g2 = t.grant("k", "a", now=1.5, exclusive=True)
+    assert g2 is not None and g2 != g and t.delegate_of("k", 1.5) == "a"
+    t.begin_change("k", "a", now=1.6)
+    t.end_change("k", "a", now=1.7)
+    assert t.flushable("k", "a", g, now=1.8) and t.flushable("k", "a", g2, now=1.8)
+    t.touch("k", "b", now=1.9)  # somebody else reads it at the leader
+    assert not t.flushable("k", "a", g, now=2.0)
+    assert not t.flushable("k", "a", g2, now=2.0)
+
+    # Somebody else's change ends it too, at its start or, begun before, at its end.
+    g = t.grant("j", "a", now=3.0, exclusive=True)
+    assert g is not None
+    assert t.begin_change("j", "b", now=3.1) == {"a": g}  # recalls a
+    assert t.begin_change("j", "a", now=3.2) == {}
+    assert t.flushable("j", "a", g, now=3.3)  # recalled, not acknowledged: still counts
+    t.end_change("j", "b", now=3.4)
+    assert not t.flushable("j", "a", g, now=3.5)
+    g = t.grant("i", "a", now=4.0, exclusive=True)
+    assert g is not None
+    t.begin_change("i", "a", now=4.1)
+    t.begin_change("i", "b", now=4.2)
+    assert not t.flushable("i", "a", g, now=4.3)
+
+
 def test_a_holder_writes_back_only_under_an_exclusive_lease_with_time_to_flush() -> None:
     held = HeldLeases()
     assert held.granted("k", "v", (1, 1), D, sent_at=0.0, mark=held.mark("k"))

@@ -16,8 +16,10 @@ import trio
 
 from prismfs.errors import AlreadyExists, NotEmpty, NotFound, PrismError, SessionExpired
 from prismfs.meta.client import MetaClient, open_meta_client
-from prismfs.meta.commands import ROOT_INO
+from prismfs.meta.commands import ROOT_INO, Batch, BatchResults, Lookup, MetaOk, Mknod
+from prismfs.node.consensus_messages import Propose, Proposed
 from prismfs.wire.client import open_rpc_pool
+from prismfs.wire.codec import decode_message, encode_message
 from test_raft_cluster import Cluster, find_leader
 
 pytestmark = pytest.mark.timeout(240)
@@ -244,3 +246,47 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(cluster: Cluster
         await client.mkdir(ROOT_INO, b"still-works", 0o755)
     for node in nodes:
         assert "Traceback" not in (Path(str(node["data_dir"])) / "node.log").read_text()
+
+
+async def test_a_flush_under_a_failed_leaders_delegation_applies_once_through_the_new_one(
+    cluster: Cluster,
+) -> None:
+    """A mount's write-back flush the leader logged just before it was
+    killed, sent again to the new leader (which knows no delegation of the
+    old one): answered as the first time, applied once, not refused and not
+    lost; a later flush under that delegation goes the usual way."""
+    nodes = await trio.to_thread.run_sync(cluster.up)
+    addresses = [str(n["rpc_address"]) for n in nodes]
+    async with (
+        open_rpc_pool(cluster.creds, connect_timeout=1) as pool,
+        open_meta_client(pool, addresses) as client,
+    ):
+        d = await client.mkdir(ROOT_INO, b"d", 0o755)
+        with trio.fail_after(30):
+            while True:  # (a new leader delegates nothing while blind)
+                _, grant = await client.query_leased(Lookup(d.ino, b"f1"), exclusive=True)
+                if grant is not None and grant.exclusive:
+                    break
+                await trio.sleep(0.2)
+        delegated = ((d.ino, grant.term, grant.seq),)
+
+        def flush(seq: int, name: bytes) -> Propose:
+            op = encode_message(Batch(0, (encode_message(Mknod(0, d.ino, name, REG, 0, 0)),)))
+            return Propose("flusher", seq, op, client.session, delegated)
+
+        leader = await find_leader(pool, addresses)
+        first = (await pool.call(leader.leader_address, flush(1, b"f1"))).message
+        assert isinstance(first, Proposed)
+        victim = next(n for n in nodes if n["id"] == leader.node_id)
+        os.kill(int(victim["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+        survivors = [a for a in addresses if a != leader.leader_address]
+        new = await find_leader(pool, survivors)
+        again = (await pool.call(new.leader_address, flush(1, b"f1"), timeout=30)).message
+        assert isinstance(again, Proposed) and again.result == first.result
+        later = (await pool.call(new.leader_address, flush(2, b"f2"), timeout=30)).message
+        assert isinstance(later, Proposed)
+        results = decode_message(later.result)
+        assert isinstance(results, BatchResults)
+        assert isinstance(decode_message(results.results[0]), MetaOk)
+        client.addresses = survivors
+        assert sorted([e.name async for e in client.readdir(d.ino)]) == [b"f1", b"f2"]

@@ -35,8 +35,10 @@ in ``_open`` (released) until its prelude is sent, with many others, in
 creation order (`send_preludes`); one whose upload failed is uploaded
 again first. A delegation something is held back under is renewed until
 that is sent (`DirLeases.keep`). Elsewhere (a directory two mounts work
-in) creates and unlinks are synchronous. A flush the leader
-refuses (the delegation ended first: a leader change, a mount cut off for
+in) creates and unlinks are synchronous. A flush made under
+a delegation granted by a leader that is gone goes the usual way at the
+new one (`Consensus.propose`), once. A flush the leader refuses (the delegation ended
+first and somebody else was at the directory since: a mount cut off for
 longer than its lease) loses what it carried, and the next ``fsync``,
 ``fsyncdir`` or ``prismfs sync`` fails with EIO. Without leases
 (``no_leases``) deferral is bounded by ``settle_s`` as before.

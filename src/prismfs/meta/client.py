@@ -286,8 +286,8 @@ class MetaClient:
             # The leader that granted the delegation is gone, and its
             # successor knows none: the changes go the usual way (recalling
             # other holders) rather than being lost with a leader that
-            # failed. Other mounts may have read the directory without them
-            # meanwhile: the one window where write-back is not linearizable.
+            # failed. (A leader of this version does that itself, under the
+            # flush's own request id; one of an earlier version refuses.)
             log.warning("a delegation ended with its leader; %d changes sent again", len(ops))
             raw = decode_result(await self._propose(Batch(now_ns(), batch.ops), ops))
         if not isinstance(raw, BatchResults) or len(raw.results) != len(ops):

@@ -79,11 +79,16 @@ change the key in its own copy, answer at once, and send the changes later
   loses what was not fsynced in a crash, and says so (EIO on fsync). A late
   flush applied anyway would be worse: others would have read the key
   without it after it was acknowledged.
-* A new leader knows no delegation, so it refuses every flush of one the old
-  leader granted (the rule above): what a delegate had not flushed when
-  the leader changed is lost, and reads need not wait for it. Nor does it
-  know the old leader's shared leases: it delegates nothing while blind
-  (a delegation is a change; the model found this one).
+* A new leader knows no delegation, so no flush of one the old leader
+  granted applies as a flush (the rule above): the node applies it the
+  usual way instead, a change that recalls other holders, under the
+  flush's own request id (`prismfs.node.consensus.Consensus.propose`), so
+  one the old leader had logged applies once. Such a change by the
+  delegate itself ends its delegation of the key but not what it made
+  under it and has yet to flush: that stays flushable until somebody else
+  reads or changes the key (`begin_change` keeps it with the lapsed ones).
+  Nor does a new leader know the old leader's shared leases: it delegates
+  nothing while blind (a delegation is a change; the model found this one).
 * A delegation recalled for someone else's read or change makes the key
   shared for ``pingpong_s`` (no exclusive grants): two mounts working in one
   directory fall back to the synchronous way instead of trading the
@@ -166,7 +171,9 @@ class LeaseTable:
         self.delegations = 0  # keys delegated now (or until `delegate_of` sees them end)
         # key -> (holder, grant) of a delegation that ran out with nothing
         # else done to the key since: a late flush under it may still apply
-        self.lapsed: dict[Hashable, tuple[str, GrantId]] = {}
+        # (several: each own change of the delegate ends one, and the next
+        # delegation it gets may end the same way before its flushes came)
+        self.lapsed: dict[Hashable, tuple[str, frozenset[GrantId]]] = {}
 
     def start(self, term: int, now: float) -> None:
         """This node became leader of ``term`` at ``now``: it knows no lease,
@@ -230,9 +237,7 @@ class LeaseTable:
         held = state.holders.get(state.delegate)
         if held is None or held[1] <= now:
             if held is not None and not state.touched and not state.pending:
-                if len(self.lapsed) >= MAX_LAPSED:
-                    self.lapsed.clear()  # (their late flushes are refused: the safe side)
-                self.lapsed[key] = (state.delegate, held[0])
+                self._lapse(key, state.delegate, held[0])
             state.delegate = None
             self.delegations -= 1
             return None
@@ -252,14 +257,26 @@ class LeaseTable:
     def flushable(self, key: Hashable, holder: str, gid: GrantId, now: float) -> bool:
         """Whether a flush made under ``holder``'s delegation ``gid`` of
         ``key`` may be applied: the delegation lasts, or it ran out (its
-        holder was too slow to renew or flush it) and since then nobody
-        else read or changed the key and no change of it began, so the
-        flush is as if on time. One that was recalled, or ended by a
+        holder was too slow to renew or flush it) or was ended by the
+        holder's own change, and since then nobody else read or changed
+        the key and no change of it by anybody else began, so the flush is
+        as if on time. One that was recalled, or ended by somebody else's
         change, is over for good."""
         if self.delegation(key, now) == (holder, gid):
             return True
-        state = self._keys.get(key)
-        return state is not None and not state.pending and self.lapsed.get(key) == (holder, gid)
+        lapsed = self.lapsed.get(key)
+        return lapsed is not None and lapsed[0] == holder and gid in lapsed[1]
+
+    def _lapse(self, key: Hashable, holder: str, gid: GrantId) -> None:
+        """``holder``'s delegation ``gid`` of ``key`` ended with nobody
+        else at the key: a late flush under it may still apply."""
+        lapsed = self.lapsed.get(key)
+        if lapsed is not None and lapsed[0] == holder:
+            self.lapsed[key] = (holder, lapsed[1] | {gid})
+            return
+        if len(self.lapsed) >= MAX_LAPSED:
+            self.lapsed.clear()  # (their late flushes are refused: the safe side)
+        self.lapsed[key] = (holder, frozenset((gid,)))
 
     def flushing(self, holder: str, now: float) -> None:
         """A flush from ``holder`` arrived at ``now``. Each of its delegations
@@ -323,11 +340,20 @@ class LeaseTable:
                 self._recalling.clear()
             self._recalling.setdefault(delegate, set()).add(key)
         state.touched = True
-        self.lapsed.pop(key, None)
+        lapsed = self.lapsed.get(key)
+        if lapsed is not None and lapsed[0] != writer:
+            del self.lapsed[key]
         own = state.holders.pop(writer, None)
         if state.delegate is not None and state.delegate == writer:
             state.delegate = None
             self.delegations -= 1
+            if own is not None:
+                # The delegate's own change (sent the usual way: say, changes
+                # of an earlier leader's delegation sent again) ends its
+                # delegation, not what it made under it and has yet to flush:
+                # nobody else was at the key, so those may still apply until
+                # somebody else is.
+                self._lapse(key, writer, own[0])
         if own is not None and own[1] > now and not state.pending:
             state.continuing[writer] = own[0]
         if not state.pending:
@@ -380,6 +406,9 @@ class LeaseTable:
         continuation) when the writer keeps its lease through the change;
         with ``exclusive`` the continuation is a delegation where `grant`
         would give one (`delegate_of` tells)."""
+        lapsed = self.lapsed.get(key)
+        if lapsed is not None and lapsed[0] != writer:
+            del self.lapsed[key]  # (somebody else's change: a late flush would come after it)
         state = self._keys.get(key)
         if state is None:
             return None

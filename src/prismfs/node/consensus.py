@@ -636,6 +636,8 @@ class Consensus:
         change = None
         if delegated and (self.leases is None or not self.leases.enabled):
             raise DelegationLost("this cluster grants no delegations (leases are off)")
+        if delegated and self.leases is not None:
+            delegated = self._current_delegations(delegated)
         if self.leases is not None:
             seconds = self.cfg.call_timeout if timeout is None else timeout
             with trio.move_on_after(seconds if seconds > 0 else math.inf) as scope:
@@ -668,6 +670,24 @@ class Consensus:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._finish_later, change, waiter)
         return Proposed(waiter.index, waiter.result, grants)
+
+    def _current_delegations(
+        self, delegated: tuple[tuple[int, int, int], ...]
+    ) -> tuple[tuple[int, int, int], ...]:
+        """The delegations a flush names that this leader's term granted.
+        One granted by an earlier leader is unknown here: its directory's
+        changes go the usual way instead (the gate recalls other holders),
+        under the flush's own client and seq, so a flush the old leader
+        had logged already applies once, not twice, and nothing a mount
+        acknowledged is lost with a leader that failed. (Other mounts may
+        have read the directory without them meanwhile: the one window
+        where write-back is not linearizable.)"""
+        assert self.leases is not None
+        term = self.leases.table.term
+        current = tuple(d for d in delegated if d[1] >= term)
+        if len(current) < len(delegated):
+            self.stats.count("leases.flush_of_earlier_leader")
+        return current
 
     async def _finish_later(self, change: Change, waiter: _Waiter) -> None:
         await waiter.done.wait()

@@ -342,6 +342,17 @@ class LeaseService:
                     keys.add(key)
                     continue
                 self.stats.count("leases.flush_refused")
+                if term == self.table.term:
+                    log.warning(
+                        "directory %d: a flush from %s under its delegation (%d, %d) refused: "
+                        "the delegation now is %s, a late flush would be under %s",
+                        key,
+                        holder,
+                        term,
+                        seq,
+                        self.table.delegation(key, now),
+                        self.table.lapsed.get(key),
+                    )
                 raise DelegationLost(
                     f"the delegation of directory {key} ended before its changes were "
                     "flushed; they were not applied",
