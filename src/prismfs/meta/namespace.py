@@ -46,6 +46,7 @@ dispatch of commands and queries, transactions, snapshots and migrations.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import stat
@@ -147,6 +148,9 @@ def _check_sound(db: sqlite3.Connection) -> None:
     if verdict != [("ok",)]:
         problems = "; ".join(str(row[0]) for row in verdict[:3])
         raise LogCorrupt(f"the snapshot image is damaged: {problems}")
+
+
+log = logging.getLogger("prismfs.meta.namespace")
 
 
 class Namespace(InodeTables):
@@ -271,11 +275,34 @@ class Namespace(InodeTables):
             self.db.execute("ALTER TABLE chunks ADD COLUMN reduced INTEGER NOT NULL DEFAULT 0")
         if version < 6:
             self._index_all_shards()
+        if self._without_rowid("chunks"):
+            self._rebuild_chunks()
         if "state_ns" not in self._columns("nodes"):
             # When a node's state last changed (0: unknown, before schema 7).
             self.db.execute("ALTER TABLE nodes ADD COLUMN state_ns INTEGER NOT NULL DEFAULT 0")
         self.db.execute("UPDATE state SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
         self.db.execute("COMMIT")
+
+    def _without_rowid(self, table: str) -> bool:
+        row = self.db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        return row is not None and "WITHOUT ROWID" in str(row[0]).upper()
+
+    def _rebuild_chunks(self) -> None:
+        """Schema 8: the chunk records move to a rowid table (see
+        `SCHEMA_VERSION`), in one pass over them, inside the migration's
+        transaction."""
+        log.info("rebuilding the chunk table for schema %d (once)", SCHEMA_VERSION)
+        self.db.execute("ALTER TABLE chunks RENAME TO chunks_v7")
+        self.db.execute("DROP INDEX IF EXISTS chunks_by_id")
+        self.db.execute("DROP INDEX IF EXISTS chunks_reduced")
+        table = SCHEMA.split("CREATE TABLE IF NOT EXISTS chunks", 1)[1].split(";", 1)[0]
+        self.db.execute("CREATE TABLE chunks" + table)
+        self.db.execute("CREATE INDEX chunks_by_id ON chunks (chunk_id)")
+        self.db.execute(
+            "INSERT INTO chunks (ino, idx, record, chunk_id, reduced)"
+            " SELECT ino, idx, record, chunk_id, reduced FROM chunks_v7 ORDER BY ino, idx"
+        )
+        self.db.execute("DROP TABLE chunks_v7")
 
     def _columns(self, table: str) -> set[str]:
         return {str(r[1]) for r in self.db.execute(f"PRAGMA table_info({table})")}

@@ -19,7 +19,11 @@ MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
+"""8: `chunks` is a rowid table. A record carrying a small file's data inline
+(up to a few KiB) fits in a rowid table's page; in a WITHOUT ROWID table
+(schema 7 and before) one over about 1,000 bytes spilled to overflow
+pages, a page and more per small file."""
 ORPHAN_GRACE_NS = 2 * 10**9
 """An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
 every few seconds) once a whole sweep interval and this much of the leader's
@@ -68,7 +72,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     chunk_id BLOB NOT NULL,
     reduced INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (ino, idx)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (chunk_id);
 CREATE TABLE IF NOT EXISTS gc (
     seq INTEGER PRIMARY KEY,
