@@ -157,3 +157,28 @@ async def test_a_snapshot_is_also_made_after_enough_bytes_of_entries(tmp_path: P
         assert core is not None and core.log.offset >= 3
         nursery.cancel_scope.cancel()
     ns.db.close()
+
+
+def test_an_old_image_is_cut_down_a_step_at_a_time_before_it_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freeing a large image at once is one long journal commit the log's
+    fsyncs wait behind: it is truncated a step at a time first."""
+    import os
+
+    from prismfs.node import consensus
+
+    big, small = tmp_path / "big.img", tmp_path / "small.img"
+    big.write_bytes(b"x" * (10 << 20) + b"y")
+    small.write_bytes(b"z" * 100)
+    sizes: list[int] = []
+    real = os.ftruncate
+
+    def ftruncate(fd: int, size: int) -> None:
+        sizes.append(size)
+        real(fd, size)
+
+    monkeypatch.setattr(consensus.os, "ftruncate", ftruncate)
+    consensus._unlink_all([big, small, tmp_path / "gone.img"], step=1 << 20, pause=0)
+    assert not big.exists() and not small.exists()
+    assert sizes == [(10 << 20) + 1 - n * (1 << 20) for n in range(1, 11)]

@@ -45,8 +45,10 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import random
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,8 +155,27 @@ def _in_effect(change: ChangeMembership, conf: ConfState) -> bool:
     return change.node not in conf.members()  # remove
 
 
-def _unlink_all(paths: list[Path]) -> None:
+TRUNCATE_STEP = 64 << 20
+
+
+def _unlink_all(paths: list[Path], step: int = TRUNCATE_STEP, pause: float = 0.01) -> None:
+    """Delete old snapshot images; call it in a worker thread. A large one
+    is cut down ``step`` bytes at a time first: freeing gigabytes of a
+    file at once is one long journal commit on ext4, and the Raft log's
+    fsyncs on the same file system wait behind it."""
     for path in paths:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            while size > step:
+                size -= step
+                os.ftruncate(fd, size)
+                time.sleep(pause)
+        finally:
+            os.close(fd)
         path.unlink(missing_ok=True)
 
 
