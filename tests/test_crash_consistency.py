@@ -8,7 +8,10 @@ real mount of a real 3-node cluster, one fault per test:
 - a follower cut off from the leader (an injected network partition);
 - the leader's wall clock jumped 120 s ahead (an injected clock);
 - an apply error on one replica (its metadata database held locked by another
-  process, as an operator's sqlite3 shell would: SQLITE_BUSY).
+  process, as an operator's sqlite3 shell would: SQLITE_BUSY);
+- the leader stopped (SIGSTOP) three times for longer than an election under
+  writers that close small files without fsync (``crash_workload.py
+  --no-fsync``): a running mount loses nothing it acknowledged.
 
 After recovery, every operation the workload saw succeed (recorded only after
 its fsync and fsyncdir) is checked: every file present and byte-exact, nothing
@@ -220,34 +223,28 @@ def test_leader_killed(crash: Crash) -> None:
     crash.settled()
 
 
-@pytest.mark.parametrize("fault", ["kill", "pause"])
-def test_files_closed_without_fsync_survive_leader_changes(crash: Crash, fault: str) -> None:
+def test_files_closed_without_fsync_survive_leader_changes(crash: Crash) -> None:
     """Small files closed without fsync (held back in the mount's write-back,
-    under directory delegations) while the leader is lost three times
-    (``kill``: kill -9, then restarted; ``pause``: stopped for longer than an
-    election, as a leader stalled on its disk, then continued): a running
-    mount loses none of them and fails none, as seen from a second mount."""
+    under directory delegations) while the leader is stopped three times
+    for longer than an election (as a leader stalled on its disk), then
+    continued: a running mount loses none of them and fails none, as seen
+    from a second mount. (Before the fix, 4 to 6 of about 8,000 were lost.)"""
     crash.start_workload("--no-fsync", "--writers", "4")
     crash.run_for(3)
     for _ in range(3):
         leader = crash.leader()
-        if fault == "kill":
-            crash.kill(leader)
-            crash.run_for(4)
-            crash.restart(leader)
-        else:
-            os.kill(int(leader["pid"]), signal.SIGSTOP)
-            try:
-                crash.run_for(3)
-            finally:
-                os.kill(int(leader["pid"]), signal.SIGCONT)
+        os.kill(int(leader["pid"]), signal.SIGSTOP)
+        try:
+            crash.run_for(3)
+        finally:
+            os.kill(int(leader["pid"]), signal.SIGCONT)
         wait_for(crash.all_up, 60, "every node up")
         crash.run_for(3)
     crash.stop_workload()
     other = Mount(crash.base, "mnt2")
     try:
         other.mount()
-        crash.verify(f"leader lost three times ({fault}), no fsync", root=other.point)
+        crash.verify("leader stopped three times, no fsync", root=other.point)
     finally:
         other.unmount()
 
