@@ -524,6 +524,48 @@ def test_nodes_started_by_hand_get_three_voters_and_a_lost_voter_is_replaced(
     assert get(nodes, tmp_path, "f") == body
 
 
+def test_an_operator_pins_and_excludes_voters(nodes: Nodes, tmp_path: Path) -> None:
+    """`prismfs node voting`: a pinned storage-only node takes the vote of a
+    voter that is not pinned (the group stays at three); a voter that must
+    never vote hands its vote on, the leader its leadership first; bad
+    input is one line and changes nothing."""
+    started = nodes.up(3)
+    first = str(started[0]["rpc_address"])
+    fourth = nodes.start(tmp_path / "n4", join=first)
+    addresses = [str(n["rpc_address"]) for n in started] + [fourth]
+    write_client_toml(nodes.client_toml, addresses, nodes.secret)
+    wait_for(lambda: len(nodes.health()["nodes"]) == 4, 30, "the fourth node registered")
+    n4 = next(n["node"] for n in nodes.health()["nodes"] if n["address"] == fourth)
+    assert roles_of(nodes)[fourth] == "storage"
+
+    out = json.loads(nodes.ok("node", "voting", n4, "pin", "--json"))
+    assert out["node"] == n4 and "vote" in out["message"]
+    wait_for(lambda: n4 in voters_of(nodes), 90, "the pinned node votes")
+    wait_for(lambda: len(voters_of(nodes)) == 3, 60, "three voters again")
+    view = nodes.health()
+    assert next(n["voting"] for n in view["nodes"] if n["node"] == n4) == "pin"
+    assert "voter (pin)" in nodes.ok("cluster", "status")
+
+    # The leader itself must never vote: leadership moves, then its vote.
+    leader = view["leader"]
+    nodes.ok("node", "voting", leader, "never")
+    wait_for(
+        lambda: (h := nodes.health())["leader"] != leader and leader not in h["voters"],
+        90,
+        "the excluded leader hands leadership and vote away",
+    )
+    assert len(voters_of(nodes)) == 3 and n4 in voters_of(nodes)
+    time.sleep(3)  # (the keeper does not give it a vote back)
+    assert leader not in voters_of(nodes)
+
+    # Bad input: one line, exit non-zero, nothing changes.
+    before = {n["node"]: n["voting"] for n in nodes.health()["nodes"]}
+    for args in (("nosuchnode", "pin"), (n4, "always")):
+        code, out, err = nodes.cli("node", "voting", *args)
+        assert code != 0 and "Traceback" not in err and err.strip(), (args, out, err)
+    assert {n["node"]: n["voting"] for n in nodes.health()["nodes"]} == before
+
+
 def roles_of(nodes: Nodes) -> dict[str, str]:
     return {n["address"]: n["role"] for n in nodes.health()["nodes"]}
 

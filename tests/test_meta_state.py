@@ -344,6 +344,7 @@ def test_an_older_database_is_migrated(tmp_path: Path) -> None:
     ns.db.execute("DELETE FROM state WHERE key = 'clock_ns'")
     ns.db.execute("DELETE FROM state WHERE key = 'gc_pending'")  # counted by schema 5
     ns.db.execute("ALTER TABLE nodes DROP COLUMN state_ns")  # schema 7
+    ns.db.execute("ALTER TABLE nodes DROP COLUMN voting")  # schema 9
     for seq in (1, 2):
         ns.db.execute("INSERT INTO gc VALUES (?, x'00', x'00')", (seq,))
     ns.db.close()
@@ -752,6 +753,21 @@ def test_node_registry(d: Driver) -> None:
         d.run(RegisterNode(11, "n2", "10.0.0.2:7070"))
     with pytest.raises(NotFound):
         d.run(SetNodeState(12, "n9", "up"))
+    # Voting: auto until an administrator pins or excludes it; a restart keeps it.
+    from prismfs.errors import InvalidArgument
+    from prismfs.meta.commands import SetNodeVoting
+
+    assert [n.voting for n in d.ns.nodes()] == ["auto", "auto"]
+    d.run(SetNodeVoting(13, "n1", "pin"))
+    d.run(RegisterNode(14, "n1", "10.0.0.9:7070", "rack-a", 1 << 41))
+    assert d.ns.nodes()[0].voting == "pin"
+    d.run(SetNodeVoting(15, "n1", "never"))
+    assert d.ns.nodes()[0].voting == "never"
+    with pytest.raises(InvalidArgument):
+        d.run(SetNodeVoting(16, "n1", "always"))
+    with pytest.raises(NotFound):
+        d.run(SetNodeVoting(17, "n9", "pin"))
+    assert d.ns.nodes()[0].voting == "never"
 
 
 def test_a_damaged_snapshot_image_is_refused_and_changes_nothing(tmp_path: Path) -> None:
@@ -1010,7 +1026,7 @@ def test_a_schema_7_chunk_table_is_rebuilt_and_small_files_take_less_room(tmp_pa
     old.ns.db.close()
     migrated = Namespace(tmp_path / "old.db")
     assert not migrated._without_rowid("chunks")
-    assert migrated.db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()[0] == 8
+    assert migrated.db.execute("SELECT value FROM state WHERE key = 'schema'").fetchone()[0] >= 8
     assert [migrated.chunk_map(ino) for ino in range(2, 502)] == maps
     # (the digest covers the schema version too; everything else is equal)
     migrated.db.execute("UPDATE state SET value = 7 WHERE key = 'schema'")

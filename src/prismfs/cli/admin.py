@@ -39,6 +39,7 @@ from prismfs.leader.admin import (
     ScrubReport,
     ScrubStart,
     ScrubStatus,
+    SetVoting,
 )
 from prismfs.node.config import MIN_REPAIR_GRACE_S, ORPHAN_GRACE_S
 from prismfs.wire.address import parse_address
@@ -84,7 +85,7 @@ def node_rows(h: ClusterHealthReply) -> list[dict[str, str]]:
             "address": n.address,
             "zone": n.zone or "-",
             "state": n.state,
-            "raft": n.role or "-",
+            "raft": (n.role or "-") + ("" if n.voting == "auto" else f" ({n.voting})"),
             "shards": str(n.shards),
             "used": _size(n.used),
             "capacity": _size(n.capacity),
@@ -266,6 +267,19 @@ def register(
         holds shards some chunk cannot do without, unless --force; shards it still
         holds are rebuilt elsewhere by repair."""
         changed(membership(client, RemoveNode(node_id, force)), as_json)
+
+    @node.command("voting")
+    @client_options
+    @click.argument("node_id", metavar="ID")
+    @click.argument("voting", type=click.Choice(["auto", "pin", "never"]))
+    @json_option
+    def node_voting(client: ClientConfig, node_id: str, voting: str, as_json: bool) -> None:
+        """Pin node ID to the metadata voters (pin), keep it from ever voting
+        (never), or leave it to the leader (auto, the default). The leader
+        keeps [raft] voters (3 or 5) voters: a pinned node that is up gets a
+        vote before any other, taking it from one that is not pinned; a
+        voter that must never vote hands its vote to another node."""
+        changed(membership(client, SetVoting(node_id, voting)), as_json)
 
     @node.command("list")
     @client_options

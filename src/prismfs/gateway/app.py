@@ -78,6 +78,7 @@ from prismfs.leader.admin import (
     DrainNode,
     NodeChanged,
     RemoveNode,
+    SetVoting,
 )
 from prismfs.meta.client import MetaClient
 from prismfs.meta.commands import RENAME_NOREPLACE, Attr
@@ -491,6 +492,18 @@ async def drain_node(gw: Gateway, request: Request) -> Response:
     return JSONResponse(_builtins(await gw.leader(DrainNode(node), NodeChanged)), status_code=202)
 
 
+async def set_voting(gw: Gateway, request: Request) -> Response:
+    node = str(request.path_params["node"])
+    try:
+        body = msgspec.json.decode(await request.body(), type=dict[str, Any])
+    except msgspec.DecodeError as exc:
+        raise InvalidArgument(f"the body must be a JSON object: {exc}") from None
+    voting = body.get("voting")
+    if voting not in ("auto", "pin", "never"):
+        raise InvalidArgument('expected {"voting": "auto" | "pin" | "never"}')
+    return JSONResponse(_builtins(await gw.leader(SetVoting(node, voting), NodeChanged)))
+
+
 async def remove_node(gw: Gateway, request: Request) -> Response:
     node = str(request.path_params["node"])
     reply = await gw.leader(RemoveNode(node, _flag(request, "force")), NodeChanged)
@@ -565,6 +578,7 @@ ROUTES: list[tuple[str, list[str], Handler, str]] = [
     ("/v1/nodes", ["GET"], list_nodes, "read"),
     ("/v1/nodes", ["POST"], add_node, "admin"),
     ("/v1/nodes/{node}/drain", ["POST"], drain_node, "admin"),
+    ("/v1/nodes/{node}/voting", ["PUT"], set_voting, "admin"),
     ("/v1/nodes/{node}", ["DELETE"], remove_node, "admin"),
     ("/v1/health", ["GET"], health, ""),
     ("/v1/openapi.json", ["GET"], openapi, ""),

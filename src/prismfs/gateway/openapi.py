@@ -208,6 +208,20 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"202": _json("Draining", NODE_CHANGED), **_problems(404, 409)},
                 },
             },
+            "/v1/nodes/{node}/voting": {
+                "parameters": [NODE_PARAM],
+                "put": {
+                    "summary": "Pin a node to the metadata voters, exclude it, or leave it "
+                    "to the leader (admin)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Voting"}}
+                        },
+                    },
+                    "responses": {"200": _json("Set", NODE_CHANGED), **_problems(404)},
+                },
+            },
             "/v1/nodes/{node}": {
                 "parameters": [NODE_PARAM],
                 "delete": {
@@ -296,6 +310,13 @@ def openapi_document() -> dict[str, Any]:
                         "path": {"type": "string"},
                         "entries": {"type": "array", "items": ENTRY},
                         "next": {"type": "string", "nullable": True},
+                    },
+                },
+                "Voting": {
+                    "type": "object",
+                    "required": ["voting"],
+                    "properties": {
+                        "voting": {"type": "string", "enum": ["auto", "pin", "never"]},
                     },
                 },
                 "AddNode": {

@@ -56,7 +56,15 @@ from prismfs.leader.rebalance import Mover
 from prismfs.leader.repair import Health, cluster_counts, unavailable_nodes, usable
 from prismfs.leader.scrub import Findings, Scrub, check_chunks, find_orphans
 from prismfs.meta.client import decode_result
-from prismfs.meta.commands import ChunkRecord, MetaCommand, NodeInfo, SetNodeState, SetNodeZone
+from prismfs.meta.commands import (
+    VOTING,
+    ChunkRecord,
+    MetaCommand,
+    NodeInfo,
+    SetNodeState,
+    SetNodeVoting,
+    SetNodeZone,
+)
 from prismfs.meta.namespace import Namespace
 from prismfs.node.config import ORPHAN_GRACE_S
 from prismfs.node.consensus import Consensus
@@ -93,6 +101,7 @@ class NodeHealth(AdminMessage, frozen=True):
     silent_s: float  # since the leader last heard from it
     role: str = ""  # voter, learner or storage (not in the Raft group)
     shards: U64 = 0  # shards the chunk records place on it
+    voting: str = "auto"  # auto, pin or never (`prismfs node voting`)
 
 
 class ScrubReport(AdminMessage, frozen=True):
@@ -183,6 +192,14 @@ class RemoveNode(AdminMessage, frozen=True):
     force: bool = False
 
 
+class SetVoting(AdminMessage, frozen=True):
+    """Pin ``node`` to the metadata voters, exclude it from them, or leave
+    the choice to the leader (``voting``: pin, never, auto)."""
+
+    node: str
+    voting: str
+
+
 class NodeChanged(AdminMessage, frozen=True):
     """What a membership command did: the node's state and Raft role after it,
     the shards the records still place on it, and a sentence for the operator."""
@@ -227,6 +244,7 @@ class Admin:
         server.register(DrainNode, self._drain_node)
         server.register(CancelDrain, self._cancel_drain)
         server.register(RemoveNode, self._remove_node)
+        server.register(SetVoting, self._set_voting)
 
     def _leader_only(self) -> None:
         status = self.consensus.status()
@@ -259,6 +277,7 @@ class Admin:
                     round(self.health.silent_for(n.node), 3),
                     _role(status, n.node, n),
                     shards.get(n.node, 0),
+                    n.voting,
                 )
                 for n in registry
             ),
@@ -426,6 +445,22 @@ class Admin:
             info.node, f"node {info.node} is draining: {shards} shards to move off{vote}", shards
         )
 
+    async def _set_voting(self, request: SetVoting, call: Call) -> NodeChanged:
+        self._leader_only()
+        if request.voting not in VOTING:
+            raise InvalidArgument(f"voting is one of {', '.join(VOTING)}, not {request.voting!r}")
+        info = self._node(request.node)
+        if info.state == "removed":
+            raise InvalidArgument(f"node {info.node} was removed from the cluster")
+        await self._propose(SetNodeVoting(wall_ns(), info.node, request.voting))
+        log.info("node %s: voting %s", info.node, request.voting)
+        what = {
+            "pin": "gets a vote before any other node while it is up (within seconds)",
+            "never": "never votes (a vote it holds goes to another node within seconds)",
+            "auto": "may get a vote when the leader needs one",
+        }[request.voting]
+        return await self._changed(info.node, f"node {info.node} {what}")
+
     async def _cancel_drain(self, request: CancelDrain, call: Call) -> NodeChanged:
         self._leader_only()
         info = self._node(request.node)
@@ -554,6 +589,8 @@ class Admin:
         status = self.consensus.status()
         registry = self._registry()
         now = wall_ns()
+        if await self._apply_voting(status, registry, target):
+            return
         for voter in status.voters:
             info = registry.get(voter)
             if (
@@ -578,7 +615,11 @@ class Admin:
         voters = len(status.voters)
         if voters >= target:
             return
-        candidates = [n for n in registry.values() if _live(n) and n.node not in status.voters]
+        candidates = [
+            n
+            for n in registry.values()
+            if _live(n) and n.node not in status.voters and n.voting != "never"
+        ]
         # From an odd number, grow only when the next odd one is in reach: an
         # even group tolerates no more failures than the odd one below it.
         if not candidates or (voters % 2 == 1 and len(candidates) < 2):
@@ -588,24 +629,87 @@ class Admin:
             log.info("the metadata group has %d voters of %d: adding %s", voters, target, successor)
             await self._make_voter(successor)
 
+    async def _apply_voting(
+        self, status: RaftStatusReply, registry: dict[str, NodeInfo], target: int
+    ) -> bool:
+        """An operator's choices first (`SetVoting`): a voter that must
+        never vote hands its vote on (if any node can take it; a leader
+        hands its leadership away first); with the group full, a pinned
+        node that is up and does not vote takes the vote of a voter that
+        is not pinned (a down one first, then one of the zone with the
+        most voters). One change a call; True if it made one."""
+        for voter in status.voters:
+            info = registry.get(voter)
+            if info is None or info.voting != "never":
+                continue
+            successor = self._successor(status, voter)
+            if successor is None:
+                return False
+            if voter == status.node_id:
+                await self._hand_leadership_away(status)  # (NotLeader: the next leader goes on)
+            log.warning("node %s must not vote: its vote goes to %s", voter, successor)
+            await self._make_voter(successor)
+            await self._membership(ChangeMembership("demote", voter))
+            return True
+        pinned = [
+            n
+            for n in registry.values()
+            if n.voting == "pin" and _live(n) and n.node not in status.voters
+        ]
+        if not pinned or len(status.voters) < target:
+            return False  # (growing picks pinned nodes first: `_successor`)
+        per_zone: dict[str, int] = {}
+        for voter in status.voters:
+            zone = registry[voter].zone if voter in registry else ""
+            per_zone[zone] = per_zone.get(zone, 0) + 1
+        movable = [
+            v
+            for v in status.voters
+            if v != status.node_id and (registry.get(v) is None or registry[v].voting != "pin")
+        ]
+        if not movable:
+            return False
+
+        def zone_of(v: str) -> str:
+            return registry[v].zone if v in registry else ""
+
+        leaving = min(
+            movable, key=lambda v: (_live(registry.get(v)), -per_zone.get(zone_of(v), 0), v)
+        )
+        newcomer = pinned[0].node
+        log.info("node %s is pinned: it takes the vote of %s", newcomer, leaving)
+        await self._make_voter(newcomer)
+        await self._membership(ChangeMembership("demote", leaving))
+        return True
+
     def _successor(self, status: RaftStatusReply, leaving: str) -> str | None:
-        """Who takes the vote of ``leaving``: an up node that does not vote,
-        from the zone with the fewest of the remaining voters (so a zone's
-        loss takes as few votes as it can), a learner before a storage-only
-        node (it already holds the namespace); None if no node is up."""
+        """Who takes the vote of ``leaving``: an up node that does not vote
+        and may (not ``never``), a pinned one first, then from the zone with
+        the fewest of the remaining voters (so a zone's loss takes as few
+        votes as it can), a learner before a storage-only node (it already
+        holds the namespace); None if no node is up."""
         registry = self._registry()
         remaining = [v for v in status.voters if v != leaving]
         per_zone: dict[str, int] = {}
         for voter in remaining:
             zone = registry[voter].zone if voter in registry else ""
             per_zone[zone] = per_zone.get(zone, 0) + 1
-        candidates = [n for n in registry.values() if _live(n) and n.node not in status.voters]
+        candidates = [
+            n
+            for n in registry.values()
+            if _live(n) and n.node not in status.voters and n.voting != "never"
+        ]
         if not candidates:
             return None
         learners = set(status.learners)
         best = min(
             candidates,
-            key=lambda n: (per_zone.get(n.zone, 0), n.node not in learners, n.node),
+            key=lambda n: (
+                n.voting != "pin",
+                per_zone.get(n.zone, 0),
+                n.node not in learners,
+                n.node,
+            ),
         )
         return best.node
 

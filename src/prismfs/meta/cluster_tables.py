@@ -24,6 +24,7 @@ from prismfs.errors import (
     NotPermitted,
 )
 from prismfs.meta.commands import (
+    VOTING,
     ChunkRecord,
     CreateToken,
     MoveShards,
@@ -31,6 +32,7 @@ from prismfs.meta.commands import (
     RegisterNode,
     RevokeToken,
     SetNodeState,
+    SetNodeVoting,
     SetNodeZone,
     TokenInfo,
 )
@@ -229,7 +231,7 @@ class ClusterTables:
     def nodes(self) -> list[NodeInfo]:
         rows = self.db.execute(
             "SELECT n.node, n.address, n.zone, n.capacity, n.state, n.registered_ns,"
-            " coalesce(u.bytes, 0), n.state_ns"
+            " coalesce(u.bytes, 0), n.state_ns, n.voting"
             " FROM nodes n LEFT JOIN node_usage u ON u.node = n.node"
             " ORDER BY n.node"
         ).fetchall()
@@ -242,7 +244,8 @@ class ClusterTables:
         if row is not None and row[0] == "removed":
             raise NotPermitted(f"node {c.node} was removed from the cluster")
         self.db.execute(
-            "INSERT INTO nodes VALUES (?, ?, ?, ?, 'up', ?, ?) ON CONFLICT (node) DO UPDATE SET"
+            "INSERT INTO nodes (node, address, zone, capacity, state, registered_ns, state_ns)"
+            " VALUES (?, ?, ?, ?, 'up', ?, ?) ON CONFLICT (node) DO UPDATE SET"
             " address = excluded.address, capacity = excluded.capacity,"
             " zone = CASE WHEN excluded.zone = '' THEN zone ELSE excluded.zone END",
             (c.node, c.address, c.zone, c.capacity, c.now_ns, c.now_ns),
@@ -322,6 +325,13 @@ class ClusterTables:
         if row is None:
             raise NotFound(f"no token {token_id}")
         return TokenInfo(*row)
+
+    def _set_node_voting(self, c: SetNodeVoting) -> None:
+        if c.voting not in VOTING:
+            raise InvalidArgument(f"voting is one of {', '.join(VOTING)}, not {c.voting!r}")
+        cursor = self.db.execute("UPDATE nodes SET voting = ? WHERE node = ?", (c.voting, c.node))
+        if cursor.rowcount == 0:
+            raise NotFound(f"no node {c.node} in the registry")
 
     def _set_node_zone(self, c: SetNodeZone) -> None:
         if len(c.zone) > 64:

@@ -328,6 +328,20 @@ class SetNodeZone(MetaCommand, frozen=True):
     zone: str
 
 
+VOTING = ("auto", "pin", "never")
+"""How the leader's voter keeper treats a node (`SetNodeVoting`): ``auto``
+(it may get a vote), ``pin`` (it gets one before any ``auto`` node while it
+is up), ``never`` (it never gets one; a vote it holds goes to another)."""
+
+
+class SetNodeVoting(MetaCommand, frozen=True):
+    """An administrator pins a node to the metadata voters, excludes it, or
+    gives the choice back to the leader (``prismfs node voting``)."""
+
+    node: str
+    voting: str
+
+
 class MoveShards(MetaCommand, frozen=True):
     """Repair: shard ``index`` of chunk ``chunk_id`` is now on ``to_node`` (its
     bytes were rebuilt there) instead of ``from_node``, for each move. Refused
@@ -558,6 +572,9 @@ class NodeInfo(Message, frozen=True):
     """When the state last changed, by the wall clock of the leader that
     proposed the change (0: before it was recorded): a new leader goes on
     timing a node's absence from there instead of from its own start."""
+    voting: str = "auto"
+    """One of `VOTING`: whether the voter keeper may, must or must not give
+    this node a vote."""
 
 
 class NodeList(Message, frozen=True):

@@ -114,6 +114,7 @@ from prismfs.meta.commands import (
     Rmdir,
     SetAttr,
     SetNodeState,
+    SetNodeVoting,
     SetNodeZone,
     SetXattr,
     ShardRefs,
@@ -225,6 +226,7 @@ class Namespace(InodeTables):
             RegisterNode: self._register_node,
             SetNodeState: self._set_node_state,
             SetNodeZone: self._set_node_zone,
+            SetNodeVoting: self._set_node_voting,
             MoveShards: self._move_shards,
             ReencodeChunk: self._reencode_chunk,
             CreateToken: self._create_token,
@@ -277,6 +279,8 @@ class Namespace(InodeTables):
             self._index_all_shards()
         if self._without_rowid("chunks"):
             self._rebuild_chunks()
+        if "voting" not in self._columns("nodes"):
+            self.db.execute("ALTER TABLE nodes ADD COLUMN voting TEXT NOT NULL DEFAULT 'auto'")
         if "state_ns" not in self._columns("nodes"):
             # When a node's state last changed (0: unknown, before schema 7).
             self.db.execute("ALTER TABLE nodes ADD COLUMN state_ns INTEGER NOT NULL DEFAULT 0")

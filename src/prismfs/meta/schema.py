@@ -19,11 +19,11 @@ MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 """8: `chunks` is a rowid table. A record carrying a small file's data inline
 (up to a few KiB) fits in a rowid table's page; in a WITHOUT ROWID table
 (schema 7 and before) one over about 1,000 bytes spilled to overflow
-pages, a page and more per small file."""
+pages, a page and more per small file. 9: `nodes.voting`."""
 ORPHAN_GRACE_NS = 2 * 10**9
 """An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
 every few seconds) once a whole sweep interval and this much of the leader's
@@ -110,7 +110,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     capacity INTEGER NOT NULL,
     state TEXT NOT NULL,
     registered_ns INTEGER NOT NULL,
-    state_ns INTEGER NOT NULL DEFAULT 0
+    state_ns INTEGER NOT NULL DEFAULT 0,
+    voting TEXT NOT NULL DEFAULT 'auto'
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS clients (
     client TEXT PRIMARY KEY,
