@@ -185,10 +185,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # What reads every record, timed with every chunk healthy.
         result["status_s"] = [round(status(env)[0], 2) for _ in range(3)]
         http = next(str(n["http_address"]) for n in nodes if n["id"] == leader)
+        token = json.loads(_cli(env, "token", "create", "--read-only", "--json"))["token"]
         metrics = []
         for _ in range(3):
             start = time.monotonic()
-            httpx.get(f"http://{http}/metrics", timeout=120).raise_for_status()
+            httpx.get(
+                f"http://{http}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=120
+            ).raise_for_status()
             metrics.append(round(time.monotonic() - start, 2))
         result["metrics_s"] = metrics
         # A node lost: its shards rebuilt on the others.
