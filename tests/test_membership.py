@@ -471,8 +471,9 @@ def test_storage_only_nodes_hold_shards_and_no_namespace(nodes: Nodes, tmp_path:
     added = next(iter(storage))
     added_dir = added_dir if added != joined else joined_dir
     added_id = next(n["node"] for n in storage_rows() if n["address"] == added)
-    nodes.ok("node", "remove", added_id, "--force")
+    # (its pid read first: a node that stops removes its node.json)
     added_pid = int(json.loads((added_dir / "node.json").read_text())["pid"])
+    nodes.ok("node", "remove", added_id, "--force")
     wait_for(lambda: not process_alive(added_pid), 30, "the removed node to stop")
 
 
