@@ -41,6 +41,7 @@ from prismfs.leader.admin import (
     ScrubStatus,
     SetVoting,
 )
+from prismfs.meta.commands import VOTING
 from prismfs.node.config import MIN_REPAIR_GRACE_S, ORPHAN_GRACE_S
 from prismfs.wire.address import parse_address
 from prismfs.wire.client import open_rpc_pool
@@ -271,7 +272,7 @@ def register(
     @node.command("voting")
     @client_options
     @click.argument("node_id", metavar="ID")
-    @click.argument("voting", type=click.Choice(["auto", "pin", "never"]))
+    @click.argument("voting", type=click.Choice(VOTING))
     @json_option
     def node_voting(client: ClientConfig, node_id: str, voting: str, as_json: bool) -> None:
         """Pin node ID to the metadata voters (pin), keep it from ever voting

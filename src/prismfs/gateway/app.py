@@ -81,7 +81,7 @@ from prismfs.leader.admin import (
     SetVoting,
 )
 from prismfs.meta.client import MetaClient
-from prismfs.meta.commands import RENAME_NOREPLACE, Attr
+from prismfs.meta.commands import RENAME_NOREPLACE, VOTING, Attr
 from prismfs.meta.schema import check_name
 from prismfs.wire.address import parse_address
 from prismfs.wire.client import RpcPool
@@ -499,7 +499,7 @@ async def set_voting(gw: Gateway, request: Request) -> Response:
     except msgspec.DecodeError as exc:
         raise InvalidArgument(f"the body must be a JSON object: {exc}") from None
     voting = body.get("voting")
-    if voting not in ("auto", "pin", "never"):
+    if voting not in VOTING:
         raise InvalidArgument('expected {"voting": "auto" | "pin" | "never"}')
     return JSONResponse(_builtins(await gw.leader(SetVoting(node, voting), NodeChanged)))
 

@@ -658,10 +658,7 @@ class Admin:
         ]
         if not pinned or len(status.voters) < target:
             return False  # (growing picks pinned nodes first: `_successor`)
-        per_zone: dict[str, int] = {}
-        for voter in status.voters:
-            zone = registry[voter].zone if voter in registry else ""
-            per_zone[zone] = per_zone.get(zone, 0) + 1
+        per_zone = _voters_per_zone(registry, status.voters)
         movable = [
             v
             for v in status.voters
@@ -689,11 +686,7 @@ class Admin:
         votes as it can), a learner before a storage-only node (it already
         holds the namespace); None if no node is up."""
         registry = self._registry()
-        remaining = [v for v in status.voters if v != leaving]
-        per_zone: dict[str, int] = {}
-        for voter in remaining:
-            zone = registry[voter].zone if voter in registry else ""
-            per_zone[zone] = per_zone.get(zone, 0) + 1
+        per_zone = _voters_per_zone(registry, [v for v in status.voters if v != leaving])
         candidates = [
             n
             for n in registry.values()
@@ -767,6 +760,16 @@ def _role(status: RaftStatusReply, node: str, info: NodeInfo | None) -> str:
     if node in status.learners:
         return "learner"
     return "" if info is None or info.state == "removed" else "storage"
+
+
+def _voters_per_zone(
+    registry: dict[str, NodeInfo], voters: list[str] | tuple[str, ...]
+) -> dict[str, int]:
+    per_zone: dict[str, int] = {}
+    for voter in voters:
+        zone = registry[voter].zone if voter in registry else ""
+        per_zone[zone] = per_zone.get(zone, 0) + 1
+    return per_zone
 
 
 def _live(info: NodeInfo | None) -> bool:

@@ -340,9 +340,7 @@ class LeaseTable:
                 self._recalling.clear()
             self._recalling.setdefault(delegate, set()).add(key)
         state.touched = True
-        lapsed = self.lapsed.get(key)
-        if lapsed is not None and lapsed[0] != writer:
-            del self.lapsed[key]
+        self._touch(key, writer)  # (its own lapsed delegations stay)
         own = state.holders.pop(writer, None)
         if state.delegate is not None and state.delegate == writer:
             state.delegate = None
@@ -406,9 +404,8 @@ class LeaseTable:
         continuation) when the writer keeps its lease through the change;
         with ``exclusive`` the continuation is a delegation where `grant`
         would give one (`delegate_of` tells)."""
-        lapsed = self.lapsed.get(key)
-        if lapsed is not None and lapsed[0] != writer:
-            del self.lapsed[key]  # (somebody else's change: a late flush would come after it)
+        # (somebody else's change: a late flush would come after it)
+        self._touch(key, writer or "")
         state = self._keys.get(key)
         if state is None:
             return None
