@@ -24,6 +24,7 @@ import msgspec
 import trio
 
 from prismfs.client.config import ClientConfig
+from prismfs.client.data import REGISTRY_TTL_S
 from prismfs.client.leader import call_leader
 from prismfs.errors import PrismError
 from prismfs.leader.admin import (
@@ -374,6 +375,10 @@ def register(
             click.echo(f"scrub: {_scrub_line(s)}")
 
 
+DRAIN_SETTLE_S = REGISTRY_TTL_S + 2.0
+"""How long a drained node must stay empty before ``drain --wait`` returns."""
+
+
 def _wait_drained(client: ClientConfig, node_id: str, *, quiet: bool) -> None:
     """Poll the leader until no shard is left on ``node_id``, with a progress bar."""
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
@@ -399,8 +404,16 @@ def _wait_drained(client: ClientConfig, node_id: str, *, quiet: bool) -> None:
     ) as bar:
         remaining, total = left()
         task = bar.add_task("drain", total=max(total, 1), left=remaining)
-        while remaining:
+        # Done only once nothing has been left for longer than a client keeps
+        # its view of the registry: a mount that had not yet seen the drain
+        # may place a shard there and commit it just after the last move.
+        empty_since = time.monotonic() if not remaining else None
+        while empty_since is None or time.monotonic() - empty_since < DRAIN_SETTLE_S:
             time.sleep(1.0)
             remaining, total = left()
+            if remaining:
+                empty_since = None
+            elif empty_since is None:
+                empty_since = time.monotonic()
             bar.update(task, total=max(total, 1), completed=total - remaining, left=remaining)
         bar.update(task, completed=max(total, 1), left=0)
