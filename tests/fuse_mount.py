@@ -118,7 +118,7 @@ class Mount:
                 sys.executable,
                 "-m",
                 "prismfs.cli.mount_helper_main",
-                str(self.dir / "client.toml"),
+                str(self.dir / "mount.toml"),  # a client credential, as mount hosts get
                 str(point),
                 "-o",
                 opts,

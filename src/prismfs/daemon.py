@@ -60,7 +60,7 @@ from prismfs.node.logs import setup_logging
 from prismfs.node.sessions import SessionLeases, expire_sessions
 from prismfs.procs import raise_open_file_limit
 from prismfs.wire.address import parse_address
-from prismfs.wire.auth import ClusterCredentials
+from prismfs.wire.auth import EVERYONE, ClusterCredentials
 from prismfs.wire.client import RpcPool, open_rpc_pool
 from prismfs.wire.codec import encode_message
 from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
@@ -89,8 +89,8 @@ class NodeService:
         self.consensus: Consensus | None = None
         self._zeros = b""  # shared source of Echo "source" replies, grown on demand
         self.started = trio.current_time()
-        self.server.register(Ping, self.ping)
-        self.server.register(Echo, self.echo)
+        self.server.register(Ping, self.ping, roles=EVERYONE)
+        self.server.register(Echo, self.echo, roles=EVERYONE)
 
     async def ping(self, request: Ping, call: Call) -> Pong:
         return Pong(
@@ -141,7 +141,9 @@ async def serve_node(
     peer_tls = client_context(tls.ca) if tls.ca else None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, single_exception():
         async with (
-            open_rpc_pool(creds, ssl_context=peer_tls, client_name=f"node {node_id}") as pool,
+            open_rpc_pool(
+                creds, ssl_context=peer_tls, client_name=f"node {node_id}", node_id=node_id
+            ) as pool,
             trio.open_nursery() as nursery,
         ):
             pool.unreachable = faults.partition(config.data_dir)
@@ -231,6 +233,8 @@ async def serve_node(
                 admin.keep_voters, config.raft.voters, config.raft.replace_down_voter_s
             )
             nursery.start_soon(_checkpoint_loop, namespace, consensus)
+            consensus.revoked = namespace.revoked_credentials
+            nursery.start_soon(_enforce_revocations, service.server, consensus)
             if config.data.default_layout:
                 nursery.start_soon(
                     _default_layout, consensus, namespace, config.data.default_layout
@@ -323,6 +327,20 @@ async def _checkpoint_loop(namespace: Namespace, consensus: Consensus) -> None:
             log.warning("metadata checkpoint failed, will retry: %s", exc)
             continue
         consensus.stats.observe("sqlite.checkpoint", trio.current_time() - start)
+
+
+REVOCATION_POLL_S = 1.0
+"""How soon a revoked client credential is refused (and its connections closed)."""
+
+
+async def _enforce_revocations(server: RpcServer, consensus: Consensus) -> None:
+    """Keep the server's list of revoked client credentials current: from the
+    namespace on a member, from the members' answers on a storage-only node."""
+    while True:
+        revoked = consensus.revoked() if consensus.is_member() else consensus.link.revoked
+        if revoked != server.revoked:
+            server.revoke(revoked)
+        await trio.sleep(REVOCATION_POLL_S)
 
 
 def _open_namespace(data_dir: Path) -> Namespace:

@@ -3,7 +3,8 @@
 State lives in the cluster directory ``D``::
 
     D/dev.json        nodes (name, data dir, address, pid), mount point, start time
-    D/client.toml     what client commands need (addresses, secret file)
+    D/client.toml     what client and admin commands need (addresses, the cluster secret)
+    D/mount.toml      what the mount uses (addresses, a client credential)
     D/nodeN/          each node's data directory, with node.log
 
 ``down`` stops exactly the processes recorded in ``dev.json``, and only while
@@ -44,7 +45,14 @@ from prismfs.node.consensus_messages import (
 )
 from prismfs.procs import process_alive
 from prismfs.retry import retry_until
-from prismfs.wire.auth import SECRET_FILE_NAME, read_secret_file
+from prismfs.wire.auth import (
+    CLIENT,
+    CLIENT_SECRET_FILE_NAME,
+    DEFAULT_CLIENT_CREDENTIAL,
+    SECRET_FILE_NAME,
+    read_secret_file,
+    write_secret_file,
+)
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.codec import decode_message, encode_message
 from prismfs.wire.messages import Ping, Pong
@@ -113,6 +121,11 @@ class DevCluster:
     @property
     def secret_file(self) -> Path:
         return Path(self.nodes[0].data_dir) / SECRET_FILE_NAME
+
+    @property
+    def client_secret_file(self) -> Path:
+        """A client credential (made by ``cluster init`` in the first node's directory)."""
+        return Path(self.nodes[0].data_dir) / CLIENT_SECRET_FILE_NAME
 
     def running(self) -> list[DevNode]:
         return [n for n in self.nodes if n.alive()]
@@ -217,7 +230,7 @@ def _mount(cluster: DevCluster, point: Path, say: Say) -> None:
             sys.executable,
             "-m",
             "prismfs.cli.mount_helper_main",
-            str(cluster.directory / "client.toml"),
+            str(cluster.directory / "mount.toml"),
             str(point),
             "-o",
             f"log={log_file},pidfile={pidfile}",
@@ -300,9 +313,12 @@ def _up(
     for proc in procs.values():
         proc.returncode = 0  # detached on purpose: keep Popen.__del__ from warning
     cluster.save()
-    write_client_toml(
-        directory / "client.toml", [n.rpc_address for n in cluster.nodes], cluster.secret_file
-    )
+    addresses = [n.rpc_address for n in cluster.nodes]
+    write_client_toml(directory / "client.toml", addresses, cluster.secret_file)
+    if not cluster.client_secret_file.exists():  # a cluster made before client credentials
+        creds = read_secret_file(cluster.secret_file).derive(CLIENT, DEFAULT_CLIENT_CREDENTIAL)
+        write_secret_file(cluster.client_secret_file, creds)
+    write_client_toml(directory / "mount.toml", addresses, cluster.client_secret_file)
     DevRegistry().add(directory)
     return cluster
 

@@ -22,6 +22,7 @@ import trio
 
 from prismfs import __version__
 from prismfs.cli import admin as admin_cli
+from prismfs.cli import credentials as credentials_cli
 from prismfs.cli import devcluster
 from prismfs.cli import files as files_cli
 from prismfs.cli import mount_stats as mount_stats_cli
@@ -32,7 +33,7 @@ from prismfs.errors import ConfigError, PrismError
 from prismfs.node import datadir
 from prismfs.node.config import load_node_config
 from prismfs.wire.address import parse_address
-from prismfs.wire.auth import SECRET_FILE_NAME
+from prismfs.wire.auth import CLIENT_SECRET_FILE_NAME, SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.messages import Ping, Pong
 from prismfs.wire.tls import client_context
@@ -114,7 +115,11 @@ def cluster_init(data_dir: Path) -> None:
     creds = datadir.init_cluster(data_dir)
     click.echo(f"created cluster {creds.cluster_id}")
     secret = data_dir / SECRET_FILE_NAME
-    click.echo(f"secret: {secret} (mode 0600; copy it to every node and client)")
+    click.echo(f"secret: {secret} (mode 0600; copy it to every node and admin host)")
+    click.echo(
+        f"client credential: {data_dir / CLIENT_SECRET_FILE_NAME} (for mount hosts and file "
+        "commands: it cannot act as a node; more with 'prismfs credentials create')"
+    )
     click.echo(f"next: prismfs node start --data-dir {data_dir} --listen HOST:PORT")
 
 
@@ -362,6 +367,7 @@ def dev_status(directory: Path | None, as_json: bool) -> None:
 files_cli.register(cli, client_options)
 admin_cli.register(cli, node, client_options, _print_table)
 tokens_cli.register(cli, client_options, _print_table)
+credentials_cli.register(cli, client_options, _print_table)
 mount_stats_cli.register(cli, lambda path: _on_prismfs(path), _print_table)
 
 

@@ -67,8 +67,11 @@ def parse_options(text: str) -> dict[str, str | None]:
 
 
 def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # type: ignore[no-untyped-def]
+    import dataclasses
+
     from prismfs.fuse.deferred import MountOptions
     from prismfs.fuse.mount import MountSpec
+    from prismfs.wire.auth import READ_ONLY
 
     options = parse_options(text)
     if source.endswith(".toml"):
@@ -102,10 +105,16 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         readahead_kb=int(option_number(options, "readahead_kb", 1024, 0, 65536)),
     )
     lease = option_number(options, "lease", 60.0, 2, 3600)
+    creds = client.credentials()
+    if creds.role == READ_ONLY:
+        # A read-only credential can change nothing: the mount says so
+        # (EROFS) instead of failing each write at the cluster, and records
+        # no atime.
+        mount_options = dataclasses.replace(mount_options, read_only=True, atime=False)
     return MountSpec(
         addresses=list(client.addresses),
         mountpoint=Path(mountpoint).resolve(),
-        creds=client.credentials(),
+        creds=creds,
         tls_ca=Path(tls_ca) if tls_ca else None,
         options=mount_options,
         allow_other="allow_other" in options,

@@ -58,6 +58,7 @@ from prismfs.errors import CorruptShard, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.meta.client import MetaClient
 from prismfs.meta.commands import INLINE_MAX, ChunkRecord, NodeInfo
+from prismfs.wire.auth import NODE
 from prismfs.wire.client import RpcPool
 
 log = logging.getLogger("prismfs.client.data")
@@ -252,7 +253,10 @@ class DataClient:
             await self._delete_quietly(record.id, list(record.nodes))
 
     async def _delete_quietly(self, chunk_id: bytes, placed: list[str]) -> None:
-        """Best effort: the orphan sweep removes what this cannot."""
+        """Best effort: the orphan sweep removes what this cannot (all of it
+        for a client's credential, which may not delete shards)."""
+        if self.pool.creds.role != NODE:
+            return
         for i, node in enumerate(placed):
             if node:
                 with contextlib.suppress(PrismError):

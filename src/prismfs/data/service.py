@@ -44,6 +44,7 @@ from prismfs.data.stores.threaded import ThreadedStore
 from prismfs.errors import CorruptShard, InternalError, InvalidArgument, NotFound, Unavailable
 from prismfs.exception_groups import single_exception
 from prismfs.meta.commands import ChunkRecord
+from prismfs.wire.auth import EVERYONE, WRITERS
 from prismfs.wire.client import RpcPool
 from prismfs.wire.server import Call, Reply, RpcServer
 
@@ -59,8 +60,8 @@ class ShardService:
         self.corrupt_found = 0
 
     def register(self, server: RpcServer) -> None:
-        server.register(PutShard, self._put)
-        server.register(GetShard, self._get, fast=self._get_cached)
+        server.register(PutShard, self._put, roles=WRITERS)
+        server.register(GetShard, self._get, fast=self._get_cached, roles=EVERYONE)
         server.register(DeleteShards, self._delete)
         server.register(ListShards, self._list)
         server.register(StoreStats, self._stats)

@@ -74,6 +74,7 @@ from prismfs.node.consensus_messages import (
     RaftStatus,
     RaftStatusReply,
 )
+from prismfs.wire.auth import EVERYONE
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import I64, U64, Message, encode_message
 from prismfs.wire.messages import Ping, Pong
@@ -236,10 +237,10 @@ class Admin:
         self._voting = trio.Lock()
 
     def register(self, server: RpcServer) -> None:
-        server.register(ClusterHealth, self._cluster_health)
+        server.register(ClusterHealth, self._cluster_health, roles=EVERYONE)
         server.register(Fsck, self._fsck)
         server.register(ScrubStart, self._scrub_start)
-        server.register(ScrubStatus, self._scrub_status)
+        server.register(ScrubStatus, self._scrub_status, roles=EVERYONE)
         server.register(AddNode, self._add_node)
         server.register(DrainNode, self._drain_node)
         server.register(CancelDrain, self._cancel_drain)

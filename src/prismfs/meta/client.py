@@ -57,7 +57,10 @@ from prismfs.meta.commands import (
     ChunkRefs,
     CloseSession,
     CommitChunks,
+    CreateCredential,
     CreateToken,
+    CredentialInfo,
+    CredentialList,
     DirEntry,
     DirPage,
     FsStats,
@@ -71,6 +74,7 @@ from prismfs.meta.commands import (
     GetToken,
     GetXattr,
     Link,
+    ListCredentials,
     ListNodes,
     ListTokens,
     ListXattr,
@@ -93,6 +97,7 @@ from prismfs.meta.commands import (
     Rename,
     Reserved,
     ReserveInodes,
+    RevokeCredential,
     RevokeToken,
     Rmdir,
     SetAttr,
@@ -561,6 +566,15 @@ class MetaClient:
     async def token(self, token_id: str) -> TokenInfo:
         """One token with its digest (`NotFound` if there is none)."""
         return await self.query(GetToken(token_id), TokenInfo)
+
+    async def create_credential(self, credential: str, role: str, name: str) -> None:
+        await self.propose(CreateCredential(now_ns(), credential, role, name))
+
+    async def revoke_credential(self, credential: str) -> None:
+        await self.propose(RevokeCredential(now_ns(), credential))
+
+    async def credentials(self) -> tuple[CredentialInfo, ...]:
+        return (await self.query(ListCredentials(), CredentialList)).credentials
 
     async def digest(self, address: str) -> str:
         """The state digest of the replica at ``address`` (for tests and fsck)."""

@@ -26,16 +26,20 @@ from prismfs.errors import (
 from prismfs.meta.commands import (
     VOTING,
     ChunkRecord,
+    CreateCredential,
     CreateToken,
+    CredentialInfo,
     MoveShards,
     NodeInfo,
     RegisterNode,
+    RevokeCredential,
     RevokeToken,
     SetNodeState,
     SetNodeVoting,
     SetNodeZone,
     TokenInfo,
 )
+from prismfs.wire.auth import MAX_CREDENTIAL_ID, check_credential
 from prismfs.wire.codec import decode_message, encode_message
 
 CHUNK_PAGE = 500  # chunk records per page of `iter_chunks_on` and `coded_chunks`
@@ -325,6 +329,46 @@ class ClusterTables:
         if row is None:
             raise NotFound(f"no token {token_id}")
         return TokenInfo(*row)
+
+    def _create_credential(self, c: CreateCredential) -> None:
+        try:
+            check_credential(c.role, c.credential)
+        except InvalidArgument as exc:
+            raise InvalidArgument(exc.message) from None
+        if len(c.name) > 200:
+            raise InvalidArgument("a credential's name has at most 200 characters")
+        try:
+            self.db.execute(
+                "INSERT INTO credentials VALUES (?, ?, ?, ?, 0)",
+                (c.credential, c.role, c.name, c.now_ns),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"credential {c.credential} exists") from None
+
+    def _revoke_credential(self, c: RevokeCredential) -> None:
+        if not c.credential or len(c.credential) > MAX_CREDENTIAL_ID:
+            raise InvalidArgument("no such credential id")
+        row = self.db.execute(
+            "SELECT revoked_ns FROM credentials WHERE credential = ?", (c.credential,)
+        ).fetchone()
+        if row is not None and row[0]:
+            raise NotFound(f"credential {c.credential} is already revoked")
+        self.db.execute(
+            "INSERT INTO credentials VALUES (?, '', '', 0, ?) ON CONFLICT (credential)"
+            " DO UPDATE SET revoked_ns = excluded.revoked_ns",
+            (c.credential, c.now_ns),
+        )
+
+    def credentials(self) -> list[CredentialInfo]:
+        rows = self.db.execute(
+            "SELECT credential, role, name, created_ns, revoked_ns FROM credentials"
+            " ORDER BY created_ns, credential"
+        ).fetchall()
+        return [CredentialInfo(*row) for row in rows]
+
+    def revoked_credentials(self) -> frozenset[str]:
+        rows = self.db.execute("SELECT credential FROM credentials WHERE revoked_ns != 0")
+        return frozenset(row[0] for row in rows)
 
     def _set_node_voting(self, c: SetNodeVoting) -> None:
         if c.voting not in VOTING:

@@ -366,6 +366,23 @@ class RevokeToken(MetaCommand, frozen=True):
     token_id: str
 
 
+class CreateCredential(MetaCommand, frozen=True):
+    """Record a client credential made by ``prismfs credentials create`` (its key
+    is derived from the cluster secret and never stored: the record is for
+    listing and revoking it)."""
+
+    credential: str
+    role: str
+    name: str = ""
+
+
+class RevokeCredential(MetaCommand, frozen=True):
+    """From now on no node accepts this client credential (recorded or not:
+    ``client.secret`` from ``cluster init`` is made before any node runs)."""
+
+    credential: str
+
+
 class Attr(Message, frozen=True):
     """What getattr returns."""
 
@@ -608,3 +625,56 @@ class ChunkRefs(MetaQuery, frozen=True):
     """Which of these chunk ids are still referenced (answered as `MetaValue.names`)."""
 
     ids: tuple[bytes, ...]
+
+
+class ListCredentials(MetaQuery, frozen=True):
+    pass
+
+
+class CredentialInfo(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    credential: str
+    role: str  # "" for a credential revoked without a record
+    name: str
+    created_ns: I64
+    revoked_ns: I64 = 0
+
+
+class CredentialList(Message, frozen=True):
+    family: ClassVar[str] = "meta"
+
+    credentials: tuple[CredentialInfo, ...]
+
+
+CLIENT_COMMANDS: frozenset[type[MetaCommand]] = frozenset(
+    (
+        Mknod,
+        ReserveInodes,
+        Batch,
+        Mkdir,
+        Symlink,
+        Link,
+        Unlink,
+        Rmdir,
+        Rename,
+        SetAttr,
+        UpdateAtime,
+        SetXattr,
+        RemoveXattr,
+        OpenSession,
+        CloseSession,
+        Open,
+        Release,
+        CommitChunks,
+    )
+)
+"""What a client credential may propose; every other command (session
+expiry, node registry, shard moves, GC, tokens, credentials) is the
+cluster's own and needs a node's credential."""
+READ_ONLY_COMMANDS: frozenset[type[MetaCommand]] = frozenset(
+    (OpenSession, CloseSession, Open, Release)
+)
+"""What a read-only client credential may propose: its session and opens."""
+NODE_QUERIES: frozenset[type[MetaQuery]] = frozenset((ListTokens, GetToken, ListCredentials))
+"""Queries only a node's credential may send (the HTTP tokens' digests)."""

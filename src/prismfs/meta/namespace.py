@@ -60,13 +60,17 @@ import xxhash
 from prismfs.errors import (
     InvalidArgument,
     LogCorrupt,
+    PermissionDenied,
     PrismError,
     ProtocolError,
     ReplicaHalted,
 )
 from prismfs.meta.cluster_tables import SHARDS_TABLE, ClusterTables
 from prismfs.meta.commands import (
+    CLIENT_COMMANDS,
     MAX_BATCH,
+    NODE_QUERIES,
+    READ_ONLY_COMMANDS,
     ROOT_INO,
     Attr,
     Batch,
@@ -74,7 +78,9 @@ from prismfs.meta.commands import (
     ChunkRefs,
     CloseSession,
     CommitChunks,
+    CreateCredential,
     CreateToken,
+    CredentialList,
     ExpireSessions,
     FsStats,
     GcDone,
@@ -87,6 +93,7 @@ from prismfs.meta.commands import (
     GetToken,
     GetXattr,
     Link,
+    ListCredentials,
     ListNodes,
     ListTokens,
     ListXattr,
@@ -110,6 +117,7 @@ from prismfs.meta.commands import (
     RemoveXattr,
     Rename,
     ReserveInodes,
+    RevokeCredential,
     RevokeToken,
     Rmdir,
     SetAttr,
@@ -134,6 +142,7 @@ from prismfs.meta.schema import (
     session_of_lane,
 )
 from prismfs.raft.state_machine import ClientCommand
+from prismfs.wire.auth import CLIENT, NODE, READ_ONLY
 from prismfs.wire.codec import Message, decode_message, encode_message
 
 
@@ -231,6 +240,8 @@ class Namespace(InodeTables):
             ReencodeChunk: self._reencode_chunk,
             CreateToken: self._create_token,
             RevokeToken: self._revoke_token,
+            CreateCredential: self._create_credential,
+            RevokeCredential: self._revoke_credential,
         }
         self._queries: dict[type[MetaQuery], Callable[[Any], Message]] = {
             Lookup: lambda q: MetaOk(self.lookup(q.parent, q.name)),
@@ -246,6 +257,7 @@ class Namespace(InodeTables):
             ListNodes: lambda q: NodeList(tuple(self.nodes()), self.min_redundancy()),
             ListTokens: lambda q: TokenList(tuple(self.tokens())),
             GetToken: lambda q: self.token(q.token_id),
+            ListCredentials: lambda q: CredentialList(tuple(self.credentials())),
             GetLayout: lambda q: MetaValue(self.effective_layout(q.ino)),
             ChunkRefs: lambda q: MetaValue(names=tuple(self.referenced(q.ids))),
             ShardRefs: lambda q: MetaValue(
@@ -462,6 +474,24 @@ class Namespace(InodeTables):
             for raw in cmd.ops:
                 self.check_command(raw, inner=True)
         self._remember(op, cmd)
+
+    def check_role(self, op: bytes, role: str) -> None:
+        """Refuse a command or query the role may not send (`PermissionDenied`):
+        clients propose only `CLIENT_COMMANDS` (read-only ones only
+        `READ_ONLY_COMMANDS`) and send no `NODE_QUERIES`; nodes anything."""
+        if role == NODE:
+            return
+        message = self._decoded.get(op) or decode_message(op)
+        if isinstance(message, MetaQuery):
+            if type(message) in NODE_QUERIES:
+                raise PermissionDenied(f"a {role} credential may not send {type(message).__name__}")
+            return
+        allowed = CLIENT_COMMANDS if role == CLIENT else READ_ONLY_COMMANDS
+        inner = [decode_message(raw) for raw in message.ops] if isinstance(message, Batch) else []
+        for cmd in (message, *inner):
+            if type(cmd) not in allowed:
+                what = "a read-only" if role == READ_ONLY else f"a {role}"
+                raise PermissionDenied(f"{what} credential may not propose {type(cmd).__name__}")
 
     def check_query(self, op: bytes) -> None:
         q = decode_message(op)

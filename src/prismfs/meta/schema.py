@@ -19,11 +19,12 @@ MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 """8: `chunks` is a rowid table. A record carrying a small file's data inline
 (up to a few KiB) fits in a rowid table's page; in a WITHOUT ROWID table
 (schema 7 and before) one over about 1,000 bytes spilled to overflow
-pages, a page and more per small file. 9: `nodes.voting`."""
+pages, a page and more per small file. 9: `nodes.voting`. 10: `credentials`
+(client credentials made and revoked)."""
 ORPHAN_GRACE_NS = 2 * 10**9
 """An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
 every few seconds) once a whole sweep interval and this much of the leader's
@@ -130,6 +131,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     scope TEXT NOT NULL,
     name TEXT NOT NULL,
     created_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS credentials (
+    credential TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    revoked_ns INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,

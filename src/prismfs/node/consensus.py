@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import trio
 
 from prismfs.errors import (
@@ -61,6 +62,7 @@ from prismfs.errors import (
     DelegationLost,
     InvalidArgument,
     NotLeader,
+    PermissionDenied,
     PrismError,
     ReplicaHalted,
     Unavailable,
@@ -100,6 +102,7 @@ from prismfs.raft.state_machine import (
     client_command,
 )
 from prismfs.stats import Stats
+from prismfs.wire.auth import EVERYONE, NODE
 from prismfs.wire.client import RpcPool
 from prismfs.wire.codec import encode_message
 from prismfs.wire.server import Call, RpcServer
@@ -215,6 +218,12 @@ class Consensus:
         self._query = getattr(state_machine, "query", None)
         self._check_command = getattr(state_machine, "check_command", None)
         self._check_query = getattr(state_machine, "check_query", None)
+        # What a client's credential may send (`Namespace.check_role`).
+        self._check_role: Callable[[bytes, str], None] | None = getattr(
+            state_machine, "check_role", None
+        )
+        self.revoked: Callable[[], frozenset[str]] = frozenset
+        """The client credentials revoked (told to storage-only nodes that ask)."""
         self.log = DurableLog(raft_dir)
         # The durable log is written from worker threads by the Ready loop and
         # by a compaction running beside it: one at a time.
@@ -251,10 +260,10 @@ class Consensus:
     def register(self, server: RpcServer) -> None:
         server.register(RaftBatch, self._on_batch)  # from nodes that still await an ack
         server.register_notification(RaftBatch, self._on_batch_notice)
-        server.register(Propose, self._on_propose)
-        server.register(Query, self._on_query, fast=self._on_query_now)
+        server.register(Propose, self._on_propose, roles=EVERYONE)
+        server.register(Query, self._on_query, fast=self._on_query_now, roles=EVERYONE)
         server.register(ChangeMembership, self._on_membership)
-        server.register(RaftStatus, self._on_status)
+        server.register(RaftStatus, self._on_status, roles=EVERYONE)
         server.register(TransferLeadership, self._on_transfer)
         self.link.register(server)
 
@@ -614,10 +623,29 @@ class Consensus:
         return core is not None and self.node_id in core.conf.members()
 
     async def _on_batch(self, request: RaftBatch, call: Call) -> RaftBatchAck:
-        self._on_batch_notice(request, call.peer)
+        forged = self._forged(request, call)
+        if forged:
+            raise PermissionDenied(forged)
+        self._on_batch_notice(request, call)
         return RaftBatchAck()
 
-    def _on_batch_notice(self, request: RaftBatch, peer: str) -> None:
+    def _forged(self, request: RaftBatch, call: Call) -> str:
+        """Why a batch is refused: Raft messages must come from the member the
+        connection authenticated as, and be meant for this node ("" if fine)."""
+        for m in request.messages:
+            if m.frm != call.credential or m.to != self.node_id:
+                self.stats.count("raft.refused")
+                why = (
+                    f"a Raft message from {m.frm} to {m.to} on a connection of node "
+                    f"{call.credential or '(none)'} to node {self.node_id}"
+                )
+                log.warning("refused %s from %s", why, call.peer)
+                return f"refused {why}"
+        return ""
+
+    def _on_batch_notice(self, request: RaftBatch, call: Call) -> None:
+        if call.request_id == 0 and self._forged(request, call):
+            return  # a notification: there is nobody to answer
         messages = request.messages
         for m in messages:
             self.stats.count(f"raft.received.{type(m).__name__}")
@@ -950,6 +978,8 @@ class Consensus:
     # --- RPC handlers --------------------------------------------------------------------
 
     async def _on_propose(self, request: Propose, call: Call) -> Proposed:
+        if self._check_role is not None:
+            self._check_role(request.op, call.role)
         return await self.propose(
             request.client,
             request.seq,
@@ -959,6 +989,8 @@ class Consensus:
         )
 
     async def _on_query(self, request: Query, call: Call) -> QueryResult:
+        if self._check_role is not None:
+            self._check_role(request.op, call.role)
         return await self.query(
             request.op, holder=request.holder, exclusive=request.exclusive, lease=request.lease
         )
@@ -968,6 +1000,8 @@ class Consensus:
         anything: right in the RPC reader, no task (None: the usual way)."""
         if self._check_query is not None:
             self._check_query(request.op)
+        if self._check_role is not None:
+            self._check_role(request.op, call.role)
         core = self.core
         if self._query is None or core is None or not self._lease_valid():
             return None
@@ -1005,7 +1039,10 @@ class Consensus:
         return await self.change_membership(request)
 
     async def _on_status(self, request: RaftStatus, call: Call) -> RaftStatusReply:
-        return self.status()
+        status = self.status()
+        if request.revoked and call.role == NODE and self.is_member():
+            status = msgspec.structs.replace(status, revoked=tuple(sorted(self.revoked())))
+        return status
 
     async def _on_transfer(self, request: TransferLeadership, call: Call) -> RaftStatusReply:
         await self.transfer_leadership(request.target)

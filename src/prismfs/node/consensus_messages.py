@@ -152,7 +152,8 @@ class TransferLeadership(ConsensusMessage, frozen=True):
 
 
 class RaftStatus(ConsensusMessage, frozen=True):
-    pass
+    revoked: bool = False
+    """Also name the revoked client credentials (a storage-only node's poll)."""
 
 
 class RaftStatusReply(ConsensusMessage, frozen=True):
@@ -167,6 +168,7 @@ class RaftStatusReply(ConsensusMessage, frozen=True):
     voters: tuple[str, ...]
     learners: tuple[str, ...]
     addresses: tuple[tuple[str, str], ...]
+    revoked: tuple[str, ...] = ()
 
 
 class ClusterSeeds(ConsensusMessage, frozen=True):

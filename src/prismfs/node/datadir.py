@@ -28,6 +28,9 @@ from prismfs.durable import write_atomic
 from prismfs.errors import AlreadyInitialized, ConfigError, DataDirLocked, NotInitialized
 from prismfs.ids import NodeId
 from prismfs.wire.auth import (
+    CLIENT,
+    CLIENT_SECRET_FILE_NAME,
+    DEFAULT_CLIENT_CREDENTIAL,
     SECRET_FILE_NAME,
     ClusterCredentials,
     read_secret_file,
@@ -60,6 +63,13 @@ def init_cluster(data_dir: Path) -> ClusterCredentials:
         )
     creds = ClusterCredentials.generate()
     write_secret_file(secret_path, creds)
+    # What mount hosts and file commands get: a client credential, so that a
+    # mount host cannot act as a node (its id is revocable like any other).
+    write_secret_file(
+        data_dir / CLIENT_SECRET_FILE_NAME,
+        creds.derive(CLIENT, DEFAULT_CLIENT_CREDENTIAL),
+        overwrite=True,
+    )
     # This node founds the Raft group on its first start (see node.consensus).
     (data_dir / "raft").mkdir(exist_ok=True)
     (data_dir / "raft" / "bootstrap").touch()

@@ -57,6 +57,7 @@ from prismfs.meta.commands import (
 from prismfs.meta.leases import LeaseTable, command_keys
 from prismfs.node.consensus_messages import LeaseGrant, LeasePoll, LeaseRecalls
 from prismfs.stats import Stats
+from prismfs.wire.auth import EVERYONE
 from prismfs.wire.codec import decode_message
 from prismfs.wire.server import Call, RpcServer
 
@@ -194,7 +195,7 @@ class LeaseService:
         self.delegating: set[str] = set()  # holders that asked for delegations
 
     def register(self, server: RpcServer) -> None:
-        server.register(LeasePoll, self._on_poll)
+        server.register(LeasePoll, self._on_poll, roles=EVERYONE)
 
     # --- leadership ---------------------------------------------------------------------
 

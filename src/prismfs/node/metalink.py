@@ -53,6 +53,7 @@ class MetadataLink:
         self.pool = pool
         self.seeds: list[str] = self._load()
         self.status: RaftStatusReply | None = None  # the members' last answer
+        self.revoked: frozenset[str] = frozenset()  # client credentials, as last told
         self._poke = trio.Event()
 
     def _load(self) -> list[str]:
@@ -111,12 +112,15 @@ class MetadataLink:
         assert self.pool is not None
         for address in list(self.seeds):
             try:
-                reply = (await self.pool.call(address, RaftStatus(), timeout=2.0)).message
+                reply = (
+                    await self.pool.call(address, RaftStatus(revoked=True), timeout=2.0)
+                ).message
             except PrismError as exc:
                 log.debug("metadata member %s did not answer: %s", address, exc.message)
                 continue
             if not isinstance(reply, RaftStatusReply) or reply.role == "storage":
                 continue  # a storage-only node knows no more than this one
+            self.revoked = frozenset(reply.revoked)
             if reply.leader_address:
                 if self.status is None or self.status.leader != reply.leader:
                     log.info("the metadata leader is %s at %s", reply.leader, reply.leader_address)

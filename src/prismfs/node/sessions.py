@@ -34,6 +34,7 @@ from prismfs.meta.commands import ExpireSessions, StatFs
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import RenewSession, SessionRenewed
+from prismfs.wire.auth import EVERYONE
 from prismfs.wire.codec import encode_message
 from prismfs.wire.server import Call, RpcServer
 
@@ -56,7 +57,7 @@ class SessionLeases:
 
     def register(self, server: RpcServer, consensus: Consensus) -> None:
         self.consensus = consensus
-        server.register(RenewSession, self._on_renew)
+        server.register(RenewSession, self._on_renew, roles=EVERYONE)
 
     def renewed(self, session: str, lease_ns: int) -> None:
         self._renewed[session] = (trio.current_time(), lease_ns / 1e9)

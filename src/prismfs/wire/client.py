@@ -81,6 +81,7 @@ async def dial(
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     limits: FrameLimits | None = None,
     client_name: str = "",
+    node_id: str = "",
 ) -> tuple[FramedStream, Hello]:
     """Open TCP (+TLS) to ``address`` and authenticate; raise a typed error on failure."""
     host, port = parse_address(address)
@@ -93,7 +94,7 @@ async def dial(
                 stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
                 await stream.do_handshake()
             conn = FramedStream(stream, limits=HANDSHAKE_LIMITS)
-            hello = await client_handshake(conn, creds, timeout, client_name)
+            hello = await client_handshake(conn, creds, timeout, client_name, node_id)
             conn.set_limits(limits or FrameLimits())
     except trio.TooSlowError:
         await _close_quietly(stream)
@@ -261,6 +262,7 @@ class RpcPool:
         call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
         limits: FrameLimits | None = None,
         client_name: str = "",
+        node_id: str = "",
     ) -> None:
         self._nursery = nursery
         self.creds = creds
@@ -269,6 +271,7 @@ class RpcPool:
         self.call_timeout = call_timeout
         self.limits = limits
         self.client_name = client_name
+        self.node_id = node_id  # the member a node's connections speak for
         # Fault injection (tests, `prismfs.faults`): addresses this process cannot reach.
         self.unreachable: Callable[[str], bool] | None = None
         self.stats = Stats()  # calls made, by request type (the owner may share its own)
@@ -302,6 +305,7 @@ class RpcPool:
                 timeout=self.connect_timeout,
                 limits=self.limits,
                 client_name=self.client_name,
+                node_id=self.node_id,
             )
             conn = RpcConnection(stream, address, hello)
             self._conns[address] = conn
@@ -380,6 +384,7 @@ async def open_rpc_pool(
     call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     limits: FrameLimits | None = None,
     client_name: str = "",
+    node_id: str = "",
 ) -> AsyncIterator[RpcPool]:
     with single_exception():
         async with trio.open_nursery() as nursery:
@@ -391,6 +396,7 @@ async def open_rpc_pool(
                 call_timeout=call_timeout,
                 limits=limits,
                 client_name=client_name,
+                node_id=node_id,
             )
             try:
                 yield pool

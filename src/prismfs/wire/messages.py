@@ -24,20 +24,23 @@ class HandshakeMessage(Message, frozen=True):
 
 
 class Hello(HandshakeMessage, frozen=True):
-    """Server -> client, first frame of every connection: who it is and a challenge."""
+    """Server -> client, first frame of every connection: which cluster and a
+    challenge (nothing else: anyone who connects sees it)."""
 
     protocol: U16
     cluster_id: str
-    node_id: str
     nonce: bytes
 
 
 class AuthProof(HandshakeMessage, frozen=True):
-    """Client -> server: its own challenge and proof that it holds the secret."""
+    """Client -> server: its own challenge, the role and credential it claims,
+    and proof that it holds that credential's key (see `wire.auth`)."""
 
     nonce: bytes
     proof: bytes
     client_name: str = ""
+    role: str = "node"
+    credential: str = ""
 
 
 class AuthOk(HandshakeMessage, frozen=True):

@@ -43,6 +43,7 @@ import trio
 from prismfs.errors import (
     InternalError,
     Overloaded,
+    PermissionDenied,
     PrismError,
     ProtocolError,
     ShuttingDown,
@@ -53,7 +54,7 @@ from prismfs.exception_groups import single_exception
 from prismfs.ids import NodeId
 from prismfs.stats import Stats
 from prismfs.wire.address import format_address
-from prismfs.wire.auth import ClusterCredentials, server_handshake
+from prismfs.wire.auth import NODE, NODES, ClusterCredentials, Peer, server_handshake
 from prismfs.wire.codec import Message, decode_message
 from prismfs.wire.frames import HANDSHAKE_LIMITS, Frame, FrameKind, FrameLimits, Payload
 from prismfs.wire.messages import ErrorReply
@@ -81,6 +82,8 @@ class Call:
     payload: Payload
     peer: str
     client_name: str
+    role: str = "node"
+    credential: str = ""  # the authenticated node id, or client credential id
 
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -116,6 +119,11 @@ class RpcServer:
         self.connections = 0
         self.rejected_connections = 0
         self._handlers: dict[type[Message], Handler] = {}
+        self._roles: dict[type[Message], frozenset[str]] = {}
+        self.refused_calls = 0
+        self.revoked: frozenset[str] = frozenset()
+        """Client credential ids refused at the handshake (see `revoke`)."""
+        self._by_credential: dict[str, set[trio.CancelScope]] = {}
         self._inflight = 0
         self._handshaking = 0
         self._closing_since: float | None = None
@@ -123,8 +131,9 @@ class RpcServer:
         self._accept_scope = trio.CancelScope()
         self._conn_scope = trio.CancelScope()
         self.stats = Stats()  # calls served, by request type (the node shares its own)
-        self._notices: dict[type[Message], Callable[[Any, str], None]] = {}
+        self._notices: dict[type[Message], Callable[[Any, Call], None]] = {}
         self._fast: dict[type[Message], Callable[[Any, Call], Message | Reply | None]] = {}
+        self._notice_roles: dict[type[Message], frozenset[str]] = {}
 
     def register(
         self,
@@ -132,24 +141,46 @@ class RpcServer:
         handler: Callable[[M, Call], Awaitable[Message | Reply]],
         *,
         fast: Callable[[M, Call], Message | Reply | None] | None = None,
+        roles: frozenset[str] = NODES,
     ) -> None:
         """``handler`` runs in a task of its own per request. ``fast``, if given,
         is tried first right in the reader: a plain function that answers at
         once (a message, or a `Reply` with its payload) or returns None for
-        the usual way."""
+        the usual way. ``roles``: who may call it (by default nodes only);
+        anyone else gets `PermissionDenied` and the handler never runs."""
         if message_type in self._handlers:
             raise ValueError(f"a handler for {message_type.__name__} is already registered")
         self._handlers[message_type] = handler
+        self._roles[message_type] = roles
         if fast is not None:
             self._fast[message_type] = fast
 
     def register_notification(
-        self, message_type: type[M], handler: Callable[[M, str], None]
+        self,
+        message_type: type[M],
+        handler: Callable[[M, Call], None],
+        *,
+        roles: frozenset[str] = NODES,
     ) -> None:
-        """``handler(message, peer)`` for each NOTIFY frame of ``message_type``."""
+        """``handler(message, call)`` for each NOTIFY frame of ``message_type``
+        from a peer of one of ``roles`` (others' are dropped and logged)."""
         if message_type in self._notices:
             raise ValueError(f"a notification handler for {message_type.__name__} exists")
         self._notices[message_type] = handler
+        self._notice_roles[message_type] = roles
+
+    def revoke(self, credentials: frozenset[str]) -> None:
+        """From now on refuse these client credentials, and close the
+        connections they opened."""
+        self.revoked = credentials
+        for credential in (credentials - {""}) & self._by_credential.keys():
+            for scope in self._by_credential[credential]:
+                scope.cancel()
+            log.warning(
+                "closed %d connections of revoked credential %s",
+                len(self._by_credential[credential]),
+                credential,
+            )
 
     @property
     def inflight(self) -> int:
@@ -261,8 +292,11 @@ class RpcServer:
                 with trio.fail_after(self.limits.handshake_timeout):
                     if isinstance(stream, trio.SSLStream):
                         await stream.do_handshake()
-                    auth = await server_handshake(
-                        conn, self.creds, self.node_id, self.limits.handshake_timeout
+                    peer_id = await server_handshake(
+                        conn,
+                        self.creds,
+                        self.limits.handshake_timeout,
+                        revoked=lambda credential: credential in self.revoked,
                     )
             except trio.TooSlowError:
                 log.warning(
@@ -286,11 +320,19 @@ class RpcServer:
                 self._handshaking -= 1
             conn.set_limits(self.limits.frame)
             log.debug(
-                "authenticated connection from %s (%s)", peer, auth.client_name or "anonymous"
+                "authenticated connection from %s (%s %s, %s)",
+                peer,
+                peer_id.role,
+                peer_id.credential or "-",
+                peer_id.name or "anonymous",
             )
             self._streams.add(conn)
+            scope = trio.CancelScope()
+            key = "" if peer_id.role == NODE else peer_id.credential  # (revocable ones)
+            self._by_credential.setdefault(key, set()).add(scope)
             try:
-                await self._run_connection(conn, peer, auth.client_name)
+                with scope:
+                    await self._run_connection(conn, _ConnectionState(conn, peer, peer_id))
             except PrismError as exc:
                 log.warning("closing connection from %s: %s", peer, exc.message)
             except _STREAM_ERRORS as exc:
@@ -298,14 +340,19 @@ class RpcServer:
             except Exception:
                 # A bug must cost this connection only, never the node.
                 log.exception("closing connection from %s after an internal error", peer)
+            finally:
+                scopes = self._by_credential.get(key, set())
+                scopes.discard(scope)
+                if not scopes:
+                    self._by_credential.pop(key, None)
         finally:
             self.connections -= 1
             self._streams.discard(conn)
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _run_connection(self, conn: FramedStream, peer: str, client_name: str) -> None:
-        state = _ConnectionState(conn, peer, client_name)
+    async def _run_connection(self, conn: FramedStream, state: _ConnectionState) -> None:
+        peer = state.peer
         conn.on_sent = state.notify
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
@@ -363,11 +410,14 @@ class RpcServer:
             )
         elif type(request) not in self._handlers:
             error = UnknownMethod(f"this node does not serve {type(request).__name__}")
+        elif state.peer_id.role not in self._roles[type(request)]:
+            error = self._refuse(type(request).__name__, state)
         if error is not None:
             if not state.conn.send_nowait(FrameKind.ERROR, rid, ErrorReply.from_error(error)):
                 raise Overloaded("client does not read its replies")
             return
-        call = Call(rid, frame.payload, state.peer, state.client_name)
+        who = state.peer_id
+        call = Call(rid, frame.payload, state.peer, who.name, who.role, who.credential)
         fast = self._fast.get(type(request))
         if fast is not None and self._answer_now(fast, request, call, state):
             return
@@ -416,9 +466,13 @@ class RpcServer:
         if handler is None or self._closing_since is not None:
             self.stats.count(f"dropped.{name}")  # nobody to tell: there is no reply
             return
+        if state.peer_id.role not in self._notice_roles[type(notice)]:
+            self._refuse(name, state)
+            return
         self.stats.count(f"notified.{name}")
+        who = state.peer_id
         try:
-            handler(notice, state.peer)
+            handler(notice, Call(0, frame.payload, state.peer, who.name, who.role, who.credential))
         except Exception:
             log.exception("notification handler for %s from %s failed", name, state.peer)
 
@@ -466,6 +520,21 @@ class RpcServer:
             state.notify()
             self._inflight -= 1
 
+    def _refuse(self, what: str, state: _ConnectionState) -> PermissionDenied:
+        self.refused_calls += 1
+        self.stats.count(f"refused.{what}")
+        who = state.peer_id
+        log.warning(
+            "refused %s from %s: a %s credential (%s) may not send it",
+            what,
+            state.peer,
+            who.role,
+            who.credential or "-",
+        )
+        return PermissionDenied(
+            f"{what} needs a node's credential; this is a {who.role} credential"
+        )
+
     async def _send_error(self, conn: FramedStream, call: Call, error: PrismError) -> None:
         try:
             reply = ErrorReply.from_error(error)
@@ -482,7 +551,7 @@ class _ConnectionState:
 
     conn: FramedStream
     peer: str
-    client_name: str
+    peer_id: Peer
     active: dict[int, trio.CancelScope] = field(default_factory=dict)
     payload_bytes: int = 0
     freed: trio.Event = field(default_factory=trio.Event)
