@@ -629,6 +629,17 @@ class Consensus:
         self._on_batch_notice(request, call)
         return RaftBatchAck()
 
+    def _require_role(self, op: bytes, call: Call) -> None:
+        """Refuse (and log) a command or query outside the caller's role."""
+        if self._check_role is None:
+            return
+        try:
+            self._check_role(op, call.role)
+        except PermissionDenied as exc:
+            self.stats.count("refused.op")
+            log.warning("refused from %s (%s): %s", call.peer, call.credential or "-", exc.message)
+            raise
+
     def _forged(self, request: RaftBatch, call: Call) -> str:
         """Why a batch is refused: Raft messages must come from the member the
         connection authenticated as, and be meant for this node ("" if fine)."""
@@ -978,8 +989,7 @@ class Consensus:
     # --- RPC handlers --------------------------------------------------------------------
 
     async def _on_propose(self, request: Propose, call: Call) -> Proposed:
-        if self._check_role is not None:
-            self._check_role(request.op, call.role)
+        self._require_role(request.op, call)
         return await self.propose(
             request.client,
             request.seq,
@@ -989,8 +999,7 @@ class Consensus:
         )
 
     async def _on_query(self, request: Query, call: Call) -> QueryResult:
-        if self._check_role is not None:
-            self._check_role(request.op, call.role)
+        self._require_role(request.op, call)
         return await self.query(
             request.op, holder=request.holder, exclusive=request.exclusive, lease=request.lease
         )
@@ -1000,8 +1009,7 @@ class Consensus:
         anything: right in the RPC reader, no task (None: the usual way)."""
         if self._check_query is not None:
             self._check_query(request.op)
-        if self._check_role is not None:
-            self._check_role(request.op, call.role)
+        self._require_role(request.op, call)
         core = self.core
         if self._query is None or core is None or not self._lease_valid():
             return None

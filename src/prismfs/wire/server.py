@@ -520,6 +520,12 @@ class RpcServer:
             state.notify()
             self._inflight -= 1
 
+    @property
+    def _node_only(self) -> set[str]:
+        return {
+            t.__name__ for t, roles in (self._roles | self._notice_roles).items() if roles == NODES
+        }
+
     def _refuse(self, what: str, state: _ConnectionState) -> PermissionDenied:
         self.refused_calls += 1
         self.stats.count(f"refused.{what}")
@@ -531,8 +537,9 @@ class RpcServer:
             who.role,
             who.credential or "-",
         )
+        needs = "a node's (the cluster secret)" if what in self._node_only else "a writer's"
         return PermissionDenied(
-            f"{what} needs a node's credential; this is a {who.role} credential"
+            f"a {who.role} credential may not send {what}: it needs {needs} credential"
         )
 
     async def _send_error(self, conn: FramedStream, call: Call, error: PrismError) -> None:
