@@ -13,6 +13,7 @@ same server in `NodeService.__init__`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -234,7 +235,7 @@ async def serve_node(
             )
             nursery.start_soon(_checkpoint_loop, namespace, consensus)
             consensus.revoked = namespace.revoked_credentials
-            nursery.start_soon(_enforce_revocations, service.server, consensus)
+            nursery.start_soon(_keep_server_lists, service.server, consensus, namespace)
             if config.data.default_layout:
                 nursery.start_soon(
                     _default_layout, consensus, namespace, config.data.default_layout
@@ -329,18 +330,31 @@ async def _checkpoint_loop(namespace: Namespace, consensus: Consensus) -> None:
         consensus.stats.observe("sqlite.checkpoint", trio.current_time() - start)
 
 
-REVOCATION_POLL_S = 1.0
-"""How soon a revoked client credential is refused (and its connections closed)."""
+SERVER_LISTS_S = 1.0
+"""How soon a revoked client credential is refused (and its connections
+closed), and a new node's host gets the handshake budget of the nodes."""
 
 
-async def _enforce_revocations(server: RpcServer, consensus: Consensus) -> None:
-    """Keep the server's list of revoked client credentials current: from the
-    namespace on a member, from the members' answers on a storage-only node."""
+async def _keep_server_lists(server: RpcServer, consensus: Consensus, namespace: Namespace) -> None:
+    """Keep the server's lists current: the revoked client credentials and the
+    hosts of the cluster's nodes. From the namespace on a member, from the
+    members' answers on a storage-only node."""
     while True:
-        revoked = consensus.revoked() if consensus.is_member() else consensus.link.revoked
+        if consensus.is_member():
+            revoked = consensus.revoked()
+            addresses = [n.address for n in namespace.nodes()]
+        else:
+            revoked = consensus.link.revoked
+            status = consensus.link.status
+            addresses = [a for _, a in status.addresses] if status is not None else []
         if revoked != server.revoked:
             server.revoke(revoked)
-        await trio.sleep(REVOCATION_POLL_S)
+        hosts = set()
+        for address in addresses:
+            with contextlib.suppress(PrismError):
+                hosts.add(parse_address(address)[0])
+        server.known_hosts = frozenset(hosts)
+        await trio.sleep(SERVER_LISTS_S)
 
 
 def _open_namespace(data_dir: Path) -> Namespace:

@@ -74,6 +74,10 @@ class RpcSection(_Section):
     max_inflight_mib: int = 256
     max_connections: int = 1024
     handshake_timeout: float = 5.0
+    auth_timeout: float = 2.0
+    max_handshakes: int = 64
+    reserved_handshakes: int = 16
+    max_handshakes_per_address: int = 8
 
 
 class RaftSection(_Section):
@@ -211,6 +215,10 @@ class NodeConfig(_Section):
             max_inflight_bytes=self.rpc.max_inflight_mib * MiB,
             max_connections=self.rpc.max_connections,
             handshake_timeout=self.rpc.handshake_timeout,
+            auth_timeout=self.rpc.auth_timeout,
+            max_handshakes=self.rpc.max_handshakes,
+            reserved_handshakes=self.rpc.reserved_handshakes,
+            max_handshakes_per_address=self.rpc.max_handshakes_per_address,
         )
 
 
@@ -264,6 +272,11 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("raft.snapshot_mb_per_s must be 0 (unpaced) or more")
     if not 0 < config.rpc.handshake_timeout <= 300:
         raise ConfigError("rpc.handshake_timeout must be more than 0 and at most 300 seconds")
+    if not 0 < config.rpc.auth_timeout <= 300:
+        raise ConfigError("rpc.auth_timeout must be more than 0 and at most 300 seconds")
+    for key in ("max_handshakes", "reserved_handshakes", "max_handshakes_per_address"):
+        if not 1 <= getattr(config.rpc, key) <= 100_000:
+            raise ConfigError(f"rpc.{key} must be between 1 and 100000")
     if not 0 <= config.meta.dir_lease_s <= 60:
         raise ConfigError("meta.dir_lease_s must be between 0 (no leases) and 60 seconds")
     data = config.data

@@ -32,7 +32,9 @@ Invariant: ``active`` and ``_inflight`` change only in synchronous code
 from __future__ import annotations
 
 import errno as errno_mod
+import itertools
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -99,7 +101,18 @@ class ServerLimits:
     max_inflight_bytes: int = 256 * 1024 * 1024
     max_connections: int = 1024
     max_handshakes: int = 64
+    """Connections not authenticated yet from hosts that are not cluster nodes;
+    beyond it the oldest of them is closed to make room."""
+    reserved_handshakes: int = 16
+    """The same for the cluster's own nodes' hosts (`RpcServer.known_hosts`):
+    strangers can never use up or evict these."""
+    max_handshakes_per_address: int = 8
+    """Connections not authenticated yet from one address; beyond it that
+    address's oldest is closed."""
     handshake_timeout: float = 5.0
+    auth_timeout: float = 2.0
+    """After HELLO, how long the client has to send its AUTH frame (about
+    150 bytes, sent at once by any real client)."""
 
 
 class RpcServer:
@@ -126,6 +139,13 @@ class RpcServer:
         self._by_credential: dict[str, set[trio.CancelScope]] = {}
         self._inflight = 0
         self._handshaking = 0
+        self._pending: dict[int, _PendingHandshake] = {}  # oldest first
+        self._pending_ids = itertools.count()
+        self.known_hosts: frozenset[str] = frozenset()
+        """Hosts of the cluster's nodes (kept current by the node): their new
+        connections draw on a budget of their own."""
+        self.evicted_handshakes = 0
+        self._quiet = _QuietLog()
         self._closing_since: float | None = None
         self._streams: set[FramedStream] = set()
         self._accept_scope = trio.CancelScope()
@@ -239,15 +259,6 @@ class RpcServer:
                     await trio.sleep(0.1)
                     continue
                 raise
-            if self._handshaking >= self.limits.max_handshakes:
-                self.rejected_connections += 1
-                log.warning(
-                    "refusing connection from %s: %d connections not authenticated yet",
-                    _peer(stream),
-                    self._handshaking,
-                )
-                await trio.aclose_forcefully(stream)
-                continue
             if self.connections >= self.limits.max_connections:
                 self.rejected_connections += 1
                 log.warning(
@@ -257,7 +268,35 @@ class RpcServer:
                 )
                 await trio.aclose_forcefully(stream)
                 continue
-            conns.start_soon(self._serve_connection, stream, name=f"rpc-conn {_peer(stream)}")
+            pending = self._admit(_host(stream))
+            conns.start_soon(
+                self._serve_connection, stream, pending, name=f"rpc-conn {_peer(stream)}"
+            )
+
+    def _admit(self, host: str) -> _PendingHandshake:
+        """Count a new connection's handshake, first closing the oldest pending
+        one of the same address, then of the same budget (nodes' hosts or
+        everyone else's), when either is full: a flood of silent connections
+        costs its sender its own oldest ones, never a newcomer's chance."""
+        limits = self.limits
+        known = host in self.known_hosts
+        same_host = [k for k, p in self._pending.items() if p.host == host]
+        if len(same_host) >= limits.max_handshakes_per_address:
+            self._evict(same_host[0])
+        budget = limits.reserved_handshakes if known else limits.max_handshakes
+        same_budget = [k for k, p in self._pending.items() if p.known == known]
+        if len(same_budget) >= budget:
+            self._evict(same_budget[0])
+        key = next(self._pending_ids)
+        pending = _PendingHandshake(key, host, known)
+        self._pending[key] = pending
+        return pending
+
+    def _evict(self, key: int) -> None:
+        pending = self._pending.pop(key)
+        pending.scope.cancel()
+        self.evicted_handshakes += 1
+        self.stats.count("handshakes.evicted")
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, let running calls finish for up to ``grace`` s, then close all."""
@@ -277,7 +316,7 @@ class RpcServer:
 
     # --- one connection --------------------------------------------------
 
-    async def _serve_connection(self, tcp: trio.SocketStream) -> None:
+    async def _serve_connection(self, tcp: trio.SocketStream, pending: _PendingHandshake) -> None:
         peer = _peer(tcp)
         self.connections += 1
         stream: trio.abc.Stream = tcp
@@ -288,28 +327,35 @@ class RpcServer:
         conn = FramedStream(stream, limits=HANDSHAKE_LIMITS)
         self._handshaking += 1
         try:
+            peer_id = None
             try:
-                with trio.fail_after(self.limits.handshake_timeout):
+                with pending.scope, trio.fail_after(self.limits.handshake_timeout):
                     if isinstance(stream, trio.SSLStream):
                         await stream.do_handshake()
                     peer_id = await server_handshake(
                         conn,
                         self.creds,
-                        self.limits.handshake_timeout,
+                        self.limits.auth_timeout,
                         revoked=lambda credential: credential in self.revoked,
                     )
             except trio.TooSlowError:
-                log.warning(
+                limits = self.limits
+                waited = trio.current_time() - pending.started
+                self._quiet.warning(
                     "closing connection from %s: no handshake within %.1fs",
                     peer,
-                    self.limits.handshake_timeout,
+                    limits.handshake_timeout
+                    if waited >= limits.handshake_timeout
+                    else limits.auth_timeout,
                 )
                 return
             except PrismError as exc:
-                log.warning("closing connection from %s: handshake failed: %s", peer, exc.message)
+                self._quiet.warning(
+                    "closing connection from %s: handshake failed: %s", peer, exc.message
+                )
                 return
             except _STREAM_ERRORS as exc:
-                log.warning(
+                self._quiet.warning(
                     "closing connection from %s: handshake failed: %s", peer, _describe(exc)
                 )
                 return
@@ -318,6 +364,14 @@ class RpcServer:
                 return
             finally:
                 self._handshaking -= 1
+                self._pending.pop(pending.key, None)
+            if peer_id is None:  # evicted (see `_admit`)
+                self._quiet.warning(
+                    "closing connection from %s: not authenticated while %s opened more",
+                    peer,
+                    "its address" if pending.host else "others",
+                )
+                return
             conn.set_limits(self.limits.frame)
             log.debug(
                 "authenticated connection from %s (%s %s, %s)",
@@ -553,6 +607,45 @@ class RpcServer:
 
 
 @dataclass
+class _PendingHandshake:
+    key: int
+    host: str
+    known: bool
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    started: float = field(default_factory=trio.current_time)
+
+
+class _QuietLog:
+    """Warnings about unauthenticated connections, at most `BURST` per
+    `WINDOW_S` and then one line with how many were left out: anyone can
+    cause them, and a flood of them must not flood the log too."""
+
+    BURST = 10
+    WINDOW_S = 10.0
+
+    def __init__(self) -> None:
+        self._window_start = -math.inf
+        self._logged = 0
+        self._dropped = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = trio.current_time()
+        if now - self._window_start >= self.WINDOW_S:
+            if self._dropped:
+                log.warning(
+                    "%d more connections were closed before authenticating in %.0fs",
+                    self._dropped,
+                    self.WINDOW_S,
+                )
+            self._window_start, self._logged, self._dropped = now, 0, 0
+        if self._logged < self.BURST:
+            self._logged += 1
+            log.warning(message, *args)
+        else:
+            self._dropped += 1
+
+
+@dataclass
 class _ConnectionState:
     """Per-connection bookkeeping of the server (see the module invariant)."""
 
@@ -574,6 +667,14 @@ def _peer(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return format_address(name[0], name[1]) if isinstance(name, tuple) else str(name)
+
+
+def _host(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return ""
+    return str(name[0]) if isinstance(name, tuple) else str(name)
 
 
 def _describe(exc: BaseException) -> str:
