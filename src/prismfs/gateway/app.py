@@ -595,7 +595,8 @@ def build_app(gw: Gateway) -> Starlette:
             status = 500
             try:
                 if scope:
-                    await gw.tokens.check(request.headers.get("authorization"), scope)
+                    client = request.client.host if request.client else ""
+                    await gw.tokens.check(request.headers.get("authorization"), scope, client)
                 response = await handler(gw, request)
                 status = response.status_code
                 return response
