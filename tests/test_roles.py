@@ -47,10 +47,12 @@ from prismfs.node.consensus_messages import (
     RaftStatus,
     RaftStatusReply,
 )
+from prismfs.procs import process_alive
 from prismfs.raft.messages import Heartbeat, Vote
 from prismfs.wire.auth import CLIENT, READ_ONLY, ClusterCredentials, read_secret_file
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.codec import Message, encode_message, registered_messages
+from prismfs.wire.messages import Ping, Pong
 
 NODE_ONLY = {
     "RaftBatch",
@@ -372,3 +374,106 @@ def _mount_source(m: Mount, addresses: str, point: Path, secret: Path) -> None:
         env={**os.environ, **m.env},
     )
     assert result.returncode == 0, result.stderr + m.log.read_text()
+
+
+MUTATIONS = ("none", "flip", "truncate", "garbage", "kind")
+
+
+def _mutated(frame: bytes, how: str, rng: random.Random) -> bytes:
+    if how == "flip":
+        out = bytearray(frame)
+        for _ in range(rng.randint(1, 4)):
+            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+        return bytes(out)
+    if how == "truncate":
+        return frame[: rng.randrange(len(frame))]
+    if how == "garbage":
+        return rng.randbytes(rng.randint(1, 300))
+    if how == "kind":
+        out = bytearray(frame)
+        out[5] = rng.randrange(256)  # the frame kind byte
+        return bytes(out)
+    return frame
+
+
+async def _attack(address: str, creds: ClusterCredentials | None, data: bytes) -> None:
+    """Send ``data`` (after authenticating as ``creds``, or right after the
+    HELLO) and read whatever comes back until the node closes or 0.3 s passed."""
+    from prismfs.wire.auth import client_handshake
+    from prismfs.wire.stream import FramedStream
+
+    host, port = address.rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    try:
+        if creds is not None:
+            await client_handshake(FramedStream(stream), creds, timeout=5)
+        else:
+            await stream.receive_some(4096)  # the HELLO
+        await stream.send_all(data)
+        with trio.move_on_after(0.3):
+            while await stream.receive_some(65536):
+                pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+def test_fuzzed_frames_as_each_role_crash_nothing_and_change_nothing(cluster: Mount) -> None:
+    """Every message type, random and mutated, as a stranger (before the
+    handshake) and as each role: the node stays up and answers at once,
+    and nothing a node can observe changes. (Node-role frames are only
+    broken ones: a node may legitimately change anything.)"""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from prismfs.wire.frames import FrameKind, encode_frame
+
+    node, client, read_only = _creds(cluster)
+    addresses = _addresses(cluster)
+    roles: dict[str, ClusterCredentials | None] = {
+        "stranger": None,
+        "node": node,
+        "client": client,
+        "read-only": read_only,
+    }
+    classes = sorted(registered_messages().values(), key=lambda c: c.__name__)
+
+    async def leader() -> str:
+        async with open_rpc_pool(node, connect_timeout=2) as pool:
+            status = (await pool.call(addresses[0], RaftStatus(), timeout=5)).message
+            assert isinstance(status, RaftStatusReply)
+            return status.leader_address
+
+    target = trio.run(leader)
+    before = trio.run(_observed, node, addresses)
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        role=st.sampled_from(sorted(roles)),
+        cls=st.sampled_from(classes),
+        how=st.sampled_from(MUTATIONS),
+        kind=st.sampled_from([FrameKind.REQUEST, FrameKind.NOTIFY]),
+        seed=st.integers(0, 2**32),
+    )
+    def attack(role: str, cls: type[Message], how: str, kind: FrameKind, seed: int) -> None:
+        rng = random.Random(seed)
+        if role == "node" and how in ("none", "flip", "kind"):
+            how = "garbage"  # a node's well-formed messages are obeyed
+        if role in ("client", "read-only") and how == "none" and cls.__name__ == "PutShard":
+            how = "truncate"  # a stored shard is a change too (an orphan, swept later)
+        frame = encode_frame(kind, 1, encode_message(random_instance(cls, rng)))
+
+        async def run() -> None:
+            with trio.fail_after(15):
+                await _attack(target, roles[role], _mutated(frame, how, rng))
+                async with open_rpc_pool(client, connect_timeout=2) as pool:
+                    reply = await pool.call(target, Ping(), timeout=5)
+                    assert isinstance(reply.message, Pong)
+
+        trio.run(run)
+
+    attack()
+    assert trio.run(_observed, node, addresses) == before
+    for n in cluster.nodes():
+        assert process_alive(int(n["pid"]))  # type: ignore[call-overload]
