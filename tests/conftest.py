@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from prismfs.errors import NotFound, PrismError
-from prismfs.wire.auth import ClusterCredentials
+from prismfs.wire.auth import EVERYONE, ClusterCredentials
 from prismfs.wire.codec import Message
 from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
 from prismfs.wire.server import Call, Reply, RpcServer, ServerLimits
@@ -110,8 +110,15 @@ async def start_test_server(
     creds: ClusterCredentials,
     limits: ServerLimits | None = None,
     ssl_context: object = None,
+    insecure: bool = False,
 ) -> ServerUnderTest:
-    server = RpcServer(creds, "test-node", limits=limits, ssl_context=ssl_context)  # type: ignore[arg-type]
+    server = RpcServer(
+        creds,
+        "test-node",  # type: ignore[arg-type]
+        limits=limits,
+        ssl_context=ssl_context,  # type: ignore[arg-type]
+        insecure=insecure,
+    )
     ts = ServerUnderTest(server, "", creds)
 
     async def ping(req: Ping, call: Call) -> Pong:
@@ -151,7 +158,7 @@ async def start_test_server(
         await trio.sleep(0.001 * (req.value % 7))  # replies come back out of order
         return Squared(req.value * req.value)
 
-    server.register(Ping, ping)
+    server.register(Ping, ping, roles=EVERYONE)
     server.register(Echo, echo)
     server.register(Sleep, sleep)
     server.register(Fail, fail)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
-from conftest import ServerUnderTest
+from conftest import ServerUnderTest, start_test_server
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials, client_handshake
 from prismfs.wire.client import open_rpc_pool
@@ -17,6 +17,13 @@ from prismfs.wire.codec import encode_message
 from prismfs.wire.frames import FrameKind, encode_frame, encode_head
 from prismfs.wire.messages import AuthProof, Ping, Pong
 from prismfs.wire.stream import FramedStream
+
+
+@pytest.fixture
+async def rpc_server(nursery: trio.Nursery, creds: ClusterCredentials) -> ServerUnderTest:
+    """A server without TLS: these attacks are on the framing and the
+    handshake, which run the same inside TLS (`test_not_tls_to_a_tls_node`)."""
+    return await start_test_server(nursery, creds, insecure=True)
 
 
 async def _raw(address: str) -> trio.SocketStream:
@@ -144,7 +151,7 @@ async def test_bad_client_costs_only_its_connection(
 ) -> None:
     attack, log_pattern = CASES[case]
     logs.allow(log_pattern)
-    async with open_rpc_pool(rpc_server.creds) as pool:
+    async with open_rpc_pool(rpc_server.creds, insecure=True) as pool:
         # A well-behaved client is connected before the attack ...
         bystander = await pool.connection(rpc_server.address)
         stream = await attack(rpc_server)
@@ -153,7 +160,7 @@ async def test_bad_client_costs_only_its_connection(
         reply = await bystander.call(Ping(), timeout=5)
         assert isinstance(reply.message, Pong)
     # while new clients are still served too.
-    async with open_rpc_pool(rpc_server.creds) as pool:
+    async with open_rpc_pool(rpc_server.creds, insecure=True) as pool:
         assert isinstance((await pool.call(rpc_server.address, Ping())).message, Pong)
     assert logs.matching(log_pattern), f"no log line matched {log_pattern!r}"
     # Nothing leaks: every connection, good or bad, is gone once clients left.
@@ -184,7 +191,9 @@ async def test_client_that_never_reads_replies_cannot_grow_node_memory(
     from prismfs.wire.server import ServerLimits
 
     mib = 1024 * 1024
-    ts = await start_test_server(nursery, creds, limits=ServerLimits(max_inflight_bytes=8 * mib))
+    ts = await start_test_server(
+        nursery, creds, limits=ServerLimits(max_inflight_bytes=8 * mib), insecure=True
+    )
     stream = await _authenticated_raw(ts)
     requests = b"".join(
         encode_frame(FrameKind.REQUEST, rid, encode_message(Echo(mode="source", size=4 * mib)))

@@ -103,7 +103,7 @@ async def test_a_client_that_says_nothing_after_hello_is_closed_soon(
 ) -> None:
     logs.allow("no handshake within 0.5s")
     limits = ServerLimits(handshake_timeout=30, auth_timeout=0.5)
-    ts = await start_test_server(nursery, creds, limits=limits)
+    ts = await start_test_server(nursery, creds, limits=limits, insecure=True)
     stream = await _silent(ts.address, "127.0.0.1")
     start = trio.current_time()
     assert await _is_closed(stream, 5)

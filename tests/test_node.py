@@ -68,7 +68,9 @@ async def test_node_answers_ping_and_stops_on_sigterm(
     assert all(entry["node"] == pong.node_id for entry in lines)
     messages = [entry["msg"] for entry in lines]
     assert any("serving RPC" in m for m in messages)
-    assert any("handshake failed: wrong cluster secret" in m for m in messages)
+    # (over TLS, the default: the client refuses the node's certificate, which
+    # is not from the CA its wrong secret derives; the node sees the TLS end)
+    assert any("handshake failed" in m for m in messages)
     assert messages[-2:] == ["received SIGTERM, shutting down", f"node {pong.node_id} stopped"]
 
 

@@ -209,18 +209,67 @@ async def test_pool_redials_after_server_restart(
         again._conn_scope.cancel()
 
 
-async def test_wrong_secret_is_refused_with_clear_error(rpc_server: ServerUnderTest, logs) -> None:
+async def test_wrong_secret_is_refused_with_clear_error(
+    nursery: trio.Nursery, creds: ClusterCredentials, logs
+) -> None:
     logs.allow("handshake failed")
-    wrong = ClusterCredentials(rpc_server.creds.cluster_id, b"x" * 32)
+    wrong = ClusterCredentials(creds.cluster_id, b"x" * 32)
+    # With TLS (the default) the node's certificate is from another CA ...
+    ts = await start_test_server(nursery, creds)
+    with pytest.raises(AuthenticationFailed, match="not from this cluster's CA"):
+        await dial(ts.address, wrong)
+    # ... and without it the HMAC proof is wrong.
+    plain = await start_test_server(nursery, creds, insecure=True)
     with pytest.raises(AuthenticationFailed, match="wrong cluster secret"):
-        await dial(rpc_server.address, wrong)
+        await dial(plain.address, wrong, insecure=True)
+    ts.server._conn_scope.cancel()
+    plain.server._conn_scope.cancel()
 
 
-async def test_other_cluster_is_refused_by_client(rpc_server: ServerUnderTest, logs) -> None:
+async def test_other_cluster_is_refused_by_client(
+    nursery: trio.Nursery, creds: ClusterCredentials, logs
+) -> None:
     logs.allow("handshake failed")
+    plain = await start_test_server(nursery, creds, insecure=True)
     other = ClusterCredentials.generate()
     with pytest.raises(AuthenticationFailed, match="belongs to cluster"):
-        await dial(rpc_server.address, other)
+        await dial(plain.address, other, insecure=True)
+    plain.server._conn_scope.cancel()
+
+
+async def test_tls_is_on_by_default_and_insecure_is_explicit(
+    nursery: trio.Nursery, creds: ClusterCredentials, logs
+) -> None:
+    logs.allow("handshake failed")
+    logs.allow("no handshake within")
+    ts = await start_test_server(nursery, creds)
+    # On the socket: the node speaks TLS with a certificate of the cluster CA.
+    host, port = ts.address.rsplit(":", 1)
+    raw = ssl.create_default_context()
+    raw.check_hostname = False
+    raw.verify_mode = ssl.CERT_NONE
+    tcp = await trio.open_tcp_stream(host, int(port))
+    tls = trio.SSLStream(tcp, raw, server_hostname=host)
+    await tls.do_handshake()
+    from cryptography import x509
+
+    der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    issuer = x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+    assert issuer == f"CN=PrismFS cluster {creds.cluster_id}"
+    await tls.aclose()
+    # A client credential carries the CA and talks TLS the same way.
+    client = creds.derive("client", "c-1")
+    async with open_rpc_pool(client) as pool:
+        assert isinstance((await pool.call(ts.address, Ping())).message, Pong)
+    # A plain client to a TLS node, a TLS client to a plain one: clear errors.
+    with pytest.raises(Unavailable, match="drop --insecure"):
+        await dial(ts.address, creds, insecure=True, timeout=1)
+    plain = await start_test_server(nursery, creds, insecure=True)
+    with pytest.raises(Unavailable, match="does not speak TLS"):
+        await dial(plain.address, creds, timeout=2)
+    ts.server._conn_scope.cancel()
+    plain.server._conn_scope.cancel()
 
 
 async def test_unreachable_address_is_unavailable() -> None:
@@ -246,12 +295,12 @@ async def test_tls_round_trip_and_wrong_ca(
     logs.allow("handshake failed")
     other_ctx = ssl.create_default_context()
     trustme.CA().configure_trust(other_ctx)
-    with pytest.raises(Unavailable, match="TLS"):
+    with pytest.raises(AuthenticationFailed, match="TLS"):
         await dial(ts.address, creds, ssl_context=other_ctx)
     # A plain-TCP client cannot talk to a TLS node either: the TLS server
     # answers with bytes that are no frame, or hangs up.
     with pytest.raises((Unavailable, ProtocolError)):
-        await dial(ts.address, creds, timeout=2)
+        await dial(ts.address, creds, timeout=2, insecure=True)
     ts.server._conn_scope.cancel()
 
 

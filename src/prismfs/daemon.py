@@ -84,6 +84,7 @@ class NodeService:
             node_id,
             ssl_context=server_context(tls) if tls.serves else None,
             limits=config.server_limits(),
+            insecure=tls.insecure,
         )
         self.rpc_address = ""
         self.http_address = ""
@@ -139,11 +140,20 @@ async def serve_node(
     shards.register(service.server)
     host, port = config.listen_address
     tls = config.tls_config()
-    peer_tls = client_context(tls.ca) if tls.ca else None
+    peer_tls = client_context(tls.ca) if tls.ca and not tls.insecure else None
+    if tls.insecure:
+        log.warning(
+            "running without TLS (--insecure): traffic after the handshake is not "
+            "authenticated; use only on a trusted network"
+        )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals, single_exception():
         async with (
             open_rpc_pool(
-                creds, ssl_context=peer_tls, client_name=f"node {node_id}", node_id=node_id
+                creds,
+                ssl_context=peer_tls,
+                client_name=f"node {node_id}",
+                node_id=node_id,
+                insecure=tls.insecure,
             ) as pool,
             trio.open_nursery() as nursery,
         ):

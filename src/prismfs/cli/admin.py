@@ -47,17 +47,15 @@ from prismfs.node.config import MIN_REPAIR_GRACE_S, ORPHAN_GRACE_S
 from prismfs.wire.address import parse_address
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.codec import Message
-from prismfs.wire.tls import client_context
 
 T = TypeVar("T", bound=Message)
 
 
 async def leader_call(client: ClientConfig, request: Message, expect: type[T], timeout: float) -> T:
     """Send ``request`` to the leader (found through any reachable node)."""
-    ssl_ctx = client_context(client.tls_ca) if client.tls_ca else None
     async with open_rpc_pool(
         client.credentials(),
-        ssl_context=ssl_ctx,
+        **client.tls(),
         connect_timeout=3,
         call_timeout=10,
         client_name="prismfs-cli",

@@ -315,9 +315,13 @@ def _up(
     cluster.save()
     addresses = [n.rpc_address for n in cluster.nodes]
     write_client_toml(directory / "client.toml", addresses, cluster.secret_file)
-    if not cluster.client_secret_file.exists():  # a cluster made before client credentials
+    if (
+        not cluster.client_secret_file.exists()
+        or not read_secret_file(cluster.client_secret_file).ca
+    ):
+        # (a cluster made before client credentials, or before they carried the CA)
         creds = read_secret_file(cluster.secret_file).derive(CLIENT, DEFAULT_CLIENT_CREDENTIAL)
-        write_secret_file(cluster.client_secret_file, creds)
+        write_secret_file(cluster.client_secret_file, creds, overwrite=True)
     write_client_toml(directory / "mount.toml", addresses, cluster.client_secret_file)
     DevRegistry().add(directory)
     return cluster

@@ -24,15 +24,13 @@ from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import InvalidArgument, NotFound
 from prismfs.meta.client import MetaClient, open_meta_client
 from prismfs.wire.client import open_rpc_pool
-from prismfs.wire.tls import client_context
 
 
 @asynccontextmanager
 async def connect(client: ClientConfig) -> AsyncIterator[tuple[MetaClient, DataClient]]:
-    ssl_ctx = client_context(client.tls_ca) if client.tls_ca else None
     async with (
         open_rpc_pool(
-            client.credentials(), ssl_context=ssl_ctx, connect_timeout=3, client_name="prismfs-cli"
+            client.credentials(), **client.tls(), connect_timeout=3, client_name="prismfs-cli"
         ) as pool,
         open_meta_client(pool, client.addresses, lease_s=session_lease()) as meta,
     ):

@@ -36,7 +36,6 @@ from prismfs.wire.address import parse_address
 from prismfs.wire.auth import CLIENT_SECRET_FILE_NAME, SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.messages import Ping, Pong
-from prismfs.wire.tls import client_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,21 +68,29 @@ def client_options(func: F) -> F:
         help="A client.toml (default: $PRISMFS_CONFIG, else the newest running dev cluster).",
     )
     @click.option(
-        "--tls-ca", type=click.Path(path_type=Path), help="Cluster CA, to talk TLS to nodes."
+        "--tls-ca",
+        type=click.Path(path_type=Path),
+        help="The CA of nodes started with --tls-cert (default: the cluster's own CA).",
     )
+    @click.option("--insecure", is_flag=True, help="No TLS (for nodes started with --insecure).")
     @functools.wraps(func)
     def wrapper(
         cluster: str | None,
         secret_file: Path | None,
         config_file: Path | None,
         tls_ca: Path | None,
+        insecure: bool,
         **kwargs: Any,
     ) -> Any:
         # A file command sent over HTTP (--http) needs no cluster secret.
         if kwargs.get("http_url"):
             kwargs["client"] = None
         else:
-            kwargs["client"] = resolve_client_config(cluster, secret_file, config_file, tls_ca)
+            kwargs["client"] = resolve_client_config(
+                cluster, secret_file, config_file, tls_ca, insecure
+            )
+            if kwargs["client"].insecure:
+                click.echo("prismfs: talking to the cluster without TLS (--insecure)", err=True)
         return func(**kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -176,10 +183,9 @@ def cluster_status(
 
 async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:
     creds = client.credentials()
-    ssl_ctx = client_context(client.tls_ca) if client.tls_ca else None
     rows: list[dict[str, Any]] = []
     async with open_rpc_pool(
-        creds, ssl_context=ssl_ctx, connect_timeout=3, call_timeout=3, client_name="prismfs-cli"
+        creds, **client.tls(), connect_timeout=3, call_timeout=3, client_name="prismfs-cli"
     ) as pool:
         for address in client.addresses:
             start = trio.current_time()
@@ -247,7 +253,13 @@ def node() -> None:
 @click.option(
     "--tls-key", type=click.Path(path_type=Path), help="Private key of --tls-cert (tls.key)."
 )
-@click.option("--tls-ca", type=click.Path(path_type=Path), help="Cluster CA (tls.ca).")
+@click.option("--tls-ca", type=click.Path(path_type=Path), help="The CA of --tls-cert (tls.ca).")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="No TLS: traffic after the handshake unprotected (tls.insecure; whole cluster).",
+)
 @click.option("--log-file", help="Log to this file instead of stderr (log.file).")
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="log.level"
@@ -266,6 +278,7 @@ def node_start(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
+    insecure: bool | None,
     log_file: str | None,
     log_level: str | None,
     log_format: str | None,
@@ -279,7 +292,12 @@ def node_start(
             "zone": zone,
         },
         "http": {"listen": http},
-        "tls": {"cert": _str(tls_cert), "key": _str(tls_key), "ca": _str(tls_ca)},
+        "tls": {
+            "cert": _str(tls_cert),
+            "key": _str(tls_key),
+            "ca": _str(tls_ca),
+            "insecure": insecure,
+        },
         "log": {"file": log_file, "level": log_level, "format": log_format},
     }
     config = load_node_config(config_file, overrides)

@@ -33,6 +33,7 @@ IGNORED = {"defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "
 KNOWN = {
     "secret",
     "tls_ca",
+    "insecure",
     "ro",
     "allow_other",
     "attr_timeout",
@@ -116,6 +117,7 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         mountpoint=Path(mountpoint).resolve(),
         creds=creds,
         tls_ca=Path(tls_ca) if tls_ca else None,
+        insecure="insecure" in options or client.insecure,
         options=mount_options,
         allow_other="allow_other" in options,
         failtimeout=failtimeout,

@@ -19,18 +19,21 @@ address without a secret) is an error, not a reason to look further.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prismfs.config_files import read_toml
 from prismfs.errors import ClusterNotFound, ConfigError
 from prismfs.procs import process_alive
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import ClusterCredentials, read_secret_file
+from prismfs.wire.tls import client_context
 
 CONFIG_ENV = "PRISMFS_CONFIG"
 DEV_STATE_FILE = "dev.json"
@@ -43,9 +46,18 @@ class ClientConfig:
     secret_file: Path
     tls_ca: Path | None = None
     source: str = ""
+    insecure: bool = False
+    """Talk to the nodes without TLS (they must run ``--insecure`` too)."""
 
     def credentials(self) -> ClusterCredentials:
         return read_secret_file(self.secret_file)
+
+    def tls(self) -> dict[str, Any]:
+        """How to talk TLS (`open_rpc_pool`'s ``ssl_context`` and ``insecure``):
+        with the operator's CA if given, else the cluster CA of the credential."""
+        if self.insecure:
+            return {"ssl_context": None, "insecure": True}
+        return {"ssl_context": client_context(self.tls_ca) if self.tls_ca else None}
 
 
 def state_dir() -> Path:
@@ -71,7 +83,7 @@ def _addresses(items: list[str] | tuple[str, ...], where: str) -> tuple[str, ...
 
 def load_client_toml(path: Path) -> ClientConfig:
     data = read_toml(path, "client config")
-    unknown = set(data) - {"cluster", "secret_file", "tls_ca"}
+    unknown = set(data) - {"cluster", "secret_file", "tls_ca", "insecure"}
     if unknown:
         raise ConfigError(f"client config {path}: unknown keys {', '.join(sorted(unknown))}")
     cluster = data.get("cluster")
@@ -81,20 +93,28 @@ def load_client_toml(path: Path) -> ClientConfig:
         raise ConfigError(f"client config {path} needs 'cluster' (addresses) and 'secret_file'")
     base = path.parent
     tls_ca = data.get("tls_ca") or None
+    insecure = data.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise ConfigError(f"client config {path}: insecure is true or false")
     return ClientConfig(
         addresses=_addresses(cluster, str(path)),
         secret_file=base / data["secret_file"],
         tls_ca=base / tls_ca if isinstance(tls_ca, str) else None,
         source=str(path),
+        insecure=insecure,
     )
 
 
-def write_client_toml(path: Path, addresses: list[str], secret_file: Path) -> None:
+def write_client_toml(
+    path: Path, addresses: list[str], secret_file: Path, *, insecure: bool = False
+) -> None:
     lines = [
         "# Written by prismfs; used by client commands with --config or PRISMFS_CONFIG.",
         "cluster = [" + ", ".join(json.dumps(a) for a in addresses) + "]",
         f"secret_file = {json.dumps(str(secret_file))}",
     ]
+    if insecure:
+        lines.append("insecure = true  # the nodes run without TLS")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -103,18 +123,18 @@ def resolve_client_config(
     secret_file: Path | None = None,
     config: Path | None = None,
     tls_ca: Path | None = None,
+    insecure: bool = False,
 ) -> ClientConfig:
     if cluster or secret_file:
         if not (cluster and secret_file):
             raise ConfigError("--cluster and --secret-file go together")
-        return ClientConfig(_addresses([cluster], "--cluster"), secret_file, tls_ca, "command line")
+        addresses = _addresses([cluster], "--cluster")
+        return ClientConfig(addresses, secret_file, tls_ca, "command line", insecure)
     path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if path is not None:
         loaded = load_client_toml(path)
-        return (
-            loaded
-            if tls_ca is None
-            else ClientConfig(loaded.addresses, loaded.secret_file, tls_ca, loaded.source)
+        return dataclasses.replace(
+            loaded, tls_ca=tls_ca or loaded.tls_ca, insecure=insecure or loaded.insecure
         )
     found = DevRegistry().most_recent_running()
     if found is None:

@@ -43,6 +43,7 @@ class MountSpec:
     mountpoint: Path
     creds: ClusterCredentials
     tls_ca: Path | None = None
+    insecure: bool = False  # no TLS (nodes started with --insecure)
     options: MountOptions = field(default_factory=MountOptions)
     allow_other: bool = False
     failtimeout: float = 60.0
@@ -105,10 +106,13 @@ def _readahead_knob(mountpoint: Path) -> Path:
 
 async def serve(spec: MountSpec, ready: int | None = None) -> None:
     raise_open_file_limit()
-    ssl_ctx = client_context(spec.tls_ca) if spec.tls_ca else None
+    ssl_ctx = client_context(spec.tls_ca) if spec.tls_ca and not spec.insecure else None
+    if spec.insecure:
+        log.warning("talking to the cluster without TLS (-o insecure)")
     async with open_rpc_pool(
         spec.creds,
         ssl_context=ssl_ctx,
+        insecure=spec.insecure,
         connect_timeout=min(5.0, spec.failtimeout),
         client_name="mount.prismfs",
     ) as pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -69,6 +70,16 @@ async def serve_http(
     )
     config = Config()
     config.bind = [settings.listen]
+    if settings.tls_cert:
+        config.certfile = settings.tls_cert
+        config.keyfile = settings.tls_key
+    elif not _loopback(settings.listen):
+        log.warning(
+            "the HTTP API on %s is served WITHOUT TLS: bearer tokens (admin ones too) cross "
+            "the network in clear; set [http] tls_cert and tls_key, or serve it behind a "
+            "TLS proxy",
+            settings.listen,
+        )
     config.accesslog = None
     config.errorlog = logging.getLogger("prismfs.gateway.hypercorn")
     config.graceful_timeout = 5.0
@@ -222,3 +233,14 @@ async def serve_capped(
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+def _loopback(listen: str) -> bool:
+    """Whether HOST:PORT listens only on a loopback address."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

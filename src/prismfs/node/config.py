@@ -54,6 +54,9 @@ class HttpSection(_Section):
     max_connections: int = 1000
     """Connections served at once; beyond it the node stops accepting (they wait
     in the listen queue) until one closes, so clients cannot exhaust its files."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """Serve HTTPS with this certificate and key (PEM files)."""
 
 
 class LogSection(_Section):
@@ -66,6 +69,7 @@ class TlsSection(_Section):
     cert: str = ""
     key: str = ""
     ca: str = ""
+    insecure: bool = False
 
 
 class RpcSection(_Section):
@@ -206,6 +210,7 @@ class NodeConfig(_Section):
             cert=Path(self.tls.cert) if self.tls.cert else None,
             key=Path(self.tls.key) if self.tls.key else None,
             ca=Path(self.tls.ca) if self.tls.ca else None,
+            insecure=self.tls.insecure,
         )
 
     def server_limits(self) -> ServerLimits:
@@ -296,3 +301,9 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("data.min_redundancy must be between 0 and 4")
     if not 1 <= config.http.max_connections <= 1_000_000:
         raise ConfigError("http.max_connections must be between 1 and 1000000")
+    if bool(config.http.tls_cert) != bool(config.http.tls_key):
+        raise ConfigError("HTTPS needs both http.tls_cert and http.tls_key")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(config.http, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"http.{key}: {path} is not a file")

@@ -59,6 +59,7 @@ from prismfs.wire.codec import decode_message
 from prismfs.wire.frames import Frame, FrameKind
 from prismfs.wire.messages import PROTOCOL_VERSION, AuthOk, AuthProof, ErrorReply, Hello
 from prismfs.wire.stream import FramedStream
+from prismfs.wire.tls import cluster_ca_pem
 
 SECRET_BYTES = 32
 NONCE_BYTES = 32
@@ -85,6 +86,9 @@ class ClusterCredentials:
     role: str = NODE
     credential: str = ""
     """A client credential's id (empty for a node's: the node id is bound per connection)."""
+    ca: bytes = b""
+    """A client credential's copy of the cluster CA certificate (PEM): what it
+    checks the nodes' TLS certificates against (a node derives it)."""
 
     def __repr__(self) -> str:  # never print the secret by accident
         return (
@@ -103,8 +107,24 @@ class ClusterCredentials:
             raise PermissionDenied("only the cluster secret (a node's credential) derives others")
         check_credential(role, credential)
         return ClusterCredentials(
-            self.cluster_id, _derived_key(self.secret, role, credential), role, credential
+            self.cluster_id,
+            _derived_key(self.secret, role, credential),
+            role,
+            credential,
+            self.tls_ca(),
         )
+
+    def tls_ca(self) -> bytes:
+        """The cluster CA certificate (PEM) this holder trusts."""
+        if self.role == NODE:
+            return cluster_ca_pem(self.secret, self.cluster_id)
+        if not self.ca:
+            raise ConfigError(
+                f"credential {self.credential} carries no cluster CA for TLS (made before "
+                "TLS was on by default): make a new one with 'prismfs credentials create', "
+                "or give --tls-ca, or --insecure for a cluster without TLS"
+            )
+        return self.ca
 
 
 def new_credential_id(role: str) -> str:
@@ -137,6 +157,8 @@ def write_secret_file(path: Path, creds: ClusterCredentials, *, overwrite: bool 
     text = f'cluster_id = "{creds.cluster_id}"\nsecret = "{creds.secret.hex()}"\n'
     if creds.role != NODE:
         text += f'role = "{creds.role}"\ncredential = "{creds.credential}"\n'
+        if creds.ca:
+            text += "ca = '''\n" + creds.ca.decode() + "'''\n"
     write_atomic(path, text.encode(), mode=0o600)
 
 
@@ -161,6 +183,7 @@ def read_secret_file(path: Path) -> ClusterCredentials:
         secret = bytes.fromhex(data["secret"])
         role = data.get("role", NODE)
         credential = data.get("credential", "")
+        ca = str(data.get("ca", "")).encode()
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
         raise ConfigError(f"secret file {path} is malformed") from None
     if not isinstance(cluster_id, str) or len(secret) < 16:
@@ -170,7 +193,7 @@ def read_secret_file(path: Path) -> ClusterCredentials:
             check_credential(role, credential)
         except InvalidArgument as exc:
             raise ConfigError(f"secret file {path}: {exc.message}") from None
-    return ClusterCredentials(ClusterId(cluster_id), secret, role, credential)
+    return ClusterCredentials(ClusterId(cluster_id), secret, role, credential, ca)
 
 
 def _proof(key: bytes, cluster_id: str, label: bytes, proof: AuthProof, nonce_s: bytes) -> bytes:

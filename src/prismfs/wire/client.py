@@ -19,6 +19,7 @@ request (idempotency keys live in the layers above).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -29,7 +30,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from prismfs.errors import DeadlineExceeded, PrismError, ProtocolError, Unavailable
+from prismfs.errors import (
+    AuthenticationFailed,
+    DeadlineExceeded,
+    PrismError,
+    ProtocolError,
+    Unavailable,
+)
 from prismfs.exception_groups import single_exception
 from prismfs.stats import Stats
 from prismfs.wire.address import parse_address
@@ -38,6 +45,7 @@ from prismfs.wire.codec import Message, decode_message
 from prismfs.wire.frames import HANDSHAKE_LIMITS, FrameKind, FrameLimits, Payload
 from prismfs.wire.messages import Cancel, ErrorReply, Hello
 from prismfs.wire.stream import FramedStream
+from prismfs.wire.tls import cluster_client_context
 
 log = logging.getLogger("prismfs.wire.client")
 
@@ -82,10 +90,15 @@ async def dial(
     limits: FrameLimits | None = None,
     client_name: str = "",
     node_id: str = "",
+    insecure: bool = False,
 ) -> tuple[FramedStream, Hello]:
-    """Open TCP (+TLS) to ``address`` and authenticate; raise a typed error on failure."""
+    """Open TCP + TLS to ``address`` and authenticate; raise a typed error on
+    failure. TLS is checked against ``ssl_context`` if given, else against the
+    cluster CA of ``creds``; ``insecure``: no TLS."""
     host, port = parse_address(address)
     stream: trio.abc.Stream | None = None
+    if ssl_context is None and not insecure:
+        ssl_context = cluster_tls(creds)
     try:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
@@ -98,7 +111,11 @@ async def dial(
             conn.set_limits(limits or FrameLimits())
     except trio.TooSlowError:
         await _close_quietly(stream)
-        raise Unavailable(f"cannot connect to {address}: no answer within {timeout:g}s") from None
+        hint = " (a node that serves TLS says nothing until TLS begins: drop --insecure?)"
+        raise Unavailable(
+            f"cannot connect to {address}: no answer within {timeout:g}s"
+            + (hint if ssl_context is None and stream is not None else "")
+        ) from None
     except OSError as exc:
         await _close_quietly(stream)
         # trio reports "all attempts to connect failed" and keeps the real
@@ -112,13 +129,42 @@ async def dial(
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await _close_quietly(stream)
         cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            raise AuthenticationFailed(f"TLS with {address} failed: {_tls_reason(cause)}") from None
         if isinstance(cause, ssl.SSLError):
-            raise Unavailable(f"TLS with {address} failed: {cause.reason or cause}") from None
-        raise Unavailable(f"connection to {address} closed during the handshake") from None
+            raise Unavailable(f"TLS with {address} failed: {_tls_reason(cause)}") from None
+        hint = (
+            " (a node that serves TLS waits for the client to begin it: drop --insecure?)"
+            if ssl_context is None
+            else ""
+        )
+        raise Unavailable(f"connection to {address} closed during the handshake{hint}") from None
     except BaseException:
         await _close_quietly(stream)
         raise
     return conn, hello
+
+
+def cluster_tls(creds: ClusterCredentials) -> ssl.SSLContext:
+    """The TLS context that trusts the cluster CA of ``creds`` (one per CA)."""
+    return _context_for(creds.tls_ca())
+
+
+@functools.lru_cache(maxsize=8)
+def _context_for(ca: bytes) -> ssl.SSLContext:
+    return cluster_client_context(ca)
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    reason = str(exc.reason or exc)
+    if "WRONG_VERSION_NUMBER" in reason.upper() or "record layer" in reason:
+        return f"{reason} (the node does not speak TLS: started with --insecure?)"
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY" in reason.upper():
+        return (
+            f"{exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else reason}"
+            " (the node's certificate is not from this cluster's CA)"
+        )
+    return reason
 
 
 async def _close_quietly(stream: trio.abc.Stream | None) -> None:
@@ -263,6 +309,7 @@ class RpcPool:
         limits: FrameLimits | None = None,
         client_name: str = "",
         node_id: str = "",
+        insecure: bool = False,
     ) -> None:
         self._nursery = nursery
         self.creds = creds
@@ -272,6 +319,7 @@ class RpcPool:
         self.limits = limits
         self.client_name = client_name
         self.node_id = node_id  # the member a node's connections speak for
+        self.insecure = insecure
         # Fault injection (tests, `prismfs.faults`): addresses this process cannot reach.
         self.unreachable: Callable[[str], bool] | None = None
         self.stats = Stats()  # calls made, by request type (the owner may share its own)
@@ -306,6 +354,7 @@ class RpcPool:
                 limits=self.limits,
                 client_name=self.client_name,
                 node_id=self.node_id,
+                insecure=self.insecure,
             )
             conn = RpcConnection(stream, address, hello)
             self._conns[address] = conn
@@ -385,6 +434,7 @@ async def open_rpc_pool(
     limits: FrameLimits | None = None,
     client_name: str = "",
     node_id: str = "",
+    insecure: bool = False,
 ) -> AsyncIterator[RpcPool]:
     with single_exception():
         async with trio.open_nursery() as nursery:
@@ -397,6 +447,7 @@ async def open_rpc_pool(
                 limits=limits,
                 client_name=client_name,
                 node_id=node_id,
+                insecure=insecure,
             )
             try:
                 yield pool

@@ -61,6 +61,7 @@ from prismfs.wire.codec import Message, decode_message
 from prismfs.wire.frames import HANDSHAKE_LIMITS, Frame, FrameKind, FrameLimits, Payload
 from prismfs.wire.messages import ErrorReply
 from prismfs.wire.stream import FramedStream
+from prismfs.wire.tls import cluster_server_context
 
 log = logging.getLogger("prismfs.wire.server")
 
@@ -123,9 +124,14 @@ class RpcServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
+        insecure: bool = False,
     ) -> None:
+        """TLS with ``ssl_context`` if given, else with a certificate this node
+        issues itself from the cluster CA (`wire.tls`); ``insecure``: no TLS."""
         self.creds = creds
         self.node_id = node_id
+        if ssl_context is None and not insecure:
+            ssl_context = cluster_server_context(creds.secret, creds.cluster_id, node_id)
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
         self.addresses: list[str] = []
