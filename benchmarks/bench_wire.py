@@ -31,9 +31,12 @@ client process (this one) and by the server process, as a percentage of one core
 over the measurement; "per cpu-s" is the figure divided by the CPU seconds both ends
 used, which stays comparable when other work on the machine takes CPU away.
 
+The RPC side is TLS (the default) unless ``--insecure``: run both to see what
+TLS costs (each run's rpc/raw ratio is against the same plain-TCP baseline).
+
 Usage::
 
-    python benchmarks/bench_wire.py [--seconds 3] [--reps 3] [--json]
+    python benchmarks/bench_wire.py [--seconds 3] [--reps 3] [--json] [--insecure]
 
 Only 127.0.0.1 is used. Every process started is stopped (SIGTERM, then SIGKILL)
 and every temporary directory removed, also on errors.
@@ -243,10 +246,11 @@ class Servers:
     raw_port: int
     creds: ClusterCredentials
     data_dir: Path
+    insecure: bool = False  # TLS (the default) or not
 
 
 @contextlib.contextmanager
-def start_servers() -> Iterator[Servers]:
+def start_servers(insecure: bool = False) -> Iterator[Servers]:
     """A real node and a raw server, each in its own process; stopped and removed on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="prismfs-bench-"))
@@ -274,6 +278,7 @@ def start_servers() -> Iterator[Servers]:
                 "127.0.0.1:0",
                 "--log-file",
                 str(log_file),
+                *(["--insecure"] if insecure else []),
             ],
             stdin=subprocess.DEVNULL,
         )
@@ -286,7 +291,7 @@ def start_servers() -> Iterator[Servers]:
         procs.append(raw)
         rpc_address = _wait_for_node(node, data_dir / "node.json", log_file)
         raw_port = _read_port(raw)
-        yield Servers(node.pid, rpc_address, raw.pid, raw_port, creds, data_dir)
+        yield Servers(node.pid, rpc_address, raw.pid, raw_port, creds, data_dir, insecure)
     finally:
         for proc in reversed(procs):
             if proc.stdin is not None:
@@ -482,7 +487,7 @@ async def run_benchmark(
     }
     pings = {k: Series(f"rpc ping, {k} in flight", "calls/s") for k in PING_INFLIGHT}
     async with (
-        open_rpc_pool(servers.creds, client_name="bench") as pool,
+        open_rpc_pool(servers.creds, client_name="bench", insecure=servers.insecure) as pool,
         _raw_connection(servers.raw_port) as raw,
     ):
         bench = Bench(servers, pool, raw, seconds)
@@ -553,6 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions, at least 3 (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--insecure", action="store_true", help="the node and the client without TLS"
+    )
     parser.add_argument("--raw-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.raw_server:
@@ -562,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seconds must be in (0, 60] and --reps in [3, 20]")
 
     started = datetime.datetime.now(datetime.UTC)
-    with start_servers() as servers:
+    with start_servers(args.insecure) as servers:
         pairs, pings = trio.run(run_benchmark, servers, args.seconds, args.reps)
     duration = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
 

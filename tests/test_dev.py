@@ -155,7 +155,7 @@ def test_client_commands_find_the_cluster(tmp_path: Path, dev_env: dict[str, str
         env=dev_env,
     )
     assert wrong.returncode == 1
-    assert "belongs to cluster" in json.loads(wrong.stdout)["nodes"][0]["error"]
+    assert "not from this cluster's CA" in json.loads(wrong.stdout)["nodes"][0]["error"]
 
 
 def test_dev_up_rejects_bad_arguments(tmp_path: Path, dev_env: dict[str, str]) -> None:

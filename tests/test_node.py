@@ -15,7 +15,7 @@ import trio
 
 from conftest import NodeProcess, run_cli, start_node
 from prismfs.errors import AuthenticationFailed
-from prismfs.wire.auth import ClusterCredentials, read_secret_file
+from prismfs.wire.auth import ClusterCredentials, read_secret_file, write_secret_file
 from prismfs.wire.client import dial, open_rpc_pool
 from prismfs.wire.messages import Echo, Ping, Pong
 
@@ -235,6 +235,70 @@ def test_node_serves_tls_with_cluster_ca(tmp_path: Path, node_procs: list[NodePr
     wrong = run_cli("cluster", "status", "--json", *common, "--tls-ca", str(other_ca))
     assert wrong.returncode == 1
     assert "TLS with" in json.loads(wrong.stdout)["nodes"][0]["error"]
+
+
+def test_a_default_node_talks_tls_and_insecure_is_explicit(
+    tmp_path: Path, node_procs: list[NodeProcess]
+) -> None:
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    creds = _init(tmp_path / "n1")
+    node = start_node(node_procs, tmp_path / "n1")
+    address = node.wait_listening()
+    host, port = address.rsplit(":", 1)
+    # On the socket: TLS, with a certificate the cluster's CA issued.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        ctx.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None and tls.version() in ("TLSv1.2", "TLSv1.3")
+    issuer = x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+    assert issuer == f"CN=PrismFS cluster {creds.cluster_id}"
+    # The client credential from `cluster init` carries the CA: it just works.
+    client_secret = tmp_path / "n1" / "client.secret"
+    common = ("--cluster", address, "--secret-file", str(client_secret))
+    ok = run_cli("ls", "/", *common)
+    assert ok.returncode == 0, ok.stderr
+    # A credential whose CA is another cluster's: one line, naming the problem.
+    other = ClusterCredentials.generate()
+    forged = ClusterCredentials(
+        creds.cluster_id,
+        read_secret_file(client_secret).secret,
+        "client",
+        "default-client",
+        other.tls_ca(),
+    )
+    forged_file = tmp_path / "forged.secret"
+    write_secret_file(forged_file, forged)
+    bad = run_cli("ls", "/", "--cluster", address, "--secret-file", str(forged_file))
+    assert bad.returncode != 0
+    assert "not from this cluster's CA" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    # --insecure on the client alone does not get through, with a hint.
+    plain = run_cli("cluster", "status", "--json", *common, "--insecure")
+    assert plain.returncode != 0
+    assert "drop --insecure" in json.loads(plain.stdout)["nodes"][0]["error"], plain.stdout
+
+    # A node started --insecure says so; clients need --insecure too.
+    _init(tmp_path / "n2")
+    insecure = start_node(node_procs, tmp_path / "n2", "--insecure")
+    address2 = insecure.wait_listening()
+    common2 = ("--cluster", address2, "--secret-file", str(tmp_path / "n2" / "client.secret"))
+    refused = run_cli("ls", "/", *common2)
+    assert refused.returncode != 0 and "does not speak TLS" in refused.stderr, refused.stderr
+    works = run_cli("ls", "/", *common2, "--insecure")
+    assert works.returncode == 0, works.stderr
+    assert "without TLS (--insecure)" in works.stderr
+    insecure.proc.send_signal(signal.SIGTERM)
+    insecure.proc.wait(timeout=10)
+    assert insecure.proc.stderr is not None
+    assert "running without TLS (--insecure)" in insecure.proc.stderr.read()
 
 
 def test_tls_key_without_cert_is_refused(tmp_path: Path) -> None:

@@ -399,11 +399,16 @@ def _mutated(frame: bytes, how: str, rng: random.Random) -> bytes:
 async def _attack(address: str, creds: ClusterCredentials | None, data: bytes) -> None:
     """Send ``data`` (after authenticating as ``creds``, or right after the
     HELLO) and read whatever comes back until the node closes or 0.3 s passed."""
+    import ssl
+
     from prismfs.wire.auth import client_handshake
     from prismfs.wire.stream import FramedStream
 
     host, port = address.rsplit(":", 1)
-    stream = await trio.open_tcp_stream(host, int(port))
+    tls = ssl.create_default_context()  # (the nodes talk TLS; anyone may begin it)
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    stream = trio.SSLStream(await trio.open_tcp_stream(host, int(port)), tls)
     try:
         if creds is not None:
             await client_handshake(FramedStream(stream), creds, timeout=5)
@@ -416,7 +421,7 @@ async def _attack(address: str, creds: ClusterCredentials | None, data: bytes) -
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
-        await stream.aclose()
+        await trio.aclose_forcefully(stream)
 
 
 def test_fuzzed_frames_as_each_role_crash_nothing_and_change_nothing(cluster: Mount) -> None:

@@ -185,7 +185,7 @@ async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:
     creds = client.credentials()
     rows: list[dict[str, Any]] = []
     async with open_rpc_pool(
-        creds, **client.tls(), connect_timeout=3, call_timeout=3, client_name="prismfs-cli"
+        creds, **client.tls(), connect_timeout=2.5, call_timeout=3, client_name="prismfs-cli"
     ) as pool:
         for address in client.addresses:
             start = trio.current_time()
