@@ -46,6 +46,7 @@ from prismfs.wire.frames import HANDSHAKE_LIMITS, FrameKind, FrameLimits, Payloa
 from prismfs.wire.messages import Cancel, ErrorReply, Hello
 from prismfs.wire.stream import FramedStream
 from prismfs.wire.tls import cluster_client_context
+from prismfs.wire.tlsstream import TlsStream
 
 log = logging.getLogger("prismfs.wire.client")
 
@@ -104,7 +105,7 @@ async def dial(
             tcp = await trio.open_tcp_stream(host, port)
             stream = tcp
             if ssl_context is not None:
-                stream = trio.SSLStream(tcp, ssl_context, server_hostname=host)
+                stream = TlsStream(tcp, ssl_context, server_hostname=host)
                 await stream.do_handshake()
             conn = FramedStream(stream, limits=HANDSHAKE_LIMITS)
             hello = await client_handshake(conn, creds, timeout, client_name, node_id)

@@ -62,6 +62,7 @@ from prismfs.wire.frames import HANDSHAKE_LIMITS, Frame, FrameKind, FrameLimits,
 from prismfs.wire.messages import ErrorReply
 from prismfs.wire.stream import FramedStream
 from prismfs.wire.tls import cluster_server_context
+from prismfs.wire.tlsstream import TlsStream
 
 log = logging.getLogger("prismfs.wire.server")
 
@@ -327,7 +328,7 @@ class RpcServer:
         self.connections += 1
         stream: trio.abc.Stream = tcp
         if self.ssl_context is not None:
-            stream = trio.SSLStream(tcp, self.ssl_context, server_side=True)
+            stream = TlsStream(tcp, self.ssl_context, server_side=True)
         # Until the peer has proved it holds the secret it may send only small
         # handshake frames: nothing it announces is allocated beyond 4 KiB.
         conn = FramedStream(stream, limits=HANDSHAKE_LIMITS)
@@ -336,7 +337,7 @@ class RpcServer:
             peer_id = None
             try:
                 with pending.scope, trio.fail_after(self.limits.handshake_timeout):
-                    if isinstance(stream, trio.SSLStream):
+                    if isinstance(stream, TlsStream):
                         await stream.do_handshake()
                     peer_id = await server_handshake(
                         conn,

@@ -36,6 +36,7 @@ import trio
 from prismfs.errors import ProtocolError, Unavailable
 from prismfs.wire.codec import Message, encode_message
 from prismfs.wire.frames import Frame, FrameDecoder, FrameKind, FrameLimits, Payload, encode_head
+from prismfs.wire.tlsstream import TlsStream
 
 _COALESCE_LIMIT = 64 * 1024
 _RECEIVE_MIN = 64 * 1024
@@ -63,6 +64,7 @@ class FramedStream:
         self.limits = limits or FrameLimits()
         self._decoder = FrameDecoder(self.limits)
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._tls = stream if isinstance(stream, TlsStream) else None
         self._send_q, self._recv_q = trio.open_memory_channel[OutFrame](queue_size)
         self.closed = False
         self._writer_closed = False  # close_writer: nothing more may be written
@@ -107,6 +109,8 @@ class FramedStream:
 
     def _send_now(self, kind: FrameKind, request_id: int, header: bytes, payload: Payload) -> bool:
         """The bypass (module docstring): True if the frame is sent or queued."""
+        if self._tls is not None:
+            return self._send_now_tls(kind, request_id, header, payload)
         if (
             self._sock is None
             or self.unsent
@@ -129,6 +133,29 @@ class FramedStream:
         if sent < len(head) + len(payload):
             rest = (head + bytes(payload))[sent:]  # rare: a full socket buffer
             self._send_q.send_nowait((_RAW, 0, rest, b""))
+            self.unsent += 1
+        elif self.on_sent is not None:
+            self.on_sent()
+        return True
+
+    def _send_now_tls(
+        self, kind: FrameKind, request_id: int, header: bytes, payload: Payload
+    ) -> bool:
+        """The bypass on TLS: the frame encrypted and written from the caller."""
+        assert self._tls is not None
+        if (
+            self.unsent
+            or self._control
+            or self.closed
+            or self._writer_closed
+            or len(payload) + len(header) > _BYPASS_LIMIT
+        ):
+            return False
+        head = encode_head(kind, request_id, header, len(payload))
+        if not self._tls.send_now(head + bytes(payload) if payload else head):
+            return False
+        if self._tls.stash:  # the kernel took part: the writer sends the rest
+            self._send_q.send_nowait((_RAW, 0, b"", b""))
             self.unsent += 1
         elif self.on_sent is not None:
             self.on_sent()
@@ -204,8 +231,8 @@ class FramedStream:
                 await self.stream.send_all(pending)
                 pending = bytearray()
                 await self.stream.send_all(payload)
-        if pending:
-            await self.stream.send_all(pending)
+        if pending or (self._tls is not None and self._tls.stash):
+            await self.stream.send_all(pending)  # (on TLS, the rest of a bypass first)
 
     def close_writer(self) -> None:
         """No more frames; the writer finishes what is queued and returns."""
@@ -224,10 +251,13 @@ class FramedStream:
             frame = decoder.next_frame()
             if frame is not None:
                 return frame
-            view = decoder.payload_view() if self._sock is not None else None
+            view = decoder.payload_view() if self._sock or self._tls else None
             if view is not None:
-                assert self._sock is not None
-                n = await self._sock.recv_into(view, min(len(view), _RECEIVE_MAX))
+                if self._tls is not None:
+                    n = await self._tls.receive_into(view[:_RECEIVE_MAX])
+                else:
+                    assert self._sock is not None
+                    n = await self._sock.recv_into(view, min(len(view), _RECEIVE_MAX))
                 if n == 0:
                     raise ProtocolError("connection closed in the middle of a frame")
                 decoder.payload_received(n)
