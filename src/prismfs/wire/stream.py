@@ -109,10 +109,8 @@ class FramedStream:
 
     def _send_now(self, kind: FrameKind, request_id: int, header: bytes, payload: Payload) -> bool:
         """The bypass (module docstring): True if the frame is sent or queued."""
-        if self._tls is not None:
-            return self._send_now_tls(kind, request_id, header, payload)
         if (
-            self._sock is None
+            (self._sock is None and self._tls is None)
             or self.unsent
             or self._control
             or self.closed
@@ -121,41 +119,29 @@ class FramedStream:
         ):
             return False
         head = encode_head(kind, request_id, header, len(payload))
-        try:
-            if payload:
-                sent = os.writev(self._sock.fileno(), (head, payload))  # no copy of the payload
-            else:
-                sent = os.write(self._sock.fileno(), head)
-        except BlockingIOError:
-            return False  # the socket buffer is full: the writer waits for room
-        except OSError:
-            return False  # broken: the writer finds out and closes the connection
-        if sent < len(head) + len(payload):
-            rest = (head + bytes(payload))[sent:]  # rare: a full socket buffer
+        rest = b""
+        if self._tls is not None:
+            # Encrypted and written from the caller; what the kernel does not
+            # take waits in the stream, sent first by the writer.
+            if not self._tls.send_now(head + bytes(payload) if payload else head):
+                return False
+            partial = bool(self._tls.stash)
+        else:
+            assert self._sock is not None
+            try:
+                if payload:
+                    sent = os.writev(self._sock.fileno(), (head, payload))  # no payload copy
+                else:
+                    sent = os.write(self._sock.fileno(), head)
+            except BlockingIOError:
+                return False  # the socket buffer is full: the writer waits for room
+            except OSError:
+                return False  # broken: the writer finds out and closes the connection
+            partial = sent < len(head) + len(payload)
+            if partial:
+                rest = (head + bytes(payload))[sent:]  # rare: a full socket buffer
+        if partial:
             self._send_q.send_nowait((_RAW, 0, rest, b""))
-            self.unsent += 1
-        elif self.on_sent is not None:
-            self.on_sent()
-        return True
-
-    def _send_now_tls(
-        self, kind: FrameKind, request_id: int, header: bytes, payload: Payload
-    ) -> bool:
-        """The bypass on TLS: the frame encrypted and written from the caller."""
-        assert self._tls is not None
-        if (
-            self.unsent
-            or self._control
-            or self.closed
-            or self._writer_closed
-            or len(payload) + len(header) > _BYPASS_LIMIT
-        ):
-            return False
-        head = encode_head(kind, request_id, header, len(payload))
-        if not self._tls.send_now(head + bytes(payload) if payload else head):
-            return False
-        if self._tls.stash:  # the kernel took part: the writer sends the rest
-            self._send_q.send_nowait((_RAW, 0, b"", b""))
             self.unsent += 1
         elif self.on_sent is not None:
             self.on_sent()

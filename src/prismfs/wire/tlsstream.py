@@ -133,7 +133,7 @@ class TlsStream(trio.abc.Stream):
         async with self._receive_lock:
             while True:
                 n = self._decrypt_into(view)
-                if self._out.pending:
+                if self._out.pending:  # reading made something to answer
                     async with self._send_lock:
                         await self._send_out()
                 if n or self._eof:
@@ -141,6 +141,7 @@ class TlsStream(trio.abc.Stream):
                 await self._fill()
 
     def _decrypt_into(self, view: memoryview) -> int:
+        """Every whole record already received, as far as ``view`` goes."""
         n = 0
         read = self._tls.read
         try:
@@ -153,45 +154,20 @@ class TlsStream(trio.abc.Stream):
         except ssl.SSLWantReadError:
             pass
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            self._eof = True
+            self._eof = True  # close_notify, or the socket ended without one
         except ssl.SSLError as exc:
             raise trio.BrokenResourceError("TLS failed while receiving") from exc
         return n
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if not self._handshaken:
-            await self.do_handshake()
         want = RECEIVE_BYTES if max_bytes is None else max_bytes
         if want < 1:
             raise ValueError("max_bytes must be >= 1")
-        async with self._receive_lock:
-            while True:
-                got = self._decrypt(want)
-                if self._out.pending:  # reading made something to answer
-                    async with self._send_lock:
-                        await self._send_out()
-                if got or self._eof:
-                    return got
-                await self._fill()
-
-    def _decrypt(self, want: int) -> bytearray:
-        """Every whole record already received, up to ``want`` bytes."""
-        out = bytearray()
-        read = self._tls.read
-        try:
-            while len(out) < want:
-                chunk = read(want - len(out))
-                if not chunk:
-                    self._eof = True
-                    break
-                out += chunk
-        except ssl.SSLWantReadError:
-            pass
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            self._eof = True  # close_notify, or the socket ended without one
-        except ssl.SSLError as exc:
-            raise trio.BrokenResourceError("TLS failed while receiving") from exc
-        return out
+        buf = bytearray(want)
+        with memoryview(buf) as view:
+            n = await self.receive_into(view)
+        del buf[n:]
+        return buf
 
     # --- the socket ----------------------------------------------------------------
 
