@@ -185,7 +185,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         # What reads every record, timed with every chunk healthy.
         result["status_s"] = [round(status(env)[0], 2) for _ in range(3)]
         http = next(str(n["http_address"]) for n in nodes if n["id"] == leader)
-        token = json.loads(_cli(env, "token", "create", "--read-only", "--json"))["token"]
+        token = json.loads(_cli(env, "token", "create", "--read-only", "--uid", "0", "--json"))[
+            "token"
+        ]
         metrics = []
         for _ in range(3):
             start = time.monotonic()

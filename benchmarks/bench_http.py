@@ -107,7 +107,18 @@ def measure(size_mib: int, runs: int, objects: int) -> dict[str, Any]:
             _cli(env, "dev", "up", "--nodes", "3", "--dir", str(cluster), "--json", "--http")
         )
         token = json.loads(
-            _cli(env, "token", "create", "--config", str(cluster / "client.toml"), "--json")
+            _cli(
+                env,
+                "token",
+                "create",
+                "--uid",
+                "0",
+                "--gid",
+                "0",
+                "--config",
+                str(cluster / "client.toml"),
+                "--json",
+            )
         )["token"]
         status = json.loads(
             _cli(env, "cluster", "status", "--json", "--config", str(cluster / "client.toml"))

@@ -53,7 +53,17 @@ class Cluster:
         state = json.loads((base / "cluster" / "dev.json").read_text())
         self.http = [n["http_address"] for n in state["nodes"] if n.get("http_address")]
         out = subprocess.run(
-            [sys.executable, "-m", "prismfs", "token", "create", "--read-only", "--json"],
+            [
+                sys.executable,
+                "-m",
+                "prismfs",
+                "token",
+                "create",
+                "--read-only",
+                "--uid",
+                "0",
+                "--json",
+            ],
             env=env,
             check=True,
             capture_output=True,

@@ -19,7 +19,16 @@ from prismfs.cli import http_files
 from prismfs.client.config import ClientConfig
 from prismfs.client.data import DataClient
 from prismfs.client.files import get_file, local_reader, put_file
-from prismfs.client.paths import make_dirs, remove_tree, resolve, resolve_parent, split
+from prismfs.client.paths import (
+    Caller,
+    W,
+    X,
+    make_dirs,
+    remove_tree,
+    resolve,
+    resolve_parent,
+    split,
+)
 from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import InvalidArgument, NotFound
 from prismfs.meta.client import MetaClient, open_meta_client
@@ -94,24 +103,29 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
         st = local.stat()
         size, file_mode = st.st_size, st.st_mode & 0o7777
 
+        me = Caller(os.getuid(), os.getgid())  # the file is the caller's, as with cp
+
         async def run() -> int:
             async with connect(client) as (meta, data):
                 target = remote
                 with contextlib.suppress(NotFound):
                     if remote.endswith("/") or stat_mod.S_ISDIR((await resolve(meta, remote)).mode):
                         target = remote.rstrip("/") + "/" + local.name
-                parent, name = await resolve_parent(meta, target)
+                parent, name = await resolve_parent(meta, target, me)
+                me.check(parent, W | X, target.rsplit("/", 1)[0] or "/")
                 read, close = local_reader(str(local))
                 try:
                     with _bar(size, f"put {local.name}") as bar:
                         return await put_file(
                             meta,
                             data,
-                            parent,
+                            parent.ino,
                             name,
                             read,
                             layout=chosen,
                             mode=file_mode,
+                            uid=me.uid,
+                            gid=me.gid,
                             progress=bar.update if bar is not None else None,
                         )
                 finally:
@@ -257,10 +271,10 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
         async def run() -> None:
             async with connect(client) as (meta, _):
                 parent, name = await resolve_parent(meta, path)
-                attr = await meta.lookup(parent, name)
+                attr = await meta.lookup(parent.ino, name)
                 if stat_mod.S_ISDIR(attr.mode) and not recursive:
                     raise InvalidArgument(f"{path} is a directory (use -r)")
-                await remove_tree(meta, parent, name, attr)
+                await remove_tree(meta, parent.ino, name, attr)
 
         trio.run(run)
 
@@ -278,7 +292,8 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
         async def run() -> None:
             async with connect(client) as (meta, _):
-                ino = (await make_dirs(meta, path, parents=parents))[0].ino
+                me = Caller(os.getuid(), os.getgid())
+                ino = (await make_dirs(meta, path, parents=parents, caller=me))[0].ino
                 if layout:
                     await meta.setxattr(ino, LAYOUT_XATTR, layout.encode())
 

@@ -16,6 +16,7 @@ import trio
 
 from prismfs.cli.files import connect
 from prismfs.client.config import ClientConfig
+from prismfs.client.paths import NOBODY
 from prismfs.gateway.tokens import new_token
 
 
@@ -29,23 +30,60 @@ def register(cli: click.Group, client_options: Callable[[Any], Any], table: Any)
     @click.option("--read-only", is_flag=True, help="Only GET and HEAD.")
     @click.option("--admin", is_flag=True, help="Also add, drain and remove nodes.")
     @click.option("--name", default="", help="A note for people: who or what uses it.")
+    @click.option(
+        "--uid",
+        type=click.IntRange(0, 2**32 - 1),
+        default=NOBODY,
+        show_default=True,
+        help="The user its requests act as (modes and owners are checked; 0: root).",
+    )
+    @click.option(
+        "--gid",
+        type=click.IntRange(0, 2**32 - 1),
+        default=NOBODY,
+        show_default=True,
+        help="The group its requests act as.",
+    )
+    @click.option("--prefix", default="", help="Only paths under this one (e.g. /projects/a).")
     @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
     def create(
-        client: ClientConfig, read_only: bool, admin: bool, name: str, as_json: bool
+        client: ClientConfig,
+        read_only: bool,
+        admin: bool,
+        name: str,
+        uid: int,
+        gid: int,
+        prefix: str,
+        as_json: bool,
     ) -> None:
         """Make a token (read-write unless --read-only or --admin); it is shown only now."""
         if read_only and admin:
             raise click.UsageError("--read-only and --admin do not go together")
+        prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        if prefix and not prefix.startswith("/"):
+            raise click.UsageError("--prefix is an absolute path inside the cluster")
         scope = "read" if read_only else "admin" if admin else "write"
         secret, token_id, digest = new_token()
 
         async def run() -> None:
             async with connect(client) as (meta, _):
-                await meta.create_token(token_id, digest, scope, name)
+                await meta.create_token(token_id, digest, scope, name, uid, gid, prefix)
 
         trio.run(run)
         if as_json:
-            click.echo(json.dumps({"id": token_id, "scope": scope, "name": name, "token": secret}))
+            click.echo(
+                json.dumps(
+                    {
+                        "id": token_id,
+                        "scope": scope,
+                        "name": name,
+                        "uid": uid,
+                        "gid": gid,
+                        "prefix": prefix,
+                        "token": secret,
+                    }
+                )
+            )
         else:
             click.echo(f"token {token_id} ({scope}): {secret}")
             click.echo("keep it safe: it is not shown again (revoke: prismfs token revoke ID)")
@@ -63,6 +101,9 @@ def register(cli: click.Group, client_options: Callable[[Any], Any], table: Any)
                         "id": t.token_id,
                         "scope": t.scope,
                         "name": t.name,
+                        "uid": t.uid,
+                        "gid": t.gid,
+                        "prefix": t.prefix or "/",
                         "created": datetime.datetime.fromtimestamp(
                             t.created_ns / 1e9, tz=datetime.UTC
                         ).isoformat(timespec="seconds"),
@@ -74,7 +115,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any], table: Any)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
         else:
-            table(rows, ["id", "scope", "name", "created"])
+            table(rows, ["id", "scope", "uid", "gid", "prefix", "name", "created"])
 
     @token.command("revoke")
     @client_options

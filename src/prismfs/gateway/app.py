@@ -27,6 +27,7 @@ drain, remove, the cluster view) are sent to the leader (`call_leader`).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import re
@@ -55,7 +56,17 @@ from prismfs.client.files import (
     stream_range,
 )
 from prismfs.client.leader import call_leader
-from prismfs.client.paths import make_dirs, remove_tree, resolve, resolve_parent
+from prismfs.client.paths import (
+    NOBODY,
+    Caller,
+    R,
+    W,
+    X,
+    make_dirs,
+    remove_tree,
+    resolve,
+    resolve_parent,
+)
 from prismfs.config_files import option_number
 from prismfs.data.layout import Layout
 from prismfs.errors import (
@@ -64,6 +75,7 @@ from prismfs.errors import (
     InvalidArgument,
     IsADirectory,
     NotADirectory,
+    NotFound,
     OutOfRange,
     PrismError,
 )
@@ -123,6 +135,16 @@ class Gateway:
 
 def _path(request: Request) -> str:
     return "/" + str(request.path_params.get("path", "")).strip("/")
+
+
+def _caller(request: Request) -> Caller:
+    """Who the request acts as: its token's user, group and prefix."""
+    caller = getattr(request.state, "caller", None)
+    return caller if isinstance(caller, Caller) else Caller(NOBODY, NOBODY, "/")
+
+
+def _above(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
 
 
 def _etag(attr: Attr) -> str:
@@ -265,11 +287,13 @@ class FileStream(Response):
 
 async def get_file_route(gw: Gateway, request: Request) -> Response:
     path = _path(request)
-    attr = await resolve(gw.meta, path)
+    caller = _caller(request)
+    attr = await resolve(gw.meta, path, caller)
     if stat.S_ISDIR(attr.mode):
         raise IsADirectory(f"{path} is a directory (GET /v1/dirs{quote(path)} lists it)")
     if not stat.S_ISREG(attr.mode):
         raise InvalidArgument(f"{path} is not a regular file")
+    caller.check(attr, R, path)
     f = await OpenFile.open(gw.meta, gw.data, attr.ino)
     try:
         opened = f.attr_at_open or attr
@@ -322,8 +346,11 @@ def _exists(path: str) -> Response:
 
 async def put_file_route(gw: Gateway, request: Request) -> Response:
     path = _path(request)
-    parent, name = await resolve_parent(gw.meta, path)
+    caller = _caller(request)
+    parent_attr, name = await resolve_parent(gw.meta, path, caller)
+    parent = parent_attr.ino
     check_name(name)  # before any byte is stored
+    caller.check(parent_attr, W | X, _above(path))  # (a new inode is renamed over it)
     create_only = request.headers.get("if-none-match", "").strip() == "*"
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > gw.max_upload:
@@ -333,6 +360,8 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
         old = await gw.meta.lookup(parent, name)
         if stat.S_ISDIR(old.mode):
             raise IsADirectory(f"{path} is a directory")
+        caller.check(old, W, path)
+        caller.may_remove(parent_attr, old, path)
     except PrismError as exc:
         if exc.code != "not_found":
             raise
@@ -358,10 +387,20 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
                 content,
                 layout=layout,
                 replace=not create_only,
+                uid=caller.uid,
+                gid=caller.gid,
             )
         else:
             ino = await put_file(
-                gw.meta, gw.data, parent, name, body.read, layout=layout, replace=not create_only
+                gw.meta,
+                gw.data,
+                parent,
+                name,
+                body.read,
+                layout=layout,
+                replace=not create_only,
+                uid=caller.uid,
+                gid=caller.gid,
             )
             attr = await gw.meta.getattr(ino)
     except AlreadyExists:
@@ -378,11 +417,13 @@ async def put_file_route(gw: Gateway, request: Request) -> Response:
 
 async def delete_file(gw: Gateway, request: Request) -> Response:
     path = _path(request)
-    parent, name = await resolve_parent(gw.meta, path)
-    attr = await gw.meta.lookup(parent, name)
+    caller = _caller(request)
+    parent, name = await resolve_parent(gw.meta, path, caller)
+    attr = await gw.meta.lookup(parent.ino, name)
     if stat.S_ISDIR(attr.mode):
         raise IsADirectory(f"{path} is a directory (DELETE /v1/dirs{quote(path)} removes it)")
-    await gw.meta.unlink(parent, name)
+    caller.may_remove(parent, attr, path)
+    await gw.meta.unlink(parent.ino, name)
     return Response(status_code=204)
 
 
@@ -394,14 +435,19 @@ async def post_file(gw: Gateway, request: Request) -> Response:
     to = request.query_params.get("to", "")
     if not to.startswith("/"):
         raise InvalidArgument("to= must be an absolute path inside the cluster")
-    parent, name = await resolve_parent(gw.meta, path)
-    new_parent, new_name = await resolve_parent(gw.meta, to)
+    caller = _caller(request)
+    parent, name = await resolve_parent(gw.meta, path, caller)
+    new_parent, new_name = await resolve_parent(gw.meta, to, caller)
+    caller.may_remove(parent, await gw.meta.lookup(parent.ino, name), path)
+    caller.check(new_parent, W | X, _above(to))
+    with contextlib.suppress(NotFound):
+        caller.may_remove(new_parent, await gw.meta.lookup(new_parent.ino, new_name), to)
     flags = RENAME_NOREPLACE if request.headers.get("if-none-match", "").strip() == "*" else 0
     try:
-        await gw.meta.rename(parent, name, new_parent, new_name, flags)
+        await gw.meta.rename(parent.ino, name, new_parent.ino, new_name, flags)
     except AlreadyExists:
         return _exists(to)
-    attr = await gw.meta.lookup(new_parent, new_name)
+    attr = await gw.meta.lookup(new_parent.ino, new_name)
     return JSONResponse(
         _entry(new_name.decode(errors="replace"), attr) | {"path": "/" + to.strip("/")}
     )
@@ -412,9 +458,11 @@ async def post_file(gw: Gateway, request: Request) -> Response:
 
 async def list_dir(gw: Gateway, request: Request) -> Response:
     path = _path(request)
-    attr = await resolve(gw.meta, path)
+    caller = _caller(request)
+    attr = await resolve(gw.meta, path, caller)
     if not stat.S_ISDIR(attr.mode):
         raise NotADirectory(f"{path} is not a directory")
+    caller.check(attr, R, path)
     limit = _int(request, "limit", LIST_LIMIT, 1, LIST_LIMIT)
     cursor = _int(request, "cursor", 0, 0, 2**63 - 1)
     page = await gw.meta.readdir_page(attr.ino, cursor, limit)
@@ -426,7 +474,7 @@ async def list_dir(gw: Gateway, request: Request) -> Response:
 async def make_dir(gw: Gateway, request: Request) -> Response:
     path = _path(request)
     parents = _flag(request, "parents")
-    attr, made = await make_dirs(gw.meta, path, parents=parents)
+    attr, made = await make_dirs(gw.meta, path, parents=parents, caller=_caller(request))
     status = 201 if made else 200
     return JSONResponse(_entry(path.rsplit("/", 1)[-1], attr) | {"path": path}, status_code=status)
 
@@ -435,14 +483,16 @@ async def delete_dir(gw: Gateway, request: Request) -> Response:
     path = _path(request)
     if path == "/":
         raise InvalidArgument("the root cannot be removed")
-    parent, name = await resolve_parent(gw.meta, path)
-    attr = await gw.meta.lookup(parent, name)
+    caller = _caller(request)
+    parent, name = await resolve_parent(gw.meta, path, caller)
+    attr = await gw.meta.lookup(parent.ino, name)
     if not stat.S_ISDIR(attr.mode):
         raise NotADirectory(f"{path} is not a directory (DELETE /v1/files{quote(path)})")
+    caller.may_remove(parent, attr, path)
     if _flag(request, "recursive"):
-        removed = await remove_tree(gw.meta, parent, name, attr)
+        removed = await remove_tree(gw.meta, parent.ino, name, attr, caller, path)
     else:
-        await gw.meta.rmdir(parent, name)
+        await gw.meta.rmdir(parent.ino, name)
         removed = 1
     return JSONResponse({"path": path, "removed": removed})
 
@@ -596,7 +646,10 @@ def build_app(gw: Gateway) -> Starlette:
             try:
                 if scope:
                     client = request.client.host if request.client else ""
-                    await gw.tokens.check(request.headers.get("authorization"), scope, client)
+                    token = await gw.tokens.check(
+                        request.headers.get("authorization"), scope, client
+                    )
+                    request.state.caller = Caller(token.uid, token.gid, token.prefix)
                 response = await handler(gw, request)
                 status = response.status_code
                 return response

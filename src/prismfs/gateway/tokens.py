@@ -20,10 +20,12 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 
 from prismfs.errors import AuthenticationFailed, NotFound, Overloaded, PermissionDenied
 from prismfs.meta.client import MetaClient
+from prismfs.meta.commands import TokenInfo
 
 SCOPES = ("read", "write", "admin")
 PREFIX = "pfs_"
@@ -92,15 +94,17 @@ class TokenCache:
 
     meta: MetaClient
     ttl: float = 5.0
-    _known: OrderedDict[str, tuple[float, bytes, str]] = field(default_factory=OrderedDict)
+    _known: OrderedDict[str, tuple[float, bytes, TokenInfo | None]] = field(
+        default_factory=OrderedDict
+    )
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
     _all: _Bucket = field(default_factory=lambda: _Bucket(ALL_LOOKUPS_PER_S, ALL_LOOKUPS_BURST))
 
-    async def check(self, authorization: str | None, needed: str, client: str = "") -> str:
-        """The token id of a request's ``Authorization`` header if its token
-        exists and allows ``needed``; else `AuthenticationFailed` (no or bad
-        token), `PermissionDenied` (too narrow a scope) or `Overloaded`
-        (``client`` looked up too many unknown ids)."""
+    async def check(self, authorization: str | None, needed: str, client: str = "") -> TokenInfo:
+        """The token of a request's ``Authorization`` header (without its
+        digest) if it exists and allows ``needed``; else `AuthenticationFailed`
+        (no or bad token), `PermissionDenied` (too narrow a scope) or
+        `Overloaded` (``client`` looked up too many unknown ids)."""
         if not authorization:
             raise AuthenticationFailed("this API needs an Authorization: Bearer token")
         kind, _, token = authorization.partition(" ")
@@ -113,19 +117,19 @@ class TokenCache:
             self._may_look_up(client, now)
             try:
                 info = await self.meta.token(token_id)
-                cached = (now + self.ttl, info.digest, info.scope)
+                cached = (now + self.ttl, info.digest, msgspec.structs.replace(info, digest=b""))
             except NotFound:
-                cached = (now + min(self.ttl, 1.0), b"", "")
+                cached = (now + min(self.ttl, 1.0), b"", None)
             self._known[token_id] = cached
             while len(self._known) > MAX_CACHED:
                 self._known.popitem(last=False)
         self._known.move_to_end(token_id)
-        _, digest, scope = cached
-        if not digest or not hmac.compare_digest(digest, digest_of(secret)):
+        _, digest, known = cached
+        if known is None or not hmac.compare_digest(digest, digest_of(secret)):
             raise AuthenticationFailed("unknown or revoked token")
-        if not allows(scope, needed):
-            raise PermissionDenied(f"token {token_id} is {scope}-only; this needs {needed}")
-        return token_id
+        if not allows(known.scope, needed):
+            raise PermissionDenied(f"token {token_id} is {known.scope}-only; this needs {needed}")
+        return known
 
     def _may_look_up(self, client: str, now: float) -> None:
         bucket = self._buckets.get(client)

@@ -554,8 +554,19 @@ class MetaClient:
         """The node registry and the cluster settings placement needs."""
         return await self.query(ListNodes(), NodeList)
 
-    async def create_token(self, token_id: str, digest: bytes, scope: str, name: str) -> None:
-        await self.propose(CreateToken(now_ns(), token_id, digest, scope, name))  # type: ignore[arg-type]
+    async def create_token(
+        self,
+        token_id: str,
+        digest: bytes,
+        scope: str,
+        name: str,
+        uid: int = 0,
+        gid: int = 0,
+        prefix: str = "",
+    ) -> None:
+        await self.propose(
+            CreateToken(now_ns(), token_id, digest, scope, name, uid, gid, prefix)  # type: ignore[arg-type]
+        )
 
     async def revoke_token(self, token_id: str) -> None:
         await self.propose(RevokeToken(now_ns(), token_id))

@@ -302,10 +302,16 @@ class ClusterTables:
             raise InvalidArgument("a token needs an alphanumeric id and a 32-byte digest")
         if len(c.name) > 200:
             raise InvalidArgument("a token's name has at most 200 characters")
+        if c.prefix and (
+            not c.prefix.startswith("/") or c.prefix.endswith("/") or "//" in c.prefix
+        ):
+            raise InvalidArgument("a token's prefix is an absolute path like /a/b (or none)")
+        if len(c.prefix.encode()) > 4096:
+            raise InvalidArgument("a token's prefix has at most 4096 bytes")
         try:
             self.db.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?)",
-                (c.token_id, c.digest, c.scope, c.name, c.now_ns),
+                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (c.token_id, c.digest, c.scope, c.name, c.now_ns, c.uid, c.gid, c.prefix),
             )
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"token {c.token_id} exists") from None
@@ -317,13 +323,15 @@ class ClusterTables:
 
     def tokens(self) -> list[TokenInfo]:
         rows = self.db.execute(
-            "SELECT token_id, scope, name, created_ns FROM tokens ORDER BY created_ns, token_id"
+            "SELECT token_id, scope, name, created_ns, x'', uid, gid, prefix FROM tokens"
+            " ORDER BY created_ns, token_id"
         ).fetchall()
         return [TokenInfo(*row) for row in rows]
 
     def token(self, token_id: str) -> TokenInfo:
         row = self.db.execute(
-            "SELECT token_id, scope, name, created_ns, digest FROM tokens WHERE token_id = ?",
+            "SELECT token_id, scope, name, created_ns, digest, uid, gid, prefix FROM tokens"
+            " WHERE token_id = ?",
             (token_id,),
         ).fetchone()
         if row is None:

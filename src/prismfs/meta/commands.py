@@ -354,12 +354,17 @@ class MoveShards(MetaCommand, frozen=True):
 
 class CreateToken(MetaCommand, frozen=True):
     """An HTTP API bearer token: its public id, the SHA-256 of its secret part
-    (the secret itself is never stored), its scope and a name for people."""
+    (the secret itself is never stored), its scope and a name for people. Its
+    requests act as ``uid``/``gid`` (checked against modes and owners like a
+    mount's) and reach only paths under ``prefix`` ("" = everywhere)."""
 
     token_id: str
     digest: bytes
     scope: Literal["read", "write", "admin"]
     name: str = ""
+    uid: U32 = 0
+    gid: U32 = 0
+    prefix: str = ""
 
 
 class RevokeToken(MetaCommand, frozen=True):
@@ -563,6 +568,9 @@ class TokenInfo(Message, frozen=True):
     name: str
     created_ns: I64
     digest: bytes = b""  # only in `GetToken`'s answer
+    uid: U32 = 0
+    gid: U32 = 0
+    prefix: str = ""
 
 
 class TokenList(Message, frozen=True):

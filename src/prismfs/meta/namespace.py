@@ -291,6 +291,12 @@ class Namespace(InodeTables):
             self._index_all_shards()
         if self._without_rowid("chunks"):
             self._rebuild_chunks()
+        for column, kind in (("uid", "INTEGER"), ("gid", "INTEGER"), ("prefix", "TEXT")):
+            if column not in self._columns("tokens"):
+                default = "''" if kind == "TEXT" else "0"
+                self.db.execute(
+                    f"ALTER TABLE tokens ADD COLUMN {column} {kind} NOT NULL DEFAULT {default}"
+                )
         if "voting" not in self._columns("nodes"):
             self.db.execute("ALTER TABLE nodes ADD COLUMN voting TEXT NOT NULL DEFAULT 'auto'")
         if "state_ns" not in self._columns("nodes"):

@@ -19,12 +19,13 @@ MAX_FILE_SIZE = 2**62
 LINK_MAX = 65000
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 """8: `chunks` is a rowid table. A record carrying a small file's data inline
 (up to a few KiB) fits in a rowid table's page; in a WITHOUT ROWID table
 (schema 7 and before) one over about 1,000 bytes spilled to overflow
 pages, a page and more per small file. 9: `nodes.voting`. 10: `credentials`
-(client credentials made and revoked)."""
+(client credentials made and revoked). 11: `tokens.uid`, `gid`, `prefix` (a
+token made before acts as root everywhere, as it did)."""
 ORPHAN_GRACE_NS = 2 * 10**9
 """An inode with no name left and no open is freed at a sweep (`ExpireSessions`,
 every few seconds) once a whole sweep interval and this much of the leader's
@@ -130,7 +131,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest BLOB NOT NULL,
     scope TEXT NOT NULL,
     name TEXT NOT NULL,
-    created_ns INTEGER NOT NULL
+    created_ns INTEGER NOT NULL,
+    uid INTEGER NOT NULL DEFAULT 0,
+    gid INTEGER NOT NULL DEFAULT 0,
+    prefix TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS credentials (
     credential TEXT PRIMARY KEY,
