@@ -41,7 +41,7 @@ async def test_made_up_ids_are_limited_per_address_and_cannot_flush_valid_tokens
     meta = FakeMeta()
     cache = TokenCache(meta, ttl=60.0)  # type: ignore[arg-type]
     good = _made(meta)
-    assert await cache.check(good, "read", "10.0.0.1") == good.split("_")[1]
+    assert (await cache.check(good, "read", "10.0.0.1")).token_id == good.split("_")[1]
     reads = meta.reads
 
     # One address: its burst of lookups, then refusals that cost no read.
