@@ -301,6 +301,53 @@ def test_a_default_node_talks_tls_and_insecure_is_explicit(
     assert "running without TLS (--insecure)" in insecure.proc.stderr.read()
 
 
+def test_the_http_api_serves_https_and_warns_without_it_off_loopback(
+    tmp_path: Path, node_procs: list[NodeProcess]
+) -> None:
+    import httpx
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "h.pem", tmp_path / "h.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    config = tmp_path / "node.toml"
+    config.write_text(f'[http]\ntls_cert = "{cert_file}"\ntls_key = "{key_file}"\n')
+    _init(tmp_path / "n1")
+    node = start_node(node_procs, tmp_path / "n1", "--config", str(config), "--http", "127.0.0.1:0")
+    node.wait_listening()
+    state = json.loads((tmp_path / "n1" / "node.json").read_text())
+    url = f"https://{state['http_address']}/v1/health"
+    import ssl
+
+    trusted = ssl.create_default_context(cafile=str(ca_file))
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            answer = httpx.get(url, verify=trusted, timeout=5)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert answer.status_code in (200, 503) and "status" in answer.json()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url.replace("https", "http"), timeout=5)  # no plain HTTP on it
+    # Half a pair is refused; a listener off loopback without TLS is a warning.
+    config.write_text(f'[http]\ntls_cert = "{cert_file}"\n')
+    bad = run_cli("node", "start", "--data-dir", str(tmp_path / "n2"), "--config", str(config))
+    assert bad.returncode == 1 and "needs both http.tls_cert and http.tls_key" in bad.stderr
+    _init(tmp_path / "n3")
+    plain = start_node(node_procs, tmp_path / "n3", "--http", "0.0.0.0:0")
+    plain.wait_listening()
+    plain.proc.send_signal(signal.SIGTERM)
+    plain.proc.wait(timeout=10)
+    assert plain.proc.stderr is not None
+    assert "served WITHOUT TLS" in plain.proc.stderr.read()
+
+
 def test_tls_key_without_cert_is_refused(tmp_path: Path) -> None:
     _init(tmp_path / "n1")
     result = run_cli(

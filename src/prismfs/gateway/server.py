@@ -92,7 +92,7 @@ async def serve_http(
             _serve, build_app(gateway), config, settings.max_connections, shutdown, stopped
         )
         address = bound[0].split("://", 1)[-1]
-        log.info("HTTP API on http://%s/v1", address)
+        log.info("HTTP API on %s/v1", bound[0])
         task_status.started(address)
         await shutdown.wait()
         with trio.move_on_after(config.graceful_timeout + 1):
@@ -195,8 +195,8 @@ async def serve_capped(
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn's trio worker (`hypercorn.trio.run.worker_serve`, plain HTTP),
-    with at most ``max_connections`` connections served at once."""
+    """hypercorn's trio worker (`hypercorn.trio.run.worker_serve`, HTTP or
+    HTTPS), with at most ``max_connections`` connections served at once."""
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, state)
@@ -207,13 +207,26 @@ async def serve_capped(
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
             sockets = config.create_sockets()
-            listeners = []
+            listeners: list[trio.abc.Listener[Any]] = []
             binds = []
             for sock in sockets.insecure_sockets:
                 sock.listen(config.backlog)
                 inner = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                 listeners.append(_CappedListener(inner, slots))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            tls = config.create_ssl_context() if sockets.secure_sockets else None
+            for sock in sockets.secure_sockets:  # [http] tls_cert and tls_key
+                assert tls is not None
+                sock.listen(config.backlog)
+                inner = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                listeners.append(
+                    trio.SSLListener(
+                        _CappedListener(inner, slots),
+                        tls,
+                        https_compatible=True,
+                    )
+                )
+                binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
             task_status.started(binds)
             handler = partial(TCPServer, wrapped, config, context, ConnectionState(state.copy()))
             try:
