@@ -137,7 +137,12 @@ async def make_dirs(
         here = "/" + b"/".join(parts[:n]).decode(errors="replace")
         caller.check(attr, X, here)
         if not last and not parents:
-            attr = await meta.lookup(attr.ino, name)
+            try:
+                attr = await meta.lookup(attr.ino, name)
+            except NotFound:
+                raise NotFound(
+                    f"/{b'/'.join(parts[: n + 1]).decode()}: no such file or directory"
+                ) from None
             if not stat.S_ISDIR(attr.mode):
                 raise NotADirectory(f"/{b'/'.join(parts[: n + 1]).decode()} is not a directory")
             continue
