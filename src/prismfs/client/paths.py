@@ -6,6 +6,7 @@ callers. Shared by the file CLI and the HTTP gateway."""
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from dataclasses import dataclass
 
@@ -117,7 +118,7 @@ async def resolve_parent(meta: MetaClient, path: str, caller: Caller = ROOT) -> 
 def _searcher(caller: Caller) -> Caller:
     """``caller`` without its prefix: the parent of a path under the prefix
     may lie above it, and only searching it is needed."""
-    return Caller(caller.uid, caller.gid, "")
+    return dataclasses.replace(caller, prefix="")
 
 
 async def make_dirs(
@@ -135,35 +136,25 @@ async def make_dirs(
     for n, name in enumerate(parts):
         last = n == len(parts) - 1
         here = "/" + b"/".join(parts[:n]).decode(errors="replace")
+        there = "/" + b"/".join(parts[: n + 1]).decode(errors="replace")
         caller.check(attr, X, here)
-        if not last and not parents:
-            try:
-                attr = await meta.lookup(attr.ino, name)
-            except NotFound:
-                raise NotFound(
-                    f"/{b'/'.join(parts[: n + 1]).decode()}: no such file or directory"
-                ) from None
-            if not stat.S_ISDIR(attr.mode):
-                raise NotADirectory(f"/{b'/'.join(parts[: n + 1]).decode()} is not a directory")
-            continue
         try:
-            existing = await meta.lookup(attr.ino, name)
+            child = await meta.lookup(attr.ino, name)
         except NotFound:
+            if not last and not parents:
+                raise NotFound(f"{there}: no such file or directory") from None
             caller.check(attr, W | X, here)
-            existing = None
-        try:
-            if existing is not None:
-                raise AlreadyExists(name.decode(errors="replace"))
-            attr = await meta.mkdir(attr.ino, name, mode, uid=caller.uid, gid=caller.gid)
-            made = last
-        except AlreadyExists:
-            if last and not parents:
-                raise AlreadyExists(f"{path} exists") from None
-            attr = await meta.lookup(attr.ino, name)
-            if not stat.S_ISDIR(attr.mode):
-                raise NotADirectory(
-                    f"/{b'/'.join(parts[: n + 1]).decode()} is not a directory"
-                ) from None
+            try:
+                attr = await meta.mkdir(attr.ino, name, mode, uid=caller.uid, gid=caller.gid)
+                made = last
+                continue
+            except AlreadyExists:  # made by someone else meanwhile
+                child = await meta.lookup(attr.ino, name)
+        if last and not parents:
+            raise AlreadyExists(f"{path} exists")
+        if not stat.S_ISDIR(child.mode):
+            raise NotADirectory(f"{there} is not a directory")
+        attr = child
     return attr, made
 
 
