@@ -509,6 +509,30 @@ async def test_direct_sends_that_the_socket_takes_in_part_stay_whole_and_in_orde
     await right.aclose()
 
 
+async def test_a_direct_send_after_the_writer_has_gone_is_unavailable() -> None:
+    """A frame the socket takes in part, once the writer has exited (the
+    stream broke or its task was cancelled), is reported as ``Unavailable``,
+    never as trio's raw BrokenResourceError."""
+    import socket as stdlib_socket
+
+    from prismfs.wire.stream import FramedStream
+
+    a, b = stdlib_socket.socketpair()
+    a.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_SNDBUF, 4096)
+    b.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_RCVBUF, 4096)
+    left = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    conn = FramedStream(left)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.run_writer)
+        await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()  # the writer exits and closes its queue
+    with pytest.raises(Unavailable, match="closed"):
+        await conn.send(FrameKind.REQUEST, 1, Echo(), b"x" * 60_000)
+    assert not conn.send_nowait(FrameKind.REQUEST, 2, Echo(), b"y" * 60_000)
+    left.socket.close()
+    b.close()
+
+
 class Halve(Message, frozen=True):
     value: int
 

@@ -141,7 +141,13 @@ class FramedStream:
             if partial:
                 rest = (head + bytes(payload))[sent:]  # rare: a full socket buffer
         if partial:
-            self._send_q.send_nowait((_RAW, 0, rest, b""))
+            try:
+                self._send_q.send_nowait((_RAW, 0, rest, b""))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                # The writer has gone (the stream broke under it): the rest
+                # of this frame can never be written.
+                self.closed = True
+                raise Unavailable("connection is closed") from None
             self.unsent += 1
         elif self.on_sent is not None:
             self.on_sent()
@@ -152,8 +158,11 @@ class FramedStream:
     ) -> bool:
         """Queue a frame without waiting; False if there was no room."""
         header = encode_message(message)
-        if self._send_now(kind, request_id, header, payload):
-            return True
+        try:
+            if self._send_now(kind, request_id, header, payload):
+                return True
+        except Unavailable:
+            return False
         try:
             self._send_q.send_nowait((kind, request_id, header, payload))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
