@@ -201,9 +201,9 @@ async def serve_node(
             )
             admin = Admin(consensus, namespace, pool, health, scrub, mover)
             admin.register(service.server)
-            Backups(
-                consensus, namespace, config.data_dir, config.raft.snapshot_mb_per_s
-            ).register(service.server)
+            Backups(consensus, namespace, config.data_dir, config.raft.snapshot_mb_per_s).register(
+                service.server
+            )
             await nursery.start(scrub.run)
             await nursery.start(mover.run)
             await nursery.start(consensus.run)
