@@ -46,6 +46,7 @@ from prismfs.errors import NoAttribute, NotFound, PrismError
 from prismfs.exception_groups import single_exception
 from prismfs.fuse.caches import DirHandle
 from prismfs.fuse.deferred import DeferredWork, Handle, Made, MountOptions
+from prismfs.fuse.kernel_root import kernel_ino
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     RENAME_EXCHANGE,
@@ -94,7 +95,7 @@ def _op(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
                 # the "no such name" this mount gave it before (the recall's
                 # invalidation can run before that answer reached the kernel).
                 parent, made = args[_MAKES[func.__name__]], args[_MAKES[func.__name__] + 1]
-                pyfuse3.invalidate_entry_async(parent, made, ignore_enoent=True)  # type: ignore[arg-type]
+                pyfuse3.invalidate_entry_async(kernel_ino(parent), made, ignore_enoent=True)  # type: ignore[arg-type]
             if exc.transient:
                 log.warning("%s: cluster unavailable: %s", func.__name__, exc.message)
             raise pyfuse3.FUSEError(code) from None
@@ -234,7 +235,7 @@ class PrismOperations(DeferredWork):
             # Attributes only: no lock of the open in progress is involved, and
             # the kernel drops a GETATTR answer older than this notice.
             with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing
-                pyfuse3.invalidate_inode(attr.ino, attr_only=True)
+                pyfuse3.invalidate_inode(kernel_ino(attr.ino), attr_only=True)
 
     def _names_ino(self, parent: int, name: bytes) -> int | None:
         """The inode ``name`` in ``parent`` refers to, as far as this mount
