@@ -44,7 +44,9 @@ from prismfs.client.files import OpenFile, layout_for
 from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import NoAttribute, NotFound, PrismError
 from prismfs.exception_groups import single_exception
+from prismfs.fuse import kernel_root
 from prismfs.fuse.caches import DirHandle
+from prismfs.fuse.capacity import node_disks, usable
 from prismfs.fuse.deferred import DeferredWork, Handle, Made, MountOptions
 from prismfs.fuse.kernel_root import kernel_ino
 from prismfs.meta.client import MetaClient, now_ns
@@ -1243,14 +1245,15 @@ class PrismOperations(DeferredWork):
 
     @_op
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        # Usable space for files of the mount root's layout (see fuse/capacity.py).
         stats = await self.meta.statfs()
-        nodes = await self.meta.nodes()
-        total = sum(n.capacity for n in nodes if n.state == "up")
-        used = sum(n.used for n in nodes)
+        disks = await node_disks(self.data.pool, await self.meta.nodes())
+        layout, _ = await self._layout(kernel_root.subdir_ino)
+        space = usable(disks, layout)
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = total // 4096
-        s.f_bfree = s.f_bavail = max(0, total - used) // 4096
+        s.f_blocks = space.total // 4096
+        s.f_bfree = s.f_bavail = space.free // 4096
         s.f_files = stats.files + 1_000_000_000
         s.f_ffree = s.f_favail = 1_000_000_000
         s.f_namemax = 255
