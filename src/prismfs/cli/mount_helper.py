@@ -1,17 +1,13 @@
 """``mount.prismfs SOURCE MOUNTPOINT [-o OPTIONS]``: the mount(8) helper.
 
 SOURCE is ``ADDR[,ADDR...]`` of cluster nodes (with ``-o secret=FILE``), or
-the path of a ``client.toml``. It is called exactly as mount(8) calls a
-helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
-``-s`` and ``-v`` are accepted, ``-f`` keeps the mount in the foreground.
-Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
-``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
-``writeback_s=``, ``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_meta``,
-``no_leases``,
-``settle_s=``, ``readahead_kb=``, ``relatime`` (the default) or ``noatime``; the
-fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
-``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
-Exit status 0 once the mount answers, 1 for bad usage, 32 for a failed mount.
+the path of a ``client.toml``; it becomes the mount's name (fsname). It is
+called exactly as mount(8) calls a helper (``mount -t prismfs SOURCE DIR -o
+...`` and ``/etc/fstab``); ``-n``, ``-s`` and ``-v`` are accepted, ``-f``
+keeps the mount in the foreground. The options (``KNOWN``, the generic
+``KERNEL_FLAGS`` and the ``IGNORED`` fstab-only ones) are described in
+docs/mount.md, with the exit status: 0 once the mount answers, 1 for a bad
+option or path, 2 for a bad command line (argparse), 32 for a failed mount.
 """
 
 from __future__ import annotations
