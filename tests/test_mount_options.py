@@ -20,9 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from conftest import run_cli
 from fuse_mount import Mount, errno_of, fuse_available, is_mounted, stop_daemon
+from prismfs.errors import NotFound
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -320,23 +322,51 @@ def test_subdir_is_the_root_and_dotdot_does_not_escape(cluster: Mount, tmp_path:
 def test_prismfs_umount_flushes_then_unmounts(cluster: Mount, tmp_path: Path) -> None:
     m = Mount(cluster.base, "umount")
     m.dir = cluster.dir
+    busy: subprocess.Popen[bytes] | None = None
     try:
         m.mount("writeback_s=3600,settle_s=3600")
-        with open(m.point / "kept", "wb") as f:
+        work = m.point / "umount"
+        work.mkdir()
+        (work / "first").write_bytes(b"")  # this mount has the directory's delegation
+        with open(work / "kept", "wb") as f:
             f.write(b"flushed by prismfs umount")
+        ino = os.stat(work / "kept").st_ino
+        # Held back (settle_s): the cluster does not know the inode yet.
+        assert not trio.run(cluster.library, known, ino)
+        busy = subprocess.Popen(["sleep", "60"], cwd=m.point)
+        refused = run_cli("umount", str(m.point), timeout=60)
+        assert refused.returncode == 1 and "busy" in refused.stderr, refused.stderr
+        assert refused.stderr.startswith(f"prismfs: cannot unmount {m.point}: ")
+        assert is_mounted(m.point)
+        # The flush came first: the file is on the cluster, by its inode.
+        assert trio.run(cluster.library, known, ino)
+        busy.kill()
+        busy.wait(timeout=10)
         result = run_cli("umount", str(m.point), timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"flushed and unmounted {m.point}"
         assert not is_mounted(m.point)
         stop_daemon(m.pidfile)
         m.mount()
-        assert (m.point / "kept").read_bytes() == b"flushed by prismfs umount"
+        assert (work / "kept").read_bytes() == b"flushed by prismfs umount"
     finally:
+        if busy is not None and busy.poll() is None:
+            busy.kill()
+            busy.wait(timeout=10)
         m.unmount()
     for path in (m.point, tmp_path / "missing"):
         refused = run_cli("umount", str(path), timeout=30)
         assert refused.returncode == 1
         assert refused.stderr.strip() == f"prismfs: {path} is not a PrismFS mount point"
+
+
+async def known(meta, ino: int) -> bool:  # type: ignore[no-untyped-def]
+    """Does the cluster know inode ``ino`` (asked by number: no recall)?"""
+    try:
+        await meta.getattr(ino)
+    except NotFound:
+        return False
+    return True
 
 
 # --- df -----------------------------------------------------------------------------------
