@@ -1,8 +1,9 @@
 """Serving a mount: connect to the cluster, mount with pyfuse3, run until unmounted.
 
 `run_mount` is called by ``mount.prismfs``: by default it forks, the child
-detaches (new session, output to the log file) and serves the mount, and the
-parent returns only when the mount answers (or with the child's error).
+detaches (new session; logs to ``log=`` or syslog) and serves the mount, and
+the parent returns only when the mount answers (or prints the child's
+one-line error).
 ``-f`` keeps it in the foreground. Unmounting (``umount``/``fusermount3 -u``)
 ends `pyfuse3.main`; buffered writes are committed and the client session
 closed before the process exits. SIGTERM/SIGINT unmount the same way.
@@ -169,12 +170,22 @@ async def serve(spec: MountSpec, ready: int | None = None) -> None:
         )
         await meta.open_session(spec.lease_s)
         data = DataClient(pool, meta, shard_timeout=min(30.0, spec.failtimeout))
-        ops = await _operations(spec, meta, data)
         try:
-            pyfuse3.init(ops, str(spec.mountpoint), fuse_options(spec))
-        except RuntimeError as exc:  # libfuse printed its reason on stderr
-            raise ConfigError(f"libfuse could not mount {spec.mountpoint} ({exc})") from None
-        log.info("mounted %s at %s", ",".join(spec.addresses), spec.mountpoint)
+            ops = await _operations(spec, meta, data)
+            try:
+                pyfuse3.init(ops, str(spec.mountpoint), fuse_options(spec))
+            except RuntimeError as exc:  # libfuse printed its reason on stderr
+                raise ConfigError(f"libfuse could not mount {spec.mountpoint} ({exc})") from None
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(PrismError):
+                await meta.close_session()  # not left for the leader to expire
+            raise
+        log.info(
+            "mounted %s%s at %s",
+            ",".join(spec.addresses),
+            f" (subdir {spec.subdir})" if spec.subdir else "",
+            spec.mountpoint,
+        )
         unmounted = False
         try:
             async with trio.open_nursery() as nursery:

@@ -66,12 +66,12 @@ def _rooted(name: str, positions: tuple[int, ...]) -> Callable[..., Coroutine[An
     handler = getattr(PrismOperations, name)
 
     @functools.wraps(handler)
-    async def rooted(self: SubdirOperations, *args: Any) -> Any:
+    async def rooted(self: SubdirOperations, *args: Any, **kwargs: Any) -> Any:
         mapped = list(args)
         for i in positions:
-            if mapped[i] == pyfuse3.ROOT_INODE:
+            if i < len(mapped) and mapped[i] == pyfuse3.ROOT_INODE:
                 mapped[i] = kernel_root.subdir_ino
-        return await handler(self, *mapped)
+        return await handler(self, *mapped, **kwargs)
 
     return rooted
 
