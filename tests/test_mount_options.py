@@ -385,3 +385,24 @@ def test_df_shows_usable_space_after_the_layout(cluster: Mount) -> None:
     # Other processes write to the same disks meanwhile: within 1%.
     assert abs(fs.f_bavail * fs.f_frsize - free) <= free // 100, (fs, disks)
     assert fs.f_bfree == fs.f_bavail
+
+
+def test_shard_space_against_brute_force() -> None:
+    """The closed form of the df rule against its definition: the most shard
+    bytes S with sum(min(free_i, S/m)) >= S (each node one shard of m)."""
+    import random
+
+    from prismfs.data.layout import Layout
+    from prismfs.fuse.capacity import Disk, shard_space, usable
+
+    rng = random.Random(21)
+    for _ in range(300):
+        m = rng.randint(1, 5)
+        sizes = [rng.choice([0, rng.randint(0, 60)]) for _ in range(rng.randint(m, 7))]
+        brute = max(s for s in range(sum(sizes) + 1) if sum(min(m * f, s) for f in sizes) >= m * s)
+        assert shard_space(sizes, m) == brute, (sizes, m)
+    # One big node cannot hold more than one shard of each chunk.
+    big = [Disk(1000, 900), Disk(100, 90), Disk(100, 90)]
+    assert usable(big, Layout(2, 3)) == Disk(200, 180)
+    # Fewer nodes than the layout's m: the plain sums.
+    assert usable(big[:2], Layout(2, 3)) == Disk(1100 * 2 // 3, 990 * 2 // 3)

@@ -7,10 +7,15 @@ The rule (docs/mount.md, *df*):
   the data directory is on); a node that does not answer within
   `STATS_TIMEOUT` counts with what the registry holds for it (the total
   it registered, and the bytes of the shards placed on it as used);
-- raw size and raw free space are the sums over those nodes;
-- a chunk of the mount root's layout, k data shards of m, takes m/k times
-  its size, so size = raw size * k / m and available = raw free * k / m.
-  Used is size minus available: whatever else fills the disks counts as used.
+- a chunk of the mount root's layout is k data shards of m, each on a
+  different node: its shards take m/k times its size, and a node holds at
+  most one shard of it, so at most 1/m of all shards. The space for shards
+  is the largest S with sum(min(free_i, S/m)) >= S, that is the smallest
+  over t = 0..m-1 of m * (the sum without the t largest nodes) / (m - t);
+  with equal nodes simply their sum. Size and available are that, over the
+  nodes' sizes and their free space, times k/m. Used is size minus
+  available: whatever else fills the disks counts as used. With fewer
+  nodes than m (writes then use a reduced layout) the plain sums are used.
 
 Nodes that share a disk (a dev cluster on one machine) each count it in
 full: a node reports its file system, not which others are on it.
@@ -59,6 +64,20 @@ async def node_disks(pool: RpcPool, nodes: Sequence[NodeInfo]) -> list[Disk]:
 
 def usable(disks: Sequence[Disk], layout: Layout) -> Disk:
     """Raw disks as bytes of files of ``layout``."""
-    total = sum(d.total for d in disks)
-    free = sum(d.free for d in disks)
+    total = shard_space([d.total for d in disks], layout.m)
+    free = shard_space([d.free for d in disks], layout.m)
     return Disk(total * layout.k // layout.m, free * layout.k // layout.m)
+
+
+def shard_space(sizes: Sequence[int], m: int) -> int:
+    """How many bytes of shards fit on nodes of these ``sizes`` when each
+    node takes at most one of every m shards (of one chunk)."""
+    if len(sizes) < m:
+        return sum(sizes)
+    ordered = sorted(sizes, reverse=True)
+    rest = sum(ordered)
+    best = rest
+    for t in range(m):  # the t largest nodes full to their 1/m share
+        best = min(best, m * rest // (m - t))
+        rest -= ordered[t]
+    return best
