@@ -71,10 +71,12 @@ def unmount(point: Path) -> None:
 
 
 def kill_mount(point: Path) -> None:
-    """kill -9 of the mount daemon: whatever it had not sent is gone."""
+    """kill -9 of the mount daemon: whatever it had not sent is gone. The
+    mount goes with it (auto_unmount), or is left not connected
+    (no_auto_unmount)."""
     os.kill(int(point.with_suffix(".pid").read_text()), signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and is_mounted(point):
         try:
             os.stat(point)
         except OSError as exc:

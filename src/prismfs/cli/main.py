@@ -28,6 +28,7 @@ from prismfs.cli import files as files_cli
 from prismfs.cli import mount_stats as mount_stats_cli
 from prismfs.cli import recover as recover_cli
 from prismfs.cli import tokens as tokens_cli
+from prismfs.cli import unmount as unmount_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
 from prismfs.daemon import run_node
 from prismfs.errors import ConfigError, PrismError
@@ -421,6 +422,14 @@ def _on_prismfs(path: Path) -> bool:
     return False
 
 
+@cli.command("umount")
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def umount(mountpoint: Path) -> None:
+    """Flush what the PrismFS mount at MOUNTPOINT holds back (as `prismfs sync`),
+    then unmount it; nothing is unmounted if the flush fails."""
+    unmount_cli.unmount(mountpoint, click.echo)
+
+
 @cli.command("install-mount-helper")
 @click.option(
     "--path",
@@ -431,7 +440,8 @@ def _on_prismfs(path: Path) -> bool:
     help="Where mount(8) looks for the helper of type prismfs.",
 )
 def install_mount_helper(target: Path) -> None:
-    """Install mount.prismfs where `mount -t prismfs` and /etc/fstab find it."""
+    """Install mount.prismfs where `mount -t prismfs` and /etc/fstab find it: a
+    script that runs this Python (and so this virtual environment, if any)."""
     script = (
         "#!/bin/sh\n"
         "# Installed by 'prismfs install-mount-helper': the PrismFS mount helper.\n"
@@ -445,8 +455,14 @@ def install_mount_helper(target: Path) -> None:
         tmp.replace(target)
     except OSError as exc:
         raise ConfigError(f"cannot install {target}: {exc.strerror}") from None
-    click.echo(f"installed {target} (runs {sys.executable})")
-    click.echo("mount with: mount -t prismfs NODE:PORT[,...] DIR -o secret=/path/cluster.secret")
+    click.echo(f"installed {target}: it runs {sys.executable}")
+    if sys.prefix != sys.base_prefix:
+        click.echo(
+            f"note: that is the virtual environment {sys.prefix}; mount -t prismfs and "
+            "/etc/fstab mounts (also at boot) need it to stay where it is "
+            "(docs/mount.md: a system-wide install)"
+        )
+    click.echo("mount with: mount -t prismfs NODE:PORT[,...] DIR -o secret=/path/client.secret")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

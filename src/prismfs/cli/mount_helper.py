@@ -1,22 +1,19 @@
 """``mount.prismfs SOURCE MOUNTPOINT [-o OPTIONS]``: the mount(8) helper.
 
 SOURCE is ``ADDR[,ADDR...]`` of cluster nodes (with ``-o secret=FILE``), or
-the path of a ``client.toml``. It is called exactly as mount(8) calls a
-helper (``mount -t prismfs SOURCE DIR -o ...`` and ``/etc/fstab``); ``-n``,
-``-s`` and ``-v`` are accepted, ``-f`` keeps the mount in the foreground.
-Options (see docs/mount.md): ``secret=``, ``tls_ca=``, ``ro``/``rw``,
-``allow_other``, ``attr_timeout=``, ``entry_timeout=``, ``writeback_mb=``,
-``writeback_s=``, ``failmode=wait|eio``, ``failtimeout=``, ``log=``, ``foreground``, ``sync_meta``,
-``no_leases``,
-``settle_s=``, ``readahead_kb=``, ``relatime`` (the default) or ``noatime``; the
-fstab-only options (``defaults``, ``auto``, ``noauto``, ``_netdev``,
-``nofail``, ``user``, ``users``, ``nouser``, ``x-*``) are ignored.
-Exit status 0 once the mount answers, 1 for bad usage, 32 for a failed mount.
+the path of a ``client.toml``; it becomes the mount's name (fsname). It is
+called exactly as mount(8) calls a helper (``mount -t prismfs SOURCE DIR -o
+...`` and ``/etc/fstab``); ``-n``, ``-s`` and ``-v`` are accepted, ``-f``
+keeps the mount in the foreground. The options (``KNOWN``, the generic
+``KERNEL_FLAGS`` and the ``IGNORED`` fstab-only ones) are described in
+docs/mount.md, with the exit status: 0 once the mount answers, 1 for a bad
+option or path, 2 for a bad command line (argparse), 32 for a failed mount.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +26,34 @@ from prismfs.wire.address import parse_address
 MOUNT_FAILURE = 32
 USAGE_ERROR = 1
 
-IGNORED = {"defaults", "auto", "noauto", "_netdev", "nofail", "user", "users", "nouser", "rw"}
+KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "suid", "dev", "exec", "sync", "async", "dirsync"}
+"""Generic mount(8) flags libfuse hands to the kernel (``mount(2)`` flags)."""
+
+IGNORED = {
+    "defaults",
+    "auto",
+    "noauto",
+    "_netdev",
+    "nofail",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "rw",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "nolazytime",
+    "comment",
+}
+"""Options for mount(8), fstab and systemd, or VFS flags a FUSE mount cannot
+take (libfuse refuses ``nodiratime`` and ``lazytime``; a FUSE file system
+keeps its own times): accepted and ignored, as other mount helpers do.
+``x-*`` too."""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 KNOWN = {
     "secret",
     "tls_ca",
@@ -43,6 +67,7 @@ KNOWN = {
     "failmode",
     "failtimeout",
     "log",
+    "loglevel",
     "foreground",
     "lease",
     "pidfile",
@@ -52,6 +77,8 @@ KNOWN = {
     "noatime",
     "relatime",
     "readahead_kb",
+    "subdir",
+    "no_auto_unmount",
 }
 
 
@@ -61,10 +88,37 @@ def parse_options(text: str) -> dict[str, str | None]:
         key, sep, value = item.partition("=")
         if key in IGNORED or key.startswith("x-"):
             continue
-        if key not in KNOWN:
+        if key not in KNOWN and key not in KERNEL_FLAGS:
             raise InvalidArgument(f"unknown mount option {key!r}")
         options[key] = value if sep else None
     return options
+
+
+def kernel_flags(options: dict[str, str | None]) -> tuple[str, ...]:
+    """The generic flags asked for, checked against ``auto_unmount``: libfuse
+    mounts through fusermount3 for it, which always sets nosuid and nodev."""
+    flags = tuple(sorted(key for key in options if key in KERNEL_FLAGS))
+    if "no_auto_unmount" not in options:
+        refused = [flag for flag in flags if flag in ("suid", "dev")]
+        if refused:
+            raise InvalidArgument(
+                f"{' and '.join(refused)} need{'s' if len(refused) == 1 else ''} no_auto_unmount "
+                "(auto_unmount mounts "
+                "through fusermount3, which always sets nosuid,nodev)"
+            )
+    return flags
+
+
+def writable_parent(path: Path, what: str) -> Path:
+    """``path`` resolved, once its directory exists and can be written: the
+    daemon opens it after detaching, where an error could only be reported
+    through the pipe."""
+    path = path.resolve()
+    if not path.parent.is_dir():
+        raise ConfigError(f"the directory of the {what} {path} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"the directory of the {what} {path} is not writable")
+    return path
 
 
 def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # type: ignore[no-untyped-def]
@@ -93,6 +147,11 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
     )
     tls_ca = options.get("tls_ca") or (str(client.tls_ca) if client.tls_ca else None)
     log = options.get("log")
+    pidfile = options.get("pidfile")
+    log_level = options.get("loglevel") or "info"
+    if log_level not in LOG_LEVELS:
+        raise InvalidArgument(f"loglevel is one of {', '.join(LOG_LEVELS)}")
+    flags = kernel_flags(options)
     mount_options = MountOptions(
         attr_timeout=option_number(options, "attr_timeout", 1.0, 0, 3600),
         entry_timeout=option_number(options, "entry_timeout", 1.0, 0, 3600),
@@ -122,10 +181,25 @@ def build_spec(source: str, mountpoint: str, text: str, foreground: bool):  # ty
         allow_other="allow_other" in options,
         failtimeout=failtimeout,
         lease_s=lease,
-        log_file=Path(log).resolve() if log else None,
-        pidfile=Path(str(options["pidfile"])).resolve() if options.get("pidfile") else None,
+        log_file=writable_parent(Path(log), "log") if log else None,
+        log_level=log_level,
+        pidfile=writable_parent(Path(pidfile), "pidfile") if pidfile else None,
         foreground=foreground or "foreground" in options,
+        fsname=source,
+        kernel_flags=flags,
+        auto_unmount="no_auto_unmount" not in options,
+        subdir=subdir_option(options.get("subdir")),
     )
+
+
+def subdir_option(value: str | None) -> str | None:
+    """``subdir=/projects/a``: the directory shown as the mount's root."""
+    if value is None:
+        return None
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidArgument(f"subdir {value!r} may not contain '..'")
+    return "/" + "/".join(parts) if parts else None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

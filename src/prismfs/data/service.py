@@ -64,7 +64,7 @@ class ShardService:
         server.register(GetShard, self._get, fast=self._get_cached, roles=EVERYONE)
         server.register(DeleteShards, self._delete)
         server.register(ListShards, self._list)
-        server.register(StoreStats, self._stats)
+        server.register(StoreStats, self._stats, roles=EVERYONE)  # df on a mount
         server.register(VerifyShards, self._verify)
         server.register(CopyShard, self._copy)
         server.register(RebuildShards, self._rebuild)

@@ -69,6 +69,7 @@ from prismfs.data.layout import Layout
 from prismfs.errors import DelegationLost, PrismError, WriteBackLost
 from prismfs.exception_groups import single_exception
 from prismfs.fuse.caches import DirChanges, DirHandle, HeldAttrs, RecentAttrs
+from prismfs.fuse.kernel_root import kernel_ino
 from prismfs.fuse.leased import DirLeases
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
@@ -642,7 +643,9 @@ class DeferredWork(pyfuse3.Operations):
             self._note_lost(made.lost)
             kind = "directory" if stat.S_ISDIR(made.attr.mode) else "symlink"
             log.warning("held-back %s %r failed: %s", kind, made.name[1], made.lost.message)
-            pyfuse3.invalidate_entry_async(made.name[0], made.name[1], ignore_enoent=True)
+            pyfuse3.invalidate_entry_async(
+                kernel_ino(made.name[0]), made.name[1], ignore_enoent=True
+            )
         elif made.prelude:
             return  # an attribute change joined it on the way: the next flush
         if self._made.get(made.name) is made:
@@ -774,7 +777,9 @@ class DeferredWork(pyfuse3.Operations):
         assert handle.file.lost is not None
         log.warning("deferred create of %r failed: %s", handle.name[1], handle.file.lost.message)
         self._pending.pop(handle.name, None)
-        pyfuse3.invalidate_entry_async(handle.name[0], handle.name[1], ignore_enoent=True)
+        pyfuse3.invalidate_entry_async(
+            kernel_ino(handle.name[0]), handle.name[1], ignore_enoent=True
+        )
 
     async def _reserve(self) -> int:
         async with self._reserving:

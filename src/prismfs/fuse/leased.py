@@ -59,6 +59,7 @@ import pyfuse3
 import trio
 
 from prismfs.errors import PrismError
+from prismfs.fuse.kernel_root import kernel_ino
 from prismfs.fuse.owned import OwnedFiles
 from prismfs.meta.client import MetaClient, decode_result
 from prismfs.meta.commands import (
@@ -620,9 +621,9 @@ def _invalidate(todo: list[tuple[int, DirCopy]]) -> None:
     for key, copy in todo:
         for name in list(copy.told):
             with contextlib.suppress(OSError):
-                pyfuse3.invalidate_entry(key, name)
+                pyfuse3.invalidate_entry(kernel_ino(key), name)
         with contextlib.suppress(OSError):
-            pyfuse3.invalidate_inode(key, attr_only=True)
+            pyfuse3.invalidate_inode(kernel_ino(key), attr_only=True)
 
 
 class _Answers:

@@ -1,8 +1,9 @@
 """Serving a mount: connect to the cluster, mount with pyfuse3, run until unmounted.
 
 `run_mount` is called by ``mount.prismfs``: by default it forks, the child
-detaches (new session, output to the log file) and serves the mount, and the
-parent returns only when the mount answers (or with the child's error).
+detaches (new session; logs to ``log=`` or syslog) and serves the mount, and
+the parent returns only when the mount answers (or prints the child's
+one-line error).
 ``-f`` keeps it in the foreground. Unmounting (``umount``/``fusermount3 -u``)
 ends `pyfuse3.main`; buffered writes are committed and the client session
 closed before the process exits. SIGTERM/SIGINT unmount the same way.
@@ -13,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import logging.handlers
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,16 +28,24 @@ import pyfuse3
 import trio
 
 from prismfs.client.data import DataClient
-from prismfs.errors import ConfigError
+from prismfs.client.paths import resolve
+from prismfs.errors import ConfigError, NotADirectory, NotFound, PrismError
+from prismfs.exception_groups import single_exception
+from prismfs.fuse import kernel_root
 from prismfs.fuse.deferred import MountOptions
 from prismfs.fuse.ops import PrismOperations
+from prismfs.fuse.subdir import SubdirOperations
 from prismfs.meta.client import MetaClient, keep_session
+from prismfs.node.logs import setup_logging
 from prismfs.procs import raise_open_file_limit
 from prismfs.wire.auth import ClusterCredentials
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.tls import client_context
 
 log = logging.getLogger("prismfs.fuse")
+
+MOUNT_FAILURE = 32
+"""mount(8)'s exit status for a mount that failed."""
 
 
 @dataclass
@@ -49,18 +60,53 @@ class MountSpec:
     failtimeout: float = 60.0
     lease_s: float = 60.0
     log_file: Path | None = None
+    log_level: str = "info"
     foreground: bool = False
     pidfile: Path | None = None
+    fsname: str = "prismfs"  # the SOURCE argument: findmnt and mount -a match it
+    kernel_flags: tuple[str, ...] = ()  # nosuid, nodev, noexec, ... for mount(2)
+    auto_unmount: bool = True
+    subdir: str | None = None  # the directory shown as the mount's root
 
 
 def fuse_options(spec: MountSpec) -> set[str]:
     opts = set(pyfuse3.default_options)  # default_permissions
-    opts |= {"fsname=prismfs", "subtype=prismfs"}
+    opts |= {f"fsname={_fsname(spec.fsname)}", "subtype=prismfs", *spec.kernel_flags}
     if spec.allow_other:
         opts.add("allow_other")
     if spec.options.read_only:
         opts.add("ro")
+    if spec.auto_unmount:
+        # libfuse then mounts through fusermount3, which keeps a process that
+        # unmounts once this one's /dev/fuse descriptor closes: a daemon
+        # killed with SIGKILL leaves no "Transport endpoint is not connected".
+        opts.add("auto_unmount")
     return opts
+
+
+async def _operations(spec: MountSpec, meta: MetaClient, data: DataClient) -> PrismOperations:
+    """The mount's operations; with a subdir, rooted at it (checked first:
+    a missing subdir or a file is a one-line error before mounting)."""
+    if spec.subdir is None:
+        return PrismOperations(meta, data, spec.options)
+    try:
+        attr = await resolve(meta, spec.subdir)
+    except NotFound:
+        raise ConfigError(f"subdir {spec.subdir}: no such directory") from None
+    except NotADirectory as exc:
+        raise ConfigError(f"subdir {spec.subdir}: {exc.message}") from None
+    if not stat.S_ISDIR(attr.mode):
+        raise ConfigError(f"subdir {spec.subdir} is not a directory")
+    kernel_root.set_mount_root(attr.ino)
+    return SubdirOperations(meta, data, spec.options)
+
+
+def _fsname(source: str) -> str:
+    """The source as a libfuse option value: its option parser splits on
+    commas (escaped with a backslash), and pyfuse3 passes options as ASCII."""
+    if not source.isascii():
+        return "prismfs"
+    return source.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _unescape(field: str) -> str:
@@ -124,9 +170,22 @@ async def serve(spec: MountSpec, ready: int | None = None) -> None:
         )
         await meta.open_session(spec.lease_s)
         data = DataClient(pool, meta, shard_timeout=min(30.0, spec.failtimeout))
-        ops = PrismOperations(meta, data, spec.options)
-        pyfuse3.init(ops, str(spec.mountpoint), fuse_options(spec))
-        log.info("mounted %s at %s", ",".join(spec.addresses), spec.mountpoint)
+        try:
+            ops = await _operations(spec, meta, data)
+            try:
+                pyfuse3.init(ops, str(spec.mountpoint), fuse_options(spec))
+            except RuntimeError as exc:  # libfuse printed its reason on stderr
+                raise ConfigError(f"libfuse could not mount {spec.mountpoint} ({exc})") from None
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(PrismError):
+                await meta.close_session()  # not left for the leader to expire
+            raise
+        log.info(
+            "mounted %s%s at %s",
+            ",".join(spec.addresses),
+            f" (subdir {spec.subdir})" if spec.subdir else "",
+            spec.mountpoint,
+        )
         unmounted = False
         try:
             async with trio.open_nursery() as nursery:
@@ -143,9 +202,7 @@ async def serve(spec: MountSpec, ready: int | None = None) -> None:
                 nursery.start_soon(ops.background)
                 nursery.start_soon(set_readahead, spec.mountpoint, spec.options.readahead_kb)
                 if ready is not None:
-                    os.write(ready, b"ok")
-                    os.close(ready)
-                    ready = None
+                    os.write(ready, b"ok")  # the parent stops reading here
                 await pyfuse3.main()
                 unmounted = True
                 nursery.cancel_scope.cancel()
@@ -160,30 +217,62 @@ async def serve(spec: MountSpec, ready: int | None = None) -> None:
         log.info("unmounted %s", spec.mountpoint)
 
 
-def _setup_logging(spec: MountSpec) -> None:
-    handlers: list[logging.Handler] = []
+def syslog_socket() -> str:
+    """Where syslog (or journald, which listens there too) takes messages:
+    ``$PRISMFS_SYSLOG``, else /dev/log."""
+    return os.environ.get("PRISMFS_SYSLOG") or "/dev/log"
+
+
+def log_target(spec: MountSpec) -> str:
+    """Where the daemon's messages go: the ``log=`` file, stderr in the
+    foreground, else syslog (when nothing listens there, nowhere)."""
     if spec.log_file is not None:
-        handlers.append(logging.FileHandler(spec.log_file))
-    else:
-        handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)-7s mount %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
+        return str(spec.log_file)
+    if spec.foreground:
+        return "stderr"
+    return f"syslog ({syslog_socket()})" if Path(syslog_socket()).exists() else "nowhere"
+
+
+def _setup_logging(spec: MountSpec) -> None:
+    """The node's line format, with ``node=mount``."""
+    handler: logging.Handler | None = None
+    if spec.log_file is None and not spec.foreground:
+        try:
+            syslog = logging.handlers.SysLogHandler(syslog_socket())
+            syslog.ident = f"mount.prismfs[{os.getpid()}]: "
+            handler = syslog
+        except OSError:  # nothing listens: the parent said so before detaching
+            handler = logging.NullHandler()
+    setup_logging("mount", spec.log_level, str(spec.log_file or ""), handler=handler)
+
+
+def _write_pidfile(spec: MountSpec) -> None:
+    if spec.pidfile is None:
+        return
+    try:
+        spec.pidfile.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the pidfile {spec.pidfile}: {exc.strerror}") from None
 
 
 def run_mount(spec: MountSpec) -> int:
-    """Mount; returns an exit status (0 once the mount answers)."""
+    """Mount; returns an exit status (0 once the mount answers). A mount that
+    fails raises `PrismError` in the foreground; a daemon that fails makes
+    this print its one-line reason and return `MOUNT_FAILURE`."""
     if not spec.mountpoint.is_dir():
         raise ConfigError(f"mount point {spec.mountpoint} is not a directory")
     if spec.foreground:
-        if spec.pidfile is not None:
-            spec.pidfile.write_text(f"{os.getpid()}\n")
+        _write_pidfile(spec)
         _setup_logging(spec)
-        trio.run(serve, spec)
+        with single_exception():
+            trio.run(serve, spec)
         return 0
+    if log_target(spec) == "nowhere":
+        print(
+            f"mount.prismfs: nothing listens at {syslog_socket()}: the daemon's messages are lost "
+            "(give -o log=FILE)",
+            file=sys.stderr,
+        )
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -191,27 +280,7 @@ def run_mount(spec: MountSpec) -> int:
         os.setsid()
         if os.fork() != 0:
             os._exit(0)  # the daemon below is adopted by init, which reaps it
-        if spec.pidfile is not None:
-            spec.pidfile.write_text(f"{os.getpid()}\n")
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        if spec.log_file is not None:
-            out = os.open(spec.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-        else:
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-        _setup_logging(spec)
-        code = 0
-        try:
-            trio.run(serve, spec, write_end)
-        except BaseException as exc:  # reported to the parent through the pipe
-            log.exception("mount failed")
-            with contextlib.suppress(OSError):
-                os.write(write_end, f"error: {exc}".encode()[:4000])
-            code = 1
-        os._exit(code)
+        os._exit(_daemon(spec, write_end))
     os.close(write_end)
     os.waitpid(pid, 0)  # the intermediate process exits at once
     chunks = []
@@ -229,7 +298,41 @@ def run_mount(spec: MountSpec) -> int:
         return 0
     detail = message.removeprefix("error: ") or "the mount process ended before mounting"
     print(f"mount.prismfs: {detail}", file=sys.stderr)
-    return 32
+    return MOUNT_FAILURE
+
+
+def _daemon(spec: MountSpec, ready: int) -> int:
+    """The detached daemon: serve until unmounted; a failure before the mount
+    answers goes to the parent through ``ready``, one line, and to the log,
+    with a traceback only for what is not a `PrismError` (a bug)."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    out = devnull
+    if spec.log_file is not None:
+        # libfuse and fusermount3 print their reasons on stderr: into the log.
+        with contextlib.suppress(OSError):
+            out = os.open(spec.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    code = 0
+    try:
+        _write_pidfile(spec)
+        _setup_logging(spec)
+        with single_exception():
+            trio.run(serve, spec, ready)
+    except PrismError as exc:
+        log.error("mount failed: %s", exc.message)
+        reason = exc.message
+        code = 1
+    except BaseException as exc:  # reported to the parent through the pipe
+        log.exception("mount failed")
+        reason = f"{type(exc).__name__}: {exc}"
+        code = 1
+    if code:
+        with contextlib.suppress(OSError):  # EPIPE: the parent left after "ok"
+            os.write(ready, f"error: {reason}".encode()[:4000])
+    os.close(ready)
+    return code
 
 
 def _wait_answering(mountpoint: Path, timeout: float = 10.0) -> None:

@@ -44,8 +44,11 @@ from prismfs.client.files import OpenFile, layout_for
 from prismfs.data.layout import LAYOUT_XATTR, Layout
 from prismfs.errors import NoAttribute, NotFound, PrismError
 from prismfs.exception_groups import single_exception
+from prismfs.fuse import kernel_root
 from prismfs.fuse.caches import DirHandle
+from prismfs.fuse.capacity import node_disks, usable
 from prismfs.fuse.deferred import DeferredWork, Handle, Made, MountOptions
+from prismfs.fuse.kernel_root import kernel_ino
 from prismfs.meta.client import MetaClient, now_ns
 from prismfs.meta.commands import (
     RENAME_EXCHANGE,
@@ -94,7 +97,7 @@ def _op(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any,
                 # the "no such name" this mount gave it before (the recall's
                 # invalidation can run before that answer reached the kernel).
                 parent, made = args[_MAKES[func.__name__]], args[_MAKES[func.__name__] + 1]
-                pyfuse3.invalidate_entry_async(parent, made, ignore_enoent=True)  # type: ignore[arg-type]
+                pyfuse3.invalidate_entry_async(kernel_ino(parent), made, ignore_enoent=True)  # type: ignore[arg-type]
             if exc.transient:
                 log.warning("%s: cluster unavailable: %s", func.__name__, exc.message)
             raise pyfuse3.FUSEError(code) from None
@@ -234,7 +237,7 @@ class PrismOperations(DeferredWork):
             # Attributes only: no lock of the open in progress is involved, and
             # the kernel drops a GETATTR answer older than this notice.
             with contextlib.suppress(OSError):  # ENOENT: the kernel holds nothing
-                pyfuse3.invalidate_inode(attr.ino, attr_only=True)
+                pyfuse3.invalidate_inode(kernel_ino(attr.ino), attr_only=True)
 
     def _names_ino(self, parent: int, name: bytes) -> int | None:
         """The inode ``name`` in ``parent`` refers to, as far as this mount
@@ -1242,14 +1245,15 @@ class PrismOperations(DeferredWork):
 
     @_op
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        # Usable space for files of the mount root's layout (see fuse/capacity.py).
         stats = await self.meta.statfs()
-        nodes = await self.meta.nodes()
-        total = sum(n.capacity for n in nodes if n.state == "up")
-        used = sum(n.used for n in nodes)
+        disks = await node_disks(self.data.pool, await self.meta.nodes())
+        layout, _ = await self._layout(kernel_root.subdir_ino)
+        space = usable(disks, layout)
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = total // 4096
-        s.f_bfree = s.f_bavail = max(0, total - used) // 4096
+        s.f_blocks = space.total // 4096
+        s.f_bfree = s.f_bavail = space.free // 4096
         s.f_files = stats.files + 1_000_000_000
         s.f_ffree = s.f_favail = 1_000_000_000
         s.f_namemax = 255

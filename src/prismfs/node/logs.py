@@ -48,17 +48,17 @@ class _JsonFormatter(_UtcFormatter):
         return json.dumps(entry)
 
 
-def setup_logging(node_id: str, level: str, file: str = "", fmt: str = "text") -> None:
-    """Route the ``prismfs`` loggers to stderr or ``file`` for this process."""
-    handler: logging.Handler
-    if file:
-        try:
-            Path(file).parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(file)
-        except OSError as exc:
-            raise ConfigError(f"cannot open log file {file}: {exc.strerror or exc}") from None
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+def setup_logging(
+    node_id: str,
+    level: str,
+    file: str = "",
+    fmt: str = "text",
+    handler: logging.Handler | None = None,
+) -> None:
+    """Route the ``prismfs`` loggers to stderr, ``file`` or ``handler`` (a
+    mount's syslog) for this process."""
+    if handler is None:
+        handler = _file_or_stderr(file)
     handler.addFilter(_NodeIdFilter(node_id))
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _UtcFormatter(_TEXT))
     root = logging.getLogger("prismfs")
@@ -67,3 +67,13 @@ def setup_logging(node_id: str, level: str, file: str = "", fmt: str = "text") -
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def _file_or_stderr(file: str) -> logging.Handler:
+    if not file:
+        return logging.StreamHandler(sys.stderr)
+    try:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        return logging.FileHandler(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot open log file {file}: {exc.strerror or exc}") from None
