@@ -10,7 +10,7 @@ DEBS := fuse3 libfuse3-dev pkg-config rsync git sqlite3 attr iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .demo
 
-.PHONY: install system-deps demo down test lint bench bench-peers clean install-mount-helper jepsen
+.PHONY: install system-deps demo down test lint bench bench-peers clean install-mount-helper jepsen man
 
 ## Debian packages pyfuse3 builds against and the mount needs, when missing.
 system-deps:
@@ -43,6 +43,10 @@ demo: install
 	@echo "  prismfs token create   # then: curl -H 'Authorization: Bearer TOKEN' http://HTTP_ADDRESS/v1/dirs"
 	@echo "                         # (prismfs dev status shows each node's HTTP address)"
 	@echo "  make down                         # unmount and stop everything"
+
+## The manual pages in man/, made from the CLI, configuration and mount options.
+man: install
+	$(BIN)/python -m prismfs.cli.manpages man
 
 ## mount.prismfs where `mount -t prismfs` and /etc/fstab find it (/sbin).
 install-mount-helper: install

@@ -54,32 +54,50 @@ keeps its own times): accepted and ignored, as other mount helpers do.
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-KNOWN = {
-    "secret",
-    "tls_ca",
-    "insecure",
-    "ro",
-    "allow_other",
-    "attr_timeout",
-    "entry_timeout",
-    "writeback_mb",
-    "writeback_s",
-    "failmode",
-    "failtimeout",
-    "log",
-    "loglevel",
-    "foreground",
-    "lease",
-    "pidfile",
-    "sync_meta",
-    "no_leases",
-    "settle_s",
-    "noatime",
-    "relatime",
-    "readahead_kb",
-    "subdir",
-    "no_auto_unmount",
+OPTIONS = {
+    "secret=FILE": "a credential: client.secret or one from `prismfs credentials create`"
+    " (a read-only one makes the mount read-only)",
+    "tls_ca=FILE": "the CA of nodes started with --tls-cert (default: the cluster CA the"
+    " credential carries)",
+    "insecure": "no TLS, for nodes started with --insecure",
+    "subdir=/PATH": "show this directory of the file system as the mount's root",
+    "ro": "a read-only mount (writes answer EROFS)",
+    "allow_other": "let users other than the mounting one use the mount",
+    "attr_timeout=S": "how long the kernel caches attributes (default 1)",
+    "entry_timeout=S": "with no_leases, how long the kernel caches names (default 1)",
+    "writeback_mb=N": "buffered writes per open file before they are committed (default 64)",
+    "writeback_s=S": "buffered writes are committed at the latest this long after (default 30)",
+    "failmode=wait|eio": "wait retries an unreachable cluster for failtimeout, eio for 5 s;"
+    " then EIO",
+    "failtimeout=S": "see failmode (default 60); also how long mounting waits for the cluster",
+    "log=FILE": "the daemon's log (default: syslog; stderr with -f)",
+    "loglevel=LEVEL": "debug, info (default), warning or error",
+    "foreground": "serve in the foreground, logging on stderr (as -f)",
+    "lease=S": "the client session's lease (default 60)",
+    "pidfile=FILE": "the daemon writes its pid there",
+    "sync_meta": "send every create and unlink to the cluster before it returns",
+    "no_leases": "take no directory leases",
+    "settle_s=S": "how long a held-back change stays unsent at most (default 1)",
+    "noatime": "reads do not move atime",
+    "relatime": "reads move atime as relatime does (the default)",
+    "readahead_kb=N": "the kernel's read-ahead on this mount (default 1024; 0 leaves the kernel's)",
+    "no_auto_unmount": "do not mount with auto_unmount (needed for suid and dev)",
 }
+"""The mount's own options and what they do (mount.prismfs(8) is made from
+this table; docs/mount.md says more)."""
+KNOWN = {name.partition("=")[0] for name in OPTIONS}
+
+
+def option_help() -> list[tuple[str, str]]:
+    """Every option mount.prismfs takes, with its help, for the manual page."""
+    generic = sorted(KERNEL_FLAGS)
+    return [
+        *OPTIONS.items(),
+        (", ".join(generic), "generic mount flags, given to the kernel (suid and dev only"
+         " with no_auto_unmount)"),
+        (", ".join(sorted(IGNORED)) + ", x-*", "mount(8), fstab and systemd options:"
+         " accepted and ignored"),
+    ]  # fmt: skip
 
 
 def parse_options(text: str) -> dict[str, str | None]:
