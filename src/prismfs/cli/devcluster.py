@@ -31,7 +31,14 @@ from typing import Any
 
 import trio
 
-from prismfs.client.config import DEV_STATE_FILE, DevRegistry, state_dir, write_client_toml
+from prismfs.client.config import (
+    CLIENT_CONFIG_NAME,
+    DEV_STATE_FILE,
+    DevRegistry,
+    state_dir,
+    write_client_toml,
+)
+from prismfs.config_files import default_config_file
 from prismfs.durable import write_atomic
 from prismfs.errors import ConfigError, DataDirLocked, InvalidArgument, PrismError, Unavailable
 from prismfs.meta.commands import ListNodes, NodeList
@@ -209,7 +216,13 @@ def up(
         cluster = _up(directory, n_nodes, say, node_config, http)
         if mount:
             _mount(cluster, Path(mount).resolve(), say)
-        return cluster
+    configured = default_config_file(CLIENT_CONFIG_NAME)
+    if configured is not None:
+        say(
+            f"note: client commands use {configured} by default; for this dev cluster "
+            f"pass --config {directory / 'client.toml'}"
+        )
+    return cluster
 
 
 def _mounted(point: Path) -> bool:
@@ -293,12 +306,13 @@ def _up(
         say(f"note: {directory} holds a {len(cluster.nodes)}-node cluster; restarting it as it was")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     voters = cluster.nodes[:MAX_VOTERS]  # the rest are storage-only
+    config_file = _node_config_file(cluster)
     for node in cluster.nodes:
         if node.alive():
             continue
         first = cluster.nodes[0]
         join = None if node is first else first.rpc_address
-        proc = _spawn(node, join, cluster.node_config, replica=node in voters)
+        proc = _spawn(node, join, config_file, replica=node in voters)
         node.pid = proc.pid
         procs[node.name] = proc
     cluster.started = time.time()
@@ -325,6 +339,18 @@ def _up(
     write_client_toml(directory / "mount.toml", addresses, cluster.client_secret_file)
     DevRegistry().add(directory)
     return cluster
+
+
+def _node_config_file(cluster: DevCluster) -> str:
+    """The node.toml dev nodes start with: the one given to ``up``, else an empty
+    one in the cluster directory. Always one, so that a dev node never reads the
+    machine's default ``/etc/prismfs/node.toml``, which belongs to a real node."""
+    if cluster.node_config:
+        return cluster.node_config
+    empty = cluster.directory / "node.toml"
+    if not empty.exists():
+        empty.write_text("# dev cluster nodes: every setting comes from their command line\n")
+    return str(empty)
 
 
 async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[bytes]]) -> None:

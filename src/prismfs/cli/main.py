@@ -31,7 +31,7 @@ from prismfs.client.config import ClientConfig, resolve_client_config
 from prismfs.daemon import run_node
 from prismfs.errors import ConfigError, PrismError
 from prismfs.node import datadir
-from prismfs.node.config import load_node_config
+from prismfs.node.config import find_node_config, load_node_config
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import CLIENT_SECRET_FILE_NAME, SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool
@@ -65,7 +65,8 @@ def client_options(func: F) -> F:
         "--config",
         "config_file",
         type=click.Path(path_type=Path),
-        help="A client.toml (default: $PRISMFS_CONFIG, else the newest running dev cluster).",
+        help="A client.toml (default: $PRISMFS_CONFIG, ~/.config/prismfs/client.toml, "
+        "/etc/prismfs/client.toml, else the newest running dev cluster).",
     )
     @click.option(
         "--tls-ca",
@@ -73,6 +74,7 @@ def client_options(func: F) -> F:
         help="The CA of nodes started with --tls-cert (default: the cluster's own CA).",
     )
     @click.option("--insecure", is_flag=True, help="No TLS (for nodes started with --insecure).")
+    @click.option("-v", "--verbose", is_flag=True, help="Say which cluster and config are used.")
     @functools.wraps(func)
     def wrapper(
         cluster: str | None,
@@ -80,6 +82,7 @@ def client_options(func: F) -> F:
         config_file: Path | None,
         tls_ca: Path | None,
         insecure: bool,
+        verbose: bool,
         **kwargs: Any,
     ) -> Any:
         # A file command sent over HTTP (--http) needs no cluster secret.
@@ -91,6 +94,11 @@ def client_options(func: F) -> F:
             )
             if kwargs["client"].insecure:
                 click.echo("prismfs: talking to the cluster without TLS (--insecure)", err=True)
+            if verbose:
+                found = kwargs["client"]
+                click.echo(
+                    f"prismfs: cluster {','.join(found.addresses)} from {found.source}", err=True
+                )
         return func(**kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -223,7 +231,11 @@ def node() -> None:
 )
 @click.option("--listen", metavar="HOST:PORT", help="RPC address to listen on (node.listen).")
 @click.option(
-    "--config", "config_file", type=click.Path(path_type=Path), help="node.toml; flags override it."
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="node.toml; flags override it (default: ~/.config/prismfs/node.toml, "
+    "else /etc/prismfs/node.toml, if one exists).",
 )
 @click.option(
     "--secret-file",
@@ -300,7 +312,7 @@ def node_start(
         },
         "log": {"file": log_file, "level": log_level, "format": log_format},
     }
-    config = load_node_config(config_file, overrides)
+    config = load_node_config(find_node_config(config_file), overrides)
     if join:
         parse_address(join)
     elif replica:

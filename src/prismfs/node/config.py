@@ -3,6 +3,10 @@
 Every key is documented in ``docs/configuration.md``; keep the two in step.
 Unknown keys and wrong types are refused with the key's path, so a typo in a
 config file is an error at start, not a silently ignored setting.
+
+Without ``--config``, a node reads ``node.toml`` from the user's configuration
+directory (``$XDG_CONFIG_HOME/prismfs``) or else the machine's
+(``/etc/prismfs``, or ``$PRISMFS_ETC``), if one exists (`find_node_config`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from prismfs.config_files import read_toml
+from prismfs.config_files import default_config_file, read_toml
 from prismfs.errors import ConfigError
 from prismfs.node.consensus import ConsensusConfig
 from prismfs.wire.address import parse_address
@@ -225,6 +229,15 @@ class NodeConfig(_Section):
             reserved_handshakes=self.rpc.reserved_handshakes,
             max_handshakes_per_address=self.rpc.max_handshakes_per_address,
         )
+
+
+NODE_CONFIG_NAME = "node.toml"
+
+
+def find_node_config(explicit: Path | None) -> Path | None:
+    """The node.toml to read: ``explicit`` (``--config``) if given, else the
+    first default location that holds one, else none (flags only)."""
+    return explicit if explicit is not None else default_config_file(NODE_CONFIG_NAME)
 
 
 def load_node_config(path: Path | None, overrides: dict[str, dict[str, Any]]) -> NodeConfig:

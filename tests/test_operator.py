@@ -1,0 +1,129 @@
+"""An operator's first day: default configuration paths, the advertised address,
+the root directory's owner, systemd readiness and logs, and scheduled scrubs.
+Real node processes throughout; every one is stopped by pid at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PRISMFS, NodeProcess, run_cli
+from prismfs.procs import process_alive
+
+
+@pytest.fixture
+def op_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Private state, machine (PRISMFS_ETC) and user (XDG) configuration
+    directories; any dev cluster a test starts is stopped at the end."""
+    env = {
+        "PRISMFS_STATE_DIR": str(tmp_path / "state"),
+        "PRISMFS_CONFIG": "",
+        "PRISMFS_ETC": str(tmp_path / "etc"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+    }
+    yield env
+    for cluster in (tmp_path / "state").glob("**/dev.json"):
+        run_cli("dev", "down", "--dir", str(cluster.parent), env=env)
+        for node in json.loads(cluster.read_text())["nodes"]:
+            if process_alive(node["pid"], node["data_dir"]):
+                os.kill(node["pid"], 9)
+                raise AssertionError(f"dev down left {node['name']} running")
+
+
+def spawn(procs: list[NodeProcess], data_dir: Path, env: dict[str, str], *args: str) -> NodeProcess:
+    """``prismfs node start ARGS`` with ``env`` (the data dir may come from a config file)."""
+    proc = subprocess.Popen(
+        [*PRISMFS, "node", "start", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    np = NodeProcess(proc, data_dir)
+    procs.append(np)
+    return np
+
+
+def node_id(data_dir: Path) -> str:
+    return str(json.loads((data_dir / "node.json").read_text())["node_id"])
+
+
+# --- default configuration paths ------------------------------------------------
+
+
+def test_default_config_paths_beat_a_running_dev_cluster(
+    tmp_path: Path, op_env: dict[str, str], node_procs: list[NodeProcess]
+) -> None:
+    # A dev cluster runs on this machine...
+    dev_dir = tmp_path / "state" / "dev"
+    up = run_cli("dev", "up", "--nodes", "1", "--dir", str(dev_dir), "--json", env=op_env)
+    assert up.returncode == 0, up.stderr
+    dev_id = json.loads(up.stdout)["nodes"][0]["id"]
+    # ...and so does a real one, whose node reads /etc/prismfs/node.toml by itself.
+    real = tmp_path / "real"
+    assert run_cli("cluster", "init", "--data-dir", str(real)).returncode == 0
+    etc = Path(op_env["PRISMFS_ETC"])
+    etc.mkdir()
+    (etc / "node.toml").write_text(
+        f'[node]\ndata_dir = "{real}"\nlisten = "127.0.0.1:0"\n[http]\nlisten = "127.0.0.1:0"\n'
+    )
+    address = spawn(node_procs, real, op_env).wait_listening()
+    real_id = node_id(real)
+    assert json.loads((real / "node.json").read_text())["http_address"]
+    assert real_id != dev_id
+
+    # With no client.toml anywhere, client commands find the dev cluster.
+    found = json.loads(run_cli("cluster", "status", "--json", env=op_env).stdout)
+    assert [n["id"] for n in found["nodes"]] == [dev_id]
+
+    # Once the machine has a client.toml, it wins over the dev cluster, and -v says so.
+    (etc / "client.toml").write_text(
+        f'cluster = ["{address}"]\nsecret_file = "{real / "cluster.secret"}"\n'
+    )
+    status = run_cli("cluster", "status", "--json", "-v", env=op_env)
+    assert status.returncode == 0, status.stderr
+    found = json.loads(status.stdout)
+    assert found["source"] == str(etc / "client.toml")
+    assert [n["id"] for n in found["nodes"]] == [real_id]
+    assert f"prismfs: cluster {address} from {etc / 'client.toml'}" in status.stderr
+    ls = run_cli("ls", "-v", "/", env=op_env)
+    assert ls.returncode == 0, ls.stderr
+    assert str(etc / "client.toml") in ls.stderr
+
+    # `dev up` says its cluster is not the default any more.
+    again = run_cli("dev", "up", "--dir", str(dev_dir), env=op_env)
+    assert f"client commands use {etc / 'client.toml'} by default" in again.stdout
+
+    # The user's own client.toml comes before the machine's; PRISMFS_CONFIG before both.
+    user = Path(op_env["XDG_CONFIG_HOME"]) / "prismfs"
+    user.mkdir(parents=True)
+    (user / "client.toml").write_text(
+        (dev_dir / "client.toml").read_text().replace("# Written", "# Copied")
+    )
+    found = json.loads(run_cli("cluster", "status", "--json", env=op_env).stdout)
+    assert found["source"] == str(user / "client.toml")
+    assert [n["id"] for n in found["nodes"]] == [dev_id]
+    env = {**op_env, "PRISMFS_CONFIG": str(etc / "client.toml")}
+    found = json.loads(run_cli("cluster", "status", "--json", env=env).stdout)
+    assert [n["id"] for n in found["nodes"]] == [real_id]
+
+    # A dev node never reads the machine's node.toml (which turns the HTTP API on).
+    assert run_cli("dev", "down", "--dir", str(dev_dir), env=op_env).returncode == 0
+    assert run_cli("dev", "up", "--dir", str(dev_dir), env=op_env).returncode == 0
+    rows = json.loads(run_cli("dev", "status", "--dir", str(dev_dir), "--json", env=op_env).stdout)
+    assert [(r["id"], r["role"], r["http_address"]) for r in rows["nodes"]] == [
+        (dev_id, "leader", None)
+    ]
+
+
+def test_no_cluster_message_names_the_default_paths(op_env: dict[str, str]) -> None:
+    none = run_cli("cluster", "status", env=op_env)
+    assert none.returncode == 1
+    assert str(Path(op_env["PRISMFS_ETC"]) / "client.toml") in none.stderr
+    assert none.stderr.count("\n") == 1
