@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import PRISMFS, NodeProcess, run_cli
+from conftest import PRISMFS, NodeProcess, run_cli, start_node
 from prismfs.procs import process_alive
 
 
@@ -127,3 +128,64 @@ def test_no_cluster_message_names_the_default_paths(op_env: dict[str, str]) -> N
     assert none.returncode == 1
     assert str(Path(op_env["PRISMFS_ETC"]) / "client.toml") in none.stderr
     assert none.stderr.count("\n") == 1
+
+
+# --- the README's nodes by hand ----------------------------------------------------
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_nodes_by_hand_as_the_readme_says(
+    tmp_path: Path, op_env: dict[str, str], node_procs: list[NodeProcess]
+) -> None:
+    """Two nodes cannot hold a 2-of-3 file and the error says what to do; the
+    third node makes the default layout work and the leader makes all three voters."""
+    first = tmp_path / "n1"
+    assert run_cli("cluster", "init", "--data-dir", str(first)).returncode == 0
+    seed = start_node(node_procs, first).wait_listening()
+    secret = str(first / "cluster.secret")
+    start_node(node_procs, tmp_path / "n2", "--secret-file", secret, "--join", seed)
+    node_procs[-1].wait_listening()
+    opts = ("--cluster", seed, "--secret-file", secret)
+
+    def registered(n: int) -> Callable[[], bool]:
+        def check() -> bool:
+            out = run_cli("node", "list", "--json", *opts, env=op_env)
+            return out.returncode == 0 and len(json.loads(out.stdout)) == n
+
+        return check
+
+    wait_for(registered(2), 30, "two nodes registered")
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(100_000))
+    refused = run_cli("put", str(big), "/big", *opts, env=op_env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("prismfs: this layout needs 3 nodes up, the cluster has 2: ")
+    assert "start more nodes" in refused.stderr and "--layout k=1,m=2" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    # The advice works: two replicas fit two nodes.
+    put = run_cli("put", "--layout", "k=1,m=2", str(big), "/two", *opts, env=op_env)
+    assert put.returncode == 0, put.stderr
+
+    start_node(node_procs, tmp_path / "n3", "--secret-file", secret, "--join", seed)
+    node_procs[-1].wait_listening()
+    wait_for(registered(3), 30, "three nodes registered")
+    put = run_cli("put", str(big), "/big", *opts, env=op_env)
+    assert put.returncode == 0, put.stderr
+    got = tmp_path / "got"
+    assert run_cli("get", "/big", str(got), *opts, env=op_env).returncode == 0
+    assert got.read_bytes() == big.read_bytes()
+
+    def three_voters() -> bool:
+        out = run_cli("cluster", "status", "--json", *opts, env=op_env)
+        health = json.loads(out.stdout).get("health") if out.stdout else None
+        return health is not None and len(health["voters"]) == 3
+
+    wait_for(three_voters, 60, "the leader to make three voters")
