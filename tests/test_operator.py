@@ -189,3 +189,44 @@ def test_nodes_by_hand_as_the_readme_says(
         return health is not None and len(health["voters"]) == 3
 
     wait_for(three_voters, 60, "the leader to make three voters")
+
+
+# --- listening on every interface ------------------------------------------------------
+
+
+def test_wildcard_listen_advertises_the_route_to_the_join_node(
+    tmp_path: Path, op_env: dict[str, str], node_procs: list[NodeProcess]
+) -> None:
+    first = tmp_path / "n1"
+    assert run_cli("cluster", "init", "--data-dir", str(first)).returncode == 0
+    seed = start_node(node_procs, first).wait_listening()
+    secret = str(first / "cluster.secret")
+    second = tmp_path / "n2"
+    np = spawn(
+        node_procs, second, op_env, "--data-dir", str(second), "--listen", "0.0.0.0:0",
+        "--secret-file", secret, "--join", seed,
+    )  # fmt: skip
+    advertised = np.wait_listening()
+    bound = json.loads((second / "node.json").read_text())["listen"][0]
+    assert bound.startswith("0.0.0.0:")
+    # Loopback is the interface towards a node on 127.0.0.1; the port is the bound one.
+    assert advertised == "127.0.0.1:" + bound.rsplit(":", 1)[1]
+    opts = ("--cluster", seed, "--secret-file", secret)
+
+    def registered() -> bool:
+        out = run_cli("node", "list", "--json", *opts, env=op_env)
+        return out.returncode == 0 and advertised in {n["address"] for n in json.loads(out.stdout)}
+
+    wait_for(registered, 30, "the second node registered at its advertised address")
+
+
+def test_wildcard_listen_without_a_peer_asks_for_advertise(
+    tmp_path: Path, op_env: dict[str, str]
+) -> None:
+    data = tmp_path / "n1"
+    assert run_cli("cluster", "init", "--data-dir", str(data)).returncode == 0
+    out = run_cli("node", "start", "--data-dir", str(data), "--listen", "0.0.0.0:0", env=op_env)
+    assert out.returncode == 1
+    assert out.stderr.startswith("prismfs: listening on 0.0.0.0:0 (every interface) needs ")
+    assert "--advertise HOST:PORT" in out.stderr and out.stderr.count("\n") == 1
+    assert not (data / "node.json").exists()

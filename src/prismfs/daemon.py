@@ -14,10 +14,12 @@ same server in `NodeService.__init__`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -58,9 +60,10 @@ from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
 from prismfs.node.leases import LeaseService
 from prismfs.node.logs import setup_logging
+from prismfs.node.metalink import SEEDS_FILE
 from prismfs.node.sessions import SessionLeases, expire_sessions
 from prismfs.procs import raise_open_file_limit
-from prismfs.wire.address import parse_address
+from prismfs.wire.address import format_address, parse_address
 from prismfs.wire.auth import EVERYONE, ClusterCredentials
 from prismfs.wire.client import RpcPool, open_rpc_pool
 from prismfs.wire.codec import encode_message
@@ -129,6 +132,7 @@ async def serve_node(
 ) -> None:
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
+    route_host = "" if config.node.advertise else _wildcard_advertise_host(config, join)
     if config.data.default_layout:
         try:
             Layout.parse(config.data.default_layout)
@@ -167,6 +171,8 @@ async def serve_node(
                     f"cannot listen on {config.node.listen}: {exc.strerror}"
                 ) from None
             service.rpc_address = config.node.advertise or addresses[0]
+            if route_host:
+                service.rpc_address = format_address(route_host, parse_address(addresses[0])[1])
             namespace = _open_namespace(config.data_dir)
             leases = SessionLeases(namespace)
             consensus = Consensus(
@@ -307,6 +313,55 @@ async def serve_node(
     with trio.CancelScope(shield=True):
         await store.close()
     log.info("node %s stopped", node_id)
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", "*"})
+
+
+def _wildcard_advertise_host(config: NodeConfig, join: str | None) -> str:
+    """The host to advertise for a node listening on every interface without
+    ``node.advertise`` ("" if it listens on one address, which it advertises).
+    The wildcard itself means nothing to other machines, so take the address
+    of the interface that routes to a peer: ``--join``, else a member this node
+    remembers from an earlier run. With no peer, refuse: only the operator
+    knows which of the addresses the others can reach."""
+    host, _port = config.listen_address
+    if host not in WILDCARD_HOSTS:
+        return ""
+    peers = [join] if join else _remembered_seeds(config.data_dir)
+    if not peers:
+        raise ConfigError(
+            f"listening on {config.node.listen} (every interface) needs --advertise HOST:PORT "
+            "(node.advertise): the address other nodes and clients reach this node at; "
+            "a node started with --join uses its interface towards that node by itself"
+        )
+    return route_source(peers[0])
+
+
+def route_source(peer: str) -> str:
+    """This machine's address on the interface that routes to ``peer``. A UDP
+    socket's connect only chooses the route: no packet is sent."""
+    host, port = parse_address(peer)
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, kind, proto, _name, target = found[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(target)
+            return str(probe.getsockname()[0])
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot find this machine's address towards {peer} ({exc.strerror or exc}): "
+            "pass --advertise HOST:PORT"
+        ) from None
+
+
+def _remembered_seeds(data_dir: Path) -> list[str]:
+    """The cluster members a storage-only node learnt of in an earlier run."""
+    try:
+        seeds = json.loads((data_dir / "raft" / SEEDS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [s for s in seeds if isinstance(s, str)] if isinstance(seeds, list) else []
 
 
 async def _clean_store(clean: Callable[[], Awaitable[int]]) -> None:
