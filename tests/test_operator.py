@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PRISMFS, NodeProcess, run_cli, start_node
+from fuse_mount import Mount
 from prismfs.procs import process_alive
 
 
@@ -230,3 +233,63 @@ def test_wildcard_listen_without_a_peer_asks_for_advertise(
     assert out.stderr.startswith("prismfs: listening on 0.0.0.0:0 (every interface) needs ")
     assert "--advertise HOST:PORT" in out.stderr and out.stderr.count("\n") == 1
     assert not (data / "node.json").exists()
+
+
+# --- the root directory's owner ----------------------------------------------------------
+
+
+def root_line(opts: tuple[str, ...], env: dict[str, str]) -> str:
+    out = run_cli("stat", "/", *opts, env=env)
+    assert out.returncode == 0, out.stderr
+    return next(line for line in out.stdout.splitlines() if "uid:" in line)
+
+
+def test_cluster_init_gives_the_root_to_root_owner(
+    tmp_path: Path, op_env: dict[str, str], node_procs: list[NodeProcess]
+) -> None:
+    bad = run_cli("cluster", "init", "--data-dir", str(tmp_path / "x"), "--root-owner", "bob")
+    assert bad.returncode == 1 and bad.stderr.startswith("prismfs: owner 'bob' is not UID:GID")
+    assert not (tmp_path / "x" / "cluster.secret").exists()
+
+    data = tmp_path / "n1"
+    init = run_cli("cluster", "init", "--data-dir", str(data), "--root-owner", "1000:1001")
+    assert init.returncode == 0, init.stderr
+    assert "root directory: owned by uid 1000, gid 1001, mode 0755" in init.stdout
+    address = start_node(node_procs, data).wait_listening()
+    opts = ("--cluster", address, "--secret-file", str(data / "cluster.secret"))
+    wait_for(lambda: not (data / "root-owner").exists(), 30, "the owner request to be applied")
+    assert root_line(opts, op_env).split() == ["links:", "2", "uid:", "1000", "gid:", "1001"]
+    assert "(755)" in run_cli("stat", "/", *opts, env=op_env).stdout
+
+
+def test_dev_up_gives_the_root_to_the_user_behind_sudo(
+    tmp_path: Path, op_env: dict[str, str]
+) -> None:
+    """Through sudo, the root directory is the invoking user's: that user can
+    write at the top of a mount (as root's, 0755, they could not)."""
+    env = {**op_env, "SUDO_UID": "1000", "SUDO_GID": "1000"}
+    cluster = Mount(tmp_path, "mnt")
+    cluster.env = env
+    cluster.dir = tmp_path / "state" / "dev"
+    point_base = Path(tempfile.mkdtemp(prefix="prismfs-owner-"))  # others may enter /tmp/X
+    point_base.chmod(0o755)
+    try:
+        cluster.up(nodes=1)
+        # `dev up` returns once the owner is given.
+        opts = ("--config", str(cluster.dir / "client.toml"))
+        assert root_line(opts, env).split()[2:] == ["uid:", "1000", "gid:", "1000"]
+        point = cluster.mount("allow_other", point_base / "mnt")
+        user = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
+        wrote = subprocess.run(
+            [*user, "sh", "-c", f"echo mine > {point}/mine && mkdir {point}/d"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert wrote.returncode == 0, wrote.stderr
+        assert (os.stat(point / "mine").st_uid, os.stat(point / "d").st_gid) == (1000, 1000)
+        assert (point / "mine").read_text() == "mine\n"
+    finally:
+        cluster.unmount(point_base / "mnt")
+        cluster.cleanup()
+        shutil.rmtree(point_base, ignore_errors=True)

@@ -51,6 +51,7 @@ from prismfs.meta.commands import (
     ROOT_INO,
     XATTR_CREATE,
     RegisterNode,
+    SetAttr,
     SetXattr,
 )
 from prismfs.meta.namespace import Namespace
@@ -61,6 +62,7 @@ from prismfs.node.consensus_messages import ChangeMembership
 from prismfs.node.leases import LeaseService
 from prismfs.node.logs import setup_logging
 from prismfs.node.metalink import SEEDS_FILE
+from prismfs.node.root_owner import requested_root_owner, root_owner_given
 from prismfs.node.sessions import SessionLeases, expire_sessions
 from prismfs.procs import raise_open_file_limit
 from prismfs.wire.address import format_address, parse_address
@@ -296,6 +298,9 @@ async def serve_node(
             clean = getattr(store, "clean_temporary", None)
             if clean is not None:
                 nursery.start_soon(_clean_store, clean)
+            owner = requested_root_owner(config.data_dir)
+            if owner is not None:
+                nursery.start_soon(_give_root_owner, consensus, node_id, config.data_dir, owner)
             me = (node_id, service.rpc_address, config.node.zone, store)
             nursery.start_soon(_register, consensus, *me)
             if join and not consensus.is_member():
@@ -487,6 +492,28 @@ async def _register(
                 return
         await trio.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+async def _give_root_owner(
+    consensus: Consensus, node_id: str, data_dir: Path, owner: tuple[int, int]
+) -> None:
+    """Give the root directory to the owner ``cluster init`` recorded (see
+    `prismfs.node.root_owner`), through Raft, retrying until a leader takes
+    it; then forget the request, so it is given once."""
+    command = encode_message(SetAttr(wall_ns(), ROOT_INO, uid=owner[0], gid=owner[1]))
+    client, delay = f"node:{node_id}:root:{secrets.token_hex(8)}", 0.1
+    while True:
+        try:
+            await consensus.propose(client, 1, command)
+            break
+        except PrismError as exc:
+            if not exc.transient:
+                log.error("could not give the root directory to %d:%d: %s", *owner, exc.message)
+                return
+        await trio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    root_owner_given(data_dir)
+    log.info("the root directory belongs to uid %d, gid %d", *owner)
 
 
 async def _join(pool: RpcPool, seed: str, node_id: str, address: str) -> None:

@@ -50,6 +50,7 @@ from prismfs.node.consensus_messages import (
     RaftStatus,
     RaftStatusReply,
 )
+from prismfs.node.root_owner import invoking_owner, request_root_owner, requested_root_owner
 from prismfs.procs import process_alive
 from prismfs.retry import retry_until
 from prismfs.wire.auth import (
@@ -300,6 +301,8 @@ def _up(
                 DevNode(f"node{i}", str(node_dir), f"127.0.0.1:{_free_port()}", 0, "", http_address)
             )
         datadir.init_cluster(Path(cluster.nodes[0].data_dir))
+        owner = invoking_owner()
+        request_root_owner(Path(cluster.nodes[0].data_dir), owner)
         for node in cluster.nodes[1:]:
             datadir.import_secret(Path(node.data_dir), cluster.secret_file)
     elif len(cluster.nodes) != n_nodes:
@@ -321,6 +324,7 @@ def _up(
         trio.run(_wait_ready, cluster, procs)
         trio.run(_form_voters, cluster)
         trio.run(_wait_registered, cluster)
+        trio.run(_wait_root_owner, cluster)
     except BaseException:
         _down(directory, lambda _msg: None, STOP_TIMEOUT)
         raise
@@ -438,6 +442,23 @@ async def _wait_registered(cluster: DevCluster) -> None:
             timeout=READY_TIMEOUT,
             giving_up=f"not every node entered the node registry within {READY_TIMEOUT:g}s",
         )
+
+
+async def _wait_root_owner(cluster: DevCluster) -> None:
+    """The root directory has the owner ``up`` asked for (`prismfs.node.root_owner`)
+    before ``up`` returns: a mount made at once must let that user write."""
+    first = Path(cluster.nodes[0].data_dir)
+
+    async def given() -> bool:
+        # The founding node deletes the request once the change is committed.
+        return requested_root_owner(first) is None
+
+    await retry_until(
+        given,
+        timeout=READY_TIMEOUT,
+        giving_up=f"the root directory did not get its owner within {READY_TIMEOUT:g}s; "
+        f"see {cluster.nodes[0].log_file}",
+    )
 
 
 def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple[DevNode, str]]:

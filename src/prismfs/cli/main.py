@@ -32,6 +32,7 @@ from prismfs.daemon import run_node
 from prismfs.errors import ConfigError, PrismError
 from prismfs.node import datadir
 from prismfs.node.config import find_node_config, load_node_config
+from prismfs.node.root_owner import invoking_owner, parse_owner, request_root_owner
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import CLIENT_SECRET_FILE_NAME, SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool
@@ -125,10 +126,18 @@ def cluster() -> None:
     type=click.Path(path_type=Path),
     help="First node's data directory.",
 )
-def cluster_init(data_dir: Path) -> None:
+@click.option(
+    "--root-owner",
+    metavar="UID:GID",
+    help="Owner of the root directory (default: you, or the user behind sudo).",
+)
+def cluster_init(data_dir: Path, root_owner: str | None) -> None:
     """Create a new cluster: its id and secret, in the first node's data directory."""
+    owner = parse_owner(root_owner) if root_owner else invoking_owner()
     creds = datadir.init_cluster(data_dir)
+    request_root_owner(data_dir, owner)
     click.echo(f"created cluster {creds.cluster_id}")
+    click.echo(f"root directory: owned by uid {owner[0]}, gid {owner[1]}, mode 0755")
     secret = data_dir / SECRET_FILE_NAME
     click.echo(f"secret: {secret} (mode 0600; copy it to every node and admin host)")
     click.echo(
