@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ import pytest
 
 from conftest import PRISMFS, NodeProcess, run_cli, start_node
 from fuse_mount import Mount
+from prismfs.node.systemd import unit_text
 from prismfs.procs import process_alive
 
 
@@ -293,3 +296,119 @@ def test_dev_up_gives_the_root_to_the_user_behind_sudo(
         cluster.unmount(point_base / "mnt")
         cluster.cleanup()
         shutil.rmtree(point_base, ignore_errors=True)
+
+
+# --- systemd: readiness, the unit, journald and log files ----------------------------------
+
+
+def reachable(address: str, secret: Path) -> bool:
+    out = run_cli("cluster", "status", "--json", "--cluster", address, "--secret-file", str(secret))
+    return bool(json.loads(out.stdout)["nodes"][0]["reachable"])
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_node_tells_systemd_ready_once_it_answers_and_stopping(
+    tmp_path: Path, op_env: dict[str, str], node_procs: list[NodeProcess], abstract: bool
+) -> None:
+    data = tmp_path / "n1"
+    assert run_cli("cluster", "init", "--data-dir", str(data)).returncode == 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        if abstract:
+            name = f"prismfs-test-{os.getpid()}-{time.monotonic_ns()}"
+            sock.bind("\0" + name)
+            notify_socket = "@" + name
+        else:
+            notify_socket = str(tmp_path / "notify")
+            sock.bind(notify_socket)
+        sock.settimeout(30)
+        env = {**op_env, "NOTIFY_SOCKET": notify_socket}
+        np = spawn(node_procs, data, env, "--data-dir", str(data), "--listen", "127.0.0.1:0")
+        assert sock.recv(4096) == b"READY=1"
+        # Ready means serving: the address is published and the node answers at once.
+        address = json.loads((data / "node.json").read_text())["rpc_address"]
+        assert reachable(address, data / "cluster.secret")
+        np.proc.terminate()
+        assert sock.recv(4096) == b"STOPPING=1"
+        assert np.proc.wait(timeout=30) == 0
+
+
+def test_under_journald_lines_carry_a_priority_and_no_time(
+    tmp_path: Path, op_env: dict[str, str], node_procs: list[NodeProcess]
+) -> None:
+    data = tmp_path / "n1"
+    assert run_cli("cluster", "init", "--data-dir", str(data)).returncode == 0
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    env = {**os.environ, **op_env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    proc = subprocess.Popen(
+        [*PRISMFS, "node", "start", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        env=env,
+    )
+    os.close(write_end)
+    try:
+        NodeProcess(proc, data).wait_listening()  # type: ignore[arg-type]
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    with os.fdopen(read_end) as stream:
+        lines = stream.read().splitlines()
+    serving = [line for line in lines if "serving RPC" in line]
+    assert len(serving) == 1 and serving[0].startswith("<6>INFO node=")
+    assert all(line.startswith(("<6>", "<4>", "<3>", "<7>")) for line in lines), lines
+    assert not any(line[3:].startswith("20") for line in lines)  # no time stamp
+
+
+def test_a_log_file_moved_away_is_recreated(
+    tmp_path: Path, op_env: dict[str, str], node_procs: list[NodeProcess]
+) -> None:
+    data = tmp_path / "n1"
+    assert run_cli("cluster", "init", "--data-dir", str(data)).returncode == 0
+    log = tmp_path / "logs" / "node.log"
+    np = start_node(node_procs, data, "--log-file", str(log))
+    np.wait_listening()
+    assert "serving RPC" in log.read_text()
+    log.rename(tmp_path / "logs" / "node.log.1")  # what logrotate does
+    np.proc.terminate()
+    assert np.proc.wait(timeout=30) == 0
+    assert "received SIGTERM, shutting down" in log.read_text()
+    assert "shutting down" not in (tmp_path / "logs" / "node.log.1").read_text()
+
+
+def test_install_systemd_writes_a_unit_systemd_accepts(
+    tmp_path: Path, op_env: dict[str, str]
+) -> None:
+    target = tmp_path / "units"
+    out = run_cli("install-systemd", "--target", str(target), env=op_env)
+    assert out.returncode == 0, out.stderr
+    unit = target / "prismfs-node@.service"
+    text = unit.read_text()
+    etc = op_env["PRISMFS_ETC"]
+    assert f"ExecStart={sys.executable} -m prismfs node start --config {etc}/%i.toml" in text
+    assert "Type=notify" in text
+    assert "systemctl daemon-reload && systemctl enable --now prismfs-node@node" in out.stdout
+    # systemd's own checker finds nothing wrong with it (an instance of the template).
+    instance = tmp_path / "check" / "prismfs-node@test.service"
+    instance.parent.mkdir()
+    instance.write_text(text)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(instance)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    problems = [line for line in verify.stderr.splitlines() if "prismfs-node@" in line]
+    assert verify.returncode == 0 and not problems, verify.stderr
+    # The shipped copy is the same unit for a system-wide installation.
+    shipped = Path(__file__).parent.parent / "packaging" / "systemd" / "prismfs-node@.service"
+    assert shipped.read_text() == unit_text("/usr/local/bin/prismfs")
+    # An unwritable target is one line.
+    (tmp_path / "file").write_text("")
+    bad = run_cli("install-systemd", "--target", str(tmp_path / "file" / "x"), env=op_env)
+    assert bad.returncode == 1 and bad.stderr.startswith("prismfs: cannot install ")
+    assert bad.stderr.count("\n") == 1

@@ -3,9 +3,11 @@
 Start-up order: take the data-dir lock (a second node on the same directory
 is refused before it touches anything), load the cluster credentials, set up
 logging with the node id, listen, then publish ``node.json`` with the bound
-address. The daemon runs until SIGTERM or SIGINT, then shuts the RPC server
-down gracefully (running calls get ``node.shutdown_grace`` seconds, new ones
-are refused with `ShuttingDown`), removes ``node.json`` and releases the lock.
+address and tell systemd ``READY=1`` (under a ``Type=notify`` unit). The
+daemon runs until SIGTERM or SIGINT, says ``STOPPING=1``, then shuts the RPC
+server down gracefully (running calls get ``node.shutdown_grace`` seconds, new
+ones are refused with `ShuttingDown`), removes ``node.json`` and releases the
+lock.
 
 Later layers (Raft, metadata, shard store) register their handlers on the
 same server in `NodeService.__init__`.
@@ -55,7 +57,7 @@ from prismfs.meta.commands import (
     SetXattr,
 )
 from prismfs.meta.namespace import Namespace
-from prismfs.node import datadir
+from prismfs.node import datadir, systemd
 from prismfs.node.config import NodeConfig
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
@@ -247,6 +249,8 @@ async def serve_node(
                 creds.cluster_id,
                 ", ".join(addresses),
             )
+            if systemd.notify("READY=1"):  # Type=notify: the node answers RPCs from now on
+                log.debug("told systemd the node is ready")
             nursery.start_soon(expire_sessions, consensus, leases)
             nursery.start_soon(
                 admin.keep_voters, config.raft.voters, config.raft.replace_down_voter_s
@@ -311,6 +315,7 @@ async def serve_node(
                     nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                systemd.notify("STOPPING=1")
                 http_shutdown.set()
                 await service.server.shutdown(config.node.shutdown_grace)
                 nursery.cancel_scope.cancel()

@@ -28,9 +28,11 @@ from prismfs.cli import files as files_cli
 from prismfs.cli import mount_stats as mount_stats_cli
 from prismfs.cli import tokens as tokens_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
+from prismfs.config_files import etc_dir
 from prismfs.daemon import run_node
+from prismfs.durable import write_atomic
 from prismfs.errors import ConfigError, PrismError
-from prismfs.node import datadir
+from prismfs.node import datadir, systemd
 from prismfs.node.config import find_node_config, load_node_config
 from prismfs.node.root_owner import invoking_owner, parse_owner, request_root_owner
 from prismfs.wire.address import parse_address
@@ -466,6 +468,30 @@ def install_mount_helper(target: Path) -> None:
         raise ConfigError(f"cannot install {target}: {exc.strerror}") from None
     click.echo(f"installed {target} (runs {sys.executable})")
     click.echo("mount with: mount -t prismfs NODE:PORT[,...] DIR -o secret=/path/cluster.secret")
+
+
+@cli.command("install-systemd")
+@click.option(
+    "--target",
+    default="/etc/systemd/system",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write prismfs-node@.service to.",
+)
+def install_systemd(target: Path) -> None:
+    """Install the prismfs-node@.service unit: prismfs-node@NAME runs a node with
+    /etc/prismfs/NAME.toml."""
+    etc = etc_dir()
+    unit = target / systemd.UNIT_NAME
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot install {unit}: {exc.strerror}") from None
+    write_atomic(unit, systemd.unit_text(f"{sys.executable} -m prismfs", str(etc)).encode())
+    click.echo(f"installed {unit} (runs {sys.executable})")
+    click.echo(f"next: write {etc}/node.toml ([node] data_dir, listen), then")
+    click.echo("  systemctl daemon-reload && systemctl enable --now prismfs-node@node")
+    click.echo("  journalctl -u prismfs-node@node   # its log")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
