@@ -412,3 +412,61 @@ def test_install_systemd_writes_a_unit_systemd_accepts(
     bad = run_cli("install-systemd", "--target", str(tmp_path / "file" / "x"), env=op_env)
     assert bad.returncode == 1 and bad.stderr.startswith("prismfs: cannot install ")
     assert bad.stderr.count("\n") == 1
+
+
+# --- scheduled scrubs ----------------------------------------------------------------------
+
+
+def dev_cluster(tmp_path: Path, env: dict[str, str], node_toml: str) -> Path:
+    config = tmp_path / "node.toml"
+    config.write_text(node_toml)
+    directory = tmp_path / "state" / "dev"
+    up = run_cli(
+        "dev", "up", "--dir", str(directory), "--node-config", str(config), env=env, timeout=90
+    )
+    assert up.returncode == 0, up.stderr
+    return directory
+
+
+def scrub_status(directory: Path, env: dict[str, str]) -> dict[str, int]:
+    out = run_cli("scrub", "status", "--json", "--config", str(directory / "client.toml"), env=env)
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_the_leader_scrubs_on_its_own_schedule(tmp_path: Path, op_env: dict[str, str]) -> None:
+    """With a tiny interval, passes run by themselves and repair bit rot."""
+    directory = dev_cluster(tmp_path, op_env, "[data]\nscrub_interval_days = 0.00003\n")  # 2.6 s
+    body = tmp_path / "f"
+    body.write_bytes(os.urandom(9 << 20))  # 3 chunks, 9 shards
+    config = ("--config", str(directory / "client.toml"))
+    assert run_cli("put", str(body), "/f", *config, env=op_env).returncode == 0
+    shard = sorted(p for p in directory.glob("node*/shards/*/*/*") if p.name[0] != ".")[0]
+    good = shard.read_bytes()
+    shard.write_bytes(bytes(b ^ 0xFF for b in good[:64]) + good[64:])
+    wait_for(lambda: shard.read_bytes() == good, 60, "a scheduled scrub to rewrite the shard")
+    status = scrub_status(directory, op_env)
+    assert status["passes"] >= 1 and status["finished_ns"] > 0, status
+    assert run_cli("fsck", *config, env=op_env, timeout=120).returncode == 0
+
+
+def test_the_scrub_clock_survives_a_new_leader(tmp_path: Path, op_env: dict[str, str]) -> None:
+    """The last pass's time is durable: after a restart of every node the new
+    leader scrubs when that pass is an interval old, not an interval after it
+    took over."""
+    env = {**op_env, "PRISMFS_CLOCK_OFFSET_FILE": "clock-offset"}
+    directory = dev_cluster(tmp_path, env, "[data]\nscrub_interval_days = 1\n")
+    config = ("--config", str(directory / "client.toml"))
+    assert run_cli("scrub", "start", *config, env=env).returncode == 0
+    wait_for(lambda: scrub_status(directory, env)["passes"] == 1, 30, "the pass by hand")
+    time.sleep(1.5)  # its completion committed
+    assert run_cli("dev", "down", "--dir", str(directory), env=env).returncode == 0
+    offsets = [d / "clock-offset" for d in directory.glob("node*")]
+    for offset in offsets:
+        offset.write_text(str(0.6 * 86400))  # the pass was 0.6 days ago
+    assert run_cli("dev", "up", "--dir", str(directory), env=env, timeout=90).returncode == 0
+    time.sleep(4)
+    assert scrub_status(directory, env)["passes"] == 0  # a new leader: nothing due yet
+    for offset in offsets:
+        offset.write_text(str(1.1 * 86400))  # now 1.1 days: due by the durable time
+    wait_for(lambda: scrub_status(directory, env)["passes"] >= 1, 30, "the scheduled pass")

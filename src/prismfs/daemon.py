@@ -198,7 +198,13 @@ async def serve_node(
             service.consensus = consensus
             health = Health()
             health.register(service.server)
-            scrub = Scrub(consensus, namespace, pool, config.data.scrub_mb_per_s)
+            scrub = Scrub(
+                consensus,
+                namespace,
+                pool,
+                config.data.scrub_mb_per_s,
+                interval_s=config.data.scrub_interval_days * 86400,
+            )
             mover = Mover(
                 consensus,
                 namespace,

@@ -169,6 +169,9 @@ class DataSection(_Section):
     file before the move still find it there)."""
     scrub_mb_per_s: float = 50.0
     """How fast a scrub pass reads shards (MB/s, summed over the nodes)."""
+    scrub_interval_days: float = 30.0
+    """The leader starts a scrub pass by itself once the last completed one is
+    this old (0 = only ``prismfs scrub start``)."""
     min_redundancy: int = 1
     """How many more node losses every acknowledged chunk must survive. With too
     few nodes up for a directory's layout, writes use a smaller one that keeps
@@ -302,6 +305,8 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("data.rebalance_spread must be more than 0 and at most 10")
     if min(data.rebalance_mb_per_s, data.repair_mb_per_s, data.scrub_mb_per_s) <= 0:
         raise ConfigError("data.*_mb_per_s must be more than 0")
+    if not 0 <= data.scrub_interval_days <= 3650:
+        raise ConfigError("data.scrub_interval_days must be between 0 (never) and 3650")
     if data.move_delete_after_s < 0:
         raise ConfigError("data.move_delete_after_s must not be negative")
     if config.http.listen:
