@@ -1,13 +1,37 @@
-"""Reading TOML configuration files with errors a user can act on."""
+"""Reading TOML configuration files with errors a user can act on, and where
+they are looked for by default."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from prismfs.errors import ConfigError, InvalidArgument
+
+ETC_ENV = "PRISMFS_ETC"
+
+
+def etc_dir() -> Path:
+    """The machine's configuration directory: ``/etc/prismfs`` unless ``PRISMFS_ETC``."""
+    return Path(os.environ.get(ETC_ENV) or "/etc/prismfs")
+
+
+def user_config_dir() -> Path:
+    """The user's configuration directory (XDG): ``~/.config/prismfs`` by default."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "prismfs"
+
+
+def default_config_file(name: str) -> Path | None:
+    """The first of ``user_config_dir()/name`` and ``etc_dir()/name`` that exists."""
+    for directory in (user_config_dir(), etc_dir()):
+        candidate = directory / name
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 Start-up order: take the data-dir lock (a second node on the same directory
 is refused before it touches anything), load the cluster credentials, set up
 logging with the node id, listen, then publish ``node.json`` with the bound
-address. The daemon runs until SIGTERM or SIGINT, then shuts the RPC server
-down gracefully (running calls get ``node.shutdown_grace`` seconds, new ones
-are refused with `ShuttingDown`), removes ``node.json`` and releases the lock.
+address and tell systemd ``READY=1`` (under a ``Type=notify`` unit). The
+daemon runs until SIGTERM or SIGINT, says ``STOPPING=1``, then shuts the RPC
+server down gracefully (running calls get ``node.shutdown_grace`` seconds, new
+ones are refused with `ShuttingDown`), removes ``node.json`` and releases the
+lock.
 
 Later layers (Raft, metadata, shard store) register their handlers on the
 same server in `NodeService.__init__`.
@@ -14,10 +16,12 @@ same server in `NodeService.__init__`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,18 +54,21 @@ from prismfs.meta.commands import (
     ROOT_INO,
     XATTR_CREATE,
     RegisterNode,
+    SetAttr,
     SetXattr,
 )
 from prismfs.meta.namespace import Namespace
-from prismfs.node import datadir
+from prismfs.node import datadir, systemd
 from prismfs.node.config import NodeConfig
 from prismfs.node.consensus import Consensus
 from prismfs.node.consensus_messages import ChangeMembership
 from prismfs.node.leases import LeaseService
 from prismfs.node.logs import setup_logging
+from prismfs.node.metalink import SEEDS_FILE
+from prismfs.node.root_owner import requested_root_owner, root_owner_given
 from prismfs.node.sessions import SessionLeases, expire_sessions
 from prismfs.procs import raise_open_file_limit
-from prismfs.wire.address import parse_address
+from prismfs.wire.address import format_address, parse_address
 from prismfs.wire.auth import EVERYONE, ClusterCredentials
 from prismfs.wire.client import RpcPool, open_rpc_pool
 from prismfs.wire.codec import encode_message
@@ -130,6 +137,7 @@ async def serve_node(
 ) -> None:
     """Run until SIGTERM/SIGINT; the caller holds the data-dir lock."""
     service = NodeService(config, creds, node_id)
+    route_host = "" if config.node.advertise else _wildcard_advertise_host(config, join)
     if config.data.default_layout:
         try:
             Layout.parse(config.data.default_layout)
@@ -168,6 +176,8 @@ async def serve_node(
                     f"cannot listen on {config.node.listen}: {exc.strerror}"
                 ) from None
             service.rpc_address = config.node.advertise or addresses[0]
+            if route_host:
+                service.rpc_address = format_address(route_host, parse_address(addresses[0])[1])
             namespace = _open_namespace(config.data_dir)
             leases = SessionLeases(namespace)
             consensus = Consensus(
@@ -189,7 +199,13 @@ async def serve_node(
             service.consensus = consensus
             health = Health()
             health.register(service.server)
-            scrub = Scrub(consensus, namespace, pool, config.data.scrub_mb_per_s)
+            scrub = Scrub(
+                consensus,
+                namespace,
+                pool,
+                config.data.scrub_mb_per_s,
+                interval_s=config.data.scrub_interval_days * 86400,
+            )
             mover = Mover(
                 consensus,
                 namespace,
@@ -243,6 +259,8 @@ async def serve_node(
                 creds.cluster_id,
                 ", ".join(addresses),
             )
+            if systemd.notify("READY=1"):  # Type=notify: the node answers RPCs from now on
+                log.debug("told systemd the node is ready")
             nursery.start_soon(expire_sessions, consensus, leases)
             nursery.start_soon(
                 admin.keep_voters, config.raft.voters, config.raft.replace_down_voter_s
@@ -294,6 +312,9 @@ async def serve_node(
             clean = getattr(store, "clean_temporary", None)
             if clean is not None:
                 nursery.start_soon(_clean_store, clean)
+            owner = requested_root_owner(config.data_dir)
+            if owner is not None:
+                nursery.start_soon(_give_root_owner, consensus, node_id, config.data_dir, owner)
             me = (node_id, service.rpc_address, config.node.zone, store)
             nursery.start_soon(_register, consensus, *me)
             if join and not consensus.is_member():
@@ -304,6 +325,7 @@ async def serve_node(
                     nursery.start_soon(_join, pool, join, node_id, service.rpc_address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                systemd.notify("STOPPING=1")
                 http_shutdown.set()
                 await service.server.shutdown(config.node.shutdown_grace)
                 nursery.cancel_scope.cancel()
@@ -311,6 +333,55 @@ async def serve_node(
     with trio.CancelScope(shield=True):
         await store.close()
     log.info("node %s stopped", node_id)
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", "*"})
+
+
+def _wildcard_advertise_host(config: NodeConfig, join: str | None) -> str:
+    """The host to advertise for a node listening on every interface without
+    ``node.advertise`` ("" if it listens on one address, which it advertises).
+    The wildcard itself means nothing to other machines, so take the address
+    of the interface that routes to a peer: ``--join``, else a member this node
+    remembers from an earlier run. With no peer, refuse: only the operator
+    knows which of the addresses the others can reach."""
+    host, _port = config.listen_address
+    if host not in WILDCARD_HOSTS:
+        return ""
+    peers = [join] if join else _remembered_seeds(config.data_dir)
+    if not peers:
+        raise ConfigError(
+            f"listening on {config.node.listen} (every interface) needs --advertise HOST:PORT "
+            "(node.advertise): the address other nodes and clients reach this node at; "
+            "a node started with --join uses its interface towards that node by itself"
+        )
+    return route_source(peers[0])
+
+
+def route_source(peer: str) -> str:
+    """This machine's address on the interface that routes to ``peer``. A UDP
+    socket's connect only chooses the route: no packet is sent."""
+    host, port = parse_address(peer)
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, kind, proto, _name, target = found[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(target)
+            return str(probe.getsockname()[0])
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot find this machine's address towards {peer} ({exc.strerror or exc}): "
+            "pass --advertise HOST:PORT"
+        ) from None
+
+
+def _remembered_seeds(data_dir: Path) -> list[str]:
+    """The cluster members a storage-only node learnt of in an earlier run."""
+    try:
+        seeds = json.loads((data_dir / "raft" / SEEDS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [s for s in seeds if isinstance(s, str)] if isinstance(seeds, list) else []
 
 
 async def _clean_store(clean: Callable[[], Awaitable[int]]) -> None:
@@ -436,6 +507,28 @@ async def _register(
                 return
         await trio.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+async def _give_root_owner(
+    consensus: Consensus, node_id: str, data_dir: Path, owner: tuple[int, int]
+) -> None:
+    """Give the root directory to the owner ``cluster init`` recorded (see
+    `prismfs.node.root_owner`), through Raft, retrying until a leader takes
+    it; then forget the request, so it is given once."""
+    command = encode_message(SetAttr(wall_ns(), ROOT_INO, uid=owner[0], gid=owner[1]))
+    client, delay = f"node:{node_id}:root:{secrets.token_hex(8)}", 0.1
+    while True:
+        try:
+            await consensus.propose(client, 1, command)
+            break
+        except PrismError as exc:
+            if not exc.transient:
+                log.error("could not give the root directory to %d:%d: %s", *owner, exc.message)
+                return
+        await trio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    root_owner_given(data_dir)
+    log.info("the root directory belongs to uid %d, gid %d", *owner)
 
 
 async def _join(pool: RpcPool, seed: str, node_id: str, address: str) -> None:

@@ -31,7 +31,14 @@ from typing import Any
 
 import trio
 
-from prismfs.client.config import DEV_STATE_FILE, DevRegistry, state_dir, write_client_toml
+from prismfs.client.config import (
+    CLIENT_CONFIG_NAME,
+    DEV_STATE_FILE,
+    DevRegistry,
+    state_dir,
+    write_client_toml,
+)
+from prismfs.config_files import default_config_file
 from prismfs.durable import write_atomic
 from prismfs.errors import ConfigError, DataDirLocked, InvalidArgument, PrismError, Unavailable
 from prismfs.meta.commands import ListNodes, NodeList
@@ -43,6 +50,7 @@ from prismfs.node.consensus_messages import (
     RaftStatus,
     RaftStatusReply,
 )
+from prismfs.node.root_owner import invoking_owner, request_root_owner, requested_root_owner
 from prismfs.procs import process_alive
 from prismfs.retry import retry_until
 from prismfs.wire.auth import (
@@ -209,7 +217,13 @@ def up(
         cluster = _up(directory, n_nodes, say, node_config, http)
         if mount:
             _mount(cluster, Path(mount).resolve(), say)
-        return cluster
+    configured = default_config_file(CLIENT_CONFIG_NAME)
+    if configured is not None:
+        say(
+            f"note: client commands use {configured} by default; for this dev cluster "
+            f"pass --config {directory / 'client.toml'}"
+        )
+    return cluster
 
 
 def _mounted(point: Path) -> bool:
@@ -287,18 +301,21 @@ def _up(
                 DevNode(f"node{i}", str(node_dir), f"127.0.0.1:{_free_port()}", 0, "", http_address)
             )
         datadir.init_cluster(Path(cluster.nodes[0].data_dir))
+        owner = invoking_owner()
+        request_root_owner(Path(cluster.nodes[0].data_dir), owner)
         for node in cluster.nodes[1:]:
             datadir.import_secret(Path(node.data_dir), cluster.secret_file)
     elif len(cluster.nodes) != n_nodes:
         say(f"note: {directory} holds a {len(cluster.nodes)}-node cluster; restarting it as it was")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     voters = cluster.nodes[:MAX_VOTERS]  # the rest are storage-only
+    config_file = _node_config_file(cluster)
     for node in cluster.nodes:
         if node.alive():
             continue
         first = cluster.nodes[0]
         join = None if node is first else first.rpc_address
-        proc = _spawn(node, join, cluster.node_config, replica=node in voters)
+        proc = _spawn(node, join, config_file, replica=node in voters)
         node.pid = proc.pid
         procs[node.name] = proc
     cluster.started = time.time()
@@ -307,6 +324,7 @@ def _up(
         trio.run(_wait_ready, cluster, procs)
         trio.run(_form_voters, cluster)
         trio.run(_wait_registered, cluster)
+        trio.run(_wait_root_owner, cluster)
     except BaseException:
         _down(directory, lambda _msg: None, STOP_TIMEOUT)
         raise
@@ -325,6 +343,18 @@ def _up(
     write_client_toml(directory / "mount.toml", addresses, cluster.client_secret_file)
     DevRegistry().add(directory)
     return cluster
+
+
+def _node_config_file(cluster: DevCluster) -> str:
+    """The node.toml dev nodes start with: the one given to ``up``, else an empty
+    one in the cluster directory. Always one, so that a dev node never reads the
+    machine's default ``/etc/prismfs/node.toml``, which belongs to a real node."""
+    if cluster.node_config:
+        return cluster.node_config
+    empty = cluster.directory / "node.toml"
+    if not empty.exists():
+        empty.write_text("# dev cluster nodes: every setting comes from their command line\n")
+    return str(empty)
 
 
 async def _wait_ready(cluster: DevCluster, procs: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -412,6 +442,23 @@ async def _wait_registered(cluster: DevCluster) -> None:
             timeout=READY_TIMEOUT,
             giving_up=f"not every node entered the node registry within {READY_TIMEOUT:g}s",
         )
+
+
+async def _wait_root_owner(cluster: DevCluster) -> None:
+    """The root directory has the owner ``up`` asked for (`prismfs.node.root_owner`)
+    before ``up`` returns: a mount made at once must let that user write."""
+    first = Path(cluster.nodes[0].data_dir)
+
+    async def given() -> bool:
+        # The founding node deletes the request once the change is committed.
+        return requested_root_owner(first) is None
+
+    await retry_until(
+        given,
+        timeout=READY_TIMEOUT,
+        giving_up=f"the root directory did not get its owner within {READY_TIMEOUT:g}s; "
+        f"see {cluster.nodes[0].log_file}",
+    )
 
 
 def down(directory: Path, say: Say, timeout: float = STOP_TIMEOUT) -> list[tuple[DevNode, str]]:

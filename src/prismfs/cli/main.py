@@ -30,10 +30,13 @@ from prismfs.cli import recover as recover_cli
 from prismfs.cli import tokens as tokens_cli
 from prismfs.cli import unmount as unmount_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
+from prismfs.config_files import etc_dir
 from prismfs.daemon import run_node
+from prismfs.durable import write_atomic
 from prismfs.errors import ConfigError, PrismError
-from prismfs.node import datadir
-from prismfs.node.config import load_node_config
+from prismfs.node import datadir, systemd
+from prismfs.node.config import find_node_config, load_node_config
+from prismfs.node.root_owner import invoking_owner, parse_owner, request_root_owner
 from prismfs.wire.address import parse_address
 from prismfs.wire.auth import CLIENT_SECRET_FILE_NAME, SECRET_FILE_NAME
 from prismfs.wire.client import open_rpc_pool
@@ -67,7 +70,8 @@ def client_options(func: F) -> F:
         "--config",
         "config_file",
         type=click.Path(path_type=Path),
-        help="A client.toml (default: $PRISMFS_CONFIG, else the newest running dev cluster).",
+        help="A client.toml (default: $PRISMFS_CONFIG, ~/.config/prismfs/client.toml, "
+        "/etc/prismfs/client.toml, else the newest running dev cluster).",
     )
     @click.option(
         "--tls-ca",
@@ -75,6 +79,7 @@ def client_options(func: F) -> F:
         help="The CA of nodes started with --tls-cert (default: the cluster's own CA).",
     )
     @click.option("--insecure", is_flag=True, help="No TLS (for nodes started with --insecure).")
+    @click.option("-v", "--verbose", is_flag=True, help="Say which cluster and config are used.")
     @functools.wraps(func)
     def wrapper(
         cluster: str | None,
@@ -82,6 +87,7 @@ def client_options(func: F) -> F:
         config_file: Path | None,
         tls_ca: Path | None,
         insecure: bool,
+        verbose: bool,
         **kwargs: Any,
     ) -> Any:
         # A file command sent over HTTP (--http) needs no cluster secret.
@@ -93,6 +99,11 @@ def client_options(func: F) -> F:
             )
             if kwargs["client"].insecure:
                 click.echo("prismfs: talking to the cluster without TLS (--insecure)", err=True)
+            if verbose:
+                found = kwargs["client"]
+                click.echo(
+                    f"prismfs: cluster {','.join(found.addresses)} from {found.source}", err=True
+                )
         return func(**kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -119,10 +130,18 @@ def cluster() -> None:
     type=click.Path(path_type=Path),
     help="First node's data directory.",
 )
-def cluster_init(data_dir: Path) -> None:
+@click.option(
+    "--root-owner",
+    metavar="UID:GID",
+    help="Owner of the root directory (default: you, or the user behind sudo).",
+)
+def cluster_init(data_dir: Path, root_owner: str | None) -> None:
     """Create a new cluster: its id and secret, in the first node's data directory."""
+    owner = parse_owner(root_owner) if root_owner else invoking_owner()
     creds = datadir.init_cluster(data_dir)
+    request_root_owner(data_dir, owner)
     click.echo(f"created cluster {creds.cluster_id}")
+    click.echo(f"root directory: owned by uid {owner[0]}, gid {owner[1]}, mode 0755")
     secret = data_dir / SECRET_FILE_NAME
     click.echo(f"secret: {secret} (mode 0600; copy it to every node and admin host)")
     click.echo(
@@ -225,7 +244,11 @@ def node() -> None:
 )
 @click.option("--listen", metavar="HOST:PORT", help="RPC address to listen on (node.listen).")
 @click.option(
-    "--config", "config_file", type=click.Path(path_type=Path), help="node.toml; flags override it."
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="node.toml; flags override it (default: ~/.config/prismfs/node.toml, "
+    "else /etc/prismfs/node.toml, if one exists).",
 )
 @click.option(
     "--secret-file",
@@ -302,7 +325,7 @@ def node_start(
         },
         "log": {"file": log_file, "level": log_level, "format": log_format},
     }
-    config = load_node_config(config_file, overrides)
+    config = load_node_config(find_node_config(config_file), overrides)
     if join:
         parse_address(join)
     elif replica:
@@ -463,6 +486,30 @@ def install_mount_helper(target: Path) -> None:
             "(docs/mount.md: a system-wide install)"
         )
     click.echo("mount with: mount -t prismfs NODE:PORT[,...] DIR -o secret=/path/client.secret")
+
+
+@cli.command("install-systemd")
+@click.option(
+    "--target",
+    default="/etc/systemd/system",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write prismfs-node@.service to.",
+)
+def install_systemd(target: Path) -> None:
+    """Install the prismfs-node@.service unit: prismfs-node@NAME runs a node with
+    /etc/prismfs/NAME.toml."""
+    etc = etc_dir()
+    unit = target / systemd.UNIT_NAME
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot install {unit}: {exc.strerror}") from None
+    write_atomic(unit, systemd.unit_text(f"{sys.executable} -m prismfs", str(etc)).encode())
+    click.echo(f"installed {unit} (runs {sys.executable})")
+    click.echo(f"next: write {etc}/node.toml ([node] data_dir, listen), then")
+    click.echo("  systemctl daemon-reload && systemctl enable --now prismfs-node@node")
+    click.echo("  journalctl -u prismfs-node@node   # its log")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

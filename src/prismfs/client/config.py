@@ -9,11 +9,17 @@ In order of precedence:
        secret_file = "/var/lib/prismfs/cluster.secret"   # relative to the file
        tls_ca = ""                                        # optional
 
-3. the most recently started ``prismfs dev`` cluster that still has a live
+3. the user's ``client.toml`` in ``$XDG_CONFIG_HOME/prismfs/`` (default
+   ``~/.config/prismfs/``), then the machine's, ``/etc/prismfs/client.toml``
+   (``PRISMFS_ETC`` names another directory than ``/etc/prismfs``);
+4. the most recently started ``prismfs dev`` cluster that still has a live
    node, found through the dev registry (see `DevRegistry`).
 
 The first source that gives anything wins; a half-given first source (an
-address without a secret) is an error, not a reason to look further.
+address without a secret) is an error, not a reason to look further. A
+configuration file that exists always beats a dev cluster, so a machine set
+up for a real cluster never talks to a dev cluster by accident. The user's
+file comes before the machine's because a user cannot edit ``/etc``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prismfs.config_files import read_toml
+from prismfs.config_files import default_config_file, etc_dir, read_toml, user_config_dir
 from prismfs.errors import ClusterNotFound, ConfigError
 from prismfs.procs import process_alive
 from prismfs.wire.address import parse_address
@@ -38,6 +44,7 @@ from prismfs.wire.tls import client_context
 CONFIG_ENV = "PRISMFS_CONFIG"
 DEV_STATE_FILE = "dev.json"
 STATE_ENV = "PRISMFS_STATE_DIR"
+CLIENT_CONFIG_NAME = "client.toml"
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,7 @@ def resolve_client_config(
         addresses = _addresses([cluster], "--cluster")
         return ClientConfig(addresses, secret_file, tls_ca, "command line", insecure)
     path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    path = path or default_config_file(CLIENT_CONFIG_NAME)
     if path is not None:
         loaded = load_client_toml(path)
         return dataclasses.replace(
@@ -140,7 +148,8 @@ def resolve_client_config(
     if found is None:
         raise ClusterNotFound(
             "no cluster given and no running dev cluster found: pass --cluster ADDR "
-            "--secret-file F, or --config F (or set PRISMFS_CONFIG), "
+            "--secret-file F, or --config F (or set PRISMFS_CONFIG), write "
+            f"{user_config_dir() / CLIENT_CONFIG_NAME} or {etc_dir() / CLIENT_CONFIG_NAME}, "
             "or start one with 'prismfs dev up'"
         )
     return load_client_toml(found / "client.toml")

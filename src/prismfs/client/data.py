@@ -51,6 +51,7 @@ from prismfs.data.placement import (
     fit_layout,
     place,
     score,
+    too_few_nodes,
     up_candidates,
 )
 from prismfs.data.stores import shard_id
@@ -148,10 +149,7 @@ class DataClient:
         if len(members) < layout.m:
             members = [n for n in (await self.nodes(refresh=True)).values() if n.state != "removed"]
         if len(members) < layout.m:
-            raise NotEnoughNodes(
-                f"this layout needs {layout.m} nodes up, the cluster has {len(members)}; "
-                "lower m (prismfs.layout on the directory) or add nodes"
-            )
+            raise too_few_nodes(layout.m, len(members))
         failed: set[str] = set()
         for attempt in range(3):
             candidates = await self._candidates(failed, refresh=attempt > 0)

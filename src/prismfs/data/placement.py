@@ -60,6 +60,18 @@ class NotEnoughNodes(Unavailable):
     code = "not_enough_nodes"
 
 
+def too_few_nodes(m: int, have: int) -> NotEnoughNodes:
+    """The error for a k-of-m layout on a cluster of only ``have`` usable nodes,
+    saying what to do about it: more nodes, or a layout with fewer shards."""
+    smaller = f"k=1,m={max(have, 1)}"
+    return NotEnoughNodes(
+        f"this layout needs {m} nodes up, the cluster has {have}: start more nodes "
+        f"(prismfs node start --join ADDR), or use a layout of at most {have} shards, "
+        f"e.g. --layout {smaller} on put or mkdir (prismfs.layout on a directory), "
+        f'or [data] default_layout = "{smaller}" for the whole cluster'
+    )
+
+
 def fit_layout(k: int, m: int, up: int, min_redundancy: int) -> tuple[int, int]:
     """The layout to write a k-of-m chunk with when only ``up`` nodes can take a
     shard: k-of-m itself if they suffice; else the widest layout on those nodes
@@ -92,10 +104,7 @@ def place(chunk_id: bytes, candidates: Iterable[Candidate], m: int) -> list[str]
         key=lambda c: (-score(chunk_id, c), c.node),
     )
     if len(ranked) < m:
-        raise NotEnoughNodes(
-            f"this layout needs {m} nodes up, the cluster has {len(ranked)}; "
-            "lower m (prismfs.layout on the directory) or add nodes"
-        )
+        raise too_few_nodes(m, len(ranked))
     # Round by round: in each round a zone gets one more shard (best score
     # first), so the shards spread over the zones as evenly as they can.
     chosen: list[Candidate] = []

@@ -17,7 +17,16 @@ them; with repair it deletes them).
 
 `Scrub` runs `check_chunks` with repair in the background, one pass at a
 time, with its progress kept for ``prismfs scrub status`` and the cluster
-status.
+status. It also starts passes by itself, every ``[data] scrub_interval_days``
+(0: never): the leader looks at the time the last pass completed and starts a
+pass once it is that old. That time is durable, an attribute of the root
+directory (`SCRUB_COMPLETED_XATTR`, wall-clock ns) committed through Raft at
+the end of every completed pass, scheduled or started by hand, so a new
+leader goes on with the same clock instead of starting one of its own. A
+cluster without that attribute (new, or from before scheduled scrubs) gets
+the current time, as if a pass had just completed: the first scheduled pass
+comes one interval after the schedule started, never at once on a cluster
+that was just made (or just upgraded, with all its data to read).
 """
 
 from __future__ import annotations
@@ -32,15 +41,24 @@ import trio
 from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards, ListShards, ShardList, ShardsVerified, VerifyShards
 from prismfs.data.stores import shard_id
-from prismfs.errors import PrismError
+from prismfs.errors import NoAttribute, PrismError
 from prismfs.leader.repair import RepairStats, off_loop, repair_chunk, unavailable_nodes, usable
 from prismfs.meta.cluster_tables import ClusterTables
-from prismfs.meta.commands import ChunkRecord, NodeInfo
+from prismfs.meta.commands import ROOT_INO, ChunkRecord, NodeInfo, SetXattr
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
+from prismfs.wire.codec import encode_message
 
 log = logging.getLogger("prismfs.leader.scrub")
+
+SCRUB_COMPLETED_XATTR = b"prismfs.scrub_completed"
+"""On the root directory: when the last scrub pass completed (wall-clock ns, as
+decimal text), set by the leader at the end of each pass (and when the
+schedule first runs)."""
+SCHEDULE_CHECK_S = 1.0
+"""How often the leader compares the last pass's time with the interval (one
+read of the local database; more often for an interval of seconds)."""
 
 
 @dataclass
@@ -212,19 +230,57 @@ class Scrub:
         namespace: Namespace,
         pool: RpcPool,
         mb_per_s: float,
+        interval_s: float = 0.0,
     ) -> None:
         self.consensus = consensus
         self.namespace = namespace
         self.pool = pool
         self.mb_per_s = mb_per_s
+        self.interval_s = interval_s
+        """Start a pass once the last completed one is this old (0: only by hand)."""
         self.progress = ScrubProgress()
         self._nursery: trio.Nursery | None = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.interval_s > 0:
+                nursery.start_soon(self._schedule, name="scrub schedule")
             task_status.started()
             await trio.sleep_forever()
+
+    def last_completed_ns(self) -> int:
+        """When the last pass completed, on whichever leader (0: never)."""
+        try:
+            value = self.namespace.getxattr(ROOT_INO, SCRUB_COMPLETED_XATTR)
+        except NoAttribute:
+            return 0
+        return int(value) if value.isdigit() else 0
+
+    async def _schedule(self) -> None:
+        """On the leader: start a pass when the last completed one is
+        ``interval_s`` old (paced like any pass, by ``mb_per_s``)."""
+        check_s = max(min(SCHEDULE_CHECK_S, self.interval_s / 4), 0.05)
+        while True:
+            await trio.sleep(check_s)
+            if self.consensus.role != "leader" or self.progress.running:
+                continue
+            last = self.last_completed_ns()
+            if not last:
+                await self._record_completion(wall_ns())  # the clock starts now
+            elif wall_ns() - last >= self.interval_s * 1e9:
+                log.info(
+                    "scheduled scrub: the last pass completed %.2f days ago",
+                    (wall_ns() - last) / 86400e9,
+                )
+                self.start()
+
+    async def _record_completion(self, finished_ns: int) -> None:
+        command = SetXattr(wall_ns(), ROOT_INO, SCRUB_COMPLETED_XATTR, str(finished_ns).encode())
+        try:
+            await self.consensus.propose_internal(encode_message(command))
+        except PrismError as exc:  # a new leader scrubs again sooner: no harm
+            log.info("could not record the scrub pass's completion: %s", exc.message)
 
     def start(self) -> ScrubProgress:
         if not self.progress.running and self._nursery is not None:
@@ -255,6 +311,7 @@ class Scrub:
                 len(f.missing),
                 f.repaired,
             )
+            await self._record_completion(wall_ns())
         except PrismError as exc:
             log.warning("scrub pass stopped: %s", exc.message)
         finally:

@@ -3,6 +3,10 @@
 Every key is documented in ``docs/configuration.md``; keep the two in step.
 Unknown keys and wrong types are refused with the key's path, so a typo in a
 config file is an error at start, not a silently ignored setting.
+
+Without ``--config``, a node reads ``node.toml`` from the user's configuration
+directory (``$XDG_CONFIG_HOME/prismfs``) or else the machine's
+(``/etc/prismfs``, or ``$PRISMFS_ETC``), if one exists (`find_node_config`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from prismfs.config_files import read_toml
+from prismfs.config_files import default_config_file, read_toml
 from prismfs.errors import ConfigError
 from prismfs.node.consensus import ConsensusConfig
 from prismfs.wire.address import parse_address
@@ -165,6 +169,9 @@ class DataSection(_Section):
     file before the move still find it there)."""
     scrub_mb_per_s: float = 50.0
     """How fast a scrub pass reads shards (MB/s, summed over the nodes)."""
+    scrub_interval_days: float = 30.0
+    """The leader starts a scrub pass by itself once the last completed one is
+    this old (0 = only ``prismfs scrub start``)."""
     min_redundancy: int = 1
     """How many more node losses every acknowledged chunk must survive. With too
     few nodes up for a directory's layout, writes use a smaller one that keeps
@@ -225,6 +232,15 @@ class NodeConfig(_Section):
             reserved_handshakes=self.rpc.reserved_handshakes,
             max_handshakes_per_address=self.rpc.max_handshakes_per_address,
         )
+
+
+NODE_CONFIG_NAME = "node.toml"
+
+
+def find_node_config(explicit: Path | None) -> Path | None:
+    """The node.toml to read: ``explicit`` (``--config``) if given, else the
+    first default location that holds one, else none (flags only)."""
+    return explicit if explicit is not None else default_config_file(NODE_CONFIG_NAME)
 
 
 def load_node_config(path: Path | None, overrides: dict[str, dict[str, Any]]) -> NodeConfig:
@@ -289,6 +305,8 @@ def _check(config: NodeConfig) -> None:
         raise ConfigError("data.rebalance_spread must be more than 0 and at most 10")
     if min(data.rebalance_mb_per_s, data.repair_mb_per_s, data.scrub_mb_per_s) <= 0:
         raise ConfigError("data.*_mb_per_s must be more than 0")
+    if not 0 <= data.scrub_interval_days <= 3650:
+        raise ConfigError("data.scrub_interval_days must be between 0 (never) and 3650")
     if data.move_delete_after_s < 0:
         raise ConfigError("data.move_delete_after_s must not be negative")
     if config.http.listen:

@@ -3,19 +3,29 @@
 Text lines read ``TIME LEVEL node=ID logger: message``; with ``log.format =
 "json"`` each line is a JSON object with the same fields (plus ``exc`` for a
 traceback), for log shippers. Times are UTC with milliseconds.
+
+Where lines go: to ``log.file`` if set, reopened when logrotate (or anyone)
+has moved or removed it (`WatchedFileHandler` checks before each line, so no
+signal is needed); else to stderr. Under systemd, whose journal holds stderr,
+text lines carry a ``<N>`` syslog priority prefix instead of the time stamp
+(journald stores the level and adds its own time).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
 import time
 from pathlib import Path
 
 from prismfs.errors import ConfigError
+from prismfs.node.systemd import journald_stderr
 
 _TEXT = "%(asctime)s %(levelname)-7s node=%(node_id)s %(name)s: %(message)s"
+_JOURNAL_TEXT = "%(levelname)s node=%(node_id)s %(name)s: %(message)s"
+_SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
 class _NodeIdFilter(logging.Filter):
@@ -48,6 +58,19 @@ class _JsonFormatter(_UtcFormatter):
         return json.dumps(entry)
 
 
+class _JournalFormatter(logging.Formatter):
+    """``<N>`` (the syslog priority journald reads) before each line of a record:
+    a traceback's lines keep the record's level."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_SYSLOG_PRIORITY.get(record.levelname, 6)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).splitlines())
+
+
 def setup_logging(
     node_id: str,
     level: str,
@@ -57,10 +80,16 @@ def setup_logging(
 ) -> None:
     """Route the ``prismfs`` loggers to stderr, ``file`` or ``handler`` (a
     mount's syslog) for this process."""
+    journal = handler is None and not file and journald_stderr()
     if handler is None:
         handler = _file_or_stderr(file)
     handler.addFilter(_NodeIdFilter(node_id))
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _UtcFormatter(_TEXT))
+    formatter: logging.Formatter = _JsonFormatter() if fmt == "json" else _UtcFormatter(_TEXT)
+    if journal:
+        formatter = _JournalFormatter(
+            _JsonFormatter() if fmt == "json" else logging.Formatter(_JOURNAL_TEXT)
+        )
+    handler.setFormatter(formatter)
     root = logging.getLogger("prismfs")
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -74,6 +103,6 @@ def _file_or_stderr(file: str) -> logging.Handler:
         return logging.StreamHandler(sys.stderr)
     try:
         Path(file).parent.mkdir(parents=True, exist_ok=True)
-        return logging.FileHandler(file)
+        return logging.handlers.WatchedFileHandler(file)
     except OSError as exc:
         raise ConfigError(f"cannot open log file {file}: {exc.strerror or exc}") from None
