@@ -30,20 +30,95 @@ from prismfs.client.paths import (
     split,
 )
 from prismfs.data.layout import LAYOUT_XATTR, Layout
-from prismfs.errors import InvalidArgument, NotFound
+from prismfs.errors import InvalidArgument, NotFound, PrismError, Unavailable
 from prismfs.meta.client import MetaClient, open_meta_client
-from prismfs.wire.client import open_rpc_pool
+from prismfs.meta.schema import NAME_MAX
+from prismfs.wire.client import RpcPool, open_rpc_pool
+from prismfs.wire.messages import Ping
+
+REACH_TIMEOUT_S = 5.0
+"""How long a command waits for any node of its cluster to answer before it
+gives up, naming the addresses it tried (the namespace calls themselves keep
+the client's longer deadline, for a leader election under way)."""
+
+
+class ClusterPath(click.ParamType[str, str]):
+    """A path inside the cluster, checked before anything connects: absolute,
+    UTF-8, no NUL, no ``.`` or ``..``, no name over NAME_MAX bytes."""
+
+    name = "PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.startswith("/"):
+            self.fail(f"cluster paths start with /: {text!r}", param, ctx)
+        try:
+            names = [p.encode() for p in text.split("/") if p]
+        except UnicodeEncodeError:
+            self.fail("a path must be valid UTF-8", param, ctx)
+        for name in names:
+            if b"\0" in name:
+                self.fail("a path has no NUL character", param, ctx)
+            if name in (b".", b".."):
+                self.fail(f"cluster paths have no . or .. in them: {text!r}", param, ctx)
+            if len(name) > NAME_MAX:
+                self.fail(f"a name of {len(name)} bytes is longer than {NAME_MAX}", param, ctx)
+        return text
+
+
+CLUSTER_PATH = ClusterPath()
+
+
+async def reach(pool: RpcPool, addresses: tuple[str, ...] | list[str]) -> None:
+    """Return once any of ``addresses`` answers a ping; raise `Unavailable`
+    naming every address and why it failed if none does within
+    `REACH_TIMEOUT_S` (all are tried at once)."""
+    failures: dict[str, str] = {}
+    async with trio.open_nursery() as nursery:
+
+        async def ping(address: str) -> None:
+            try:
+                await pool.call(address, Ping(), timeout=REACH_TIMEOUT_S)
+            except PrismError as exc:
+                if not exc.transient:
+                    raise  # a wrong secret or TLS setup: say so, not "unreachable"
+                failures[address] = exc.message
+                return
+            nursery.cancel_scope.cancel()
+
+        for address in addresses:
+            nursery.start_soon(ping, address)
+    if len(failures) == len(addresses):
+        raise Unavailable(
+            f"no node of the cluster answered within {REACH_TIMEOUT_S:g}s: "
+            + "; ".join(f"{a} ({why})" for a, why in failures.items())
+        )
 
 
 @asynccontextmanager
 async def connect(client: ClientConfig) -> AsyncIterator[tuple[MetaClient, DataClient]]:
-    async with (
-        open_rpc_pool(
-            client.credentials(), **client.tls(), connect_timeout=3, client_name="prismfs-cli"
-        ) as pool,
-        open_meta_client(pool, client.addresses, lease_s=session_lease()) as meta,
-    ):
-        yield meta, DataClient(pool, meta)
+    async with open_rpc_pool(
+        client.credentials(), **client.tls(), connect_timeout=3, client_name="prismfs-cli"
+    ) as pool:
+        await reach(pool, client.addresses)
+        async with open_meta_client(pool, client.addresses, lease_s=session_lease()) as meta:
+            yield meta, DataClient(pool, meta)
+
+
+def local_failure(exc: OSError, path: Path | str) -> InvalidArgument:
+    """A local file problem as one line naming the file."""
+    return InvalidArgument(f"{path}: {exc.strerror or exc}")
+
+
+def check_destination(local: Path) -> None:
+    """``get`` fails before connecting when LOCAL's directory does not exist."""
+    if str(local) == "-" or local.is_dir():
+        return
+    parent = local.parent
+    if not parent.is_dir():
+        raise InvalidArgument(f"{local}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"{local}: directory {parent} is not writable")
 
 
 def session_lease() -> float:
@@ -84,7 +159,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     @cli.command("put")
     @client_options
     @click.argument("local", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.argument("remote")
+    @click.argument("remote", type=CLUSTER_PATH)
     @click.option("--layout", help="k=,m=,chunk= for this file (default: from its directory).")
     @http_options
     def put(
@@ -97,6 +172,10 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     ) -> None:
         """Copy a local file into the cluster (replaces REMOTE atomically)."""
         chosen = Layout.parse(layout) if layout else None
+        try:  # an unreadable file fails here, before anything connects
+            os.close(os.open(local, os.O_RDONLY))
+        except OSError as exc:
+            raise local_failure(exc, local) from None
         if http_url:
             http_files.put(http_url, token, local, remote, layout)
             return
@@ -135,13 +214,14 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
     @cli.command("get")
     @client_options
-    @click.argument("remote")
+    @click.argument("remote", type=CLUSTER_PATH)
     @click.argument("local", type=click.Path(dir_okay=True, path_type=Path))
     @http_options
     def get(
         client: ClientConfig, remote: str, local: Path, http_url: str | None, token: str | None
     ) -> None:
         """Copy a file out of the cluster (LOCAL "-" writes to standard output)."""
+        check_destination(local)
         if http_url:
             http_files.get(http_url, token, remote, local)
             return
@@ -164,14 +244,21 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
                     out.flush()
                     return
                 tmp = target.with_name(f".{target.name}.prismfs-part")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                except OSError as exc:
+                    raise local_failure(exc, target) from None
                 try:
                     with _bar(attr.size, f"get {target.name}") as bar:
 
                         async def write_fd(block: bytes) -> None:
                             view = memoryview(block)
-                            while view:
-                                view = view[await trio.to_thread.run_sync(os.write, fd, view) :]
+                            try:
+                                while view:
+                                    written = await trio.to_thread.run_sync(os.write, fd, view)
+                                    view = view[written:]
+                            except OSError as exc:
+                                raise local_failure(exc, target) from None
 
                         await get_file(
                             meta,
@@ -181,15 +268,22 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
                             progress=bar.update if bar is not None else None,
                         )
                     os.fsync(fd)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)  # no partial copy left behind
+                    raise
                 finally:
                     os.close(fd)
-                tmp.replace(target)  # only a complete copy takes the name
+                try:
+                    tmp.replace(target)  # only a complete copy takes the name
+                except OSError as exc:
+                    tmp.unlink(missing_ok=True)
+                    raise local_failure(exc, target) from None
 
         trio.run(run)
 
     @cli.command("ls")
     @client_options
-    @click.argument("path", default="/")
+    @click.argument("path", default="/", type=CLUSTER_PATH)
     @click.option("-l", "long", is_flag=True, help="Mode, size, time.")
     @http_options
     def ls(
@@ -224,7 +318,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
     @cli.command("stat")
     @client_options
-    @click.argument("path")
+    @click.argument("path", type=CLUSTER_PATH)
     def stat(client: ClientConfig, path: str) -> None:
         """Attributes of a file or directory, and where a file's chunks are."""
 
@@ -257,7 +351,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
     @cli.command("rm")
     @client_options
-    @click.argument("path")
+    @click.argument("path", type=CLUSTER_PATH)
     @click.option("-r", "recursive", is_flag=True, help="Remove a directory and everything in it.")
     @http_options
     def rm(
@@ -280,7 +374,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
     @cli.command("mkdir")
     @client_options
-    @click.argument("path")
+    @click.argument("path", type=CLUSTER_PATH)
     @click.option(
         "-p", "parents", is_flag=True, help="Make parents as needed; no error if it exists."
     )

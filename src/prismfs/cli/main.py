@@ -146,8 +146,13 @@ def cluster_status(
 ) -> None:
     """Ping every node the client knows, then show the leader's view: nodes and
     their state, chunk health, repair, drain, rebalance and scrub progress.
-    Exit 0: every chunk fully redundant; 1: no node answered; 2: some chunks are
-    degraded (below their layout's redundancy) or unavailable."""
+
+    \b
+    Exit status, for monitoring scripts:
+      0  healthy: every node up, every chunk fully redundant
+      1  no node answered, or no leader gave its view
+      3  degraded: every chunk readable, some below their layout's redundancy
+      4  some chunk unavailable, or some node down"""
     if watch:
         if as_json:
             raise click.UsageError("--watch and --json do not go together")
@@ -161,8 +166,11 @@ def cluster_status(
             health = admin_cli.health(client)
         except PrismError as exc:
             problem = exc.message
+    else:
+        problem = "no node answered: " + "; ".join(f"{r['address']} ({r['error']})" for r in rows)
+    verdict, code = status_verdict(health)
     if as_json:
-        out: dict[str, Any] = {"source": client.source, "nodes": rows}
+        out: dict[str, Any] = {"source": client.source, "status": verdict, "nodes": rows}
         out["health"] = msgspec.to_builtins(health) if health is not None else None
         if problem:
             out["error"] = problem
@@ -173,12 +181,30 @@ def cluster_status(
         click.echo()
         if health is not None:
             admin_cli.print_health(health, _print_table)
-        elif problem:
-            click.echo(f"no cluster view from the leader: {problem}")
-    if not any(r["reachable"] for r in rows):
-        raise click.exceptions.Exit(1)
-    if health is not None and (health.degraded or health.unavailable):
-        raise click.exceptions.Exit(2)
+            click.echo(f"status: {verdict}")
+    if health is None:
+        click.echo(f"prismfs: no cluster view from the leader: {problem}", err=True)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+STATUS_EXIT = {"healthy": 0, "no view": 1, "degraded": 3, "unavailable": 4, "node down": 4}
+"""`cluster status` exit codes by verdict (documented in docs/cli.md)."""
+
+
+def status_verdict(health: Any) -> tuple[str, int]:
+    """The worst of: some chunk unavailable, a node down, chunks degraded."""
+    if health is None:
+        verdict = "no view"
+    elif health.unavailable:
+        verdict = "unavailable"
+    elif any(n.state == "down" for n in health.nodes):
+        verdict = "node down"
+    elif health.degraded:
+        verdict = "degraded"
+    else:
+        verdict = "healthy"
+    return verdict, STATUS_EXIT[verdict]
 
 
 async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:
@@ -465,6 +491,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except PrismError as exc:
         click.echo(f"prismfs: {exc.message}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # a local file or directory the command could not use
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"prismfs: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
