@@ -356,10 +356,14 @@ def register(
 
     @scrub.command("start")
     @client_options
-    def scrub_start(client: ClientConfig) -> None:
+    @json_option
+    def scrub_start(client: ClientConfig, as_json: bool) -> None:
         """Start a scrub pass on the leader (one at a time)."""
         s = trio.run(leader_call, client, ScrubStart(), ScrubReport, 30.0)
-        click.echo(f"scrub: {_scrub_line(s)}")
+        if as_json:
+            click.echo(json.dumps(msgspec.to_builtins(s), indent=2))
+        else:
+            click.echo(f"scrub: {_scrub_line(s)}")
 
     @scrub.command("status")
     @client_options

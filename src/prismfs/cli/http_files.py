@@ -8,6 +8,7 @@ the error of its code, so the CLI prints the same one line as over RPC.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -170,7 +171,8 @@ def get(
             return str(target), got
 
 
-def ls(base: str, token: str | None, path: str, long: bool) -> None:
+def ls(base: str, token: str | None, path: str, long: bool, as_json: bool = False) -> None:
+    """List ``path``; with ``as_json``, the API's entries as one JSON list."""
     with session(base, token) as client:
         cursor: str | None = None
         entries: list[dict[str, Any]] = []
@@ -189,7 +191,11 @@ def ls(base: str, token: str | None, path: str, long: bool) -> None:
             cursor = page.get("next")
             if not cursor:
                 break
-        for e in sorted(entries, key=lambda e: str(e["name"])):
+        entries.sort(key=lambda e: str(e["name"]))
+        if as_json:
+            click.echo(json.dumps(entries, indent=2))
+            return
+        for e in entries:
             if long:
                 click.echo(
                     f"{e.get('type', 'file'):<7} {e.get('mode', ''):>5} {e['size']:>12} "

@@ -117,9 +117,19 @@ def cluster() -> None:
     type=click.Path(path_type=Path),
     help="First node's data directory.",
 )
-def cluster_init(data_dir: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cluster_init(data_dir: Path, as_json: bool) -> None:
     """Create a new cluster: its id and secret, in the first node's data directory."""
     creds = datadir.init_cluster(data_dir)
+    if as_json:
+        out = {
+            "cluster_id": creds.cluster_id,
+            "data_dir": str(data_dir.resolve()),
+            "secret_file": str((data_dir / SECRET_FILE_NAME).resolve()),
+            "client_secret_file": str((data_dir / CLIENT_SECRET_FILE_NAME).resolve()),
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
     click.echo(f"created cluster {creds.cluster_id}")
     secret = data_dir / SECRET_FILE_NAME
     click.echo(f"secret: {secret} (mode 0600; copy it to every node and admin host)")
@@ -471,6 +481,19 @@ def install_mount_helper(target: Path) -> None:
         raise ConfigError(f"cannot install {target}: {exc.strerror}") from None
     click.echo(f"installed {target} (runs {sys.executable})")
     click.echo("mount with: mount -t prismfs NODE:PORT[,...] DIR -o secret=/path/cluster.secret")
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL. Install it with, e.g.,
+    `prismfs completion bash > /etc/bash_completion.d/prismfs`, or
+    `eval "$(prismfs completion bash)"` in ~/.bashrc (see docs/cli.md)."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # the choices are the shells click knows
+    click.echo(cls(cli, {}, "prismfs", "_PRISMFS_COMPLETE").source())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
