@@ -153,3 +153,20 @@ def on_a_terminal(c: Cluster, *args: str) -> str:
     finally:
         os.close(master)
     return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_wrong_secret_is_one_line_naming_the_cause(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    nodes = c.up()
+    try:
+        init = run_cli("cluster", "init", "--data-dir", str(tmp_path / "other"), env=c.env)
+        assert init.returncode == 0, init.stderr
+        wrong = ["--secret-file", str(tmp_path / "other" / "cluster.secret")]
+        address = str(nodes[0]["rpc_address"])
+        for args in (("ls", "/"), ("token", "list"), ("stat", "/")):
+            result = run_cli(*args, "--cluster", address, *wrong, env=c.env, timeout=60)
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            assert line.startswith("prismfs: ") and "no node of the cluster" not in line, line
+    finally:
+        c.cleanup()

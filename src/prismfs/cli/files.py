@@ -77,20 +77,23 @@ async def reach(pool: RpcPool, addresses: tuple[str, ...] | list[str]) -> None:
     naming every address and why it failed if none does within
     `REACH_TIMEOUT_S` (all are tried at once)."""
     failures: dict[str, str] = {}
+    refused: list[PrismError] = []
     async with trio.open_nursery() as nursery:
 
         async def ping(address: str) -> None:
             try:
                 await pool.call(address, Ping(), timeout=REACH_TIMEOUT_S)
             except PrismError as exc:
-                if not exc.transient:
-                    raise  # a wrong secret or TLS setup: say so, not "unreachable"
+                if not exc.transient:  # a wrong secret or TLS setup: say so
+                    refused.append(exc)
                 failures[address] = exc.message
                 return
             nursery.cancel_scope.cancel()
 
         for address in addresses:
             nursery.start_soon(ping, address)
+    if len(failures) == len(addresses) and refused:
+        raise refused[0]  # (raised here, not in the task: no exception group)
     if len(failures) == len(addresses):
         raise Unavailable(
             f"no node of the cluster answered within {REACH_TIMEOUT_S:g}s: "
