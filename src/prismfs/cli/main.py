@@ -496,6 +496,26 @@ def completion(shell: str) -> None:
     click.echo(cls(cli, {}, "prismfs", "_PRISMFS_COMPLETE").source())
 
 
+@cli.command("manpages")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write prismfs.1, prismfs.conf.5 and mount.prismfs.8 to.",
+)
+def manpages(out: Path) -> None:
+    """Write the man pages, made from the commands and config keys themselves
+    (read one with `man -l DIR/prismfs.1`; install into /usr/local/share/man/manN)."""
+    from prismfs.cli.manpages import write_all
+
+    try:
+        written = write_all(cli, out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the man pages to {out}: {exc.strerror}") from None
+    for path in written:
+        click.echo(str(path))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry: one clear line and a non-zero status on failure."""
     try:
