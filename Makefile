@@ -25,7 +25,7 @@ system-deps:
 
 $(STAMP): pyproject.toml examples/prismfs-example-backend/pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[test,lint]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[s3,test,lint]'
 	# the example shard store plugin: the backend contract tests run against it
 	$(BIN)/pip install --disable-pip-version-check -q -e examples/prismfs-example-backend
 	touch $(STAMP)

@@ -157,6 +157,24 @@ def test_unknown_backend_is_a_config_error() -> None:
         open_store("s3", {})
 
 
+def test_s3_without_boto3_names_the_extra_to_install() -> None:
+    """boto3 is the optional extra ``prismfs[s3]``: configuring an S3 store
+    where it is not installed is a one-line ConfigError naming the extra."""
+    code = (
+        "import sys; sys.modules['boto3'] = None\n"  # as if not installed
+        "from prismfs.data.stores import open_store\n"
+        "from prismfs.errors import ConfigError\n"
+        "try:\n"
+        "    open_store('s3', {'bucket': 'b'})\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "pip install 'prismfs[s3]'" in out.stdout, out.stdout + out.stderr
+
+
 def test_local_store_removes_what_a_crashed_put_left(tmp_path: Path) -> None:
     import trio
 

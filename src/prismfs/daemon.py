@@ -40,6 +40,7 @@ from prismfs.exception_groups import single_exception
 from prismfs.gateway.server import serve_http
 from prismfs.ids import NodeId
 from prismfs.leader.admin import Admin
+from prismfs.leader.backup import Backups
 from prismfs.leader.gc import gc_loop, orphan_loop
 from prismfs.leader.rebalance import Mover
 from prismfs.leader.repair import Health, repair_loop, send_heartbeats, watch_nodes
@@ -200,6 +201,9 @@ async def serve_node(
             )
             admin = Admin(consensus, namespace, pool, health, scrub, mover)
             admin.register(service.server)
+            Backups(consensus, namespace, config.data_dir, config.raft.snapshot_mb_per_s).register(
+                service.server
+            )
             await nursery.start(scrub.run)
             await nursery.start(mover.run)
             await nursery.start(consensus.run)

@@ -26,6 +26,7 @@ from prismfs.cli import credentials as credentials_cli
 from prismfs.cli import devcluster
 from prismfs.cli import files as files_cli
 from prismfs.cli import mount_stats as mount_stats_cli
+from prismfs.cli import recover as recover_cli
 from prismfs.cli import tokens as tokens_cli
 from prismfs.client.config import ClientConfig, resolve_client_config
 from prismfs.daemon import run_node
@@ -422,6 +423,7 @@ files_cli.register(cli, client_options)
 admin_cli.register(cli, node, client_options, _print_table)
 tokens_cli.register(cli, client_options, _print_table)
 credentials_cli.register(cli, client_options, _print_table)
+recover_cli.register(cluster, node, client_options)
 mount_stats_cli.register(cli, lambda path: _on_prismfs(path), _print_table)
 
 

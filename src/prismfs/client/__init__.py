@@ -1,1 +1,1 @@
-"""Cluster client library: finding the cluster, and (later) leader routing and file I/O."""
+"""Cluster client library: finding the cluster, leader routing, chunk and file I/O, paths."""

@@ -31,8 +31,14 @@ class S3Store(ThreadedStore):
         secret_key: str = "",
         capacity_bytes: int = 0,
     ) -> None:
-        import boto3
-        from botocore.config import Config
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise ConfigError(
+                "the s3 shard store needs boto3, which is an optional extra:"
+                " pip install 'prismfs[s3]'"
+            ) from None
 
         self.bucket = bucket
         self.prefix = prefix
