@@ -99,6 +99,14 @@ def test_json_output_and_status_codes_on_a_real_cluster(tmp_path: Path) -> None:
             shown = on_a_terminal(c, *args)
             assert "put big.bin" in shown and "MB" in shown, shown
 
+        # A local file that fails while it is read (EIO from the first byte):
+        # one line naming it, over RPC and HTTP, and nothing left behind.
+        for args in (["put", "/proc/self/mem", "/mem"], ["put", *via, "/proc/self/mem", "/mem"]):
+            code, _, err = cli(c, *args)
+            assert code == 1 and err == "prismfs: /proc/self/mem: Input/output error\n", err
+        code, names, err = cli(c, "ls", "/")
+        assert sorted(e["name"] for e in names) == ["big.bin", "big2.bin", "big3.bin", "x"]
+
         code, revoked, err = cli(c, "token", "revoke", token["id"])
         assert code == 0 and revoked == {"id": token["id"], "revoked": True}, err
         code, tokens, err = cli(c, "token", "list")

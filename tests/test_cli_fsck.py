@@ -15,6 +15,7 @@ import pytest
 
 from conftest import PRISMFS
 from test_admin import cli, cluster, one_per_chunk, put, shard_files  # noqa: F401
+from test_cli_cluster import on_a_terminal
 from test_raft_cluster import Cluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -26,6 +27,10 @@ def lines(out: str) -> list[dict[str, Any]]:
 
 def test_fsck_streams_findings_and_resumes(cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
     put(cluster, tmp_path, "f", 9 << 20)  # 3 chunks of 2-of-3: 9 shards
+    # On a terminal: a progress bar against the cluster's 3 chunks (rich, on stderr).
+    shown = on_a_terminal(cluster, "fsck", "--page", "1")
+    assert "fsck chunks" in shown and "3/3" in shown, shown
+
     missing = one_per_chunk(shard_files(cluster))[0]
     missing.unlink()
 
