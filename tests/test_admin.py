@@ -99,7 +99,8 @@ def test_fsck_reports_then_repairs_missing_corrupt_and_orphan_shards(
 
     code, out, err = cli(cluster, "fsck", "--json")
     assert code == 1, out + err
-    report = json.loads(out)
+    report = json.loads(out.splitlines()[-1])  # the summary, after a line per finding
+    assert report["kind"] == "summary"
     assert report["missing"] == [missing.name] and report["corrupt"] == [corrupt.name]
     assert [o.split(":")[1] for o in report["orphans"]] == [orphan.name]
     assert not report["clean"] and report["repaired"] == 0

@@ -111,3 +111,26 @@ def test_bad_client_toml(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "client.toml").write_text(text)
     with pytest.raises((ConfigError, InvalidArgument), match=message):
         resolve_client_config(config=tmp_path / "client.toml")
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_script(shell: str) -> None:
+    result = run_cli("completion", shell)
+    assert result.returncode == 0, result.stderr
+    assert "_PRISMFS_COMPLETE" in result.stdout and "prismfs" in result.stdout
+    if shell == "bash":
+        assert "_prismfs_completion()" in result.stdout
+        syntax = subprocess.run(
+            ["bash", "-n"], input=result.stdout, capture_output=True, text=True, timeout=30
+        )
+        assert syntax.returncode == 0, syntax.stderr
+
+
+def test_completion_completes_commands_through_the_entry_point() -> None:
+    """What the installed script asks the program, the way bash asks it."""
+    env = {"_PRISMFS_COMPLETE": "bash_complete", "COMP_WORDS": "prismfs clu", "COMP_CWORD": "1"}
+    result = run_cli(env=env)
+    assert result.returncode == 0, result.stderr
+    assert "plain,cluster" in result.stdout.splitlines()
+    env = {**env, "COMP_WORDS": "prismfs cluster st", "COMP_CWORD": "2"}
+    assert "plain,status" in run_cli(env=env).stdout.splitlines()

@@ -154,8 +154,8 @@ class Crash:
         (every shard delete is logged with its ids and who asked)."""
         _, out, _ = self.nodes.cli("fsck", "--json", timeout=600)
         try:
-            missing = json.loads(out).get("missing", [])
-        except ValueError:
+            missing = json.loads(out.splitlines()[-1]).get("missing", [])  # the summary
+        except (ValueError, IndexError):
             return "\n(fsck --json gave no report)"
         chunks = {str(sid).rsplit(":", 1)[-1].split(".")[0] for sid in missing}
         logs = [

@@ -48,6 +48,7 @@ def test_every_command_key_and_option_has_its_entry() -> None:
     made = pages()
     commands = _commands(cli, ("prismfs",))
     assert len(commands) > 30
+    assert ".SH EXIT STATUS" in made["prismfs.1"] and "\\fB4\\fR" in made["prismfs.1"]
     for command in commands:
         assert f'.SS "{command.replace("-", chr(92) + "-")}"' in made["prismfs.1"], command
     conf = made["prismfs.conf.5"]

@@ -298,7 +298,7 @@ def check_after_kills(nodes: Nodes) -> None:
     remove them, and fsck is then clean."""
     code, out, err = nodes.cli("fsck", "--orphan-grace", "30", "--json", timeout=300)
     assert code in (0, 1), out + err
-    report = json.loads(out)
+    report = json.loads(out.splitlines()[-1])  # the summary line of fsck --json
     for problem in ("corrupt", "missing", "degraded", "unavailable", "unreachable"):
         assert report[problem] == [], report
     assert_one_shard_per_chunk(report)
@@ -306,7 +306,7 @@ def check_after_kills(nodes: Nodes) -> None:
         args = ("fsck", "--repair", "--force", "--orphan-grace", "30", "--json")
         code, out, err = nodes.cli(*args, timeout=300)
         assert code in (0, 1), out + err
-        repaired = json.loads(out)
+        repaired = json.loads(out.splitlines()[-1])
         # It deletes every orphan it finds: what the first run reported and
         # came past the grace since (a shard rebuilt by repair for a chunk the
         # application then rewrote, say), less what the nodes' own orphan

@@ -297,7 +297,12 @@ def register(
     @click.option(
         "--repair", is_flag=True, help="Rebuild what is missing or corrupt, drop orphans."
     )
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    @click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="One JSON object per line: each finding, each step's progress, a summary.",
+    )
     @click.option(
         "--orphan-grace",
         default=ORPHAN_GRACE_S,
@@ -311,41 +316,78 @@ def register(
         help=f"Allow --repair with an --orphan-grace under {MIN_REPAIR_GRACE_S:g} s "
         "(it may delete the shards of uploads in progress).",
     )
+    @click.option(
+        "--resume",
+        "cursor",
+        metavar="CURSOR",
+        default="",
+        help="Go on from where an interrupted fsck stopped (it prints the cursor).",
+    )
+    @click.option(
+        "--page",
+        type=click.IntRange(1, 100_000),
+        default=FSCK_PAGE,
+        show_default=True,
+        help="Chunks checked per call to the leader.",
+    )
+    @click.option(
+        "--mb-per-s",
+        type=click.FloatRange(1, None),
+        default=200.0,
+        show_default=True,
+        help="Pace: megabytes of shards the nodes read per second.",
+    )
     def fsck(
-        client: ClientConfig, repair: bool, as_json: bool, orphan_grace: float, force: bool
+        client: ClientConfig,
+        repair: bool,
+        as_json: bool,
+        orphan_grace: float,
+        force: bool,
+        cursor: str,
+        page: int,
+        mb_per_s: float,
     ) -> None:
         """Check that metadata and shards agree: every shard read and checksummed where it
         lives, every node's shards matched with the chunk records. Read-only unless
-        --repair. Exit 0: clean; 1: problems found; 2: could not check."""
+        --repair. Findings are printed as they are found, a step (--page chunks, then
+        one node's orphans) at a time; Ctrl-C prints a cursor for --resume.
+        Exit 0: clean; 1: problems found; 2: could not check; 130: interrupted."""
         if repair and orphan_grace < MIN_REPAIR_GRACE_S and not force:
             raise click.UsageError(
                 f"--orphan-grace {orphan_grace:g} with --repair would delete the shards of "
                 f"uploads still in progress (an upload commits its chunks in batches); use at "
                 f"least {MIN_REPAIR_GRACE_S:g} s, or add --force if no client is writing"
             )
+        if cursor and not cursor.startswith(("chunks:", "orphans:")):
+            raise click.BadParameter("not a cursor printed by fsck", param_hint="--resume")
+        run = FsckRun(client, Fsck(repair, orphan_grace, mb_per_s, page, cursor), as_json)
         try:
-            report = trio.run(leader_call, client, Fsck(repair, orphan_grace), FsckReport, 3600.0)
+            run.all()
         except PrismError as exc:
+            run.close()
             click.echo(f"prismfs fsck: {exc.message}", err=True)
             raise click.exceptions.Exit(2) from None
+        except KeyboardInterrupt:
+            run.close()
+            click.echo(
+                f"prismfs: fsck interrupted after {run.total.chunks} chunks; go on with: "
+                f"prismfs fsck --resume {run.request.cursor or 'chunks:'}",
+                err=True,
+            )
+            raise click.exceptions.Exit(130) from None
+        run.close()
+        report = run.total
         if as_json:
-            click.echo(json.dumps(msgspec.to_builtins(report), indent=2))
+            summary = {"kind": "summary", **msgspec.to_builtins(report)}
+            for internal in ("cursor", "t"):
+                summary.pop(internal, None)
+            click.echo(json.dumps(summary))
         else:
             click.echo(
                 f"{report.chunks} chunks, {report.shards_checked} shards checked"
                 + (f"; {report.repaired} shards rebuilt" if repair else "")
                 + (f", {report.orphans_deleted} orphans deleted" if repair else "")
             )
-            for label, items in (
-                ("corrupt shards", report.corrupt),
-                ("missing shards", report.missing),
-                ("chunks below full redundancy", report.degraded),
-                ("unavailable chunks", report.unavailable),
-                ("nodes that did not answer", report.unreachable),
-                ("orphan shards", report.orphans),
-            ):
-                if items:
-                    click.echo(f"{label}: {len(items)}: " + " ".join(items[:10]))
             click.echo("clean" if report.clean else "problems found")
         if not report.clean:
             raise click.exceptions.Exit(1)
@@ -356,10 +398,14 @@ def register(
 
     @scrub.command("start")
     @client_options
-    def scrub_start(client: ClientConfig) -> None:
+    @json_option
+    def scrub_start(client: ClientConfig, as_json: bool) -> None:
         """Start a scrub pass on the leader (one at a time)."""
         s = trio.run(leader_call, client, ScrubStart(), ScrubReport, 30.0)
-        click.echo(f"scrub: {_scrub_line(s)}")
+        if as_json:
+            click.echo(json.dumps(msgspec.to_builtins(s), indent=2))
+        else:
+            click.echo(f"scrub: {_scrub_line(s)}")
 
     @scrub.command("status")
     @client_options
@@ -371,6 +417,130 @@ def register(
             click.echo(json.dumps(msgspec.to_builtins(s), indent=2))
         else:
             click.echo(f"scrub: {_scrub_line(s)}")
+
+
+FSCK_PAGE = 500
+"""Chunks a paged fsck checks per call to the leader (the default of --page)."""
+
+FINDINGS = (
+    ("corrupt", "corrupt shard", "shard"),
+    ("missing", "missing shard", "shard"),
+    ("degraded", "chunk below full redundancy", "chunk"),
+    ("unavailable", "unavailable chunk", "chunk"),
+    ("unreachable", "node did not answer", "node"),
+    ("orphans", "orphan shard", "shard"),
+)
+"""Each list of an `FsckReport`: its JSON kind (the key), its text label, and
+what its items name."""
+
+
+class FsckRun:
+    """A paged fsck: one leader call per step, findings printed as they come,
+    totals kept, progress drawn on a terminal (rich, on stderr)."""
+
+    def __init__(self, client: ClientConfig, request: Fsck, as_json: bool) -> None:
+        self.client = client
+        self.request = request
+        self.as_json = as_json
+        self.total = FsckReport(True, 0, 0, (), (), (), (), (), (), 0, 0)
+        self.unreachable: set[str] = set()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def all(self) -> None:
+        if sys.stderr.isatty() and not self.as_json:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            try:
+                chunks = health(self.client).chunks
+            except PrismError:
+                chunks = None  # the steps will say why
+            self._bar = Progress(
+                TextColumn("fsck {task.fields[phase]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("fsck", total=chunks, phase="chunks")
+        trio.run(self._steps)
+
+    async def _steps(self) -> None:
+        async with open_rpc_pool(
+            self.client.credentials(),
+            **self.client.tls(),
+            connect_timeout=3,
+            call_timeout=10,
+            client_name="prismfs-cli",
+        ) as pool:
+            while True:
+                report = await call_leader(
+                    pool, self.client.addresses, self.request, FsckReport, FSCK_STEP_TIMEOUT_S
+                )
+                # Findings first, then the cursor moves on, then the step's
+                # progress line: a cursor printed is one whose findings were
+                # (Ctrl-C between them at worst checks that step again).
+                self._add(report)
+                self.request = msgspec.structs.replace(self.request, cursor=report.cursor)
+                self._progress(report.cursor)
+                if not report.cursor:
+                    return
+
+    def _add(self, r: FsckReport) -> None:
+        lists = {}
+        for key, label, noun in FINDINGS:
+            items = [
+                i for i in getattr(r, key) if key != "unreachable" or i not in self.unreachable
+            ]
+            if key == "unreachable":
+                self.unreachable.update(items)
+            lists[key] = tuple(getattr(self.total, key)) + tuple(items)
+            for item in items:
+                self._finding(key, label, noun, item)
+        t = self.total
+        self.total = FsckReport(
+            clean=t.clean and r.clean,
+            chunks=t.chunks + r.chunks,
+            shards_checked=t.shards_checked + r.shards_checked,
+            repaired=t.repaired + r.repaired,
+            orphans_deleted=t.orphans_deleted + r.orphans_deleted,
+            cursor=r.cursor,
+            **lists,
+        )
+
+    def _progress(self, cursor: str) -> None:
+        if self.as_json:
+            t = self.total
+            line = {"kind": "progress", "chunks": t.chunks, "shards_checked": t.shards_checked}
+            click.echo(json.dumps({**line, "cursor": cursor}))
+        if self._bar is not None:
+            phase = "orphans" if cursor.startswith("orphans:") else "chunks"
+            self._bar.update(self._task, completed=self.total.chunks, phase=phase)
+
+    def _finding(self, key: str, label: str, noun: str, item: str) -> None:
+        if self.as_json:
+            line: dict[str, str] = {"kind": key}
+            if key == "orphans":
+                node, _, shard = item.partition(":")
+                line.update(kind="orphan", node=node, shard=shard)
+            else:
+                line[noun] = item
+            click.echo(json.dumps(line))
+        elif self._bar is not None:
+            self._bar.console.print(f"{label}: {item}")
+        else:
+            click.echo(f"{label}: {item}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+FSCK_STEP_TIMEOUT_S = 900.0
+"""A bound on one step of fsck (a page of chunks or one node's orphans)."""
 
 
 DRAIN_SETTLE_S = REGISTRY_TTL_S + 2.0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import stat as stat_mod
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,20 +31,100 @@ from prismfs.client.paths import (
     split,
 )
 from prismfs.data.layout import LAYOUT_XATTR, Layout
-from prismfs.errors import InvalidArgument, NotFound
+from prismfs.data.stores import shard_id
+from prismfs.errors import InvalidArgument, NotFound, PrismError, Unavailable
 from prismfs.meta.client import MetaClient, open_meta_client
-from prismfs.wire.client import open_rpc_pool
+from prismfs.meta.commands import Attr, ChunkRecord, NodeInfo
+from prismfs.meta.schema import NAME_MAX
+from prismfs.wire.client import RpcPool, open_rpc_pool
+from prismfs.wire.messages import Ping
+
+REACH_TIMEOUT_S = 5.0
+"""How long a command waits for any node of its cluster to answer before it
+gives up, naming the addresses it tried (the namespace calls themselves keep
+the client's longer deadline, for a leader election under way)."""
+
+
+class ClusterPath(click.ParamType[str, str]):
+    """A path inside the cluster, checked before anything connects: absolute,
+    UTF-8, no NUL, no ``.`` or ``..``, no name over NAME_MAX bytes."""
+
+    name = "PATH"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.startswith("/"):
+            self.fail(f"cluster paths start with /: {text!r}", param, ctx)
+        try:
+            names = [p.encode() for p in text.split("/") if p]
+        except UnicodeEncodeError:
+            self.fail("a path must be valid UTF-8", param, ctx)
+        for name in names:
+            if b"\0" in name:
+                self.fail("a path has no NUL character", param, ctx)
+            if name in (b".", b".."):
+                self.fail(f"cluster paths have no . or .. in them: {text!r}", param, ctx)
+            if len(name) > NAME_MAX:
+                self.fail(f"a name of {len(name)} bytes is longer than {NAME_MAX}", param, ctx)
+        return text
+
+
+CLUSTER_PATH = ClusterPath()
+
+
+async def reach(pool: RpcPool, addresses: tuple[str, ...] | list[str]) -> None:
+    """Return once any of ``addresses`` answers a ping; raise `Unavailable`
+    naming every address and why it failed if none does within
+    `REACH_TIMEOUT_S` (all are tried at once)."""
+    failures: dict[str, str] = {}
+    refused: list[PrismError] = []
+    async with trio.open_nursery() as nursery:
+
+        async def ping(address: str) -> None:
+            try:
+                await pool.call(address, Ping(), timeout=REACH_TIMEOUT_S)
+            except PrismError as exc:
+                if not exc.transient:  # a wrong secret or TLS setup: say so
+                    refused.append(exc)
+                failures[address] = exc.message
+                return
+            nursery.cancel_scope.cancel()
+
+        for address in addresses:
+            nursery.start_soon(ping, address)
+    if len(failures) == len(addresses) and refused:
+        raise refused[0]  # (raised here, not in the task: no exception group)
+    if len(failures) == len(addresses):
+        raise Unavailable(
+            f"no node of the cluster answered within {REACH_TIMEOUT_S:g}s: "
+            + "; ".join(f"{a} ({why})" for a, why in failures.items())
+        )
 
 
 @asynccontextmanager
 async def connect(client: ClientConfig) -> AsyncIterator[tuple[MetaClient, DataClient]]:
-    async with (
-        open_rpc_pool(
-            client.credentials(), **client.tls(), connect_timeout=3, client_name="prismfs-cli"
-        ) as pool,
-        open_meta_client(pool, client.addresses, lease_s=session_lease()) as meta,
-    ):
-        yield meta, DataClient(pool, meta)
+    async with open_rpc_pool(
+        client.credentials(), **client.tls(), connect_timeout=3, client_name="prismfs-cli"
+    ) as pool:
+        await reach(pool, client.addresses)
+        async with open_meta_client(pool, client.addresses, lease_s=session_lease()) as meta:
+            yield meta, DataClient(pool, meta)
+
+
+def local_failure(exc: OSError, path: Path | str) -> InvalidArgument:
+    """A local file problem as one line naming the file."""
+    return InvalidArgument(f"{path}: {exc.strerror or exc}")
+
+
+def check_destination(local: Path) -> None:
+    """``get`` fails before connecting when LOCAL's directory does not exist."""
+    if str(local) == "-" or local.is_dir():
+        return
+    parent = local.parent
+    if not parent.is_dir():
+        raise InvalidArgument(f"{local}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"{local}: directory {parent} is not writable")
 
 
 def session_lease() -> float:
@@ -59,11 +140,92 @@ def session_lease() -> float:
     return value
 
 
-def _bar(total: int, label: str) -> Any:
-    """A progress bar on stderr for transfers over 8 MiB (none when not a terminal)."""
-    if total < 8 * 1024 * 1024 or not sys.stderr.isatty():
-        return contextlib.nullcontext(None)
-    return click.progressbar(length=total, label=label, file=sys.stderr, show_pos=False)
+BAR_MIN_BYTES = 8 * 1024 * 1024
+"""Transfers smaller than this show no progress bar (they are over at once)."""
+
+
+@contextlib.contextmanager
+def transfer_bar(total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    """A rich progress bar on stderr for a transfer of ``total`` bytes (-1:
+    unknown): none for small transfers or when stderr is not a terminal, so
+    scripts and logs never see one. Yields the callback to count bytes."""
+    if total < BAR_MIN_BYTES or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def attr_json(name: str, a: Attr) -> dict[str, Any]:
+    """One entry of ``ls --json`` (and the head of ``stat --json``)."""
+    return {
+        "name": name,
+        "ino": a.ino,
+        "type": _kind(a.mode),
+        "mode": f"{a.mode & 0o7777:04o}",
+        "nlink": a.nlink,
+        "uid": a.uid,
+        "gid": a.gid,
+        "size": a.size,
+        "mtime_ns": a.mtime_ns,
+        "ctime_ns": a.ctime_ns,
+    }
+
+
+def _kind(mode: int) -> str:
+    if stat_mod.S_ISDIR(mode):
+        return "dir"
+    if stat_mod.S_ISREG(mode):
+        return "file"
+    if stat_mod.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+def chunk_json(index: int, r: ChunkRecord, nodes: dict[str, NodeInfo]) -> dict[str, Any]:
+    """Where one chunk lives: each shard's index, node, its address and state."""
+
+    def shard(i: int, node: str) -> dict[str, Any]:
+        info = nodes.get(node)
+        return {
+            "index": i,
+            "node": node,
+            "address": info.address if info else None,
+            "state": info.state if info else "unknown",
+            "name": shard_id(r.id, i),
+        }
+
+    return {
+        "index": index,
+        "id": r.id.hex(),
+        "length": r.length,
+        "inline": r.is_inline,
+        "k": r.k,
+        "m": r.m,
+        "shards": [shard(i, node) for i, node in enumerate(r.nodes)],
+    }
 
 
 def http_options(func: Any) -> Any:
@@ -80,13 +242,17 @@ def http_options(func: Any) -> Any:
     )(func)
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
 def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
     @cli.command("put")
     @client_options
     @click.argument("local", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.argument("remote")
+    @click.argument("remote", type=CLUSTER_PATH)
     @click.option("--layout", help="k=,m=,chunk= for this file (default: from its directory).")
     @http_options
+    @json_option
     def put(
         client: ClientConfig,
         local: Path,
@@ -94,18 +260,26 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
         layout: str | None,
         http_url: str | None,
         token: str | None,
+        as_json: bool,
     ) -> None:
         """Copy a local file into the cluster (replaces REMOTE atomically)."""
         chosen = Layout.parse(layout) if layout else None
-        if http_url:
-            http_files.put(http_url, token, local, remote, layout)
-            return
+        try:  # an unreadable file fails here, before anything connects
+            os.close(os.open(local, os.O_RDONLY))
+        except OSError as exc:
+            raise local_failure(exc, local) from None
         st = local.stat()
         size, file_mode = st.st_size, st.st_mode & 0o7777
+        if http_url:
+            with transfer_bar(size, f"put {local.name}") as progress:
+                target = http_files.put(http_url, token, local, remote, layout, progress)
+            if as_json:
+                emit_json({"local": str(local), "remote": target, "size": size})
+            return
 
         me = Caller(os.getuid(), os.getgid())  # the file is the caller's, as with cp
 
-        async def run() -> int:
+        async def run() -> tuple[str, int]:
             async with connect(client) as (meta, data):
                 target = remote
                 with contextlib.suppress(NotFound):
@@ -115,8 +289,8 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
                 me.check(parent, W | X, target.rsplit("/", 1)[0] or "/")
                 read, close = local_reader(str(local))
                 try:
-                    with _bar(size, f"put {local.name}") as bar:
-                        return await put_file(
+                    with transfer_bar(size, f"put {local.name}") as progress:
+                        ino = await put_file(
                             meta,
                             data,
                             parent.ino,
@@ -126,29 +300,45 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
                             mode=file_mode,
                             uid=me.uid,
                             gid=me.gid,
-                            progress=bar.update if bar is not None else None,
+                            progress=progress,
                         )
+                        return target, ino
                 finally:
                     close()
 
-        trio.run(run)
+        target, ino = trio.run(run)
+        if as_json:
+            emit_json({"local": str(local), "remote": target, "size": size, "ino": ino})
 
     @cli.command("get")
     @client_options
-    @click.argument("remote")
+    @click.argument("remote", type=CLUSTER_PATH)
     @click.argument("local", type=click.Path(dir_okay=True, path_type=Path))
     @http_options
+    @json_option
     def get(
-        client: ClientConfig, remote: str, local: Path, http_url: str | None, token: str | None
+        client: ClientConfig,
+        remote: str,
+        local: Path,
+        http_url: str | None,
+        token: str | None,
+        as_json: bool,
     ) -> None:
         """Copy a file out of the cluster (LOCAL "-" writes to standard output)."""
+        check_destination(local)
+        if as_json and str(local) == "-":
+            raise click.UsageError("--json needs a LOCAL file: '-' writes the data to stdout")
         if http_url:
-            http_files.get(http_url, token, remote, local)
+            written, size = http_files.get(
+                http_url, token, remote, local, lambda total: transfer_bar(total, f"get {remote}")
+            )
+            if as_json:
+                emit_json({"remote": remote, "local": written, "size": size})
             return
 
         local_is_dir = local.is_dir()
 
-        async def run() -> None:
+        async def run() -> tuple[str, int]:
             async with connect(client) as (meta, data):
                 attr = await resolve(meta, remote)
                 if stat_mod.S_ISDIR(attr.mode):
@@ -162,102 +352,138 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
                     await get_file(meta, data, attr.ino, write)
                     out.flush()
-                    return
+                    return "-", attr.size
                 tmp = target.with_name(f".{target.name}.prismfs-part")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
-                    with _bar(attr.size, f"get {target.name}") as bar:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                except OSError as exc:
+                    raise local_failure(exc, target) from None
+                try:
+                    with transfer_bar(attr.size, f"get {target.name}") as progress:
 
                         async def write_fd(block: bytes) -> None:
                             view = memoryview(block)
-                            while view:
-                                view = view[await trio.to_thread.run_sync(os.write, fd, view) :]
+                            try:
+                                while view:
+                                    written = await trio.to_thread.run_sync(os.write, fd, view)
+                                    view = view[written:]
+                            except OSError as exc:
+                                raise local_failure(exc, target) from None
 
-                        await get_file(
-                            meta,
-                            data,
-                            attr.ino,
-                            write_fd,
-                            progress=bar.update if bar is not None else None,
-                        )
+                        await get_file(meta, data, attr.ino, write_fd, progress=progress)
                     os.fsync(fd)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)  # no partial copy left behind
+                    raise
                 finally:
                     os.close(fd)
-                tmp.replace(target)  # only a complete copy takes the name
+                try:
+                    tmp.replace(target)  # only a complete copy takes the name
+                except OSError as exc:
+                    tmp.unlink(missing_ok=True)
+                    raise local_failure(exc, target) from None
+                return str(target), os.stat(target).st_size
 
-        trio.run(run)
+        written, size = trio.run(run)
+        if as_json:
+            emit_json({"remote": remote, "local": written, "size": size})
 
     @cli.command("ls")
     @client_options
-    @click.argument("path", default="/")
+    @click.argument("path", default="/", type=CLUSTER_PATH)
     @click.option("-l", "long", is_flag=True, help="Mode, size, time.")
     @http_options
+    @json_option
     def ls(
-        client: ClientConfig, path: str, long: bool, http_url: str | None, token: str | None
+        client: ClientConfig,
+        path: str,
+        long: bool,
+        http_url: str | None,
+        token: str | None,
+        as_json: bool,
     ) -> None:
-        """List a directory."""
+        """List a directory (a file: just it)."""
         if http_url:
-            http_files.ls(http_url, token, path, long)
+            http_files.ls(http_url, token, path, long, as_json)
             return
 
-        async def run() -> None:
+        async def run() -> list[tuple[bytes, Attr]]:
             async with connect(client) as (meta, _):
                 attr = await resolve(meta, path)
-                entries = (
-                    [(split(path)[-1] if split(path) else b"/", attr)]
-                    if not stat_mod.S_ISDIR(attr.mode)
-                    else [(e.name, e.attr) async for e in meta.readdir(attr.ino)]
-                )
-                for name, a in sorted(entries):
-                    shown = name.decode(errors="replace")
-                    if long:
-                        when = datetime.datetime.fromtimestamp(a.mtime_ns / 1e9).strftime(
-                            "%Y-%m-%d %H:%M"
-                        )
-                        click.echo(
-                            f"{stat_mod.filemode(a.mode)} {a.nlink:>3} {a.size:>12} {when} {shown}"
-                        )
-                    else:
-                        click.echo(shown)
+                if not stat_mod.S_ISDIR(attr.mode):
+                    return [(split(path)[-1], attr)]
+                return sorted([(e.name, e.attr) async for e in meta.readdir(attr.ino)])
 
-        trio.run(run)
+        entries = trio.run(run)
+        if as_json:
+            emit_json([attr_json(n.decode(errors="replace"), a) for n, a in entries])
+            return
+        for name, a in entries:
+            shown = name.decode(errors="replace")
+            if long:
+                when = datetime.datetime.fromtimestamp(a.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
+                click.echo(f"{stat_mod.filemode(a.mode)} {a.nlink:>3} {a.size:>12} {when} {shown}")
+            else:
+                click.echo(shown)
 
     @cli.command("stat")
     @client_options
-    @click.argument("path")
-    def stat(client: ClientConfig, path: str) -> None:
-        """Attributes of a file or directory, and where a file's chunks are."""
+    @click.argument("path", type=CLUSTER_PATH)
+    @json_option
+    def stat(client: ClientConfig, path: str, as_json: bool) -> None:
+        """Attributes of a file or directory, and where a file's chunks are
+        (with --json: every chunk's shards and the nodes holding them)."""
 
-        async def run() -> None:
-            async with connect(client) as (meta, _):
+        async def run() -> tuple[Attr, dict[str, Any]]:
+            async with connect(client) as (meta, data):
                 a = await resolve(meta, path)
-                click.echo(f"path:   {path}")
-                click.echo(f"inode:  {a.ino}")
-                click.echo(f"mode:   {stat_mod.filemode(a.mode)} ({a.mode & 0o7777:o})")
-                click.echo(f"links:  {a.nlink}   uid: {a.uid}   gid: {a.gid}")
-                click.echo(f"size:   {a.size}")
-                for label, ns in (("mtime", a.mtime_ns), ("ctime", a.ctime_ns)):
-                    when = datetime.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ")
-                    click.echo(f"{label}:  {when}")
+                out = {
+                    "path": path,
+                    **attr_json(split(path)[-1].decode() if split(path) else "/", a),
+                }
                 if stat_mod.S_ISDIR(a.mode):
-                    text = (await meta.layout(a.ino)).decode() or str(Layout()) + " (default)"
-                    click.echo(f"layout: {text} (for new files)")
+                    text = (await meta.layout(a.ino)).decode()
+                    out["layout"] = text or str(Layout())
+                    out["layout_is_default"] = not text
                 elif stat_mod.S_ISREG(a.mode):
                     cmap = await meta.chunk_map_all(a.ino)
-                    geometry = {(r.k, r.m) for _, r in cmap.chunks if not r.is_inline}
-                    click.echo(
-                        f"chunks: {len(cmap.chunks)} of {cmap.chunk_size} bytes, "
-                        f"k/m {sorted(geometry) or '-'}"
-                    )
-                    for idx, r in cmap.chunks[:8]:
-                        where = "inline" if r.is_inline else "on " + ", ".join(r.nodes)
-                        click.echo(f"  [{idx}] {r.id.hex()} {r.length} B {where}")
+                    nodes = await data.nodes()
+                    out["chunk_size"] = cmap.chunk_size
+                    out["chunks"] = [chunk_json(i, r, nodes) for i, r in cmap.chunks]
+                return a, out
 
-        trio.run(run)
+        a, info = trio.run(run)
+        if as_json:
+            emit_json(info)
+            return
+        click.echo(f"path:   {path}")
+        click.echo(f"inode:  {a.ino}")
+        click.echo(f"mode:   {stat_mod.filemode(a.mode)} ({a.mode & 0o7777:o})")
+        click.echo(f"links:  {a.nlink}   uid: {a.uid}   gid: {a.gid}")
+        click.echo(f"size:   {a.size}")
+        for label, ns in (("mtime", a.mtime_ns), ("ctime", a.ctime_ns)):
+            when = datetime.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ")
+            click.echo(f"{label}:  {when}")
+        if "layout" in info:
+            default = " (default)" if info["layout_is_default"] else ""
+            click.echo(f"layout: {info['layout']}{default} (for new files)")
+        if "chunks" in info:
+            chunks = info["chunks"]
+            geometry = sorted({(c["k"], c["m"]) for c in chunks if not c["inline"]})
+            click.echo(
+                f"chunks: {len(chunks)} of {info['chunk_size']} bytes, k/m {geometry or '-'}"
+            )
+            for c in chunks[:8]:
+                where = (
+                    "inline" if c["inline"] else "on " + ", ".join(s["node"] for s in c["shards"])
+                )
+                click.echo(f"  [{c['index']}] {c['id']} {c['length']} B {where}")
+            if len(chunks) > 8:
+                click.echo(f"  ... {len(chunks) - 8} more (all of them: stat --json)")
 
     @cli.command("rm")
     @client_options
-    @click.argument("path")
+    @click.argument("path", type=CLUSTER_PATH)
     @click.option("-r", "recursive", is_flag=True, help="Remove a directory and everything in it.")
     @http_options
     def rm(
@@ -280,7 +506,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
 
     @cli.command("mkdir")
     @client_options
-    @click.argument("path")
+    @click.argument("path", type=CLUSTER_PATH)
     @click.option(
         "-p", "parents", is_flag=True, help="Make parents as needed; no error if it exists."
     )

@@ -135,11 +135,22 @@ def cluster() -> None:
     metavar="UID:GID",
     help="Owner of the root directory (default: you, or the user behind sudo).",
 )
-def cluster_init(data_dir: Path, root_owner: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def cluster_init(data_dir: Path, root_owner: str | None, as_json: bool) -> None:
     """Create a new cluster: its id and secret, in the first node's data directory."""
     owner = parse_owner(root_owner) if root_owner else invoking_owner()
     creds = datadir.init_cluster(data_dir)
     request_root_owner(data_dir, owner)
+    if as_json:
+        out = {
+            "cluster_id": creds.cluster_id,
+            "data_dir": str(data_dir.resolve()),
+            "secret_file": str((data_dir / SECRET_FILE_NAME).resolve()),
+            "client_secret_file": str((data_dir / CLIENT_SECRET_FILE_NAME).resolve()),
+            "root_owner": {"uid": owner[0], "gid": owner[1]},
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
     click.echo(f"created cluster {creds.cluster_id}")
     click.echo(f"root directory: owned by uid {owner[0]}, gid {owner[1]}, mode 0755")
     secret = data_dir / SECRET_FILE_NAME
@@ -167,8 +178,13 @@ def cluster_status(
 ) -> None:
     """Ping every node the client knows, then show the leader's view: nodes and
     their state, chunk health, repair, drain, rebalance and scrub progress.
-    Exit 0: every chunk fully redundant; 1: no node answered; 2: some chunks are
-    degraded (below their layout's redundancy) or unavailable."""
+
+    \b
+    Exit status, for monitoring scripts:
+      0  healthy: every node up, every chunk fully redundant
+      1  no node answered, or no leader gave its view
+      3  degraded: every chunk readable, some below their layout's redundancy
+      4  some chunk unavailable, or some node down"""
     if watch:
         if as_json:
             raise click.UsageError("--watch and --json do not go together")
@@ -182,8 +198,11 @@ def cluster_status(
             health = admin_cli.health(client)
         except PrismError as exc:
             problem = exc.message
+    else:
+        problem = "no node answered: " + "; ".join(f"{r['address']} ({r['error']})" for r in rows)
+    verdict, code = status_verdict(health)
     if as_json:
-        out: dict[str, Any] = {"source": client.source, "nodes": rows}
+        out: dict[str, Any] = {"source": client.source, "status": verdict, "nodes": rows}
         out["health"] = msgspec.to_builtins(health) if health is not None else None
         if problem:
             out["error"] = problem
@@ -194,12 +213,30 @@ def cluster_status(
         click.echo()
         if health is not None:
             admin_cli.print_health(health, _print_table)
-        elif problem:
-            click.echo(f"no cluster view from the leader: {problem}")
-    if not any(r["reachable"] for r in rows):
-        raise click.exceptions.Exit(1)
-    if health is not None and (health.degraded or health.unavailable):
-        raise click.exceptions.Exit(2)
+            click.echo(f"status: {verdict}")
+    if health is None:
+        click.echo(f"prismfs: no cluster view from the leader: {problem}", err=True)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+STATUS_EXIT = {"healthy": 0, "no view": 1, "degraded": 3, "unavailable": 4, "node down": 4}
+"""`cluster status` exit codes by verdict (documented in docs/cli.md)."""
+
+
+def status_verdict(health: Any) -> tuple[str, int]:
+    """The worst of: some chunk unavailable, a node down, chunks degraded."""
+    if health is None:
+        verdict = "no view"
+    elif health.unavailable:
+        verdict = "unavailable"
+    elif any(n.state == "down" for n in health.nodes):
+        verdict = "node down"
+    elif health.degraded:
+        verdict = "degraded"
+    else:
+        verdict = "healthy"
+    return verdict, STATUS_EXIT[verdict]
 
 
 async def _probe_nodes(client: ClientConfig) -> list[dict[str, Any]]:
@@ -512,6 +549,39 @@ def install_systemd(target: Path) -> None:
     click.echo("  journalctl -u prismfs-node@node   # its log")
 
 
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL. Install it with, e.g.,
+    `prismfs completion bash > /etc/bash_completion.d/prismfs`, or
+    `eval "$(prismfs completion bash)"` in ~/.bashrc (see docs/cli.md)."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # the choices are the shells click knows
+    click.echo(cls(cli, {}, "prismfs", "_PRISMFS_COMPLETE").source())
+
+
+@cli.command("manpages")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write prismfs.1, prismfs.conf.5 and mount.prismfs.8 to.",
+)
+def manpages(out: Path) -> None:
+    """Write the man pages, made from the commands and config keys themselves
+    (read one with `man -l DIR/prismfs.1`; install into /usr/local/share/man/manN)."""
+    from prismfs.cli.manpages import write_all
+
+    try:
+        written = write_all(out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the man pages to {out}: {exc.strerror}") from None
+    for path in written:
+        click.echo(str(path))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry: one clear line and a non-zero status on failure."""
     try:
@@ -530,6 +600,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except PrismError as exc:
         click.echo(f"prismfs: {exc.message}", err=True)
+        sys.exit(1)
+    except OSError as exc:  # a local file or directory the command could not use
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"prismfs: {where}{exc.strerror or exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -27,6 +27,26 @@ import msgspec
 from prismfs import __version__
 
 PAGES = ("prismfs.1", "prismfs.conf.5", "mount.prismfs.8")
+EXIT_STATUS = [
+    ("0", "success"),
+    (
+        "1",
+        "an error, one line on standard error starting prismfs: (the cluster refused or"
+        " could not be reached, a local file problem); prismfs cluster status: no view",
+    ),
+    ("2", "a usage error; prismfs fsck: the check could not run"),
+    ("3", "prismfs cluster status: degraded"),
+    ("4", "prismfs cluster status: a chunk unavailable, or a node down"),
+    ("130", "interrupted"),
+]
+ENVIRONMENT = [
+    ("PRISMFS_CONFIG", "a client.toml naming the cluster (as --config)"),
+    ("PRISMFS_ETC", "the directory read instead of /etc/prismfs for node.toml and client.toml"),
+    ("PRISMFS_STATE_DIR", "where the dev registry and the default dev cluster live"),
+    ("PRISMFS_HTTP", "the node URL of --http"),
+    ("PRISMFS_TOKEN", "the API token of --http"),
+    ("PRISMFS_SESSION_LEASE_S", "the client session's lease, 1 to 86400 s (default 60)"),
+]
 
 
 def _text(s: str) -> str:
@@ -101,13 +121,17 @@ def prismfs_page(cli: click.Group) -> str:
         lines += _option_lines(command)
     lines += [
         ".SH EXIT STATUS",
-        "0 on success, 1 for an error (one line on standard error, starting"
-        " \\fBprismfs:\\fR), 2 for a usage error, 130 when interrupted; the"
-        " commands that check health document their own codes above.",
+        *(
+            line
+            for code, meaning in EXIT_STATUS
+            for line in (".TP", f"\\fB{code}\\fR", _text(meaning))
+        ),
         ".SH ENVIRONMENT",
-        ".TP",
-        "\\fBPRISMFS_CONFIG\\fR",
-        "A client.toml to use when no \\fB\\-\\-config\\fR is given.",
+        *(
+            line
+            for name, meaning in ENVIRONMENT
+            for line in (".TP", f"\\fB{_text(name)}\\fR", _text(meaning))
+        ),
         ".SH SEE ALSO",
         "\\fBmount.prismfs\\fR(8), \\fBprismfs.conf\\fR(5)",
     ]
@@ -210,13 +234,20 @@ def pages() -> dict[str, str]:
             "mount.prismfs.8": mount_page()}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    out = Path(args[0] if args else "man")
+def write_all(out: Path) -> list[Path]:
+    """Write every page into ``out`` (made if missing); the paths written."""
     out.mkdir(parents=True, exist_ok=True)
+    written = []
     for name, text in pages().items():
         (out / name).write_text(text)
-        print(f"wrote {out / name}")
+        written.append(out / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    for path in write_all(Path(args[0] if args else "man")):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def register(cli: click.Group, client_options: Callable[[Any], Any], table: Any)
     @token.command("revoke")
     @client_options
     @click.argument("token_id", metavar="ID")
-    def revoke(client: ClientConfig, token_id: str) -> None:
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    def revoke(client: ClientConfig, token_id: str, as_json: bool) -> None:
         """Revoke a token (every node stops taking it within http.token_cache_s)."""
 
         async def run() -> None:
@@ -128,4 +129,7 @@ def register(cli: click.Group, client_options: Callable[[Any], Any], table: Any)
                 await meta.revoke_token(token_id)
 
         trio.run(run)
-        click.echo(f"token {token_id} revoked")
+        if as_json:
+            click.echo(json.dumps({"id": token_id, "revoked": True}))
+        else:
+            click.echo(f"token {token_id} revoked")

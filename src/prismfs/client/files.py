@@ -1411,10 +1411,17 @@ async def stream_range(
 
 
 def local_reader(path: str) -> tuple[Callable[[int], Awaitable[bytes]], Callable[[], None]]:
-    """An async reader over a local file (reads in a worker thread) and its closer."""
-    fd = os.open(path, os.O_RDONLY)
+    """An async reader over a local file (reads in a worker thread) and its closer.
+    A failure to open or read it is `InvalidArgument` naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise InvalidArgument(f"{path}: {exc.strerror or exc}") from None
 
     async def read(n: int) -> bytes:
-        return await trio.to_thread.run_sync(os.read, fd, n)
+        try:
+            return await trio.to_thread.run_sync(os.read, fd, n)
+        except OSError as exc:
+            raise InvalidArgument(f"{path}: {exc.strerror or exc}") from None
 
     return read, lambda: os.close(fd)

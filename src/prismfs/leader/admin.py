@@ -76,7 +76,7 @@ from prismfs.node.consensus_messages import (
 )
 from prismfs.wire.auth import EVERYONE
 from prismfs.wire.client import RpcPool
-from prismfs.wire.codec import I64, U64, Message, encode_message
+from prismfs.wire.codec import I64, U32, U64, Message, encode_message
 from prismfs.wire.messages import Ping, Pong
 from prismfs.wire.server import Call, RpcServer
 
@@ -144,9 +144,19 @@ class ClusterHealthReply(AdminMessage, frozen=True):
 
 
 class Fsck(AdminMessage, frozen=True):
+    """A check of the whole cluster in one call, or (``page``) one step of it.
+
+    Paged, the check is a sequence of calls each naming where to go on:
+    ``cursor`` "" or ``chunks:<hex id>`` checks about ``page`` chunks after
+    that id; ``orphans:<node id>`` looks for orphans on the next node after
+    it. Each reply's ``cursor`` is the next step ("" when done), so a client
+    can stream findings, show progress and resume after an interruption."""
+
     repair: bool = False
     orphan_grace_s: float = ORPHAN_GRACE_S
     mb_per_s: float = 200.0
+    page: U32 = 0  # 0: everything in this one call
+    cursor: str = ""
 
 
 class FsckReport(AdminMessage, frozen=True):
@@ -161,6 +171,7 @@ class FsckReport(AdminMessage, frozen=True):
     orphans: tuple[str, ...]
     repaired: U64
     orphans_deleted: U64
+    cursor: str = ""  # paged: the next step ("" when the check is complete)
 
 
 class ScrubStart(AdminMessage, frozen=True):
@@ -337,6 +348,8 @@ class Admin:
 
     async def _fsck(self, request: Fsck, call: Call) -> FsckReport:
         self._leader_only()
+        if request.page:
+            return await self._fsck_step(request)
         findings = Findings()
         lost = unavailable_nodes(self.namespace)
         await check_chunks(
@@ -370,6 +383,55 @@ class Admin:
             orphans=tuple(findings.orphans),
             repaired=findings.repaired,
             orphans_deleted=findings.orphans_deleted,
+        )
+
+    async def _fsck_step(self, request: Fsck) -> FsckReport:
+        """One step of a paged fsck (see `Fsck`)."""
+        findings = Findings()
+        phase, _, where = request.cursor.partition(":")
+        if phase in ("", "chunks"):
+            try:
+                after = bytes.fromhex(where)
+            except ValueError:
+                raise InvalidArgument(f"bad fsck cursor {request.cursor!r}") from None
+            await check_chunks(
+                self.consensus,
+                self.namespace,
+                self.pool,
+                repair=request.repair,
+                mb_per_s=max(request.mb_per_s, 1.0),
+                lost=unavailable_nodes(self.namespace),
+                findings=findings,
+                after=after,
+                limit=request.page,
+            )
+            resume = findings.resume_after
+            cursor = "orphans:" if resume is None else f"chunks:{resume.hex()}"
+        elif phase == "orphans":
+            node = await find_orphans(
+                self.namespace,
+                self.pool,
+                request.orphan_grace_s,
+                request.repair,
+                findings,
+                after_node=where,
+            )
+            cursor = "" if node is None else f"orphans:{node}"
+        else:
+            raise InvalidArgument(f"bad fsck cursor {request.cursor!r}")
+        return FsckReport(
+            clean=findings.clean,
+            chunks=findings.chunks,
+            shards_checked=findings.shards_checked,
+            corrupt=tuple(findings.corrupt),
+            missing=tuple(findings.missing),
+            degraded=tuple(findings.degraded),
+            unavailable=tuple(findings.unavailable),
+            unreachable=tuple(findings.unreachable),
+            orphans=tuple(findings.orphans),
+            repaired=findings.repaired,
+            orphans_deleted=findings.orphans_deleted,
+            cursor=cursor,
         )
 
     # --- membership ---------------------------------------------------------------------

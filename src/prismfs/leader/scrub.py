@@ -74,6 +74,7 @@ class Findings:
     orphans: list[str] = field(default_factory=list)  # "node:shard id"
     repaired: int = 0  # shards rebuilt
     orphans_deleted: int = 0
+    resume_after: bytes | None = None  # `check_chunks` stopped at its limit: go on after it
 
     @property
     def clean(self) -> bool:
@@ -87,8 +88,8 @@ class Findings:
         )
 
 
-def _coded_page(view: ClusterTables, after: bytes) -> list[ChunkRecord]:
-    return view.coded_chunks(after)
+def _coded_page(view: ClusterTables, after: bytes, limit: int) -> list[ChunkRecord]:
+    return view.coded_chunks(after, limit) if limit else view.coded_chunks(after)
 
 
 async def check_chunks(
@@ -100,16 +101,27 @@ async def check_chunks(
     mb_per_s: float,
     lost: set[str],
     findings: Findings,
+    after: bytes = b"",
+    limit: int = 0,
 ) -> Findings:
-    after = b""
+    """Check the chunks after chunk id ``after``: all of them, or (``limit``)
+    about that many, leaving ``findings.resume_after`` where to go on."""
     stats = RepairStats()
+    findings.resume_after = None
+    checked = 0
     while True:
+        if limit and checked >= limit:
+            findings.resume_after = after
+            return findings
         # Read in a worker thread: a page may have to pass over many small
         # files' inline chunks to find its coded ones.
-        page = await off_loop(namespace, partial(_coded_page, after=after))
+        page = await off_loop(
+            namespace, partial(_coded_page, after=after, limit=min(limit, 500) if limit else 0)
+        )
         if not page:
             return findings
         after = page[-1].id
+        checked += len(page)
         nodes = {n.node: n for n in namespace.nodes()}
         started = trio.current_time()
         read = await _verify_page(pool, page, nodes, lost, findings)
@@ -182,10 +194,20 @@ async def _verify_page(
 
 
 async def find_orphans(
-    namespace: Namespace, pool: RpcPool, grace_s: float, delete: bool, findings: Findings
-) -> None:
-    for node in namespace.nodes():
+    namespace: Namespace,
+    pool: RpcPool,
+    grace_s: float,
+    delete: bool,
+    findings: Findings,
+    after_node: str | None = None,
+) -> str | None:
+    """Look for orphans on every node that is up or draining; with
+    ``after_node`` ("" to start), only on the next such node by id, returning
+    its id (None: no node was left)."""
+    for node in sorted(namespace.nodes(), key=lambda n: n.node):
         if node.state not in ("up", "draining"):
+            continue
+        if after_node is not None and node.node <= after_node:
             continue
         after = ""
         while True:
@@ -210,6 +232,9 @@ async def find_orphans(
             if delete and orphans:
                 await pool.call(node.address, DeleteShards(tuple(orphans)), timeout=60)
                 findings.orphans_deleted += len(orphans)
+        if after_node is not None:
+            return node.node
+    return None
 
 
 @dataclass
