@@ -33,10 +33,17 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class NodeSection(_Section):
     data_dir: str = ""
+    """The node's data directory (--data-dir); required, in the file or as a flag."""
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    """HOST:PORT for RPC (--listen); port 0 picks a free one."""
     advertise: str = ""
+    """The address others reach this node at (--advertise); empty: the
+    address bound, or on 0.0.0.0/:: the interface that routes to the --join node."""
     zone: str = ""
+    """Failure domain (rack, host, room) (--zone): placement spreads each
+    chunk's shards over zones first."""
     shutdown_grace: float = 5.0
+    """Seconds running calls get to finish after SIGTERM or SIGINT."""
 
 
 ORPHAN_GRACE_S = 6 * 3600.0
@@ -59,43 +66,75 @@ class HttpSection(_Section):
     """Connections served at once; beyond it the node stops accepting (they wait
     in the listen queue) until one closes, so clients cannot exhaust its files."""
     tls_cert: str = ""
+    """Serve HTTPS with this PEM certificate (chain) and ``tls_key``."""
     tls_key: str = ""
     """Serve HTTPS with this certificate and key (PEM files)."""
 
 
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe level logged (--log-level)."""
     file: str = ""
+    """Log file (--log-file); empty: stderr (the journal under systemd).
+    Reopened by itself when logrotate moves it away."""
     format: Literal["text", "json"] = "text"
+    """text, or json: one JSON object per line (--log-format)."""
 
 
 class TlsSection(_Section):
     cert: str = ""
+    """A PEM certificate (chain) to serve TLS with instead of one the node
+    issues itself from the cluster CA (--tls-cert)."""
     key: str = ""
+    """Its private key (--tls-key)."""
     ca: str = ""
+    """The CA of such certificates, for dialling other nodes (--tls-ca;
+    default: the cluster's own CA)."""
     insecure: bool = False
+    """No TLS at all, for every node and client alike (--insecure)."""
 
 
 class RpcSection(_Section):
     max_payload_mib: int = 64
+    """Largest bulk payload of one frame (1..1024)."""
     max_inflight: int = 4096
+    """Requests running at once on one connection; more are answered
+    ``overloaded``."""
     max_inflight_mib: int = 256
+    """Request payload held by running calls of one connection; beyond
+    it the node stops reading from it (TCP back-pressure)."""
     max_connections: int = 1024
+    """Connections served at once; more are closed at accept."""
     handshake_timeout: float = 5.0
+    """Seconds a new connection has to authenticate (TLS included)."""
     auth_timeout: float = 2.0
+    """Seconds a client has, after the node's HELLO, to send its AUTH frame."""
     max_handshakes: int = 64
+    """Connections not yet authenticated from hosts that are not nodes of
+    the cluster; a new one beyond it closes the oldest."""
     reserved_handshakes: int = 16
+    """Handshakes kept for the cluster's own node hosts."""
     max_handshakes_per_address: int = 8
+    """Connections not yet authenticated from one address; a new one
+    beyond it closes that address's oldest."""
 
 
 class RaftSection(_Section):
     tick_ms: int = 50
+    """The Raft clock tick, in milliseconds."""
     election_ticks: int = 10
+    """Election timeout: random in [this, 2 * this) ticks."""
     heartbeat_ticks: int = 2
+    """The leader sends heartbeats every this many ticks."""
     snapshot_every: int = 10_000
+    """Snapshot and compact the log after about this many applied entries."""
     snapshot_mb: int = 64
+    """... or after about this many MiB of them."""
     snapshot_mb_per_s: float = 50.0
+    """Pace of a snapshot's (and a backup's) copy of the database; 0: unpaced."""
     lease_reads: bool = True
+    """The leader answers reads from its own state while a quorum heard
+    its heartbeat recently; false: each read waits for a heartbeat round."""
     voters: int = 3
     """How many voters the leader keeps by itself (3 or 5; others are
     storage-only or non-voting replicas)."""
@@ -117,14 +156,24 @@ class StoreSection(_Section):
     """Where this node keeps its shards (see docs/backends.md)."""
 
     backend: str = "local"
-    path: str = ""  # local: default <data dir>/shards
+    """local, s3 or an installed plugin's name."""
+    path: str = ""
+    """local: the directory of the shards (default: <data dir>/shards)."""
     bucket: str = ""
+    """s3: the bucket (it must exist)."""
     prefix: str = ""
+    """s3: a prefix for this node's objects."""
     endpoint: str = ""
+    """s3: the endpoint URL (empty: AWS)."""
     region: str = ""
+    """s3: the region (default us-east-1)."""
     access_key: str = ""
+    """s3: the access key (empty: boto3's usual chain)."""
     secret_key: str = ""
+    """s3: the secret key."""
     capacity_gb: float = 0.0
+    """The capacity the node reports for placement when its store cannot
+    tell (s3); 0: unknown."""
     options: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
     """Free-form options handed to a plugin backend."""
 
