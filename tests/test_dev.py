@@ -134,7 +134,7 @@ def test_client_commands_find_the_cluster(tmp_path: Path, dev_env: dict[str, str
     )
     assert json.loads(direct.stdout)["source"] == "command line"
     half = run_cli("cluster", "status", "--cluster", address, env=env)
-    assert half.returncode == 1 and "--cluster and --secret-file go together" in half.stderr
+    assert half.returncode == 2 and "--cluster and --secret-file go together" in half.stderr
 
     # Once the newer one is down, discovery falls back to the older one.
     run_cli("dev", "down", "--dir", str(newer), env=dev_env)

@@ -94,6 +94,8 @@ def client_options(func: F) -> F:
         if kwargs.get("http_url"):
             kwargs["client"] = None
         else:
+            if bool(cluster) != bool(secret_file):
+                raise click.UsageError("--cluster and --secret-file go together")
             kwargs["client"] = resolve_client_config(
                 cluster, secret_file, config_file, tls_ca, insecure
             )
