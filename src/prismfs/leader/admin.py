@@ -224,6 +224,23 @@ class NodeChanged(AdminMessage, frozen=True):
     message: str
 
 
+def _report(findings: Findings, cursor: str = "") -> FsckReport:
+    return FsckReport(
+        clean=findings.clean,
+        chunks=findings.chunks,
+        shards_checked=findings.shards_checked,
+        corrupt=tuple(findings.corrupt),
+        missing=tuple(findings.missing),
+        degraded=tuple(findings.degraded),
+        unavailable=tuple(findings.unavailable),
+        unreachable=tuple(findings.unreachable),
+        orphans=tuple(findings.orphans),
+        repaired=findings.repaired,
+        orphans_deleted=findings.orphans_deleted,
+        cursor=cursor,
+    )
+
+
 MAX_VOTERS = 5
 CATCH_UP_S = 60.0  # a new node must reach the leader's commit index within this to vote
 
@@ -371,19 +388,7 @@ class Admin:
             findings.shards_checked,
             findings.clean,
         )
-        return FsckReport(
-            clean=findings.clean,
-            chunks=findings.chunks,
-            shards_checked=findings.shards_checked,
-            corrupt=tuple(findings.corrupt),
-            missing=tuple(findings.missing),
-            degraded=tuple(findings.degraded),
-            unavailable=tuple(findings.unavailable),
-            unreachable=tuple(findings.unreachable),
-            orphans=tuple(findings.orphans),
-            repaired=findings.repaired,
-            orphans_deleted=findings.orphans_deleted,
-        )
+        return _report(findings)
 
     async def _fsck_step(self, request: Fsck) -> FsckReport:
         """One step of a paged fsck (see `Fsck`)."""
@@ -419,20 +424,7 @@ class Admin:
             cursor = "" if node is None else f"orphans:{node}"
         else:
             raise InvalidArgument(f"bad fsck cursor {request.cursor!r}")
-        return FsckReport(
-            clean=findings.clean,
-            chunks=findings.chunks,
-            shards_checked=findings.shards_checked,
-            corrupt=tuple(findings.corrupt),
-            missing=tuple(findings.missing),
-            degraded=tuple(findings.degraded),
-            unavailable=tuple(findings.unavailable),
-            unreachable=tuple(findings.unreachable),
-            orphans=tuple(findings.orphans),
-            repaired=findings.repaired,
-            orphans_deleted=findings.orphans_deleted,
-            cursor=cursor,
-        )
+        return _report(findings, cursor)
 
     # --- membership ---------------------------------------------------------------------
 
