@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,6 +83,10 @@ def _restart(nodes: Nodes, node: dict[str, Any], *, wipe: bool = False) -> str:
     return nodes.start(data_dir, str(node["rpc_address"]), new=False)
 
 
+def _copies(started: list[dict[str, Any]]) -> list[Path]:
+    return [p for n in started for p in Path(n["data_dir"]).glob("meta/backups/*")]
+
+
 def _id(node: dict[str, Any]) -> str:
     return (Path(node["data_dir"]) / "node.id").read_text().strip()
 
@@ -105,9 +112,22 @@ def test_backup_and_a_lost_majority_recovered_from_one_voter(nodes: Nodes, tmp_p
     made = json.loads(nodes.ok("cluster", "backup", str(out), "--json"))
     assert made["bytes"] == out.stat().st_size and made["index"] > 0
     assert {"small", "big"} <= _names(out)
-    assert not list(Path(started[0]["data_dir"]).glob("meta/backups/*"))  # the copy was ended
+    assert not _copies(started)  # the leader's copy was ended
     code, _, err = nodes.cli("cluster", "backup", str(tmp_path / "no" / "such" / "dir" / "f"))
     assert code == 1 and err.count("\n") == 1 and "no directory" in err
+    # A local disk that cannot hold it (a 20 KiB file size limit): one line, no
+    # file, and the leader's copy released (else two such runs block backups).
+    for _ in range(3):
+        cut = subprocess.run(
+            [sys.executable, "-m", "prismfs", "cluster", "backup", str(tmp_path / "cut.db"),
+             "--config", str(nodes.client_toml)],
+            env={**os.environ, **nodes.env}, capture_output=True, text=True, timeout=120,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 10, 20 << 10)),
+        )  # fmt: skip
+        assert cut.returncode == 1 and "cannot write the backup" in cut.stderr, cut.stderr
+        assert cut.stderr.count("\n") == 1
+        assert not (tmp_path / "cut.db").exists() and not list(tmp_path.glob(".cut.db*"))
+    assert not _copies(started)
 
     after = _put(nodes, tmp_path, "after", 2000)
 

@@ -10,6 +10,7 @@ absent. ``node recover`` runs offline on a stopped node
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,11 +20,11 @@ from typing import Any
 
 import click
 import trio
-import xxhash
 
 from prismfs.client.config import ClientConfig
 from prismfs.client.leader import call_leader
-from prismfs.errors import ConfigError, ProtocolError
+from prismfs.durable import fsync_dir
+from prismfs.errors import ConfigError, PrismError, ProtocolError
 from prismfs.leader.backup import (
     MAX_PIECE,
     BackupPiece,
@@ -33,25 +34,37 @@ from prismfs.leader.backup import (
     StartBackup,
 )
 from prismfs.node.recover import recover
-from prismfs.wire.client import open_rpc_pool
+from prismfs.raft.durable_log import file_digest
+from prismfs.wire.client import RpcPool, open_rpc_pool
 
 
 async def _backup(
     client: ClientConfig, out: Path, progress: Callable[[int, int], None]
 ) -> BackupReady:
-    part = out.with_name(f".{out.name}.part")
     async with open_rpc_pool(
         client.credentials(), **client.tls(), connect_timeout=3, call_timeout=60,
         client_name="prismfs-cli",
     ) as pool:  # fmt: skip
         ready = await call_leader(pool, client.addresses, StartBackup(), BackupReady, 3600.0)
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError as exc:
-            await pool.call(ready.address, EndBackup(ready.backup), timeout=30)
-            raise ConfigError(f"cannot write {part}: {exc.strerror}") from None
-        try:
-            digest = xxhash.xxh3_128()
+            await _receive(pool, ready, out, progress)
+        finally:
+            # Whatever happened here, the leader's copy is released.
+            with trio.CancelScope(shield=True), contextlib.suppress(PrismError):
+                await pool.call(ready.address, EndBackup(ready.backup), timeout=10)
+    return ready
+
+
+async def _receive(
+    pool: RpcPool, ready: BackupReady, out: Path, progress: Callable[[int, int], None]
+) -> None:
+    """Read the backup into ``.OUT.part``, check what is on disk, then rename it
+    to ``out``: ``out`` is a whole, checked backup or nothing."""
+    part = out.with_name(f".{out.name}.part")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The CLI runs nothing else on its event loop: plain blocking writes.
+        with open(fd, "wb") as f:  # noqa: ASYNC230
             offset = 0
             while offset < ready.size:
                 reply = await pool.call(
@@ -59,27 +72,25 @@ async def _backup(
                 )
                 if not isinstance(reply.message, BackupPiece) or not reply.payload:
                     raise ProtocolError(f"the backup ended early at byte {offset} of {ready.size}")
-                data = bytes(reply.payload)
-                os.write(fd, data)
-                digest.update(data)
-                offset += len(data)
+                f.write(reply.payload)  # buffered: all of it, or OSError
+                offset += len(reply.payload)
                 progress(offset, ready.size)
-            if digest.digest() != ready.checksum:
-                raise ProtocolError("the backup's checksum does not match: nothing was written")
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            part.unlink(missing_ok=True)
-            raise
-        os.close(fd)
+            f.flush()
+            os.fsync(f.fileno())
+        checksum, size = await trio.to_thread.run_sync(file_digest, part)
+        if (checksum, size) != (ready.checksum, ready.size):
+            raise ProtocolError(
+                f"the backup written ({size} bytes) does not match the leader's copy"
+                f" ({ready.size} bytes): nothing was kept"
+            )
         os.replace(part, out)
-        dir_fd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        await pool.call(ready.address, EndBackup(ready.backup), timeout=30)
-    return ready
+        fsync_dir(out.parent)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write the backup to {out}: {exc.strerror or exc}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 def register(cluster: click.Group, node: click.Group, client_options: Callable[[Any], Any]) -> None:

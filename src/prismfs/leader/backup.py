@@ -6,9 +6,10 @@ connection in a worker thread, paced like a snapshot, so apply and the log's
 fsyncs go on) into ``D/meta/backups/``, and answers with the copy's id, size,
 checksum and the Raft index it holds. The CLI then reads it in pieces
 (`ReadBackup`, bytes in the frame payload) from that node and says
-`EndBackup`, which deletes the copy; copies nobody ended are deleted after
-`BACKUP_TTL_S`. Only node credentials may ask: a backup holds the whole
-namespace, token hashes and credentials included.
+`EndBackup`, which deletes the copy (also when the CLI fails); copies
+nobody ended and nobody read for `BACKUP_TTL_S` are deleted. Only node
+credentials may ask: a backup holds the whole namespace, token hashes and
+credentials included.
 
 A backup is restored with ``prismfs node recover --from-backup``
 (`prismfs.node.recover`), which also serves when a Raft majority is lost.
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 
 BACKUP_DIR = "backups"
 BACKUP_TTL_S = 3600.0
-"""A copy nobody ended (the CLI was killed) is deleted at the next backup
-started after this long."""
+"""A copy nobody ended (the CLI was killed) and nobody read for this long is
+deleted at the next backup started."""
 MAX_PIECE = 4 << 20
 MAX_BACKUPS = 2
 """Copies at once: each is a whole copy of the namespace on this node's disk."""
@@ -132,7 +133,8 @@ class Backups:
             MAX_BACKUPS
         ):
             raise InvalidArgument(
-                f"{MAX_BACKUPS} backups are already on this node; end them or wait an hour"
+                f"{MAX_BACKUPS} backups are being read from this node; one left unread is"
+                " dropped an hour after its last read"
             )
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         backup = secrets.token_hex(16)
@@ -160,6 +162,7 @@ class Backups:
         path = self._path(request.backup)
         length = min(request.length, MAX_PIECE)
         data = await trio.to_thread.run_sync(read_image, path, request.offset, length)
+        os.utime(path)  # the TTL counts from the last read
         return Reply(BackupPiece(len(data)), data)
 
     async def _end(self, request: EndBackup, call: Call) -> BackupEnded:
