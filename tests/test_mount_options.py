@@ -349,6 +349,12 @@ def test_prismfs_umount_flushes_then_unmounts(cluster: Mount, tmp_path: Path) ->
         stop_daemon(m.pidfile)
         m.mount()
         assert (work / "kept").read_bytes() == b"flushed by prismfs umount"
+        m.unmount()
+        # A read-only mount has nothing to flush: it is unmounted all the same.
+        m.mount("ro")
+        result = run_cli("umount", str(m.point), timeout=60)
+        assert result.returncode == 0 and not is_mounted(m.point), result.stderr
+        stop_daemon(m.pidfile)
     finally:
         if busy is not None and busy.poll() is None:
             busy.kill()

@@ -46,7 +46,9 @@ def unmount(mountpoint: Path, say: Callable[[str], None], timeout: float = 30.0)
     if not prismfs_mounted(point):
         raise ConfigError(f"{mountpoint} is not a PrismFS mount point")
     try:
-        os.setxattr(point, SYNC_XATTR, b"1")
+        # A read-only mount holds nothing back (and refuses setxattr with EROFS).
+        if not os.statvfs(point).f_flag & os.ST_RDONLY:
+            os.setxattr(point, SYNC_XATTR, b"1")
     except OSError as exc:
         raise ConfigError(
             f"could not flush {point} ({exc.strerror}); not unmounted "
@@ -54,7 +56,10 @@ def unmount(mountpoint: Path, say: Callable[[str], None], timeout: float = 30.0)
         ) from None
     result = _run(["fusermount3", "-u", str(point)], timeout)
     if result is not None and prismfs_mounted(point):
-        result = _run(["umount", str(point)], timeout)
+        # fusermount3's reason ("target is busy") is the one to tell, unless
+        # umount succeeds where it did not.
+        if _run(["umount", str(point)], timeout) is None:
+            result = None
     deadline = time.monotonic() + timeout
     while prismfs_mounted(point):
         if result is not None or time.monotonic() > deadline:
