@@ -199,3 +199,64 @@ def test_the_namespace_is_restored_from_a_backup(nodes: Nodes, tmp_path: Path) -
     assert _get(nodes, tmp_path, "inline") == inline  # removed after the backup: back
     code, _, err = nodes.cli("stat", "/later")  # written after the backup: gone
     assert code == 1 and "later" in err
+
+
+def test_a_former_voter_started_with_its_old_log_stops_instead_of_diverging(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """The voter recovered is behind the others (it was lost first); one of
+    them, started again without removing its old log, holds entries it
+    applied that the new leader replaces: it stops with a line saying what
+    to do, and the recovered cluster goes on."""
+    started = nodes.up(3)
+    first, second, third = started
+    before = _put(nodes, tmp_path, "before", 1000)
+    _kill_all([first])
+    _put(nodes, tmp_path, "after", 1000)  # committed by the other two, applied by both
+    _kill_all([second, third])
+
+    result = run_cli("node", "recover", "--data-dir", first["data_dir"], "--yes")
+    assert result.returncode == 0, result.stderr
+    address = _restart(nodes, first)
+    _client_on(nodes, [address])
+    wait_for(lambda: _has_leader(nodes), 60, "a leader")
+    code, _, _ = nodes.cli("stat", "/after")
+    assert code == 1  # the recovered voter never had it
+
+    stale = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prismfs",
+            "node",
+            "start",
+            "--data-dir",
+            second["data_dir"],
+            "--listen",
+            str(second["rpc_address"]),
+            "--config",
+            str(nodes.config),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip  (its old log kept)
+    nodes.procs.append(stale)
+    _, err = stale.communicate(timeout=90)
+    assert stale.returncode == 1, err
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("prismfs: this node's log diverged from the leader's"), last
+    assert "remove raft/ and meta/" in last
+    assert _get(nodes, tmp_path, "before") == before
+    # Wiped, it catches up instead: a replica holding the recovered namespace.
+    _restart(nodes, second, wipe=True)
+    wait_for(lambda: _replica_with(second, "before"), 120, "the wiped node caught up")
+    assert not _replica_with(second, "after")
+
+
+def _replica_with(node: dict[str, Any], name: str) -> bool:
+    db = Path(node["data_dir"]) / "meta" / "namespace.db"
+    try:
+        return db.exists() and name in _names(db)
+    except sqlite3.Error:
+        return False

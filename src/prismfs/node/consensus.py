@@ -230,6 +230,7 @@ class Consensus:
         self._log_lock = trio.Lock()
         self._compacting = False
         self._applied_bytes = 0  # of entries applied since the last snapshot began
+        self._applied_at_start = 0  # the state machine's own applied index when opened
         # Replicas apply the same entries at about the same time: a factor
         # drawn afresh after each snapshot keeps their copies apart.
         self._snapshot_spread = _spread()
@@ -283,7 +284,8 @@ class Consensus:
         # A persistent state machine that already applied past the snapshot
         # keeps its state; the log replay skips what it holds.
         snapshot = recovered.snapshot
-        if snapshot is not None and getattr(self.sm, "applied", 0) < snapshot.meta.index:
+        self._applied_at_start = int(getattr(self.sm, "applied", 0))
+        if snapshot is not None and self._applied_at_start < snapshot.meta.index:
             await self._check_image(snapshot)
             self._restore(snapshot)
         # A state machine that restores from a file receives snapshots into
@@ -365,6 +367,8 @@ class Consensus:
                 # nothing (`DurableLog.save`): no thread hop for it.
                 if rd.snapshot is not None:
                     await self._check_image(rd.snapshot)
+                elif rd.entries and rd.entries[0].index <= self._applied_floor():
+                    raise ReplicaHalted(self._diverged(rd.entries[0].index))
                 if rd.entries or rd.snapshot is not None or self._new_term_or_vote(rd):
                     fsyncs = self.log.fsyncs
                     start = trio.current_time()
@@ -496,6 +500,27 @@ class Consensus:
         for waiter in self._reads.values():
             waiter.finish(error=error)
         self._reads.clear()
+
+    def _applied_floor(self) -> int:
+        """The highest index this replica's state machine holds (its own count
+        survives restarts; the core's starts from the snapshot)."""
+        assert self.core is not None
+        return max(self.core.applied, self._applied_at_start)
+
+    def _diverged(self, index: int) -> str:
+        """Entries this replica applied are being replaced: its log diverged
+        from the leader's, which Raft never does by itself. It happens to a
+        former voter started with its old log after `prismfs node recover`
+        made another node the only voter (and when that voter and another
+        elected a leader of their own meanwhile). Applying on would leave its
+        namespace unlike the leader's, so the node stops (as etcd does)."""
+        message = (
+            f"this node's log diverged from the leader's at index {index} (entries it applied"
+            " are being replaced; was another node recovered with `prismfs node recover`?):"
+            " remove raft/ and meta/ from its data directory and start it again to catch up"
+        )
+        log.critical("%s", message)
+        return message
 
     async def _check_image(self, snapshot: Snapshot) -> None:
         """Refuse a snapshot file that is not a sound image, reading it in a
