@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prismfs.durable import fsync_dir
 from prismfs.errors import ConfigError, LogCorrupt
 from prismfs.meta.namespace import Namespace
 from prismfs.node.datadir import DataDirLock, node_id
@@ -113,12 +114,13 @@ def recover(data_dir: Path, *, backup: Path | None = None, advertise: str = "") 
     try:
         me = str(node_id(data_dir))
         raft_dir = data_dir / "raft"
-        raft_dir.mkdir(mode=0o700, exist_ok=True)
-        old = DurableLog(raft_dir)
-        try:
-            recovered = old.open()
-        finally:
-            old.close()
+        recovered = Recovered(HardState(), None, [])
+        if raft_dir.exists():
+            old = DurableLog(raft_dir)
+            try:
+                recovered = old.open()
+            finally:
+                old.close()
         conf = _membership(recovered)
         address = _address(conf, me, advertise)
         last_index, last_term = _last(recovered)
@@ -179,10 +181,39 @@ def _from_backup(
     others: list[str],
     recovered: Recovered,
 ) -> Recovery:
+    """The new log is made whole in ``D/raft.recovering-TIME`` first; only then
+    are the old log and database moved aside and the new log renamed in, so a
+    failure (a full disk) leaves the node as it was."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    learners = sorted({*others, *conf.learners} - {me})
+    book = {k: v for k, v in conf.addresses if k in learners}
+    book[me] = address
+    new_conf = ConfState((me,), tuple(learners), tuple(sorted(book.items())))
+    building = data_dir / f"raft.recovering-{stamp}"
+    building.mkdir(mode=0o700)
+    try:
+        log = DurableLog(building)
+        try:
+            log.open()
+            copy = building / "incoming-backup.db"
+            shutil.copyfile(backup, copy)
+            checksum, size = file_digest(copy)
+            image = log.adopt_image(copy, index, term)
+            meta = SnapshotMeta(index, term, new_conf, checksum)
+            log.save(
+                Ready(
+                    snapshot=Snapshot(meta, file=image, file_size=size),
+                    hard_state=HardState(term, me, index),
+                )
+            )
+        finally:
+            log.close()
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     moved: list[str] = []
     raft_dir = data_dir / "raft"
-    if recovered.snapshot is not None or recovered.entries or any(raft_dir.iterdir()):
+    if raft_dir.exists():
         aside = data_dir / f"raft.before-recover-{stamp}"
         raft_dir.rename(aside)
         moved.append(str(aside))
@@ -194,25 +225,6 @@ def _from_backup(
         for path in databases:
             path.rename(aside / path.name)
         moved.append(str(aside))
-    raft_dir.mkdir(mode=0o700, exist_ok=True)
-    learners = sorted({*others, *conf.learners} - {me})
-    book = {k: v for k, v in conf.addresses if k in learners}
-    book[me] = address
-    new_conf = ConfState((me,), tuple(learners), tuple(sorted(book.items())))
-    log = DurableLog(raft_dir)
-    try:
-        log.open()
-        copy = raft_dir / "incoming-backup.db"
-        shutil.copyfile(backup, copy)
-        checksum, size = file_digest(copy)
-        image = log.adopt_image(copy, index, term)
-        meta = SnapshotMeta(index, term, new_conf, checksum)
-        log.save(
-            Ready(
-                snapshot=Snapshot(meta, file=image, file_size=size),
-                hard_state=HardState(term, me, index),
-            )
-        )
-    finally:
-        log.close()
+    building.rename(raft_dir)
+    fsync_dir(data_dir)
     return Recovery(me, address, term, index, replicas=learners, moved_aside=moved)
