@@ -412,3 +412,26 @@ def test_shard_space_against_brute_force() -> None:
     assert usable(big, Layout(2, 3)) == Disk(200, 180)
     # Fewer nodes than the layout's m: the plain sums.
     assert usable(big[:2], Layout(2, 3)) == Disk(1100 * 2 // 3, 990 * 2 // 3)
+
+
+async def root_xattrs(meta) -> list[bytes]:  # type: ignore[no-untyped-def]
+    return list(await meta.listxattr(1))
+
+
+def test_the_cluster_s_own_root_attributes_are_not_listed(cluster: Mount) -> None:
+    """The scrub clock and the minimum redundancy live on the root as
+    ``prismfs.*`` attributes, a namespace Linux does not have: a mount lists
+    only what cp -a and rsync -X can copy."""
+    deadline = time.monotonic() + 60
+    while b"prismfs.scrub_completed" not in trio.run(cluster.library, root_xattrs):
+        assert time.monotonic() < deadline, "the leader starts the scrub clock"
+        time.sleep(0.5)
+    m = Mount(cluster.base, "xattrs")
+    m.dir = cluster.dir
+    try:
+        m.mount()
+        os.setxattr(m.point, "user.note", b"mine")
+        assert os.listxattr(m.point) == ["user.note"]
+        os.removexattr(m.point, "user.note")
+    finally:
+        m.unmount()

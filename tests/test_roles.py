@@ -39,6 +39,8 @@ from prismfs.meta.commands import (
     MetaCommand,
     Mknod,
     OpenSession,
+    RemoveXattr,
+    SetXattr,
 )
 from prismfs.node.consensus_messages import (
     Propose,
@@ -69,11 +71,13 @@ NODE_ONLY = {
     "NodeHeartbeat",
     "DeleteShards",
     "ListShards",
-    "StoreStats",
     "VerifyShards",
     "CopyShard",
     "RebuildShards",
     "ReencodeShards",
+    "StartBackup",
+    "ReadBackup",
+    "EndBackup",
 }
 """Every request a node serves to nodes only (a new one must be added here)."""
 FOR_CLIENTS = {
@@ -88,6 +92,7 @@ FOR_CLIENTS = {
     "ScrubStatus",
     "PutShard",
     "GetShard",
+    "StoreStats",
 }
 """Every request a client credential may send (what it may propose and query
 is narrowed inside `Propose` and `Query`)."""
@@ -208,6 +213,13 @@ def test_a_client_credential_is_refused_every_node_only_message(cluster: Mount) 
                 for wrapped in (op, encode_message(Batch(0, (op,)))):
                     with pytest.raises(PermissionDenied, match=cls.__name__):
                         await pool.call(leader, Propose(f"roles/{i}", 1, wrapped), timeout=5)
+            # The cluster's own settings on the root, set as attributes, stay
+            # the nodes' to change (a client's SetXattr is fine otherwise).
+            for name in (b"prismfs.min_redundancy", b"prismfs.scrub_completed"):
+                for cmd in (SetXattr(0, 1, name, b"0"), RemoveXattr(0, 1, name)):
+                    with pytest.raises(PermissionDenied, match="cluster setting"):
+                        await pool.call(leader, Propose("roles/x", 1, encode_message(cmd)),
+                                        timeout=5)  # fmt: skip
             for query in (ListTokens(), GetToken("x"), ListCredentials()):
                 with pytest.raises(PermissionDenied, match=type(query).__name__):
                     await pool.call(leader, Query(encode_message(query)), timeout=5)

@@ -55,11 +55,14 @@ def unmount(mountpoint: Path, say: Callable[[str], None], timeout: float = 30.0)
             "(umount or fusermount3 -u unmount without flushing first)"
         ) from None
     result = _run(["fusermount3", "-u", str(point)], timeout)
-    if result is not None and prismfs_mounted(point):
-        # fusermount3's reason ("target is busy") is the one to tell, unless
-        # umount succeeds where it did not.
-        if _run(["umount", str(point)], timeout) is None:
-            result = None
+    # fusermount3's reason ("target is busy") is the one to tell, unless
+    # umount succeeds where it did not.
+    if (
+        result is not None
+        and prismfs_mounted(point)
+        and _run(["umount", str(point)], timeout) is None
+    ):
+        result = None
     deadline = time.monotonic() + timeout
     while prismfs_mounted(point):
         if result is not None or time.monotonic() > deadline:

@@ -1313,7 +1313,10 @@ class PrismOperations(DeferredWork):
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         if self._deferred(inode) is not None or inode in self._made_ino:
             return []
-        return [_to_mount(n) for n in await self.meta.listxattr(inode)]
+        names = await self.meta.listxattr(inode)
+        # The cluster's own settings (prismfs.min_redundancy, the scrub clock)
+        # have no Linux namespace: listed, they would break cp -a and rsync -X.
+        return [_to_mount(n) for n in names if n == LAYOUT_XATTR or not n.startswith(b"prismfs.")]
 
     @_op
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:

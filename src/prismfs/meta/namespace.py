@@ -57,6 +57,7 @@ from typing import Any
 
 import xxhash
 
+from prismfs.data.layout import LAYOUT_XATTR
 from prismfs.errors import (
     InvalidArgument,
     LogCorrupt,
@@ -148,6 +149,13 @@ from prismfs.wire.codec import Message, decode_message, encode_message
 
 def _read_only_uri(path: str | os.PathLike[str]) -> str:
     return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
+def _cluster_setting(name: bytes) -> bool:
+    """A ``prismfs.*`` attribute the cluster keeps for itself (the minimum
+    redundancy, the scrub clock), as opposed to a directory's layout, which
+    mounts set (``user.prismfs.layout``)."""
+    return name.startswith(b"prismfs.") and name != LAYOUT_XATTR
 
 
 def _check_sound(db: sqlite3.Connection) -> None:
@@ -498,6 +506,10 @@ class Namespace(InodeTables):
             if type(cmd) not in allowed:
                 what = "a read-only" if role == READ_ONLY else f"a {role}"
                 raise PermissionDenied(f"{what} credential may not propose {type(cmd).__name__}")
+            if isinstance(cmd, SetXattr | RemoveXattr) and _cluster_setting(cmd.name):
+                raise PermissionDenied(
+                    f"a {role} credential may not change the cluster setting {cmd.name!r}"
+                )
 
     def check_query(self, op: bytes) -> None:
         q = decode_message(op)
