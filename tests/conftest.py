@@ -28,6 +28,12 @@ from prismfs.wire.codec import Message
 from prismfs.wire.messages import Echo, EchoReply, Ping, Pong
 from prismfs.wire.server import Call, Reply, RpcServer, ServerLimits
 
+# Client commands read ~/.config/prismfs/client.toml and /etc/prismfs/client.toml
+# before any dev cluster: the tests (and every process they start) must never
+# find this machine's real cluster there. Tests of the default paths set both.
+os.environ["PRISMFS_ETC"] = "/nonexistent/prismfs-tests/etc"
+os.environ["XDG_CONFIG_HOME"] = "/nonexistent/prismfs-tests/config"
+
 # --- test-only messages (registered with the codec on import) ---------------
 
 
