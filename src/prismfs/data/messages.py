@@ -74,6 +74,9 @@ class StoreStatsReply(DataMessage, frozen=True):
     total: U64
     used: U64
     corrupt_found: U64 = 0
+    disk: str = ""
+    """Which file system the store is on (machine and device), so that nodes
+    sharing one disk count it once in ``df``; "" when unknown (S3, plugins)."""
 
 
 class CopyShard(DataMessage, frozen=True):

@@ -13,7 +13,10 @@ client fetches another shard instead of decoding bad bytes.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+from pathlib import Path
 
 import trio
 
@@ -243,4 +246,22 @@ class ShardService:
 
     async def _stats(self, request: StoreStats, call: Call) -> StoreStatsReply:
         cap = await self.store.capacity()
-        return StoreStatsReply(self.store.name, cap.total, cap.used, self.corrupt_found)
+        return StoreStatsReply(
+            self.store.name, cap.total, cap.used, self.corrupt_found, _disk_of(self.store)
+        )
+
+
+def _disk_of(store: ShardStore) -> str:
+    """The file system a local store is on, named by machine and device."""
+    root = getattr(store, "root", None)
+    if not isinstance(root, Path):
+        return ""
+    try:
+        device = os.stat(root).st_dev
+    except OSError:
+        return ""
+    try:
+        machine = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        machine = ""
+    return f"{machine or socket.gethostname()}:{device}"

@@ -17,12 +17,15 @@ The rule (docs/mount.md, *df*):
   available: whatever else fills the disks counts as used. With fewer
   nodes than m (writes then use a reduced layout) the plain sums are used.
 
-Nodes that share a disk (a dev cluster on one machine) each count it in
-full: a node reports its file system, not which others are on it.
+Nodes that report the same disk (machine and device: a dev cluster on one
+machine) share it: each counts with an equal part of its size and free
+space, so the disk counts once. Nodes whose disk is unknown (S3, plugins,
+no answer) count alone.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +50,7 @@ async def node_disks(pool: RpcPool, nodes: Sequence[NodeInfo]) -> list[Disk]:
     """Each "up" node's disk, asked of all of them at once."""
     up = [n for n in nodes if n.state == "up"]
     disks: list[Disk] = [Disk(n.capacity, max(0, n.capacity - n.used)) for n in up]
+    names = [""] * len(up)
 
     async def ask(i: int, node: NodeInfo) -> None:
         try:
@@ -55,11 +59,21 @@ async def node_disks(pool: RpcPool, nodes: Sequence[NodeInfo]) -> list[Disk]:
             return  # the registry's numbers stay
         if isinstance(reply, StoreStatsReply):
             disks[i] = Disk(reply.total, max(0, reply.total - reply.used))
+            names[i] = reply.disk
 
     async with trio.open_nursery() as nursery:
         for i, node in enumerate(up):
             nursery.start_soon(ask, i, node)
-    return disks
+    return shared(disks, names)
+
+
+def shared(disks: Sequence[Disk], names: Sequence[str]) -> list[Disk]:
+    """Nodes on the same disk (same non-empty name) split it equally."""
+    count = Counter(n for n in names if n)
+    return [
+        Disk(d.total // count[n], d.free // count[n]) if n else d
+        for d, n in zip(disks, names, strict=True)
+    ]
 
 
 def usable(disks: Sequence[Disk], layout: Layout) -> Disk:
