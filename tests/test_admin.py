@@ -190,7 +190,7 @@ def test_admin_errors_are_one_line(cluster: Cluster, tmp_path: Path) -> None:
     unreachable = ["--cluster", "127.0.0.1:1", "--secret-file", str(secret)]
     result = run_cli("fsck", *unreachable, env=cluster.env, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.startswith("prismfs fsck: no leader is known")
+    assert result.stderr.startswith("prismfs: no leader is known")
     assert len(result.stderr.strip().splitlines()) == 1
     result = run_cli("node", "list", *unreachable, env=cluster.env, timeout=60)
     assert result.returncode == 1 and "no leader is known" in result.stderr

@@ -265,3 +265,17 @@ def test_paths_are_checked_before_connecting(
 ) -> None:
     code, _, err = invoke(*args, "--cluster", DEAD, "--secret-file", str(secret), env=env)
     assert code == 2 and message in err and DEAD not in err, err
+
+
+def test_put_of_a_fifo_is_refused_at_once(tmp_path: Path, secret: Path) -> None:
+    """A FIFO (or a device) is no file to copy: one line, without waiting for
+    a writer that never comes."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [*PRISMFS, "put", "--cluster", DEAD, "--secret-file", str(secret), str(fifo), "/p"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        env={**os.environ, "PRISMFS_STATE_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"prismfs: {fifo} is not a regular file: put copies files"

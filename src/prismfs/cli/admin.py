@@ -365,7 +365,7 @@ def register(
             run.all()
         except PrismError as exc:
             run.close()
-            click.echo(f"prismfs fsck: {exc.message}", err=True)
+            click.echo(f"prismfs: {exc.message}", err=True)
             raise click.exceptions.Exit(2) from None
         except KeyboardInterrupt:
             run.close()

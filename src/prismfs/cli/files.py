@@ -265,10 +265,12 @@ def register(cli: click.Group, client_options: Callable[[Any], Any]) -> None:
         """Copy a local file into the cluster (replaces REMOTE atomically)."""
         chosen = Layout.parse(layout) if layout else None
         try:  # an unreadable file fails here, before anything connects
-            os.close(os.open(local, os.O_RDONLY))
+            st = local.stat()
+            if not stat_mod.S_ISREG(st.st_mode):  # a FIFO would block, a device never end
+                raise InvalidArgument(f"{local} is not a regular file: put copies files")
+            os.close(os.open(local, os.O_RDONLY | os.O_NONBLOCK))
         except OSError as exc:
             raise local_failure(exc, local) from None
-        st = local.stat()
         size, file_mode = st.st_size, st.st_mode & 0o7777
         if http_url:
             with transfer_bar(size, f"put {local.name}") as progress:

@@ -34,7 +34,7 @@ EXIT_STATUS = [
         "an error, one line on standard error starting prismfs: (the cluster refused or"
         " could not be reached, a local file problem); prismfs cluster status: no view",
     ),
-    ("2", "a usage error; prismfs fsck: the check could not run"),
+    ("2", "a usage error; for prismfs fsck also: the check could not run"),
     ("3", "prismfs cluster status: degraded"),
     ("4", "prismfs cluster status: a chunk unavailable, or a node down"),
     ("130", "interrupted"),
