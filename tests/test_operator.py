@@ -466,7 +466,11 @@ def test_the_scrub_clock_survives_a_new_leader(tmp_path: Path, op_env: dict[str,
         offset.write_text(str(0.6 * 86400))  # the pass was 0.6 days ago
     assert run_cli("dev", "up", "--dir", str(directory), env=env, timeout=90).returncode == 0
     time.sleep(4)
-    assert scrub_status(directory, env)["passes"] == 0  # a new leader: nothing due yet
+    status = scrub_status(directory, env)
+    assert status["passes"] == 0  # a new leader: nothing due yet
+    # It says when the next pass is due: a day after the one before the restart.
+    due_in_days = (status["next_ns"] / 1e9 - (time.time() + 0.6 * 86400)) / 86400
+    assert 0.35 < due_in_days < 0.41, status
     for offset in offsets:
         offset.write_text(str(1.1 * 86400))  # now 1.1 days: due by the durable time
     wait_for(lambda: scrub_status(directory, env)["passes"] >= 1, 30, "the scheduled pass")

@@ -192,9 +192,10 @@ def _when(ns: int) -> str:
 def _scrub_line(s: ScrubReport) -> str:
     state = "running" if s.running else ("never run" if not s.passes else "idle")
     since = f", last started {_when(s.started_ns)}" if s.started_ns else ""
+    due = f"; next scheduled pass {_when(s.next_ns)}" if s.next_ns and not s.running else ""
     return (
         f"{state}{since}: {s.chunks} chunks, {s.shards_checked} shards checked, "
-        f"{s.corrupt} corrupt, {s.missing} missing, {s.repaired} rebuilt"
+        f"{s.corrupt} corrupt, {s.missing} missing, {s.repaired} rebuilt{due}"
     )
 
 

@@ -115,6 +115,8 @@ class ScrubReport(AdminMessage, frozen=True):
     corrupt: U64
     missing: U64
     repaired: U64
+    next_ns: I64 = 0
+    """When the schedule starts the next pass (0: no schedule, or not yet known)."""
 
 
 class MoveReport(AdminMessage, frozen=True):
@@ -352,6 +354,7 @@ class Admin:
             len(f.corrupt),
             len(f.missing),
             f.repaired,
+            self.scrub.next_due_ns(),
         )
 
     async def _scrub_start(self, request: ScrubStart, call: Call) -> ScrubReport:

@@ -282,6 +282,12 @@ class Scrub:
             return 0
         return int(value) if value.isdigit() else 0
 
+    def next_due_ns(self) -> int:
+        """When the schedule starts the next pass (0: no schedule, or its clock
+        has not started yet)."""
+        last = self.last_completed_ns() if self.interval_s > 0 else 0
+        return last + int(self.interval_s * 1e9) if last else 0
+
     async def _schedule(self) -> None:
         """On the leader: start a pass when the last completed one is
         ``interval_s`` old (paced like any pass, by ``mb_per_s``)."""
