@@ -265,6 +265,8 @@ def test_storage_node_lost_for_good(crash: Crash, logs: Any) -> None:
     replacement = crash.base / "node4"
     address = crash.nodes.start(replacement)
     crash.nodes.ok("node", "add", address)
+    # ... and removes the lost node (a node down counts against `cluster status`).
+    crash.nodes.ok("node", "remove", str(lost["id"]), "--force")
     crash.started = [*survivors, {"rpc_address": address, "data_dir": str(replacement)}]
     crash.settled()
 
