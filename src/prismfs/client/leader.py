@@ -21,7 +21,10 @@ from prismfs.wire.codec import Message
 
 T = TypeVar("T", bound=Message)
 
-LEADER_ATTEMPTS = 10
+LEADER_ATTEMPTS = 12
+ELECTION_ATTEMPTS = 10
+"""Nodes answer but know no leader (a cluster just started, an election under
+way): asked again every 0.5 s this many times (5 s) before giving up."""
 
 
 async def call_leader(
@@ -43,6 +46,9 @@ async def call_leader(
                 leader = status.leader_address
                 break
         if not leader:
+            if len(errors) < len(addresses) and attempt < ELECTION_ATTEMPTS:
+                await trio.sleep(0.5)  # nodes answer, an election is under way
+                continue
             raise Unavailable(
                 "no leader is known: " + ("; ".join(errors) or "the nodes have not elected one")
             )
