@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -326,4 +327,17 @@ def test_five_hosts_under_partitions_lose_nothing(hosts: Hosts) -> None:
     trio.run(digests_converged, hosts.client_toml, list(client.addresses))
     wait_for(lambda: hosts.cli("cluster", "status")[0] == 0, 240, "cluster status clean")
     code, out, err = hosts.cli("fsck", timeout=600)
-    assert code == 0, out + err
+    assert code == 0, out + err + trail(hosts, out)
+
+
+def trail(hosts: Hosts, report: str) -> str:
+    """The node log lines that name a chunk fsck found a problem with: where
+    its shards went, and at whose request."""
+    chunks = {m.split(".")[0] for m in re.findall(r"shard: ([0-9a-f]{32}\.\d+)", report)}
+    lines = [
+        f"{log.name}: {line}"
+        for log in sorted(hosts.base.glob("node*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if any(c in line for c in chunks)
+    ]
+    return "\nnode log lines about those chunks:\n" + "\n".join(lines[-60:])

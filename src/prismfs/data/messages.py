@@ -41,6 +41,10 @@ class ShardData(DataMessage, frozen=True):
 
 class DeleteShards(DataMessage, frozen=True):
     shard_ids: tuple[str, ...]
+    # Delete only a shard whose file is at least this old by the holder's clock
+    # (0: any). A move's old copy is deleted this way: a copy written there
+    # again after the move was decided (repair put the shard back) is kept.
+    min_age_s: float = 0.0
 
 
 class ShardsDeleted(DataMessage, frozen=True):

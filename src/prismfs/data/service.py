@@ -197,20 +197,43 @@ class ShardService:
     async def _delete(self, request: DeleteShards, call: Call) -> ShardsDeleted:
         if len(request.shard_ids) > 10_000:
             raise InvalidArgument("at most 10,000 shards per delete")
-        deleted = 0
+        if not 0 <= request.min_age_s < 1e9:
+            raise InvalidArgument("a delete's min_age_s must be a number of seconds, 0 or more")
+        deleted: list[str] = []
+        kept: list[str] = []
         for sid in request.shard_ids:
-            deleted += await self.store.delete(sid)
+            if request.min_age_s > 0 and not await self._older_than(sid, request.min_age_s):
+                kept.append(sid)
+                continue
+            if await self.store.delete(sid):
+                deleted.append(sid)
         # Which shards went, and at whose request: a shard found missing
         # later is traced to the delete that took it.
         log.info(
             "deleted %d of %d shards asked by %s (%s): %s",
-            deleted,
+            len(deleted),
             len(request.shard_ids),
             call.client_name,
             call.peer,
-            " ".join(request.shard_ids),
+            " ".join(deleted),
         )
-        return ShardsDeleted(deleted)
+        if kept:
+            log.info(
+                "kept %d shards written less than %.1f s ago (after the delete was decided): %s",
+                len(kept),
+                request.min_age_s,
+                " ".join(kept),
+            )
+        return ShardsDeleted(len(deleted))
+
+    async def _older_than(self, sid: str, age_s: float) -> bool:
+        """Whether shard ``sid`` was written at least ``age_s`` ago by this
+        node's clock (False if it is not here)."""
+        try:
+            st = await self.store.stat(sid)
+        except NotFound:
+            return False
+        return (time.time_ns() - st.mtime_ns) / 1e9 >= age_s
 
     async def _list(self, request: ListShards, call: Call) -> ShardList:
         ids = await self.store.list(request.after, max(1, min(request.limit, 10_000)))

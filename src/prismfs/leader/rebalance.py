@@ -9,7 +9,13 @@ repair moved that shard meanwhile), and only then, ``delete_after_s`` later,
 is the old copy deleted (a reader that opened the file before the move still
 finds it there for that long; after that it reads around it, and re-reads
 the chunk map if it must). A commit that was refused leaves the new copy
-unreferenced; the node's orphan sweep removes it. If the old holder cannot
+unreferenced; the node's orphan sweep removes it. The old copy is deleted
+only by the leader, only if the cluster (a linearizable read, never this
+replica's possibly stale view) places no shard of that id on that node any
+more, and only if the holder's file is older than the move (`DeleteShards`
+``min_age_s``): repair may have put the same shard back on that node since,
+and a leader deposed in a partition must not delete it. A leader that loses
+office forgets its pending deletes; those copies are left to the sweep. If the old holder cannot
 be read (a draining node that died), the shard is rebuilt from the others
 instead (`repair_chunk`).
 
@@ -59,10 +65,18 @@ from prismfs.leader.repair import (
     repair_chunk,
     usable,
 )
-from prismfs.meta.commands import ChunkRecord, MoveShards, NodeInfo, ReencodeChunk
+from prismfs.meta.commands import (
+    ChunkRecord,
+    MetaValue,
+    MoveShards,
+    NodeInfo,
+    ReencodeChunk,
+    ShardRefs,
+)
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.client import RpcPool
+from prismfs.wire.codec import decode_message, encode_message
 
 log = logging.getLogger("prismfs.leader.rebalance")
 
@@ -71,6 +85,7 @@ T = TypeVar("T")
 PARALLEL_MOVES = 2
 MOVES_PER_PASS = 64  # then the usage is read again
 SCAN_PER_PASS = 5000  # records of one node a rebalance pass looks at, at most
+DELETE_BATCH = 1000  # old copies checked and deleted per call
 
 
 @dataclass
@@ -104,7 +119,9 @@ class Mover:
         self.mb_per_s = max(mb_per_s, 0.1)
         self.delete_after_s = delete_after_s
         self.stats = MoveStats()
-        self._deletes: list[tuple[float, str, str]] = []  # (due, node, shard id)
+        # (due, node, shard id, since): "since" is when the move began, before
+        # which the old copy was written (trio clock)
+        self._deletes: list[tuple[float, str, str, float]] = []
         self._stuck: dict[str, int] = {}  # draining node -> chunks no node can take (logged)
         self._cursors: dict[str, _Cursor] = {}  # rebalance: where each node's list was left
 
@@ -112,11 +129,12 @@ class Mover:
         task_status.started()
         while True:
             await trio.sleep(1.0)
-            await self._delete_due()
             if self.consensus.role != "leader":
                 self.stats = MoveStats()
+                self._forget_deletes()
                 continue
             try:
+                await self._delete_due()
                 await self.drain_pass()
                 await self.reencode_pass()
                 if not self.health.stats.pending:
@@ -222,8 +240,10 @@ class Mover:
             return False
         if not committed:
             log.debug("chunk %s changed during its re-encoding", rec.id.hex())
+            now = trio.current_time()
             for i, node in enumerate(record.nodes):  # nothing refers to the new shards
-                self._deletes.append((trio.current_time(), node, shard_id(record.id, i)))
+                if node:
+                    self._deletes.append((now, node, shard_id(record.id, i), now))
             return False
         self.stats.reencoded += 1
         spent = rec.shard_size * rec.k + record.shard_size * record.m
@@ -372,38 +392,70 @@ class Mover:
             return False
         self.stats.shards_moved += 1
         self.stats.bytes_moved += size
-        self._deletes.append((trio.current_time() + self.delete_after_s, src, sid))
+        self._deletes.append((trio.current_time() + self.delete_after_s, src, sid, started))
         # Read once, written once; the budget is shared by the moves in flight.
         spent = 2 * size * PARALLEL_MOVES
         await trio.sleep_until(started + spent / (self.mb_per_s * 1e6))
         return True
 
+    def _forget_deletes(self) -> None:
+        """No longer the leader: this replica's view may be stale and the new
+        leader may put these shards back where they were, so their deletion
+        is not this node's to do (the holders' orphan sweeps remove them)."""
+        if self._deletes:
+            log.info(
+                "no longer the leader: %d old copies of moved shards are left to the orphan sweep",
+                len(self._deletes),
+            )
+            self._deletes.clear()
+
     async def _delete_due(self) -> None:
-        """Delete the old copies of moved shards whose grace has passed (best
-        effort: a node that does not answer has them swept as orphans)."""
+        """Delete the old copies of moved shards whose grace has passed: only
+        those the cluster places on that node no more, only if written before
+        the move (best effort: a node that does not answer has them swept as
+        orphans)."""
         now = trio.current_time()
         due = [d for d in self._deletes if d[0] <= now]
         if not due:
             return
         self._deletes = [d for d in self._deletes if d[0] > now]
-        by_node: dict[str, list[str]] = {}
-        for _, node, sid in due:
-            by_node.setdefault(node, []).append(sid)
+        by_node: dict[str, list[tuple[str, float]]] = {}
+        for _, node, sid, since in due:
+            by_node.setdefault(node, []).append((sid, since))
         nodes = {n.node: n for n in self.namespace.nodes()}
-        for node, sids in by_node.items():
-            info = nodes.get(node)
-            if info is None:
-                continue
-            # Only what no record places on that node now (a later move may have
-            # brought the shard back).
-            placed = set(self.namespace.referenced_shards(node, tuple(sids)))
-            stale = tuple(s for s in sids if s not in placed)
-            if not stale:
-                continue
-            try:
-                await self.pool.call(info.address, DeleteShards(stale), timeout=10)
-            except PrismError as exc:
-                log.debug("old copies on %s not deleted now: %s", node, exc.message)
+
+        async def delete_on(info: NodeInfo, items: list[tuple[str, float]]) -> None:
+            for start in range(0, len(items), DELETE_BATCH):
+                batch = items[start : start + DELETE_BATCH]
+                try:
+                    # A linearizable read: a later move or a repair may have put
+                    # the shard back on that node (a read of this replica's
+                    # state could miss it).
+                    reply = await self.consensus.query(
+                        encode_message(ShardRefs(info.node, tuple(s for s, _ in batch)))
+                    )
+                    refs = decode_message(reply.result)
+                    assert isinstance(refs, MetaValue)
+                    placed = {name.decode() for name in refs.names}
+                    stale = [(s, since) for s, since in batch if s not in placed]
+                    if not stale:
+                        continue
+                    # Older than the oldest move here: a copy written there
+                    # again since (by a rebuild not yet committed) stays.
+                    age = trio.current_time() - min(since for _, since in stale)
+                    await self.pool.call(
+                        info.address,
+                        DeleteShards(tuple(s for s, _ in stale), min_age_s=age),
+                        timeout=10,
+                    )
+                except PrismError as exc:
+                    log.debug("old copies on %s not deleted now: %s", info.node, exc.message)
+
+        async with trio.open_nursery() as nursery:  # a node that does not answer delays no other
+            for node, items in by_node.items():
+                info = nodes.get(node)
+                if info is not None and info.state != "removed":
+                    nursery.start_soon(delete_on, info, items)
 
 
 def pick_target(rec: ChunkRecord, i: int, nodes: dict[str, NodeInfo]) -> str | None:
