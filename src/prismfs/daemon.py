@@ -43,8 +43,10 @@ from prismfs.errors import (
 from prismfs.exception_groups import single_exception
 from prismfs.gateway.server import serve_http
 from prismfs.ids import NodeId
+from prismfs.leader.activity import ActivityHistory
 from prismfs.leader.admin import Admin
 from prismfs.leader.backup import Backups
+from prismfs.leader.faults import FaultBudgets
 from prismfs.leader.gc import gc_loop, orphan_loop
 from prismfs.leader.rebalance import Mover
 from prismfs.leader.repair import Health, repair_loop, send_heartbeats, watch_nodes
@@ -220,6 +222,17 @@ async def serve_node(
             Backups(consensus, namespace, config.data_dir, config.raft.snapshot_mb_per_s).register(
                 service.server
             )
+            FaultBudgets(consensus, namespace).register(service.server)
+            history = ActivityHistory(
+                consensus,
+                health,
+                mover,
+                scrub,
+                lambda: (shards.bytes_in, shards.bytes_out),
+                node_id,
+            )
+            history.register(service.server)
+            await nursery.start(history.run)
             await nursery.start(scrub.run)
             await nursery.start(mover.run)
             await nursery.start(consensus.run)
@@ -290,6 +303,7 @@ async def serve_node(
                 node_id,
                 data.heartbeat_s,
                 lambda: os.kill(os.getpid(), signal.SIGTERM),
+                lambda: (shards.bytes_in, shards.bytes_out),
             )
             nursery.start_soon(
                 watch_nodes,

@@ -140,6 +140,8 @@ class NodeHeartbeat(DataMessage, frozen=True):
     """A node tells the leader it is alive (see `prismfs.leader.repair`)."""
 
     node: str
+    bytes_in: U64 = 0  # shard bytes this node stored since it started
+    bytes_out: U64 = 0  # and served
 
 
 class HeartbeatAck(DataMessage, frozen=True):

@@ -61,6 +61,10 @@ class ShardService:
         self.store = store
         self.pool = pool  # to read from other nodes (copies, rebuilds)
         self.corrupt_found = 0
+        # Shard bytes this node stored and served (heartbeats carry them to the
+        # leader, whose console charts the cluster's throughput).
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def register(self, server: RpcServer) -> None:
         server.register(PutShard, self._put, roles=WRITERS)
@@ -84,12 +88,14 @@ class ShardService:
         if isinstance(self.store, ThreadedStore):
             # checked and written in one worker thread, off the event loop
             await self.store.put_checked(sid, data, checksum)
+            self.bytes_in += len(data)
             return
         if await trio.to_thread.run_sync(shard_checksum, data) != checksum:
             raise InvalidArgument(
                 f"shard {sid}: payload does not match its checksum (damaged in transit)"
             )
         await self.store.put(sid, data)
+        self.bytes_in += len(data)
 
     def _peers(self) -> RpcPool:
         if self.pool is None:
@@ -183,7 +189,10 @@ class ShardService:
         if request.checksum or not isinstance(self.store, ThreadedStore):
             return None
         data = self.store.get_cached(request.shard_id, request.offset, request.length)
-        return None if data is None else Reply(ShardData(len(data)), data)
+        if data is None:
+            return None
+        self.bytes_out += len(data)
+        return Reply(ShardData(len(data)), data)
 
     async def _get(self, request: GetShard, call: Call) -> Reply:
         whole = request.offset == 0 and request.length is None
@@ -192,6 +201,7 @@ class ShardService:
             self.corrupt_found += 1
             log.error("shard %s is corrupt on this node (checksum mismatch)", request.shard_id)
             raise CorruptShard(f"shard {request.shard_id} is corrupt", shard=request.shard_id)
+        self.bytes_out += len(data)
         return Reply(ShardData(len(data)), data)
 
     async def _delete(self, request: DeleteShards, call: Call) -> ShardsDeleted:

@@ -33,7 +33,7 @@ import logging
 import re
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -43,7 +43,7 @@ import trio
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from prismfs.client.data import DataClient
@@ -636,7 +636,9 @@ ROUTES: list[tuple[str, list[str], Handler, str]] = [
 ]
 
 
-def build_app(gw: Gateway) -> Starlette:
+def build_app(gw: Gateway, extra: Sequence[BaseRoute] = ()) -> Starlette:
+    """The API's routes, then ``extra`` (the web console's)."""
+
     def endpoint(
         handler: Handler, scope: str, label: str
     ) -> Callable[[Request], Awaitable[Response]]:
@@ -672,10 +674,11 @@ def build_app(gw: Gateway) -> Starlette:
 
         return run
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(path, endpoint(handler, scope, path), methods=methods)
         for path, methods, handler, scope in ROUTES
     ]
+    routes += extra
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return problems.problem(404, "Not Found", f"no such endpoint: {request.url.path}")

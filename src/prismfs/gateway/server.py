@@ -19,6 +19,7 @@ from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wra
 from prismfs.client.data import DataClient
 from prismfs.errors import PrismError
 from prismfs.gateway.app import Gateway, build_app
+from prismfs.gateway.console import console_routes
 from prismfs.gateway.metrics import Metrics, NodeCollector
 from prismfs.gateway.tokens import TokenCache
 from prismfs.leader.rebalance import Mover
@@ -89,7 +90,12 @@ async def serve_http(
         nursery.start_soon(_keep_session, meta, session)
         stopped = trio.Event()
         bound = await nursery.start(
-            _serve, build_app(gateway), config, settings.max_connections, shutdown, stopped
+            _serve,
+            build_app(gateway, console_routes(gateway)),
+            config,
+            settings.max_connections,
+            shutdown,
+            stopped,
         )
         address = bound[0].split("://", 1)[-1]
         log.info("HTTP API on %s/v1", bound[0])

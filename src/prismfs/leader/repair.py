@@ -104,6 +104,8 @@ class Health:
     down_since: dict[str, float] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     stats: RepairStats = field(default_factory=RepairStats)
+    # node -> (shard bytes stored, served) since it started, from its heartbeats
+    traffic: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def beat(self, node: str) -> None:
         self.last_seen[node] = trio.current_time()
@@ -123,6 +125,7 @@ class Health:
 
     async def _heartbeat(self, request: NodeHeartbeat, call: Call) -> HeartbeatAck:
         self.beat(request.node)
+        self.traffic[request.node] = (request.bytes_in, request.bytes_out)
         return HeartbeatAck(removed=request.node in self.removed)
 
 
@@ -132,11 +135,13 @@ async def send_heartbeats(
     node_id: str,
     interval: float,
     on_removed: Callable[[], None] = lambda: None,
+    traffic: Callable[[], tuple[int, int]] = lambda: (0, 0),
 ) -> None:
     """On every node: tell the leader this node is alive, every ``interval``.
     If the leader answers that this node was removed, ``on_removed`` is called
     (the daemon shuts down: it is no longer a member and cannot learn so through
-    the log it no longer receives)."""
+    the log it no longer receives). ``traffic`` gives the shard bytes this node
+    stored and served, which the leader sums for its throughput chart."""
     while True:
         await trio.sleep(interval)
         try:
@@ -147,7 +152,9 @@ async def send_heartbeats(
             continue
         try:
             reply = await pool.call(
-                status.leader_address, NodeHeartbeat(node_id), timeout=interval * 2
+                status.leader_address,
+                NodeHeartbeat(node_id, *traffic()),
+                timeout=interval * 2,
             )
         except PrismError as exc:
             log.debug("heartbeat to %s failed: %s", status.leader_address, exc.message)
