@@ -7,10 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBS := fuse3 libfuse3-dev pkg-config rsync git sqlite3 attr iproute2
+# the web console's tests drive a real browser
+TEST_DEBS := chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR ?= .demo
 
-.PHONY: install system-deps demo down test lint bench bench-peers clean install-mount-helper jepsen man
+.PHONY: install system-deps test-deps demo down test lint bench bench-peers clean install-mount-helper jepsen man
 
 ## Debian packages pyfuse3 builds against and the mount needs, when missing.
 system-deps:
@@ -41,6 +43,9 @@ demo: install
 	@echo "  df -h $(DEMO_DIR)/mnt"
 	@echo "  . $(BIN)/activate && prismfs cluster status && prismfs stat /doc"
 	@echo "  prismfs token create   # then: curl -H 'Authorization: Bearer TOKEN' http://HTTP_ADDRESS/v1/dirs"
+	@$(BIN)/python -c "import json; n = json.load(open('$(DEMO_DIR)/dev.json'))['nodes']; \
+	  a = [x['http_address'] for x in n if x.get('http_address')]; \
+	  print('  the web console: http://' + a[0] + '/ui/  (sign in with a token from: prismfs token create --admin)') if a else None"
 	@echo "                         # (prismfs dev status shows each node's HTTP address)"
 	@echo "  make down                         # unmount and stop everything"
 
@@ -57,7 +62,18 @@ down:
 	  $(BIN)/prismfs dev down --dir $(DEMO_DIR); \
 	else echo "no demo cluster in $(DEMO_DIR)"; fi
 
-test: install
+## Debian packages only the tests need, when missing.
+test-deps:
+	@missing=""; \
+	for p in $(TEST_DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
+	fi
+
+test: install test-deps
 	$(BIN)/pytest
 
 ## Five hosts in network namespaces under ROUNDS random faults (default 20);

@@ -89,6 +89,8 @@ FOR_CLIENTS = {
     "Query",
     "RaftStatus",
     "ClusterHealth",
+    "FaultBudget",
+    "Activity",
     "ScrubStatus",
     "PutShard",
     "GetShard",

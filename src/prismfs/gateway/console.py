@@ -140,7 +140,9 @@ def guarded(
             if status >= 500 and status != 503:
                 log.error("%s %s: %s", request.method, request.url.path, exc.message)
             title = {403: "Not allowed", 404: "Not found", 503: "No leader"}.get(status, "Error")
-            return html(pages.error_page(title, exc.message, viewer), status)
+            # Unavailable (an election, say): the page keeps trying by itself.
+            page = pages.error_page(title, exc.message, viewer, refresh=status == 503)
+            return html(page, status)
 
     return run
 

@@ -141,8 +141,10 @@ def login_page(message: str = "", next_url: str = "/ui/") -> str:
     return shell("Sign in", body)
 
 
-def error_page(title: str, message: str, viewer: Viewer | None = None) -> str:
-    return shell(title, notice(message, bad=True), viewer=viewer)
+def error_page(
+    title: str, message: str, viewer: Viewer | None = None, refresh: bool = False
+) -> str:
+    return shell(title, notice(message, bad=True), viewer=viewer, refresh=refresh)
 
 
 # --- overview ---------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def overview_page(
         f'<div class="card"><h2>Leader</h2><p class="big"><code>{e(h.leader)}</code></p>'
         f'<p class="muted">{e(leader.address if leader else "")} · term {h.term}</p></div>'
         f'<div class="card"><h2>Voters</h2><p>{", ".join(f"<code>{e(v)}</code>" for v in h.voters)}'
-        f'</p><p class="muted">{len(h.learners)} learners</p></div>'
+        f'</p><p class="muted">{plural(len(h.learners), "learner")}</p></div>'
         f'<div class="card" id="nodes-up"><h2>Nodes</h2><p class="big">{up} of {len(live)} up</p>'
         "</div>"
         f'<div class="card" id="chunk-health"><h2>Chunks</h2><p class="big">{h.chunks}</p>{chunks}'
