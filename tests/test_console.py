@@ -117,6 +117,7 @@ class Console:
         self.base = self.api.url(1)
         self.ids = [str(n["id"]) for n in self.api.nodes]
         self.driver = browser()
+        self.fourth = ""  # the node the drain test adds
         with self.api.client("write") as c:
             assert c.put("/v1/dirs/projects/a?parents=true").status_code in (200, 201)
             r = c.put("/v1/files/projects/a/first.bin", content=os.urandom(300_000))
@@ -250,7 +251,7 @@ def start_fourth_node(console: Console) -> str:
 
 def test_a_drain_started_from_the_page_reaches_100_percent(console: Console) -> None:
     d = console.driver
-    start_fourth_node(console)  # somewhere for the drained node's shards to go
+    console.fourth = start_fourth_node(console)  # somewhere for the drained node's shards to go
     victim = console.ids[1]
     d.get(console.base + "/ui/?refresh=0")
     d.find_element(By.CSS_SELECTOR, f'a[href="/ui/nodes/{victim}/drain"]').click()
@@ -318,6 +319,48 @@ def test_read_only_sees_no_action_and_forged_requests_change_nothing(console: Co
         assert nodes[victim]["state"] == "up"
         assert c.get("/v1/files/projects/forged.txt").status_code == 404
         assert c.get("/v1/cluster").json()["scrub"]["running"] is False
+
+
+def drain_from_page(d: WebDriver, base: str, node: str) -> None:
+    d.get(base + f"/ui/nodes/{node}/drain")
+    d.find_element(By.CSS_SELECTOR, "main form button").click()
+
+    def percent() -> int:
+        rows = d.find_elements(By.CSS_SELECTOR, f'tr[data-drain="{node}"]')
+        return int(rows[0].get_attribute("data-percent") or 0) if rows else -1
+
+    wait_until(lambda: percent() == 100, 120, f"the drain of {node} at 100%")
+
+
+def test_a_scrub_and_a_removal_from_the_page(console: Console) -> None:
+    d = console.driver
+    d.get(console.base + "/ui/activity?refresh=0")
+    d.find_element(By.LINK_TEXT, "Start a scrub").click()
+    assert "reads every shard" in d.find_element(By.TAG_NAME, "main").text
+    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    assert "A scrub is running." in d.find_element(By.TAG_NAME, "main").text
+    with console.api.client("read") as c:
+        wait_until(
+            lambda: (
+                c.get("/v1/cluster").json()["scrub"]["passes"] >= 1
+                and not c.get("/v1/cluster").json()["scrub"]["running"]
+            ),
+            120,
+            "the scrub to finish",
+        )
+    d.get(console.base + "/ui/activity?refresh=0")
+    scrub = d.find_element(By.CSS_SELECTOR, "section[aria-labelledby=scrub-h]").text
+    assert "Last pass finished" in scrub and "0 corrupt, 0 missing" in scrub
+    # The fourth node: drained, then removed, from the page.
+    assert console.fourth
+    drain_from_page(d, console.base, console.fourth)
+    d.get(console.base + "/ui/?refresh=0")
+    d.find_element(By.CSS_SELECTOR, f'a[href="/ui/nodes/{console.fourth}/remove"]').click()
+    assert f"Remove node {console.fourth}?" in d.title
+    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    assert "was removed" in d.find_element(By.TAG_NAME, "main").text
+    assert node_states(d)[console.fourth] == "removed"
+    assert not d.find_elements(By.CSS_SELECTOR, f'a[href^="/ui/nodes/{console.fourth}/"]')
 
 
 def test_pages_fit_a_phone_screen(console: Console) -> None:

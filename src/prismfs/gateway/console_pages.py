@@ -290,16 +290,18 @@ def rates(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def recent_rate(a: ActivityReply | None, name: str, window_s: float = RATE_WINDOW_S) -> float:
-    """The field's mean rate per second over the last ``window_s`` (a reset adds nothing)."""
+    """The field's mean rate per second over the last ``window_s``, leaving out
+    the step across a reset (its progress is unknown)."""
     if a is None or len(a.samples) < 2:
         return 0.0
     pts = series(a, name)
     window = [p for p in pts if p[0] >= pts[-1][0] - window_s] or pts
     if len(window) < 2:
         window = pts[-2:]
-    total = sum(max(0.0, b[1] - a_[1]) for a_, b in itertools.pairwise(window))
-    seconds = window[-1][0] - window[0][0]
-    return total / seconds if seconds > 0 else 0.0
+    steps = [(b[0] - a_[0], b[1] - a_[1]) for a_, b in itertools.pairwise(window)]
+    kept = [(dt, dv) for dt, dv in steps if dt > 0 and dv >= 0]  # a reset's step is unknown
+    seconds = sum(dt for dt, _ in kept)
+    return sum(dv for _, dv in kept) / seconds if seconds > 0 else 0.0
 
 
 def eta(left: float, rate: float) -> str:
