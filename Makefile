@@ -43,9 +43,6 @@ demo: install
 	@echo "  df -h $(DEMO_DIR)/mnt"
 	@echo "  . $(BIN)/activate && prismfs cluster status && prismfs stat /doc"
 	@echo "  prismfs token create   # then: curl -H 'Authorization: Bearer TOKEN' http://HTTP_ADDRESS/v1/dirs"
-	@$(BIN)/python -c "import json; n = json.load(open('$(DEMO_DIR)/dev.json'))['nodes']; \
-	  a = [x['http_address'] for x in n if x.get('http_address')]; \
-	  print('  the web console: http://' + a[0] + '/ui/  (sign in with a token from: prismfs token create --admin)') if a else None"
 	@echo "                         # (prismfs dev status shows each node's HTTP address)"
 	@echo "  make down                         # unmount and stop everything"
 

@@ -422,6 +422,12 @@ def dev_up(
         return
     _print_table(rows, ["name", "id", "pid", "rpc_address", "role"])
     click.echo(f"\nclient config: {directory.resolve() / 'client.toml'}")
+    consoles = [row["http_address"] for row in rows if row.get("http_address")]
+    if consoles:
+        click.echo(
+            f"web console: http://{consoles[0]}/ui/ "
+            "(sign in with a token from: prismfs token create --admin)"
+        )
     click.echo("try: prismfs cluster status")
     click.echo(f"stop: prismfs dev down --dir {directory}")
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from prismfs.clock import wall_ns
 from prismfs.leader.activity import ActivityReply
 from prismfs.leader.admin import ClusterHealthReply, NodeHealth
 from prismfs.leader.faults import FaultBudgetReply
@@ -227,7 +228,7 @@ def budget_card(b: FaultBudgetReply | None) -> str:
             f"<p>First to go ({b.least_margin_chunks} chunks at the least margin):</p>"
             f"<ul>{items}</ul>"
         )
-    age = max(0.0, (time.time_ns() - b.computed_ns) / 1e9)
+    age = max(0.0, (wall_ns() - b.computed_ns) / 1e9)
     return (
         '<div class="card" id="fault-budget"><h2>Fault budget</h2>'
         "<p>How many more nodes may fail now with every file still readable:</p>"
@@ -315,7 +316,7 @@ def eta(left: float, rate: float) -> str:
 def chart(points: Sequence[tuple[float, float]], label: str, unit: str) -> str:
     """An inline SVG line chart of the last hour."""
     w, h, pad = 600, 160, 34
-    now = time.time()
+    now = wall_ns() / 1e9
     start = now - 3600
     visible = [(t, v) for t, v in points if t >= start]
     top = max((v for _, v in visible), default=0.0) or 1.0

@@ -14,12 +14,12 @@ restarted node, or a new leader, starts an empty hour.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable
 
 import trio
 
+from prismfs.clock import wall_ns
 from prismfs.errors import NotLeader, PrismError
 from prismfs.leader.admin import AdminMessage
 from prismfs.leader.rebalance import Mover
@@ -89,7 +89,7 @@ class ActivityHistory:
                     bytes_in, bytes_out = bytes_in + i, bytes_out + o
         stats, moves = self.health.stats, self.mover.stats
         return (
-            time.time_ns(),
+            wall_ns(),
             status.commit,
             bytes_in,
             bytes_out,

@@ -19,12 +19,12 @@ in the metadata are replicated by Raft and do not count.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import trio
 
+from prismfs.clock import wall_ns
 from prismfs.errors import NotLeader
 from prismfs.leader.admin import AdminMessage
 from prismfs.leader.repair import off_loop, unavailable_nodes
@@ -171,7 +171,7 @@ class FaultBudgets:
 
             result, dirs = await off_loop(self.namespace, read)
             reply = FaultBudgetReply(
-                computed_ns=time.time_ns(),
+                computed_ns=wall_ns(),
                 chunks=result.chunks,
                 nodes=-1 if result.least is None else max(0, result.least),
                 least_margin_chunks=result.at_least,
