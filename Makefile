@@ -14,16 +14,21 @@ DEMO_DIR ?= .demo
 
 .PHONY: install system-deps test-deps demo down test lint bench bench-peers clean install-mount-helper jepsen man
 
-## Debian packages pyfuse3 builds against and the mount needs, when missing.
-system-deps:
+# $(call install_debs,PACKAGES): apt-get install those of PACKAGES that are missing.
+define install_debs
 	@missing=""; \
-	for p in $(DEBS); do \
+	for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
 	fi
+endef
+
+## Debian packages pyfuse3 builds against and the mount needs, when missing.
+system-deps:
+	$(call install_debs,$(DEBS))
 
 $(STAMP): pyproject.toml examples/prismfs-example-backend/pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,14 +66,7 @@ down:
 
 ## Debian packages only the tests need, when missing.
 test-deps:
-	@missing=""; \
-	for p in $(TEST_DEBS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
-	fi
+	$(call install_debs,$(TEST_DEBS))
 
 test: install test-deps
 	$(BIN)/pytest

@@ -155,7 +155,8 @@ def _http_date(ns: int) -> str:
     return email.utils.formatdate(ns / 1e9, usegmt=True)
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """file, dir, symlink or other: the API's and the console's word for a type."""
     if stat.S_ISREG(mode):
         return "file"
     if stat.S_ISDIR(mode):
@@ -168,7 +169,7 @@ def _kind(mode: int) -> str:
 def _entry(name: str, attr: Attr) -> dict[str, Any]:
     return {
         "name": name,
-        "type": _kind(attr.mode),
+        "type": file_kind(attr.mode),
         "size": attr.size,
         "mode": f"{stat.S_IMODE(attr.mode):04o}",
         "ino": attr.ino,

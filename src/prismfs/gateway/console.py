@@ -29,6 +29,7 @@ import hmac
 import logging
 import stat
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
@@ -60,6 +61,7 @@ from prismfs.leader.admin import (
     ScrubStart,
 )
 from prismfs.leader.faults import FaultBudget, FaultBudgetReply
+from prismfs.wire.codec import Message
 
 log = logging.getLogger("prismfs.gateway.console")
 
@@ -77,6 +79,7 @@ SECURITY_HEADERS = {
 NODE_ACTIONS = {"drain", "cancel-drain", "remove"}
 
 Page = Callable[[Gateway, Request, Viewer], Awaitable[Response]]
+T = TypeVar("T", bound=Message)
 
 
 def form_token(token: str) -> str:
@@ -201,24 +204,25 @@ async def health_of(gw: Gateway) -> ClusterHealthReply:
     return await gw.leader(ClusterHealth(), ClusterHealthReply)
 
 
+async def optional(gw: Gateway, request: Message, expect: type[T], what: str) -> T | None:
+    """The leader's answer, or None (said in the log): a page shows what it has."""
+    try:
+        return await gw.leader(request, expect)
+    except PrismError as exc:
+        log.info("no %s for the console: %s", what, exc.message)
+        return None
+
+
 async def overview(gw: Gateway, request: Request, viewer: Viewer) -> Response:
     health = await health_of(gw)
-    try:
-        budget: FaultBudgetReply | None = await gw.leader(FaultBudget(), FaultBudgetReply)
-    except PrismError as exc:
-        log.info("no fault budget for the console: %s", exc.message)
-        budget = None
+    budget = await optional(gw, FaultBudget(), FaultBudgetReply, "fault budget")
     message = request.query_params.get("done", "")
     return html(pages.overview_page(health, budget, viewer, refreshing(request), message))
 
 
 async def activity(gw: Gateway, request: Request, viewer: Viewer) -> Response:
     health = await health_of(gw)
-    try:
-        history: ActivityReply | None = await gw.leader(Activity(), ActivityReply)
-    except PrismError as exc:
-        log.info("no activity history for the console: %s", exc.message)
-        history = None
+    history = await optional(gw, Activity(), ActivityReply, "activity history")
     message = request.query_params.get("done", "")
     return html(pages.activity_page(health, history, viewer, refreshing(request), message))
 

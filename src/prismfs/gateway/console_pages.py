@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from prismfs.clock import wall_ns
+from prismfs.gateway.app import file_kind
 from prismfs.leader.activity import ActivityReply
 from prismfs.leader.admin import ClusterHealthReply, NodeHealth
 from prismfs.leader.faults import FaultBudgetReply
@@ -453,16 +454,6 @@ def crumbs(path: str) -> str:
     return '<nav aria-label="Path" class="muted">' + " / ".join(out) + "</nav>"
 
 
-def kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
-
-
 def when(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ns / 1e9))
 
@@ -478,7 +469,7 @@ def directory_page(
         suffix = "/" if stat.S_ISDIR(attr.mode) else ""
         rows.append(
             f'<tr><td><a href="/ui/files{url_of(target)}">{e(name)}{suffix}</a></td>'
-            f"<td>{kind(attr.mode)}</td>"
+            f"<td>{file_kind(attr.mode)}</td>"
             f'<td class="num">{human_bytes(attr.size) if stat.S_ISREG(attr.mode) else "—"}</td>'
             f'<td class="wide"><code>{stat.filemode(attr.mode)}</code></td>'
             f'<td class="wide">{when(attr.mtime_ns)}</td></tr>'

@@ -20,8 +20,8 @@ from collections.abc import Callable
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.errors import NotLeader, PrismError
-from prismfs.leader.admin import AdminMessage
+from prismfs.errors import PrismError
+from prismfs.leader.admin import AdminMessage, leader_only
 from prismfs.leader.rebalance import Mover
 from prismfs.leader.repair import Health
 from prismfs.leader.scrub import Scrub
@@ -107,11 +107,6 @@ class ActivityHistory:
             await trio.sleep(self.interval_s)
 
     async def _answer(self, request: Activity, call: Call) -> ActivityReply:
-        status = self.consensus.status()
-        if status.role != "leader":
-            raise NotLeader(
-                "ask the leader: " + (status.leader_address or "none is known yet"),
-                leader=status.leader_address,
-            )
+        leader_only(self.consensus)
         # The latest values too, so a rate is never older than one interval.
         return ActivityReply(self.interval_s, FIELDS, (*self.samples, self.sample()))

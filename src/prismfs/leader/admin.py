@@ -83,6 +83,16 @@ from prismfs.wire.server import Call, RpcServer
 log = logging.getLogger("prismfs.leader.admin")
 
 
+def leader_only(consensus: Consensus) -> None:
+    """`NotLeader`, naming the leader if known, unless this node leads."""
+    status = consensus.status()
+    if status.role != "leader":
+        raise NotLeader(
+            "ask the leader: " + (status.leader_address or "none is known yet"),
+            leader=status.leader_address,
+        )
+
+
 class AdminMessage(Message, frozen=True):
     family: ClassVar[str] = "admin"
     abstract: ClassVar[bool] = True
@@ -278,12 +288,7 @@ class Admin:
         server.register(SetVoting, self._set_voting)
 
     def _leader_only(self) -> None:
-        status = self.consensus.status()
-        if status.role != "leader":
-            raise NotLeader(
-                "ask the leader: " + (status.leader_address or "none is known yet"),
-                leader=status.leader_address,
-            )
+        leader_only(self.consensus)
 
     async def _cluster_health(self, request: ClusterHealth, call: Call) -> ClusterHealthReply:
         self._leader_only()

@@ -26,7 +26,8 @@ from typing import ClassVar
 
 import trio
 
-from prismfs.errors import InvalidArgument, NotFound, NotLeader
+from prismfs.errors import InvalidArgument, NotFound
+from prismfs.leader.admin import leader_only
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.raft.durable_log import file_digest, read_image
@@ -120,12 +121,7 @@ class Backups:
                 path.unlink(missing_ok=True)
 
     async def _start(self, request: StartBackup, call: Call) -> BackupReady:
-        status = self.consensus.status()
-        if status.role != "leader":
-            raise NotLeader(
-                "ask the leader: " + (status.leader_address or "none is known yet"),
-                leader=status.leader_address,
-            )
+        leader_only(self.consensus)
         if self.namespace.in_memory:
             raise InvalidArgument("this node keeps its namespace in memory: nothing to copy")
         await trio.to_thread.run_sync(self._sweep)

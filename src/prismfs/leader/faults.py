@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.errors import NotLeader
-from prismfs.leader.admin import AdminMessage
+from prismfs.leader.admin import AdminMessage, leader_only
 from prismfs.leader.repair import off_loop, unavailable_nodes
 from prismfs.meta.cluster_tables import ClusterTables, decode_record
 from prismfs.meta.commands import ROOT_INO
@@ -144,12 +143,7 @@ class FaultBudgets:
         server.register(FaultBudget, self._answer, roles=EVERYONE)
 
     async def _answer(self, request: FaultBudget, call: Call) -> FaultBudgetReply:
-        status = self.consensus.status()
-        if status.role != "leader":
-            raise NotLeader(
-                "ask the leader: " + (status.leader_address or "none is known yet"),
-                leader=status.leader_address,
-            )
+        leader_only(self.consensus)
         return await self.current()
 
     async def current(self) -> FaultBudgetReply:
