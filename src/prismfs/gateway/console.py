@@ -67,6 +67,7 @@ log = logging.getLogger("prismfs.gateway.console")
 
 COOKIE = "prismfs_console"
 FORM_LIMIT = 8192
+CHUNKS_PER_PAGE = 200
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
@@ -244,10 +245,15 @@ async def files(gw: Gateway, request: Request, viewer: Viewer) -> Response:
         return html(
             pages.error_page("Not a file", f"{path} is neither a file nor a directory", viewer), 400
         )
-    cmap = await gw.meta.chunk_map_all(attr.ino)
+    first_text = request.query_params.get("chunk", "0")
+    if not first_text.isdigit():
+        raise InvalidArgument("chunk must be a number")
+    first = int(first_text)
+    # A page of chunks at a time: a terabyte file has a quarter of a million.
+    cmap = await gw.meta.chunk_map_all(attr.ino, first, CHUNKS_PER_PAGE)
     health = await health_of(gw)
     states = {n.node: n.state for n in health.nodes}
-    return html(pages.file_page(path, attr, cmap.chunk_size, cmap.chunks, states, viewer))
+    return html(pages.file_page(path, attr, cmap, first, CHUNKS_PER_PAGE, states, viewer))
 
 
 async def download(gw: Gateway, request: Request, viewer: Viewer) -> Response:

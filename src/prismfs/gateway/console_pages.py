@@ -20,7 +20,7 @@ from prismfs.gateway.app import file_kind
 from prismfs.leader.activity import ActivityReply
 from prismfs.leader.admin import ClusterHealthReply, NodeHealth
 from prismfs.leader.faults import FaultBudgetReply
-from prismfs.meta.commands import Attr, ChunkRecord
+from prismfs.meta.commands import Attr, ChunkMap, ChunkRecord
 
 REFRESH_S = 5
 RATE_WINDOW_S = 60.0
@@ -523,21 +523,35 @@ def chunk_rows(chunks: Sequence[tuple[int, ChunkRecord]], states: dict[str, str]
 
 
 def file_page(
-    path: str, attr: Attr, chunk_size: int, chunks: Sequence[tuple[int, ChunkRecord]],
-    states: dict[str, str], viewer: Viewer,
+    path: str, attr: Attr, cmap: ChunkMap, first: int, per_page: int, states: dict[str, str],
+    viewer: Viewer,
 ) -> str:  # fmt: skip
+    """A file and where the shards of chunks ``first`` to ``first + per_page - 1`` are."""
+    chunks = cmap.chunks
+    total = -(-attr.size // cmap.chunk_size) if cmap.chunk_size else len(chunks)
     geometry = sorted({(r.k, r.m) for _, r in chunks if not r.is_inline})
     layout = ", ".join(f"{k} of {m}" for k, m in geometry) or "inline"
+    shown = ""
+    pager = []
+    if first > 0:
+        back = max(0, first - per_page)
+        pager.append(f'<a href="/ui/files{url_of(path)}?chunk={back}">Earlier chunks</a>')
+    if first + per_page < total:
+        pager.append(f'<a href="/ui/files{url_of(path)}?chunk={first + per_page}">Later chunks</a>')
+    if first > 0 or first + per_page < total:
+        last = min(total, first + per_page) - 1
+        shown = f"<p>Chunks {first} to {last} of {total}. {' · '.join(pager)}</p>"
     body = (
         crumbs(path) + '<div class="cards"><div class="card"><h2>File</h2>'
         f"<p>{human_bytes(attr.size)} ({attr.size} bytes)</p>"
         f"<p><code>{stat.filemode(attr.mode)}</code> uid {attr.uid} gid {attr.gid}</p>"
         f"<p>Modified {when(attr.mtime_ns)}</p>"
         f'<p><a class="button" href="/ui/download{url_of(path)}" download>Download</a></p></div>'
-        f'<div class="card"><h2>Layout</h2><p>{plural(len(chunks), "chunk")} of up to '
-        f"{human_bytes(chunk_size)}, coded {e(layout)}</p>"
+        f'<div class="card"><h2>Layout</h2><p>{plural(total, "chunk")} of up to '
+        f"{human_bytes(cmap.chunk_size)}, coded {e(layout)}</p>"
         '<p class="muted">k of m: any k of a chunk\'s m shards rebuild it.</p></div></div>'
         "<h2>Where each chunk's shards are</h2>"
+        f"{shown}"
         '<div class="table-wrap"><table id="chunks"><thead><tr><th class="num">Chunk</th>'
         '<th>Id</th><th class="num">Length</th><th>Layout</th><th>Shards</th></tr></thead>'
         f"<tbody>{chunk_rows(chunks, states)}</tbody></table></div>"

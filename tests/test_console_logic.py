@@ -1,6 +1,6 @@
-"""The fault budget (`leader.faults`) over a real namespace, and the console's
-rates and time left (`gateway.console_pages`) over sample series: pure code,
-no cluster."""
+"""The web console's logic without a browser or a cluster: the fault budget
+(`leader.faults`) over a real namespace; rates and time left over sample
+series, paged chunk tables and escaping in the pages (`gateway.console_pages`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,20 @@ from typing import Any
 
 import trio
 
-from prismfs.gateway.console_pages import eta, rates, recent_rate
+from prismfs.gateway.console_pages import (
+    Viewer,
+    directory_page,
+    eta,
+    file_page,
+    rates,
+    recent_rate,
+)
 from prismfs.leader.activity import FIELDS, ActivityReply
 from prismfs.leader.faults import FaultBudgets
 from prismfs.meta.commands import (
     ROOT_INO,
+    Attr,
+    ChunkMap,
     ChunkRecord,
     CommitChunks,
     Mkdir,
@@ -119,3 +128,37 @@ def test_rates_skip_a_counter_reset_and_time_left_follows() -> None:
     assert eta(0, 0.0) == "done"
     assert eta(120, 2.0) == "1 min 0 s"
     assert eta(5, 0.0).startswith("unknown")
+
+
+VIEWER = Viewer("read", "reader", "f" * 32)
+MiB = 1 << 20
+
+
+def attr(mode: int, size: int) -> Attr:
+    return Attr(7, mode, 1, 0, 0, size, 0, 0, 0)
+
+
+def test_a_file_page_shows_one_page_of_chunks_with_links_to_the_others() -> None:
+    size = 450 * 4 * MiB  # 450 chunks of 4 MiB
+    page = [(i, record(i % 250, 2, ("a1", "b1", "c1"))) for i in range(200, 400)]
+    cmap = ChunkMap(4 * MiB, size, tuple(page))
+    html = file_page("/big", attr(stat.S_IFREG | 0o644, size), cmap, 200, 200, {}, VIEWER)
+    assert "450 chunks of up to 4.0 MiB, coded 2 of 3" in html
+    assert "Chunks 200 to 399 of 450." in html
+    assert 'href="/ui/files/big?chunk=0">Earlier chunks' in html
+    assert 'href="/ui/files/big?chunk=400">Later chunks' in html
+    assert html.count('<tr><td class="num">') == 200
+    last = ChunkMap(4 * MiB, size, tuple(page[:50]))
+    html = file_page("/big", attr(stat.S_IFREG | 0o644, size), last, 400, 200, {}, VIEWER)
+    assert "Chunks 400 to 449 of 450." in html and "Later chunks" not in html
+
+
+def test_names_from_the_cluster_are_escaped() -> None:
+    hostile = '<script>alert("x")</script>'
+    html = directory_page("/d", [(hostile, attr(stat.S_IFREG | 0o644, 1))], None, VIEWER)
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    # A read-only viewer is offered no upload.
+    assert 'id="upload"' not in html
+    writer = Viewer("write", "w", "f" * 32)
+    assert 'id="upload"' in directory_page("/d", [], None, writer)
