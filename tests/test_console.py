@@ -35,6 +35,8 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import run_cli
 from test_http_api import Api
@@ -78,11 +80,24 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} ({last})")
 
 
+def follow(driver: WebDriver, by: str, selector: str) -> None:
+    """Click what leads to another page, and wait until that page replaced this one
+    (a click returns before the browser has loaded where it leads)."""
+    old = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(by, selector).click()
+    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+    wait_until(
+        lambda: driver.execute_script("return document.readyState") == "complete",
+        60,
+        "the page to load",
+    )
+
+
 def sign_in(driver: WebDriver, base: str, token: str) -> None:
     driver.delete_all_cookies()
     driver.get(base + "/ui/login")
     driver.find_element(By.ID, "token").send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "main form button").click()
+    follow(driver, By.CSS_SELECTOR, "main form button")
     wait_until(lambda: driver.title.startswith("Overview"), 30, "the overview after signing in")
 
 
@@ -144,7 +159,7 @@ def test_sign_in_shows_three_nodes_up_and_a_bad_token_is_refused(console: Consol
     d.get(console.base + "/ui/")
     assert "/ui/login" in d.current_url  # not signed in: sent to the form
     d.find_element(By.ID, "token").send_keys("pfs_nosuch_" + "x" * 43)
-    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    follow(d, By.CSS_SELECTOR, "main form button")
     assert "Not signed in" in d.find_element(By.CSS_SELECTOR, ".notice").text
     assert d.get_cookie("prismfs_console") is None
     sign_in(d, console.base, console.api.tokens["admin"])
@@ -181,7 +196,7 @@ def test_upload_by_chooser_and_drop_shows_in_listing_and_on_a_mount(console: Con
         lambda: "dropped.txt" in d.find_element(By.ID, "listing").text, 60, "dropped.txt listed"
     )
     shot(d, "files")
-    d.find_element(By.LINK_TEXT, "dropped.txt").click()
+    follow(d, By.LINK_TEXT, "dropped.txt")
     chunks = d.find_element(By.ID, "chunks").text
     assert "2 of 3" in chunks and all(i in chunks for i in console.ids)
     shot(d, "file")
@@ -254,11 +269,11 @@ def test_a_drain_started_from_the_page_reaches_100_percent(console: Console) -> 
     console.fourth = start_fourth_node(console)  # somewhere for the drained node's shards to go
     victim = console.ids[1]
     d.get(console.base + "/ui/?refresh=0")
-    d.find_element(By.CSS_SELECTOR, f'a[href="/ui/nodes/{victim}/drain"]').click()
+    follow(d, By.CSS_SELECTOR, f'a[href="/ui/nodes/{victim}/drain"]')
     page = d.find_element(By.TAG_NAME, "main").text
     assert f"Drain node {victim}?" in page and "shards" in page  # what will happen, first
     shot(d, "confirm-drain")
-    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    follow(d, By.CSS_SELECTOR, "main form button")
     assert d.title.startswith("Activity")
 
     def percent() -> int:
@@ -272,7 +287,7 @@ def test_a_drain_started_from_the_page_reaches_100_percent(console: Console) -> 
         assert nodes[victim]["state"] == "draining" and nodes[victim]["shards"] == 0
         # Cancel it from the page too, so the cluster is whole for the tests after.
     d.get(console.base + f"/ui/nodes/{victim}/cancel-drain")
-    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    follow(d, By.CSS_SELECTOR, "main form button")
     with console.api.client("admin") as c:
         nodes = {n["node"]: n for n in c.get("/v1/nodes").json()["nodes"]}
         assert nodes[victim]["state"] == "up"
@@ -308,6 +323,15 @@ def test_read_only_sees_no_action_and_forged_requests_change_nothing(console: Co
         assert r.status_code == 403 and "nothing was changed" in r.text
         r = admin.post(f"/ui/nodes/{victim}/drain", data={"csrf": "0" * 32})
         assert r.status_code == 403
+        # Even with the admin's own form token, a browser's request from another
+        # site (its Origin, or Sec-Fetch-Site) is refused.
+        admin_csrf = admin.get("/ui/").text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        evil = {"Origin": "http://evil.example"}
+        r = admin.post(f"/ui/nodes/{victim}/drain", data={"csrf": admin_csrf}, headers=evil)
+        assert r.status_code == 403 and "evil.example" in r.text
+        cross = {"Sec-Fetch-Site": "cross-site"}
+        r = admin.post(f"/ui/nodes/{victim}/drain", data={"csrf": admin_csrf}, headers=cross)
+        assert r.status_code == 403
         r = admin.post("/ui/scrub/start", data={})
         assert r.status_code == 403
         r = admin.put("/ui/upload/projects/forged.txt", content=b"x")
@@ -323,7 +347,7 @@ def test_read_only_sees_no_action_and_forged_requests_change_nothing(console: Co
 
 def drain_from_page(d: WebDriver, base: str, node: str) -> None:
     d.get(base + f"/ui/nodes/{node}/drain")
-    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    follow(d, By.CSS_SELECTOR, "main form button")
 
     def percent() -> int:
         rows = d.find_elements(By.CSS_SELECTOR, f'tr[data-drain="{node}"]')
@@ -335,9 +359,9 @@ def drain_from_page(d: WebDriver, base: str, node: str) -> None:
 def test_a_scrub_and_a_removal_from_the_page(console: Console) -> None:
     d = console.driver
     d.get(console.base + "/ui/activity?refresh=0")
-    d.find_element(By.LINK_TEXT, "Start a scrub").click()
+    follow(d, By.LINK_TEXT, "Start a scrub")
     assert "reads every shard" in d.find_element(By.TAG_NAME, "main").text
-    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    follow(d, By.CSS_SELECTOR, "main form button")
     assert "A scrub is running." in d.find_element(By.TAG_NAME, "main").text
     with console.api.client("read") as c:
         wait_until(
@@ -355,9 +379,9 @@ def test_a_scrub_and_a_removal_from_the_page(console: Console) -> None:
     assert console.fourth
     drain_from_page(d, console.base, console.fourth)
     d.get(console.base + "/ui/?refresh=0")
-    d.find_element(By.CSS_SELECTOR, f'a[href="/ui/nodes/{console.fourth}/remove"]').click()
+    follow(d, By.CSS_SELECTOR, f'a[href="/ui/nodes/{console.fourth}/remove"]')
     assert f"Remove node {console.fourth}?" in d.title
-    d.find_element(By.CSS_SELECTOR, "main form button").click()
+    follow(d, By.CSS_SELECTOR, "main form button")
     assert "was removed" in d.find_element(By.TAG_NAME, "main").text
     assert node_states(d)[console.fourth] == "removed"
     assert not d.find_elements(By.CSS_SELECTOR, f'a[href^="/ui/nodes/{console.fourth}/"]')

@@ -39,9 +39,10 @@ ZONES = {"a1": "a", "a2": "a", "b1": "b", "b2": "b", "c1": "c"}
 class Leader:
     role = "leader"
 
-    def __init__(self) -> None:
+    def __init__(self, voters: tuple[str, ...] = ("a1", "b1", "c1")) -> None:
         self.ns = Namespace()
         self.index = 0
+        self.voters = voters
 
     def run(self, command: Any) -> None:
         self.index += 1
@@ -56,9 +57,9 @@ def record(tag: int, k: int, nodes: tuple[str, ...]) -> ChunkRecord:
     return ChunkRecord(bytes([tag]) * 16, 100, 50, k, m, nodes, (b"",) * m)
 
 
-def setup() -> tuple[Leader, int, int]:
+def setup(voters: tuple[str, ...] = ("a1", "b1", "c1")) -> tuple[Leader, int, int]:
     """Two files: /hot/f coded 2-of-3 over zones a, b, c; /cold/g 1-of-3 in a and b."""
-    leader = Leader()
+    leader = Leader(voters)
     for node, zone in ZONES.items():
         leader.run(RegisterNode(0, node, f"addr-{node}", zone, 1 << 30))
     ids = []
@@ -100,6 +101,20 @@ def test_a_node_down_lowers_the_budget_at_once_and_zones_with_it() -> None:
     leader.run(SetNodeState(0, "b1", "down"))
     b = budget(leader)
     assert b.unavailable == 1 and b.nodes == 0
+
+
+def test_the_metadata_majority_caps_the_budget_and_the_zones() -> None:
+    # Three voters, two in zone a, one (b2) holding no shard at all.
+    leader, _, _ = setup(voters=("a1", "a2", "b2"))
+    b = budget(leader)
+    assert (b.voters, b.voters_margin, b.nodes) == (3, 1, 1)
+    # The chunks would survive zone a; the metadata would not (one voter left).
+    assert b.zones_survivable == ("b", "c")
+    leader.run(SetNodeState(0, "b2", "down"))
+    b = budget(leader)
+    assert b.voters_margin == 0 and b.nodes == 0  # the chunks could still lose one
+    assert b.least_margin_chunks == 1 and b.unavailable == 0
+    assert b.zones_survivable == ("b", "c")
 
 
 def test_no_coded_chunk_means_no_budget_to_speak_of() -> None:

@@ -6,7 +6,8 @@ same shard back on A (repair rebuilt it there when B went down), and the
 node running the move may have been deposed in a partition, its replica's
 view of the namespace stale. The delete must then keep A's copy: the leader
 asks the cluster (a linearizable read), a node that is not the leader
-deletes nothing, and the holder keeps a file written after the move began.
+deletes nothing, and the holder deletes only the very file that was there
+when the move began (its version), so a copy written there since stays.
 
 The rebalancer runs against two real namespaces (the cluster's and this
 replica's, which can lag behind it) and a recording shard pool; the node
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,7 +26,15 @@ import pytest
 import trio
 import trio.testing
 
-from prismfs.data.messages import CopyShard, DeleteShards, ShardPut, ShardsDeleted
+from prismfs.data.messages import (
+    CopyShard,
+    DeleteShards,
+    ShardInfo,
+    ShardList,
+    ShardPut,
+    ShardsDeleted,
+    StatShards,
+)
 from prismfs.data.service import ShardService
 from prismfs.data.stores import shard_id
 from prismfs.data.stores.local import LocalStore
@@ -49,6 +57,7 @@ from prismfs.wire.server import Call
 NODES = ("n1", "n2", "n3", "n4")
 CHUNK = bytes([9]) * 16
 MOVED = shard_id(CHUNK, 1)
+VERSION = 1_700_000_000_123_456_789  # the old copy's mtime_ns on its node
 
 
 class Cluster:
@@ -92,6 +101,8 @@ class Cluster:
     async def call(self, address: str, request: Message, *a: Any, **kw: Any) -> Response:
         if isinstance(request, CopyShard):
             return Response(ShardPut(50))
+        if isinstance(request, StatShards):
+            return Response(ShardList(tuple(ShardInfo(s, 50, VERSION) for s in request.shard_ids)))
         assert isinstance(request, DeleteShards)
         self.deletes.append((address, request))
         return Response(ShardsDeleted(len(request.shard_ids)))
@@ -124,8 +135,8 @@ def test_the_old_copy_is_deleted_once_the_move_is_committed() -> None:
         await trio.sleep(2)
         await mover._delete_due()
         assert [(a, r.shard_ids) for a, r in cluster.deletes] == [("addr-n4", (MOVED,))]
-        # The holder keeps the file if it was written after the move began.
-        assert cluster.deletes[0][1].min_age_s >= 6
+        # Only that version: a copy written there since is another file.
+        assert cluster.deletes[0][1].versions == (VERSION,)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -169,25 +180,31 @@ def node_call() -> Call:
     return Call(1, b"", "10.0.0.1:1234", "node n1")
 
 
-def test_the_holder_keeps_a_shard_written_after_the_delete_was_decided(tmp_path: Path) -> None:
+def test_the_holder_deletes_only_the_version_it_was_asked_to(tmp_path: Path) -> None:
     async def main() -> None:
         store = LocalStore(tmp_path)
         service = ShardService(store)
-        old, fresh = shard_id(CHUNK, 0), shard_id(CHUNK, 1)
+        old, rewritten = shard_id(CHUNK, 0), shard_id(CHUNK, 1)
         await store.put(old, b"old copy")
-        await store.put(fresh, b"rebuilt since")
-        past = time.time() - 60
-        os.utime(store._path(old), (past, past))
-        reply = await service._delete(DeleteShards((old, fresh), min_age_s=30), node_call())
+        await store.put(rewritten, b"the first copy")
+        listing = await service._stat_shards(
+            StatShards((old, rewritten, "ab" * 16 + ".2")), node_call()
+        )
+        assert [i.shard_id for i in listing.shards] == [old, rewritten]  # only what is here
+        seen = {i.shard_id: i.mtime_ns for i in listing.shards}
+        # Repair writes the second shard again (another file) after its version was seen.
+        later = seen[rewritten] + 1_000_000
+        await store.put(rewritten, b"the first copy")
+        os.utime(store._path(rewritten), ns=(later, later))
+        reply = await service._delete(
+            DeleteShards((old, rewritten), (seen[old], seen[rewritten])), node_call()
+        )
         assert reply.deleted == 1
-        assert await store.list("", 10) == [fresh]
-        # Without an age bound both go (the GC's deletes of dead chunks).
-        reply = await service._delete(DeleteShards((fresh,)), node_call())
-        assert reply.deleted == 1
-        assert await store.list("", 10) == []
+        assert await store.list("", 10) == [rewritten]
+        # Version 0, or none: deleted whatever it is (the GC's deletes of dead chunks).
+        reply = await service._delete(DeleteShards((rewritten,), (0,)), node_call())
+        assert reply.deleted == 1 and await store.list("", 10) == []
         with pytest.raises(InvalidArgument):
-            await service._delete(DeleteShards((old,), min_age_s=-1), node_call())
-        with pytest.raises(InvalidArgument):
-            await service._delete(DeleteShards((old,), min_age_s=float("nan")), node_call())
+            await service._delete(DeleteShards((old, rewritten), (1,)), node_call())
 
     trio.run(main)

@@ -71,6 +71,7 @@ NODE_ONLY = {
     "NodeHeartbeat",
     "DeleteShards",
     "ListShards",
+    "StatShards",
     "VerifyShards",
     "CopyShard",
     "RebuildShards",

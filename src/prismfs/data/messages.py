@@ -41,10 +41,11 @@ class ShardData(DataMessage, frozen=True):
 
 class DeleteShards(DataMessage, frozen=True):
     shard_ids: tuple[str, ...]
-    # Delete only a shard whose file is at least this old by the holder's clock
-    # (0: any). A move's old copy is deleted this way: a copy written there
-    # again after the move was decided (repair put the shard back) is kept.
-    min_age_s: float = 0.0
+    # With versions, one per shard (its file's mtime_ns as `StatShards` saw it;
+    # 0: any): a shard is deleted only if it is still that very file. A move's
+    # old copy is deleted so: a copy written there again since (repair put the
+    # shard back while the delete was on its way) is another file, and stays.
+    versions: tuple[U64, ...] = ()
 
 
 class ShardsDeleted(DataMessage, frozen=True):
@@ -67,6 +68,13 @@ class ShardInfo(DataMessage, frozen=True):
 
 class ShardList(DataMessage, frozen=True):
     shards: tuple[ShardInfo, ...]
+
+
+class StatShards(DataMessage, frozen=True):
+    """The size and version (mtime_ns) of each of these shards that is here
+    (answered as a `ShardList`)."""
+
+    shard_ids: tuple[str, ...]
 
 
 class StoreStats(DataMessage, frozen=True):

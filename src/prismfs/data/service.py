@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -37,6 +38,7 @@ from prismfs.data.messages import (
     ShardsRebuilt,
     ShardsReencoded,
     ShardsVerified,
+    StatShards,
     StoreStats,
     StoreStatsReply,
     VerifyShards,
@@ -71,6 +73,7 @@ class ShardService:
         server.register(GetShard, self._get, fast=self._get_cached, roles=EVERYONE)
         server.register(DeleteShards, self._delete)
         server.register(ListShards, self._list)
+        server.register(StatShards, self._stat_shards)
         server.register(StoreStats, self._stats, roles=EVERYONE)  # df on a mount
         server.register(VerifyShards, self._verify)
         server.register(CopyShard, self._copy)
@@ -207,15 +210,21 @@ class ShardService:
     async def _delete(self, request: DeleteShards, call: Call) -> ShardsDeleted:
         if len(request.shard_ids) > 10_000:
             raise InvalidArgument("at most 10,000 shards per delete")
-        if not 0 <= request.min_age_s < 1e9:
-            raise InvalidArgument("a delete's min_age_s must be a number of seconds, 0 or more")
+        versions = request.versions or (0,) * len(request.shard_ids)
+        if len(versions) != len(request.shard_ids):
+            raise InvalidArgument("a delete's versions must be one per shard, or none")
         deleted: list[str] = []
         kept: list[str] = []
-        for sid in request.shard_ids:
-            if request.min_age_s > 0 and not await self._older_than(sid, request.min_age_s):
-                kept.append(sid)
-                continue
-            if await self.store.delete(sid):
+        for sid, version in zip(request.shard_ids, versions, strict=True):
+            validate_shard_id(sid)
+            if version:
+                gone = await self._delete_version(sid, version)
+                if not gone:
+                    kept.append(sid)
+                    continue
+            else:
+                gone = await self.store.delete(sid)
+            if gone:
                 deleted.append(sid)
         # Which shards went, and at whose request: a shard found missing
         # later is traced to the delete that took it.
@@ -229,33 +238,43 @@ class ShardService:
         )
         if kept:
             log.info(
-                "kept %d shards written less than %.1f s ago (after the delete was decided): %s",
+                "kept %d shards that are not (or no longer) the version to delete: %s",
                 len(kept),
-                request.min_age_s,
                 " ".join(kept),
             )
         return ShardsDeleted(len(deleted))
 
-    async def _older_than(self, sid: str, age_s: float) -> bool:
-        """Whether shard ``sid`` was written at least ``age_s`` ago by this
-        node's clock (False if it is not here)."""
-        try:
-            st = await self.store.stat(sid)
+    async def _delete_version(self, sid: str, mtime_ns: int) -> bool:
+        """Delete ``sid`` only if it is still the file stamped ``mtime_ns``."""
+        if isinstance(self.store, ThreadedStore):
+            return await self.store.delete_if(sid, mtime_ns)
+        try:  # a plugin store: checked, then deleted (not atomic)
+            if (await self.store.stat(sid)).mtime_ns != mtime_ns:
+                return False
         except NotFound:
             return False
-        return (time.time_ns() - st.mtime_ns) / 1e9 >= age_s
+        return await self.store.delete(sid)
 
-    async def _list(self, request: ListShards, call: Call) -> ShardList:
-        ids = await self.store.list(request.after, max(1, min(request.limit, 10_000)))
+    async def _stat_shards(self, request: StatShards, call: Call) -> ShardList:
+        if len(request.shard_ids) > 10_000:
+            raise InvalidArgument("at most 10,000 shards per request")
+        return ShardList(await self._infos(request.shard_ids))
+
+    async def _infos(self, ids: Sequence[str]) -> tuple[ShardInfo, ...]:
         infos = []
         now = time.time_ns()  # the clock this node's file system stamps shards with
         for sid in ids:
+            validate_shard_id(sid)
             try:
                 st = await self.store.stat(sid)
             except NotFound:
-                continue  # deleted meanwhile
+                continue  # not here, or deleted meanwhile
             infos.append(ShardInfo(sid, st.size, st.mtime_ns, max(0.0, (now - st.mtime_ns) / 1e9)))
-        return ShardList(tuple(infos))
+        return tuple(infos)
+
+    async def _list(self, request: ListShards, call: Call) -> ShardList:
+        ids = await self.store.list(request.after, max(1, min(request.limit, 10_000)))
+        return ShardList(await self._infos(ids))
 
     async def _verify(self, request: VerifyShards, call: Call) -> ShardsVerified:
         if len(request.shard_ids) != len(request.checksums) or len(request.shard_ids) > 1000:

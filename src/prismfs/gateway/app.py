@@ -586,7 +586,7 @@ async def openapi(gw: Gateway, request: Request) -> Response:
 DRAIN_LIMIT = 16 << 20
 
 
-async def _drain(request: Request) -> bool:
+async def drain_refused_body(request: Request) -> bool:
     """Read and drop what is left of a refused request's body, so a client that
     sends it all before reading the answer gets the answer; False if there is
     more than `DRAIN_LIMIT` (the connection is then closed after the answer)."""
@@ -661,7 +661,7 @@ def build_app(gw: Gateway, extra: Sequence[BaseRoute] = ()) -> Starlette:
                 status = response.status_code
                 if status >= 500 and status != 503:
                     log.error("%s %s: %s", request.method, request.url.path, exc.message)
-                if request.method in ("PUT", "POST") and not await _drain(request):
+                if request.method in ("PUT", "POST") and not await drain_refused_body(request):
                     response.headers["Connection"] = "close"
                 return response
             except ClientDisconnect:

@@ -24,15 +24,18 @@ a small script adds drag-and-drop uploads.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
+import re
 import stat
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
-from starlette.requests import Request
+import msgspec
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
@@ -46,7 +49,7 @@ from prismfs.errors import (
 )
 from prismfs.gateway import console_pages as pages
 from prismfs.gateway import problems
-from prismfs.gateway.app import Gateway, get_file_route, put_file_route
+from prismfs.gateway.app import Gateway, drain_refused_body, get_file_route, put_file_route
 from prismfs.gateway.console_assets import CSS, JS
 from prismfs.gateway.console_pages import Viewer
 from prismfs.leader.activity import Activity, ActivityReply
@@ -68,6 +71,7 @@ log = logging.getLogger("prismfs.gateway.console")
 COOKIE = "prismfs_console"
 FORM_LIMIT = 8192
 CHUNKS_PER_PAGE = 200
+DIGITS = re.compile(r"[0-9]{1,18}")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
@@ -130,9 +134,14 @@ def guarded(
     async def run(request: Request) -> Response:
         viewer: Viewer | None = None
         try:
+            if request.method not in ("GET", "HEAD"):
+                same_site(request)
             viewer = await viewer_of(gw, request, needed)
             return await handler(gw, request, viewer)
+        except ClientDisconnect:
+            return Response(status_code=499)  # nobody to answer: a cancelled upload
         except AuthenticationFailed as exc:
+            await refuse_body(request)
             if request.method == "GET":
                 target = quote(
                     request.url.path + ("?" + request.url.query if request.url.query else "")
@@ -140,6 +149,7 @@ def guarded(
                 return RedirectResponse(f"/ui/login?next={target}", status_code=303)
             return html(pages.error_page("Sign in first", exc.message), 401)
         except PrismError as exc:
+            await refuse_body(request)
             status = problems.from_error(exc).status_code
             if status >= 500 and status != 503:
                 log.error("%s %s: %s", request.method, request.url.path, exc.message)
@@ -149,6 +159,24 @@ def guarded(
             return html(page, status)
 
     return run
+
+
+async def refuse_body(request: Request) -> None:
+    """Read what is left of a refused upload, as the API does, so a browser that
+    sends it all first gets the answer."""
+    if request.method in ("PUT", "POST"):
+        with contextlib.suppress(ClientDisconnect):
+            await drain_refused_body(request)
+
+
+def same_site(request: Request) -> None:
+    """Changes come from the console's own pages: a browser says where a request
+    comes from (``Sec-Fetch-Site``, ``Origin``); another site is refused."""
+    if request.headers.get("sec-fetch-site", "") == "cross-site":
+        raise PermissionDenied("a request from another site; nothing was changed")
+    origin = request.headers.get("origin", "")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host"):
+        raise PermissionDenied(f"a request from {origin}; nothing was changed")
 
 
 # --- signing in -------------------------------------------------------------------------------
@@ -165,7 +193,10 @@ async def login_form(gw: Gateway, request: Request) -> Response:
 
 async def login(gw: Gateway, request: Request) -> Response:
     try:
+        same_site(request)
         form = await form_of(request)
+    except PermissionDenied as exc:
+        return html(pages.login_page(exc.message), 403)
     except InvalidArgument as exc:
         return html(pages.login_page(exc.message), 400)
     token, target = form.get("token", "").strip(), safe_next(form.get("next", "/ui/"))
@@ -183,12 +214,17 @@ async def login(gw: Gateway, request: Request) -> Response:
         path="/ui",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        # Behind a proxy that ends TLS too (the cookie is the token itself).
+        secure="https" in (request.url.scheme, request.headers.get("x-forwarded-proto", "")),
     )
     return response
 
 
 async def logout(gw: Gateway, request: Request) -> Response:
+    try:
+        same_site(request)
+    except PermissionDenied as exc:
+        return html(pages.error_page("Not signed out", exc.message), 403)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/ui")
     return response
@@ -214,17 +250,46 @@ async def optional(gw: Gateway, request: Message, expect: type[T], what: str) ->
         return None
 
 
+DONE = {
+    "draining": "Node {node} is draining.",
+    "drain-cancelled": "The drain of node {node} was cancelled.",
+    "removed": "Node {node} was removed.",
+    "scrub": "A scrub is running.",
+}
+"""What an action's redirect may say (``?done=CODE&node=ID``): never free text."""
+
+
+def done_message(request: Request, health: ClusterHealthReply) -> str:
+    template = DONE.get(request.query_params.get("done", ""), "")
+    node = request.query_params.get("node", "")
+    if "{node}" in template and node not in {n.node for n in health.nodes}:
+        return ""
+    return template.format(node=node)
+
+
 async def overview(gw: Gateway, request: Request, viewer: Viewer) -> Response:
     health = await health_of(gw)
     budget = await optional(gw, FaultBudget(), FaultBudgetReply, "fault budget")
-    message = request.query_params.get("done", "")
+    if budget is not None:  # directories beyond the token's prefix are not named
+        caller: Caller = request.state.caller
+        weakest = tuple(d for d in budget.weakest if within(caller, d))
+        budget = msgspec.structs.replace(budget, weakest=weakest)
+    message = done_message(request, health)
     return html(pages.overview_page(health, budget, viewer, refreshing(request), message))
+
+
+def within(caller: Caller, path: str) -> bool:
+    try:
+        caller.reach(path)
+    except PermissionDenied:
+        return False
+    return True
 
 
 async def activity(gw: Gateway, request: Request, viewer: Viewer) -> Response:
     health = await health_of(gw)
     history = await optional(gw, Activity(), ActivityReply, "activity history")
-    message = request.query_params.get("done", "")
+    message = done_message(request, health)
     return html(pages.activity_page(health, history, viewer, refreshing(request), message))
 
 
@@ -234,10 +299,8 @@ async def files(gw: Gateway, request: Request, viewer: Viewer) -> Response:
     attr = await resolve(gw.meta, path, caller)
     if stat.S_ISDIR(attr.mode):
         caller.check(attr, R, path)
-        cursor_text = request.query_params.get("cursor", "0")
-        if not cursor_text.isdigit():
-            raise InvalidArgument("cursor must be a number")
-        page = await gw.meta.readdir_page(attr.ino, int(cursor_text), 500)
+        cursor = number(request, "cursor")
+        page = await gw.meta.readdir_page(attr.ino, cursor, 500)
         entries = [(en.name.decode(errors="replace"), en.attr) for en in page.entries]
         more = str(page.entries[-1].cookie) if page.more and page.entries else None
         return html(pages.directory_page(path, entries, more, viewer))
@@ -245,10 +308,8 @@ async def files(gw: Gateway, request: Request, viewer: Viewer) -> Response:
         return html(
             pages.error_page("Not a file", f"{path} is neither a file nor a directory", viewer), 400
         )
-    first_text = request.query_params.get("chunk", "0")
-    if not first_text.isdigit():
-        raise InvalidArgument("chunk must be a number")
-    first = int(first_text)
+    caller.check(attr, R, path)  # as a GET of the file would
+    first = number(request, "chunk")
     # A page of chunks at a time: a terabyte file has a quarter of a million.
     cmap = await gw.meta.chunk_map_all(attr.ino, first, CHUNKS_PER_PAGE)
     health = await health_of(gw)
@@ -256,8 +317,21 @@ async def files(gw: Gateway, request: Request, viewer: Viewer) -> Response:
     return html(pages.file_page(path, attr, cmap, first, CHUNKS_PER_PAGE, states, viewer))
 
 
+def number(request: Request, name: str) -> int:
+    text = request.query_params.get(name, "0")
+    if not DIGITS.fullmatch(text):
+        raise InvalidArgument(f"{name} must be a whole number below 10^18")
+    return int(text)
+
+
 async def download(gw: Gateway, request: Request, viewer: Viewer) -> Response:
-    return await get_file_route(gw, request)
+    response = await get_file_route(gw, request)
+    # Saved, never shown: what a user stored is not a page of the console.
+    name = quote(request.url.path.rsplit("/", 1)[-1])
+    response.headers["Content-Disposition"] = f"attachment; filename*=UTF-8''{name}"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return response
 
 
 async def upload(gw: Gateway, request: Request, viewer: Viewer) -> Response:
@@ -265,7 +339,10 @@ async def upload(gw: Gateway, request: Request, viewer: Viewer) -> Response:
         check_form_token(viewer, request.headers.get("x-console-csrf", ""))
         return await put_file_route(gw, request)
     except PrismError as exc:  # the script shows the problem's detail
-        return problems.from_error(exc)
+        response = problems.from_error(exc)
+        if not await drain_refused_body(request):
+            response.headers["Connection"] = "close"
+        return response
 
 
 # --- actions ----------------------------------------------------------------------------------
@@ -323,16 +400,14 @@ async def node_action(gw: Gateway, request: Request, viewer: Viewer) -> Response
     if action == "drain":
         await gw.leader(DrainNode(node), NodeChanged)
         log.info("console: %s drained node %s", viewer.name, node)
-        return RedirectResponse(f"/ui/activity?done={quote(f'Node {node} is draining.')}", 303)
+        return RedirectResponse(f"/ui/activity?done=draining&node={quote(node)}", 303)
     if action == "cancel-drain":
         await gw.leader(CancelDrain(node), NodeChanged)
         log.info("console: %s cancelled the drain of node %s", viewer.name, node)
-        return RedirectResponse(
-            f"/ui/?done={quote(f'The drain of node {node} was cancelled.')}", 303
-        )
+        return RedirectResponse(f"/ui/?done=drain-cancelled&node={quote(node)}", 303)
     await gw.leader(RemoveNode(node, False), NodeChanged)
     log.info("console: %s removed node %s", viewer.name, node)
-    return RedirectResponse(f"/ui/?done={quote(f'Node {node} was removed.')}", 303)
+    return RedirectResponse(f"/ui/?done=removed&node={quote(node)}", 303)
 
 
 async def scrub_form(gw: Gateway, request: Request, viewer: Viewer) -> Response:
@@ -351,7 +426,7 @@ async def scrub_start(gw: Gateway, request: Request, viewer: Viewer) -> Response
     check_form_token(viewer, (await form_of(request)).get("csrf", ""))
     await gw.leader(ScrubStart(), ScrubReport)
     log.info("console: %s started a scrub", viewer.name)
-    return RedirectResponse(f"/ui/activity?done={quote('A scrub is running.')}", 303)
+    return RedirectResponse("/ui/activity?done=scrub", 303)
 
 
 # --- the routes -------------------------------------------------------------------------------

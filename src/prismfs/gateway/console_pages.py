@@ -216,6 +216,13 @@ def budget_card(b: FaultBudgetReply | None) -> str:
         cls = "bad" if b.nodes == 0 else ("warn" if b.nodes == 1 else "ok")
         word = "node" if b.nodes == 1 else "nodes"
         headline = f'<p class="big {cls}" data-budget="{b.nodes}">{b.nodes} more {word}</p>'
+    meta = ""
+    if b.voters:
+        margin = max(0, b.voters_margin)
+        meta = (
+            f"<p>Metadata: {margin} of the {b.voters} voters may fail (a majority must stay "
+            "up).</p>"
+        )
     zones = ""
     if b.zones:
         safe = ", ".join(e(z) for z in b.zones_survivable) or "none"
@@ -233,7 +240,7 @@ def budget_card(b: FaultBudgetReply | None) -> str:
     return (
         '<div class="card" id="fault-budget"><h2>Fault budget</h2>'
         "<p>How many more nodes may fail now with every file still readable:</p>"
-        f'{headline}{zones}{weakest}<p class="muted">Computed {age:.0f} s ago over '
+        f'{headline}{meta}{zones}{weakest}<p class="muted">Computed {age:.0f} s ago over '
         f"{b.chunks} chunks.</p></div>"
     )
 
@@ -425,12 +432,8 @@ def activity_page(
     parts.append(f'<section aria-labelledby="scrub-h"><h2 id="scrub-h">Scrub</h2>{scrub}</section>')
     # Charts
     if a is not None:
-        traffic = [
-            (t, i + o)
-            for (t, i), (_, o) in zip(
-                rates(series(a, "bytes_in")), rates(series(a, "bytes_out")), strict=False
-            )
-        ]
+        both = zip(series(a, "bytes_in"), series(a, "bytes_out"), strict=True)
+        traffic = rates([(t, i + o) for (t, i), (_, o) in both])
         parts.append(
             '<section aria-labelledby="charts-h"><h2 id="charts-h">The last hour</h2>'
             + chart(traffic, "Shard throughput (stored and served)", "B")

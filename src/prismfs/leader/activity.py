@@ -2,9 +2,12 @@
 answered by the leader (`Activity`) for the web console's charts and rates.
 
 Every ``INTERVAL_S`` each node samples counters that only grow: the Raft
-commit index, the shard bytes stored and served cluster-wide (the leader
-sums the counters the nodes' heartbeats carry, plus its own), and the
-leader's repair, move and scrub counters. Rates and estimated times left are
+commit index, the shard bytes stored and served cluster-wide, and the
+leader's repair, move and scrub counters. Cluster bytes add up what each
+node's counter grew by since the last sample (its own, and on the leader
+those the nodes' heartbeats carry): a node's first report is only a
+baseline, and a node restarted counts from zero again, so neither a new
+leader nor a restart shows a burst that did not happen. Rates and estimated times left are
 differences between samples, worked out by the reader. A sample where a
 counter went down (a new leader counts its own repairs from zero, a node
 restarted) is a reset: rates skip across it. Nothing here is durable: a
@@ -76,17 +79,32 @@ class ActivityHistory:
         self.node_id = node_id
         self.interval_s = interval_s
         self.samples: deque[tuple[int, ...]] = deque(maxlen=KEEP)
+        self._seen: dict[str, tuple[int, int]] = {}  # node -> its counters at the last sample
+        self._bytes = (0, 0)  # cluster bytes stored, served, seen growing here
 
     def register(self, server: RpcServer) -> None:
         server.register(Activity, self._answer, roles=EVERYONE)
 
+    def traffic(self, leader: bool) -> tuple[int, int]:
+        """The cluster's bytes stored and served, as grown since this node started."""
+        counters = {self.node_id: self.own_traffic()}
+        if leader:
+            counters |= {n: c for n, c in self.health.traffic.items() if n != self.node_id}
+        else:  # other nodes' counters are heard only while leading: baselines anew then
+            self._seen = {n: c for n, c in self._seen.items() if n == self.node_id}
+        total_in, total_out = self._bytes
+        for node, (i, o) in counters.items():
+            last = self._seen.get(node)
+            if last is not None:
+                total_in += i - last[0] if i >= last[0] else i  # restarted: from zero
+                total_out += o - last[1] if o >= last[1] else o
+            self._seen[node] = (i, o)
+        self._bytes = (total_in, total_out)
+        return self._bytes
+
     def sample(self) -> tuple[int, ...]:
         status = self.consensus.status()
-        bytes_in, bytes_out = self.own_traffic()
-        if status.role == "leader":
-            for node, (i, o) in self.health.traffic.items():
-                if node != self.node_id:
-                    bytes_in, bytes_out = bytes_in + i, bytes_out + o
+        bytes_in, bytes_out = self.traffic(status.role == "leader")
         stats, moves = self.health.stats, self.mover.stats
         return (
             wall_ns(),

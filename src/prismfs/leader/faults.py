@@ -5,15 +5,20 @@ A chunk coded k-of-m stays readable while k of its shards are on nodes that
 are not down or removed; its *margin* is the number of such shards minus k.
 Shards of one chunk are on distinct nodes, so any ``b`` more node failures
 leave every chunk readable exactly when every margin is at least ``b``: the
-budget is the least margin. A zone can be lost whole when every chunk keeps k
-readable shards outside it. The directories first to go are those holding
-the chunks at the least margin (a file's chunks are where its bytes are).
+budget is the least margin, and never more than the metadata's: the Raft
+voters that are up, less a majority of all voters (losing the majority
+stops every read and write). A zone can be lost whole when every chunk
+keeps k readable shards outside it and a majority of voters is outside it.
+The directories first to go are those holding the chunks at the least
+margin (a file's chunks are where its bytes are).
 
 Reading every chunk record is work proportional to what is stored, so it
 runs in a worker thread on a read-only connection of its own, a page at a
-time, at most once per ``CACHE_S`` or ten times as long as the last scan
-took, whichever is longer, and again at once when a node's state changes
-(`FaultBudgets`); the answer says when it was computed. Chunks kept inline
+time, within one read transaction (one snapshot), at most once per
+``CACHE_S`` or ten times as long as the last scan took, whichever is
+longer, and sooner (after a second, or twice the last scan's time) when a
+node's state changes (`FaultBudgets`). One scan runs at a time; while it
+runs, callers get the last answer. The answer says when it was computed. Chunks kept inline
 in the metadata are replicated by Raft and do not count.
 """
 
@@ -28,7 +33,7 @@ from prismfs.clock import wall_ns
 from prismfs.leader.admin import AdminMessage, leader_only
 from prismfs.leader.repair import off_loop, unavailable_nodes
 from prismfs.meta.cluster_tables import ClusterTables, decode_record
-from prismfs.meta.commands import ROOT_INO
+from prismfs.meta.commands import ROOT_INO, NodeInfo
 from prismfs.meta.namespace import Namespace
 from prismfs.node.consensus import Consensus
 from prismfs.wire.auth import EVERYONE
@@ -47,12 +52,14 @@ class FaultBudget(AdminMessage, frozen=True):
 class FaultBudgetReply(AdminMessage, frozen=True):
     computed_ns: I64  # when (wall clock)
     chunks: U64  # coded chunks looked at
-    nodes: I64  # more nodes that may fail with every chunk readable (-1: no coded chunk)
+    nodes: I64  # more nodes that may fail with every file readable (-1: no coded chunk)
     least_margin_chunks: U64  # chunks at that least margin
     unavailable: U64  # chunks unreadable now
     zones: tuple[str, ...]  # every zone of the nodes that are not removed
     zones_survivable: tuple[str, ...]  # the zones whose loss leaves every chunk readable
     weakest: tuple[str, ...]  # up to WEAKEST directories with chunks at the least margin
+    voters: U64 = 0  # Raft voters
+    voters_margin: I64 = 0  # voters that may fail with a majority left
 
 
 @dataclass
@@ -66,7 +73,20 @@ class _Scan:
 
 
 def scan(view: ClusterTables, bad: set[str], zone_of: dict[str, str]) -> _Scan:
-    """Every coded chunk record, a page at a time (by rowid, no cursor kept open)."""
+    """Every coded chunk record, a page at a time, in one read transaction: the
+    pages are of one snapshot (a record rewritten meanwhile is neither seen
+    twice nor missed)."""
+    own = not view.db.in_transaction
+    if own:
+        view.db.execute("BEGIN")
+    try:
+        return _scan_pages(view, bad, zone_of)
+    finally:
+        if own:
+            view.db.execute("COMMIT")
+
+
+def _scan_pages(view: ClusterTables, bad: set[str], zone_of: dict[str, str]) -> _Scan:
     out = _Scan(zone_ok={z: True for z in set(zone_of.values()) if z})
     after = 0
     while True:
@@ -147,32 +167,58 @@ class FaultBudgets:
         return await self.current()
 
     async def current(self) -> FaultBudgetReply:
-        async with self._lock:  # one scan at a time; the others wait for its answer
-            registry = [n for n in self.namespace.nodes() if n.state != "removed"]
-            states = tuple(sorted((n.node, n.state) for n in registry))
-            now = trio.current_time()
-            if self._last is not None:
-                at, seen, took, reply = self._last
-                if seen == states and now - at < max(CACHE_S, 10 * took):
-                    return reply
-            bad = unavailable_nodes(self.namespace)
-            zone_of = {n.node: n.zone for n in registry}
-            zones = tuple(sorted({n.zone for n in registry if n.zone}))
+        registry = [n for n in self.namespace.nodes() if n.state != "removed"]
+        states = tuple(sorted((n.node, n.state) for n in registry))
+        if self._last is not None:
+            at, seen, took, reply = self._last
+            age = trio.current_time() - at
+            fresh = age < max(CACHE_S, 10 * took)
+            if seen != states:  # a node went down or came back: soon, not at once
+                fresh = age < max(1.0, 2 * took)
+            if fresh or self._lock.locked():  # a scan is running: the last answer now
+                return reply
+        asked = trio.current_time()
+        async with self._lock:  # one scan at a time
+            if self._last is not None and self._last[0] >= asked:
+                return self._last[3]  # computed while this call waited
+            return await self._compute(registry, states)
 
-            def read(view: ClusterTables) -> tuple[_Scan, list[str]]:
-                result = scan(view, bad, zone_of)
-                return result, weakest_dirs(view, result.inos)
+    async def _compute(
+        self, registry: list[NodeInfo], states: tuple[tuple[str, str], ...]
+    ) -> FaultBudgetReply:
+        started = trio.current_time()
+        bad = unavailable_nodes(self.namespace)
+        zone_of = {n.node: n.zone for n in registry}
+        zones = tuple(sorted({n.zone for n in registry if n.zone}))
 
-            result, dirs = await off_loop(self.namespace, read)
-            reply = FaultBudgetReply(
-                computed_ns=wall_ns(),
-                chunks=result.chunks,
-                nodes=-1 if result.least is None else max(0, result.least),
-                least_margin_chunks=result.at_least,
-                unavailable=result.unavailable,
-                zones=zones,
-                zones_survivable=tuple(z for z in zones if result.zone_ok.get(z, True)),
-                weakest=tuple(dirs),
-            )
-            self._last = (now, states, trio.current_time() - now, reply)
-            return reply
+        def read(view: ClusterTables) -> tuple[_Scan, list[str]]:
+            result = scan(view, bad, zone_of)
+            return result, weakest_dirs(view, result.inos)
+
+        result, dirs = await off_loop(self.namespace, read)
+        # The metadata: a majority of the voters must stay up.
+        voters = self.consensus.status().voters
+        quorum = len(voters) // 2 + 1
+        live_voters = [v for v in voters if v not in bad]
+        voters_margin = len(live_voters) - quorum
+        chunk_margin = None if result.least is None else max(0, result.least)
+        nodes = -1 if chunk_margin is None else max(0, min(chunk_margin, voters_margin))
+
+        def zone_ok(zone: str) -> bool:
+            outside = sum(1 for v in live_voters if zone_of.get(v, "") != zone)
+            return result.zone_ok.get(zone, True) and outside >= quorum
+
+        reply = FaultBudgetReply(
+            computed_ns=wall_ns(),
+            chunks=result.chunks,
+            nodes=nodes,
+            least_margin_chunks=result.at_least,
+            unavailable=result.unavailable,
+            zones=zones,
+            zones_survivable=tuple(z for z in zones if zone_ok(z)),
+            weakest=tuple(dirs),
+            voters=len(voters),
+            voters_margin=voters_margin,
+        )
+        self._last = (trio.current_time(), states, trio.current_time() - started, reply)
+        return reply

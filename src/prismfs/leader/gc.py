@@ -29,6 +29,7 @@ import trio
 from prismfs.clock import wall_ns
 from prismfs.data.messages import DeleteShards
 from prismfs.data.stores import ShardStore, shard_id
+from prismfs.data.stores.threaded import ThreadedStore
 from prismfs.errors import PrismError
 from prismfs.meta.commands import GcDone, MetaValue, ShardRefs
 from prismfs.meta.namespace import Namespace
@@ -115,6 +116,7 @@ async def sweep_orphans(
             break
         after = ids[-1]
         old = []
+        versions: dict[str, int] = {}
         for sid in ids:
             try:
                 st = await store.stat(sid)
@@ -122,6 +124,7 @@ async def sweep_orphans(
                 continue
             if (now - st.mtime_ns) / 1e9 > grace_s:
                 old.append(sid)
+                versions[sid] = st.mtime_ns
         if not old:
             continue
         reply = await consensus.query(encode_message(ShardRefs(node_id, tuple(old))))
@@ -135,7 +138,13 @@ async def sweep_orphans(
             first = suspects.setdefault(sid, seen_now)
             if seen_now - first >= grace_s:
                 unreferenced.discard(sid)
-                await store.delete(sid)
+                # Only the file looked at: one written since (a rebuild placed
+                # the shard here again) stays.
+                if isinstance(store, ThreadedStore):
+                    if not await store.delete_if(sid, versions[sid]):
+                        continue
+                else:
+                    await store.delete(sid)
                 deleted += 1
                 log.info("orphan sweep: deleted shard %s (no chunk record places it here)", sid)
     for sid in set(suspects) - unreferenced:

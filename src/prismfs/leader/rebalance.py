@@ -12,10 +12,12 @@ the chunk map if it must). A commit that was refused leaves the new copy
 unreferenced; the node's orphan sweep removes it. The old copy is deleted
 only by the leader, only if the cluster (a linearizable read, never this
 replica's possibly stale view) places no shard of that id on that node any
-more, and only if the holder's file is older than the move (`DeleteShards`
-``min_age_s``): repair may have put the same shard back on that node since,
-and a leader deposed in a partition must not delete it. A leader that loses
-office forgets its pending deletes; those copies are left to the sweep. If the old holder cannot
+more, and only if the holder's file is still the one that was there when
+the move began (its version, `StatShards`, checked and deleted atomically by
+the holder): repair may have put the same shard back on that node since,
+even while the delete was on its way, and a leader deposed in a partition
+must not delete it. A leader that loses office forgets its pending deletes;
+those copies are left to the sweep. If the old holder cannot
 be read (a draining node that died), the shard is rebuilt from the others
 instead (`repair_chunk`).
 
@@ -49,11 +51,11 @@ from typing import TypeVar
 import trio
 
 from prismfs.clock import wall_ns
-from prismfs.data.messages import CopyShard, DeleteShards, ShardPut
+from prismfs.data.messages import CopyShard, DeleteShards, ShardList, ShardPut, StatShards
 from prismfs.data.placement import Candidate, score, up_candidates
 from prismfs.data.service import COPY_TIMEOUT_S
 from prismfs.data.stores import shard_id
-from prismfs.errors import PrismError
+from prismfs.errors import NotFound, PrismError, ProtocolError
 from prismfs.exception_groups import single_exception
 from prismfs.leader.repair import (
     Health,
@@ -119,22 +121,38 @@ class Mover:
         self.mb_per_s = max(mb_per_s, 0.1)
         self.delete_after_s = delete_after_s
         self.stats = MoveStats()
-        # (due, node, shard id, since): "since" is when the move began, before
-        # which the old copy was written (trio clock)
-        self._deletes: list[tuple[float, str, str, float]] = []
+        # (due, node, shard id, version): the version (mtime_ns) the old copy had
+        # when the move began; 0 for shards nothing ever referred to
+        self._deletes: list[tuple[float, str, str, int]] = []
         self._stuck: dict[str, int] = {}  # draining node -> chunks no node can take (logged)
         self._cursors: dict[str, _Cursor] = {}  # rebalance: where each node's list was left
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            # Deletes of old copies in a task of their own: a node slow to answer
+            # them holds up no drain.
+            nursery.start_soon(self._delete_loop)
+            task_status.started()
+            await self._move_loop()
+
+    async def _delete_loop(self) -> None:
         while True:
             await trio.sleep(1.0)
             if self.consensus.role != "leader":
-                self.stats = MoveStats()
                 self._forget_deletes()
                 continue
             try:
                 await self._delete_due()
+            except PrismError as exc:
+                log.info("old copies of moved shards not deleted now: %s", exc.message)
+
+    async def _move_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            if self.consensus.role != "leader":
+                self.stats = MoveStats()
+                continue
+            try:
                 await self.drain_pass()
                 await self.reencode_pass()
                 if not self.health.stats.pending:
@@ -243,7 +261,7 @@ class Mover:
             now = trio.current_time()
             for i, node in enumerate(record.nodes):  # nothing refers to the new shards
                 if node:
-                    self._deletes.append((now, node, shard_id(record.id, i), now))
+                    self._deletes.append((now, node, shard_id(record.id, i), 0))
             return False
         self.stats.reencoded += 1
         spent = rec.shard_size * rec.k + record.shard_size * record.m
@@ -355,6 +373,13 @@ class Mover:
         sid = shard_id(rec.id, i)
         started = trio.current_time()
         try:
+            # The version of the old copy: only that file is deleted later (a
+            # copy written there again since, by repair, is another file).
+            listing = await self.pool.call(nodes[src].address, StatShards((sid,)), timeout=10)
+            found = listing.message.shards if isinstance(listing.message, ShardList) else ()
+            if not found:
+                raise NotFound(f"shard {sid} is not on {src}")
+            version = found[0].mtime_ns
             # The new node copies the shard from the old one: node to node.
             reply = await self.pool.call(
                 nodes[to].address,
@@ -392,7 +417,7 @@ class Mover:
             return False
         self.stats.shards_moved += 1
         self.stats.bytes_moved += size
-        self._deletes.append((trio.current_time() + self.delete_after_s, src, sid, started))
+        self._deletes.append((trio.current_time() + self.delete_after_s, src, sid, version))
         # Read once, written once; the budget is shared by the moves in flight.
         spent = 2 * size * PARALLEL_MOVES
         await trio.sleep_until(started + spent / (self.mb_per_s * 1e6))
@@ -411,20 +436,20 @@ class Mover:
 
     async def _delete_due(self) -> None:
         """Delete the old copies of moved shards whose grace has passed: only
-        those the cluster places on that node no more, only if written before
-        the move (best effort: a node that does not answer has them swept as
-        orphans)."""
+        those the cluster places on that node no more, and only the very file
+        that was there when the move began (best effort: a node that does not
+        answer has them swept as orphans)."""
         now = trio.current_time()
         due = [d for d in self._deletes if d[0] <= now]
         if not due:
             return
         self._deletes = [d for d in self._deletes if d[0] > now]
-        by_node: dict[str, list[tuple[str, float]]] = {}
-        for _, node, sid, since in due:
-            by_node.setdefault(node, []).append((sid, since))
+        by_node: dict[str, list[tuple[str, int]]] = {}
+        for _, node, sid, version in due:
+            by_node.setdefault(node, []).append((sid, version))
         nodes = {n.node: n for n in self.namespace.nodes()}
 
-        async def delete_on(info: NodeInfo, items: list[tuple[str, float]]) -> None:
+        async def delete_on(info: NodeInfo, items: list[tuple[str, int]]) -> None:
             for start in range(0, len(items), DELETE_BATCH):
                 batch = items[start : start + DELETE_BATCH]
                 try:
@@ -435,17 +460,15 @@ class Mover:
                         encode_message(ShardRefs(info.node, tuple(s for s, _ in batch)))
                     )
                     refs = decode_message(reply.result)
-                    assert isinstance(refs, MetaValue)
+                    if not isinstance(refs, MetaValue):
+                        raise ProtocolError(f"ShardRefs answered {type(refs).__name__}")
                     placed = {name.decode() for name in refs.names}
-                    stale = [(s, since) for s, since in batch if s not in placed]
+                    stale = [(s, v) for s, v in batch if s not in placed]
                     if not stale:
                         continue
-                    # Older than the oldest move here: a copy written there
-                    # again since (by a rebuild not yet committed) stays.
-                    age = trio.current_time() - min(since for _, since in stale)
                     await self.pool.call(
                         info.address,
-                        DeleteShards(tuple(s for s, _ in stale), min_age_s=age),
+                        DeleteShards(tuple(s for s, _ in stale), tuple(v for _, v in stale)),
                         timeout=10,
                     )
                 except PrismError as exc:

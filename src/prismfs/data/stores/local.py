@@ -159,6 +159,9 @@ class LocalStore(ThreadedStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp_seq = itertools.count(1)  # next() is atomic: puts run in several threads
         self.open_shards = OpenShards()
+        # Held around a put's rename and a conditional delete's check and unlink,
+        # so a shard written again in between is never the file deleted.
+        self._swap = threading.Lock()
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LocalStore:
@@ -185,7 +188,8 @@ class LocalStore(ThreadedStore):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            with self._swap:  # never between a conditional delete's check and unlink
+                os.replace(tmp, path)
             self.open_shards.drop(shard_id)
             fsync_dir(path.parent)
         except OSError as exc:
@@ -273,6 +277,19 @@ class LocalStore(ThreadedStore):
             return False
         finally:
             self.open_shards.drop(shard_id)
+        fsync_dir(path.parent)
+        return True
+
+    def _delete_if(self, shard_id: str, mtime_ns: int) -> bool:
+        path = self._path(shard_id)
+        with self._swap:
+            try:
+                if path.stat().st_mtime_ns != mtime_ns:
+                    return False
+                path.unlink()
+            except FileNotFoundError:
+                return False
+        self.open_shards.drop(shard_id)
         fsync_dir(path.parent)
         return True
 

@@ -8,7 +8,7 @@ import trio
 
 from prismfs.data.codec import shard_checksum
 from prismfs.data.stores import Capacity, ShardStat
-from prismfs.errors import InvalidArgument
+from prismfs.errors import InvalidArgument, NotFound
 
 
 class ThreadedStore(abc.ABC):
@@ -72,6 +72,19 @@ class ThreadedStore(abc.ABC):
 
     async def delete(self, shard_id: str) -> bool:
         return await trio.to_thread.run_sync(self._delete, shard_id)
+
+    async def delete_if(self, shard_id: str, mtime_ns: int) -> bool:
+        """Delete the shard only if its file is still the one stamped ``mtime_ns``."""
+        return await trio.to_thread.run_sync(self._delete_if, shard_id, mtime_ns)
+
+    def _delete_if(self, shard_id: str, mtime_ns: int) -> bool:
+        """Check, then delete; a store that can do both at once overrides this."""
+        try:
+            if self._stat(shard_id).mtime_ns != mtime_ns:
+                return False
+        except NotFound:
+            return False
+        return self._delete(shard_id)
 
     async def list(self, after: str = "", limit: int = 1000) -> list[str]:
         return await trio.to_thread.run_sync(self._list, after, limit)
