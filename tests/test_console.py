@@ -35,8 +35,6 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import run_cli
 from test_http_api import Api
@@ -85,7 +83,18 @@ def follow(driver: WebDriver, by: str, selector: str) -> None:
     (a click returns before the browser has loaded where it leads)."""
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(by, selector).click()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(old))
+
+    def replaced() -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:  # stale, or "does not belong to the document"
+            return True
+        return False
+
+    deadline = time.monotonic() + 60
+    while not replaced():
+        assert time.monotonic() < deadline, f"{selector} led nowhere within 60 s"
+        time.sleep(0.1)
     wait_until(
         lambda: driver.execute_script("return document.readyState") == "complete",
         60,
