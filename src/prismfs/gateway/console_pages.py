@@ -211,7 +211,8 @@ def budget_card(b: FaultBudgetReply | None) -> str:
     if b.nodes < 0:
         headline = '<p class="big ok" data-budget="none">No data to lose yet</p>'
     elif b.unavailable:
-        headline = f'<p class="big bad" data-budget="0">{b.unavailable} chunks unreadable now</p>'
+        lost = plural(b.unavailable, "chunk")
+        headline = f'<p class="big bad" data-budget="0">{lost} unreadable now</p>'
     else:
         cls = "bad" if b.nodes == 0 else ("warn" if b.nodes == 1 else "ok")
         word = "node" if b.nodes == 1 else "nodes"
@@ -233,7 +234,7 @@ def budget_card(b: FaultBudgetReply | None) -> str:
     if b.weakest and b.nodes >= 0:
         items = "".join(f'<li><a href="/ui/files{url_of(d)}">{e(d)}</a></li>' for d in b.weakest)
         weakest = (
-            f"<p>First to go ({b.least_margin_chunks} chunks at the least margin):</p>"
+            f"<p>First to go ({plural(b.least_margin_chunks, 'chunk')} at the least margin):</p>"
             f"<ul>{items}</ul>"
         )
     age = max(0.0, (wall_ns() - b.computed_ns) / 1e9)
@@ -241,7 +242,7 @@ def budget_card(b: FaultBudgetReply | None) -> str:
         '<div class="card" id="fault-budget"><h2>Fault budget</h2>'
         "<p>How many more nodes may fail now with every file still readable:</p>"
         f'{headline}{meta}{zones}{weakest}<p class="muted">Computed {age:.0f} s ago over '
-        f"{b.chunks} chunks.</p></div>"
+        f"{plural(b.chunks, 'chunk')}.</p></div>"
     )
 
 
@@ -363,7 +364,8 @@ def activity_page(
     repair_rate = recent_rate(a, "repaired_chunks")
     parts.append(
         '<section aria-labelledby="repair-h"><h2 id="repair-h">Repair</h2>'
-        f"<p>{h.repair_pending} chunks below full redundancy · {h.repaired_chunks} rebuilt "
+        f"<p>{plural(h.repair_pending, 'chunk')} below full redundancy · "
+        f"{h.repaired_chunks} rebuilt "
         f"({human_bytes(h.repaired_bytes)}) by this leader · "
         f"{repair_rate:.1f} chunks/s · time left: {e(eta(h.repair_pending, repair_rate))}</p>"
         "</section>"
@@ -423,7 +425,7 @@ def activity_page(
             else "not scheduled"
         )
         scrub = (
-            f"<p>Not running. Last pass finished: {e(last)} ({s.chunks} chunks, "
+            f"<p>Not running. Last pass finished: {e(last)} ({plural(s.chunks, 'chunk')}, "
             f"{s.corrupt} corrupt, {s.missing} missing, {s.repaired} repaired). "
             f"Next scheduled pass: {e(due)}.</p>"
         )
