@@ -44,6 +44,7 @@ from prismfs.leader.admin import (
 )
 from prismfs.meta.commands import VOTING
 from prismfs.node.config import MIN_REPAIR_GRACE_S, ORPHAN_GRACE_S
+from prismfs.sizes import human_bytes
 from prismfs.wire.address import parse_address
 from prismfs.wire.client import open_rpc_pool
 from prismfs.wire.codec import Message
@@ -67,14 +68,6 @@ def health(client: ClientConfig) -> ClusterHealthReply:
     return trio.run(leader_call, client, ClusterHealth(), ClusterHealthReply, 30.0)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 NODE_COLUMNS = ["node", "address", "zone", "state", "raft", "shards", "used", "capacity", "heard"]
 
 
@@ -87,8 +80,8 @@ def node_rows(h: ClusterHealthReply) -> list[dict[str, str]]:
             "state": n.state,
             "raft": (n.role or "-") + ("" if n.voting == "auto" else f" ({n.voting})"),
             "shards": str(n.shards),
-            "used": _size(n.used),
-            "capacity": _size(n.capacity),
+            "used": human_bytes(n.used),
+            "capacity": human_bytes(n.capacity),
             "heard": f"{n.silent_s:.1f}s ago",
         }
         for n in h.nodes
@@ -102,11 +95,11 @@ def summary_lines(h: ClusterHealthReply) -> list[str]:
         f"chunks: {h.chunks} with shards: {h.healthy} healthy, {h.degraded} degraded{reduced}, "
         f"{h.unavailable} unavailable",
         f"repair: {h.repair_pending} chunks waiting; {h.repaired_chunks} rebuilt "
-        f"({_size(h.repaired_bytes)}) since this leader started",
-        f"moves: {m.shards_moved} shards moved ({_size(m.bytes_moved)})"
+        f"({human_bytes(h.repaired_bytes)}) since this leader started",
+        f"moves: {m.shards_moved} shards moved ({human_bytes(m.bytes_moved)})"
         + (f", {m.reencoded} chunks re-encoded to their layout" if m.reencoded else "")
         + "; rebalance: "
-        + (f"about {_size(m.to_move_bytes)} to move" if m.to_move_bytes else "balanced"),
+        + (f"about {human_bytes(m.to_move_bytes)} to move" if m.to_move_bytes else "balanced"),
     ]
     lines += [f"draining {node}: {left} of {total} shards left" for node, left, total in m.draining]
     lines.append(f"scrub: {_scrub_line(h.scrub)}")

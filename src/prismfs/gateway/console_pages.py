@@ -21,6 +21,7 @@ from prismfs.leader.activity import ActivityReply
 from prismfs.leader.admin import ClusterHealthReply, NodeHealth
 from prismfs.leader.faults import FaultBudgetReply
 from prismfs.meta.commands import Attr, ChunkMap, ChunkRecord
+from prismfs.sizes import human_bytes
 
 REFRESH_S = 5
 RATE_WINDOW_S = 60.0
@@ -30,14 +31,6 @@ e = html.escape
 
 def url_of(path: str) -> str:
     return quote(path, safe="/")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 def plural(n: int, word: str) -> str:
